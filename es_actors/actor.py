@@ -1,0 +1,106 @@
+"""The Ray edge of the write path: one named actor per partition, hosting its aggregates.
+
+Aggregates are virtual actors (ADR-006): each is owned by the partition actor its id
+hashes to, which serializes its commands and owns its version. The actor restarts on
+crash (``max_restarts=-1``) and rebuilds from the durable log in ``__init__``; calls are
+never retried blindly (``max_task_retries=0``): clients resend by command id instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+from ray.util import metrics
+
+from .config import StoreConfig
+from .domain import Aggregate, DomainRegistry
+from .errors import EsActorsError
+from .partition import BatchItem, ItemResult, Partition
+from .storage.layout import StoreLayout
+
+NAMESPACE = "es_actors"
+_MS_BOUNDS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
+_BATCH_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+
+
+class _WriteMetrics:
+    """Write-path metrics, exported on the node's Prometheus endpoint (prefix ``ray_``)."""
+
+    def __init__(self, partition: int) -> None:
+        self.tags = {"partition": str(partition)}
+        self.commands = metrics.Counter(
+            "es_actors_commands", "Commands handled, by outcome.", tag_keys=("partition", "outcome")
+        )
+        self.rejections = metrics.Counter(
+            "es_actors_rejections", "Rejected commands, by error kind.", tag_keys=("partition", "kind")
+        )
+        self.batch_size = metrics.Histogram(
+            "es_actors_batch_size", "Commands per group commit.", boundaries=_BATCH_BOUNDS, tag_keys=("partition",)
+        )
+        self.commit_ms = metrics.Histogram(
+            "es_actors_batch_ms", "Time to decide and durably commit a batch.", boundaries=_MS_BOUNDS,
+            tag_keys=("partition",),
+        )
+        self.unsealed = metrics.Gauge("es_actors_unsealed_events", "Events in the tail, not yet sealed.", tag_keys=("partition",))
+
+    def record(self, batch_len: int, results: list[ItemResult], elapsed_ms: float, unsealed: int) -> None:
+        outcomes: dict[str, int] = {}
+        kinds: dict[str, int] = {}
+        for r in results:
+            outcomes[r[0]] = outcomes.get(r[0], 0) + 1
+            if r[0] == "err":
+                k = type(r[1]).__name__
+                kinds[k] = kinds.get(k, 0) + 1
+        for outcome, n in outcomes.items():
+            self.commands.inc(n, {**self.tags, "outcome": outcome})
+        for kind, n in kinds.items():
+            self.rejections.inc(n, {**self.tags, "kind": kind})
+        self.batch_size.observe(batch_len, self.tags)
+        self.commit_ms.observe(elapsed_ms, self.tags)
+        self.unsealed.set(unsealed, self.tags)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+class PartitionActor:
+    def __init__(self, root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], config: StoreConfig) -> None:
+        self._error: EsActorsError | None = None
+        self._partition: Partition | None = None
+        try:
+            self._partition = Partition(StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config)
+        except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
+            self._error = exc
+        self._metrics = _WriteMetrics(partition)
+
+    def _owned(self) -> Partition:
+        if self._error is not None:
+            raise self._error
+        assert self._partition is not None
+        return self._partition
+
+    def handle_batch(self, batch: list[BatchItem]) -> list[ItemResult]:
+        p = self._owned()
+        t0 = time.perf_counter()
+        results = p.handle_batch(batch)
+        self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
+        return results
+
+    def get_state(self, aggregate_type: str, aggregate_id: str) -> tuple[int, Any]:
+        return self._owned().get_state(aggregate_type, aggregate_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._owned().stats(), "pid": os.getpid()}
+
+    def seal(self) -> None:
+        self._owned().seal()
+
+    def close(self) -> None:
+        """Seal the tail and let go of the partition (the lock), so another process may own it."""
+        if self._partition is not None:
+            self._partition.seal()
+            self._partition.close()
+            self._partition = None
+            self._error = EsActorsError("this partition actor was closed")

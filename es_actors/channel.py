@@ -1,0 +1,112 @@
+"""Client-side batching toward one partition actor.
+
+At most one call is in flight per partition; whatever is submitted meanwhile waits and
+goes as the next batch (adaptive batching, no timer: a lone command goes at once, a
+crowd shares one call and one durable write). The queue is bounded: when it is full,
+submitters wait up to ``submit_timeout_s`` and then get :class:`Overloaded`.
+
+If the actor dies with a batch in flight, the batch is resent as-is once the actor is
+back: every item carries a command id, so the actor answers a command it already made
+durable from its dedup record instead of applying it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from ray.exceptions import RayActorError
+
+from .config import StoreConfig
+from .errors import EsActorsError, Overloaded
+from .partition import BatchItem, ItemResult
+
+log = logging.getLogger(__name__)
+Pending = tuple[BatchItem, "Future[Any]"]
+
+
+class PartitionChannel:
+    def __init__(
+        self,
+        partition: int,
+        actor: Any,
+        config: StoreConfig,
+        convert: Callable[[BatchItem, ItemResult], Any],
+        observe_latency: Callable[[int, float], None],
+    ) -> None:
+        self.partition = partition
+        self._actor = actor
+        self._config = config
+        self._convert = convert
+        self._observe = observe_latency
+        self._cond = threading.Condition()
+        self._pending: list[Pending] = []
+        self._in_flight = False
+        self.calls = 0
+
+    def submit(self, items: list[BatchItem]) -> list["Future[Any]"]:
+        futures: list[Future[Any]] = [Future() for _ in items]
+        deadline = time.monotonic() + self._config.submit_timeout_s
+        with self._cond:
+            while self._pending and len(self._pending) + len(items) > self._config.max_pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Overloaded(
+                        f"partition {self.partition}: {len(self._pending)} commands already queued "
+                        f"(max_pending={self._config.max_pending}); nothing was sent, try again later"
+                    )
+                self._cond.wait(left)
+            self._pending.extend(zip(items, futures))
+            batch = None if self._in_flight else self._take_locked()
+        if batch:
+            self._send(batch, time.monotonic())
+        return futures
+
+    def _take_locked(self) -> list[Pending]:
+        n = self._config.max_batch
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        self._in_flight = bool(batch)
+        self._cond.notify_all()
+        return batch
+
+    def _send(self, batch: list[Pending], first_sent: float) -> None:
+        self.calls += 1
+        t0 = time.perf_counter()
+        ref = self._actor.handle_batch.remote([item for item, _f in batch])
+        ref.future().add_done_callback(lambda f: self._on_done(batch, f, t0, first_sent))
+
+    def _on_done(self, batch: list[Pending], done: "Future[Any]", t0: float, first_sent: float) -> None:
+        try:
+            results = done.result()
+        except RayActorError as exc:
+            if time.monotonic() - first_sent < self._config.retry_deadline_s:
+                log.warning("partition %d actor unavailable (%s); resending %d commands by id", self.partition, exc, len(batch))
+                threading.Timer(0.2, self._send, (batch, first_sent)).start()
+                return
+            self._fail(batch, EsActorsError(f"partition {self.partition} actor unavailable: {exc}"))
+        except BaseException as exc:  # e.g. the actor answers every call with WriterFenced
+            self._fail(batch, exc)
+        else:
+            self._observe(len(batch), (time.perf_counter() - t0) * 1000)
+            for (item, fut), result in zip(batch, results):
+                try:
+                    value = self._convert(item, result)
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                else:
+                    if isinstance(value, BaseException):
+                        fut.set_exception(value)
+                    else:
+                        fut.set_result(value)
+        with self._cond:
+            nxt = self._take_locked()
+        if nxt:
+            self._send(nxt, time.monotonic())
+
+    @staticmethod
+    def _fail(batch: list[Pending], exc: BaseException) -> None:
+        for _item, fut in batch:
+            fut.set_exception(exc)

@@ -1,0 +1,32 @@
+"""Tunables of a store, validated once when the store is opened. Defaults work on a laptop."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StoreConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partitions: int = Field(4, ge=1, le=4096, description="Fixed when the store is created (store.json).")
+    dedup_window: int = Field(
+        10_000, ge=1, description="Command ids remembered per aggregate for idempotent retries (the newest N)."
+    )
+    max_batch: int = Field(2_000, ge=1, description="Most commands one client->partition call carries.")
+    max_pending: int = Field(
+        50_000, ge=1, description="Commands a client queues per partition before submitters wait (backpressure)."
+    )
+    submit_timeout_s: float = Field(
+        60.0, gt=0, description="How long a submitter waits for queue room or a result before Overloaded."
+    )
+    max_event_bytes: int = Field(
+        1 << 20, ge=64, description="Largest total JSON payload of the events one command may append."
+    )
+    seal_rows: int = Field(50_000, ge=1, description="Tail rows after which the tail is sealed into a segment.")
+    compact_small_rows: int = Field(10_000, ge=1, description="Segments smaller than this are merged...")
+    compact_min_run: int = Field(4, ge=2, description="...once this many small ones lie side by side.")
+    gc_grace_s: float = Field(300.0, ge=0, description="How long replaced segment files stay readable.")
+    lock_timeout_s: float = Field(10.0, ge=0, description="How long a new owner waits for a partition's lock.")
+    retry_deadline_s: float = Field(
+        120.0, ge=0, description="How long a client resends a batch (by command id) while its actor restarts."
+    )

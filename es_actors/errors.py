@@ -1,0 +1,73 @@
+"""Errors a client can receive. Each one says what happened and that nothing was written.
+
+Errors cross the Ray boundary by pickling, so each keeps its constructor arguments in
+``args`` (the default ``BaseException.__reduce__`` then rebuilds it faithfully).
+"""
+
+from __future__ import annotations
+
+
+class EsActorsError(Exception):
+    """Base of every error es_actors raises on purpose."""
+
+
+class CommandRejected(EsActorsError):
+    """A command was refused before anything was written; the actor carries on."""
+
+
+class DomainError(CommandRejected):
+    """Raised by an aggregate's ``decide`` when a command breaks a business rule."""
+
+
+class ConcurrencyError(CommandRejected):
+    """The command's ``expected_version`` is not the aggregate's current version."""
+
+    def __init__(self, aggregate: str, expected: int, actual: int) -> None:
+        super().__init__(aggregate, expected, actual)
+        self.aggregate, self.expected, self.actual = aggregate, expected, actual
+
+    def __str__(self) -> str:
+        return (
+            f"{self.aggregate}: expected version {self.expected}, but the current version is "
+            f"{self.actual}; nothing was written"
+        )
+
+
+class UnknownAggregateType(CommandRejected):
+    """No aggregate class is registered under this type name."""
+
+
+class UnknownCommand(CommandRejected):
+    """The aggregate type does not declare this command type."""
+
+
+class InvalidPayload(CommandRejected):
+    """A command or event payload failed validation."""
+
+
+class PayloadTooLarge(CommandRejected):
+    """A command's events exceed the configured size limit."""
+
+
+class CommandIdReused(CommandRejected):
+    """A command id was reused for a different command on the same aggregate."""
+
+
+class Overloaded(EsActorsError):
+    """The partition could not accept the command in time; retry later (nothing was written)."""
+
+
+class StorageError(EsActorsError):
+    """The durable write failed (e.g. disk full); the batch was not acknowledged and the log is intact."""
+
+
+class WriterFenced(EsActorsError):
+    """Another process already owns this partition's log; only one writer is allowed."""
+
+
+class StoreCorrupted(EsActorsError):
+    """The log breaks an invariant (a gap, an overlap) that recovery cannot repair on its own."""
+
+
+class CommandTimeout(EsActorsError, TimeoutError):
+    """No answer in time. The outcome is unknown: resubmit with the same command id to learn it."""

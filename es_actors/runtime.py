@@ -1,0 +1,60 @@
+"""Starting and stopping the partition actors of a store on Ray."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import ray
+
+from .actor import NAMESPACE, PartitionActor
+from .config import StoreConfig
+from .domain import Aggregate
+from .errors import EsActorsError
+from .storage.layout import StoreDescriptor, StoreLayout
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+
+
+def actor_name(layout: StoreLayout, descriptor: StoreDescriptor, partition: int) -> str:
+    """Readable in the dashboard's actor list: store directory, store id, partition."""
+    return f"{layout.root.name}.{descriptor.store_id[:8]}.partition-{partition:04d}"
+
+
+def start_partition_actors(
+    layout: StoreLayout,
+    descriptor: StoreDescriptor,
+    aggregates: Sequence[type[Aggregate[Any]]],
+    config: StoreConfig,
+    address: str | None,
+) -> list[Any]:
+    ensure_ray(address)
+    actors = [
+        PartitionActor.options(
+            name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
+        ).remote(str(layout.root), p, list(aggregates), config)
+        for p in range(descriptor.partitions)
+    ]
+    try:
+        ray.get([a.stats.remote() for a in actors])  # waits for recovery; surfaces WriterFenced
+    except EsActorsError:
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        raise
+    return actors
+
+
+def stop_partition_actors(actors: list[Any]) -> None:
+    """Seal and release every partition, then end the actors."""
+    try:
+        ray.get([a.close.remote() for a in actors])
+    finally:
+        for a in actors:
+            ray.kill(a, no_restart=True)

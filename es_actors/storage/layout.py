@@ -1,0 +1,102 @@
+"""Where a store keeps what, and the store's own descriptor (``store.json``).
+
+The partition count and the hash from aggregate to partition are fixed when a store is
+created and recorded in ``store.json``, so every process maps an aggregate the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyarrow import fs as pafs
+from pydantic import BaseModel
+
+from ..errors import EsActorsError
+
+FORMAT_VERSION = 1
+PARTITION_HASH = "blake2b-64"
+
+
+class StoreDescriptor(BaseModel):
+    format_version: int = FORMAT_VERSION
+    store_id: str
+    partitions: int
+    partition_hash: str = PARTITION_HASH
+
+
+def partition_of(aggregate_type: str, aggregate_id: str, partitions: int) -> int:
+    """Stable across processes and Python versions (unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{aggregate_type}\x00{aggregate_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
+    """Resolve a store URI through pyarrow.fs; the write-ahead tail needs a local filesystem today."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return Path(text).expanduser().resolve()
+    filesystem, path = pafs.FileSystem.from_uri(text)
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        raise EsActorsError(
+            f"{text!r}: object-store logs ({filesystem.type_name}) are not supported yet; the durable "
+            "tail needs append + fdatasync (see adrs/ADR-005-log-format.md)"
+        )
+    return Path(path).resolve()
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path
+
+    @property
+    def descriptor_path(self) -> Path:
+        return self.root / "store.json"
+
+    def log_dir(self, partition: int) -> Path:
+        return self.root / "log" / f"p{partition:04d}"
+
+    def tail_dir(self, partition: int) -> Path:
+        return self.root / "tail" / f"p{partition:04d}"
+
+    @property
+    def sealed_glob(self) -> str:
+        """The path plain DuckDB reads: every sealed event exactly once."""
+        return str(self.root / "log" / "*" / "current" / "*.parquet")
+
+    def read_descriptor(self) -> StoreDescriptor | None:
+        try:
+            return StoreDescriptor.model_validate_json(self.descriptor_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def create_or_check(self, partitions: int | None, default_partitions: int) -> StoreDescriptor:
+        """Create ``store.json`` on first use; afterwards the recorded partition count rules."""
+        existing = self.read_descriptor()
+        if existing is not None:
+            if existing.format_version != FORMAT_VERSION:
+                raise EsActorsError(f"{self.root}: store format {existing.format_version} is not supported")
+            if partitions is not None and partitions != existing.partitions:
+                raise EsActorsError(
+                    f"{self.root} was created with {existing.partitions} partitions; cannot open it with {partitions}"
+                )
+            return existing
+        desc = StoreDescriptor(store_id=uuid.uuid4().hex, partitions=partitions or default_partitions)
+        if desc.partitions < 1:
+            raise EsActorsError("partitions must be >= 1")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".store.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(desc.model_dump(), indent=2))
+        try:
+            os.link(tmp, self.descriptor_path)  # fails if a concurrent creator won the race
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        result = self.read_descriptor()
+        assert result is not None
+        return result

@@ -1,0 +1,221 @@
+"""The owner's handle on one partition's log: fenced, recovered, appended, sealed, compacted.
+
+Exactly one process may hold it (an exclusive ``flock`` on the tail directory's ``LOCK``
+file; the kernel drops it when the process dies). Appends go to the write-ahead tail and
+are durable when :meth:`append` returns. A background thread seals closed tail files into
+Parquet segments and compacts small segments; rows are always either in memory (unsealed)
+or in a published segment, so :meth:`read_positions` never misses one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from ..config import StoreConfig
+from ..errors import StoreCorrupted, WriterFenced
+from ..records import ARROW_SCHEMA, COL, table_to_rows
+from .layout import StoreLayout
+from .segments import SegmentSet
+from .wal import TailWriter, fsync_dir, list_tail_files, read_tail_file
+
+log = logging.getLogger(__name__)
+Row = tuple[Any, ...]
+
+
+def acquire_partition_lock(tail_dir: Path, timeout_s: float) -> int:
+    """Exclusive lock for the single writer; WriterFenced if another process keeps it."""
+    tail_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tail_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise WriterFenced(
+                    f"{tail_dir}: another process already writes this partition; open the store read-only, "
+                    "or close the other store first"
+                ) from None
+            time.sleep(0.05)
+
+
+class PartitionLog:
+    def __init__(self, layout: StoreLayout, partition: int, config: StoreConfig) -> None:
+        self.partition = partition
+        self.config = config
+        self.tail_dir = layout.tail_dir(partition)
+        self._lock_fd = acquire_partition_lock(self.tail_dir, config.lock_timeout_s)
+        self._mutex = threading.Lock()
+        self._wake = threading.Condition(self._mutex)
+        self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s)
+        self.seal_error: str | None = None
+        self._sealing: deque[tuple[Path, list[Row]]] = deque()
+        self._writer_frames_before = 0
+        self._recover()
+        self._stopping = False
+        self._sealer = threading.Thread(target=self._seal_loop, name=f"sealer-p{partition}", daemon=True)
+        self._sealer.start()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        sealed_last = self.segments.last_position
+        unsealed: list[tuple[Path, list[Row]]] = []
+        for _first, path in list_tail_files(self.tail_dir):
+            rows, valid, size = read_tail_file(path)
+            if valid < size:  # torn frame from a crash mid-write: cut it
+                log.warning("partition %d: cutting %d torn bytes from %s", self.partition, size - valid, path)
+                with open(path, "r+b") as f:
+                    f.truncate(valid)
+                    os.fsync(f.fileno())
+            if rows and rows[-1][COL["position"]] <= sealed_last:
+                path.unlink()  # sealed before a crash, not yet deleted
+                continue
+            if rows and rows[0][COL["position"]] <= sealed_last:
+                raise StoreCorrupted(f"{path} overlaps sealed segments (last sealed position {sealed_last})")
+            unsealed.append((path, rows))
+        fsync_dir(self.tail_dir)
+        expected = sealed_last + 1
+        for path, rows in unsealed:
+            for r in rows:
+                if r[COL["position"]] != expected:
+                    raise StoreCorrupted(f"{path}: position {r[COL['position']]} where {expected} was expected")
+                expected += 1
+        self.next_position = expected
+        # Every closed tail file waits for sealing; the newest one stays open for appends.
+        if unsealed and unsealed[-1][1]:
+            *closed, (last_path, last_rows) = unsealed
+            self._sealing.extend((p, r) for p, r in closed if r)
+            self._current_rows: list[Row] = list(last_rows)
+            self._writer = TailWriter(self.tail_dir, last_rows[0][COL["position"]])
+        else:
+            self._sealing.extend((p, r) for p, r in unsealed if r)
+            for p, r in unsealed:
+                if not r and p.name != f"{self.next_position:020d}.wal":
+                    p.unlink()
+            self._current_rows = []
+            self._writer = TailWriter(self.tail_dir, self.next_position)
+
+    def sealed_table(self) -> pa.Table:
+        """Every sealed event in position order (the owner's start-up replay reads it once)."""
+        if not self.segments.segments:
+            return ARROW_SCHEMA.empty_table()
+        paths = [str(s.path) for s in self.segments.segments]
+        return ds.dataset(paths, schema=ARROW_SCHEMA, format="parquet").to_table()
+
+    def unsealed_rows(self) -> list[Row]:
+        with self._mutex:
+            return [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    @property
+    def durable_writes(self) -> int:
+        """Group-commit frames written (each one write + one fdatasync) since this owner started."""
+        return self._writer_frames_before + self._writer.frames_written
+
+    def append(self, rows: list[Row]) -> None:
+        """Durably append rows whose positions continue the log. Raises StorageError, log intact."""
+        self._writer.append(rows)
+        with self._mutex:
+            self._current_rows.extend(rows)
+            self.next_position += len(rows)
+        if len(self._current_rows) >= self.config.seal_rows:
+            self.rotate()
+
+    def rotate(self) -> None:
+        """Close the current tail file and hand it to the sealer."""
+        if not self._current_rows:
+            return
+        new_writer = TailWriter(self.tail_dir, self.next_position)
+        with self._mutex:
+            old = self._writer
+            self._writer_frames_before += old.frames_written
+            self._sealing.append((old.path, self._current_rows))
+            self._writer, self._current_rows = new_writer, []
+            self._wake.notify_all()
+        old.close()
+
+    @property
+    def unsealed_count(self) -> int:
+        with self._mutex:
+            return len(self._current_rows) + sum(len(r) for _p, r in self._sealing)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def read_positions(self, first: int, last: int) -> list[Row]:
+        """Rows first..last, from memory if unsealed, else from the segments."""
+        with self._mutex:
+            mem = [r for _p, rows in self._sealing for r in rows] + self._current_rows
+            segments = list(self.segments.segments)
+        found = [r for r in mem if first <= r[COL["position"]] <= last]
+        if len(found) == last - first + 1:
+            return found
+        paths = [str(s.path) for s in segments if s.last >= first and s.first <= last]
+        table = ds.dataset(paths, schema=ARROW_SCHEMA, format="parquet").to_table(
+            filter=(ds.field("position") >= first) & (ds.field("position") <= last)
+        )
+        return table_to_rows(table)
+
+    # -- sealing and compaction -----------------------------------------------------------
+
+    def _seal_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            with self._mutex:
+                while not self._sealing and not self._stopping:
+                    self._wake.wait()
+                if not self._sealing:
+                    return
+                path, rows = self._sealing[0]
+            try:
+                self.segments.seal(rows)
+                path.unlink(missing_ok=True)
+                fsync_dir(self.tail_dir)
+                with self._mutex:
+                    self._sealing.popleft()
+                    self._wake.notify_all()
+                self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+                self.segments.collect_garbage()
+                self.seal_error, backoff = None, 0.1
+            except Exception as exc:  # keep the tail (it is durable) and try again later
+                self.seal_error = f"{type(exc).__name__}: {exc}"
+                log.error("partition %d: sealing failed, will retry: %s", self.partition, self.seal_error)
+                with self._mutex:
+                    self._wake.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def seal_all(self, timeout_s: float = 60.0) -> None:
+        """Seal everything durable so far (a clean close); plain readers then see every event."""
+        self.rotate()
+        deadline = time.monotonic() + timeout_s
+        with self._mutex:
+            while self._sealing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"partition {self.partition}: sealing did not finish: {self.seal_error}")
+                self._wake.wait(left)
+
+    def close(self) -> None:
+        with self._mutex:
+            self._stopping = True
+            self._wake.notify_all()
+        self._sealer.join(timeout=30)
+        self._writer.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1

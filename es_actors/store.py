@@ -1,0 +1,368 @@
+"""The application edge: open a store, get aggregate handles, submit commands, read back.
+
+    store = Store.open("./bank-store", aggregates=[BankAccount])
+    acct = store.aggregate(BankAccount, "acc-1")
+    result = acct.submit(Deposit(amount=100), expected_version=1, principal="alice")
+    store.close()  # seals the tail: plain DuckDB then sees every event
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, Sequence, TypeVar
+
+from .config import StoreConfig
+from .domain import Aggregate, Command, DomainRegistry, Event
+from .errors import CommandTimeout, EsActorsError, PayloadTooLarge
+from .records import CommandResult, RecordedEvent
+from .storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
+from .storage.reader import read_partition_rows, sealed_files
+
+S = TypeVar("S")
+AggregateRef = "type[Aggregate[Any]] | str"
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Who asked, as part of what, and why: stored on every event the command appends."""
+
+    principal: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    reason: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_meta(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "reason": self.reason,
+            "metadata": self.metadata or None,
+        }
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One command of a bulk call."""
+
+    aggregate: Any  # aggregate class or its type name
+    aggregate_id: str
+    command: Command
+    expected_version: int | None = None
+    command_id: str | None = None
+    audit: Audit = Audit()
+
+
+@dataclass(frozen=True)
+class AggregateState(Generic[S]):
+    version: int
+    state: S
+
+
+class Store:
+    """A handle on one event store: a directory of partition logs and the actors that own them."""
+
+    def __init__(
+        self,
+        layout: StoreLayout,
+        descriptor: StoreDescriptor,
+        registry: DomainRegistry,
+        config: StoreConfig,
+        actors: list[Any] | None,
+    ) -> None:
+        self.layout = layout
+        self.descriptor = descriptor
+        self.registry = registry
+        self.config = config
+        self._actors = actors
+        self._channels: list[Any] = []
+        if actors is not None:
+            from .channel import PartitionChannel
+            from .client_metrics import ClientMetrics
+
+            metrics = ClientMetrics()
+            self._channels = [
+                PartitionChannel(i, a, config, self._convert, metrics.observe) for i, a in enumerate(actors)
+            ]
+
+    # -- opening and closing --------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        uri: str | os.PathLike[str],
+        aggregates: Sequence[type[Aggregate[Any]]] = (),
+        *,
+        config: StoreConfig | None = None,
+        address: str | None = None,
+        read_only: bool = False,
+        **settings: Any,
+    ) -> "Store":
+        """Open (creating if new) a store. Starts a local Ray unless one is running or ``address`` is given.
+
+        ``read_only=True`` needs no Ray and no lock: it reads what is durable, even while
+        another process writes.
+        """
+        config = config or StoreConfig(**settings)
+        layout = StoreLayout(resolve_local_root(uri))
+        registry = DomainRegistry(aggregates)
+        if read_only:
+            descriptor = layout.read_descriptor()
+            if descriptor is None:
+                raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
+            return cls(layout, descriptor, registry, config, None)
+        descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
+        from .runtime import start_partition_actors
+
+        actors = start_partition_actors(layout, descriptor, aggregates, config, address)
+        return cls(layout, descriptor, registry, config, actors)
+
+    def close(self) -> None:
+        """Seal every tail (plain readers then see all events) and release the partitions."""
+        if self._actors is None:
+            return
+        from .runtime import stop_partition_actors
+
+        stop_partition_actors(self._actors)
+        self._actors = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def aggregate(self, aggregate: Any, aggregate_id: str) -> "AggregateHandle[Any]":
+        atype = aggregate if isinstance(aggregate, str) else aggregate.aggregate_type
+        self.registry.aggregate(atype)
+        return AggregateHandle(self, atype, str(aggregate_id))
+
+    def partition_of(self, aggregate_type: str, aggregate_id: str) -> int:
+        return partition_of(aggregate_type, aggregate_id, self.descriptor.partitions)
+
+    def submit_many(self, submissions: Sequence[Submission | tuple[Any, str, Command]], timeout: float | None = None) -> list[CommandResult | EsActorsError]:
+        """Each command stands alone and gets its own result or error; order is kept per aggregate."""
+        futures = self.submit_many_async(submissions)
+        out: list[CommandResult | EsActorsError] = []
+        for fut in futures:
+            try:
+                out.append(self._wait(fut, timeout))
+            except EsActorsError as exc:
+                out.append(exc)
+        return out
+
+    def submit_many_async(self, submissions: Sequence[Submission | tuple[Any, str, Command]]) -> list["Future[CommandResult]"]:
+        per_partition: dict[int, list[tuple[int, Any]]] = {}
+        futures: list[Future[CommandResult] | None] = [None] * len(submissions)
+        for i, s in enumerate(submissions):
+            if not isinstance(s, Submission):
+                s = Submission(*s)
+            atype = s.aggregate if isinstance(s.aggregate, str) else s.aggregate.aggregate_type
+            try:
+                item = self._command_item(atype, str(s.aggregate_id), s.command, s.expected_version, s.command_id, s.audit)
+            except EsActorsError as exc:
+                f: Future[CommandResult] = Future()
+                f.set_exception(exc)
+                futures[i] = f
+                continue
+            per_partition.setdefault(self.partition_of(atype, item[2]), []).append((i, item))
+        for p, entries in per_partition.items():
+            for (i, _item), fut in zip(entries, self._channel(p).submit([item for _i, item in entries])):
+                futures[i] = fut
+        return futures  # type: ignore[return-value]
+
+    def _command_item(
+        self, atype: str, aid: str, command: Command, expected: int | None, command_id: str | None, audit: Audit
+    ) -> tuple[Any, ...]:
+        self.registry.aggregate(atype)
+        if not isinstance(command, Command):
+            raise EsActorsError(f"{command!r} is not a Command")
+        payload_json = command.model_dump_json()
+        if len(payload_json) > self.config.max_event_bytes:
+            raise PayloadTooLarge(
+                f"{atype}/{aid}: command payload of {len(payload_json)} bytes exceeds max_event_bytes="
+                f"{self.config.max_event_bytes}; nothing was sent"
+            )
+        body = (type(command).command_type, json.loads(payload_json))
+        return ("command", atype, aid, command_id or uuid.uuid4().hex, expected, body, audit.as_meta())
+
+    def _channel(self, partition: int) -> Any:
+        if not self._channels:
+            raise EsActorsError(f"{self.layout.root} is open read-only; open it without read_only=True to write")
+        return self._channels[partition]
+
+    def _submit_item(self, item: tuple[Any, ...]) -> "Future[CommandResult]":
+        return self._channel(self.partition_of(item[1], item[2])).submit([item])[0]
+
+    def _wait(self, fut: "Future[Any]", timeout: float | None) -> Any:
+        try:
+            return fut.result(timeout=self.config.submit_timeout_s if timeout is None else timeout)
+        except TimeoutError:
+            raise CommandTimeout(
+                "no answer in time; the outcome is unknown: resubmit with the same command_id to learn it"
+            ) from None
+
+    def _convert(self, item: tuple[Any, ...], result: tuple[Any, ...]) -> CommandResult | BaseException:
+        if result[0] == "err":
+            return result[1]
+        _kind, atype, aid, cid = item[0], item[1], item[2], item[3]
+        events = tuple(RecordedEvent.from_row(r, self.registry) for r in result[2])
+        return CommandResult(atype, aid, cid, result[1], events, duplicate=result[0] == "dup")
+
+    # -- reading --------------------------------------------------------------------------
+
+    def history(self, aggregate_type: str, aggregate_id: str) -> list[RecordedEvent]:
+        """Every durable event of one aggregate, oldest first, with its audit columns."""
+        return [RecordedEvent.from_row(r, self.registry) for r in self.history_rows(aggregate_type, aggregate_id)]
+
+    def history_rows(self, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
+        """Raw stored rows (no domain classes needed): what the CLI prints."""
+        p = self.partition_of(aggregate_type, aggregate_id)
+        rows = read_partition_rows(self.layout, p, (aggregate_type, aggregate_id))
+        return sorted(rows, key=lambda r: r[4])
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per-partition counters from the owning actors."""
+        import ray
+
+        if self._actors is None:
+            raise EsActorsError("stats need an open (writable) store")
+        return ray.get([a.stats.remote() for a in self._actors])
+
+    def seal(self) -> None:
+        """Seal every partition's tail now (close does this too)."""
+        import ray
+
+        if self._actors is not None:
+            ray.get([a.seal.remote() for a in self._actors])
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    @property
+    def sealed_glob(self) -> str:
+        """Give this to DuckDB's ``read_parquet``: each sealed event once, never a partial file."""
+        return self.layout.sealed_glob
+
+    def sealed_files(self) -> list[Path]:
+        """The exact sealed file set now: a snapshot that stays readable for ``gc_grace_s``."""
+        return sealed_files(self.layout, self.descriptor.partitions)
+
+
+class AggregateHandle(Generic[S]):
+    """A client handle for one aggregate: submit commands, read its state and history."""
+
+    def __init__(self, store: Store, aggregate_type: str, aggregate_id: str) -> None:
+        self.store = store
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+
+    def __repr__(self) -> str:
+        return f"AggregateHandle({self.aggregate_type}/{self.aggregate_id})"
+
+    def submit(
+        self,
+        command: Command,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        principal: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Decide and durably append; returns the new version and the events with their positions."""
+        fut = self.submit_async(
+            command,
+            expected_version=expected_version,
+            command_id=command_id,
+            principal=principal,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            reason=reason,
+            metadata=metadata,
+        )
+        return self.store._wait(fut, timeout)
+
+    def submit_async(
+        self,
+        command: Command,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        principal: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> "Future[CommandResult]":
+        """Like :meth:`submit`, returning a ``concurrent.futures.Future`` at once."""
+        audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
+        item = self.store._command_item(
+            self.aggregate_type, self.aggregate_id, command, expected_version, command_id, audit
+        )
+        return self.store._submit_item(item)
+
+    async def asubmit(self, command: Command, **options: Any) -> CommandResult:
+        """Awaitable :meth:`submit` for asyncio code."""
+        return await asyncio.wrap_future(self.submit_async(command, **options))
+
+    def import_events(
+        self,
+        events: Sequence[Event],
+        *,
+        expected_version: int,
+        occurred_at: Sequence[datetime | str | None] | None = None,
+        command_id: str | None = None,
+        principal: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Append already-decided events (history from another store) through the owning actor.
+
+        Same guarantees as a command: expected version, idempotency by command id, validation.
+        ``recorded_at`` is the append time; each event's original time goes to metadata.occurred_at.
+        """
+        if occurred_at is not None and len(occurred_at) != len(events):
+            raise EsActorsError("occurred_at needs one entry per event")
+        times = list(occurred_at) if occurred_at is not None else [None] * len(events)
+        body = [
+            (
+                e.event_type,
+                e.model_dump(mode="json"),
+                t.isoformat() if isinstance(t, datetime) else t,
+            )
+            for e, t in zip(events, times)
+        ]
+        audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
+        item = ("import", self.aggregate_type, self.aggregate_id, command_id or uuid.uuid4().hex, expected_version, body, audit.as_meta())
+        return self.store._wait(self.store._submit_item(item), timeout)
+
+    def state(self) -> AggregateState[S]:
+        """Current version and state, from the owning actor (consistent with acknowledged commands)."""
+        import ray
+
+        if self.store._actors is None:
+            raise EsActorsError("state needs an open (writable) store; read-only stores offer history")
+        p = self.store.partition_of(self.aggregate_type, self.aggregate_id)
+        version, state = ray.get(self.store._actors[p].get_state.remote(self.aggregate_type, self.aggregate_id))
+        return AggregateState(version, state)
+
+    def history(self) -> list[RecordedEvent]:
+        return self.store.history(self.aggregate_type, self.aggregate_id)
