@@ -40,12 +40,14 @@ def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
     text = os.fspath(uri)
     if "://" not in text:
         return Path(text).expanduser().resolve()
-    filesystem, path = pafs.FileSystem.from_uri(text)
-    if not isinstance(filesystem, pafs.LocalFileSystem):
+    scheme = text.split("://", 1)[0].lower()
+    if scheme != "file":  # checked before pyarrow resolves it: no network round trip for a refusal
         raise EsActorsError(
-            f"{text!r}: object-store logs ({filesystem.type_name}) are not supported yet; the durable "
-            "tail needs append + fdatasync (see adrs/ADR-005-log-format.md)"
+            f"{text!r}: {scheme} stores are not supported yet; the durable tail needs a local filesystem "
+            "with append + fdatasync (see adrs/ADR-005-log-format.md)"
         )
+    filesystem, path = pafs.FileSystem.from_uri(text)
+    assert isinstance(filesystem, pafs.LocalFileSystem)
     return Path(path).resolve()
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of es_actors beside its peers. Run with ``python -m benchmarks.run``; see README.md."""

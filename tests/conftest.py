@@ -1,0 +1,43 @@
+"""Test fixtures: one real local Ray per test session, real files in temporary directories."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest
+import ray
+
+from es_actors import Store
+from examples.bank import BankAccount
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A small local Ray (no dashboard) shared by every test that needs one."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def store_factory(ray_session, tmp_path):
+    """Open stores on fresh directories; every one is closed when the test ends."""
+    opened: list[Store] = []
+
+    def make(name: str = "store", aggregates=(BankAccount,), **settings) -> Store:
+        s = Store.open(tmp_path / name, list(aggregates), **settings)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(store_factory) -> Store:
+    return store_factory(partitions=2)
