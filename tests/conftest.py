@@ -41,3 +41,15 @@ def store_factory(ray_session, tmp_path):
 @pytest.fixture
 def store(store_factory) -> Store:
     return store_factory(partitions=2)
+
+
+@pytest.fixture(scope="module")
+def shared_store(ray_session, tmp_path_factory):
+    """One store for a module's property examples, plus a second client Store on the same actors."""
+    import itertools
+
+    path = tmp_path_factory.mktemp("shared") / "store"
+    s = Store.open(path, [BankAccount], partitions=2)
+    other = Store.open(path, [BankAccount])  # same cluster: joins the same named partition actors
+    yield s, other, itertools.count()
+    s.close()

@@ -52,7 +52,8 @@ def segment_name(first: int, last: int) -> str:
 
 def write_parquet_durably(table: pa.Table, path: Path) -> None:
     """Temp name, fsync, rename, fsync the directory: the file appears whole or not at all."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    # The temp name must not end in .parquet: DuckDB's glob '*.parquet' matches dot files too.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
     fd = os.open(tmp, os.O_RDONLY)
     try:
@@ -99,7 +100,7 @@ class SegmentSet:
             cur.mkdir(exist_ok=True)
             self._point_current_at(cur)
         self.gen_dir = cur
-        for stale in cur.glob(".tmp-*"):
+        for stale in cur.glob(".*.tmp"):
             stale.unlink(missing_ok=True)  # a seal that crashed before its rename
         self.segments = list_segments(cur)
 
