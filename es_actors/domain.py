@@ -103,8 +103,8 @@ class DomainRegistry:
                 f"unknown aggregate type {aggregate_type!r}; registered: {sorted(self.aggregates)}"
             ) from None
 
-    def command(self, aggregate_type: str, command_type: str, payload: dict[str, Any]) -> Command:
-        """Validate a command payload into its class; unknown or invalid is a clear error."""
+    def command(self, aggregate_type: str, command_type: str, payload: str | dict[str, Any]) -> Command:
+        """Validate a command payload (JSON text or a dict) into its class; unknown or invalid is a clear error."""
         self.aggregate(aggregate_type)
         cls = self.commands[aggregate_type].get(command_type)
         if cls is None:
@@ -113,7 +113,7 @@ class DomainRegistry:
                 f"it accepts: {sorted(self.commands[aggregate_type])}"
             )
         try:
-            return cls.model_validate(payload)
+            return cls.model_validate_json(payload) if isinstance(payload, str) else cls.model_validate(payload)
         except ValidationError as exc:
             raise InvalidPayload(f"command {command_type!r} payload is invalid: {exc}") from None
 

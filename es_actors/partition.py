@@ -41,8 +41,8 @@ Row = tuple[Any, ...]
 
 # A batch item, as the client sends it:
 #   (kind, aggregate_type, aggregate_id, command_id, expected_version, body, meta)
-# kind "command": body = (command_type, payload dict)
-# kind "import":  body = [(event_type, payload dict, occurred_at iso or None), ...]
+# kind "command": body = (command_type, payload JSON text)
+# kind "import":  body = [(event_type, payload JSON text, occurred_at iso or None), ...]
 # meta = {"principal", "correlation_id", "causation_id", "reason", "metadata"}
 BatchItem = tuple[str, str, str, str, "int | None", Any, dict[str, Any]]
 # A result: ("ok", version, rows) | ("dup", version, rows) | ("err", exception)
@@ -74,8 +74,13 @@ class AggregateEntry:
 
 
 def command_digest(kind: str, body: Any) -> str:
-    """Fingerprint of what a command asks, to tell a retry from a reused id."""
-    return hashlib.blake2b(json.dumps([kind, body], sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+    """Fingerprint of what a command asks, to tell a retry from a reused id.
+
+    Payloads arrive as the JSON pydantic serialized them (fields in declaration order), so
+    the same command always hashes the same without re-encoding it here.
+    """
+    text = f"{body[0]}\x00{body[1]}" if kind == "command" else json.dumps(body)
+    return hashlib.blake2b(f"{kind}\x00{text}".encode(), digest_size=12).hexdigest()
 
 
 class Partition:
@@ -254,7 +259,7 @@ class Partition:
             for event_type, payload, occurred_at in body:
                 cls = self.registry.event_class(event_type)
                 try:
-                    e = cls.model_validate(payload)
+                    e = cls.model_validate_json(payload)
                 except Exception as exc:
                     raise InvalidPayload(f"imported {event_type!r} payload is invalid: {exc}") from None
                 self.registry.check_event(atype, e)

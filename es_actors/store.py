@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 from concurrent.futures import Future
@@ -18,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, Sequence, TypeVar
 
+from .channel import ResultSlot
 from .config import StoreConfig
 from .domain import Aggregate, Command, DomainRegistry, Event
 from .errors import CommandTimeout, EsActorsError, PayloadTooLarge
@@ -193,7 +193,7 @@ class Store:
                 f"{atype}/{aid}: command payload of {len(payload_json)} bytes exceeds max_event_bytes="
                 f"{self.config.max_event_bytes}; nothing was sent"
             )
-        body = (type(command).command_type, json.loads(payload_json))
+        body = (type(command).command_type, payload_json)
         return ("command", atype, aid, command_id or uuid.uuid4().hex, expected, body, audit.as_meta())
 
     def _channel(self, partition: int) -> Any:
@@ -201,15 +201,16 @@ class Store:
             raise EsActorsError(f"{self.layout.root} is open read-only; open it without read_only=True to write")
         return self._channels[partition]
 
-    def _submit_item(self, item: tuple[Any, ...]) -> "Future[CommandResult]":
-        return self._channel(self.partition_of(item[1], item[2])).submit([item])[0]
+    def _submit_item(self, item: tuple[Any, ...], sink: Any = Future) -> Any:
+        return self._channel(self.partition_of(item[1], item[2])).submit([item], sink)[0]
 
-    def _wait(self, fut: "Future[Any]", timeout: float | None) -> Any:
+    def _wait(self, fut: "Future[Any]", timeout: float | None, command_id: str | None = None) -> Any:
         try:
             return fut.result(timeout=self.config.submit_timeout_s if timeout is None else timeout)
         except TimeoutError:
             raise CommandTimeout(
-                "no answer in time; the outcome is unknown: resubmit with the same command_id to learn it"
+                f"no answer in time for command {command_id}; the outcome is unknown: resubmit with "
+                f"command_id={command_id!r} to learn it"
             ) from None
 
     def _convert(self, item: tuple[Any, ...], result: tuple[Any, ...]) -> CommandResult | BaseException:
@@ -285,17 +286,11 @@ class AggregateHandle(Generic[S]):
         timeout: float | None = None,
     ) -> CommandResult:
         """Decide and durably append; returns the new version and the events with their positions."""
-        fut = self.submit_async(
-            command,
-            expected_version=expected_version,
-            command_id=command_id,
-            principal=principal,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            reason=reason,
-            metadata=metadata,
+        audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
+        item = self.store._command_item(
+            self.aggregate_type, self.aggregate_id, command, expected_version, command_id, audit
         )
-        return self.store._wait(fut, timeout)
+        return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item[3])
 
     def submit_async(
         self,
@@ -345,14 +340,14 @@ class AggregateHandle(Generic[S]):
         body = [
             (
                 e.event_type,
-                e.model_dump(mode="json"),
+                e.model_dump_json(),
                 t.isoformat() if isinstance(t, datetime) else t,
             )
             for e, t in zip(events, times)
         ]
         audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
         item = ("import", self.aggregate_type, self.aggregate_id, command_id or uuid.uuid4().hex, expected_version, body, audit.as_meta())
-        return self.store._wait(self.store._submit_item(item), timeout)
+        return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item[3])
 
     def state(self) -> AggregateState[S]:
         """Current version and state, from the owning actor (consistent with acknowledged commands)."""
