@@ -62,3 +62,7 @@ def history(aggregate_type: str, aggregate_id: str, store_path: str, as_json: bo
                 f"pos={rec['partition']}:{rec['position']}"
                 + (f" meta={json.dumps(rec['metadata'])}" if rec["metadata"] else "")
             )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Test-only domains (importable by Ray workers, since they are plain modules on the path)."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from pydantic import BaseModel
+
+from es_actors import Aggregate, Command, Event
+
+
+class Tick(Command):
+    delay_s: float = 0.0
+
+
+class Ticked(Event):
+    pass
+
+
+class Count(BaseModel, frozen=True):
+    n: int = 0
+
+
+class SlowCounter(Aggregate[Count]):
+    """Sleeps in decide: makes a partition slow on purpose, to show backpressure."""
+
+    commands = (Tick,)
+    events = (Ticked,)
+
+    @classmethod
+    def initial_state(cls) -> Count:
+        return Count()
+
+    @classmethod
+    def decide(cls, state: Count, command: Command) -> Sequence[Event]:
+        assert isinstance(command, Tick)
+        time.sleep(command.delay_s)
+        return [Ticked()]
+
+    @classmethod
+    def evolve(cls, state: Count, event: Event) -> Count:
+        return Count(n=state.n + 1)

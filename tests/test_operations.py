@@ -1,0 +1,85 @@
+"""What operators rely on: backpressure, named actors, metrics, the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+import ray
+
+from es_actors import Overloaded, Store, Submission
+from es_actors.actor import NAMESPACE
+from es_actors.runtime import actor_name
+from examples.bank import BankAccount, Deposit, OpenAccount
+from tests.domains import SlowCounter, Tick
+
+
+def test_a_slow_partition_makes_submitters_wait_then_get_overloaded(store_factory):
+    s = store_factory("slow", aggregates=(SlowCounter,), partitions=1, max_pending=4, max_batch=2, submit_timeout_s=0.3)
+    counter = s.aggregate(SlowCounter, "c")
+    first = counter.submit_async(Tick(delay_s=0.6))  # occupies the actor
+    queued = [counter.submit_async(Tick()) for _ in range(4)]  # fills the queue to max_pending
+    t0 = time.monotonic()
+    with pytest.raises(Overloaded, match="max_pending=4"):
+        counter.submit(Tick())
+    assert time.monotonic() - t0 >= 0.25  # it waited for room before giving up
+    assert first.result(timeout=30).version == 1
+    assert sorted(f.result(timeout=30).version for f in queued) == [2, 3, 4, 5]
+    assert counter.state().state.n == 5  # the refused command wrote nothing
+
+
+def test_partition_actors_have_readable_names(store):
+    for p in range(store.descriptor.partitions):
+        name = actor_name(store.layout, store.descriptor, p)
+        assert name.startswith("store.") and name.endswith(f"partition-{p:04d}")
+        assert ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote())["partition"] == p
+
+
+def test_write_path_metrics_reach_the_prometheus_endpoint(store):
+    acct = store.aggregate(BankAccount, "m1")
+    acct.submit(OpenAccount(owner="m"))
+    acct.submit(Deposit(amount=1))
+    with pytest.raises(Exception):
+        acct.submit(OpenAccount(owner="again"))
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = ["ray_es_actors_commands", "ray_es_actors_rejections", "ray_es_actors_batch_size",
+              "ray_es_actors_batch_ms", "ray_es_actors_unsealed_events", "ray_es_actors_client_call_ms"]
+    deadline, text = time.monotonic() + 40, ""
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
+    assert 'kind="AccountAlreadyOpen"' in text
+
+
+def test_demo_runs_and_the_log_agrees_with_the_actors(ray_session, tmp_path):
+    from jobs.demo import run
+
+    lines: list[str] = []
+    outcomes = run(str(tmp_path / "demo"), accounts=4, commands=200, echo=lines.append)
+    assert outcomes["accepted"] > 150 and outcomes.get("rejected: ConcurrencyError") == 1
+    text = "\n".join(lines)
+    assert "duplicate=True" in text and "MISMATCH" not in text and "read_parquet" in text
+
+
+def test_history_cli_is_read_only_and_prints_audit_columns(store_factory, tmp_path):
+    s = store_factory("cli", partitions=2)
+    s.submit_many([Submission(BankAccount, "c1", OpenAccount(owner="cli")),
+                   Submission(BankAccount, "c1", Deposit(amount=12))])
+    # the store stays open (actors own the partitions) while another process reads it
+    cmd = [sys.executable, "-m", "es_actors.cli", "history", "BankAccount", "c1", "--store", str(tmp_path / "cli"), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["version"], r["event_type"]) for r in rows] == [(1, "AccountOpened"), (2, "MoneyDeposited")]
+    assert rows[1]["payload"] == {"amount": 12} and rows[1]["command_id"]
+    missing = subprocess.run(cmd[:5] + ["nobody"] + cmd[6:], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no events for BankAccount/nobody" in missing.stderr
