@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from .config import StoreConfig
 from .errors import EsActorsError, Overloaded
@@ -125,8 +125,12 @@ class PartitionChannel:
                 return
             self._fail(batch, EsActorsError(f"partition {self.partition} actor unavailable: {exc}"))
         except BaseException as exc:  # e.g. the actor answers every call with WriterFenced
-            self._fail(batch, exc)
+            cause = getattr(exc, "cause", None)
+            self._fail(batch, cause if isinstance(exc, RayTaskError) and isinstance(cause, EsActorsError) else exc)
         else:
+            # Send what queued up meanwhile before delivering these results, so the actor
+            # does not sit idle while this thread wakes the submitters.
+            self._send_next()
             self._observe(len(batch), (time.perf_counter() - t0) * 1000)
             for (item, fut), result in zip(batch, results):
                 try:
@@ -138,6 +142,10 @@ class PartitionChannel:
                         fut.set_exception(value)
                     else:
                         fut.set_result(value)
+            return
+        self._send_next()
+
+    def _send_next(self) -> None:
         with self._cond:
             nxt = self._take_locked()
         if nxt:

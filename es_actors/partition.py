@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -195,7 +195,7 @@ class Partition:
                             version + n + 1,
                             e.event_type,
                             e.schema_version,
-                            uuid.uuid4().hex,
+                            os.urandom(16).hex(),  # event id: 128 random bits, as uuid4
                             cid,
                             digest,
                             corr,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import pyarrow as pa
 
@@ -123,18 +123,48 @@ class RecordedEvent:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class CommandResult:
-    """What an accepted command did: the aggregate's new version and the events it appended."""
+    """What an accepted command did: the aggregate's new version and the events it appended.
 
-    aggregate_type: str
-    aggregate_id: str
-    command_id: str
-    version: int
-    events: tuple[RecordedEvent, ...]
-    duplicate: bool = False
+    Events are decoded from their stored rows on first access: a submitter that only needs
+    the version (the common case) does not pay for decoding payloads.
+    """
+
+    __slots__ = ("aggregate_type", "aggregate_id", "command_id", "version", "duplicate", "_rows", "_registry", "_events")
+
+    def __init__(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        command_id: str,
+        version: int,
+        rows: Sequence[tuple[Any, ...]],
+        registry: DomainRegistry,
+        duplicate: bool = False,
+    ) -> None:
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.command_id = command_id
+        self.version = version
+        self.duplicate = duplicate
+        self._rows = rows
+        self._registry = registry
+        self._events: tuple[RecordedEvent, ...] | None = None
+
+    @property
+    def events(self) -> tuple[RecordedEvent, ...]:
+        if self._events is None:
+            self._events = tuple(RecordedEvent.from_row(r, self._registry) for r in self._rows)
+        return self._events
 
     @property
     def positions(self) -> tuple[tuple[int, int], ...]:
         """(partition, position) of each appended event, for read-your-writes."""
-        return tuple((e.partition, e.position) for e in self.events)
+        return tuple((r[COL["partition"]], r[COL["position"]]) for r in self._rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"CommandResult({self.aggregate_type}/{self.aggregate_id}, version={self.version}, "
+            f"events={[r[COL['event_type']] for r in self._rows]}, positions={list(self.positions)}, "
+            f"command_id={self.command_id!r}, duplicate={self.duplicate})"
+        )

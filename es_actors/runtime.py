@@ -44,11 +44,24 @@ def start_partition_actors(
     ]
     try:
         ray.get([a.stats.remote() for a in actors])  # waits for recovery; surfaces WriterFenced
-    except EsActorsError:
+    except EsActorsError as exc:
         for a in actors:
             ray.kill(a, no_restart=True)
-        raise
+        raise unwrap_actor_error(exc) from None
     return actors
+
+
+def unwrap_actor_error(exc: BaseException) -> BaseException:
+    """The error an actor raised, without Ray's wrapper (whose text is a remote traceback).
+
+    Ray re-raises an actor's exception as ``RayTaskError(<its class>)``: an instance of the
+    original class, but whose message is the actor's traceback with terminal colour codes.
+    Callers should see the plain error (e.g. :class:`WriterFenced` and its message).
+    """
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, EsActorsError):
+        return cause
+    return exc
 
 
 def stop_partition_actors(actors: list[Any]) -> None:

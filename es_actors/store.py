@@ -216,9 +216,7 @@ class Store:
     def _convert(self, item: tuple[Any, ...], result: tuple[Any, ...]) -> CommandResult | BaseException:
         if result[0] == "err":
             return result[1]
-        _kind, atype, aid, cid = item[0], item[1], item[2], item[3]
-        events = tuple(RecordedEvent.from_row(r, self.registry) for r in result[2])
-        return CommandResult(atype, aid, cid, result[1], events, duplicate=result[0] == "dup")
+        return CommandResult(item[1], item[2], item[3], result[1], result[2], self.registry, result[0] == "dup")
 
     # -- reading --------------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ balance = deposits - withdrawals; an account must be opened first; no overdraft.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from es_actors import Aggregate, Command, DomainError, Event
 
@@ -39,7 +40,10 @@ class Withdraw(Command):
 
 
 # -- state and errors -------------------------------------------------------------------
-class Account(BaseModel, frozen=True):
+@dataclass(frozen=True, slots=True)
+class Account:
+    """State can be any immutable value; a frozen dataclass keeps evolve cheap."""
+
     opened: bool = False
     owner: str = ""
     balance: int = 0
@@ -89,9 +93,9 @@ class BankAccount(Aggregate[Account]):
     def evolve(cls, state: Account, event: Event) -> Account:
         match event:
             case AccountOpened(owner=owner):
-                return state.model_copy(update={"opened": True, "owner": owner})
+                return replace(state, opened=True, owner=owner)
             case MoneyDeposited(amount=amount):
-                return state.model_copy(update={"balance": state.balance + amount})
+                return replace(state, balance=state.balance + amount)
             case MoneyWithdrawn(amount=amount):
-                return state.model_copy(update={"balance": state.balance - amount})
+                return replace(state, balance=state.balance - amount)
         return state

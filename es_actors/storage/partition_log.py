@@ -135,7 +135,13 @@ class PartitionLog:
             self._current_rows.extend(rows)
             self.next_position += len(rows)
         if len(self._current_rows) >= self.config.seal_rows:
-            self.rotate()
+            try:
+                self.rotate()
+            except OSError as exc:
+                # The rows are durable: this append succeeded and must not raise. Rotation is
+                # upkeep; keep appending to the current tail file and retry after the next append.
+                self.seal_error = f"cannot start a new tail file: {exc}"
+                log.error("partition %d: %s", self.partition, self.seal_error)
 
     def rotate(self) -> None:
         """Close the current tail file and hand it to the sealer."""
