@@ -19,11 +19,12 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError
 
 from .config import StoreConfig
 from .errors import EsActorsError, Overloaded
 from .partition import BatchItem, ItemResult
+from .runtime import unwrap_actor_error
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ class PartitionChannel:
                 return
             self._fail(batch, EsActorsError(f"partition {self.partition} actor unavailable: {exc}"))
         except BaseException as exc:  # e.g. the actor answers every call with WriterFenced
-            cause = getattr(exc, "cause", None)
-            self._fail(batch, cause if isinstance(exc, RayTaskError) and isinstance(cause, EsActorsError) else exc)
+            self._fail(batch, unwrap_actor_error(exc))
         else:
             # Send what queued up meanwhile before delivering these results, so the actor
             # does not sit idle while this thread wakes the submitters.

@@ -92,14 +92,18 @@ class Partition:
         self.aggregates: dict[tuple[str, str], AggregateEntry] = {}
         self.counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0}
         self.rejections: dict[str, int] = {}
-        self._replay()
+        try:
+            self._replay()
+        except BaseException:
+            self.log.close()  # release the lock and stop the sealer: this owner will not run
+            raise
 
     # -- start-up -------------------------------------------------------------------------
 
     def _replay(self) -> None:
         """Rebuild states and remembered command ids from the durable log."""
-        table = self.log.sealed_table().sort_by("position")
-        rows = table_to_rows(table) + self.log.unsealed_rows()
+        table, unsealed = self.log.durable_snapshot()
+        rows = table_to_rows(table.sort_by("position")) + unsealed
         expected_pos = 1
         for row in rows:
             if row[COL["position"]] != expected_pos:

@@ -61,11 +61,16 @@ class PartitionLog:
         self._lock_fd = acquire_partition_lock(self.tail_dir, config.lock_timeout_s)
         self._mutex = threading.Lock()
         self._wake = threading.Condition(self._mutex)
-        self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s)
         self.seal_error: str | None = None
         self._sealing: deque[tuple[Path, list[Row]]] = deque()
         self._writer_frames_before = 0
-        self._recover()
+        try:
+            self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s)
+            self._recover()
+        except BaseException:
+            os.close(self._lock_fd)  # e.g. StoreCorrupted: this process will not own the partition
+            self._lock_fd = -1
+            raise
         self._stopping = False
         self._sealer = threading.Thread(target=self._seal_loop, name=f"sealer-p{partition}", daemon=True)
         self._sealer.start()
@@ -117,6 +122,32 @@ class PartitionLog:
         paths = [str(s.path) for s in self.segments.segments]
         return ds.dataset(paths, schema=ARROW_SCHEMA, format="parquet").to_table()
 
+    def durable_snapshot(self, attempts: int = 20) -> tuple[pa.Table, list[Row]]:
+        """Every durable row, consistent while the sealer runs: (sealed table, unsealed rows after it).
+
+        Reading ``sealed_table()`` and then ``unsealed_rows()`` is not: the sealer (already
+        running, e.g. on tail files a crash left unsealed) may move a file's rows from memory
+        into a segment between the two calls, and the rows would be missing from both. Here
+        both sides are taken under one lock; the sealer publishes a segment before dropping
+        its rows from memory, so rows seen in both places are kept once (from the segment).
+        """
+        for _ in range(attempts):
+            with self._mutex:
+                segments = list(self.segments.segments)
+                unsealed = [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
+            sealed_last = segments[-1].last if segments else 0
+            try:
+                table = (
+                    ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table()
+                    if segments
+                    else ARROW_SCHEMA.empty_table()
+                )
+            except FileNotFoundError:  # compaction replaced (and gc removed) a segment meanwhile
+                time.sleep(0.01)
+                continue
+            return table, [r for r in unsealed if r[COL["position"]] > sealed_last]
+        raise StoreCorrupted(f"partition {self.partition}: no consistent snapshot after {attempts} attempts")
+
     def unsealed_rows(self) -> list[Row]:
         with self._mutex:
             return [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
@@ -130,6 +161,8 @@ class PartitionLog:
 
     def append(self, rows: list[Row]) -> None:
         """Durably append rows whose positions continue the log. Raises StorageError, log intact."""
+        if rows[0][COL["position"]] != self.next_position:
+            raise StoreCorrupted(f"append at {rows[0][COL['position']]} does not continue {self.next_position}")
         self._writer.append(rows)
         with self._mutex:
             self._current_rows.extend(rows)
