@@ -189,9 +189,12 @@ def closed_loop(
         t.start()
     now = time.perf_counter()
     window[0], window[1] = now + warmup_s, now + warmup_s + duration_s
-    ready.wait()
-    time.sleep(max(0.0, window[1] - time.perf_counter()))
-    stop.set()
+    try:
+        ready.wait()
+        time.sleep(max(0.0, window[1] - time.perf_counter()))
+    finally:  # also on Ctrl-C / SIGTERM: let the writers finish their op before clean-up
+        stop.set()
+        ready.abort()
     for t in threads:
         t.join(timeout=120)
     if any(t.is_alive() for t in threads):
@@ -278,16 +281,29 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[str]]:
         better = "lower" if metric in LOWER_IS_BETTER else "higher"
         label = f"{metric} ({unit})"
         if not peers:
-            rows.append([bench, label, _fmt(mine["value"]) if mine else "-", "-", "-", "-", better])
+            rows.append([bench, label, _fmt(mine["value"]) if mine else "-", "-", "-", "-", better, "-"])
         for peer in peers:
             pv = systems[peer]["value"]
             mv = mine["value"] if mine else float("nan")
             ratio = mv / pv if mine and pv else float("nan")
-            rows.append([bench, label, _fmt(mv) if mine else "-", peer, _fmt(pv), f"{ratio:.2f}x" if ratio == ratio else "-", better])
+            rows.append([
+                bench, label, _fmt(mv) if mine else "-", peer, _fmt(pv),
+                f"{ratio:.2f}x" if ratio == ratio else "-", better, verdict(ratio, better == "lower"),
+            ])
     return rows
 
 
-TABLE_HEADER = ["bench", "metric", "es_actors", "peer", "peer value", "es_actors/peer", "better"]
+def verdict(ratio: float, lower_is_better: bool) -> str:
+    """'3.10x better' / '2.00x worse' for es_actors, whichever way the metric goes."""
+    if ratio != ratio or ratio <= 0:
+        return "-"
+    gain = 1 / ratio if lower_is_better else ratio
+    if 0.995 <= gain <= 1.005:
+        return "same"
+    return f"{gain:.2f}x better" if gain > 1 else f"{1 / gain:.2f}x worse"
+
+
+TABLE_HEADER = ["bench", "metric", "es_actors", "peer", "peer value", "es_actors/peer", "better", "es_actors is"]
 
 
 def format_table(records: list[dict[str, Any]], markdown: bool = False) -> str:
@@ -310,5 +326,5 @@ def format_table(records: list[dict[str, Any]], markdown: bool = False) -> str:
         out.append(line(r))
         prev = r[0]
     out.append("")
-    out.append("es_actors/peer > 1 means es_actors is faster for 'higher' metrics, slower for 'lower' ones.")
+    out.append("es_actors/peer is the plain ratio of the two figures; 'better' says which way is good for the metric.")
     return "\n".join(out)
