@@ -9,6 +9,8 @@ on stdout when it has something to report.
   is appended to ACKS with a single ``write`` (so a kill leaves at most one partial line).
 * ``fence ROOT``: no Ray. Try to own every partition of ROOT (``PartitionLog``, with a
   small ``lock_timeout_s``) and read it read-only; report what happened.
+* ``fence-ray ROOT RAY_TEMP``: start an own local Ray and try ``Store.open`` for writing;
+  report the error the caller gets (type, message, how long it waited).
 * ``crash-seal ROOT``: no Ray. Write to partition 0 with tiny ``seal_rows`` and SIGKILL
   this very process after the first segment's temp file is written, before its rename.
 """
@@ -93,7 +95,8 @@ def fence(root: str) -> None:
         except WriterFenced as exc:
             out["fenced"][p] = {"message": str(exc), "waited_s": time.monotonic() - t0}
         else:
-            out["owned"][p] = {"next_position": plog.next_position, "rows": len(plog.unsealed_rows()) + plog.sealed_table().num_rows}
+            sealed, unsealed = plog.durable_snapshot()
+            out["owned"][p] = {"next_position": plog.next_position, "rows": sealed.num_rows + len(unsealed)}
             plog.close()
     ro = Store.open(root, [BankAccount], read_only=True)
     out["history"] = {
@@ -104,8 +107,32 @@ def fence(root: str) -> None:
         ro.aggregate(BankAccount, sys.argv[3]).submit(Deposit(amount=1))
     except EsActorsError as exc:
         out["read_only_submit"] = str(exc)
-    out["ray_imported"] = "ray" in sys.modules
+    # reading needs no Ray runtime (importing the package is fine; starting or joining one is not)
+    out["ray_started"] = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     print(json.dumps(out), flush=True)
+
+
+def fence_ray(root: str, ray_temp: str) -> None:
+    """With an own Ray: opening the store for writing must fail with WriterFenced, promptly."""
+    import ray
+
+    from es_actors import Store, WriterFenced
+    from examples.bank import BankAccount
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR",
+             object_store_memory=100 * 1024 * 1024, _temp_dir=ray_temp)
+    t0 = time.monotonic()
+    out: dict = {}
+    try:
+        Store.open(root, [BankAccount], lock_timeout_s=0.5)
+    except WriterFenced as exc:
+        out = {"fenced": True, "type": type(exc).__name__, "message": str(exc), "waited_s": time.monotonic() - t0}
+    except Exception as exc:  # noqa: BLE001
+        out = {"fenced": False, "type": type(exc).__name__, "message": str(exc)}
+    else:
+        out = {"fenced": False, "type": None}
+    print(json.dumps(out), flush=True)
+    ray.shutdown()
 
 
 def crash_seal(root: str) -> None:
@@ -117,7 +144,7 @@ def crash_seal(root: str) -> None:
     real_replace = os.replace
 
     def replace_then_die(src, dst, *a, **kw):
-        if Path(src).name.startswith(".tmp-") and str(dst).endswith(".parquet"):
+        if Path(src).name != Path(dst).name and str(dst).endswith(".parquet"):  # a segment's publish
             print(json.dumps({"dying_before_rename": str(src)}), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst, *a, **kw)
@@ -138,6 +165,8 @@ if __name__ == "__main__":
         load(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5])
     elif mode == "fence":
         fence(sys.argv[2])
+    elif mode == "fence-ray":
+        fence_ray(sys.argv[2], sys.argv[3])
     elif mode == "crash-seal":
         crash_seal(sys.argv[2])
     else:
