@@ -43,8 +43,8 @@ Row = tuple[Any, ...]
 #   (kind, aggregate_type, aggregate_id, command_id, expected_version, body, meta)
 # kind "command": body = (command_type, payload JSON text)
 # kind "import":  body = [(event_type, payload JSON text, occurred_at iso or None), ...]
-# meta = {"principal", "correlation_id", "causation_id", "reason", "metadata"}
-BatchItem = tuple[str, str, str, str, "int | None", Any, dict[str, Any]]
+# meta = {"principal", "correlation_id", "causation_id", "reason", "metadata"} or None
+BatchItem = tuple[str, str, str, str, "int | None", Any, "dict[str, Any] | None"]
 # A result: ("ok", version, rows) | ("dup", version, rows) | ("err", exception)
 ItemResult = tuple[Any, ...]
 
@@ -179,7 +179,8 @@ class Partition:
                     )
                 for e in events:
                     state = agg_cls.evolve(state, e)
-                base_meta = {k: v for k, v in (meta.get("metadata") or {}).items()}
+                meta = meta or {}
+                base_meta = dict(meta.get("metadata") or {})
                 if meta.get("reason") is not None:
                     base_meta["reason"] = meta["reason"]
                 corr = meta.get("correlation_id") or cid

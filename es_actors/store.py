@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +25,11 @@ from .storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_
 from .storage.reader import read_partition_rows, sealed_files
 
 S = TypeVar("S")
+
+
+def new_command_id() -> str:
+    """128 random bits as hex, like uuid4().hex at a fraction of the cost."""
+    return os.urandom(16).hex()
 AggregateRef = "type[Aggregate[Any]] | str"
 
 
@@ -39,7 +43,10 @@ class Audit:
     reason: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def as_meta(self) -> dict[str, Any]:
+    def as_meta(self) -> dict[str, Any] | None:
+        """The audit as it travels to the actor; None when there is nothing to say (the common case)."""
+        if not (self.principal or self.correlation_id or self.causation_id or self.reason or self.metadata):
+            return None
         return {
             "principal": self.principal,
             "correlation_id": self.correlation_id,
@@ -152,7 +159,7 @@ class Store:
 
     def submit_many(self, submissions: Sequence[Submission | tuple[Any, str, Command]], timeout: float | None = None) -> list[CommandResult | EsActorsError]:
         """Each command stands alone and gets its own result or error; order is kept per aggregate."""
-        futures = self.submit_many_async(submissions)
+        futures = self._submit_many(submissions, ResultSlot)
         out: list[CommandResult | EsActorsError] = []
         for fut in futures:
             try:
@@ -162,8 +169,12 @@ class Store:
         return out
 
     def submit_many_async(self, submissions: Sequence[Submission | tuple[Any, str, Command]]) -> list["Future[CommandResult]"]:
+        """Like :meth:`submit_many`, returning one ``concurrent.futures.Future`` per command at once."""
+        return self._submit_many(submissions, Future)
+
+    def _submit_many(self, submissions: Sequence[Submission | tuple[Any, str, Command]], sink: Any) -> list[Any]:
         per_partition: dict[int, list[tuple[int, Any]]] = {}
-        futures: list[Future[CommandResult] | None] = [None] * len(submissions)
+        futures: list[Any] = [None] * len(submissions)
         for i, s in enumerate(submissions):
             if not isinstance(s, Submission):
                 s = Submission(*s)
@@ -171,13 +182,13 @@ class Store:
             try:
                 item = self._command_item(atype, str(s.aggregate_id), s.command, s.expected_version, s.command_id, s.audit)
             except EsActorsError as exc:
-                f: Future[CommandResult] = Future()
+                f = sink()
                 f.set_exception(exc)
                 futures[i] = f
                 continue
             per_partition.setdefault(self.partition_of(atype, item[2]), []).append((i, item))
         for p, entries in per_partition.items():
-            for (i, _item), fut in zip(entries, self._channel(p).submit([item for _i, item in entries])):
+            for (i, _item), fut in zip(entries, self._channel(p).submit([item for _i, item in entries], sink)):
                 futures[i] = fut
         return futures  # type: ignore[return-value]
 
@@ -194,7 +205,7 @@ class Store:
                 f"{self.config.max_event_bytes}; nothing was sent"
             )
         body = (type(command).command_type, payload_json)
-        return ("command", atype, aid, command_id or uuid.uuid4().hex, expected, body, audit.as_meta())
+        return ("command", atype, aid, command_id or new_command_id(), expected, body, audit.as_meta())
 
     def _channel(self, partition: int) -> Any:
         if not self._channels:
@@ -344,7 +355,7 @@ class AggregateHandle(Generic[S]):
             for e, t in zip(events, times)
         ]
         audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
-        item = ("import", self.aggregate_type, self.aggregate_id, command_id or uuid.uuid4().hex, expected_version, body, audit.as_meta())
+        item = ("import", self.aggregate_type, self.aggregate_id, command_id or new_command_id(), expected_version, body, audit.as_meta())
         return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item[3])
 
     def state(self) -> AggregateState[S]:
