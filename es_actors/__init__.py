@@ -16,6 +16,7 @@ from .errors import (
     StoreCorrupted,
     UnknownAggregateType,
     UnknownCommand,
+    UserCodeError,
     WriterFenced,
 )
 from .records import CommandResult, RecordedEvent
@@ -26,5 +27,5 @@ __all__ = [
     "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
     "DomainRegistry", "EsActorsError", "Event", "InvalidPayload", "Overloaded", "PayloadTooLarge",
     "RecordedEvent", "StorageError", "Store", "StoreConfig", "StoreCorrupted", "Submission",
-    "UnknownAggregateType", "UnknownCommand", "WriterFenced",
+    "UnknownAggregateType", "UnknownCommand", "UserCodeError", "WriterFenced",
 ]

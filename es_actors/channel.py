@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 from ray.exceptions import RayActorError
 
 from .config import StoreConfig
-from .errors import EsActorsError, Overloaded
+from .errors import CommandTimeout, Overloaded
 from .partition import BatchItem, ItemResult
 from .runtime import unwrap_actor_error
 
@@ -124,7 +124,10 @@ class PartitionChannel:
                 log.warning("partition %d actor unavailable (%s); resending %d commands by id", self.partition, exc, len(batch))
                 threading.Timer(0.2, self._send, (batch, first_sent)).start()
                 return
-            self._fail(batch, EsActorsError(f"partition {self.partition} actor unavailable: {exc}"))
+            self._fail(batch, CommandTimeout(
+                f"partition {self.partition} actor unavailable for {self._config.retry_deadline_s:.0f}s ({exc}); "
+                "the outcome is unknown: resubmit with the same command_id to learn it"
+            ))
         except BaseException as exc:  # e.g. the actor answers every call with WriterFenced
             self._fail(batch, unwrap_actor_error(exc))
         else:

@@ -17,7 +17,7 @@ class StoreConfig(BaseModel):
         50_000, ge=1, description="Commands a client queues per partition before submitters wait (backpressure)."
     )
     submit_timeout_s: float = Field(
-        60.0, gt=0, description="How long a submitter waits for queue room or a result before Overloaded."
+        60.0, gt=0, description="How long a submitter waits for queue room (then Overloaded) or for its result (then CommandTimeout)."
     )
     max_event_bytes: int = Field(
         1 << 20, ge=64, description="Largest total JSON payload of the events one command may append."

@@ -1,4 +1,7 @@
-"""Errors a client can receive. Each one says what happened and that nothing was written.
+"""Errors a client can receive, each saying what happened.
+
+Rejections (:class:`CommandRejected`), :class:`Overloaded` and :class:`StorageError` mean nothing
+was written; :class:`CommandTimeout` means the outcome is unknown (resubmit by command id).
 
 Errors cross the Ray boundary by pickling, so each keeps its constructor arguments in
 ``args`` (the default ``BaseException.__reduce__`` then rebuilds it faithfully).
@@ -39,6 +42,10 @@ class UnknownAggregateType(CommandRejected):
 
 class UnknownCommand(CommandRejected):
     """The aggregate type does not declare this command type."""
+
+
+class UserCodeError(CommandRejected):
+    """The aggregate's own decide or evolve raised an unexpected exception (a bug, not a rule)."""
 
 
 class InvalidPayload(CommandRejected):

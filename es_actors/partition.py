@@ -26,6 +26,7 @@ from .domain import DomainRegistry, Event
 from .errors import (
     CommandIdReused,
     CommandRejected,
+    UserCodeError,
     ConcurrencyError,
     EsActorsError,
     InvalidPayload,
@@ -224,7 +225,7 @@ class Partition:
                 kind_name = type(exc).__name__
                 self.rejections[kind_name] = self.rejections.get(kind_name, 0) + 1
             except Exception as exc:  # a bug in user code (decide/evolve) must not stop the partition
-                err = CommandRejected(f"{type(exc).__name__} in {item[1] if len(item) > 1 else '?'}: {exc}")
+                err = UserCodeError(f"{type(exc).__name__} in {item[1] if len(item) > 1 else '?'}: {exc}")
                 results[i] = ("err", err)
                 self.rejections["UserCodeError"] = self.rejections.get("UserCodeError", 0) + 1
         if rows:
@@ -234,6 +235,7 @@ class Partition:
                 for i in [a[0] for a in accepted] + retried_in_batch:
                     results[i] = ("err", exc)
                 self.rejections["StorageError"] = self.rejections.get("StorageError", 0) + len(accepted)
+                self.counts["rejected"] += sum(1 for r in results if r is not None and r[0] == "err")
                 return self._resolve_dups(results)
         for key, (state, version) in working.items():
             entry = self.aggregates.get(key)

@@ -320,9 +320,16 @@ class AggregateHandle(Generic[S]):
         )
         return self.store._submit_item(item)
 
-    async def asubmit(self, command: Command, **options: Any) -> CommandResult:
-        """Awaitable :meth:`submit` for asyncio code."""
-        return await asyncio.wrap_future(self.submit_async(command, **options))
+    async def asubmit(self, command: Command, *, timeout: float | None = None, **options: Any) -> CommandResult:
+        """Awaitable :meth:`submit` for asyncio code (same keywords, same CommandTimeout)."""
+        fut = self.submit_async(command, **options)
+        wait_s = self.store.config.submit_timeout_s if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), wait_s)
+        except asyncio.TimeoutError:
+            raise CommandTimeout(
+                "no answer in time; the outcome is unknown: resubmit with the same command_id to learn it"
+            ) from None
 
     def import_events(
         self,

@@ -12,6 +12,7 @@ from es_actors import Aggregate, Command, Event
 
 class Tick(Command):
     delay_s: float = 0.0
+    crash: bool = False  # makes decide raise like buggy user code would
 
 
 class Ticked(Event):
@@ -36,6 +37,8 @@ class SlowCounter(Aggregate[Count]):
     def decide(cls, state: Count, command: Command) -> Sequence[Event]:
         assert isinstance(command, Tick)
         time.sleep(command.delay_s)
+        if command.crash:
+            raise ZeroDivisionError("a bug in decide")
         return [Ticked()]
 
     @classmethod

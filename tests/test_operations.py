@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import ray
 
-from es_actors import Overloaded, Store, Submission
+from es_actors import Overloaded, Store, Submission, UserCodeError
 from es_actors.actor import NAMESPACE
 from es_actors.runtime import actor_name
 from examples.bank import BankAccount, Deposit, OpenAccount
@@ -83,3 +83,26 @@ def test_history_cli_is_read_only_and_prints_audit_columns(store_factory, tmp_pa
     assert rows[1]["payload"] == {"amount": 12} and rows[1]["command_id"]
     missing = subprocess.run(cmd[:5] + ["nobody"] + cmd[6:], capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "no events for BankAccount/nobody" in missing.stderr
+
+
+def test_a_bug_in_decide_is_a_clear_error_and_the_partition_keeps_serving(store_factory):
+    s = store_factory("buggy", aggregates=(SlowCounter,), partitions=1)
+    counter = s.aggregate(SlowCounter, "c")
+    with pytest.raises(UserCodeError, match="ZeroDivisionError.*a bug in decide"):
+        counter.submit(Tick(crash=True))
+    assert counter.submit(Tick()).version == 1
+    assert s.stats()[0]["rejections"] == {"UserCodeError": 1}
+
+
+def test_awaiting_a_slow_command_times_out_with_an_unknown_outcome(store_factory):
+    import asyncio
+
+    from es_actors import CommandTimeout
+
+    s = store_factory("await", aggregates=(SlowCounter,), partitions=1)
+    counter = s.aggregate(SlowCounter, "c")
+    with pytest.raises(CommandTimeout, match="resubmit with the same command_id"):
+        asyncio.run(counter.asubmit(Tick(delay_s=1.0), command_id="slow-1", timeout=0.2))
+    # the command was still applied once; resubmitting by id tells the outcome
+    again = counter.submit(Tick(delay_s=1.0), command_id="slow-1")
+    assert again.duplicate and again.version == 1
