@@ -9,6 +9,7 @@ never retried blindly (``max_task_retries=0``): clients resend by command id ins
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,7 @@ import ray
 from ray.util import metrics
 
 from .config import StoreConfig
+from .direct import DirectServer
 from .domain import Aggregate, DomainRegistry
 from .errors import EsActorsError
 from .partition import BatchItem, ItemResult, Partition
@@ -74,6 +76,9 @@ class PartitionActor:
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
         self._metrics = _WriteMetrics(partition)
+        # Ray calls run on the main thread, direct-link batches on server threads: one at a time.
+        self._serial = threading.Lock()
+        self._direct = DirectServer(self._handle, f"p{partition}") if self._partition is not None else None
 
     def _owned(self) -> Partition:
         if self._error is not None:
@@ -85,25 +90,43 @@ class PartitionActor:
     # the write path reports through its own metrics instead.
     @ray.method(enable_task_events=False)
     def handle_batch(self, batch: list[BatchItem]) -> list[ItemResult]:
-        p = self._owned()
-        t0 = time.perf_counter()
-        results = p.handle_batch(batch)
-        self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
-        return results
+        """The write path over Ray (clients on other nodes; the direct link is the fast path)."""
+        return self._handle(batch)
+
+    def _handle(self, batch: list[BatchItem]) -> list[ItemResult]:
+        with self._serial:
+            p = self._owned()
+            t0 = time.perf_counter()
+            results = p.handle_batch(batch)
+            self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
+            return results
+
+    def endpoint(self) -> tuple[str, tuple[str, int], bytes]:
+        """(node id, address, key) of the direct link, for clients on the same node."""
+        self._owned()
+        assert self._direct is not None
+        return ray.get_runtime_context().get_node_id(), self._direct.address, self._direct.authkey
 
     def get_state(self, aggregate_type: str, aggregate_id: str) -> tuple[int, Any]:
-        return self._owned().get_state(aggregate_type, aggregate_id)
+        with self._serial:
+            return self._owned().get_state(aggregate_type, aggregate_id)
 
     def stats(self) -> dict[str, Any]:
-        return {**self._owned().stats(), "pid": os.getpid()}
+        with self._serial:
+            return {**self._owned().stats(), "pid": os.getpid()}
 
     def seal(self) -> None:
-        self._owned().seal()
+        with self._serial:
+            self._owned().seal()
 
     def close(self) -> None:
         """Seal the tail and let go of the partition (the lock), so another process may own it."""
-        if self._partition is not None:
-            self._partition.seal()
-            self._partition.close()
-            self._partition = None
-            self._error = EsActorsError("this partition actor was closed")
+        with self._serial:
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
+            if self._partition is not None:
+                self._partition.seal()
+                self._partition.close()
+                self._partition = None
+                self._error = EsActorsError("this partition actor was closed")

@@ -5,21 +5,27 @@ goes as the next batch (adaptive batching, no timer: a lone command goes at once
 crowd shares one call and one durable write). The queue is bounded: when it is full,
 submitters wait up to ``submit_timeout_s`` and then get :class:`Overloaded`.
 
-If the actor dies with a batch in flight, the batch is resent as-is once the actor is
-back: every item carries a command id, so the actor answers a command it already made
-durable from its dedup record instead of applying it twice.
+Batches travel over the actor's direct local link when the client runs on the actor's
+node (es_actors/direct.py: ~20 us of CPU per call instead of Ray's ~0.5 ms), else as Ray
+actor calls. If the actor dies with a batch in flight, the batch is resent as-is once the
+actor is back: every item carries a command id, so the actor answers a command it already
+made durable from its dedup record instead of applying it twice.
 """
 
 from __future__ import annotations
 
 import _thread
 import logging
+import pickle
+import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from multiprocessing.connection import Client, Connection
 from typing import Any, Callable, Protocol
 
-from ray.exceptions import RayActorError
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from .config import StoreConfig
 from .errors import CommandTimeout, Overloaded
@@ -73,6 +79,7 @@ class PartitionChannel:
         config: StoreConfig,
         convert: Callable[[BatchItem, ItemResult], Any],
         observe_latency: Callable[[int, float], None],
+        direct: bool = True,
     ) -> None:
         self.partition = partition
         self._actor = actor
@@ -83,6 +90,7 @@ class PartitionChannel:
         self._pending: list[Pending] = []
         self._in_flight = False
         self.calls = 0
+        self._link: DirectLink | None = DirectLink(self) if direct else None
 
     def submit(self, items: list[BatchItem], sink: Callable[[], Sink] = Future) -> list[Any]:
         """Queue items; each gets a sink (a Future by default) that receives its result."""
@@ -112,14 +120,21 @@ class PartitionChannel:
 
     def _send(self, batch: list[Pending], first_sent: float) -> None:
         self.calls += 1
+        if self._link is not None:
+            self._link.send(batch, first_sent)
+            return
         t0 = time.perf_counter()
         ref = self._actor.handle_batch.remote([item for item, _f in batch])
         ref.future().add_done_callback(lambda f: self._on_done(batch, f, t0, first_sent))
 
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+
     def _on_done(self, batch: list[Pending], done: "Future[Any]", t0: float, first_sent: float) -> None:
         try:
             results = done.result()
-        except RayActorError as exc:
+        except (RayActorError, GetTimeoutError, ConnectionError, EOFError, OSError) as exc:
             if time.monotonic() - first_sent < self._config.retry_deadline_s:
                 log.warning("partition %d actor unavailable (%s); resending %d commands by id", self.partition, exc, len(batch))
                 threading.Timer(0.2, self._send, (batch, first_sent)).start()
@@ -139,12 +154,8 @@ class PartitionChannel:
                 try:
                     value = self._convert(item, result)
                 except BaseException as exc:
-                    fut.set_exception(exc)
-                else:
-                    if isinstance(value, BaseException):
-                        fut.set_exception(value)
-                    else:
-                        fut.set_result(value)
+                    value = exc
+                _settle(fut, value)
             return
         self._send_next()
 
@@ -157,4 +168,81 @@ class PartitionChannel:
     @staticmethod
     def _fail(batch: list[Pending], exc: BaseException) -> None:
         for _item, fut in batch:
-            fut.set_exception(exc)
+            _settle(fut, exc)
+
+
+def _settle(sink: Sink, value: Any) -> None:
+    """Hand a result or error to its waiter; a Future the caller cancelled just drops it."""
+    try:
+        if isinstance(value, BaseException):
+            sink.set_exception(value)
+        else:
+            sink.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+class DirectLink:
+    """Carries one channel's batches over the actor's direct local connection.
+
+    One thread per link does send -> receive -> deliver; the channel keeps one batch in
+    flight, so nothing else is needed. When the actor is on another node, the link hands
+    batches back to Ray calls. A broken connection is reported like a dead actor (resend
+    by command id); the next batch reconnects to the restarted actor's new endpoint.
+    """
+
+    def __init__(self, channel: PartitionChannel) -> None:
+        self._channel = channel
+        self._outbox: queue.SimpleQueue[tuple[list[Pending], float] | None] = queue.SimpleQueue()
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._run, name=f"es-link-p{channel.partition}", daemon=True)
+        self._thread.start()
+
+    def send(self, batch: list[Pending], first_sent: float) -> None:
+        self._outbox.put((batch, first_sent))
+
+    def close(self) -> None:
+        self._outbox.put(None)
+
+    def _connect(self) -> Connection | None:
+        """The live connection, or None when the actor is not on this node (use Ray calls)."""
+        if self._conn is None:
+            node_id, address, key = ray.get(self._channel._actor.endpoint.remote(), timeout=30)
+            if node_id != ray.get_runtime_context().get_node_id():
+                return None
+            self._conn = Client(address, authkey=key)
+        return self._conn
+
+    def _run(self) -> None:
+        while True:
+            job = self._outbox.get()
+            if job is None:
+                if self._conn is not None:
+                    self._conn.close()
+                return
+            batch, first_sent = job
+            done: Future[Any] = Future()
+            t0 = time.perf_counter()
+            try:
+                conn = self._connect()
+                if conn is None:  # another node: this channel goes through Ray from now on
+                    self._channel._link = None
+                    self._channel.calls -= 1
+                    self._channel._send(batch, first_sent)
+                    return
+                conn.send_bytes(pickle.dumps([item for item, _f in batch], protocol=5))
+                tag, value = pickle.loads(conn.recv_bytes())
+            except BaseException as exc:  # transport or actor failure: the channel decides
+                if isinstance(exc, (ConnectionError, EOFError, OSError)) and self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                done.set_exception(exc)
+            else:
+                if tag == "ok":
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
+            try:
+                self._channel._on_done(batch, done, t0, first_sent)
+            except Exception:  # this thread must outlive any one delivery
+                log.exception("partition %d: delivering a batch failed", self._channel.partition)

@@ -140,6 +140,8 @@ class Store:
 
         stop_partition_actors(self._actors)
         self._actors = None
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -325,7 +327,8 @@ class AggregateHandle(Generic[S]):
         fut = self.submit_async(command, **options)
         wait_s = self.store.config.submit_timeout_s if timeout is None else timeout
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), wait_s)
+            # shield: a timeout must not cancel the command's Future; the command may still land
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), wait_s)
         except asyncio.TimeoutError:
             raise CommandTimeout(
                 "no answer in time; the outcome is unknown: resubmit with the same command_id to learn it"
