@@ -8,6 +8,7 @@ never retried blindly (``max_task_retries=0``): clients resend by command id ins
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -27,6 +28,17 @@ from .storage.layout import StoreLayout
 NAMESPACE = "es_actors"
 _MS_BOUNDS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
 _BATCH_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+
+
+def tune_gc_for_a_long_lived_heap() -> None:
+    """A partition actor holds millions of small long-lived objects (states, command ids, tail
+    rows) and allocates a few per command. With CPython's default thresholds the collector
+    re-scans them so often that throughput fell ~25% and bulk p99 rose from ~75 to ~190 ms
+    as a store grew (4 x 8 s bulk rounds here). The recovered heap is frozen out of the
+    collector's reach and collections run less often; reference cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 class _WriteMetrics:
@@ -76,6 +88,7 @@ class PartitionActor:
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
         self._metrics = _WriteMetrics(partition)
+        tune_gc_for_a_long_lived_heap()
         # Ray calls run on the main thread, direct-link batches on server threads: one at a time.
         self._serial = threading.Lock()
         self._direct = DirectServer(self._handle, f"p{partition}") if self._partition is not None else None

@@ -13,6 +13,11 @@ class StoreConfig(BaseModel):
         10_000, ge=1, description="Command ids remembered per aggregate for idempotent retries (the newest N)."
     )
     max_batch: int = Field(2_000, ge=1, description="Most commands one client->partition call carries.")
+    direct_link: bool = Field(
+        True,
+        description="Send batches over the partition actor's local loopback link when on its node "
+        "(fast path); False sends every batch as a Ray actor call.",
+    )
     max_pending: int = Field(
         50_000, ge=1, description="Commands a client queues per partition before submitters wait (backpressure)."
     )

@@ -97,7 +97,8 @@ class Store:
 
             metrics = ClientMetrics()
             self._channels = [
-                PartitionChannel(i, a, config, self._convert, metrics.observe) for i, a in enumerate(actors)
+                PartitionChannel(i, a, config, self._convert, metrics.observe, direct=config.direct_link)
+                for i, a in enumerate(actors)
             ]
 
     # -- opening and closing --------------------------------------------------------------

@@ -226,8 +226,9 @@ def assert_sealed_prefixes(sealed: list[tuple[Any, ...]]) -> None:
 # -- 1. the owning actor's process is SIGKILLed under load --------------------------------
 
 
-def test_actor_sigkill_under_load_keeps_every_ack_once(store_factory):
-    store = store_factory("kill", partitions=2, seal_rows=40, compact_min_run=3)
+@pytest.mark.parametrize("direct_link", [True, False], ids=["direct-link", "ray-calls"])
+def test_actor_sigkill_under_load_keeps_every_ack_once(store_factory, direct_link):
+    store = store_factory("kill", partitions=2, seal_rows=40, compact_min_run=3, direct_link=direct_link)
     accounts = [f"acc-{i}" for i in range(8)]
     for aid in accounts:
         store.aggregate(BankAccount, aid).submit(OpenAccount(owner=aid), command_id=f"open-{aid}")

@@ -247,3 +247,16 @@ def test_store_remembers_its_partition_count(store_factory, tmp_path):
 def test_non_local_uri_is_refused_clearly(ray_session):
     with pytest.raises(EsActorsError, match="not supported yet"):
         Store.open("s3://bucket/store", [BankAccount])
+
+
+def test_the_ray_call_path_keeps_the_same_guarantees(store_factory):
+    """Clients on another node send batches as Ray calls; direct_link=False forces that path."""
+    s = store_factory("raypath", partitions=2, direct_link=False)
+    acct = opened(s)
+    first = acct.submit(Deposit(amount=10), command_id="rp-1")
+    assert acct.submit(Deposit(amount=10), command_id="rp-1").duplicate
+    with pytest.raises(ConcurrencyError):
+        acct.submit(Deposit(amount=1), expected_version=1)
+    results = s.submit_many([Submission(BankAccount, "a1", Deposit(amount=1)) for _ in range(50)])
+    assert sorted(r.version for r in results) == list(range(first.version + 1, first.version + 51))
+    assert s.stats()[s.partition_of("BankAccount", "a1")]["durable_writes"] < 50
