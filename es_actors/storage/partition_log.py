@@ -115,17 +115,10 @@ class PartitionLog:
             self._current_rows = []
             self._writer = TailWriter(self.tail_dir, self.next_position)
 
-    def sealed_table(self) -> pa.Table:
-        """Every sealed event in position order (the owner's start-up replay reads it once)."""
-        if not self.segments.segments:
-            return ARROW_SCHEMA.empty_table()
-        paths = [str(s.path) for s in self.segments.segments]
-        return ds.dataset(paths, schema=ARROW_SCHEMA, format="parquet").to_table()
-
     def durable_snapshot(self, attempts: int = 20) -> tuple[pa.Table, list[Row]]:
         """Every durable row, consistent while the sealer runs: (sealed table, unsealed rows after it).
 
-        Reading ``sealed_table()`` and then ``unsealed_rows()`` is not: the sealer (already
+        Reading the segments and then ``unsealed_rows()`` is not: the sealer (already
         running, e.g. on tail files a crash left unsealed) may move a file's rows from memory
         into a segment between the two calls, and the rows would be missing from both. Here
         both sides are taken under one lock; the sealer publishes a segment before dropping
