@@ -19,7 +19,7 @@ from typing import Any, Generic, Sequence, TypeVar
 from .channel import ResultSlot
 from .config import StoreConfig
 from .domain import Aggregate, Command, DomainRegistry, Event
-from .errors import CommandTimeout, EsActorsError, PayloadTooLarge
+from .errors import CommandTimeout, EsActorsError, Overloaded, PayloadTooLarge
 from .records import CommandResult, RecordedEvent
 from .storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
 from .storage.reader import read_partition_rows, sealed_files
@@ -191,7 +191,13 @@ class Store:
                 continue
             per_partition.setdefault(self.partition_of(atype, item[2]), []).append((i, item))
         for p, entries in per_partition.items():
-            for (i, _item), fut in zip(entries, self._channel(p).submit([item for _i, item in entries], sink)):
+            try:
+                sinks = self._channel(p).submit([item for _i, item in entries], sink)
+            except Overloaded as exc:  # this partition's share only: the others are already on their way
+                sinks = [sink() for _ in entries]
+                for s in sinks:
+                    s.set_exception(exc)
+            for (i, _item), fut in zip(entries, sinks):
                 futures[i] = fut
         return futures  # type: ignore[return-value]
 

@@ -33,6 +33,20 @@ def test_a_slow_partition_makes_submitters_wait_then_get_overloaded(store_factor
     assert counter.state().state.n == 5  # the refused command wrote nothing
 
 
+def test_a_bulk_call_into_a_full_partition_reports_overload_per_command(store_factory):
+    s = store_factory("slowbulk", aggregates=(SlowCounter,), partitions=2, max_pending=2, max_batch=1, submit_timeout_s=0.3)
+    ids = [f"c{i}" for i in range(40)]
+    slow = next(i for i in ids if s.partition_of("SlowCounter", i) == 0)
+    busy = s.aggregate(SlowCounter, slow).submit_async(Tick(delay_s=0.8))  # partition 0 is busy...
+    queued = [s.aggregate(SlowCounter, slow).submit_async(Tick()) for _ in range(2)]  # ...and its queue full
+    others = [i for i in ids if s.partition_of("SlowCounter", i) == 1][:2]
+    results = s.submit_many([Submission(SlowCounter, slow, Tick()), *[Submission(SlowCounter, o, Tick()) for o in others]])
+    assert isinstance(results[0], Overloaded)
+    assert [r.version for r in results[1:]] == [1, 1]  # the other partition's commands stand alone
+    busy.result(timeout=30), [f.result(timeout=30) for f in queued]
+    assert s.aggregate(SlowCounter, slow).state().state.n == 3
+
+
 def test_partition_actors_have_readable_names(store):
     for p in range(store.descriptor.partitions):
         name = actor_name(store.layout, store.descriptor, p)
