@@ -208,7 +208,11 @@ class DirectLink:
         """The live connection, or None when the actor is not on this node (use Ray calls)."""
         if self._conn is None:
             node_id, address, key = ray.get(self._channel._actor.endpoint.remote(), timeout=30)
-            if node_id != ray.get_runtime_context().get_node_id():
+            try:
+                here = ray.get_runtime_context().get_node_id()
+            except Exception:  # e.g. a Ray Client ("ray://") session has no local node
+                here = None
+            if node_id != here:
                 return None
             self._conn = Client(address, authkey=key)
         return self._conn
