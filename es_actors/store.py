@@ -387,3 +387,22 @@ class AggregateHandle(Generic[S]):
 
     def history(self) -> list[RecordedEvent]:
         return self.store.history(self.aggregate_type, self.aggregate_id)
+
+    def state_at(self, *, version: int | None = None, as_of: datetime | None = None) -> AggregateState[S]:
+        """The aggregate as it was at ``version``, or as the store knew it at ``as_of`` (UTC-aware).
+
+        Folds the durable history (no actor involved, so it also works on a read-only store).
+        """
+        if (version is None) == (as_of is None):
+            raise EsActorsError("give exactly one of version= or as_of=")
+        if as_of is not None and as_of.tzinfo is None:
+            raise EsActorsError("as_of must be timezone-aware (recorded_at is UTC)")
+        agg = self.store.registry.aggregate(self.aggregate_type)
+        state, at = agg.initial_state(), 0
+        for e in self.history():
+            if (version is not None and e.version > version) or (as_of is not None and e.recorded_at > as_of):
+                break
+            state, at = agg.evolve(state, e.event), e.version
+        if version is not None and at < version:
+            raise EsActorsError(f"{self.aggregate_type}/{self.aggregate_id} has no version {version}; its last is {at}")
+        return AggregateState(at, state)

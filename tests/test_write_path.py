@@ -260,3 +260,20 @@ def test_the_ray_call_path_keeps_the_same_guarantees(store_factory):
     results = s.submit_many([Submission(BankAccount, "a1", Deposit(amount=1)) for _ in range(50)])
     assert sorted(r.version for r in results) == list(range(first.version + 1, first.version + 51))
     assert s.stats()[s.partition_of("BankAccount", "a1")]["durable_writes"] < 50
+
+
+def test_state_as_of_a_version_or_a_moment(store_factory, tmp_path):
+    s = store_factory("travel", partitions=1)
+    acct = opened(s)
+    r2 = acct.submit(Deposit(amount=10))
+    acct.submit(Deposit(amount=5))
+    assert acct.state_at(version=2).state.balance == 10
+    assert acct.state_at(version=1).state.balance == 0 and acct.state_at(version=3).state.balance == 15
+    when = r2.events[0].recorded_at
+    assert (acct.state_at(as_of=when).version, acct.state_at(as_of=when).state.balance) == (2, 10)
+    with pytest.raises(EsActorsError, match="no version 9"):
+        acct.state_at(version=9)
+    with pytest.raises(EsActorsError, match="timezone-aware"):
+        acct.state_at(as_of=datetime(2030, 1, 1))
+    ro = Store.open(tmp_path / "travel", [BankAccount], read_only=True)  # no actor needed
+    assert ro.aggregate(BankAccount, "a1").state_at(version=2).state.balance == 10
