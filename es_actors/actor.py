@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from ray.util import metrics
 from .config import StoreConfig
 from .direct import DirectServer
 from .domain import Aggregate, DomainRegistry
-from .errors import EsActorsError
+from .errors import CommandRejected, DomainError, EsActorsError, StoreCorrupted
 from .partition import BatchItem, ItemResult, Partition
 from .storage.layout import StoreLayout
 
@@ -39,6 +40,20 @@ def tune_gc_for_a_long_lived_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """An error that survives plain pickling to the client, else a library error with its text.
+
+    User errors may live in ``__main__`` or take constructor arguments pickle cannot replay;
+    one such error must not break the reply of a whole batch.
+    """
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=5))
+        return exc
+    except Exception:
+        fallback = DomainError if isinstance(exc, DomainError) else CommandRejected
+        return fallback(f"{type(exc).__name__}: {exc}")
 
 
 class _WriteMetrics:
@@ -87,6 +102,8 @@ class PartitionActor:
             self._partition = Partition(StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config)
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
+        except Exception as exc:  # e.g. an unreadable segment: same, with the cause named
+            self._error = StoreCorrupted(f"partition {partition} cannot recover: {type(exc).__name__}: {exc}")
         self._metrics = _WriteMetrics(partition)
         tune_gc_for_a_long_lived_heap()
         # Ray calls run on the main thread, direct-link batches on server threads: one at a time.
@@ -110,7 +127,7 @@ class PartitionActor:
         with self._serial:
             p = self._owned()
             t0 = time.perf_counter()
-            results = p.handle_batch(batch)
+            results = [("err", portable_error(r[1])) if r[0] == "err" else r for r in p.handle_batch(batch)]
             self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
             return results
 

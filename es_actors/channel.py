@@ -124,7 +124,13 @@ class PartitionChannel:
             self._link.send(batch, first_sent)
             return
         t0 = time.perf_counter()
-        ref = self._actor.handle_batch.remote([item for item, _f in batch])
+        try:
+            ref = self._actor.handle_batch.remote([item for item, _f in batch])
+        except Exception as exc:  # e.g. an argument Ray cannot serialize: fail this batch, go on
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            self._on_done(batch, failed, t0, first_sent)
+            return
         ref.future().add_done_callback(lambda f: self._on_done(batch, f, t0, first_sent))
 
     def close(self) -> None:

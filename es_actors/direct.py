@@ -19,6 +19,8 @@ import threading
 from multiprocessing.connection import Connection, Listener
 from typing import Any, Callable
 
+from .errors import EsActorsError
+
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 
@@ -57,8 +59,12 @@ class DirectServer:
                 except BaseException as exc:  # e.g. WriterFenced, or the actor was closed
                     reply = ("raise", exc)
                 try:
-                    conn.send_bytes(pickle.dumps(reply, protocol=5))
-                except (OSError, pickle.PicklingError) as exc:
+                    data = pickle.dumps(reply, protocol=5)
+                except Exception as exc:  # an unpicklable error: still answer, with its text
+                    data = pickle.dumps(("raise", EsActorsError(f"cannot send the reply: {exc!r}")), protocol=5)
+                try:
+                    conn.send_bytes(data)
+                except OSError as exc:
                     log.warning("direct link: cannot answer: %s", exc)
                     return
 

@@ -181,21 +181,30 @@ class Partition:
                 for e in events:
                     state = agg_cls.evolve(state, e)
                 meta = meta or {}
-                base_meta = dict(meta.get("metadata") or {})
-                if meta.get("reason") is not None:
-                    base_meta["reason"] = meta["reason"]
                 corr = meta.get("correlation_id") or cid
                 caus = meta.get("causation_id") or cid
                 principal = meta.get("principal")
-                start = len(rows)
+                for name, value in (("command_id", cid), ("correlation_id", corr), ("causation_id", caus),
+                                    ("principal", principal), ("reason", meta.get("reason"))):
+                    if value is not None and not isinstance(value, str):
+                        raise InvalidPayload(f"{name} must be a string, not {type(value).__name__}")
+                base_meta = dict(meta.get("metadata") or {})
+                if meta.get("reason") is not None:
+                    base_meta["reason"] = meta["reason"]
+                # Build this command's rows apart, so a failure half-way leaves nothing in the frame.
+                own: list[Row] = []
                 for n, (e, payload) in enumerate(zip(events, payloads)):
                     md = base_meta
                     if occurred[n] is not None:
                         md = {**base_meta, "occurred_at": occurred[n]}
-                    rows.append(
+                    try:
+                        md_json = json.dumps(md, default=str) if md else "{}"
+                    except (TypeError, ValueError) as exc:
+                        raise InvalidPayload(f"metadata is not JSON: {exc}") from None
+                    own.append(
                         (
                             self.partition,
-                            next_pos,
+                            next_pos + n,
                             atype,
                             aid,
                             version + n + 1,
@@ -209,10 +218,12 @@ class Partition:
                             principal,
                             now_us,
                             payload,
-                            json.dumps(md, default=str) if md else "{}",
+                            md_json,
                         )
                     )
-                    next_pos += 1
+                start = len(rows)
+                rows.extend(own)
+                next_pos += len(own)
                 version += len(events)
                 working[key] = (state, version)
                 if events:

@@ -7,16 +7,24 @@ from typing import Sequence
 
 from pydantic import BaseModel
 
-from es_actors import Aggregate, Command, Event
+from es_actors import Aggregate, Command, DomainError, Event
 
 
 class Tick(Command):
     delay_s: float = 0.0
     crash: bool = False  # makes decide raise like buggy user code would
+    refuse: bool = False  # makes decide raise a DomainError that pickle cannot rebuild
 
 
 class Ticked(Event):
     pass
+
+
+class Refused(DomainError):
+    """A user error with its own constructor: pickle cannot rebuild it from its message alone."""
+
+    def __init__(self, limit: int, why: str) -> None:
+        super().__init__(f"refused at {limit}: {why}")
 
 
 class Count(BaseModel, frozen=True):
@@ -37,6 +45,8 @@ class SlowCounter(Aggregate[Count]):
     def decide(cls, state: Count, command: Command) -> Sequence[Event]:
         assert isinstance(command, Tick)
         time.sleep(command.delay_s)
+        if command.refuse:
+            raise Refused(3, "too many")
         if command.crash:
             raise ZeroDivisionError("a bug in decide")
         return [Ticked()]

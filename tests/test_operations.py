@@ -12,10 +12,10 @@ import urllib.request
 import pytest
 import ray
 
-from es_actors import Overloaded, Store, Submission, UserCodeError
+from es_actors import DomainError, InvalidPayload, Overloaded, Store, Submission, UserCodeError
 from es_actors.actor import NAMESPACE
 from es_actors.runtime import actor_name
-from examples.bank import BankAccount, Deposit, OpenAccount
+from examples.bank import BankAccount, Deposit, MoneyDeposited, OpenAccount
 from tests.domains import SlowCounter, Tick
 
 
@@ -120,3 +120,28 @@ def test_awaiting_a_slow_command_times_out_with_an_unknown_outcome(store_factory
     # the command was still applied once; resubmitting by id tells the outcome
     again = counter.submit(Tick(delay_s=1.0), command_id="slow-1")
     assert again.duplicate and again.version == 1
+
+
+@pytest.mark.parametrize("direct_link", [True, False], ids=["direct-link", "ray-calls"])
+def test_a_user_error_pickle_cannot_rebuild_fails_only_its_command(store_factory, direct_link):
+    s = store_factory("refuse", aggregates=(SlowCounter,), partitions=1, direct_link=direct_link)
+    results = s.submit_many([Submission(SlowCounter, "c", Tick()), Submission(SlowCounter, "c", Tick(refuse=True)),
+                             Submission(SlowCounter, "c", Tick())])
+    assert [getattr(r, "version", None) for r in results] == [1, None, 2]
+    assert isinstance(results[1], DomainError) and "refused at 3: too many" in str(results[1])
+
+
+def test_audit_fields_of_the_wrong_type_are_refused_and_sealing_goes_on(store_factory):
+    s = store_factory("types", partitions=1)
+    acct = s.aggregate(BankAccount, "t1")
+    acct.submit(OpenAccount(owner="t"))
+    with pytest.raises(InvalidPayload, match="principal must be a string"):
+        acct.submit(Deposit(amount=1), principal=42)
+    with pytest.raises(InvalidPayload, match="command_id must be a string"):
+        acct.submit(Deposit(amount=1), command_id=7781)
+    with pytest.raises(InvalidPayload, match="metadata is not JSON"):  # a later event's bad metadata
+        acct.import_events([MoneyDeposited(amount=1), MoneyDeposited(amount=2)], expected_version=1,
+                           occurred_at=[None, None], metadata={(1, 2): "tuple key"})
+    assert acct.submit(Deposit(amount=5)).version == 2  # nothing half-written: version 2 is free
+    s.seal()  # every stored row is sealable
+    assert [h.version for h in acct.history()] == [1, 2]
