@@ -149,6 +149,19 @@ class PartitionActor:
         with self._serial:
             self._owned().seal()
 
+    def passivate(self, aggregate_type: str | None = None, aggregate_id: str | None = None) -> int:
+        with self._serial:
+            key = (aggregate_type, aggregate_id) if aggregate_type is not None and aggregate_id is not None else None
+            return self._owned().passivate(key)  # type: ignore[arg-type]
+
+    def hydrate_all(self, limit: int | None = None) -> int:
+        with self._serial:
+            return self._owned().hydrate_all(limit)
+
+    def flush_snapshots(self) -> int:
+        with self._serial:
+            return self._owned().flush_snapshots(force=True)
+
     def close(self) -> None:
         """Seal the tail and let go of the partition (the lock), so another process may own it."""
         with self._serial:

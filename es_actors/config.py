@@ -35,3 +35,10 @@ class StoreConfig(BaseModel):
     retry_deadline_s: float = Field(
         120.0, ge=0, description="How long a client resends a batch (by command id) while its actor restarts."
     )
+    max_hydrated: int = Field(
+        100_000, ge=1, description="Most aggregates a partition keeps in memory; the least recently used "
+        "are passivated and rehydrate (snapshot + later events) on next use."
+    )
+    snapshot_flush_rows: int = Field(1_000, ge=1, description="Due snapshots are written as one file once this many wait...")
+    snapshot_flush_s: float = Field(5.0, ge=0, description="...or once the oldest has waited this long (checked per batch).")
+    snapshot_max_files: int = Field(8, ge=1, description="Snapshot files per partition before they are merged into one.")

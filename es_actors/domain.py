@@ -8,11 +8,15 @@ relies on that to discard the effects of a batch whose durable write failed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from .errors import InvalidPayload, UnknownAggregateType, UnknownCommand
+from .upcasting import EventDecoder, Upcaster
 
 State = TypeVar("State")
 
@@ -50,6 +54,12 @@ class Aggregate(Generic[State]):
     aggregate_type: ClassVar[str]
     commands: ClassVar[Sequence[type[Command]]] = ()
     events: ClassVar[Sequence[type[Event]]] = ()
+    #: Upcasters for older stored versions (or older names) of this aggregate's events.
+    upcasters: ClassVar[Sequence[Upcaster]] = ()
+    #: Bump when ``evolve`` changes meaning: snapshots taken under another state version are not used.
+    state_version: ClassVar[int] = 1
+    #: Take a snapshot each time an aggregate has this many events past its last one (None: never live).
+    snapshot_every: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,6 +87,34 @@ class Aggregate(Generic[State]):
         return s
 
 
+class StateCodec:
+    """Encodes an aggregate's state for a snapshot: JSON through pydantic when its type allows
+    (readable with DuckDB), pickle otherwise."""
+
+    def __init__(self, agg: type[Aggregate[Any]]) -> None:
+        self.state_type = type(agg.initial_state())
+        try:
+            self._adapter: TypeAdapter[Any] | None = TypeAdapter(self.state_type)
+            self.schema = json.dumps(self._adapter.json_schema(), sort_keys=True)
+            self.encoding = "json"
+        except Exception:  # not a type pydantic knows: fall back to pickle and the class name
+            self._adapter = None
+            self.schema = f"{self.state_type.__module__}.{self.state_type.__qualname__}"
+            self.encoding = "pickle"
+
+    def encode(self, state: Any) -> bytes:
+        if self._adapter is not None:
+            return self._adapter.dump_json(state)
+        return pickle.dumps(state, protocol=5)
+
+    def decode(self, data: bytes, encoding: str) -> Any:
+        if encoding != self.encoding:
+            raise ValueError(f"snapshot encoded as {encoding}, this code uses {self.encoding}")
+        if self._adapter is not None:
+            return self._adapter.validate_json(data)
+        return pickle.loads(data)
+
+
 class DomainRegistry:
     """Resolves stored names to classes: aggregate types, their commands, and event types."""
 
@@ -84,6 +122,8 @@ class DomainRegistry:
         self.aggregates: dict[str, type[Aggregate[Any]]] = {}
         self.commands: dict[str, dict[str, type[Command]]] = {}
         self.events: dict[str, type[Event]] = {}
+        self._codecs: dict[str, StateCodec] = {}
+        self._fingerprints: dict[str, str] = {}
         for agg in aggregates:
             if agg.aggregate_type in self.aggregates and self.aggregates[agg.aggregate_type] is not agg:
                 raise ValueError(f"two aggregate classes share the type name {agg.aggregate_type!r}")
@@ -94,6 +134,32 @@ class DomainRegistry:
                 if known is not None and known is not ev:
                     raise ValueError(f"two event classes share the stored name {ev.event_type!r}")
                 self.events[ev.event_type] = ev
+        self.decoder = EventDecoder(self.events, [u for agg in aggregates for u in agg.upcasters])
+
+    def decode(self, event_type: str, schema_version: int, payload_json: str, where: str = "") -> list[Event]:
+        """A stored event as current events (upcast if older); UnreadableEvent names it if it cannot be."""
+        return self.decoder.decode(event_type, schema_version, payload_json, where)
+
+    def state_codec(self, aggregate_type: str) -> StateCodec:
+        codec = self._codecs.get(aggregate_type)
+        if codec is None:
+            codec = self._codecs[aggregate_type] = StateCodec(self.aggregate(aggregate_type))
+        return codec
+
+    def snapshot_fingerprint(self, aggregate_type: str) -> str:
+        """What a snapshot depends on: state version and schema, event schemas and upcasters in force.
+
+        A snapshot whose fingerprint differs is never used (full replay instead)."""
+        fp = self._fingerprints.get(aggregate_type)
+        if fp is None:
+            agg = self.aggregate(aggregate_type)
+            codec = self.state_codec(aggregate_type)
+            text = "\n".join(
+                [f"aggregate {aggregate_type} state v{agg.state_version}", f"state {codec.encoding} {codec.schema}",
+                 f"events {self.decoder.fingerprint()}"]
+            )
+            fp = self._fingerprints[aggregate_type] = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+        return fp
 
     def aggregate(self, aggregate_type: str) -> type[Aggregate[Any]]:
         try:

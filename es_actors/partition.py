@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -34,9 +36,16 @@ from .errors import (
     StorageError,
     StoreCorrupted,
 )
-from .records import COL, table_to_rows
+import numpy as np
+import pyarrow.compute as pc
+
+from .records import COL
+from .upcasting import UnreadableEvent
 from .storage.layout import StoreLayout
 from .storage.partition_log import PartitionLog
+from .storage.snapshots import SnapshotRow, SnapshotStore
+
+log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 
@@ -60,18 +69,28 @@ class Remembered:
     count: int
 
 
-class AggregateEntry:
-    __slots__ = ("state", "version", "commands")
+_NOT_HYDRATED: Any = object()
 
-    def __init__(self, state: Any, version: int) -> None:
-        self.state = state
+
+class AggregateEntry:
+    """Every aggregate the partition knows: its version and event positions always; its state
+    and recent command ids only while hydrated (at most ``max_hydrated`` of them)."""
+
+    __slots__ = ("version", "positions", "state", "commands", "snap_version")
+
+    def __init__(self, version: int = 0, positions: "array[int] | None" = None) -> None:
         self.version = version
-        self.commands: OrderedDict[str, Remembered] = OrderedDict()
+        self.positions: array[int] = positions if positions is not None else array("q")
+        self.state: Any = _NOT_HYDRATED
+        self.commands: dict[str, Remembered] | None = None  # None: not loaded (lazily, from the log)
+        self.snap_version = 0  # version of the newest snapshot known to exist
 
     def remember(self, command_id: str, rec: Remembered, window: int) -> None:
+        assert self.commands is not None
+        self.commands.pop(command_id, None)
         self.commands[command_id] = rec
         if len(self.commands) > window:
-            self.commands.popitem(last=False)
+            del self.commands[next(iter(self.commands))]
 
 
 def command_digest(kind: str, body: Any) -> str:
@@ -84,58 +103,228 @@ def command_digest(kind: str, body: Any) -> str:
     return hashlib.blake2b(f"{kind}\x00{text}".encode(), digest_size=12).hexdigest()
 
 
+def names_of(encoded: Any, code: int) -> str:
+    return str(encoded.dictionary[int(code)].as_py()).replace("\x00", "/")
+
+
 class Partition:
     def __init__(self, layout: StoreLayout, partition: int, registry: DomainRegistry, config: StoreConfig) -> None:
         self.partition = partition
         self.registry = registry
         self.config = config
         self.log = PartitionLog(layout, partition, config)
+        self.snapshots = SnapshotStore(layout.root, partition)
         self.aggregates: dict[tuple[str, str], AggregateEntry] = {}
-        self.counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0}
+        self.hydrated: OrderedDict[tuple[str, str], AggregateEntry] = OrderedDict()
+        self._snap_pending: dict[tuple[str, str], tuple[int, int, Any]] = {}
+        self._snap_pending_since = 0.0
+        self.counts = {
+            "accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0, "hydrations": 0,
+            "passivations": 0, "snapshot_used": 0, "snapshot_ignored": 0, "snapshots_written": 0,
+            "events_replayed": 0,
+        }
         self.rejections: dict[str, int] = {}
         try:
-            self._replay()
+            t0 = time.perf_counter()
+            self._build_index()
+            self.recovery_s = time.perf_counter() - t0
         except BaseException:
             self.log.close()  # release the lock and stop the sealer: this owner will not run
             raise
 
-    # -- start-up -------------------------------------------------------------------------
+    # -- start-up: an index of every aggregate, no state yet -------------------------------
 
-    def _replay(self) -> None:
-        """Rebuild states and remembered command ids from the durable log."""
-        table, unsealed = self.log.durable_snapshot()
-        rows = table_to_rows(table.sort_by("position")) + unsealed
-        expected_pos = 1
-        for row in rows:
-            if row[COL["position"]] != expected_pos:
-                raise StoreCorrupted(f"partition {self.partition}: position {row[1]} where {expected_pos} expected")
-            expected_pos += 1
-            self._apply_stored(row)
+    def _build_index(self) -> None:
+        """Version and event positions of every aggregate, from four columns of the log.
 
-    def _apply_stored(self, row: Row) -> None:
-        atype, aid, version = row[COL["aggregate_type"]], row[COL["aggregate_id"]], row[COL["version"]]
-        agg_cls = self.registry.aggregate(atype)
-        key = (atype, aid)
-        entry = self.aggregates.get(key)
-        if entry is None:
-            entry = self.aggregates[key] = AggregateEntry(agg_cls.initial_state(), 0)
-        if version != entry.version + 1:
-            raise StoreCorrupted(f"{atype}/{aid}: version {version} follows {entry.version} at position {row[1]}")
-        try:
-            event = self.registry.event_class(row[COL["event_type"]]).model_validate_json(row[COL["payload"]])
-        except Exception as exc:
-            raise InvalidPayload(
-                f"stored event at partition {self.partition} position {row[1]} ({row[COL['event_type']]} "
-                f"v{row[COL['schema_version']]}) does not load: {exc}"
-            ) from None
-        entry.state = agg_cls.evolve(entry.state, event)
-        entry.version = version
-        cid = row[COL["command_id"]]
-        rec = entry.commands.get(cid)
-        if rec is not None and rec.version == version - 1 and rec.first_position + rec.count == row[1]:
-            rec.version, rec.count = version, rec.count + 1
+        Checks what the log promises (positions gapless, each aggregate's versions 1..n in
+        position order) without decoding a payload; states hydrate on first use.
+        """
+        table = self.log.index_columns()
+        n = table.num_rows
+        if n == 0:
+            return
+        positions = table.column("position").to_numpy()
+        if positions[0] != 1 or (n > 1 and not np.all(np.diff(positions) == 1)):
+            bad = int(np.argmax(np.diff(np.concatenate([[0], positions])) != 1))
+            raise StoreCorrupted(f"partition {self.partition}: position {positions[bad]} where {bad + 1} expected")
+        keys = pc.binary_join_element_wise(table.column("aggregate_type"), table.column("aggregate_id"), "\x00")
+        encoded = pc.dictionary_encode(keys).combine_chunks()
+        codes = encoded.indices.to_numpy()
+        order = np.argsort(codes, kind="stable")  # by aggregate, position order within each
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]]))
+        group = np.cumsum(np.concatenate([[1], (sorted_codes[1:] != sorted_codes[:-1]).astype(np.int64)])) - 1
+        versions = table.column("version").to_numpy()[order]
+        expected = np.arange(n) - starts[group] + 1
+        if not np.array_equal(versions, expected):
+            i = int(np.argmax(versions != expected))
+            raise StoreCorrupted(
+                f"partition {self.partition}: {names_of(encoded, sorted_codes[i])}: version {versions[i]} "
+                f"follows {expected[i] - 1} at position {positions[order[i]]}"
+            )
+        sorted_pos = positions[order].astype(np.int64)
+        ends = np.concatenate([starts[1:], [n]])
+        names = encoded.dictionary.to_pylist()
+        for code, a, b in zip(sorted_codes[starts].tolist(), starts.tolist(), ends.tolist()):
+            atype, aid = names[code].split("\x00", 1)
+            self.aggregates[(atype, aid)] = AggregateEntry(b - a, array("q", sorted_pos[a:b].tobytes()))
+
+    # -- hydration and passivation ---------------------------------------------------------
+
+    def _hydrated(self, key: tuple[str, str], entry: AggregateEntry) -> Any:
+        """The entry's state, hydrating it (newest valid snapshot + later events) if passivated."""
+        if entry.state is _NOT_HYDRATED:
+            self._hydrate(key, entry)
+            self.hydrated[key] = entry
+            self._note_for_snapshot(key, entry)  # a long replay (or a stale snapshot) earns a fresh one
         else:
-            entry.remember(cid, Remembered(row[COL["command_digest"]], version, row[1], 1), self.config.dedup_window)
+            self.hydrated.move_to_end(key)
+        return entry.state
+
+    def _hydrate(self, key: tuple[str, str], entry: AggregateEntry) -> None:
+        atype, aid = key
+        agg_cls = self.registry.aggregate(atype)
+        state, at = agg_cls.initial_state(), 0
+        snap = self._best_snapshot(key, entry)
+        if snap is not None:
+            state, at = snap
+            self.counts["snapshot_used"] += 1
+        entry.snap_version = max(entry.snap_version, at)
+        replayed_from = at
+        if at < entry.version:
+            cols = self.log.read_at(entry.positions[at:], ["position", "version", "event_type", "schema_version", "payload"])
+            for pos, version, etype, sv, payload in zip(
+                cols["position"], cols["version"], cols["event_type"], cols["schema_version"], cols["payload"]
+            ):
+                if version != at + 1:
+                    raise StoreCorrupted(f"{atype}/{aid}: version {version} follows {at} at position {pos}")
+                where = f"partition {self.partition} position {pos} ({atype}/{aid} version {version})"
+                for event in self.registry.decode(etype, sv, payload, where):
+                    state = agg_cls.evolve(state, event)
+                at = version
+        self.counts["events_replayed"] += entry.version - replayed_from
+        entry.state = state
+        self.counts["hydrations"] += 1
+
+    def _best_snapshot(self, key: tuple[str, str], entry: AggregateEntry) -> tuple[Any, int] | None:
+        """The newest snapshot that is safe to use, or None. Never a stale one:
+        its fingerprint must match this code, and the log must hold its event at its position."""
+        if entry.version == 0:
+            return None
+        fingerprint = self.registry.snapshot_fingerprint(key[0])
+        codec = self.registry.state_codec(key[0])
+        ignored = False
+        for row in sorted(self.snapshots.candidates(*key), key=lambda r: -r.version):
+            ok = (
+                row.fingerprint == fingerprint
+                and 1 <= row.version <= entry.version
+                and entry.positions[row.version - 1] == row.position
+            )
+            if ok:
+                try:
+                    return codec.decode(row.state, row.encoding), row.version
+                except Exception as exc:
+                    log.warning("%s/%s: snapshot at version %d does not decode, ignored: %s", *key, row.version, exc)
+            ignored = True
+        if ignored:  # taken under other code (or damaged): replace it once rehydrated by replay
+            self.counts["snapshot_ignored"] += 1
+            entry.snap_version = -1
+        return None
+
+    def _ensure_commands(self, key: tuple[str, str], entry: AggregateEntry) -> dict[str, Remembered]:
+        """Recent command ids (the dedup window), read from the log the first time they are needed."""
+        if entry.commands is None:
+            entry.commands = {}
+            if entry.version:
+                window = entry.positions[-self.config.dedup_window :]
+                cols = self.log.read_at(window, ["position", "version", "command_id", "command_digest"])
+                for pos, version, cid, digest in zip(
+                    cols["position"], cols["version"], cols["command_id"], cols["command_digest"]
+                ):
+                    rec = entry.commands.get(cid)
+                    if rec is not None and rec.version == version - 1 and rec.first_position + rec.count == pos:
+                        rec.version, rec.count = version, rec.count + 1
+                    else:
+                        entry.remember(cid, Remembered(digest, version, pos, 1), self.config.dedup_window)
+        return entry.commands
+
+    def _passivate_over_limit(self) -> None:
+        while len(self.hydrated) > self.config.max_hydrated:
+            _key, entry = self.hydrated.popitem(last=False)
+            entry.state, entry.commands = _NOT_HYDRATED, None
+            self.counts["passivations"] += 1
+
+    def passivate(self, key: tuple[str, str] | None = None) -> int:
+        """Drop states from memory (one aggregate, or all); they rehydrate on next use."""
+        keys = [key] if key is not None else list(self.hydrated)
+        n = 0
+        for k in keys:
+            entry = self.hydrated.pop(k, None)
+            if entry is not None:
+                entry.state, entry.commands = _NOT_HYDRATED, None
+                n += 1
+        self.counts["passivations"] += n
+        return n
+
+    def hydrate_all(self, limit: int | None = None) -> int:
+        """Hydrate the most recently written aggregates, up to ``limit`` (default ``max_hydrated``)."""
+        limit = self.config.max_hydrated if limit is None else min(limit, self.config.max_hydrated)
+        keys = sorted(self.aggregates, key=lambda k: self.aggregates[k].positions[-1])[-limit:]
+        for k in keys:
+            self._hydrated(k, self.aggregates[k])
+        self._passivate_over_limit()
+        return len(keys)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def _note_for_snapshot(self, key: tuple[str, str], entry: AggregateEntry) -> None:
+        every = self.registry.aggregate(key[0]).snapshot_every
+        due = entry.snap_version < 0 or (every is not None and entry.version - entry.snap_version >= every)
+        if due and entry.version > 0:
+            if not self._snap_pending:
+                self._snap_pending_since = time.monotonic()
+            self._snap_pending[key] = (entry.version, entry.positions[-1], entry.state)
+            entry.snap_version = entry.version
+
+    def flush_snapshots(self, force: bool = False) -> int:
+        """Write pending snapshots as one file (when enough wait, or they waited long, or forced)."""
+        pending = self._snap_pending
+        if not pending:
+            return 0
+        if not force and len(pending) < self.config.snapshot_flush_rows and (
+            time.monotonic() - self._snap_pending_since < self.config.snapshot_flush_s
+        ):
+            return 0
+        self._snap_pending = {}
+        rows = []
+        for (atype, aid), (version, position, state) in pending.items():
+            codec = self.registry.state_codec(atype)
+            try:
+                data = codec.encode(state)
+            except Exception as exc:  # a state that cannot be encoded is never snapshotted: replay stays correct
+                log.warning("%s/%s: state does not encode for a snapshot: %s", atype, aid, exc)
+                continue
+            rows.append(SnapshotRow(atype, aid, version, position, self.registry.snapshot_fingerprint(atype), codec.encoding, data))
+        try:
+            self.snapshots.write(rows)
+            if self.snapshots.file_count > self.config.snapshot_max_files:
+                self.snapshots.consolidate(self._snapshot_worth_keeping)
+        except OSError as exc:  # snapshots are an optimisation: the log stays the truth
+            log.error("partition %d: writing snapshots failed: %s", self.partition, exc)
+            return 0
+        self.counts["snapshots_written"] += len(rows)
+        return len(rows)
+
+    def _snapshot_worth_keeping(self, row: SnapshotRow) -> bool:
+        entry = self.aggregates.get((row.aggregate_type, row.aggregate_id))
+        return (
+            entry is not None
+            and row.aggregate_type in self.registry.aggregates
+            and row.fingerprint == self.registry.snapshot_fingerprint(row.aggregate_type)
+            and 1 <= row.version <= entry.version
+            and entry.positions[row.version - 1] == row.position
+        )
 
     # -- the write path -------------------------------------------------------------------
 
@@ -147,6 +336,7 @@ class Partition:
         accepted: list[tuple[int, int, int]] = []  # (batch index, first row index, row count)
         retried_in_batch: list[int] = []  # retries of a command accepted earlier in this same batch
         rows: list[Row] = []
+        entry_rows: dict[tuple[str, str], list[int]] = {}  # key -> positions appended in this batch
         next_pos = self.log.next_position
         now_us = time.time_ns() // 1000
         for i, item in enumerate(batch):
@@ -155,11 +345,16 @@ class Partition:
                 agg_cls = self.registry.aggregate(atype)
                 key = (atype, aid)
                 entry = self.aggregates.get(key)
-                state, version = working.get(key) or (
-                    (entry.state, entry.version) if entry else (agg_cls.initial_state(), 0)
-                )
+                if key in working:
+                    state, version = working[key]
+                elif entry is not None:
+                    state, version = self._hydrated(key, entry), entry.version
+                else:
+                    state, version = agg_cls.initial_state(), 0
                 digest = command_digest(kind, body)
-                prior = new_ids.get(key, {}).get(cid) or (entry.commands.get(cid) if entry else None)
+                prior = new_ids.get(key, {}).get(cid) or (
+                    self._ensure_commands(key, entry).get(cid) if entry is not None else None
+                )
                 if prior is not None:
                     if prior.digest != digest:
                         raise CommandIdReused(
@@ -223,6 +418,8 @@ class Partition:
                     )
                 start = len(rows)
                 rows.extend(own)
+                if own:
+                    entry_rows.setdefault(key, []).extend(r[1] for r in own)
                 next_pos += len(own)
                 version += len(events)
                 working[key] = (state, version)
@@ -231,7 +428,7 @@ class Partition:
                 accepted.append((i, start, len(events)))
                 if not events:
                     results[i] = ("ok", version, [])
-            except CommandRejected as exc:
+            except (CommandRejected, UnreadableEvent, StoreCorrupted) as exc:
                 results[i] = ("err", exc)
                 kind_name = type(exc).__name__
                 self.rejections[kind_name] = self.rejections.get(kind_name, 0) + 1
@@ -251,10 +448,20 @@ class Partition:
         for key, (state, version) in working.items():
             entry = self.aggregates.get(key)
             if entry is None:
-                entry = self.aggregates[key] = AggregateEntry(state, version)
+                entry = self.aggregates[key] = AggregateEntry()
+                entry.commands = {}
+            new_positions = entry_rows.get(key)
+            if new_positions:
+                entry.positions.extend(new_positions)
             entry.state, entry.version = state, version
-            for cid, rec in new_ids.get(key, {}).items():
-                entry.remember(cid, rec, self.config.dedup_window)
+            self.hydrated[key] = entry
+            self.hydrated.move_to_end(key)
+            if entry.commands is not None:  # else loaded from the log (which now has these) when needed
+                for cid, rec in new_ids.get(key, {}).items():
+                    entry.remember(cid, rec, self.config.dedup_window)
+            self._note_for_snapshot(key, entry)
+        self._passivate_over_limit()
+        self.flush_snapshots()
         for i, start, n in accepted:
             if n:
                 results[i] = ("ok", rows[start + n - 1][COL["version"]], rows[start : start + n])
@@ -303,8 +510,13 @@ class Partition:
 
     def get_state(self, aggregate_type: str, aggregate_id: str) -> tuple[int, Any]:
         agg_cls = self.registry.aggregate(aggregate_type)
-        entry = self.aggregates.get((aggregate_type, aggregate_id))
-        return (entry.version, entry.state) if entry else (0, agg_cls.initial_state())
+        key = (aggregate_type, aggregate_id)
+        entry = self.aggregates.get(key)
+        if entry is None:
+            return 0, agg_cls.initial_state()
+        state = self._hydrated(key, entry)
+        self._passivate_over_limit()
+        return entry.version, state
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -314,12 +526,16 @@ class Partition:
             "unsealed_events": self.log.unsealed_count,
             "sealed_segments": len(self.log.segments.segments),
             "aggregates": len(self.aggregates),
+            "hydrated": len(self.hydrated),
+            "recovery_s": self.recovery_s,
+            "snapshot_files": self.snapshots.file_count,
             "seal_error": self.log.seal_error,
             "rejections": dict(self.rejections),
             **self.counts,
         }
 
     def seal(self) -> None:
+        self.flush_snapshots(force=True)
         self.log.seal_all()
 
     def close(self) -> None:

@@ -103,24 +103,36 @@ class RecordedEvent:
     def event_type(self) -> str:
         return self.event.event_type
 
+    #: The version the event was stored at (``event`` is always the current version, upcast).
+    stored_schema_version: int = 0
+
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], registry: DomainRegistry) -> "RecordedEvent":
-        event_cls = registry.event_class(row[COL["event_type"]])
-        return cls(
-            partition=row[0],
-            position=row[1],
-            aggregate_type=row[2],
-            aggregate_id=row[3],
-            version=row[4],
-            event=event_cls.model_validate_json(row[COL["payload"]]),
-            event_id=row[COL["event_id"]],
-            command_id=row[COL["command_id"]],
-            correlation_id=row[COL["correlation_id"]],
-            causation_id=row[COL["causation_id"]],
-            principal=row[COL["principal"]],
-            recorded_at=micros_to_datetime(row[COL["recorded_at"]]),
-            metadata=json.loads(row[COL["metadata"]]),
-        )
+    def from_row(cls, row: tuple[Any, ...], registry: DomainRegistry) -> list["RecordedEvent"]:
+        """The current events a stored row reads as (usually one; more if an upcaster splits it),
+        each carrying the stored row's version and position."""
+        where = f"partition {row[0]} position {row[1]} ({row[2]}/{row[3]} version {row[4]})"
+        events = registry.decode(row[COL["event_type"]], row[COL["schema_version"]], row[COL["payload"]], where)
+        recorded_at = micros_to_datetime(row[COL["recorded_at"]])
+        metadata = json.loads(row[COL["metadata"]])
+        return [
+            cls(
+                partition=row[0],
+                position=row[1],
+                aggregate_type=row[2],
+                aggregate_id=row[3],
+                version=row[4],
+                event=event,
+                event_id=row[COL["event_id"]],
+                command_id=row[COL["command_id"]],
+                correlation_id=row[COL["correlation_id"]],
+                causation_id=row[COL["causation_id"]],
+                principal=row[COL["principal"]],
+                recorded_at=recorded_at,
+                metadata=metadata,
+                stored_schema_version=row[COL["schema_version"]],
+            )
+            for event in events
+        ]
 
 
 class CommandResult:
@@ -154,7 +166,7 @@ class CommandResult:
     @property
     def events(self) -> tuple[RecordedEvent, ...]:
         if self._events is None:
-            self._events = tuple(RecordedEvent.from_row(r, self._registry) for r in self._rows)
+            self._events = tuple(e for r in self._rows for e in RecordedEvent.from_row(r, self._registry))
         return self._events
 
     @property

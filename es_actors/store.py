@@ -242,7 +242,7 @@ class Store:
 
     def history(self, aggregate_type: str, aggregate_id: str) -> list[RecordedEvent]:
         """Every durable event of one aggregate, oldest first, with its audit columns."""
-        return [RecordedEvent.from_row(r, self.registry) for r in self.history_rows(aggregate_type, aggregate_id)]
+        return [e for r in self.history_rows(aggregate_type, aggregate_id) for e in RecordedEvent.from_row(r, self.registry)]
 
     def history_rows(self, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
         """Raw stored rows (no domain classes needed): what the CLI prints."""
@@ -264,6 +264,30 @@ class Store:
 
         if self._actors is not None:
             ray.get([a.seal.remote() for a in self._actors])
+
+    def passivate(self) -> int:
+        """Drop every hydrated state from the partition actors' memory; they rehydrate on next use."""
+        import ray
+
+        return sum(ray.get([a.passivate.remote() for a in self._writable_actors()]))
+
+    def hydrate(self, limit_per_partition: int | None = None) -> int:
+        """Warm up: hydrate the most recently written aggregates of each partition (default up to
+        ``max_hydrated``), from snapshots plus later events. Returns how many were hydrated."""
+        import ray
+
+        return sum(ray.get([a.hydrate_all.remote(limit_per_partition) for a in self._writable_actors()]))
+
+    def flush_snapshots(self) -> int:
+        """Write the snapshots the live policy has due now instead of at the next batch or close."""
+        import ray
+
+        return sum(ray.get([a.flush_snapshots.remote() for a in self._writable_actors()]))
+
+    def _writable_actors(self) -> list[Any]:
+        if self._actors is None:
+            raise EsActorsError(f"{self.layout.root} is open read-only; this needs the partition actors")
+        return self._actors
 
     @property
     def root(self) -> Path:
@@ -387,6 +411,14 @@ class AggregateHandle(Generic[S]):
 
     def history(self) -> list[RecordedEvent]:
         return self.store.history(self.aggregate_type, self.aggregate_id)
+
+    def passivate(self) -> bool:
+        """Drop this aggregate's state from its actor's memory (it rehydrates on next use)."""
+        import ray
+
+        p = self.store.partition_of(self.aggregate_type, self.aggregate_id)
+        actor = self.store._writable_actors()[p]
+        return bool(ray.get(actor.passivate.remote(self.aggregate_type, self.aggregate_id)))
 
     def state_at(self, *, version: int | None = None, as_of: datetime | None = None) -> AggregateState[S]:
         """The aggregate as it was at ``version``, or as the store knew it at ``as_of`` (UTC-aware).

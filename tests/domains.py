@@ -54,3 +54,13 @@ class SlowCounter(Aggregate[Count]):
     @classmethod
     def evolve(cls, state: Count, event: Event) -> Count:
         return Count(n=state.n + 1)
+
+
+from examples.bank import BankAccount  # noqa: E402
+
+
+class SnapshottedAccount(BankAccount):
+    """The bank account with a live snapshot policy (same stored type name, same events)."""
+
+    aggregate_type = "BankAccount"
+    snapshot_every = 100

@@ -9,6 +9,7 @@ or in a published segment, so :meth:`read_positions` never misses one.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import logging
 import os
@@ -18,8 +19,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ..config import StoreConfig
 from ..errors import StoreCorrupted, WriterFenced
@@ -64,6 +67,7 @@ class PartitionLog:
         self.seal_error: str | None = None
         self._sealing: deque[tuple[Path, list[Row]]] = deque()
         self._writer_frames_before = 0
+        self._pf_cache: dict[Path, pq.ParquetFile] = {}
         try:
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s)
             self._recover()
@@ -202,6 +206,93 @@ class PartitionLog:
             filter=(ds.field("position") >= first) & (ds.field("position") <= last)
         )
         return table_to_rows(table)
+
+    def read_at(self, positions: "np.ndarray | list[int]", columns: list[str]) -> dict[str, list[Any]]:
+        """Selected columns of the rows at ``positions`` (ascending), in that order.
+
+        Rows still in memory are found by offset; sealed ones by reading only the row groups
+        that hold them. Used to rehydrate one aggregate without scanning its partition.
+        """
+        pos = np.asarray(positions, dtype=np.int64)
+        for _attempt in range(20):
+            with self._mutex:
+                chunks = [(rows[0][COL["position"]], rows) for _p, rows in self._sealing if rows]
+                if self._current_rows:
+                    chunks.append((self._current_rows[0][COL["position"]], self._current_rows))
+                segments = list(self.segments.segments)
+            mem_first = chunks[0][0] if chunks else self.next_position
+            out: dict[str, list[Any]] = {c: [] for c in columns}
+            try:
+                sealed = pos[pos < mem_first]
+                if len(sealed):
+                    self._read_sealed(segments, sealed, columns, out)
+            except FileNotFoundError:  # compaction swapped and collected a segment: look again
+                time.sleep(0.01)
+                continue
+            rest = pos[pos >= mem_first]
+            if len(rest):
+                idx = [COL[c] for c in columns]
+                starts = [c[0] for c in chunks]
+                for p in rest.tolist():
+                    k = bisect.bisect_right(starts, p) - 1
+                    row = chunks[k][1][p - chunks[k][0]]
+                    for c, i in zip(columns, idx):
+                        out[c].append(row[i])
+            return out
+        raise StoreCorrupted(f"partition {self.partition}: no consistent read after 20 attempts")
+
+    def _read_sealed(self, segments: list[Any], pos: np.ndarray, columns: list[str], out: dict[str, list[Any]]) -> None:
+        firsts = np.array([s.first for s in segments], dtype=np.int64)
+        which = np.searchsorted(firsts, pos, side="right") - 1
+        for k in np.unique(which).tolist():
+            seg = segments[k]
+            offsets = pos[which == k] - seg.first
+            pf = self._parquet_file(seg.path)
+            bounds = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+            groups = np.unique(np.searchsorted(bounds, offsets, side="right") - 1).tolist()
+            table = pf.read_row_groups(groups, columns=columns)
+            take = offsets - bounds[groups[0]]
+            if len(groups) > 1:  # row groups read back to back: map offsets into the concatenation
+                base, starts = 0, {}
+                for g in groups:
+                    starts[g] = base - bounds[g]
+                    base += bounds[g + 1] - bounds[g]
+                rg = np.searchsorted(bounds, offsets, side="right") - 1
+                take = offsets + np.array([starts[g] for g in rg.tolist()], dtype=np.int64)
+            picked = table.take(pa.array(take))
+            for c in columns:
+                out[c].extend(picked.column(c).to_pylist())
+
+    def _parquet_file(self, path: Path) -> pq.ParquetFile:
+        cache = self._pf_cache
+        pf = cache.get(path)
+        if pf is None:
+            if len(cache) > 256:
+                cache.clear()
+            pf = cache[path] = pq.ParquetFile(path)
+        return pf
+
+    def index_columns(self) -> pa.Table:
+        """(aggregate_type, aggregate_id, version, position) of every durable row, in position order."""
+        cols = ["aggregate_type", "aggregate_id", "version", "position"]
+        for _ in range(20):
+            with self._mutex:
+                segments = list(self.segments.segments)
+                unsealed = [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
+            sealed_last = segments[-1].last if segments else 0
+            try:
+                parts = [pq.read_table(s.path, columns=cols) for s in segments]
+            except FileNotFoundError:
+                time.sleep(0.01)
+                continue
+            tail = [r for r in unsealed if r[COL["position"]] > sealed_last]
+            if tail:
+                parts.append(
+                    pa.table({c: pa.array([r[COL[c]] for r in tail], ARROW_SCHEMA.field(c).type) for c in cols})
+                )
+            schema = pa.schema([ARROW_SCHEMA.field(c) for c in cols])
+            return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+        raise StoreCorrupted(f"partition {self.partition}: no consistent snapshot after 20 attempts")
 
     # -- sealing and compaction -----------------------------------------------------------
 
