@@ -75,6 +75,20 @@ class _WriteMetrics:
             tag_keys=("partition",),
         )
         self.unsealed = metrics.Gauge("es_actors_unsealed_events", "Events in the tail, not yet sealed.", tag_keys=("partition",))
+        self.aggregates = metrics.Gauge(
+            "es_actors_aggregates", "Aggregates known to the partition, by memory state.", tag_keys=("partition", "state")
+        )
+        self.lifecycle = metrics.Gauge(
+            "es_actors_lifecycle_total",
+            "Hydrations, passivations, snapshots used/ignored/written and events replayed since the actor started.",
+            tag_keys=("partition", "counter"),
+        )
+
+    def lifecycle_counts(self, p: Partition) -> None:
+        self.aggregates.set(len(p.hydrated), {**self.tags, "state": "hydrated"})
+        self.aggregates.set(len(p.aggregates) - len(p.hydrated), {**self.tags, "state": "passivated"})
+        for name in ("hydrations", "passivations", "snapshot_used", "snapshot_ignored", "snapshots_written", "events_replayed"):
+            self.lifecycle.set(p.counts[name], {**self.tags, "counter": name})
 
     def record(self, batch_len: int, results: list[ItemResult], elapsed_ms: float, unsealed: int) -> None:
         outcomes: dict[str, int] = {}
@@ -105,6 +119,9 @@ class PartitionActor:
         except Exception as exc:  # e.g. an unreadable segment: same, with the cause named
             self._error = StoreCorrupted(f"partition {partition} cannot recover: {type(exc).__name__}: {exc}")
         self._metrics = _WriteMetrics(partition)
+        self._batches = 0
+        if self._partition is not None:
+            self._metrics.lifecycle_counts(self._partition)
         tune_gc_for_a_long_lived_heap()
         # Ray calls run on the main thread, direct-link batches on server threads: one at a time.
         self._serial = threading.Lock()
@@ -129,6 +146,9 @@ class PartitionActor:
             t0 = time.perf_counter()
             results = [("err", portable_error(r[1])) if r[0] == "err" else r for r in p.handle_batch(batch)]
             self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
+            self._batches += 1
+            if self._batches % 64 == 1:  # gauges: cheap enough now and then, not per batch
+                self._metrics.lifecycle_counts(p)
             return results
 
     def endpoint(self) -> tuple[str, tuple[str, int], bytes]:

@@ -1,7 +1,14 @@
 """One partition's write model: the aggregates it owns, decided and committed in groups.
 
 This is the body of a partition actor, kept free of Ray so it can be tested and reasoned
-about on its own. A batch is handled in three steps:
+about on its own (ADR-006, ADR-008).
+
+Start-up reads four columns of the log (type, id, version, position) into an index of
+every aggregate: its version and the positions of its events. No payload is decoded and
+no state is built until an aggregate is used; then it hydrates from its newest valid
+snapshot plus the events after it (upcast on the way), and joins an LRU of at most
+``max_hydrated`` states; the least recently used are passivated (state and command ids
+dropped, index kept). A batch is handled in three steps:
 
 1. decide every command in order against a working copy of its aggregate (idempotency
    and expected-version checks first; a rejected command produces nothing);
@@ -9,6 +16,8 @@ about on its own. A batch is handled in three steps:
 3. only then publish the new states and remember the command ids, and acknowledge.
 
 If step 2 fails, the working copies are dropped: nothing was written and nothing changed.
+Snapshots due under the aggregate's ``snapshot_every`` policy are taken from published
+states only, and written in groups as immutable files (storage/snapshots.py).
 """
 
 from __future__ import annotations
@@ -268,13 +277,62 @@ class Partition:
         return n
 
     def hydrate_all(self, limit: int | None = None) -> int:
-        """Hydrate the most recently written aggregates, up to ``limit`` (default ``max_hydrated``)."""
+        """Hydrate the most recently written aggregates, up to ``limit`` (default ``max_hydrated``).
+
+        In bulk: every snapshot row once, then one pass over the events after them in
+        position order, read in chunks; the same checks as one-at-a-time hydration.
+        """
         limit = self.config.max_hydrated if limit is None else min(limit, self.config.max_hydrated)
-        keys = sorted(self.aggregates, key=lambda k: self.aggregates[k].positions[-1])[-limit:]
-        for k in keys:
-            self._hydrated(k, self.aggregates[k])
+        if limit <= 0 or not self.aggregates:
+            return 0
+        last = np.fromiter((e.positions[-1] for e in self.aggregates.values()), dtype=np.int64, count=len(self.aggregates))
+        keys_all = list(self.aggregates)
+        chosen = [keys_all[i] for i in np.argsort(last, kind="stable")[-limit:].tolist()]
+        todo = [k for k in chosen if self.aggregates[k].state is _NOT_HYDRATED]
+        states: dict[tuple[str, str], list[Any]] = {}  # key -> [state, version reached]
+        best: dict[tuple[str, str], SnapshotRow] = {}
+        wanted = set(todo)
+        for row in self.snapshots.all_rows():
+            k = (row.aggregate_type, row.aggregate_id)
+            if k in wanted and self._snapshot_worth_keeping(row) and (k not in best or best[k].version < row.version):
+                best[k] = row
+        for k in todo:
+            agg_cls = self.registry.aggregate(k[0])
+            state, at = agg_cls.initial_state(), 0
+            row = best.get(k)
+            if row is not None:
+                try:
+                    state, at = self.registry.state_codec(k[0]).decode(row.state, row.encoding), row.version
+                    self.counts["snapshot_used"] += 1
+                except Exception as exc:
+                    log.warning("%s/%s: snapshot at version %d does not decode, ignored: %s", *k, row.version, exc)
+            states[k] = [state, at]
+        needed = [np.frombuffer(self.aggregates[k].positions, dtype=np.int64)[states[k][1]:] for k in todo]
+        positions = np.sort(np.concatenate(needed)) if needed else np.empty(0, np.int64)
+        cols = ["position", "aggregate_type", "aggregate_id", "version", "event_type", "schema_version", "payload"]
+        for start in range(0, len(positions), 100_000):
+            chunk = self.log.read_at(positions[start : start + 100_000], cols)
+            for pos, atype, aid, version, etype, sv, payload in zip(*(chunk[c] for c in cols)):
+                slot = states[(atype, aid)]
+                if version != slot[1] + 1:
+                    raise StoreCorrupted(f"{atype}/{aid}: version {version} follows {slot[1]} at position {pos}")
+                where = f"partition {self.partition} position {pos} ({atype}/{aid} version {version})"
+                agg_cls = self.registry.aggregate(atype)
+                for event in self.registry.decode(etype, sv, payload, where):
+                    slot[0] = agg_cls.evolve(slot[0], event)
+                slot[1] = version
+        self.counts["events_replayed"] += len(positions)
+        for k in todo:
+            entry = self.aggregates[k]
+            entry.state = states[k][0]
+            entry.snap_version = max(entry.snap_version, best[k].version if k in best else 0)
+            self.hydrated[k] = entry
+            self._note_for_snapshot(k, entry)
+        for k in chosen:
+            self.hydrated.move_to_end(k)
+        self.counts["hydrations"] += len(todo)
         self._passivate_over_limit()
-        return len(keys)
+        return len(chosen)
 
     # -- snapshots ----------------------------------------------------------------------------
 
