@@ -42,3 +42,8 @@ class StoreConfig(BaseModel):
     snapshot_flush_rows: int = Field(1_000, ge=1, description="Due snapshots are written as one file once this many wait...")
     snapshot_flush_s: float = Field(5.0, ge=0, description="...or once the oldest has waited this long (checked per batch).")
     snapshot_max_files: int = Field(8, ge=1, description="Snapshot files per partition before they are merged into one.")
+    projector_poll_s: float = Field(0.02, gt=0, description="How often an idle projector looks for new events.")
+    projection_stall_s: float = Field(
+        10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
+    )
+    query_timeout_s: float = Field(60.0, gt=0, description="Queries running longer are cancelled.")

@@ -71,3 +71,45 @@ def stop_partition_actors(actors: list[Any]) -> None:
     finally:
         for a in actors:
             ray.kill(a, no_restart=True)
+
+
+def projector_name(layout: StoreLayout, descriptor: StoreDescriptor) -> str:
+    return f"{layout.root.name}.{descriptor.store_id[:8]}.projector"
+
+
+def start_projector(
+    layout: StoreLayout,
+    descriptor: StoreDescriptor,
+    aggregates: Sequence[type[Aggregate[Any]]],
+    projections: Sequence[Any],
+    config: StoreConfig,
+) -> Any:
+    """The store's projector actor (joined if another client started it)."""
+    from .projector import ProjectorActor
+
+    actor = ProjectorActor.options(
+        name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True
+    ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
+    try:
+        ray.get(actor.ping.remote())
+    except EsActorsError as exc:
+        ray.kill(actor, no_restart=True)
+        raise unwrap_actor_error(exc) from None
+    except ray.exceptions.RayActorError as exc:
+        raise EsActorsError(f"the projector did not start: {exc}") from None
+    return actor
+
+
+def find_projector(layout: StoreLayout, descriptor: StoreDescriptor) -> Any | None:
+    """The running projector of a store in the connected cluster, if any."""
+    try:
+        return ray.get_actor(projector_name(layout, descriptor), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def stop_projector(actor: Any) -> None:
+    try:
+        ray.get(actor.close.remote(), timeout=60)
+    finally:
+        ray.kill(actor, no_restart=True)

@@ -90,6 +90,7 @@ class Store:
         self.registry = registry
         self.config = config
         self._actors = actors
+        self._projector: Any = None
         self._channels: list[Any] = []
         if actors is not None:
             from .channel import PartitionChannel
@@ -112,6 +113,7 @@ class Store:
         config: StoreConfig | None = None,
         address: str | None = None,
         read_only: bool = False,
+        projections: Sequence[Any] = (),
         **settings: Any,
     ) -> "Store":
         """Open (creating if new) a store. Starts a local Ray unless one is running or ``address`` is given.
@@ -131,14 +133,24 @@ class Store:
         from .runtime import start_partition_actors
 
         actors = start_partition_actors(layout, descriptor, aggregates, config, address)
-        return cls(layout, descriptor, registry, config, actors)
+        store = cls(layout, descriptor, registry, config, actors)
+        if projections:
+            from .projection import check_projections
+            from .runtime import start_projector
+
+            check_projections(projections)
+            store._projector = start_projector(layout, descriptor, aggregates, projections, config)
+        return store
 
     def close(self) -> None:
         """Seal every tail (plain readers then see all events) and release the partitions."""
         if self._actors is None:
             return
-        from .runtime import stop_partition_actors
+        from .runtime import stop_partition_actors, stop_projector
 
+        if self._projector is not None:
+            stop_projector(self._projector)
+            self._projector = None
         stop_partition_actors(self._actors)
         self._actors = None
         for channel in self._channels:
@@ -289,6 +301,126 @@ class Store:
             raise EsActorsError(f"{self.layout.root} is open read-only; this needs the partition actors")
         return self._actors
 
+    # -- the read side ----------------------------------------------------------------------
+
+    def query(self, sql: str, *, timeout: float | None = None, output: str = "arrow") -> Any:
+        """Read-only DuckDB SQL over the read models and ``events`` (every durable event).
+
+        Returns an Arrow table (``output="pandas"`` or ``"polars"`` converts). Runs in the
+        projector when one runs; otherwise in this process (read models included if no
+        projector holds their file).
+        """
+        import ray
+
+        projector = self._find_projector()
+        if projector is not None:
+            from .runtime import unwrap_actor_error
+
+            try:
+                table = ray.get(projector.query.remote(sql, timeout))
+            except EsActorsError as exc:
+                raise unwrap_actor_error(exc) from None
+        else:
+            table = self._query_here(sql, timeout)
+        return _convert_table(table, output)
+
+    def _query_here(self, sql: str, timeout: float | None) -> Any:
+        import duckdb
+
+        from .readmodel import connect_restricted, readmodel_path, run_query
+        from .storage.reader import log_snapshot
+
+        path = readmodel_path(self.layout.root)
+        con = None
+        if path.exists():
+            try:
+                con = connect_restricted(str(path), self.layout.root, read_only=True)
+            except duckdb.Error:  # held by a projector elsewhere: events only
+                con = None
+        con = con or connect_restricted(":memory:", self.layout.root)
+        try:
+            files, tail = log_snapshot(self.layout, self.descriptor.partitions)
+            return run_query(con.cursor(), sql, files, tail, timeout or self.config.query_timeout_s)
+        finally:
+            con.close()
+
+    def _find_projector(self) -> Any:
+        if self._projector is not None:
+            return self._projector
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from .runtime import find_projector
+
+        return find_projector(self.layout, self.descriptor)
+
+    def _projector_or_raise(self) -> Any:
+        projector = self._find_projector()
+        if projector is None:
+            raise EsActorsError("no projector runs for this store: open it with projections=[...]")
+        return projector
+
+    def _call_projector(self, method: str, *args: Any) -> Any:
+        import ray
+
+        from .runtime import unwrap_actor_error
+
+        try:
+            return ray.get(getattr(self._projector_or_raise(), method).remote(*args))
+        except EsActorsError as exc:
+            raise unwrap_actor_error(exc) from None
+
+    def wait_for(self, projection: str, result: "CommandResult | dict[int, int]", timeout: float = 10.0) -> None:
+        """Read-your-writes: return once ``projection`` has applied the command's events
+        (or the given {partition: position}); ProjectionTimeout after ``timeout`` seconds."""
+        if isinstance(result, CommandResult):
+            positions: dict[int, int] = {}
+            for p, pos in result.positions:
+                positions[p] = max(pos, positions.get(p, 0))
+        else:
+            positions = dict(result)
+        if positions:
+            self._call_projector("wait_for", projection, positions, timeout)
+
+    def pause(self, projection: str) -> None:
+        """Stop applying events to a projection; its checkpoint (and read model) stay as they are."""
+        self._call_projector("pause", projection)
+
+    def resume(self, projection: str) -> None:
+        """Resume a paused projection, or retry a halted one from its checkpoint."""
+        self._call_projector("resume", projection)
+
+    def projection_status(self) -> list[dict[str, Any]]:
+        """Per projection and partition: checkpoint, head, lag (events, seconds), status, last error, events/s."""
+        return self._call_projector("status")
+
+    def dead_letters(self, projection: str | None = None) -> Any:
+        """Events parked by projections with ``on_error="park"`` (Arrow table)."""
+        return self._call_projector("dead_letters", projection)
+
+    def retry_dead_letters(self, projection: str) -> dict[str, int]:
+        """Apply parked events again (after a fix); those that succeed leave the dead letters."""
+        return self._call_projector("retry_dead_letters", projection)
+
+    def subscribe(
+        self,
+        checkpoint: dict[int, int] | None = None,
+        *,
+        order: str = "partition",
+        follow: bool = True,
+        event_types: Sequence[str] | None = None,
+        poll_s: float = 0.05,
+        merge_grace_s: float = 0.5,
+    ) -> "Any":
+        """A catch-up subscription for integrations outside DuckDB; see :class:`~es_actors.subscription.Subscription`."""
+        from .subscription import Subscription
+
+        return Subscription(
+            self.layout, self.descriptor.partitions, self.registry, checkpoint or {}, order=order, follow=follow,
+            event_types=event_types, poll_s=poll_s, merge_grace_s=merge_grace_s,
+        )
+
     @property
     def root(self) -> Path:
         return self.layout.root
@@ -438,3 +570,17 @@ class AggregateHandle(Generic[S]):
         if version is not None and at < version:
             raise EsActorsError(f"{self.aggregate_type}/{self.aggregate_id} has no version {version}; its last is {at}")
         return AggregateState(at, state)
+
+
+def _convert_table(table: Any, output: str) -> Any:
+    if output == "arrow":
+        return table
+    if output == "pandas":
+        return table.to_pandas()
+    if output == "polars":
+        try:
+            import polars as pl
+        except ImportError:
+            raise EsActorsError("output='polars' needs the polars package installed") from None
+        return pl.from_arrow(table)
+    raise EsActorsError(f"output must be 'arrow', 'pandas' or 'polars', not {output!r}")

@@ -56,6 +56,10 @@ class Upcaster:
     event_type: str
     from_version: int
     fn: Callable[[Payload], UpcastResult]
+    #: Optional vectorised form for SQL projections: a query over the relation ``stored``
+    #: (log rows of this type and version) returning log rows of the next step. The Python
+    #: ``fn`` stays the reference; without ``sql`` old rows are upcast row by row.
+    sql: str | None = None
 
     def apply(self, payload: Payload) -> list[StoredEvent]:
         out = self.fn(dict(payload))  # a copy: an upcaster that edits in place cannot leak
@@ -68,14 +72,16 @@ class Upcaster:
 
     def fingerprint(self) -> str:
         """Changes when the upcaster's code changes: snapshots taken under other code are not used."""
-        return f"{self.event_type}@{self.from_version}:{code_digest(self.fn)}"
+        return f"{self.event_type}@{self.from_version}:{code_digest(self.fn)}:{self.sql or ''}"
 
 
-def upcaster(event_type: str, from_version: int) -> Callable[[Callable[[Payload], UpcastResult]], Upcaster]:
+def upcaster(
+    event_type: str, from_version: int, sql: str | None = None
+) -> Callable[[Callable[[Payload], UpcastResult]], Upcaster]:
     """Decorator: ``@upcaster("MoneyDeposited", from_version=1)`` over ``def f(payload) -> dict``."""
 
     def wrap(fn: Callable[[Payload], UpcastResult]) -> Upcaster:
-        return Upcaster(event_type, from_version, fn)
+        return Upcaster(event_type, from_version, fn, sql)
 
     return wrap
 
@@ -138,9 +144,11 @@ class EventDecoder:
     def decode_steps(self, pending: list[StoredEvent], where: str = "") -> list["Event"]:
         out: list[Event] = []
         first = pending[0]
-        steps = 0
-        while pending:
-            se = pending.pop(0)
+        # Each piece carries the length of the chain that made it: the limit is per chain, so a
+        # stored event legitimately split into many pieces is not mistaken for a cycle.
+        todo: list[tuple[StoredEvent, int]] = [(se, 0) for se in pending]
+        while todo:
+            se, steps = todo.pop(0)
             cls = self.events.get(se.event_type)
             if cls is not None and cls.schema_version == se.schema_version:
                 try:
@@ -154,11 +162,10 @@ class EventDecoder:
             up = self.upcasters.get((se.event_type, se.schema_version))
             if up is None:
                 raise self._error(where, first.event_type, first.schema_version, self._why_unknown(se))
-            steps += 1
-            if steps > self.MAX_STEPS:
+            if steps + 1 > self.MAX_STEPS:
                 raise self._error(where, first.event_type, first.schema_version, "upcaster chain does not end (a cycle?)")
             try:
-                pending[0:0] = up.apply(se.payload)
+                todo[0:0] = [(step, steps + 1) for step in up.apply(se.payload)]
             except Exception as exc:
                 raise self._error(
                     where, first.event_type, first.schema_version,

@@ -81,3 +81,34 @@ def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
         if gen is not None:
             files.extend(s.path for s in list_segments(gen))
     return files
+
+
+def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tuple[list[str], pa.Table]:
+    """Every durable event as (sealed files, tail rows after them): what the ``events`` relation
+    of a query shows. Consistent per partition (same retry rule as :func:`read_partition`)."""
+    files: list[str] = []
+    tails: list[tuple[Any, ...]] = []
+    for p in range(partitions):
+        for _ in range(attempts):
+            tail_files = list_tail_files(layout.tail_dir(p))
+            gen = resolve_current(layout.log_dir(p))
+            try:
+                segments = list_segments(gen) if gen is not None else []
+                sealed_last = segments[-1].last if segments else 0
+                rows: list[tuple[Any, ...]] = []
+                for _first, path in tail_files:
+                    r, _valid, _size = read_tail_file(path)
+                    rows.extend(x for x in r if x[COL["position"]] > sealed_last)
+            except (FileNotFoundError, StoreCorrupted):
+                time.sleep(0.01)
+                continue
+            rows.sort(key=lambda r: r[COL["position"]])
+            if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(rows)):
+                time.sleep(0.01)
+                continue
+            files.extend(str(s.path) for s in segments)
+            tails.extend(rows)
+            break
+        else:
+            raise StoreCorrupted(f"partition {p}: no consistent read after {attempts} attempts")
+    return files, rows_to_table(tails)

@@ -1,0 +1,108 @@
+"""Projections: how events become query-optimised read models in DuckDB.
+
+Declare one by subclassing, like an aggregate::
+
+    class Balances(SqlProjection):
+        name = "balances"
+        version = 1
+        event_types = (AccountOpened, MoneyDeposited, MoneyWithdrawn)
+        setup = "CREATE TABLE balances (account VARCHAR PRIMARY KEY, balance BIGINT)"
+        apply = '''INSERT INTO balances
+                   SELECT aggregate_id, sum(...) FROM batch GROUP BY ALL
+                   ON CONFLICT (account) DO UPDATE SET balance = balance + excluded.balance'''
+
+Both kinds see the same events, upcast to current versions, in position order per
+partition; the projector applies each batch and its checkpoint in one DuckDB transaction
+(ADR-004). A projection's tables live in the DuckDB schema named after it, with a view of
+the same name in ``main`` so queries can say ``FROM balances``.
+
+- :class:`SqlProjection`: ``apply`` is SQL run once per batch; the batch is the relation
+  ``batch`` with every log column (``payload`` is JSON text: ``payload->>'amount'``).
+- :class:`PythonProjection`: ``handle(db, events)`` gets a DuckDB cursor inside the
+  batch's transaction and the batch as typed :class:`~es_actors.records.RecordedEvent`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+
+if TYPE_CHECKING:
+    from .records import RecordedEvent
+
+ErrorPolicy = Literal["halt", "park"]
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Projection:
+    """Common declaration of both kinds."""
+
+    name: ClassVar[str]
+    #: Bump when the read model's meaning changes: the projection is rebuilt from the log.
+    version: ClassVar[int] = 1
+    #: Event classes (or stored names) consumed; others never reach the projection.
+    event_types: ClassVar[Sequence[Any]] = ()
+    #: DDL run once (per version) in the projection's own schema.
+    setup: ClassVar[str | Sequence[str]] = ()
+    #: What a batch that keeps failing does: stop the projection ("halt", visible in its
+    #: status) or move the failing event to the dead-letter table and carry on ("park").
+    on_error: ClassVar[ErrorPolicy] = "halt"
+    #: Attempts per batch (then per event, when isolating the one that fails).
+    max_attempts: ClassVar[int] = 3
+    retry_backoff_s: ClassVar[float] = 0.2
+    #: Most events per batch (one transaction).
+    batch_size: ClassVar[int] = 1_000_000
+    kind: ClassVar[str] = "?"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and not _NAME.match(cls.name):
+            raise ValueError(f"projection name {cls.name!r}: use lower-case letters, digits and _ (a SQL schema name)")
+        if cls.on_error not in ("halt", "park"):
+            raise ValueError(f"{cls.__name__}.on_error must be 'halt' or 'park', not {cls.on_error!r}")
+
+    @classmethod
+    def event_type_names(cls) -> tuple[str, ...]:
+        return tuple(t if isinstance(t, str) else t.event_type for t in cls.event_types)
+
+    @classmethod
+    def setup_statements(cls) -> list[str]:
+        return [cls.setup] if isinstance(cls.setup, str) else list(cls.setup)
+
+
+class SqlProjection(Projection):
+    """A batch is applied by SQL over the relation ``batch`` (vectorised, in DuckDB)."""
+
+    apply: ClassVar[str | Sequence[str]] = ()
+    kind = "sql"
+
+    @classmethod
+    def apply_statements(cls) -> list[str]:
+        return [cls.apply] if isinstance(cls.apply, str) else list(cls.apply)
+
+
+class PythonProjection(Projection):
+    """A batch is applied by Python code, with a DuckDB cursor in the batch's transaction."""
+
+    kind = "python"
+
+    @classmethod
+    def handle(cls, db: Any, events: Sequence["RecordedEvent"]) -> None:
+        raise NotImplementedError
+
+
+def check_projections(projections: Sequence[type[Projection]]) -> None:
+    """Refuse what cannot work before anything starts."""
+    seen: set[str] = set()
+    for p in projections:
+        if not (isinstance(p, type) and issubclass(p, (SqlProjection, PythonProjection))):
+            raise TypeError(f"{p!r} is not a SqlProjection or PythonProjection subclass")
+        if "name" not in p.__dict__ and not hasattr(p, "name"):
+            raise ValueError(f"{p.__name__} needs a name")
+        if p.name in seen:
+            raise ValueError(f"two projections are named {p.name!r}")
+        seen.add(p.name)
+        if not p.event_types:
+            raise ValueError(f"projection {p.name!r} declares no event_types")
+        if issubclass(p, SqlProjection) and not p.apply_statements():
+            raise ValueError(f"SQL projection {p.name!r} has no apply statement")

@@ -1,0 +1,436 @@
+"""The DuckDB edge of the read side: one database file of read models, checkpoints and
+dead letters, written by the projector and queried read-only (ADR-004).
+
+``<store>/readmodels/readmodels.duckdb`` holds:
+
+- one schema per projection (its tables), and a view per table in ``main``;
+- ``es_actors.projections`` (name, version, kind, paused), ``es_actors.checkpoints``
+  (projection, partition, position, recorded_at): each batch's rows and its checkpoint
+  commit in one transaction, so a redelivered batch is never applied twice;
+- ``es_actors.dead_letters``: events parked by projections whose policy is "park".
+
+DuckDB lets one process open the file for writing; the projector actor is that process and
+runs queries on their own cursors (concurrent with projection, MVCC). The connection may
+only touch files under the store (``allowed_directories``, external access off,
+configuration locked), and queries must be single SELECT statements, run in a transaction
+that is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .domain import DomainRegistry
+from .errors import EsActorsError
+from .projection import Projection, PythonProjection, SqlProjection
+from .records import ARROW_SCHEMA, COL, RecordedEvent, rows_to_table, table_to_rows
+from .storage.follower import Batch
+from .upcasting import UnreadableEvent
+
+log = logging.getLogger(__name__)
+
+_SYSTEM_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS es_actors",
+    """CREATE TABLE IF NOT EXISTS es_actors.projections (
+        name VARCHAR PRIMARY KEY, version INTEGER NOT NULL, kind VARCHAR NOT NULL,
+        paused BOOLEAN NOT NULL DEFAULT false, created_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS es_actors.checkpoints (
+        projection VARCHAR NOT NULL, partition INTEGER NOT NULL, position BIGINT NOT NULL,
+        recorded_at TIMESTAMPTZ, updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (projection, partition))""",
+    """CREATE TABLE IF NOT EXISTS es_actors.dead_letters (
+        projection VARCHAR NOT NULL, partition INTEGER NOT NULL, position BIGINT NOT NULL,
+        aggregate_type VARCHAR, aggregate_id VARCHAR, version BIGINT, event_type VARCHAR,
+        schema_version INTEGER, payload VARCHAR, error VARCHAR NOT NULL, attempts INTEGER NOT NULL,
+        parked_at TIMESTAMPTZ NOT NULL, stored_row VARCHAR NOT NULL, PRIMARY KEY (projection, partition, position))""",
+]
+
+
+class QueryRefused(EsActorsError):
+    """A query tried to write, attach, copy, load, or read outside the store."""
+
+
+class QueryFailed(EsActorsError):
+    """A query failed (syntax, missing table, timeout); the message is DuckDB's."""
+
+
+def readmodel_path(root: Path) -> Path:
+    return root / "readmodels" / "readmodels.duckdb"
+
+
+def connect_restricted(database: str, root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can read files under ``root`` only, with its settings locked."""
+    con = duckdb.connect(database, read_only=read_only)
+    con.execute("SET allowed_directories = ?", [[str(root.resolve()) + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """One SELECT statement (SELECT, WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE), nothing else."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryFailed(str(exc)) from None
+    if len(statements) != 1:
+        raise QueryRefused(f"give exactly one statement, not {len(statements)}")
+    kind = str(statements[0].type).rsplit(".", 1)[-1]
+    if kind != "SELECT":
+        raise QueryRefused(
+            f"queries are read-only: {kind} statements are refused (only SELECT-like statements run; "
+            "read models change only through projections)"
+        )
+
+
+class ReadModel:
+    def __init__(self, root: Path, registry: DomainRegistry, projections: Sequence[type[Projection]]) -> None:
+        self.root = root
+        self.registry = registry
+        self.projections = {p.name: p for p in projections}
+        path = readmodel_path(root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = connect_restricted(str(path), root)
+        self._ddl_lock = threading.Lock()
+        for stmt in _SYSTEM_DDL:
+            self.con.execute(stmt)
+        self.cursors: dict[str, duckdb.DuckDBPyConnection] = {}
+        for p in projections:
+            self._ensure(p)
+
+    # -- projection set-up ----------------------------------------------------------------
+
+    def _ensure(self, p: type[Projection]) -> None:
+        """Create the projection's schema, or rebuild it from zero when its version changed."""
+        cur = self.con.cursor()
+        row = cur.execute("SELECT version FROM es_actors.projections WHERE name = ?", [p.name]).fetchone()
+        if row is not None and row[0] != p.version:
+            log.warning("projection %s: version %s in the read model, %s in code: rebuilding from the log", p.name, row[0], p.version)
+            self._drop(cur, p.name)
+            row = None
+        if row is None:
+            cur.execute("BEGIN")
+            try:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{p.name}"')
+                cur.execute(f"SET search_path = '{p.name}'")
+                for stmt in p.setup_statements():
+                    cur.execute(stmt)
+                cur.execute(
+                    "INSERT INTO es_actors.projections VALUES (?, ?, ?, false, now())", [p.name, p.version, p.kind]
+                )
+                for (table,) in cur.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [p.name]
+                ).fetchall():
+                    cur.execute(f'CREATE OR REPLACE VIEW main."{table}" AS SELECT * FROM "{p.name}"."{table}"')
+                cur.execute("COMMIT")
+            except Exception as exc:
+                cur.execute("ROLLBACK")
+                raise EsActorsError(f"projection {p.name!r}: setup failed: {exc}") from None
+        cur.execute(f"SET search_path = '{p.name}'")
+        self.cursors[p.name] = cur
+
+    def _drop(self, cur: duckdb.DuckDBPyConnection, name: str) -> None:
+        cur.execute("BEGIN")
+        for (table,) in cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [name]
+        ).fetchall():
+            cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
+        cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        for t in ("projections", "checkpoints", "dead_letters"):
+            col = "name" if t == "projections" else "projection"
+            cur.execute(f"DELETE FROM es_actors.{t} WHERE {col} = ?", [name])
+        cur.execute("COMMIT")
+
+    def checkpoints(self, name: str) -> dict[int, int]:
+        cur = self.con.cursor()
+        rows = cur.execute("SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?", [name]).fetchall()
+        return {int(p): int(pos) for p, pos in rows}
+
+    def is_paused(self, name: str) -> bool:
+        row = self.con.cursor().execute("SELECT paused FROM es_actors.projections WHERE name = ?", [name]).fetchone()
+        return bool(row and row[0])
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        self.con.cursor().execute("UPDATE es_actors.projections SET paused = ? WHERE name = ?", [paused, name])
+
+    # -- applying batches -----------------------------------------------------------------
+
+    def apply(self, p: type[Projection], batch: Batch) -> int:
+        """Apply a batch and move the checkpoint, in one transaction. Returns events applied."""
+        cur = self.cursors[p.name]
+        cur.execute("BEGIN")
+        try:
+            n = self._apply_in_txn(cur, p, batch)
+            self._set_checkpoint(cur, p.name, batch.partition, batch.last, batch)
+            cur.execute("COMMIT")
+            return n
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def park(self, p: type[Projection], batch: Batch, error: str, attempts: int) -> None:
+        """Move a one-event batch to the dead letters and the checkpoint past it, in one transaction."""
+        cur = self.cursors[p.name]
+        table = batch.to_table()
+        cur.execute("BEGIN")
+        try:
+            for r in table_to_rows(table):
+                cur.execute(
+                    "INSERT OR REPLACE INTO es_actors.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                    [p.name, r[COL["partition"]], r[COL["position"]], r[COL["aggregate_type"]], r[COL["aggregate_id"]],
+                     r[COL["version"]], r[COL["event_type"]], r[COL["schema_version"]], r[COL["payload"]], error, attempts,
+                     json.dumps(list(r))],
+                )
+            self._set_checkpoint(cur, p.name, batch.partition, batch.last, batch)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def _set_checkpoint(self, cur: duckdb.DuckDBPyConnection, name: str, partition: int, position: int, batch: Batch) -> None:
+        cur.execute(
+            "INSERT INTO es_actors.checkpoints VALUES (?, ?, ?, NULL, now()) "
+            "ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            [name, partition, position],
+        )
+
+    def _apply_in_txn(self, cur: duckdb.DuckDBPyConnection, p: type[Projection], batch: Batch) -> int:
+        consumed = p.event_type_names()
+        if issubclass(p, SqlProjection):
+            n = self._register_batch(cur, p, batch, consumed)
+            if n:
+                for stmt in p.apply_statements():
+                    cur.execute(stmt)
+            return n
+        assert issubclass(p, PythonProjection)
+        table = self._relevant_rows(batch.to_table(), consumed)
+        events = [
+            e for r in table_to_rows(table) for e in RecordedEvent.from_row(r, self.registry) if e.event_type in consumed
+        ]
+        if events:
+            p.handle(cur, events)
+        return len(events)
+
+    def _relevant_stored_types(self, consumed: Sequence[str]) -> list[str]:
+        """Stored types that can read as a consumed type: the types themselves and any type with upcasters."""
+        return sorted(set(consumed) | {t for t, _v in self.registry.decoder.upcasters})
+
+    def _relevant_rows(self, table: pa.Table, consumed: Sequence[str]) -> pa.Table:
+        return table.filter(pc.is_in(table.column("event_type"), pa.array(self._relevant_stored_types(consumed))))
+
+    def _register_batch(self, cur: duckdb.DuckDBPyConnection, p: type[Projection], batch: Batch, consumed: Sequence[str]) -> int:
+        """Make ``batch`` a relation of current-version events of the consumed types.
+
+        Sealed events are scanned by DuckDB in place (only the columns the SQL uses); rows
+        at older versions are upcast first, vectorised where an upcaster has a SQL form.
+        """
+        current = {t: c.schema_version for t, c in self.registry.events.items()}
+        relevant = self._relevant_stored_types(consumed)
+        if batch.table is not None:
+            table = self._relevant_rows(batch.table, consumed)
+            table = upcast_table(cur, table, self.registry)
+            table = table.filter(pc.is_in(table.column("event_type"), pa.array(list(consumed))))
+            cur.register("_es_batch", table)
+            cur.execute("CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM _es_batch")
+            return table.num_rows
+        files = "[" + ", ".join(_sql_str(f) for f in batch.files) + "]"
+        scan = f"read_parquet({files}) WHERE position BETWEEN {batch.first} AND {batch.last}"
+        stored = cur.execute(
+            f"SELECT event_type, schema_version, count(*) FROM {scan} AND event_type IN ({_sql_list(relevant)}) GROUP BY ALL"
+        ).fetchall()
+        old = [(t, v) for t, v, _n in stored if current.get(t) != v]
+        n_current = sum(n for t, v, n in stored if current.get(t) == v and t in consumed)
+        current_pred = " OR ".join(
+            f"(event_type = {_sql_str(t)} AND schema_version = {current[t]})" for t in consumed if t in current
+        ) or "false"
+        view = f"SELECT * FROM {scan} AND ({current_pred})"
+        n = n_current
+        if old:
+            old_pred = " OR ".join(f"(event_type = {_sql_str(t)} AND schema_version = {v})" for t, v in old)
+            old_rows = _fetch_arrow(cur, f"SELECT * FROM {scan} AND ({old_pred})")
+            up = upcast_table(cur, old_rows.cast(ARROW_SCHEMA), self.registry)
+            up = up.filter(pc.is_in(up.column("event_type"), pa.array(list(consumed))))
+            cur.register("_es_upcast", up)
+            view = f"{view} UNION ALL BY NAME SELECT * FROM _es_upcast"
+            n += up.num_rows
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW batch AS {view}")
+        return n
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def dead_letters(self, name: str | None = None) -> pa.Table:
+        cur = self.con.cursor()
+        sql = "SELECT * FROM es_actors.dead_letters"
+        params: list[Any] = []
+        if name is not None:
+            sql += " WHERE projection = ?"
+            params.append(name)
+        return _fetch_arrow(cur, sql + " ORDER BY projection, partition, position", params or None)
+
+    def retry_dead_letters(self, p: type[Projection]) -> dict[str, int]:
+        """Apply each parked event again (in position order); a success leaves the dead letters."""
+        cur = self.cursors[p.name]
+        rows = cur.execute(
+            "SELECT partition, position FROM es_actors.dead_letters WHERE projection = ? ORDER BY partition, position",
+            [p.name],
+        ).fetchall()
+        ok = failed = 0
+        for partition, position in rows:
+            (stored,) = cur.execute(
+                "SELECT stored_row FROM es_actors.dead_letters WHERE projection = ? AND partition = ? AND position = ?",
+                [p.name, partition, position],
+            ).fetchone()
+            table = rows_to_table([tuple(json.loads(stored))])
+            batch = Batch(int(partition), int(position), int(position), table=table)
+            cur.execute("BEGIN")
+            try:
+                self._apply_in_txn(cur, p, batch)
+                cur.execute(
+                    "DELETE FROM es_actors.dead_letters WHERE projection = ? AND partition = ? AND position = ?",
+                    [p.name, partition, position],
+                )
+                cur.execute("COMMIT")
+                ok += 1
+            except Exception as exc:
+                cur.execute("ROLLBACK")
+                cur.execute(
+                    "UPDATE es_actors.dead_letters SET error = ?, attempts = attempts + 1 "
+                    "WHERE projection = ? AND partition = ? AND position = ?",
+                    [f"{type(exc).__name__}: {exc}", p.name, partition, position],
+                )
+                failed += 1
+        return {"retried": ok + failed, "applied": ok, "still_parked": failed}
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def query(self, sql: str, events_files: list[str], events_tail: pa.Table, timeout_s: float | None) -> pa.Table:
+        cur = self.con.cursor()
+        try:
+            return run_query(cur, sql, events_files, events_tail, timeout_s)
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        for c in self.cursors.values():
+            try:
+                c.close()
+            except Exception:
+                pass
+        self.con.close()
+
+
+def run_query(cur: duckdb.DuckDBPyConnection, sql: str, events_files: list[str], events_tail: pa.Table, timeout_s: float | None) -> pa.Table:
+    """A read-only query on its own cursor, with ``events`` = sealed files + durable tail rows."""
+    check_read_only(cur, sql)
+    cur.register("_es_tail", events_tail)
+    sealed = (
+        f"SELECT * FROM read_parquet([{', '.join(_sql_str(f) for f in events_files)}]) UNION ALL BY NAME "
+        if events_files
+        else ""
+    )
+    cur.execute(f"CREATE OR REPLACE TEMP VIEW events AS {sealed}SELECT * FROM _es_tail")
+    timer = None
+    if timeout_s:
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.daemon = True
+        timer.start()
+    t0 = time.monotonic()
+    cur.execute("BEGIN")
+    try:
+        return _fetch_arrow(cur, sql)
+    except duckdb.InterruptException:
+        raise QueryFailed(f"query cancelled after {time.monotonic() - t0:.1f} s (timeout {timeout_s} s)") from None
+    except duckdb.PermissionException as exc:
+        raise QueryRefused(f"{exc} (queries may read files under the store only)") from None
+    except duckdb.Error as exc:
+        raise QueryFailed(str(exc)) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        try:
+            cur.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
+
+def upcast_table(cur: duckdb.DuckDBPyConnection, table: pa.Table, registry: DomainRegistry) -> pa.Table:
+    """Rows at older versions, brought to current ones; SQL upcasters run vectorised in DuckDB,
+    the others row by row through the Python chain. Order by (partition, position) is kept."""
+    decoder = registry.decoder
+    current = {t: c.schema_version for t, c in registry.events.items()}
+    for _step in range(decoder.MAX_STEPS):
+        if table.num_rows == 0:
+            return table
+        is_current = _is_current_mask(table, current)
+        if pc.all(is_current).as_py():
+            return table
+        parts = [table.filter(is_current)]
+        old = table.filter(pc.invert(is_current))
+        pairs = old.group_by(["event_type", "schema_version"]).aggregate([]).to_pylist()
+        for pair in pairs:
+            t, v = pair["event_type"], pair["schema_version"]
+            group = old.filter(pc.and_(pc.equal(old.column("event_type"), t), pc.equal(old.column("schema_version"), v)))
+            up = decoder.upcasters.get((t, v))
+            if up is not None and up.sql:
+                cur.register("stored", group)
+                try:
+                    out = _fetch_arrow(cur, up.sql)
+                except duckdb.Error as exc:
+                    r = group.slice(0, 1).to_pylist()[0]
+                    raise UnreadableEvent(
+                        f"stored event {t} v{v} at partition {r['partition']} position {r['position']}: "
+                        f"SQL upcaster failed: {exc}"
+                    ) from None
+                finally:
+                    cur.unregister("stored")
+                parts.append(out.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA))
+            else:
+                parts.append(_python_upcast(group, registry))
+        table = pa.concat_tables(parts).sort_by([("partition", "ascending"), ("position", "ascending")])
+    raise UnreadableEvent("upcaster chain does not end (a cycle?)")
+
+
+def _is_current_mask(table: pa.Table, current: dict[str, int]) -> pa.ChunkedArray:
+    types = table.column("event_type")
+    versions = table.column("schema_version")
+    mask = pa.chunked_array([pa.array([False] * table.num_rows)]) if table.num_rows else pa.chunked_array([], pa.bool_())
+    for t, v in current.items():
+        mask = pc.or_(mask, pc.and_(pc.equal(types, t), pc.equal(versions, v)))
+    return mask
+
+
+def _python_upcast(group: pa.Table, registry: DomainRegistry) -> pa.Table:
+    out: list[tuple[Any, ...]] = []
+    for r in table_to_rows(group):
+        where = f"partition {r[0]} position {r[1]} ({r[2]}/{r[3]} version {r[4]})"
+        for e in registry.decode(r[COL["event_type"]], r[COL["schema_version"]], r[COL["payload"]], where):
+            row = list(r)
+            row[COL["event_type"]], row[COL["schema_version"]], row[COL["payload"]] = (
+                e.event_type, e.schema_version, e.model_dump_json(),
+            )
+            out.append(tuple(row))
+    return rows_to_table(out)
+
+
+def _fetch_arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:
+    """A query's result as Arrow without the DB-API path's extra copy."""
+    return cur.sql(sql, params=params).to_arrow_table()
+
+
+def _sql_str(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _sql_list(items: Sequence[str]) -> str:
+    return ", ".join(_sql_str(i) for i in items) or "NULL"
+
+
+__all__ = ["ReadModel", "QueryRefused", "QueryFailed", "run_query", "connect_restricted", "readmodel_path"]

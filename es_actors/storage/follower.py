@@ -1,0 +1,152 @@
+"""Follow one partition's log from a position, without owning it: the read side's tail -f.
+
+Projectors and catch-up subscriptions call :meth:`LogFollower.poll` in a loop. Each poll
+returns the next contiguous run of durable events after the last one returned (or None):
+
+- events already sealed come as a *sealed batch*: the segment files and the position
+  range, so DuckDB can scan them itself (only the columns a query uses) or pyarrow can
+  read them;
+- events still in the write-ahead tail come as an Arrow table, read incrementally (each
+  tail file from the byte offset where the last poll stopped).
+
+A poll that races the owner (a tail file sealed and deleted, a compaction swap) returns
+None and the next poll finds the events in their new place: never a gap, never twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from ..errors import StoreCorrupted
+from ..records import ARROW_SCHEMA, COL, rows_to_table
+from .layout import StoreLayout
+from .segments import list_segments, resolve_current
+from .wal import iter_frames, list_tail_files
+
+
+@dataclass
+class Batch:
+    """Events ``first..last`` of one partition, either as sealed files or as a table."""
+
+    partition: int
+    first: int
+    last: int
+    files: list[str] = field(default_factory=list)  # sealed: read with a position filter
+    table: pa.Table | None = None  # from the tail: exactly these rows
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+    def to_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The batch's rows as Arrow, in position order (all columns unless given)."""
+        if self.table is not None:
+            return self.table if columns is None else self.table.select(columns)
+        dataset = ds.dataset(self.files, schema=ARROW_SCHEMA, format="parquet")
+        return dataset.to_table(
+            columns=columns, filter=(ds.field("position") >= self.first) & (ds.field("position") <= self.last)
+        )
+
+
+class _TailCursor:
+    """Incremental reading of one tail file: rows parsed so far and the byte offset reached."""
+
+    __slots__ = ("offset", "rows")
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.rows: list[tuple[Any, ...]] = []
+
+
+class LogFollower:
+    def __init__(self, layout: StoreLayout, partition: int, after: int = 0) -> None:
+        self.layout = layout
+        self.partition = partition
+        self.after = after  # the last position returned (the caller's checkpoint)
+        self.head = after  # the newest durable position seen
+        self.head_recorded_at_us: int | None = None
+        self._tails: dict[Path, _TailCursor] = {}
+
+    def seek(self, after: int) -> None:
+        """Continue after ``after`` (e.g. the checkpoint, after a batch was not applied)."""
+        if after < self.after:
+            self._tails.clear()  # rows before our cursor were dropped: read the files again
+        self.after = after
+
+    def poll(self, max_rows: int = 1_000_000) -> Batch | None:
+        try:
+            return self._poll(max_rows)
+        except (FileNotFoundError, StoreCorrupted):
+            return None  # the owner moved files under us: look again next time
+
+    def _poll(self, max_rows: int) -> Batch | None:
+        tails = list_tail_files(self.layout.tail_dir(self.partition))
+        gen = resolve_current(self.layout.log_dir(self.partition))
+        segments = list_segments(gen) if gen is not None else []
+        sealed_last = segments[-1].last if segments else 0
+        if self.after < sealed_last:
+            chosen, last = [], self.after
+            for s in segments:
+                if s.last <= self.after:
+                    continue
+                chosen.append(str(s.path))
+                last = s.last
+                if last - self.after >= max_rows:
+                    break
+            last = min(last, self.after + max_rows)
+            self.head = max(self.head, sealed_last)
+            batch = Batch(self.partition, self.after + 1, last, files=chosen)
+            self.after = last
+            return batch
+        rows = self._tail_rows(tails, sealed_last)
+        if not rows:
+            return None
+        if rows[0][COL["position"]] != self.after + 1:
+            return None  # a seal is moving these rows; next poll reads them from the segment
+        rows = rows[:max_rows]
+        for i, r in enumerate(rows):
+            if r[COL["position"]] != self.after + 1 + i:
+                rows = rows[:i]
+                break
+        if not rows:
+            return None
+        last = rows[-1][COL["position"]]
+        self.head = max(self.head, last)
+        self.head_recorded_at_us = rows[-1][COL["recorded_at"]]
+        batch = Batch(self.partition, self.after + 1, last, table=rows_to_table(rows))
+        self.after = last
+        return batch
+
+    def _tail_rows(self, tails: list[tuple[int, Path]], sealed_last: int) -> list[tuple[Any, ...]]:
+        """Unsealed rows after ``self.after``, reading each tail file only from where we stopped."""
+        live = {p for _f, p in tails}
+        for p in list(self._tails):
+            if p not in live:
+                del self._tails[p]
+        out: list[tuple[Any, ...]] = []
+        for i, (first, path) in enumerate(tails):
+            next_first = tails[i + 1][0] if i + 1 < len(tails) else None
+            if next_first is not None and next_first <= self.after + 1:
+                continue  # wholly before what we need
+            cur = self._tails.setdefault(path, _TailCursor())
+            with open(path, "rb") as f:
+                f.seek(cur.offset)
+                data = f.read()
+            consumed = 0
+            for end, frame_rows in iter_frames(data):  # whole, checksummed frames only
+                cur.rows.extend(tuple(r) for r in frame_rows)
+                consumed = end
+            cur.offset += consumed
+            # drop rows already returned, keep memory to what is still ahead
+            keep_from = 0
+            while keep_from < len(cur.rows) and cur.rows[keep_from][COL["position"]] <= self.after:
+                keep_from += 1
+            if keep_from:
+                del cur.rows[:keep_from]
+            out.extend(r for r in cur.rows if r[COL["position"]] > max(self.after, sealed_last))
+        return out
