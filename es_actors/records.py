@@ -8,11 +8,11 @@ partition; ``version`` is gapless per aggregate.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .domain import DomainRegistry, Event
 
@@ -81,58 +81,170 @@ def table_to_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     return list(zip(*cols))
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as stored: where it lies in the log, and who caused it when."""
+class _Columns:
+    """A batch's Arrow columns, each turned into Python values only when first asked for."""
 
-    partition: int
-    position: int
-    aggregate_type: str
-    aggregate_id: str
-    version: int
-    event: Event
-    event_id: str
-    command_id: str
-    correlation_id: str | None
-    causation_id: str | None
-    principal: str | None
-    recorded_at: datetime
-    metadata: dict[str, Any]
+    __slots__ = ("table", "cache")
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.cache: dict[str, list[Any]] = {}
+
+    def column(self, name: str) -> list[Any]:
+        col = self.cache.get(name)
+        if col is None:
+            arr = self.table.column(name)
+            col = self.cache[name] = (arr.cast(pa.int64()) if name == "recorded_at" else arr).to_pylist()
+        return col
+
+    def get(self, name: str, i: int) -> Any:
+        return self.column(name)[i]
+
+
+class RecordedEvent:
+    """An event as stored: where it lies in the log, and who caused it when.
+
+    Cheap to build (projections build millions): the envelope holds where the event is and
+    the event itself; the audit columns (ids, principal, recorded_at, metadata) are read
+    from the stored row, or from the batch's columns, when first asked for.
+    """
+
+    __slots__ = ("partition", "position", "aggregate_type", "aggregate_id", "version", "event",
+                 "stored_schema_version", "_src", "_i")
+
+    def __init__(
+        self, partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int, event: Event,
+        stored_schema_version: int, src: Any, i: int = -1,
+    ) -> None:
+        self.partition = partition
+        self.position = position
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.version = version
+        self.event = event
+        #: The version the event was stored at (``event`` is always the current version, upcast).
+        self.stored_schema_version = stored_schema_version
+        self._src = src  # the stored row (a tuple), or the batch's _Columns with this row's index
+        self._i = i
+
+    def _get(self, name: str) -> Any:
+        if self._i < 0:
+            return self._src[COL[name]]
+        return self._src.get(name, self._i)
 
     @property
     def event_type(self) -> str:
         return self.event.event_type
 
-    #: The version the event was stored at (``event`` is always the current version, upcast).
-    stored_schema_version: int = 0
+    @property
+    def event_id(self) -> str:
+        return self._get("event_id")
+
+    @property
+    def command_id(self) -> str:
+        return self._get("command_id")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._get("correlation_id")
+
+    @property
+    def causation_id(self) -> str | None:
+        return self._get("causation_id")
+
+    @property
+    def principal(self) -> str | None:
+        return self._get("principal")
+
+    @property
+    def recorded_at(self) -> datetime:
+        return micros_to_datetime(self._get("recorded_at"))
+
+    @property
+    def recorded_at_us(self) -> int:
+        """recorded_at as microseconds since the epoch (cheap; for ordering)."""
+        return self._get("recorded_at")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return json.loads(self._get("metadata"))
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordedEvent({self.aggregate_type}/{self.aggregate_id} v{self.version} at "
+            f"{self.partition}:{self.position}, {self.event!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return (self.partition, self.position, self.event, self.event_id) == (
+            other.partition, other.position, other.event, other.event_id
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.partition, self.position, self.event_id))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...], registry: DomainRegistry) -> list["RecordedEvent"]:
         """The current events a stored row reads as (usually one; more if an upcaster splits it),
         each carrying the stored row's version and position."""
         where = f"partition {row[0]} position {row[1]} ({row[2]}/{row[3]} version {row[4]})"
-        events = registry.decode(row[COL["event_type"]], row[COL["schema_version"]], row[COL["payload"]], where)
-        recorded_at = micros_to_datetime(row[COL["recorded_at"]])
-        metadata = json.loads(row[COL["metadata"]])
-        return [
-            cls(
-                partition=row[0],
-                position=row[1],
-                aggregate_type=row[2],
-                aggregate_id=row[3],
-                version=row[4],
-                event=event,
-                event_id=row[COL["event_id"]],
-                command_id=row[COL["command_id"]],
-                correlation_id=row[COL["correlation_id"]],
-                causation_id=row[COL["causation_id"]],
-                principal=row[COL["principal"]],
-                recorded_at=recorded_at,
-                metadata=metadata,
-                stored_schema_version=row[COL["schema_version"]],
-            )
-            for event in events
-        ]
+        sv = row[COL["schema_version"]]
+        events = registry.decode(row[COL["event_type"]], sv, row[COL["payload"]], where)
+        return [cls(row[0], row[1], row[2], row[3], row[4], event, sv, row) for event in events]
+
+    @classmethod
+    def from_table(
+        cls, table: pa.Table, registry: DomainRegistry, event_types: Collection[str] | None = None
+    ) -> list["RecordedEvent"]:
+        """A batch of stored rows as events, in row order, decoded in bulk: rows at current
+        versions are validated one event type at a time in a single pydantic call; older
+        rows go through their upcaster chains one by one. ``event_types`` keeps only those."""
+        n = table.num_rows
+        if n == 0:
+            return []
+        src = _Columns(table)
+        payloads = table.column("payload")
+        decoded: list[Any] = [None] * n
+        types = table.column("event_type")
+        svs = table.column("schema_version")
+        pairs = table.select(["event_type", "schema_version"]).group_by(["event_type", "schema_version"]).aggregate([])
+        for t, v in zip(pairs.column(0).to_pylist(), pairs.column(1).to_pylist()):
+            current = registry.decoder.is_current(t, v)
+            if current and event_types is not None and t not in event_types:
+                continue  # a current type that was not asked for: never decoded
+            idx_arr = pc.indices_nonzero(pc.and_(pc.equal(types, t), pc.equal(svs, v)))
+            idx = idx_arr.to_pylist()
+            texts = payloads.take(idx_arr).to_pylist()
+            if current:
+                try:
+                    events = registry.list_adapter(t).validate_json("[" + ",".join(texts) + "]")
+                    for i, e in zip(idx, events):
+                        decoded[i] = (e,)
+                    continue
+                except Exception:
+                    pass  # fall through to one at a time, which names the bad event
+            for i, text in zip(idx, texts):
+                decoded[i] = registry.decode(t, v, text, _where(src, i))
+        out: list[RecordedEvent] = []
+        parts, pos, atypes = src.column("partition"), src.column("position"), src.column("aggregate_type")
+        aid, ver, versions = src.column("aggregate_id"), src.column("version"), src.column("schema_version")
+        for i in range(n):
+            evs = decoded[i]
+            if evs is None:
+                continue
+            for e in evs:
+                if event_types is None or e.event_type in event_types:
+                    out.append(cls(parts[i], pos[i], atypes[i], aid[i], ver[i], e, versions[i], src, i))
+        return out
+
+
+def _where(src: _Columns, i: int) -> str:
+    return (
+        f"partition {src.get('partition', i)} position {src.get('position', i)} "
+        f"({src.get('aggregate_type', i)}/{src.get('aggregate_id', i)} version {src.get('version', i)})"
+    )
 
 
 class CommandResult:

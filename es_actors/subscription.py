@@ -19,14 +19,13 @@ order, never twice, never skipped).
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections import deque
 from typing import Any, Iterator, Sequence
 
 from .domain import DomainRegistry
 from .errors import EsActorsError
-from .records import COL, RecordedEvent, table_to_rows
+from .records import RecordedEvent
 from .storage.follower import LogFollower
 from .storage.layout import StoreLayout
 
@@ -69,74 +68,66 @@ class Subscription:
     def __iter__(self) -> Iterator[RecordedEvent]:
         return self._merged() if self.order == "merged" else self._by_partition()
 
-    def _poll_rows(self, p: int) -> list[tuple[Any, ...]]:
+    def _poll(self, p: int) -> tuple[list[RecordedEvent], int] | None:
+        """The next batch of partition ``p`` as events (upcast, filtered) and its last position."""
         batch = self._followers[p].poll(self.batch_rows)
-        return [] if batch is None else table_to_rows(batch.to_table())
-
-    def _events(self, row: tuple[Any, ...]) -> list[RecordedEvent]:
-        events = RecordedEvent.from_row(row, self.registry)
-        if self.event_types is not None:
-            events = [e for e in events if e.event_type in self.event_types]
-        return events
+        if batch is None:
+            return None
+        return RecordedEvent.from_table(batch.to_table(), self.registry, self.event_types), batch.last
 
     def _by_partition(self) -> Iterator[RecordedEvent]:
         while not self._closed:
             got = False
             for p in self._followers:
-                for row in self._poll_rows(p):
-                    got = True
-                    for e in self._events(row):
-                        self.checkpoint[p] = row[COL["position"]]
-                        yield e
-                        if self._closed:
-                            return
-                    self.checkpoint[p] = row[COL["position"]]
+                polled = self._poll(p)
+                if polled is None:
+                    continue
+                got = True
+                events, last = polled
+                for e in events:
+                    self.checkpoint[p] = e.position
+                    yield e
+                    if self._closed:
+                        return
+                self.checkpoint[p] = last  # filtered events at the end count as handled
             if not got:
                 if not self.follow:
                     return
                 time.sleep(self.poll_s)
 
     def _merged(self) -> Iterator[RecordedEvent]:
-        buffers: dict[int, deque[tuple[Any, ...]]] = {p: deque() for p in self._followers}
-        heap: list[tuple[int, int, int]] = []  # (recorded_at, partition, position) of each buffer's head
+        buffers: dict[int, deque[RecordedEvent]] = {p: deque() for p in self._followers}
+        lasts: dict[int, int] = {}  # last position polled per partition (covers filtered events)
         exhausted: set[int] = set()
         while not self._closed:
             for p, buf in buffers.items():
                 if not buf:
-                    rows = self._poll_rows(p)
-                    if rows:
-                        buf.extend(rows)
-                        r = buf[0]
-                        heapq.heappush(heap, (r[COL["recorded_at"]], p, r[COL["position"]]))
+                    polled = self._poll(p)
+                    while polled is not None and not polled[0]:  # only filtered events: move on
+                        self.checkpoint[p] = polled[1]
+                        polled = self._poll(p)
+                    if polled is not None:
+                        buf.extend(polled[0])
+                        lasts[p] = polled[1]
                         exhausted.discard(p)
                     else:
                         exhausted.add(p)
-            if not heap:
+            heads = [(b[0].recorded_at_us, p, b[0].position) for p, b in buffers.items() if b]
+            if not heads:
                 if not self.follow:
                     return
                 time.sleep(self.poll_s)
                 continue
-            released = False
             now_us = time.time_ns() // 1000
-            while heap:
-                t, p, _pos = heap[0]
-                all_have = all(buffers[q] for q in buffers)
-                if not (all_have or (not self.follow and exhausted >= {q for q in buffers if not buffers[q]})
-                        or t < now_us - self.merge_grace_us):
-                    break
-                heapq.heappop(heap)
-                row = buffers[p].popleft()
-                for e in self._events(row):
-                    self.checkpoint[p] = row[COL["position"]]
-                    yield e
-                    if self._closed:
-                        return
-                self.checkpoint[p] = row[COL["position"]]
-                released = True
-                if buffers[p]:
-                    r = buffers[p][0]
-                    heapq.heappush(heap, (r[COL["recorded_at"]], p, r[COL["position"]]))
-                else:
-                    break  # refill this partition before deciding the next event
-            if not released and self.follow:
+            all_have = len(heads) == len(buffers)
+            t, p, _pos = min(heads)
+            if not (all_have or (not self.follow) or t < now_us - self.merge_grace_us):
                 time.sleep(self.poll_s)
+                continue
+            e = buffers[p].popleft()
+            self.checkpoint[p] = e.position
+            yield e
+            if self._closed:
+                return
+            if not buffers[p] and p in lasts:
+                self.checkpoint[p] = lasts[p]
