@@ -104,7 +104,12 @@ class StateCodec:
 
     def encode(self, state: Any) -> bytes:
         if self._adapter is not None:
-            return self._adapter.dump_json(state)
+            data = self._adapter.dump_json(state)
+            # JSON may not give the state back (a plain dict's int keys become strings, tuples in
+            # an untyped field lists): such a snapshot would hydrate another state than replay.
+            if self._adapter.validate_json(data) != state:
+                raise ValueError(f"state {self.state_type.__qualname__} does not survive a JSON round trip")
+            return data
         return pickle.dumps(state, protocol=5)
 
     def decode(self, data: bytes, encoding: str) -> Any:
@@ -124,6 +129,7 @@ class DomainRegistry:
         self.events: dict[str, type[Event]] = {}
         self._codecs: dict[str, StateCodec] = {}
         self._fingerprints: dict[str, str] = {}
+        self._list_adapters: dict[str, TypeAdapter[Any]] = {}
         for agg in aggregates:
             if agg.aggregate_type in self.aggregates and self.aggregates[agg.aggregate_type] is not agg:
                 raise ValueError(f"two aggregate classes share the type name {agg.aggregate_type!r}")
@@ -139,6 +145,13 @@ class DomainRegistry:
     def decode(self, event_type: str, schema_version: int, payload_json: str, where: str = "") -> list[Event]:
         """A stored event as current events (upcast if older); UnreadableEvent names it if it cannot be."""
         return self.decoder.decode(event_type, schema_version, payload_json, where)
+
+    def list_adapter(self, event_type: str) -> TypeAdapter[Any]:
+        """Validates a JSON array of one current event type in one call (bulk reads)."""
+        adapter = self._list_adapters.get(event_type)
+        if adapter is None:
+            adapter = self._list_adapters[event_type] = TypeAdapter(list[self.events[event_type]])  # type: ignore[name-defined]
+        return adapter
 
     def state_codec(self, aggregate_type: str) -> StateCodec:
         codec = self._codecs.get(aggregate_type)
