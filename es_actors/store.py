@@ -371,10 +371,15 @@ class Store:
         except EsActorsError as exc:
             raise unwrap_actor_error(exc) from None
 
-    def wait_for(self, projection: str, result: "CommandResult | dict[int, int]", timeout: float = 10.0) -> None:
-        """Read-your-writes: return once ``projection`` has applied the command's events
-        (or the given {partition: position}); ProjectionTimeout after ``timeout`` seconds."""
-        if isinstance(result, CommandResult):
+    def wait_for(
+        self, projection: str, result: "CommandResult | dict[int, int] | None", timeout: float = 10.0
+    ) -> None:
+        """Read-your-writes: return once ``projection`` has applied the command's events (or
+        the given {partition: position}; or, for None, everything acknowledged so far);
+        ProjectionTimeout after ``timeout`` seconds."""
+        if result is None:
+            positions = {s["partition"]: s["next_position"] - 1 for s in self.stats() if s["next_position"] > 1}
+        elif isinstance(result, CommandResult):
             positions: dict[int, int] = {}
             for p, pos in result.positions:
                 positions[p] = max(pos, positions.get(p, 0))

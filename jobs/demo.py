@@ -2,7 +2,8 @@
 
 Runs the example bank domain on a local store and prints what happened: commands
 accepted and rejected (and why), a concurrency conflict, an idempotent retry, an import,
-final balances from the actors and the same balances from plain DuckDB over the log.
+read-your-writes on a live DuckDB read model, its status, and final balances three ways:
+from the actors, from the read model, and from plain DuckDB over the log.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import duckdb
 
 from es_actors import ConcurrencyError, EsActorsError, Store, Submission
 from examples.bank import AccountOpened, BankAccount, Deposit, MoneyDeposited, OpenAccount, Withdraw
+from examples.bank_projections import Balances
 
 BALANCES_SQL = """
 SELECT aggregate_id AS account,
@@ -34,7 +36,7 @@ GROUP BY ALL ORDER BY account
 
 def run(store_path: str = "./demo-store", accounts: int = 10, commands: int = 2000, echo: Callable[[str], None] = print) -> dict[str, int]:
     started = time.perf_counter()
-    store = Store.open(store_path, [BankAccount])
+    store = Store.open(store_path, [BankAccount], projections=[Balances])
     echo(f"store: {store.root}  ({store.descriptor.partitions} partitions, Ray actors named "
          f"'{store.root.name}.{store.descriptor.store_id[:8]}.partition-NNNN')")
     ids = [f"acc-{i:03d}" for i in range(1, accounts + 1)]
@@ -87,6 +89,16 @@ def run(store_path: str = "./demo-store", accounts: int = 10, commands: int = 20
     )
     echo(f"imported {len(imported.events)} events into {legacy.aggregate_id} (occurred_at {t0:%Y-%m-%d})")
 
+    # 6. Read-your-writes: wait until the live read model has applied that command, then query it.
+    store.wait_for("balances", imported, timeout=30)
+    row = store.query(f"SELECT balance FROM balances WHERE account = '{legacy.aggregate_id}'").to_pylist()
+    echo(f"read model after wait_for: {legacy.aggregate_id} balance {row[0]['balance']}")
+    store.wait_for("balances", None, timeout=60)  # caught up with everything written so far
+    read_model = {r["account"]: r["balance"] for r in store.query("SELECT account, balance FROM balances").to_pylist()}
+    status = store.projection_status()
+    echo("projection status: " + "; ".join(
+        f"{r['projection']} p{r['partition']} at {r['checkpoint']}/{r['head']} {r['status']}" for r in status))
+
     states = {a: store.aggregate(BankAccount, a).state() for a in ids}
     stats = store.stats()
     commits = sum(s["durable_writes"] for s in stats)
@@ -97,13 +109,16 @@ def run(store_path: str = "./demo-store", accounts: int = 10, commands: int = 20
     echo(f"durable writes this run: {commits} group commits for the commands above; events in the log: {events}")
     rows = duckdb.sql(BALANCES_SQL.format(glob=store.sealed_glob)).fetchall()
     by_sql = {r[0]: r[1] for r in rows}
-    echo("\naccount   balance (actor)  balance (DuckDB over the log)  version")
+    echo("\naccount   balance (actor)  (read model)  (DuckDB over the log)  version")
     for a in ids:
-        echo(f"{a}   {states[a].state.balance:>14}  {by_sql.get(a, 0):>29}  {states[a].version:>7}")
-    mismatched = [a for a in ids if by_sql.get(a, 0) != states[a].state.balance]
+        echo(f"{a}   {states[a].state.balance:>14}  {read_model.get(a, 0):>12}  {by_sql.get(a, 0):>21}  {states[a].version:>7}")
+    mismatched = [
+        a for a in ids if not (by_sql.get(a, 0) == read_model.get(a, 0) == states[a].state.balance)
+    ]
     echo(f"\nthe log lives in {store.root}; read it with plain DuckDB:")
     echo(f"  SELECT * FROM read_parquet('{store.sealed_glob}') ORDER BY partition, position")
     echo(f"  es-actors history BankAccount {ids[0]} --store {store_path}")
+    echo(f"  es-actors query \"SELECT * FROM balances ORDER BY balance DESC LIMIT 5\" --store {store_path}")
     echo(f"done in {time.perf_counter() - started:.1f}s" + (f"; MISMATCH for {mismatched}" if mismatched else ""))
     if mismatched:
         raise SystemExit(1)
