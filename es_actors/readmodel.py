@@ -132,6 +132,12 @@ class ReadModel:
                 for (table,) in cur.execute(
                     "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [p.name]
                 ).fetchall():
+                    other = self._other_owner(cur, p.name, table)
+                    if other is not None:  # its view would silently replace the other's (and be dropped with it)
+                        raise EsActorsError(
+                            f"table {table!r} is also a table of projection {other!r}: the view main.{table} "
+                            "can show only one of them; name the tables differently"
+                        )
                     cur.execute(f'CREATE OR REPLACE VIEW main."{table}" AS SELECT * FROM "{p.name}"."{table}"')
                 cur.execute("COMMIT")
             except Exception as exc:
@@ -140,12 +146,23 @@ class ReadModel:
         cur.execute(f"SET search_path = '{p.name}'")
         self.cursors[p.name] = cur
 
+    @staticmethod
+    def _other_owner(cur: duckdb.DuckDBPyConnection, name: str, table: str) -> str | None:
+        """Another registered projection that has a table named ``table`` (and so the main view), if any."""
+        row = cur.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = ? AND table_schema <> ? "
+            "AND table_schema IN (SELECT name FROM es_actors.projections WHERE name <> ?) LIMIT 1",
+            [table, name, name],
+        ).fetchone()
+        return row[0] if row else None
+
     def _drop(self, cur: duckdb.DuckDBPyConnection, name: str) -> None:
         cur.execute("BEGIN")
         for (table,) in cur.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [name]
         ).fetchall():
-            cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
+            if self._other_owner(cur, name, table) is None:  # never drop another projection's view
+                cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
         cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         for t in ("projections", "checkpoints", "dead_letters"):
             col = "name" if t == "projections" else "projection"
@@ -456,3 +473,42 @@ def _sql_list(items: Sequence[str]) -> str:
 
 
 __all__ = ["ReadModel", "QueryRefused", "QueryFailed", "run_query", "connect_restricted", "readmodel_path"]
+
+
+def committed_status(layout: Any, partitions: int) -> list[dict[str, Any]]:
+    """Projection status from the read-model file when no projector runs: the committed
+    checkpoints against each partition's durable head (status "stopped")."""
+    from .storage.follower import LogFollower
+
+    path = readmodel_path(layout.root)
+    if not path.exists():
+        return []
+    try:
+        con = connect_restricted(str(path), layout.root, read_only=True)
+    except duckdb.Error as exc:
+        raise EsActorsError(
+            f"{path} is held by a running projector that this process cannot reach (join its Ray cluster): {exc}"
+        ) from None
+    try:
+        heads = []
+        for p in range(partitions):
+            f = LogFollower(layout, p, 0)
+            while f.poll(10_000_000) is not None:
+                pass
+            heads.append(f.head)
+        projections = con.execute("SELECT name, version, kind, paused FROM es_actors.projections ORDER BY name").fetchall()
+        cps = {(n, p): pos for n, p, pos in con.execute("SELECT projection, partition, position FROM es_actors.checkpoints").fetchall()}
+        parked = dict(con.execute("SELECT projection, count(*) FROM es_actors.dead_letters GROUP BY ALL").fetchall())
+    finally:
+        con.close()
+    rows = []
+    for name, version, kind, paused in projections:
+        for p in range(partitions):
+            cp = cps.get((name, p), 0)
+            rows.append({
+                "projection": name, "version": version, "kind": kind, "partition": p, "checkpoint": cp,
+                "head": heads[p], "lag_events": max(0, heads[p] - cp), "lag_seconds": None,
+                "status": "paused" if paused else "stopped", "last_error": None, "events_per_s": 0.0,
+                "applied": None, "dead_letters": parked.get(name, 0),
+            })
+    return rows
