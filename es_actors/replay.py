@@ -1,0 +1,155 @@
+"""Folding a partition's stored rows into aggregate states, outside the owning actor.
+
+The snapshot and contract-check jobs (``jobs/``) read a partition read-only
+(:func:`~es_actors.storage.reader.read_partition`) and replay it here the way the owner
+hydrates: every stored event through ``registry.decode`` (upcaster chains, validation),
+then ``evolve`` from ``initial_state``. No Ray in this module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from .domain import DomainRegistry
+from .errors import StoreCorrupted, UserCodeError
+from .records import ARROW_SCHEMA, COL
+from .storage.layout import StoreLayout
+from .storage.segments import list_segments, resolve_current
+from .storage.wal import list_tail_files, read_tail_file
+
+#: The columns a replay needs, in the order :func:`iter_event_rows` yields them.
+REPLAY_COLUMNS: tuple[str, ...] = (
+    "position", "aggregate_type", "aggregate_id", "version", "event_type", "schema_version", "payload", "event_id",
+)
+
+
+def event_where(partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int) -> str:
+    """How errors name a stored event (the same words the partition actor uses)."""
+    return f"partition {partition} position {position} ({aggregate_type}/{aggregate_id} version {version})"
+
+
+def in_position_order(table: pa.Table) -> pa.Table:
+    """The table sorted by position (a no-op when it already is, the usual case)."""
+    if table.num_rows > 1:
+        pos = table.column("position").to_numpy()
+        if not np.all(np.diff(pos) > 0):
+            return table.sort_by("position")
+    return table
+
+
+def of_type(table: pa.Table, aggregate_type: str) -> pa.Table:
+    """Only the rows of one aggregate type."""
+    return table.filter(pc.equal(table.column("aggregate_type"), aggregate_type))
+
+
+def iter_event_rows(table: pa.Table, columns: Sequence[str] = REPLAY_COLUMNS, chunk: int = 50_000) -> Iterator[tuple[Any, ...]]:
+    """The table's rows as tuples of ``columns``, converted a chunk at a time (bounded memory)."""
+    table = table.select(list(columns))
+    for batch in table.to_batches(max_chunksize=chunk):
+        yield from zip(*(col.to_pylist() for col in batch.columns))
+
+
+@dataclass(slots=True)
+class FoldedAggregate:
+    """One aggregate replayed to the end of what was read."""
+
+    aggregate_type: str
+    aggregate_id: str
+    state: Any
+    version: int = 0  # version of its last event
+    position: int = 0  # log position of its last event
+    event_id: str = ""  # event_id of its last event (to confirm it is still the one at ``position``)
+    events: int = 0  # stored events folded
+
+
+def fold_rows(
+    registry: DomainRegistry, rows: Iterable[tuple[Any, ...]], partition: int
+) -> dict[tuple[str, str], FoldedAggregate]:
+    """Fold stored rows (``REPLAY_COLUMNS`` order, position order) into one state per aggregate.
+
+    Strict, like the owner's hydration: an event that cannot be read raises
+    :class:`~es_actors.upcasting.UnreadableEvent`, a gap in an aggregate's versions
+    :class:`StoreCorrupted`, and an exception from ``evolve`` :class:`UserCodeError`; each
+    names the event (partition, position, aggregate, version).
+    """
+    out: dict[tuple[str, str], FoldedAggregate] = {}
+    for pos, atype, aid, version, etype, sv, payload, event_id in rows:
+        key = (atype, aid)
+        agg = registry.aggregate(atype)
+        f = out.get(key)
+        if f is None:
+            f = out[key] = FoldedAggregate(atype, aid, agg.initial_state())
+        where = event_where(partition, pos, atype, aid, version)
+        if version != f.version + 1:
+            raise StoreCorrupted(f"{where}: version {version} follows {f.version}")
+        state = f.state
+        for event in registry.decode(etype, sv, payload, where):
+            try:
+                state = agg.evolve(state, event)
+            except Exception as exc:
+                raise UserCodeError(
+                    f"evolve of {atype} failed on {event.event_type} at {where}: {type(exc).__name__}: {exc}"
+                ) from None
+        f.state, f.version, f.position, f.event_id = state, version, pos, event_id
+        f.events += 1
+    return out
+
+
+def fold_partition_table(
+    registry: DomainRegistry, table: pa.Table, partition: int, aggregate_type: str | None = None
+) -> dict[tuple[str, str], FoldedAggregate]:
+    """:func:`fold_rows` over a table from ``read_partition`` (optionally one aggregate type only)."""
+    if aggregate_type is not None:
+        table = of_type(table, aggregate_type)
+    return fold_rows(registry, iter_event_rows(in_position_order(table)), partition)
+
+
+def sealed_last_position(layout: StoreLayout, partition: int) -> int:
+    """The last position sealed into Parquet now (0 if none). It only grows; sealed rows are
+    durable and acknowledged, never cut back."""
+    try:
+        gen = resolve_current(layout.log_dir(partition))
+        segments = list_segments(gen) if gen is not None else []
+    except FileNotFoundError:
+        return 0
+    return segments[-1].last if segments else 0
+
+
+def durable_event_ids(layout: StoreLayout, partition: int, positions: Iterable[int], attempts: int = 20) -> dict[int, str]:
+    """``event_id`` of the events now at these positions (tail first, then sealed segments).
+
+    A reader can see a tail frame whose fdatasync then fails and which the owner cuts back
+    (and later reuses its positions). Reading the positions again after a fold confirms the
+    events it used are still the ones there. Positions missing from the answer hold nothing now.
+    """
+    want = set(positions)
+    found: dict[int, str] = {}
+    if not want:
+        return found
+    p_col, id_col = COL["position"], COL["event_id"]
+    for _first, path in list_tail_files(layout.tail_dir(partition)):
+        rows, _valid, _size = read_tail_file(path)  # a file sealed and removed meanwhile reads as empty
+        for r in rows:
+            if r[p_col] in want:
+                found[r[p_col]] = r[id_col]
+    rest = sorted(want - found.keys())
+    for _ in range(attempts if rest else 0):
+        gen = resolve_current(layout.log_dir(partition))
+        try:
+            segments = list_segments(gen) if gen is not None else []
+            if segments:
+                table = ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table(
+                    columns=["position", "event_id"], filter=ds.field("position").isin(rest)
+                )
+                found.update(zip(table.column("position").to_pylist(), table.column("event_id").to_pylist()))
+            break
+        except FileNotFoundError:  # a compaction swapped the generation under us: look again
+            time.sleep(0.01)
+    return found

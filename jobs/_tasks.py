@@ -1,0 +1,125 @@
+"""What the partition jobs share: joining Ray, resolving domain classes, and running one
+task per partition while reporting each partition as it finishes."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence, Union
+
+import ray
+
+from es_actors.domain import Aggregate
+from es_actors.errors import EsActorsError
+
+#: ``progress=`` of the jobs: True (a bar on stderr), False (quiet), or a function that gets
+#: each partition's report as soon as its task finishes.
+Progress = Union[bool, Callable[[dict[str, Any]], None]]
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS) if given, else start a small local Ray."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+
+
+def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
+    """``"examples.bank:BankAccount,pkg.mod:Other"`` (or a list of such) -> the classes, imported."""
+    items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
+    out: list[type[Aggregate[Any]]] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        module_name, sep, attr = item.partition(":")
+        if not sep or not module_name or not attr:
+            raise EsActorsError(f"{item!r}: give aggregates as module:Class, e.g. examples.bank:BankAccount")
+        if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: the current directory imports
+            sys.path.insert(0, os.getcwd())
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise EsActorsError(f"{item!r}: cannot import {module_name!r}: {exc}") from None
+        for name in attr.split("."):
+            try:
+                obj = getattr(obj, name)
+            except AttributeError:
+                raise EsActorsError(f"{item!r}: {module_name!r} has no {attr!r}") from None
+        if not (isinstance(obj, type) and issubclass(obj, Aggregate)):
+            raise EsActorsError(f"{item!r} is not an Aggregate subclass")
+        out.append(obj)
+    if not out:
+        raise EsActorsError("no aggregate classes given")
+    return out
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The error a task raised, without Ray's wrapper (whose text is a remote traceback)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
+        return cause
+    return exc
+
+
+def run_per_partition(
+    refs: dict[Any, int], progress: Progress, describe: Callable[[dict[str, Any]], str], title: str
+) -> tuple[dict[int, dict[str, Any]], dict[int, BaseException]]:
+    """Wait for the partition tasks as they finish (``ray.wait``), reporting each one.
+
+    Returns (report by partition, error by partition); every task is waited for, so a
+    failure in one partition never leaves another's work half done.
+    """
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(refs), desc=title, unit="partition", file=sys.stderr, leave=True)
+    done: dict[int, dict[str, Any]] = {}
+    failed: dict[int, BaseException] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                p = refs[ref]
+                try:
+                    report = ray.get(ref)
+                except Exception as exc:
+                    failed[p] = unwrap(exc)
+                    report = {"partition": p, "error": f"{type(failed[p]).__name__}: {failed[p]}"}
+                else:
+                    done[p] = report
+                if bar is not None:
+                    bar.update(1)
+                    bar.write(describe(report), file=sys.stderr)
+                elif callable(progress):
+                    progress(report)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done, failed
+
+
+def raise_first(failed: dict[int, BaseException], report: dict[str, Any]) -> None:
+    """Raise the first failed partition's own error (e.g. UnreadableEvent, its message naming the
+    event), noting the other failed partitions; ``exc.report`` holds what the others did."""
+    if not failed:
+        return
+    first = min(failed)
+    exc = failed[first]
+    others = [
+        f"partition {p}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}" for p, e in sorted(failed.items()) if p != first
+    ]
+    if others:
+        exc.add_note("also failed: " + "; ".join(others))
+    try:
+        exc.report = report  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    raise exc
