@@ -129,17 +129,23 @@ class Store:
             if descriptor is None:
                 raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
             return cls(layout, descriptor, registry, config, None)
+        if projections:
+            from .projection import check_projections
+
+            check_projections(projections)  # before anything starts
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
         from .runtime import start_partition_actors
 
         actors = start_partition_actors(layout, descriptor, aggregates, config, address)
         store = cls(layout, descriptor, registry, config, actors)
         if projections:
-            from .projection import check_projections
             from .runtime import start_projector
 
-            check_projections(projections)
-            store._projector = start_projector(layout, descriptor, aggregates, projections, config)
+            try:
+                store._projector = start_projector(layout, descriptor, aggregates, projections, config)
+            except BaseException:
+                store.close()  # nobody gets this store: release its partitions
+                raise
         return store
 
     def close(self) -> None:
@@ -310,16 +316,9 @@ class Store:
         projector when one runs; otherwise in this process (read models included if no
         projector holds their file).
         """
-        import ray
-
         projector = self._find_projector()
         if projector is not None:
-            from .runtime import unwrap_actor_error
-
-            try:
-                table = ray.get(projector.query.remote(sql, timeout))
-            except EsActorsError as exc:
-                raise unwrap_actor_error(exc) from None
+            table = self._ray_call_projector(projector, "query", sql, timeout)
         else:
             table = self._query_here(sql, timeout)
         return _convert_table(table, output)
@@ -330,17 +329,26 @@ class Store:
         from .readmodel import connect_restricted, readmodel_path, run_query
         from .storage.reader import log_snapshot
 
+        from .readmodel import QueryFailed
+
         path = readmodel_path(self.layout.root)
-        con = None
+        con, held = None, False
         if path.exists():
             try:
                 con = connect_restricted(str(path), self.layout.root, read_only=True)
-            except duckdb.Error:  # held by a projector elsewhere: events only
-                con = None
+            except duckdb.Error:  # held by a projector this process cannot reach: events only
+                con, held = None, True
         con = con or connect_restricted(":memory:", self.layout.root)
         try:
             files, tail = log_snapshot(self.layout, self.descriptor.partitions)
             return run_query(con.cursor(), sql, files, tail, timeout or self.config.query_timeout_s)
+        except QueryFailed as exc:
+            if held:
+                raise QueryFailed(
+                    f"{exc} (only `events` is readable here: the read models are held by a running projector; "
+                    "join its Ray cluster, e.g. --address or RAY_ADDRESS)"
+                ) from None
+            raise
         finally:
             con.close()
 
@@ -362,14 +370,27 @@ class Store:
         return projector
 
     def _call_projector(self, method: str, *args: Any) -> Any:
+        return self._ray_call_projector(self._projector_or_raise(), method, *args)
+
+    def _ray_call_projector(self, projector: Any, method: str, *args: Any) -> Any:
+        """Call the projector, waiting out its restart after a crash (every read-side call is
+        safe to repeat) for up to ``retry_deadline_s``."""
+        import time
+
         import ray
 
         from .runtime import unwrap_actor_error
 
-        try:
-            return ray.get(getattr(self._projector_or_raise(), method).remote(*args))
-        except EsActorsError as exc:
-            raise unwrap_actor_error(exc) from None
+        deadline = time.monotonic() + self.config.retry_deadline_s
+        while True:
+            try:
+                return ray.get(getattr(projector, method).remote(*args))
+            except EsActorsError as exc:
+                raise unwrap_actor_error(exc) from None
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     def wait_for(
         self, projection: str, result: "CommandResult | dict[int, int] | None", timeout: float = 10.0
