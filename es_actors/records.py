@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, Collection, Sequence
 
 import pyarrow as pa
@@ -101,40 +102,42 @@ class _Columns:
         return self.column(name)[i]
 
 
-class RecordedEvent:
+class RecordedEvent(tuple):  # type: ignore[type-arg]
     """An event as stored: where it lies in the log, and who caused it when.
 
-    Cheap to build (projections build millions): the envelope holds where the event is and
-    the event itself; the audit columns (ids, principal, recorded_at, metadata) are read
-    from the stored row, or from the batch's columns, when first asked for.
+    Immutable and cheap to build (projections build millions; a tuple made in C): it holds
+    where the event is and the event itself; the audit columns (ids, principal,
+    recorded_at, metadata) are read from the stored row, or from the batch's columns, when
+    first asked for.
     """
 
-    __slots__ = ("partition", "position", "aggregate_type", "aggregate_id", "version", "event",
-                 "stored_schema_version", "_src", "_i")
+    __slots__ = ()
 
-    def __init__(
-        self, partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int, event: Event,
+    def __new__(
+        cls, partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int, event: Event,
         stored_schema_version: int, src: Any, i: int = -1,
-    ) -> None:
-        self.partition = partition
-        self.position = position
-        self.aggregate_type = aggregate_type
-        self.aggregate_id = aggregate_id
-        self.version = version
-        self.event = event
-        #: The version the event was stored at (``event`` is always the current version, upcast).
-        self.stored_schema_version = stored_schema_version
-        self._src = src  # the stored row (a tuple), or the batch's _Columns with this row's index
-        self._i = i
+    ) -> "RecordedEvent":
+        return tuple.__new__(cls, (partition, position, aggregate_type, aggregate_id, version, event,
+                                   stored_schema_version, src, i))
+
+    partition = property(itemgetter(0))
+    position = property(itemgetter(1))
+    aggregate_type = property(itemgetter(2))
+    aggregate_id = property(itemgetter(3))
+    version = property(itemgetter(4))
+    event = property(itemgetter(5))
+    #: The version the event was stored at (``event`` is always the current version, upcast).
+    stored_schema_version = property(itemgetter(6))
 
     def _get(self, name: str) -> Any:
-        if self._i < 0:
-            return self._src[COL[name]]
-        return self._src.get(name, self._i)
+        src, i = self[7], self[8]
+        if i < 0:
+            return src[COL[name]]
+        return src.get(name, i)
 
     @property
     def event_type(self) -> str:
-        return self.event.event_type
+        return self[5].event_type
 
     @property
     def event_id(self) -> str:
@@ -178,12 +181,22 @@ class RecordedEvent:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RecordedEvent):
             return NotImplemented
-        return (self.partition, self.position, self.event, self.event_id) == (
-            other.partition, other.position, other.event, other.event_id
-        )
+        return (self[0], self[1], self[5], self.event_id) == (other[0], other[1], other[5], other.event_id)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
 
     def __hash__(self) -> int:
-        return hash((self.partition, self.position, self.event_id))
+        return hash((self[0], self[1], self.event_id))
+
+    def __reduce__(self) -> Any:  # pickles as its values, the batch's columns resolved
+        return (RecordedEvent, (self[0], self[1], self[2], self[3], self[4], self[5], self[6], self._row(), -1))
+
+    def _row(self) -> tuple[Any, ...]:
+        if self[8] < 0:
+            return self[7]
+        return tuple(self._get(c) for c in COLUMNS)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...], registry: DomainRegistry) -> list["RecordedEvent"]:
@@ -230,13 +243,14 @@ class RecordedEvent:
         out: list[RecordedEvent] = []
         parts, pos, atypes = src.column("partition"), src.column("position"), src.column("aggregate_type")
         aid, ver, versions = src.column("aggregate_id"), src.column("version"), src.column("schema_version")
+        new = tuple.__new__
         for i in range(n):
             evs = decoded[i]
             if evs is None:
                 continue
             for e in evs:
                 if event_types is None or e.event_type in event_types:
-                    out.append(cls(parts[i], pos[i], atypes[i], aid[i], ver[i], e, versions[i], src, i))
+                    out.append(new(cls, (parts[i], pos[i], atypes[i], aid[i], ver[i], e, versions[i], src, i)))
         return out
 
 
