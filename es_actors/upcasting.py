@@ -66,6 +66,8 @@ class Upcaster:
         if isinstance(out, Mapping):
             return [StoredEvent(self.event_type, self.from_version + 1, dict(out))]
         steps = list(out)
+        if not steps:
+            raise ValueError("it returned no events (a stored event is never dropped silently)")
         if not all(isinstance(s, StoredEvent) for s in steps):
             raise TypeError("an upcaster returns a dict or a list of StoredEvent")
         return steps
@@ -94,12 +96,37 @@ def _code_parts(code: CodeType) -> list[Any]:
 
 
 def code_digest(fn: Callable[..., Any]) -> str:
-    """A digest of a function's compiled code and constants (same Python -> same digest)."""
+    """A digest of what a function computes with: its compiled code and constants, default
+    arguments, closure values, and the simple globals and helper functions it names.
+    Same code under the same Python -> same digest; a change to any of those -> another one."""
     code = getattr(fn, "__code__", None)
     if code is None:  # a callable object: its class and repr are the best we know
         return hashlib.blake2b(repr((type(fn).__qualname__, repr(fn))).encode(), digest_size=8).hexdigest()
-    text = json.dumps([getattr(fn, "__qualname__", ""), _code_parts(code)], default=repr)
+    parts: list[Any] = [getattr(fn, "__qualname__", ""), _code_parts(code)]
+    parts.append(repr(getattr(fn, "__defaults__", None)))
+    parts.append(repr(sorted((getattr(fn, "__kwdefaults__", None) or {}).items())))
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            parts.append(repr(cell.cell_contents))
+        except ValueError:  # an empty cell
+            parts.append("<empty>")
+    globals_ = getattr(fn, "__globals__", {})
+    for name in sorted(_names(code)):
+        value = globals_.get(name)
+        if isinstance(value, (int, float, str, bytes, bool, tuple, frozenset)) or value is None and name in globals_:
+            parts.append(f"{name}={value!r}")
+        elif callable(getattr(value, "__code__", None)) or hasattr(value, "__code__"):
+            parts.append(f"{name}:{_code_parts(value.__code__)}")
+    text = json.dumps(parts, default=repr)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _names(code: CodeType) -> set[str]:
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            out |= _names(c)
+    return out
 
 
 class EventDecoder:
@@ -179,8 +206,8 @@ class EventDecoder:
             return f"no event class and no upcaster for type {se.event_type!r} v{se.schema_version}"
         if se.schema_version > cls.schema_version:
             return (
-                f"{se.event_type} v{se.schema_version} was written by newer code (this code knows "
-                f"v{cls.schema_version}); deploy the newer event class"
+                f"{se.event_type} v{se.schema_version} is newer than this code's v{cls.schema_version}: written by "
+                "newer code (deploy the newer event class), or produced by an upcaster that goes too far"
             )
         return f"no upcaster from {se.event_type} v{se.schema_version} (current is v{cls.schema_version})"
 

@@ -1,6 +1,17 @@
 """A bank account, as a decider: no Ray, no files, just the business rules.
 
 balance = deposits - withdrawals; an account must be opened first; no overdraft.
+
+Its events have changed since version 1 of this code, and the log still holds what v1
+stored (stored events are never rewritten). ``BankAccount.upcasters`` read those old
+events as the current ones, on every read path (actor rehydration, history, time travel):
+
+    AccountOpened v1 {owner}                     -> AccountOpened v2 {owner, currency="EUR"}
+    FundsDeposited v1 {amt}                      -> MoneyDeposited v1 {amt} -> MoneyDeposited v2 {amount}
+    MoneyDeposited v1 {amount}                   -> MoneyDeposited v2 {amount}
+    AccountOpenedWithDeposit v1 {owner, initial} -> AccountOpened v1 + FundsDeposited v1 -> (as above)
+
+New events are always written at the current ``schema_version``.
 """
 
 from __future__ import annotations
@@ -11,14 +22,18 @@ from typing import Sequence
 from pydantic import Field
 
 from es_actors import Aggregate, Command, DomainError, Event
+from es_actors.upcasting import StoredEvent, upcaster
 
 
 # -- events (stored; names and schema versions are a contract) ---------------------------
 class AccountOpened(Event):
+    schema_version = 2  # v2 added currency (v1 accounts were all in euros)
     owner: str
+    currency: str = "EUR"
 
 
 class MoneyDeposited(Event):
+    schema_version = 2  # v2 renamed amt -> amount
     amount: int = Field(gt=0, description="minor units (cents)")
 
 
@@ -46,6 +61,7 @@ class Account:
 
     opened: bool = False
     owner: str = ""
+    currency: str = "EUR"
     balance: int = 0
 
 
@@ -61,10 +77,42 @@ class InsufficientFunds(DomainError):
     pass
 
 
+# -- upcasters: one step each, from a stored (type, version) to the next ------------------
+# A dict result is the same type at version + 1; a list of StoredEvent renames or splits.
+# The decoder chains steps until each piece is a current class at its current version.
+@upcaster("AccountOpened", from_version=1)
+def _account_opened_v1(payload: dict) -> dict:
+    return {**payload, "currency": "EUR"}  # field added: v1 accounts were in euros
+
+
+@upcaster("MoneyDeposited", from_version=1)
+def _money_deposited_v1(payload: dict) -> dict:
+    # Field renamed amt -> amount. Some v1 rows already say "amount" (MoneyDeposited as the
+    # first release of this example stored it): those pass as they are.
+    if "amt" in payload:
+        return {"amount": payload["amt"]}
+    return payload
+
+
+@upcaster("FundsDeposited", from_version=1)
+def _funds_deposited_v1(payload: dict) -> list[StoredEvent]:
+    return [StoredEvent("MoneyDeposited", 1, payload)]  # type renamed: then MoneyDeposited v1 -> v2
+
+
+@upcaster("AccountOpenedWithDeposit", from_version=1)
+def _account_opened_with_deposit_v1(payload: dict) -> list[StoredEvent]:
+    # One stored event read as two, in this order; both keep its version and log position.
+    return [
+        StoredEvent("AccountOpened", 1, {"owner": payload["owner"]}),
+        StoredEvent("FundsDeposited", 1, {"amt": payload["initial"]}),
+    ]
+
+
 class BankAccount(Aggregate[Account]):
     aggregate_type = "BankAccount"
     commands = (OpenAccount, Deposit, Withdraw)
-    events = (AccountOpened, MoneyDeposited, MoneyWithdrawn)
+    events = (AccountOpened, MoneyDeposited, MoneyWithdrawn)  # the current classes only
+    upcasters = (_account_opened_v1, _money_deposited_v1, _funds_deposited_v1, _account_opened_with_deposit_v1)
 
     @classmethod
     def initial_state(cls) -> Account:
@@ -92,8 +140,8 @@ class BankAccount(Aggregate[Account]):
     @classmethod
     def evolve(cls, state: Account, event: Event) -> Account:
         match event:
-            case AccountOpened(owner=owner):
-                return replace(state, opened=True, owner=owner)
+            case AccountOpened(owner=owner, currency=currency):
+                return replace(state, opened=True, owner=owner, currency=currency)
             case MoneyDeposited(amount=amount):
                 return replace(state, balance=state.balance + amount)
             case MoneyWithdrawn(amount=amount):
