@@ -80,12 +80,24 @@ class InsufficientFunds(DomainError):
 # -- upcasters: one step each, from a stored (type, version) to the next ------------------
 # A dict result is the same type at version + 1; a list of StoredEvent renames or splits.
 # The decoder chains steps until each piece is a current class at its current version.
-@upcaster("AccountOpened", from_version=1)
+# ``sql=`` is the same step for SQL projections, vectorised in DuckDB over the relation
+# ``stored`` (log rows of that type and version); without it old rows go through Python.
+@upcaster(
+    "AccountOpened", from_version=1,
+    sql="""SELECT * REPLACE (2 AS schema_version,
+                             json_merge_patch(payload, '{"currency": "EUR"}')::VARCHAR AS payload) FROM stored""",
+)
 def _account_opened_v1(payload: dict) -> dict:
     return {**payload, "currency": "EUR"}  # field added: v1 accounts were in euros
 
 
-@upcaster("MoneyDeposited", from_version=1)
+@upcaster(
+    "MoneyDeposited", from_version=1,
+    sql="""SELECT * REPLACE (2 AS schema_version,
+                             CASE WHEN payload->>'amt' IS NULL THEN payload
+                                  ELSE json_object('amount', (payload->>'amt')::BIGINT)::VARCHAR END AS payload)
+           FROM stored""",
+)
 def _money_deposited_v1(payload: dict) -> dict:
     # Field renamed amt -> amount. Some v1 rows already say "amount" (MoneyDeposited as the
     # first release of this example stored it): those pass as they are.
@@ -94,7 +106,7 @@ def _money_deposited_v1(payload: dict) -> dict:
     return payload
 
 
-@upcaster("FundsDeposited", from_version=1)
+@upcaster("FundsDeposited", from_version=1, sql="SELECT * REPLACE ('MoneyDeposited' AS event_type) FROM stored")
 def _funds_deposited_v1(payload: dict) -> list[StoredEvent]:
     return [StoredEvent("MoneyDeposited", 1, payload)]  # type renamed: then MoneyDeposited v1 -> v2
 

@@ -45,7 +45,11 @@ class BalancesPy(PythonProjection):
     name = "balances_py"
     version = 1
     event_types = (AccountOpened, MoneyDeposited, MoneyWithdrawn)
-    setup = Balances.setup
+    # Its own table name: each table gets a view of that name in ``main`` (``FROM balances_py``),
+    # and two projections cannot both have a table named ``balances``.
+    setup = """CREATE TABLE balances_py (
+        account VARCHAR PRIMARY KEY, owner VARCHAR, balance BIGINT NOT NULL, events BIGINT NOT NULL,
+        version BIGINT NOT NULL)"""
 
     @classmethod
     def handle(cls, db: Any, events: Sequence[RecordedEvent]) -> None:
@@ -73,7 +77,7 @@ class BalancesPy(PythonProjection):
             }),
         )
         db.execute("""
-            INSERT INTO balances SELECT * FROM deltas
+            INSERT INTO balances_py SELECT * FROM deltas
             ON CONFLICT (account) DO UPDATE SET
                 owner = coalesce(excluded.owner, owner), balance = balance + excluded.balance,
                 events = events + excluded.events, version = greatest(version, excluded.version)""")
