@@ -85,14 +85,15 @@ class AggregateEntry:
     """Every aggregate the partition knows: its version and event positions always; its state
     and recent command ids only while hydrated (at most ``max_hydrated`` of them)."""
 
-    __slots__ = ("version", "positions", "state", "commands", "snap_version")
+    __slots__ = ("version", "positions", "state", "commands", "snap_version", "snap_event")
 
     def __init__(self, version: int = 0, positions: "array[int] | None" = None) -> None:
         self.version = version
         self.positions: array[int] = positions if positions is not None else array("q")
         self.state: Any = _NOT_HYDRATED
         self.commands: dict[str, Remembered] | None = None  # None: not loaded (lazily, from the log)
-        self.snap_version = 0  # version of the newest snapshot known to exist
+        self.snap_version = 0  # version of the newest snapshot known to exist (-1: a stale one, replace it)
+        self.snap_event: tuple[int, str] | None = None  # (version, id of the log's event there), once read
 
     def remember(self, command_id: str, rec: Remembered, window: int) -> None:
         assert self.commands is not None
@@ -125,7 +126,7 @@ class Partition:
         self.snapshots = SnapshotStore(layout.root, partition)
         self.aggregates: dict[tuple[str, str], AggregateEntry] = {}
         self.hydrated: OrderedDict[tuple[str, str], AggregateEntry] = OrderedDict()
-        self._snap_pending: dict[tuple[str, str], tuple[int, int, Any]] = {}
+        self._snap_pending: dict[tuple[str, str], tuple[int, int, Any, str | None]] = {}
         self._snap_pending_since = 0.0
         self.counts = {
             "accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0, "hydrations": 0,
@@ -199,7 +200,8 @@ class Partition:
         if snap is not None:
             state, at = snap
             self.counts["snapshot_used"] += 1
-        entry.snap_version = max(entry.snap_version, at)
+            entry.snap_version = max(entry.snap_version, at)
+        # else keep snap_version: -1 (a stale snapshot was met) makes a replacement due after the replay
         replayed_from = at
         if at < entry.version:
             cols = self.log.read_at(entry.positions[at:], ["position", "version", "event_type", "schema_version", "payload"])
@@ -229,6 +231,7 @@ class Partition:
                 row.fingerprint == fingerprint
                 and 1 <= row.version <= entry.version
                 and entry.positions[row.version - 1] == row.position
+                and (not row.event_id or row.event_id == self._event_id_at(entry, row.version))
             )
             if ok:
                 try:
@@ -240,6 +243,18 @@ class Partition:
             self.counts["snapshot_ignored"] += 1
             entry.snap_version = -1
         return None
+
+    def _event_id_at(self, entry: AggregateEntry, version: int) -> str | None:
+        """Id of the aggregate's event at ``version`` in this log (read once, then remembered:
+        the owner's log does not change under it)."""
+        if entry.snap_event is None or entry.snap_event[0] != version:
+            try:
+                ids = self.log.read_at([entry.positions[version - 1]], ["event_id"])["event_id"]
+            except Exception as exc:  # cannot show the snapshot matches the log: not used
+                log.warning("partition %d: reading an event id failed: %s", self.partition, exc)
+                return None
+            entry.snap_event = (version, ids[0])
+        return entry.snap_event[1]
 
     def _ensure_commands(self, key: tuple[str, str], entry: AggregateEntry) -> dict[str, Remembered]:
         """Recent command ids (the dedup window), read from the log the first time they are needed."""
@@ -291,11 +306,31 @@ class Partition:
         todo = [k for k in chosen if self.aggregates[k].state is _NOT_HYDRATED]
         states: dict[tuple[str, str], list[Any]] = {}  # key -> [state, version reached]
         best: dict[tuple[str, str], SnapshotRow] = {}
+        stale: set[tuple[str, str]] = set()
         wanted = set(todo)
         for row in self.snapshots.all_rows():
             k = (row.aggregate_type, row.aggregate_id)
-            if k in wanted and self._snapshot_worth_keeping(row) and (k not in best or best[k].version < row.version):
+            if k not in wanted:
+                continue
+            if not self._snapshot_worth_keeping(row):
+                stale.add(k)
+            elif k not in best or best[k].version < row.version:
                 best[k] = row
+        # the log must hold that very event there: compare event ids, read in one pass
+        check = sorted((self.aggregates[k].positions[r.version - 1], k) for k, r in best.items() if r.event_id)
+        if check:
+            try:
+                ids = self.log.read_at([pos for pos, _k in check], ["event_id"])["event_id"]
+            except Exception as exc:
+                log.warning("partition %d: reading event ids failed, snapshots not used: %s", self.partition, exc)
+                ids = [None] * len(check)
+            for (_pos, k), eid in zip(check, ids):
+                if eid is not None:
+                    self.aggregates[k].snap_event = (best[k].version, eid)
+                if eid != best[k].event_id:
+                    stale.add(k)
+                    del best[k]
+        used: set[tuple[str, str]] = set()
         for k in todo:
             agg_cls = self.registry.aggregate(k[0])
             state, at = agg_cls.initial_state(), 0
@@ -304,7 +339,9 @@ class Partition:
                 try:
                     state, at = self.registry.state_codec(k[0]).decode(row.state, row.encoding), row.version
                     self.counts["snapshot_used"] += 1
+                    used.add(k)
                 except Exception as exc:
+                    stale.add(k)
                     log.warning("%s/%s: snapshot at version %d does not decode, ignored: %s", *k, row.version, exc)
             states[k] = [state, at]
         needed = [np.frombuffer(self.aggregates[k].positions, dtype=np.int64)[states[k][1]:] for k in todo]
@@ -325,7 +362,11 @@ class Partition:
         for k in todo:
             entry = self.aggregates[k]
             entry.state = states[k][0]
-            entry.snap_version = max(entry.snap_version, best[k].version if k in best else 0)
+            if k in used:
+                entry.snap_version = max(entry.snap_version, best[k].version)
+            elif k in stale:  # taken under other code, or not of this log: replace it
+                self.counts["snapshot_ignored"] += 1
+                entry.snap_version = -1
             self.hydrated[k] = entry
             self._note_for_snapshot(k, entry)
         for k in chosen:
@@ -336,13 +377,14 @@ class Partition:
 
     # -- snapshots ----------------------------------------------------------------------------
 
-    def _note_for_snapshot(self, key: tuple[str, str], entry: AggregateEntry) -> None:
+    def _note_for_snapshot(self, key: tuple[str, str], entry: AggregateEntry, event_id: str | None = None) -> None:
+        """``event_id``: of the aggregate's last event, if known (else read when the snapshot is written)."""
         every = self.registry.aggregate(key[0]).snapshot_every
         due = entry.snap_version < 0 or (every is not None and entry.version - entry.snap_version >= every)
         if due and entry.version > 0:
             if not self._snap_pending:
                 self._snap_pending_since = time.monotonic()
-            self._snap_pending[key] = (entry.version, entry.positions[-1], entry.state)
+            self._snap_pending[key] = (entry.version, entry.positions[-1], entry.state, event_id)
             entry.snap_version = entry.version
 
     def flush_snapshots(self, force: bool = False) -> int:
@@ -355,23 +397,38 @@ class Partition:
         ):
             return 0
         self._snap_pending = {}
+        unknown = sorted(pos for (_v, pos, _s, eid) in pending.values() if eid is None)
+        known_ids: dict[int, str] = {}
+        if unknown:
+            try:
+                cols = self.log.read_at(unknown, ["position", "event_id"])
+                known_ids = dict(zip(cols["position"], cols["event_id"]))
+            except Exception as exc:  # those snapshots are skipped; replay stays correct
+                log.warning("partition %d: reading event ids for snapshots failed: %s", self.partition, exc)
         rows = []
-        for (atype, aid), (version, position, state) in pending.items():
+        for (atype, aid), (version, position, state, event_id) in pending.items():
+            event_id = event_id or known_ids.get(position)
+            if not event_id:
+                continue
             codec = self.registry.state_codec(atype)
             try:
                 data = codec.encode(state)
             except Exception as exc:  # a state that cannot be encoded is never snapshotted: replay stays correct
                 log.warning("%s/%s: state does not encode for a snapshot: %s", atype, aid, exc)
                 continue
-            rows.append(SnapshotRow(atype, aid, version, position, self.registry.snapshot_fingerprint(atype), codec.encoding, data))
+            fingerprint = self.registry.snapshot_fingerprint(atype)
+            rows.append(SnapshotRow(atype, aid, version, position, fingerprint, codec.encoding, data, event_id))
         try:
             self.snapshots.write(rows)
-            if self.snapshots.file_count > self.config.snapshot_max_files:
-                self.snapshots.consolidate(self._snapshot_worth_keeping)
-        except OSError as exc:  # snapshots are an optimisation: the log stays the truth
+        except Exception as exc:  # snapshots are an optimisation: the log stays the truth (never fail a batch)
             log.error("partition %d: writing snapshots failed: %s", self.partition, exc)
             return 0
         self.counts["snapshots_written"] += len(rows)
+        try:
+            if self.snapshots.file_count > self.config.snapshot_max_files:
+                self.snapshots.consolidate(self._snapshot_worth_keeping)
+        except Exception as exc:
+            log.error("partition %d: merging snapshot files failed: %s", self.partition, exc)
         return len(rows)
 
     def _snapshot_worth_keeping(self, row: SnapshotRow) -> bool:
@@ -395,6 +452,7 @@ class Partition:
         retried_in_batch: list[int] = []  # retries of a command accepted earlier in this same batch
         rows: list[Row] = []
         entry_rows: dict[tuple[str, str], list[int]] = {}  # key -> positions appended in this batch
+        last_event: dict[tuple[str, str], str] = {}  # key -> id of its last event appended in this batch
         next_pos = self.log.next_position
         now_us = time.time_ns() // 1000
         for i, item in enumerate(batch):
@@ -478,6 +536,7 @@ class Partition:
                 rows.extend(own)
                 if own:
                     entry_rows.setdefault(key, []).extend(r[1] for r in own)
+                    last_event[key] = own[-1][COL["event_id"]]
                 next_pos += len(own)
                 version += len(events)
                 working[key] = (state, version)
@@ -517,7 +576,7 @@ class Partition:
             if entry.commands is not None:  # else loaded from the log (which now has these) when needed
                 for cid, rec in new_ids.get(key, {}).items():
                     entry.remember(cid, rec, self.config.dedup_window)
-            self._note_for_snapshot(key, entry)
+            self._note_for_snapshot(key, entry, last_event.get(key))
         self._passivate_over_limit()
         self.flush_snapshots()
         for i, start, n in accepted:

@@ -64,3 +64,82 @@ class SnapshottedAccount(BankAccount):
 
     aggregate_type = "BankAccount"
     snapshot_every = 100
+
+
+# -- lifecycle (tests/test_lifecycle.py): the same stored aggregate under changed code ------------
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+from examples.bank import Account  # noqa: E402
+
+
+class RevisedAccount(BankAccount):
+    """SnapshottedAccount after evolve "changed meaning": state_version bumped, all else equal."""
+
+    aggregate_type = "BankAccount"
+    state_version = 2
+    snapshot_every = 100
+
+
+class RarelySnapshottedAccount(BankAccount):
+    """state_version bumped and a live policy that never comes due in the tests: a stale
+    snapshot must be replaced anyway (after the replay it forced)."""
+
+    aggregate_type = "BankAccount"
+    state_version = 3
+    snapshot_every = 10_000
+
+
+@dataclass(frozen=True)
+class CountedState:
+    """A different state type (one more field) over the same events."""
+
+    account: Account = field(default_factory=Account)
+    events: int = 0
+
+
+class CountedAccount(BankAccount):
+    aggregate_type = "BankAccount"
+    snapshot_every = 100
+
+    @classmethod
+    def initial_state(cls) -> CountedState:  # type: ignore[override]
+        return CountedState()
+
+    @classmethod
+    def decide(cls, state: CountedState, command: Command) -> Sequence[Event]:  # type: ignore[override]
+        return BankAccount.decide(state.account, command)
+
+    @classmethod
+    def evolve(cls, state: CountedState, event: Event) -> CountedState:  # type: ignore[override]
+        return CountedState(BankAccount.evolve(state.account, event), state.events + 1)
+
+
+class Bump(Command):
+    key: int
+
+
+class Bumped(Event):
+    key: int
+
+
+class Tally(Aggregate[dict]):
+    """State is a plain dict with int keys: JSON would give its keys back as strings."""
+
+    commands = (Bump,)
+    events = (Bumped,)
+    snapshot_every = 5
+
+    @classmethod
+    def initial_state(cls) -> dict[Any, Any]:
+        return {}
+
+    @classmethod
+    def decide(cls, state: dict[Any, Any], command: Command) -> Sequence[Event]:
+        assert isinstance(command, Bump)
+        return [Bumped(key=command.key)]
+
+    @classmethod
+    def evolve(cls, state: dict[Any, Any], event: Event) -> dict[Any, Any]:
+        assert isinstance(event, Bumped)
+        return {**state, event.key: state.get(event.key, 0) + 1}

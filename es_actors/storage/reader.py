@@ -22,6 +22,17 @@ from .segments import Segment, list_segments, resolve_current
 from .wal import list_tail_files, read_tail_file
 
 
+def _sealed_moved(layout: StoreLayout, partition: int, sealed_last: int) -> bool:
+    """True if a seal landed while we read: the tail file it sealed may have vanished before we
+    read it, which leaves no gap (its rows were the newest) but a missing end. Read again."""
+    try:
+        gen = resolve_current(layout.log_dir(partition))
+        segments = list_segments(gen) if gen is not None else []
+    except (FileNotFoundError, StoreCorrupted):
+        return True
+    return (segments[-1].last if segments else 0) != sealed_last
+
+
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
     if not segments:
         return ARROW_SCHEMA.empty_table()
@@ -51,7 +62,9 @@ def read_partition(
             continue
         tail_rows.sort(key=lambda r: r[COL["position"]])
         expected = sealed_last + 1
-        if any(r[COL["position"]] != expected + i for i, r in enumerate(tail_rows)):
+        if any(r[COL["position"]] != expected + i for i, r in enumerate(tail_rows)) or _sealed_moved(
+            layout, partition, sealed_last
+        ):
             time.sleep(0.01)
             continue
         filter_expr = None
@@ -103,7 +116,9 @@ def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tu
                 time.sleep(0.01)
                 continue
             rows.sort(key=lambda r: r[COL["position"]])
-            if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(rows)):
+            if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(rows)) or _sealed_moved(
+                layout, p, sealed_last
+            ):
                 time.sleep(0.01)
                 continue
             files.extend(str(s.path) for s in segments)

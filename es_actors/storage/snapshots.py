@@ -1,10 +1,13 @@
 """Snapshot files of one partition: immutable Parquet, sorted by aggregate, found by key.
 
 Layout: ``<store>/snapshots/pNNNN/snap-<time_ns>-<rand>.parquet``, one row per aggregate:
-(aggregate_type, aggregate_id, version, position, fingerprint, encoding, state, taken_at).
-``position`` is the log position of the event at ``version``: a snapshot is only used if
-the log still has that event there, its fingerprint matches the code running now, and its
-version is not ahead of the log. Anything else is ignored (full replay) and replaced.
+(aggregate_type, aggregate_id, version, position, fingerprint, encoding, state, taken_at,
+event_id). ``position`` and ``event_id`` name the event at ``version``: a snapshot is only
+used if the log still has that very event there (a log replaced or restored from a backup
+may hold another event of the same version at the same position), its fingerprint matches
+the code running now, and its version is not ahead of the log. Anything else is ignored
+(full replay) and replaced. Pages carry CRC checksums, verified on read: a damaged file
+fails to read (and is ignored) instead of yielding a subtly different state.
 
 Rows are sorted by (aggregate_type, aggregate_id) in small row groups; the first and last
 key of each row group is kept in the file's metadata, so finding one aggregate reads one
@@ -41,6 +44,7 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("encoding", pa.string(), nullable=False),
         pa.field("state", pa.binary(), nullable=False),
         pa.field("taken_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
     ]
 )
 _ROW_GROUP = 1024
@@ -57,6 +61,7 @@ class SnapshotRow:
     fingerprint: str
     encoding: str
     state: bytes
+    event_id: str = ""  # id of the event at ``position`` ("" from older writers: checked by position only)
 
 
 def snapshot_dir(root: Path, partition: int) -> Path:
@@ -84,6 +89,7 @@ def write_snapshot_file(directory: Path, rows: Iterable[SnapshotRow]) -> Path | 
             pa.array([r.encoding for r in ordered], pa.string()),
             pa.array([r.state for r in ordered], pa.binary()),
             pa.array([now] * len(ordered), pa.timestamp("us", tz="UTC")),
+            pa.array([r.event_id for r in ordered], pa.string()),
         ],
         schema=SNAPSHOT_SCHEMA,
     )
@@ -95,7 +101,7 @@ def write_snapshot_file(directory: Path, rows: Iterable[SnapshotRow]) -> Path | 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"snap-{time.time_ns():020d}-{os.urandom(3).hex()}.parquet"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP, write_page_checksum=True)
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -115,7 +121,7 @@ class _SnapshotFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = pq.ParquetFile(path)
+        self.file = pq.ParquetFile(path, page_checksum_verification=True)
         meta = self.file.schema_arrow.metadata or {}
         self.bounds: list[list[str]] = json.loads(meta.get(_BOUNDS_KEY, b"[]"))
         self.firsts = [b[0] for b in self.bounds]
@@ -147,6 +153,7 @@ def _row(table: pa.Table, j: int) -> SnapshotRow:
         table.column("fingerprint")[j].as_py(),
         table.column("encoding")[j].as_py(),
         table.column("state")[j].as_py(),
+        table.column("event_id")[j].as_py() if "event_id" in table.column_names else "",
     )
 
 
@@ -157,6 +164,7 @@ class SnapshotStore:
         self.dir = snapshot_dir(root, partition)
         self._files: dict[str, _SnapshotFile] = {}
         self._listed_mtime: int | None = None
+        self._listed_at = 0.0
 
     def _refresh(self) -> list[_SnapshotFile]:
         try:
@@ -165,7 +173,10 @@ class SnapshotStore:
             self._files.clear()
             self._listed_mtime = None
             return []
-        if mtime != self._listed_mtime:
+        # Directory mtimes are coarse: a file renamed in within the tick of the last listing
+        # leaves mtime unchanged, so also look again once the listing is a second old.
+        if mtime != self._listed_mtime or time.monotonic() - self._listed_at > 1.0:
+            self._listed_at = time.monotonic()
             names = sorted(n for n in os.listdir(self.dir) if n.startswith("snap-") and n.endswith(".parquet"))
             fresh: dict[str, _SnapshotFile] = {}
             for n in names:
@@ -218,7 +229,14 @@ class SnapshotStore:
         files = self._refresh()
         if len(files) < 2:
             return
-        rows = [r for f in files for r in f.rows() if keep(r)]
+        rows: list[SnapshotRow] = []
+        for f in files:
+            try:
+                file_rows = f.rows()
+            except Exception as exc:  # damaged: its rows are lost (the log is the truth), the file goes too
+                log.warning("dropping unreadable snapshot file %s: %s", f.path, exc)
+                continue
+            rows.extend(r for r in file_rows if keep(r))
         self.write(rows)
         for f in files:
             f.path.unlink(missing_ok=True)
