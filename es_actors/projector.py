@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow.dataset as ds
 import ray
@@ -72,6 +73,10 @@ class ProjectionState:
     next_retry_at: float = 0.0
     last_error: str | None = None
     parked: int = 0
+    #: Held while a batch (or a dead-letter retry) is applied on the projection's cursor:
+    #: pause waits for it, and two threads never use the cursor at once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiters: int = 0  # Ray calls waiting for ``lock``: the loop lets them have it between batches
 
 
 def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
@@ -160,12 +165,18 @@ class ProjectorActor:
                     if st.paused or st.halted or time.monotonic() < st.next_retry_at:
                         continue
                     for part, prog in st.partitions.items():
-                        batch = prog.follower.poll(st.projection.batch_size)
-                        if batch is None:
-                            prog.last_progress = time.monotonic() if prog.checkpoint >= prog.head else prog.last_progress
-                            continue
-                        worked = True
-                        if not self._apply(st, prog, batch):
+                        if st.waiters:
+                            break  # a call waits for this projection's cursor: let it have it
+                        with st.lock:
+                            if st.paused or st.halted or st.waiters:
+                                break  # paused while we went through its partitions
+                            batch = prog.follower.poll(st.projection.batch_size)
+                            if batch is None:
+                                prog.last_progress = time.monotonic() if prog.checkpoint >= prog.head else prog.last_progress
+                                continue
+                            worked = True
+                            applied = self._apply(st, prog, batch)
+                        if not applied:
                             break  # retrying or halted: leave this projection until its time comes
                 if not worked:
                     with self._cond:
@@ -234,6 +245,19 @@ class ProjectorActor:
             prog.last_progress = time.monotonic()
             prog.lag_since_us = None
             self._cond.notify_all()
+
+    @contextmanager
+    def _exclusive(self, st: ProjectionState) -> Iterator[None]:
+        """The projection's cursor, taken from the loop between two batches."""
+        with self._cond:
+            st.waiters += 1
+        try:
+            with st.lock:
+                yield
+        finally:
+            with self._cond:
+                st.waiters -= 1
+            self._notify()
 
     def _notify(self) -> None:
         with self._cond:
@@ -333,9 +357,12 @@ class ProjectorActor:
                 self._cond.wait(min(left, 0.5))
 
     def pause(self, name: str) -> None:
+        """Returns once no batch of the projection is in flight: its read model and checkpoint
+        then stay as they are until resume."""
         st = self._state(name)
-        self.rm.set_paused(name, True)
-        st.paused = True
+        st.paused = True  # the loop takes no new batch...
+        with self._exclusive(st):  # ...and the one being applied, if any, has committed (or rolled back)
+            self.rm.set_paused(name, True)
 
     def resume(self, name: str) -> None:
         """Resume a paused projection, or retry a halted one from its checkpoint."""
@@ -351,8 +378,9 @@ class ProjectorActor:
 
     def retry_dead_letters(self, name: str) -> dict[str, int]:
         st = self._state(name)
-        out = self.rm.retry_dead_letters(st.projection)
-        st.parked = self.rm.dead_letters(name).num_rows
+        with self._exclusive(st):  # the loop applies batches on the same cursor
+            out = self.rm.retry_dead_letters(st.projection)
+            st.parked = self.rm.dead_letters(name).num_rows
         return out
 
     def query(self, sql: str, timeout_s: float | None = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 
 import ray
@@ -90,14 +91,23 @@ def start_projector(
     actor = ProjectorActor.options(
         name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True
     ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
-    try:
-        ray.get(actor.ping.remote())
-    except EsActorsError as exc:
-        ray.kill(actor, no_restart=True)
-        raise unwrap_actor_error(exc) from None
-    except ray.exceptions.RayActorError as exc:
-        raise EsActorsError(f"the projector did not start: {exc}") from None
-    return actor
+    deadline = time.monotonic() + config.retry_deadline_s
+    while True:
+        try:
+            ray.get(actor.ping.remote())
+            return actor
+        except EsActorsError as exc:
+            ray.kill(actor, no_restart=True)
+            raise unwrap_actor_error(exc) from None
+        except ray.exceptions.ActorUnavailableError:  # joined while it restarts after a crash
+            if time.monotonic() >= deadline:
+                raise EsActorsError("the projector did not come back in time") from None
+            time.sleep(0.1)
+        except ray.exceptions.RayActorError as exc:
+            # An actor whose constructor failed keeps its name until killed: without this, every
+            # later open of the store (fixed projections too) would join it and fail the same way.
+            ray.kill(actor, no_restart=True)
+            raise EsActorsError(f"the projector did not start: {exc}") from None
 
 
 def find_projector(layout: StoreLayout, descriptor: StoreDescriptor) -> Any | None:

@@ -602,6 +602,10 @@ def _convert_table(table: Any, output: str) -> Any:
     if output == "arrow":
         return table
     if output == "pandas":
+        try:
+            import pandas  # noqa: F401 - pyarrow's to_pandas needs it, and says so less clearly
+        except ImportError:
+            raise EsActorsError("output='pandas' needs the pandas package installed") from None
         return table.to_pandas()
     if output == "polars":
         try:

@@ -9,12 +9,14 @@ returns the next contiguous run of durable events after the last one returned (o
 - events still in the write-ahead tail come as an Arrow table, read incrementally (each
   tail file from the byte offset where the last poll stopped).
 
-A poll that races the owner (a tail file sealed and deleted, a compaction swap) returns
-None and the next poll finds the events in their new place: never a gap, never twice.
+A read that races the owner (a tail file sealed and deleted, a compaction swap) is tried
+again and finds the events in their new place: never a gap, never twice, and None means
+nothing newer is durable (not "the files moved").
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,10 @@ class Batch:
         )
 
 
+class _Moved(Exception):
+    """Rows we need are between the tail and a new segment right now."""
+
+
 class _TailCursor:
     """Incremental reading of one tail file: rows parsed so far and the byte offset reached."""
 
@@ -78,11 +84,16 @@ class LogFollower:
             self._tails.clear()  # rows before our cursor were dropped: read the files again
         self.after = after
 
-    def poll(self, max_rows: int = 1_000_000) -> Batch | None:
-        try:
-            return self._poll(max_rows)
-        except (FileNotFoundError, StoreCorrupted):
-            return None  # the owner moved files under us: look again next time
+    def poll(self, max_rows: int = 1_000_000, attempts: int = 20) -> Batch | None:
+        """The next batch, or None when nothing newer is durable. A read that races the owner
+        (a seal or compaction moving files) is tried again at once: callers that stop at the
+        first None (a subscription with follow=False) must not take a race for the end."""
+        for attempt in range(attempts):
+            try:
+                return self._poll(max_rows)
+            except (FileNotFoundError, StoreCorrupted, _Moved):
+                time.sleep(0.001 * attempt)  # the owner moved files under us: look again
+        return None
 
     def _poll(self, max_rows: int) -> Batch | None:
         tails = list_tail_files(self.layout.tail_dir(self.partition))
@@ -107,7 +118,7 @@ class LogFollower:
         if not rows:
             return None
         if rows[0][COL["position"]] != self.after + 1:
-            return None  # a seal is moving these rows; next poll reads them from the segment
+            raise _Moved  # a seal is moving these rows; the next read finds them in the segment
         rows = rows[:max_rows]
         for i, r in enumerate(rows):
             if r[COL["position"]] != self.after + 1 + i:
