@@ -50,8 +50,9 @@ class Projection:
     #: Attempts per batch (then per event, when isolating the one that fails).
     max_attempts: ClassVar[int] = 3
     retry_backoff_s: ClassVar[float] = 0.2
-    #: Most events per batch (one transaction).
-    batch_size: ClassVar[int] = 1_000_000
+    #: Most events per batch (one transaction). A batch must finish well within
+    #: ``projection_stall_s`` (progress is seen per committed batch).
+    batch_size: ClassVar[int] = 100_000
     kind: ClassVar[str] = "?"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -75,6 +76,7 @@ class SqlProjection(Projection):
 
     apply: ClassVar[str | Sequence[str]] = ()
     kind = "sql"
+    batch_size = 1_000_000  # vectorised: ~0.1-0.5 s per million events here
 
     @classmethod
     def apply_statements(cls) -> list[str]:

@@ -94,10 +94,17 @@ def start_projector(
     deadline = time.monotonic() + config.retry_deadline_s
     while True:
         try:
-            ray.get(actor.ping.remote())
+            running = ray.get(actor.projections.remote())
+            wanted = {p.name: p.version for p in projections}
+            if running != wanted:  # joined a projector started with other projections: say so
+                raise EsActorsError(
+                    f"a projector already runs for {layout.root} with projections {running}; this open asks for "
+                    f"{wanted}. Close the store that started it (or open this one without projections to use it)."
+                )
             return actor
         except EsActorsError as exc:
-            ray.kill(actor, no_restart=True)
+            if "already runs" not in str(exc):
+                ray.kill(actor, no_restart=True)
             raise unwrap_actor_error(exc) from None
         except ray.exceptions.ActorUnavailableError:  # joined while it restarts after a crash
             if time.monotonic() >= deadline:
