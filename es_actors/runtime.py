@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any, Sequence
@@ -24,9 +25,16 @@ def ensure_ray(address: str | None) -> None:
     ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
 
 
+def store_actor_prefix(layout: StoreLayout, descriptor: StoreDescriptor) -> str:
+    """Store directory, store id, and a hash of the store's absolute path: a copied store
+    directory (same id) gets actors of its own, never its original's."""
+    where = hashlib.blake2b(str(layout.root.resolve()).encode(), digest_size=3).hexdigest()
+    return f"{layout.root.name}.{descriptor.store_id[:8]}.{where}"
+
+
 def actor_name(layout: StoreLayout, descriptor: StoreDescriptor, partition: int) -> str:
-    """Readable in the dashboard's actor list: store directory, store id, partition."""
-    return f"{layout.root.name}.{descriptor.store_id[:8]}.partition-{partition:04d}"
+    """Readable in the dashboard's actor list: store directory, store id, path hash, partition."""
+    return f"{store_actor_prefix(layout, descriptor)}.partition-{partition:04d}"
 
 
 def start_partition_actors(
@@ -75,7 +83,7 @@ def stop_partition_actors(actors: list[Any]) -> None:
 
 
 def projector_name(layout: StoreLayout, descriptor: StoreDescriptor) -> str:
-    return f"{layout.root.name}.{descriptor.store_id[:8]}.projector"
+    return f"{store_actor_prefix(layout, descriptor)}.projector"
 
 
 def start_projector(

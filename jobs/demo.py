@@ -20,6 +20,7 @@ from typing import Callable
 import duckdb
 
 from es_actors import ConcurrencyError, EsActorsError, Store, Submission
+from es_actors.runtime import store_actor_prefix
 from examples.bank import AccountOpened, BankAccount, Deposit, MoneyDeposited, OpenAccount, Withdraw
 from examples.bank_projections import Balances
 
@@ -38,7 +39,7 @@ def run(store_path: str = "./demo-store", accounts: int = 10, commands: int = 20
     started = time.perf_counter()
     store = Store.open(store_path, [BankAccount], projections=[Balances])
     echo(f"store: {store.root}  ({store.descriptor.partitions} partitions, Ray actors named "
-         f"'{store.root.name}.{store.descriptor.store_id[:8]}.partition-NNNN')")
+         f"'{store_actor_prefix(store.layout, store.descriptor)}.partition-NNNN' and '.projector')")
     ids = [f"acc-{i:03d}" for i in range(1, accounts + 1)]
     outcomes: Counter[str] = Counter()
 

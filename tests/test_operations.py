@@ -145,3 +145,22 @@ def test_audit_fields_of_the_wrong_type_are_refused_and_sealing_goes_on(store_fa
     assert acct.submit(Deposit(amount=5)).version == 2  # nothing half-written: version 2 is free
     s.seal()  # every stored row is sealable
     assert [h.version for h in acct.history()] == [1, 2]
+
+
+def test_a_copied_store_directory_gets_its_own_actors(store_factory, tmp_path):
+    """A copy of a store (same store id) opened beside its original must not share its actors:
+    commands through the copy land in the copy's log only."""
+    import shutil
+
+    from examples.bank import Deposit, OpenAccount
+
+    original = store_factory("a/store", partitions=2)
+    original.aggregate(BankAccount, "acc-1").submit(OpenAccount(owner="ann"))
+    original.seal()
+    shutil.copytree(tmp_path / "a" / "store", tmp_path / "b" / "store", symlinks=True,
+                    ignore=shutil.ignore_patterns("LOCK", "*.wal"))
+    copy = store_factory("b/store")
+    copy.aggregate(BankAccount, "acc-1").submit(Deposit(amount=5))
+    assert [e.event_type for e in copy.aggregate(BankAccount, "acc-1").history()] == ["AccountOpened", "MoneyDeposited"]
+    assert [e.event_type for e in original.aggregate(BankAccount, "acc-1").history()] == ["AccountOpened"]
+    assert original.aggregate(BankAccount, "acc-1").state().version == 1
