@@ -19,18 +19,17 @@ from ..errors import StoreCorrupted
 from ..records import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
 from .layout import StoreLayout
 from .segments import Segment, list_segments, resolve_current
-from .wal import list_tail_files, read_tail_file
+from .wal import iter_frames, list_tail_files
 
 
-def _sealed_moved(layout: StoreLayout, partition: int, sealed_last: int) -> bool:
-    """True if a seal landed while we read: the tail file it sealed may have vanished before we
-    read it, which leaves no gap (its rows were the newest) but a missing end. Read again."""
-    try:
-        gen = resolve_current(layout.log_dir(partition))
-        segments = list_segments(gen) if gen is not None else []
-    except (FileNotFoundError, StoreCorrupted):
-        return True
-    return (segments[-1].last if segments else 0) != sealed_last
+def _read_tail_strict(path: Path) -> list[tuple[Any, ...]]:
+    """Rows of a tail file's whole frames; FileNotFoundError if it vanished since it was listed:
+    a seal moved its rows into a segment we did not list, so the read must start again (its
+    rows may be the newest: no gap would show that they are missing)."""
+    rows: list[tuple[Any, ...]] = []
+    for _end, frame_rows in iter_frames(path.read_bytes()):
+        rows.extend(tuple(r) for r in frame_rows)
+    return rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
@@ -55,16 +54,13 @@ def read_partition(
             sealed_last = segments[-1].last if segments else 0
             tail_rows: list[tuple[Any, ...]] = []
             for _first, path in tails:
-                rows, _valid, _size = read_tail_file(path)
-                tail_rows.extend(r for r in rows if r[COL["position"]] > sealed_last)
+                tail_rows.extend(r for r in _read_tail_strict(path) if r[COL["position"]] > sealed_last)
         except (FileNotFoundError, StoreCorrupted):
             time.sleep(0.01)  # a compaction or seal moved files under us; look again
             continue
         tail_rows.sort(key=lambda r: r[COL["position"]])
         expected = sealed_last + 1
-        if any(r[COL["position"]] != expected + i for i, r in enumerate(tail_rows)) or _sealed_moved(
-            layout, partition, sealed_last
-        ):
+        if any(r[COL["position"]] != expected + i for i, r in enumerate(tail_rows)):
             time.sleep(0.01)
             continue
         filter_expr = None
@@ -110,15 +106,12 @@ def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tu
                 sealed_last = segments[-1].last if segments else 0
                 rows: list[tuple[Any, ...]] = []
                 for _first, path in tail_files:
-                    r, _valid, _size = read_tail_file(path)
-                    rows.extend(x for x in r if x[COL["position"]] > sealed_last)
+                    rows.extend(x for x in _read_tail_strict(path) if x[COL["position"]] > sealed_last)
             except (FileNotFoundError, StoreCorrupted):
                 time.sleep(0.01)
                 continue
             rows.sort(key=lambda r: r[COL["position"]])
-            if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(rows)) or _sealed_moved(
-                layout, p, sealed_last
-            ):
+            if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(rows)):
                 time.sleep(0.01)
                 continue
             files.extend(str(s.path) for s in segments)
