@@ -29,6 +29,15 @@ CACHE_DIR = BENCH_DIR / ".cache"  # generated data sets and scratch stores (git-
 LOWER_IS_BETTER = {"p50_ms", "p99_ms", "seconds", "rss_mb"}
 UNITS = {"events_per_s": "events/s", "p50_ms": "ms", "p99_ms": "ms", "seconds": "s", "rss_mb": "MB"}
 PRIMARY_SYSTEM = "es_actors"
+METRIC_SUFFIXES = ("_snapshot",)  # a variant of a metric (e.g. p50_ms_snapshot): same unit, same direction
+
+
+def base_metric(metric: str) -> str:
+    """The metric a variant is of: ``p50_ms_snapshot`` -> ``p50_ms``."""
+    for suffix in METRIC_SUFFIXES:
+        if metric.endswith(suffix):
+            return metric[: -len(suffix)]
+    return metric
 
 
 def setup_env() -> None:
@@ -84,7 +93,7 @@ class ResultWriter:
             "system": system,
             "metric": metric,
             "value": round(float(value), 3),
-            "unit": unit or UNITS.get(metric, ""),
+            "unit": unit or UNITS.get(base_metric(metric), ""),
         }
         row.update({k: v for k, v in extra.items() if v is not None})
         with self._lock:
@@ -278,7 +287,7 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[str]]:
         mine = systems.get(PRIMARY_SYSTEM)
         peers = [s for s in systems if s != PRIMARY_SYSTEM]
         unit = (mine or next(iter(systems.values())))["unit"]
-        better = "lower" if metric in LOWER_IS_BETTER else "higher"
+        better = "lower" if base_metric(metric) in LOWER_IS_BETTER else "higher"
         label = f"{metric} ({unit})"
         if not peers:
             rows.append([bench, label, _fmt(mine["value"]) if mine else "-", "-", "-", "-", better, "-"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from .common import RESULTS_PATH, Context, ResultWriter, Settings, format_table, log, machine_notes, setup_env
 
 # Bench modules, in run order. Each exposes BENCHES (names) and run(ctx, selected_names).
-MODULES = ["append"]
+MODULES = ["append", "lifecycle", "projection"]
 
 
 def _load(name: str):
