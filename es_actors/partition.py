@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from array import array
 from collections import OrderedDict
@@ -46,6 +47,7 @@ from .errors import (
     StoreCorrupted,
 )
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .records import COL
@@ -178,7 +180,10 @@ class Partition:
         names = encoded.dictionary.to_pylist()
         for code, a, b in zip(sorted_codes[starts].tolist(), starts.tolist(), ends.tolist()):
             atype, aid = names[code].split("\x00", 1)
+            atype = sys.intern(atype)  # one string per type, not one per aggregate
             self.aggregates[(atype, aid)] = AggregateEntry(b - a, array("q", sorted_pos[a:b].tobytes()))
+        del table, keys, encoded, codes, order, sorted_codes, group, versions, expected, sorted_pos, names
+        pa.default_memory_pool().release_unused()  # the Arrow buffers of the scan: back to the OS
 
     # -- hydration and passivation ---------------------------------------------------------
 
@@ -210,13 +215,23 @@ class Partition:
             ):
                 if version != at + 1:
                     raise StoreCorrupted(f"{atype}/{aid}: version {version} follows {at} at position {pos}")
-                where = f"partition {self.partition} position {pos} ({atype}/{aid} version {version})"
-                for event in self.registry.decode(etype, sv, payload, where):
+                for event in self._decode(etype, sv, payload, pos, atype, aid, version):
                     state = agg_cls.evolve(state, event)
                 at = version
         self.counts["events_replayed"] += entry.version - replayed_from
         entry.state = state
         self.counts["hydrations"] += 1
+
+    def _decode(self, etype: str, sv: int, payload: str, pos: int, atype: str, aid: str, version: int) -> Any:
+        """registry.decode, with the error's context built only when there is an error."""
+        cls = self.registry.events.get(etype)
+        if cls is not None and cls.schema_version == sv:
+            try:
+                return (cls.model_validate_json(payload),)
+            except Exception:
+                pass  # the slow path names the event
+        where = f"partition {self.partition} position {pos} ({atype}/{aid} version {version})"
+        return self.registry.decode(etype, sv, payload, where)
 
     def _best_snapshot(self, key: tuple[str, str], entry: AggregateEntry) -> tuple[Any, int] | None:
         """The newest snapshot that is safe to use, or None. Never a stale one:
@@ -331,9 +346,12 @@ class Partition:
                     stale.add(k)
                     del best[k]
         used: set[tuple[str, str]] = set()
+        initial: dict[str, Any] = {}  # states are immutable (evolve returns a new one): one start per type
         for k in todo:
-            agg_cls = self.registry.aggregate(k[0])
-            state, at = agg_cls.initial_state(), 0
+            state = initial.get(k[0])
+            if state is None:
+                state = initial[k[0]] = self.registry.aggregate(k[0]).initial_state()
+            at = 0
             row = best.get(k)
             if row is not None:
                 try:
@@ -344,18 +362,21 @@ class Partition:
                     stale.add(k)
                     log.warning("%s/%s: snapshot at version %d does not decode, ignored: %s", *k, row.version, exc)
             states[k] = [state, at]
-        needed = [np.frombuffer(self.aggregates[k].positions, dtype=np.int64)[states[k][1]:] for k in todo]
-        positions = np.sort(np.concatenate(needed)) if needed else np.empty(0, np.int64)
+        needed = array("q")
+        for k in todo:
+            at = states[k][1]
+            needed.extend(self.aggregates[k].positions[at:] if at else self.aggregates[k].positions)
+        positions = np.sort(np.frombuffer(needed, dtype=np.int64)) if needed else np.empty(0, np.int64)
         cols = ["position", "aggregate_type", "aggregate_id", "version", "event_type", "schema_version", "payload"]
+        classes: dict[str, Any] = {}
         for start in range(0, len(positions), 100_000):
             chunk = self.log.read_at(positions[start : start + 100_000], cols)
             for pos, atype, aid, version, etype, sv, payload in zip(*(chunk[c] for c in cols)):
                 slot = states[(atype, aid)]
                 if version != slot[1] + 1:
                     raise StoreCorrupted(f"{atype}/{aid}: version {version} follows {slot[1]} at position {pos}")
-                where = f"partition {self.partition} position {pos} ({atype}/{aid} version {version})"
-                agg_cls = self.registry.aggregate(atype)
-                for event in self.registry.decode(etype, sv, payload, where):
+                agg_cls = classes.get(atype) or classes.setdefault(atype, self.registry.aggregate(atype))
+                for event in self._decode(etype, sv, payload, pos, atype, aid, version):
                     slot[0] = agg_cls.evolve(slot[0], event)
                 slot[1] = version
         self.counts["events_replayed"] += len(positions)
