@@ -27,8 +27,6 @@ schema and a version string; each run works on a hard-linked copy in benchmarks/
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import shutil
@@ -39,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .datasets import cached, clone
 from .common import Context, log, percentile, scratch_dir
 
 BENCHES = ["activate_10k", "recover_partition", "hydrated_1m"]
@@ -58,7 +57,6 @@ HYDRATED_N = _env_int("BENCH_HYDRATED_N", 1_000_000)
 RSS_TARGET_MB = 1536.0
 SEG_ROWS = 50_000  # StoreConfig.seal_rows: segments the size the live write path seals
 DATA_VERSION = "lifecycle-v1"  # bump when the generated data changes meaning
-CACHE_ROOT = Path(os.environ.get("ES_ACTORS_BENCH_CACHE", "~/.cache/es_actors_bench")).expanduser()
 SEED = 20240611
 
 
@@ -340,27 +338,6 @@ def run_activate(ctx: Context) -> None:
 GenEvent = tuple[str, int, Any, Any]
 
 
-def _data_key() -> str:
-    from es_actors.records import ARROW_SCHEMA
-    from es_actors.storage.layout import FORMAT_VERSION
-
-    from es_actors import DomainRegistry
-    from examples.bank import BankAccount
-
-    # The stored payloads depend on the event classes (schema_version and fields), not on
-    # upcasters or the decider: a change there regenerates the data, nothing else does.
-    events = sorted(
-        f"{t} v{c.schema_version} {json.dumps(c.model_json_schema(), sort_keys=True)}"
-        for t, c in DomainRegistry([BankAccount]).events.items()
-    )
-    text = "\n".join([DATA_VERSION, str(FORMAT_VERSION), str(ARROW_SCHEMA), *events])
-    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
-
-
-def _dataset_dir(name: str) -> Path:
-    return CACHE_ROOT / f"{name}-{_data_key()}"
-
-
 def _write_store(root: Path, events: Iterator[GenEvent]) -> int:
     """A one-partition store whose log is ``events`` in position order, as sealed segments."""
     from es_actors.partition import command_digest
@@ -398,24 +375,8 @@ def _write_store(root: Path, events: Iterator[GenEvent]) -> int:
     return pos
 
 
-def _cached(name: str, build: Callable[[Path], None]) -> Path:
-    """The data set ``name``, built once (in a temp dir, then renamed into place)."""
-    final = _dataset_dir(name)
-    if final.exists():
-        return final
-    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE_ROOT / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    log(f"lifecycle: generating {final} (once)")
-    t = time.monotonic()
-    try:
-        build(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"lifecycle: generated {final.name} in {time.monotonic() - t:.1f} s")
-    return final
+def _lifecycle_cached(name: str, build: Callable[[Path], None]) -> Path:
+    return cached(name, build, DATA_VERSION)
 
 
 def _recover_events(accounts: list[str], per: int) -> Iterator[GenEvent]:
@@ -440,7 +401,7 @@ def _recover_accounts() -> list[str]:
 def recover_dataset() -> tuple[Path, Path]:
     """(store without snapshots, a snapshots/ directory for it), both cached."""
     name = f"recover-{RECOVER_ACCOUNTS}x{RECOVER_EVENTS_PER}"
-    store = _cached(name, lambda d: _write_store(d / "store", _recover_events(_recover_accounts(), RECOVER_EVENTS_PER)))
+    store = _lifecycle_cached(name, lambda d: _write_store(d / "store", _recover_events(_recover_accounts(), RECOVER_EVENTS_PER)))
     from es_actors import DomainRegistry
 
     from .lifecycle_domain import BankAccountLivePolicy
@@ -454,7 +415,7 @@ def recover_dataset() -> tuple[Path, Path]:
 
         work = scratch_dir("es_actors_snapbuild_")
         try:
-            _clone(store / "store", work / "store")
+            clone(store / "store", work / "store")
             st = Store.open(work / "store", [BankAccountLivePolicy], partitions=1)
             try:
                 n = st.hydrate()
@@ -484,22 +445,7 @@ def hydrated_dataset() -> Path:
             a = f"acct-{i:07d}"
             yield a, 1, OpenAccount(owner=a), AccountOpened(owner=a)
 
-    return _cached(f"hydrated-{HYDRATED_N}", lambda d: _write_store(d / "store", events())) / "store"
-
-
-def _clone(src: Path, dst: Path) -> None:
-    """A working copy: Parquet files (immutable) hard-linked, the rest copied."""
-
-    def link_or_copy(s: str, d: str) -> str:
-        if s.endswith(".parquet"):
-            try:
-                os.link(s, d)
-                return d
-            except OSError:
-                pass
-        return shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
+    return _lifecycle_cached(f"hydrated-{HYDRATED_N}", lambda d: _write_store(d / "store", events())) / "store"
 
 
 # ==============================================================================================
@@ -547,9 +493,9 @@ def run_recover(ctx: Context) -> None:
     stores: dict[Variant, Any] = {}
     try:
         for variant, cls in (("plain", BankAccount), ("snapshot", BankAccountLivePolicy)):
-            _clone(src, work / variant)
+            clone(src, work / variant)
             if variant == "snapshot":
-                _clone(snaps, work / variant / "snapshots")
+                clone(snaps, work / variant / "snapshots")
             stores[variant] = Store.open(work / variant, [cls], partitions=1)
         first = _recover_accounts()[0]
         runs: dict[Variant, list[dict[str, float]]] = {v: [] for v in stores}
@@ -610,7 +556,7 @@ def run_hydrated(ctx: Context) -> None:
     work = scratch_dir("es_actors_hydrated_")
     store = None
     try:
-        _clone(src, work / "store")
+        clone(src, work / "store")
         t0 = time.perf_counter()
         store = Store.open(work / "store", [BankAccount], partitions=1, max_hydrated=HYDRATED_N)
         open_s = time.perf_counter() - t0
@@ -688,7 +634,7 @@ def memory_breakdown(n: int | None = None) -> None:
     proc = psutil.Process()
     mb = lambda: proc.memory_info().rss / 2**20  # noqa: E731
     try:
-        _clone(src, work / "store")
+        clone(src, work / "store")
         config = StoreConfig(partitions=1, max_hydrated=HYDRATED_N)
         gc.collect()
         base = mb()

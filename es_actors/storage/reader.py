@@ -39,6 +39,25 @@ def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -
     return dataset.to_table(filter=filter_expr)
 
 
+def _durable_view(layout: StoreLayout, partition: int) -> tuple[list[Segment], list[tuple[Any, ...]]] | None:
+    """One attempt at a consistent view: (sealed segments, tail rows after them, gapless), or
+    None if a seal or compaction moved files under us (look again)."""
+    tails = list_tail_files(layout.tail_dir(partition))
+    gen = resolve_current(layout.log_dir(partition))
+    try:
+        segments = list_segments(gen) if gen is not None else []
+        sealed_last = segments[-1].last if segments else 0
+        tail_rows: list[tuple[Any, ...]] = []
+        for _first, path in tails:
+            tail_rows.extend(r for r in _read_tail_strict(path) if r[COL["position"]] > sealed_last)
+    except (FileNotFoundError, StoreCorrupted):
+        return None
+    tail_rows.sort(key=lambda r: r[COL["position"]])
+    if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(tail_rows)):
+        return None
+    return segments, tail_rows
+
+
 def read_partition(
     layout: StoreLayout,
     partition: int,
@@ -47,22 +66,11 @@ def read_partition(
 ) -> pa.Table:
     """All durable events of a partition (or of one aggregate in it), in position order."""
     for _ in range(attempts):
-        tails = list_tail_files(layout.tail_dir(partition))
-        gen = resolve_current(layout.log_dir(partition))
-        try:
-            segments = list_segments(gen) if gen is not None else []
-            sealed_last = segments[-1].last if segments else 0
-            tail_rows: list[tuple[Any, ...]] = []
-            for _first, path in tails:
-                tail_rows.extend(r for r in _read_tail_strict(path) if r[COL["position"]] > sealed_last)
-        except (FileNotFoundError, StoreCorrupted):
-            time.sleep(0.01)  # a compaction or seal moved files under us; look again
-            continue
-        tail_rows.sort(key=lambda r: r[COL["position"]])
-        expected = sealed_last + 1
-        if any(r[COL["position"]] != expected + i for i, r in enumerate(tail_rows)):
+        view = _durable_view(layout, partition)
+        if view is None:
             time.sleep(0.01)
             continue
+        segments, tail_rows = view
         filter_expr = None
         if aggregate is not None:
             filter_expr = (ds.field("aggregate_type") == aggregate[0]) & (ds.field("aggregate_id") == aggregate[1])
@@ -99,24 +107,12 @@ def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tu
     tails: list[tuple[Any, ...]] = []
     for p in range(partitions):
         for _ in range(attempts):
-            tail_files = list_tail_files(layout.tail_dir(p))
-            gen = resolve_current(layout.log_dir(p))
-            try:
-                segments = list_segments(gen) if gen is not None else []
-                sealed_last = segments[-1].last if segments else 0
-                rows: list[tuple[Any, ...]] = []
-                for _first, path in tail_files:
-                    rows.extend(x for x in _read_tail_strict(path) if x[COL["position"]] > sealed_last)
-            except (FileNotFoundError, StoreCorrupted):
-                time.sleep(0.01)
-                continue
-            rows.sort(key=lambda r: r[COL["position"]])
-            if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(rows)):
-                time.sleep(0.01)
-                continue
-            files.extend(str(s.path) for s in segments)
-            tails.extend(rows)
-            break
+            view = _durable_view(layout, p)
+            if view is not None:
+                files.extend(str(s.path) for s in view[0])
+                tails.extend(view[1])
+                break
+            time.sleep(0.01)
         else:
             raise StoreCorrupted(f"partition {p}: no consistent read after {attempts} attempts")
     return files, rows_to_table(tails)

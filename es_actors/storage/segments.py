@@ -50,11 +50,11 @@ def segment_name(first: int, last: int) -> str:
     return f"seg-{first:020d}-{last:020d}.parquet"
 
 
-def write_parquet_durably(table: pa.Table, path: Path) -> None:
+def write_parquet_durably(table: pa.Table, path: Path, row_group_size: int = 128 * 1024, **options: Any) -> None:
     """Temp name, fsync, rename, fsync the directory: the file appears whole or not at all."""
     # The temp name must not end in .parquet: DuckDB's glob '*.parquet' matches dot files too.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size, **options)
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .segments import write_parquet_durably
 from .wal import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,7 @@ def write_snapshot_file(directory: Path, rows: Iterable[SnapshotRow]) -> Path | 
     table = table.replace_schema_metadata({_BOUNDS_KEY: json.dumps(bounds).encode()})
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"snap-{time.time_ns():020d}-{os.urandom(3).hex()}.parquet"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP, write_page_checksum=True)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
+    write_parquet_durably(table, path, row_group_size=_ROW_GROUP, write_page_checksum=True)
     return path
 
 
