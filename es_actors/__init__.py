@@ -12,6 +12,10 @@ from .errors import (
     InvalidPayload,
     Overloaded,
     PayloadTooLarge,
+    ProjectionHalted,
+    ProjectionTimeout,
+    QueryFailed,
+    QueryRefused,
     StorageError,
     StoreCorrupted,
     UnknownAggregateType,
@@ -19,13 +23,17 @@ from .errors import (
     UserCodeError,
     WriterFenced,
 )
+from .projection import PythonProjection, SqlProjection
 from .records import CommandResult, RecordedEvent
 from .store import AggregateHandle, AggregateState, Audit, Store, Submission
+from .upcasting import StoredEvent, UnreadableEvent, Upcaster, upcaster
 
 __all__ = [
     "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandIdReused",
     "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
     "DomainRegistry", "EsActorsError", "Event", "InvalidPayload", "Overloaded", "PayloadTooLarge",
-    "RecordedEvent", "StorageError", "Store", "StoreConfig", "StoreCorrupted", "Submission",
-    "UnknownAggregateType", "UnknownCommand", "UserCodeError", "WriterFenced",
+    "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed", "QueryRefused",
+    "RecordedEvent", "SqlProjection", "StorageError", "Store", "StoreConfig", "StoreCorrupted", "StoredEvent",
+    "Submission", "UnknownAggregateType", "UnknownCommand", "UnreadableEvent", "Upcaster", "UserCodeError",
+    "WriterFenced", "upcaster",
 ]

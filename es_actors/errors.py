@@ -78,3 +78,19 @@ class StoreCorrupted(EsActorsError):
 
 class CommandTimeout(EsActorsError, TimeoutError):
     """No answer in time. The outcome is unknown: resubmit with the same command id to learn it."""
+
+
+class ProjectionHalted(EsActorsError):
+    """The projection stopped on an error (its status shows it); resume it after a fix."""
+
+
+class ProjectionTimeout(EsActorsError):
+    """The projection did not reach the asked positions in time."""
+
+
+class QueryRefused(EsActorsError):
+    """A query tried to write, attach, copy, load, or read outside the store."""
+
+
+class QueryFailed(EsActorsError):
+    """A query failed (syntax, missing table, timeout); the message is DuckDB's."""

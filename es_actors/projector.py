@@ -29,7 +29,7 @@ from ray.util import metrics
 
 from .config import StoreConfig
 from .domain import Aggregate, DomainRegistry
-from .errors import EsActorsError
+from .errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from .projection import Projection
 from .readmodel import ReadModel
 from .records import ARROW_SCHEMA
@@ -41,14 +41,6 @@ from .storage.segments import list_segments, resolve_current
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "paused", "retrying", "halted", "stalled")
-
-
-class ProjectionHalted(EsActorsError):
-    """The projection stopped on an error (its status shows it); resume it after a fix."""
-
-
-class ProjectionTimeout(EsActorsError):
-    """The projection did not reach the asked positions in time."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .domain import DomainRegistry
-from .errors import EsActorsError
+from .errors import EsActorsError, QueryFailed, QueryRefused
 from .projection import Projection, PythonProjection, SqlProjection
 from .records import ARROW_SCHEMA, COL, RecordedEvent, rows_to_table, table_to_rows
 from .storage.follower import Batch
@@ -55,14 +55,6 @@ _SYSTEM_DDL = [
 
 
 _NEEDS_UPCAST = "es_actors: rows at older versions need upcasting"
-
-
-class QueryRefused(EsActorsError):
-    """A query tried to write, attach, copy, load, or read outside the store."""
-
-
-class QueryFailed(EsActorsError):
-    """A query failed (syntax, missing table, timeout); the message is DuckDB's."""
 
 
 def readmodel_path(root: Path) -> Path:
