@@ -45,19 +45,27 @@ def start_partition_actors(
     address: str | None,
 ) -> list[Any]:
     ensure_ray(address)
-    actors = [
-        PartitionActor.options(
-            name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
-        ).remote(str(layout.root), p, list(aggregates), config)
-        for p in range(descriptor.partitions)
-    ]
-    try:
-        ray.get([a.stats.remote() for a in actors])  # waits for recovery; surfaces WriterFenced
-    except EsActorsError as exc:
-        for a in actors:
-            ray.kill(a, no_restart=True)
-        raise unwrap_actor_error(exc) from None
-    return actors
+    deadline = time.monotonic() + config.lock_timeout_s
+    while True:
+        actors = [
+            PartitionActor.options(
+                name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
+            ).remote(str(layout.root), p, list(aggregates), config)
+            for p in range(descriptor.partitions)
+        ]
+        try:
+            ray.get([a.stats.remote() for a in actors])  # waits for recovery; surfaces WriterFenced
+            return actors
+        except EsActorsError as exc:
+            for a in actors:
+                ray.kill(a, no_restart=True)
+            raise unwrap_actor_error(exc) from None
+        except ray.exceptions.ActorDiedError:
+            # The store was closed a moment ago: we joined an actor that close() killed and whose
+            # name Ray has not released yet. Ask again once it has.
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def unwrap_actor_error(exc: BaseException) -> BaseException:
@@ -96,9 +104,12 @@ def start_projector(
     """The store's projector actor (joined if another client started it)."""
     from .projector import ProjectorActor
 
-    actor = ProjectorActor.options(
-        name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True
-    ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
+    def create() -> Any:
+        return ProjectorActor.options(
+            name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True
+        ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
+
+    actor = create()
     deadline = time.monotonic() + config.retry_deadline_s
     while True:
         try:
@@ -118,6 +129,12 @@ def start_projector(
             if time.monotonic() >= deadline:
                 raise EsActorsError("the projector did not come back in time") from None
             time.sleep(0.1)
+        except ray.exceptions.ActorDiedError as exc:
+            if "ray.kill" not in str(exc) or time.monotonic() >= deadline:
+                ray.kill(actor, no_restart=True)
+                raise EsActorsError(f"the projector did not start: {exc}") from None
+            time.sleep(0.1)  # the store was closed a moment ago: its projector's name is being released
+            actor = create()
         except ray.exceptions.RayActorError as exc:
             # An actor whose constructor failed keeps its name until killed: without this, every
             # later open of the store (fixed projections too) would join it and fail the same way.
