@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, Sequence, TypeVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from .errors import InvalidPayload, UnknownAggregateType, UnknownCommand
-from .upcasting import EventDecoder, Upcaster
+from .upcasting import EventDecoder, Upcaster, Where
 
 State = TypeVar("State")
 
@@ -142,7 +142,7 @@ class DomainRegistry:
                 self.events[ev.event_type] = ev
         self.decoder = EventDecoder(self.events, [u for agg in aggregates for u in agg.upcasters])
 
-    def decode(self, event_type: str, schema_version: int, payload_json: str, where: str = "") -> list[Event]:
+    def decode(self, event_type: str, schema_version: int, payload_json: str, where: Where = "") -> list[Event]:
         """A stored event as current events (upcast if older); UnreadableEvent names it if it cannot be."""
         return self.decoder.decode(event_type, schema_version, payload_json, where)
 

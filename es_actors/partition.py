@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .records import COL
+from .records import COL, event_where
 from .upcasting import UnreadableEvent
 from .storage.layout import StoreLayout
 from .storage.partition_log import PartitionLog
@@ -223,15 +223,8 @@ class Partition:
         self.counts["hydrations"] += 1
 
     def _decode(self, etype: str, sv: int, payload: str, pos: int, atype: str, aid: str, version: int) -> Any:
-        """registry.decode, with the error's context built only when there is an error."""
-        cls = self.registry.events.get(etype)
-        if cls is not None and cls.schema_version == sv:
-            try:
-                return (cls.model_validate_json(payload),)
-            except Exception:
-                pass  # the slow path names the event
-        where = f"partition {self.partition} position {pos} ({atype}/{aid} version {version})"
-        return self.registry.decode(etype, sv, payload, where)
+        """registry.decode, naming the event (text built only if there is an error)."""
+        return self.registry.decode(etype, sv, payload, lambda: event_where(self.partition, pos, atype, aid, version))
 
     def _best_snapshot(self, key: tuple[str, str], entry: AggregateEntry) -> tuple[Any, int] | None:
         """The newest snapshot that is safe to use, or None. Never a stale one:

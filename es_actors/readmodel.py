@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from .domain import DomainRegistry
 from .errors import EsActorsError, QueryFailed, QueryRefused
 from .projection import Projection, PythonProjection, SqlProjection
-from .records import ARROW_SCHEMA, COL, RecordedEvent, rows_to_table, table_to_rows
+from .records import ARROW_SCHEMA, COL, RecordedEvent, event_where, rows_to_table, table_to_rows
 from .storage.follower import Batch
 from .upcasting import UnreadableEvent
 
@@ -457,8 +457,7 @@ def _is_current_mask(table: pa.Table, current: dict[str, int]) -> pa.ChunkedArra
 def _python_upcast(group: pa.Table, registry: DomainRegistry) -> pa.Table:
     out: list[tuple[Any, ...]] = []
     for r in table_to_rows(group):
-        where = f"partition {r[0]} position {r[1]} ({r[2]}/{r[3]} version {r[4]})"
-        for e in registry.decode(r[COL["event_type"]], r[COL["schema_version"]], r[COL["payload"]], where):
+        for e in registry.decode(r[COL["event_type"]], r[COL["schema_version"]], r[COL["payload"]], event_where(*r[:5])):
             row = list(r)
             row[COL["event_type"]], row[COL["schema_version"]], row[COL["payload"]] = (
                 e.event_type, e.schema_version, e.model_dump_json(),

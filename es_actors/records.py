@@ -62,6 +62,11 @@ ARROW_SCHEMA = pa.schema(
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def event_where(partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int) -> str:
+    """How errors name a stored event."""
+    return f"partition {partition} position {position} ({aggregate_type}/{aggregate_id} version {version})"
+
+
 def micros_to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).replace(microsecond=us % 1_000_000)
 
@@ -202,9 +207,8 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
     def from_row(cls, row: tuple[Any, ...], registry: DomainRegistry) -> list["RecordedEvent"]:
         """The current events a stored row reads as (usually one; more if an upcaster splits it),
         each carrying the stored row's version and position."""
-        where = f"partition {row[0]} position {row[1]} ({row[2]}/{row[3]} version {row[4]})"
         sv = row[COL["schema_version"]]
-        events = registry.decode(row[COL["event_type"]], sv, row[COL["payload"]], where)
+        events = registry.decode(row[COL["event_type"]], sv, row[COL["payload"]], lambda: event_where(*row[:5]))
         return [cls(row[0], row[1], row[2], row[3], row[4], event, sv, row) for event in events]
 
     @classmethod
@@ -255,10 +259,7 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
 
 
 def _where(src: _Columns, i: int) -> str:
-    return (
-        f"partition {src.get('partition', i)} position {src.get('position', i)} "
-        f"({src.get('aggregate_type', i)}/{src.get('aggregate_id', i)} version {src.get('version', i)})"
-    )
+    return event_where(*(src.get(c, i) for c in ("partition", "position", "aggregate_type", "aggregate_id", "version")))
 
 
 class CommandResult:

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 
 from .domain import DomainRegistry
 from .errors import StoreCorrupted, UserCodeError
-from .records import ARROW_SCHEMA, COL
+from .records import ARROW_SCHEMA, COL, event_where
 from .storage.layout import StoreLayout
 from .storage.segments import list_segments, resolve_current
 from .storage.wal import list_tail_files, read_tail_file
@@ -28,11 +28,6 @@ from .storage.wal import list_tail_files, read_tail_file
 REPLAY_COLUMNS: tuple[str, ...] = (
     "position", "aggregate_type", "aggregate_id", "version", "event_type", "schema_version", "payload", "event_id",
 )
-
-
-def event_where(partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int) -> str:
-    """How errors name a stored event (the same words the partition actor uses)."""
-    return f"partition {partition} position {position} ({aggregate_type}/{aggregate_id} version {version})"
 
 
 def in_position_order(table: pa.Table) -> pa.Table:

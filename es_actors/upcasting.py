@@ -43,6 +43,8 @@ class StoredEvent:
 
 
 UpcastResult = Union[Payload, Sequence[StoredEvent]]
+#: Where a stored event lies, for error messages: the text, or a function that makes it.
+Where = Union[str, Callable[[], str]]
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,9 @@ class EventDecoder:
         cls = self.events.get(event_type)
         return cls is not None and cls.schema_version == schema_version
 
-    def decode(self, event_type: str, schema_version: int, payload_json: str, where: str = "") -> list["Event"]:
-        """The current events one stored event reads as (usually one). ``where`` names it in errors."""
+    def decode(self, event_type: str, schema_version: int, payload_json: str, where: Where = "") -> list["Event"]:
+        """The current events one stored event reads as (usually one). ``where`` names it in errors
+        (text, or a function giving it: hot paths build it only when there is an error)."""
         cls = self.events.get(event_type)
         if cls is not None and cls.schema_version == schema_version:
             try:
@@ -168,7 +171,7 @@ class EventDecoder:
             raise self._error(where, event_type, schema_version, f"payload is not JSON: {exc}") from None
         return self.decode_steps([StoredEvent(event_type, schema_version, payload)], where)
 
-    def decode_steps(self, pending: list[StoredEvent], where: str = "") -> list["Event"]:
+    def decode_steps(self, pending: list[StoredEvent], where: Where = "") -> list["Event"]:
         out: list[Event] = []
         first = pending[0]
         # Each piece carries the length of the chain that made it: the limit is per chain, so a
@@ -212,7 +215,8 @@ class EventDecoder:
         return f"no upcaster from {se.event_type} v{se.schema_version} (current is v{cls.schema_version})"
 
     @staticmethod
-    def _error(where: str, event_type: str, version: int, why: str) -> UnreadableEvent:
+    def _error(where: Where, event_type: str, version: int, why: str) -> UnreadableEvent:
+        where = where() if callable(where) else where
         at = f" at {where}" if where else ""
         return UnreadableEvent(f"stored event {event_type} v{version}{at}: {why}")
 

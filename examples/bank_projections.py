@@ -53,32 +53,37 @@ class BalancesPy(PythonProjection):
 
     @classmethod
     def handle(cls, db: Any, events: Sequence[RecordedEvent]) -> None:
-        delta: dict[str, list[Any]] = {}  # account -> [owner, balance delta, events, max version]
-        for e in events:
-            d = delta.setdefault(e.aggregate_id, [None, 0, 0, 0])
-            match e.event:
-                case AccountOpened(owner=owner):
-                    d[0] = owner
-                case MoneyDeposited(amount=amount):
-                    d[1] += amount
-                case MoneyWithdrawn(amount=amount):
-                    d[1] -= amount
-            d[2] += 1
-            d[3] = max(d[3], e.version)
-        accounts = list(delta)
-        db.register(
-            "deltas",
-            pa.table({
-                "account": accounts,
-                "owner": [delta[a][0] for a in accounts],
-                "balance": [delta[a][1] for a in accounts],
-                "events": [delta[a][2] for a in accounts],
-                "version": [delta[a][3] for a in accounts],
-            }),
-        )
-        db.execute("""
-            INSERT INTO balances_py SELECT * FROM deltas
-            ON CONFLICT (account) DO UPDATE SET
-                owner = coalesce(excluded.owner, owner), balance = balance + excluded.balance,
-                events = events + excluded.events, version = greatest(version, excluded.version)""")
-        db.unregister("deltas")
+        upsert_balance_deltas(db, "balances_py", events)
+
+
+def upsert_balance_deltas(db: Any, table: str, events: Sequence[RecordedEvent]) -> None:
+    """Fold a batch into per-account deltas in Python, then upsert them into ``table`` at once."""
+    delta: dict[str, list[Any]] = {}  # account -> [owner, balance delta, events, max version]
+    for e in events:
+        d = delta.setdefault(e.aggregate_id, [None, 0, 0, 0])
+        match e.event:
+            case AccountOpened(owner=owner):
+                d[0] = owner
+            case MoneyDeposited(amount=amount):
+                d[1] += amount
+            case MoneyWithdrawn(amount=amount):
+                d[1] -= amount
+        d[2] += 1
+        d[3] = max(d[3], e.version)
+    accounts = list(delta)
+    db.register(
+        "deltas",
+        pa.table({
+            "account": accounts,
+            "owner": pa.array([delta[a][0] for a in accounts], pa.string()),
+            "balance": pa.array([delta[a][1] for a in accounts], pa.int64()),
+            "events": pa.array([delta[a][2] for a in accounts], pa.int64()),
+            "version": pa.array([delta[a][3] for a in accounts], pa.int64()),
+        }),
+    )
+    db.execute(f"""
+        INSERT INTO {table} SELECT * FROM deltas
+        ON CONFLICT (account) DO UPDATE SET
+            owner = coalesce(excluded.owner, owner), balance = balance + excluded.balance,
+            events = events + excluded.events, version = greatest(version, excluded.version)""")
+    db.unregister("deltas")

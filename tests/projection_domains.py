@@ -13,13 +13,13 @@ import os
 import time
 from typing import Any, ClassVar, Sequence
 
-import pyarrow as pa
 
 from es_actors import Aggregate, Command, Event
 from es_actors.projection import PythonProjection
 from es_actors.records import RecordedEvent
 from examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
 from examples.bank_projections import Balances, BalancesPy
+from examples.bank_projections import upsert_balance_deltas as fold_into  # the same fold as BalancesPy
 
 BALANCE_COLUMNS = "account VARCHAR PRIMARY KEY, owner VARCHAR, balance BIGINT NOT NULL, events BIGINT NOT NULL, version BIGINT NOT NULL"
 
@@ -42,39 +42,6 @@ class BalancesV2(Balances):
 
 class BalancesPyV2(BalancesPy):
     version = 2
-
-
-def fold_into(db: Any, table: str, events: Sequence[RecordedEvent]) -> None:
-    """Upsert the balance deltas of ``events`` into ``table`` (same fold as BalancesPy)."""
-    delta: dict[str, list[Any]] = {}
-    for e in events:
-        d = delta.setdefault(e.aggregate_id, [None, 0, 0, 0])
-        ev = e.event
-        if isinstance(ev, AccountOpened):
-            d[0] = ev.owner
-        elif isinstance(ev, MoneyDeposited):
-            d[1] += ev.amount
-        elif isinstance(ev, MoneyWithdrawn):
-            d[1] -= ev.amount
-        d[2] += 1
-        d[3] = max(d[3], e.version)
-    accounts = list(delta)
-    db.register(
-        "deltas",
-        pa.table({
-            "account": accounts,
-            "owner": [delta[a][0] for a in accounts],
-            "balance": pa.array([delta[a][1] for a in accounts], pa.int64()),
-            "events": pa.array([delta[a][2] for a in accounts], pa.int64()),
-            "version": pa.array([delta[a][3] for a in accounts], pa.int64()),
-        }),
-    )
-    db.execute(f"""
-        INSERT INTO {table} SELECT * FROM deltas
-        ON CONFLICT (account) DO UPDATE SET
-            owner = coalesce(excluded.owner, owner), balance = balance + excluded.balance,
-            events = events + excluded.events, version = greatest(version, excluded.version)""")
-    db.unregister("deltas")
 
 
 class FlaggedBalances(PythonProjection):
