@@ -16,8 +16,10 @@ from .errors import (
     ProjectionTimeout,
     QueryFailed,
     QueryRefused,
+    PartitionDamaged,
     StorageError,
     StoreCorrupted,
+    StoreFormatOutdated,
     UnknownAggregateType,
     UnknownCommand,
     UserCodeError,
@@ -28,6 +30,27 @@ from .records import CommandResult, RecordedEvent
 from .store import AggregateHandle, AggregateState, Audit, Store, Submission
 from .upcasting import StoredEvent, UnreadableEvent, Upcaster, upcaster
 
+
+def upgrade_store(path: str) -> "object":
+    """Upgrade a store to the current format (explicit, with no writer running); see ADR-009."""
+    from .storage.maintenance import upgrade_store as run
+
+    return run(path)
+
+
+def repair_store(path: str) -> "object":
+    """Quarantine damage, keep every valid event, record lost positions; see ADR-009."""
+    from .storage.maintenance import repair_store as run
+
+    return run(path)
+
+
+def accept_loss(path: str, principal: str, reason: str, partition: int | None = None) -> list:
+    """Record an operator's acceptance of a repaired loss, so its partition takes commands again."""
+    from .storage.maintenance import accept_loss as run
+
+    return run(path, principal, reason, partition)
+
 __all__ = [
     "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandIdReused",
     "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
@@ -35,5 +58,6 @@ __all__ = [
     "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed", "QueryRefused",
     "RecordedEvent", "SqlProjection", "StorageError", "Store", "StoreConfig", "StoreCorrupted", "StoredEvent",
     "Submission", "UnknownAggregateType", "UnknownCommand", "UnreadableEvent", "Upcaster", "UserCodeError",
-    "WriterFenced", "upcaster",
+    "WriterFenced", "upcaster", "PartitionDamaged", "StoreFormatOutdated", "upgrade_store", "repair_store",
+    "accept_loss",
 ]

@@ -22,7 +22,7 @@ from ray.util import metrics
 from .config import StoreConfig
 from .direct import DirectServer
 from .domain import Aggregate, DomainRegistry
-from .errors import CommandRejected, DomainError, EsActorsError, StoreCorrupted
+from .errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
 from .partition import BatchItem, ItemResult, Partition
 from .storage.layout import StoreLayout
 
@@ -149,7 +149,17 @@ class PartitionActor:
             self._batches += 1
             if self._batches % 64 == 1:  # gauges: cheap enough now and then, not per batch
                 self._metrics.lifecycle_counts(p)
+            if p.log.failed is not None:
+                self._restart_from_disk(p.log.failed)
             return results
+
+    def _restart_from_disk(self, why: str) -> None:
+        """After a failed fdatasync nothing in memory can be trusted to match the disk: stop
+        taking commands, let this reply go out, then exit so Ray restarts the actor, which
+        recovers from what is on disk (clients resend by command id)."""
+        if self._error is None:
+            self._error = StorageError(f"partition stopped after {why}; it restarts and recovers from disk")
+            threading.Timer(0.3, os._exit, args=(70,)).start()
 
     def endpoint(self) -> tuple[str, tuple[str, int], bytes]:
         """(node id, address, key) of the direct link, for clients on the same node."""

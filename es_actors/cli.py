@@ -12,7 +12,19 @@ import click
 from .records import COL, micros_to_datetime
 
 
-@click.group()
+class _Cli(click.Group):
+    """Every es_actors error reaches the user as one line naming what failed (exit 1), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import EsActorsError
+
+        try:
+            return super().invoke(ctx)
+        except EsActorsError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=_Cli)
 def main() -> None:
     """es_actors: event sourcing on Ray with Parquet append logs."""
 
@@ -306,3 +318,46 @@ def status(store_path: str, address: str | None, as_json: bool) -> None:
     bad = [r for r in rows if r["status"] in ("halted", "stalled")]
     if bad:
         raise SystemExit(2)  # scripts and health checks can tell
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, help="Store directory (no writer may be running).")
+@click.option("--accept", is_flag=True, help="Accept the recorded losses instead: partitions take commands again.")
+@click.option("--principal", default=None, help="Who accepts (recorded with --accept).")
+@click.option("--reason", default=None, help="Why (recorded with --accept).")
+@click.option("--partition", type=int, default=None, help="With --accept: only this partition's losses.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+def repair(store_path: str, accept: bool, principal: str | None, reason: str | None, partition: int | None,
+           as_json: bool) -> None:
+    """Quarantine damaged tail frames and segments, keep every valid event, record the lost positions.
+
+    Without --accept: needs every writer of the store stopped. Damaged bytes are copied to
+    quarantine/<time>/ first; what could not be kept is recorded in lost-ranges.json, and its
+    partitions refuse commands until an operator accepts the loss (--accept)."""
+    from .storage.maintenance import accept_loss, repair_store
+
+    if accept:
+        if not principal or not reason:
+            raise click.UsageError("--accept needs --principal and --reason (both are recorded)")
+        accepted = accept_loss(store_path, principal, reason, partition)
+        for r in accepted:
+            click.echo(f"accepted: partition {r.partition} positions {r.first}..{r.last} by {principal}: {reason}")
+        if not accepted:
+            click.echo("nothing to accept")
+        return
+    report = repair_store(store_path)
+    click.echo(report.model_dump_json(indent=2) if as_json else report.summary())
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, help="Store directory (no writer may be running).")
+def upgrade(store_path: str) -> None:
+    """Upgrade a store written by an older es_actors to the current format, in place."""
+    from .storage.maintenance import upgrade_store
+
+    r = upgrade_store(store_path)
+    if r.from_version == r.to_version:
+        click.echo(f"{r.store}: already at format {r.to_version}")
+    else:
+        click.echo(f"{r.store}: format {r.from_version} -> {r.to_version}: {r.tail_files_rewritten} tail files "
+                   f"rewritten, {r.segments_renamed} segments named with their CRC-32")

@@ -73,7 +73,17 @@ class WriterFenced(EsActorsError):
 
 
 class StoreCorrupted(EsActorsError):
-    """The log breaks an invariant (a gap, an overlap) that recovery cannot repair on its own."""
+    """The log is damaged or breaks an invariant (a gap, an overlap): nothing was changed;
+    the message names the file, the byte offset and the positions, and how to repair."""
+
+
+class StoreFormatOutdated(EsActorsError):
+    """The store was written by an older format: readable, but writable only after an explicit upgrade."""
+
+
+class PartitionDamaged(CommandRejected):
+    """The aggregate's partition lost positions (recorded by a repair) that an operator has not yet
+    accepted, or this aggregate is known to have lost events: commands are refused, reads work."""
 
 
 class CommandTimeout(EsActorsError, TimeoutError):

@@ -42,6 +42,7 @@ from .errors import (
     ConcurrencyError,
     EsActorsError,
     InvalidPayload,
+    PartitionDamaged,
     PayloadTooLarge,
     StorageError,
     StoreCorrupted,
@@ -53,6 +54,7 @@ import pyarrow.compute as pc
 from .records import COL, event_where
 from .upcasting import UnreadableEvent
 from .storage.layout import StoreLayout
+from .storage.lost_ranges import LostRanges
 from .storage.partition_log import PartitionLog
 from .storage.snapshots import SnapshotRow, SnapshotStore
 
@@ -136,7 +138,12 @@ class Partition:
             "events_replayed": 0,
         }
         self.rejections: dict[str, int] = {}
+        self.root = layout.root
+        self.frozen: set[tuple[str, str]] = set()  # aggregates known to have lost events
+        self._damage_checked = 0.0
         try:
+            for r in self.log.lost.of(partition):
+                self.frozen.update((a.aggregate_type, a.aggregate_id) for a in r.aggregates)
             t0 = time.perf_counter()
             self._build_index()
             self.recovery_s = time.perf_counter() - t0
@@ -157,9 +164,11 @@ class Partition:
         if n == 0:
             return
         positions = table.column("position").to_numpy()
-        if positions[0] != 1 or (n > 1 and not np.all(np.diff(positions) == 1)):
-            bad = int(np.argmax(np.diff(np.concatenate([[0], positions])) != 1))
-            raise StoreCorrupted(f"partition {self.partition}: position {positions[bad]} where {bad + 1} expected")
+        steps = np.diff(np.concatenate([[0], positions]))
+        for bad in np.flatnonzero(steps != 1).tolist():  # only across a loss a repair recorded
+            before = int(positions[bad - 1]) if bad else 0
+            if not (steps[bad] > 1 and self.log.lost.covers(self.partition, before + 1, int(positions[bad]) - 1)):
+                raise StoreCorrupted(f"partition {self.partition}: position {positions[bad]} follows {before}")
         keys = pc.binary_join_element_wise(table.column("aggregate_type"), table.column("aggregate_id"), "\x00")
         encoded = pc.dictionary_encode(keys).combine_chunks()
         codes = encoded.indices.to_numpy()
@@ -169,18 +178,24 @@ class Partition:
         group = np.cumsum(np.concatenate([[1], (sorted_codes[1:] != sorted_codes[:-1]).astype(np.int64)])) - 1
         versions = table.column("version").to_numpy()[order]
         expected = np.arange(n) - starts[group] + 1
+        cut: dict[int, int] = {}  # group -> where its versions first skip (lost events)
         if not np.array_equal(versions, expected):
-            i = int(np.argmax(versions != expected))
-            raise StoreCorrupted(
-                f"partition {self.partition}: {names_of(encoded, sorted_codes[i])}: version {versions[i]} "
-                f"follows {expected[i] - 1} at position {positions[order[i]]}"
-            )
+            for i in np.flatnonzero(versions != expected).tolist():
+                if not self.log.lost.of(self.partition):
+                    raise StoreCorrupted(
+                        f"partition {self.partition}: {names_of(encoded, sorted_codes[i])}: version {versions[i]} "
+                        f"follows {expected[i] - 1} at position {positions[order[i]]}"
+                    )
+                cut.setdefault(int(group[i]), i)
         sorted_pos = positions[order].astype(np.int64)
         ends = np.concatenate([starts[1:], [n]])
         names = encoded.dictionary.to_pylist()
-        for code, a, b in zip(sorted_codes[starts].tolist(), starts.tolist(), ends.tolist()):
+        for g, (code, a, b) in enumerate(zip(sorted_codes[starts].tolist(), starts.tolist(), ends.tolist())):
             atype, aid = names[code].split("\x00", 1)
             atype = sys.intern(atype)  # one string per type, not one per aggregate
+            if g in cut:  # readable up to the gap; commands refused (PartitionDamaged)
+                b = cut[g]
+                self.frozen.add((atype, aid))
             self.aggregates[(atype, aid)] = AggregateEntry(b - a, array("q", sorted_pos[a:b].tobytes()))
         del table, keys, encoded, codes, order, sorted_codes, group, versions, expected, sorted_pos, names
         pa.default_memory_pool().release_unused()  # the Arrow buffers of the scan: back to the OS
@@ -474,6 +489,8 @@ class Partition:
                 kind, atype, aid, cid, expected, body, meta = item
                 agg_cls = self.registry.aggregate(atype)
                 key = (atype, aid)
+                if self.frozen or self.log.lost:
+                    self._check_writable(key)
                 entry = self.aggregates.get(key)
                 if key in working:
                     state, version = working[key]
@@ -636,6 +653,29 @@ class Partition:
             else:
                 out.append(r)
         return out
+
+    def _check_writable(self, key: tuple[str, str]) -> None:
+        """Refuse commands while a recorded loss is unaccepted (any aggregate of this partition
+        may have lost its newest events, and their versions must not be handed out again), and
+        always for aggregates known to have lost events. An acceptance is seen within a second."""
+        unresolved = self.log.lost.unresolved(self.partition)
+        if unresolved and time.monotonic() - self._damage_checked > 1.0:
+            self._damage_checked = time.monotonic()
+            self.log.lost = LostRanges.load(self.root)  # an operator may have accepted it meanwhile
+            unresolved = self.log.lost.unresolved(self.partition)
+        if unresolved:
+            spans = ", ".join(f"{r.first}..{r.last}" for r in unresolved)
+            raise PartitionDamaged(
+                f"{key[0]}/{key[1]}: partition {self.partition} lost positions {spans} (recorded by a repair, "
+                "not yet accepted); commands are refused until an operator accepts the loss with "
+                "`es-actors repair --store PATH --accept --principal NAME --reason TEXT`; reads still work"
+            )
+        if key in self.frozen:
+            entry = self.aggregates.get(key)
+            raise PartitionDamaged(
+                f"{key[0]}/{key[1]} lost events in a repaired partition {self.partition}; it is readable up to "
+                f"version {entry.version if entry else 0} and refuses commands (see lost-ranges.json)"
+            )
 
     # -- reads and upkeep -----------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from .records import ARROW_SCHEMA
 from .storage.follower import Batch, LogFollower
 from .storage.layout import StoreLayout
 from .storage.reader import log_snapshot
+from .storage.lost_ranges import LostRanges
 from .storage.segments import list_segments, resolve_current
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ class ProjectorActor:
         """When the event at a position was recorded (for lag in seconds), if still sealed."""
         gen = resolve_current(self.layout.log_dir(partition))
         try:
-            for s in list_segments(gen) if gen is not None else []:
+            for s in list_segments(gen, LostRanges.load(self.layout.root), partition) if gen is not None else []:
                 if s.first <= position <= s.last:
                     t = ds.dataset(str(s.path), schema=ARROW_SCHEMA, format="parquet").to_table(
                         columns=["recorded_at"], filter=ds.field("position") == position

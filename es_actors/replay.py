@@ -21,6 +21,7 @@ from .domain import DomainRegistry
 from .errors import StoreCorrupted, UserCodeError
 from .records import ARROW_SCHEMA, COL, event_where
 from .storage.layout import StoreLayout
+from .storage.lost_ranges import LostRanges
 from .storage.segments import list_segments, resolve_current
 from .storage.wal import list_tail_files, read_tail_file
 
@@ -111,7 +112,7 @@ def sealed_last_position(layout: StoreLayout, partition: int) -> int:
     durable and acknowledged, never cut back."""
     try:
         gen = resolve_current(layout.log_dir(partition))
-        segments = list_segments(gen) if gen is not None else []
+        segments = list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []
     except FileNotFoundError:
         return 0
     return segments[-1].last if segments else 0
@@ -138,7 +139,7 @@ def durable_event_ids(layout: StoreLayout, partition: int, positions: Iterable[i
     for _ in range(attempts if rest else 0):
         gen = resolve_current(layout.log_dir(partition))
         try:
-            segments = list_segments(gen) if gen is not None else []
+            segments = list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []
             if segments:
                 table = ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table(
                     columns=["position", "event_id"], filter=ds.field("position").isin(rest)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import Field
 
-from es_actors import Aggregate, DomainRegistry, Event, Store
+from es_actors import Aggregate, DomainRegistry, Event, Store, upgrade_store
 from es_actors.upcasting import EventDecoder, StoredEvent, UnreadableEvent, Upcaster, upcaster
 from examples.bank import (
     Account,
@@ -75,16 +75,21 @@ EXPECTED_BALANCE = {
 }
 
 
-def fixture_copy(tmp_path: Path, name: str = "store") -> Path:
+def fixture_copy(tmp_path: Path, name: str = "store", upgrade: bool = True) -> Path:
+    """A copy of the format-1 fixture, upgraded to the current format (explicitly, as a user must)."""
     dest = tmp_path / name
     shutil.copytree(FIXTURE, dest, symlinks=True)  # keeps the `current` symlinks
+    if upgrade:
+        upgrade_store(dest)
     return dest
 
 
 def segment_digests(root: Path) -> dict[str, str]:
+    """Digest of each current segment, keyed by partition and position range (an upgrade adds
+    the file's CRC-32 to its name but never changes its bytes)."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted((root / "log").glob("p*/gen-*/seg-*.parquet"))
+        f"{p.parent.parent.name}/{p.name[:45]}": hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / "log").glob("p*/current/seg-*.parquet"))
     }
 
 
@@ -234,8 +239,9 @@ BROKEN = [
 @pytest.mark.parametrize("columns, names, why", BROKEN)
 def test_unreadable_stored_event_is_a_clear_error_in_history(tmp_path, columns, names, why):
     """history() and state_at() raise UnreadableEvent naming the event's type, version and position."""
-    root = fixture_copy(tmp_path)
-    pos = rewrite_row(root, "acc-ann", 2, **columns)
+    root = fixture_copy(tmp_path, upgrade=False)
+    pos = rewrite_row(root, "acc-ann", 2, **columns)  # a well-formed log with a foreign row ...
+    upgrade_store(root)  # ... that the upgrade vouches for as a file: its rows must still be refused
     store = Store.open(root, [BankAccount], read_only=True)
     ann = store.aggregate(BankAccount, "acc-ann")
     for read in (ann.history, lambda: ann.state_at(version=4)):
@@ -250,8 +256,9 @@ def test_unreadable_stored_event_is_a_clear_error_in_history(tmp_path, columns, 
 def test_unreadable_stored_event_fails_its_aggregates_commands_only(store_factory, tmp_path, columns, names, why):
     """On a writable store, commands to that aggregate fail with UnreadableEvent (each time: nothing is
     skipped or cached); other aggregates, in the same partition too, keep working."""
-    root = fixture_copy(tmp_path)
-    pos = rewrite_row(root, "acc-ann", 2, **columns)
+    root = fixture_copy(tmp_path, upgrade=False)
+    pos = rewrite_row(root, "acc-ann", 2, **columns)  # a well-formed log with a foreign row ...
+    upgrade_store(root)  # ... that the upgrade vouches for as a file: its rows must still be refused
     store = store_factory("store")
     ann = store.aggregate(BankAccount, "acc-ann")
     for _ in range(2):
@@ -434,8 +441,7 @@ def test_projections_read_the_v1_fixture_like_the_actors(store_factory, tmp_path
     forms, the split through Python) and agree with the actors' states, account by account."""
     from examples.bank_projections import Balances, BalancesPy
 
-    copy = tmp_path / "v1-projected"
-    shutil.copytree(FIXTURE, copy, symlinks=True)
+    copy = fixture_copy(tmp_path, "v1-projected")
     store = store_factory(copy.name, projections=[Balances, BalancesPy])
     store.wait_for("balances", None, timeout=60)
     store.wait_for("balances_py", None, timeout=60)

@@ -16,7 +16,7 @@ from es_actors import DomainRegistry, StoreConfig
 from es_actors.partition import Partition
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.reader import read_partition_rows, sealed_files
-from es_actors.storage.wal import encode_frame, list_tail_files, read_tail_file
+from es_actors.storage.wal import encode_frame, file_header, list_tail_files, read_tail_file, scan_tail_file
 from examples.bank import BankAccount
 
 REGISTRY = DomainRegistry([BankAccount])
@@ -31,33 +31,49 @@ def open_partition(root: Path, **settings) -> Partition:
     return Partition(StoreLayout(root), 0, REGISTRY, StoreConfig(lock_timeout_s=0, **settings))
 
 
-frames = st.lists(st.lists(st.tuples(st.integers(0, 10**9), st.text(max_size=20)), min_size=1, max_size=5), min_size=1, max_size=6)
+def frame_rows(sizes: list[int], first: int = 1) -> list[list[tuple]]:
+    """Frames of rows shaped like the log's (position in column 1), positions from ``first``."""
+    out, pos = [], first
+    for n in sizes:
+        out.append([(0, p, "T", f"a{p}", 1, "E", 1, "id", "c", "d", None, None, None, 0, "{}", "{}") for p in range(pos, pos + n)])
+        pos += n
+    return out
+
+
+def tail_bytes(frames: list[list[tuple]], first: int = 1) -> bytes:
+    return file_header(first) + b"".join(encode_frame(f) for f in frames)
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frames=frames, cut=st.floats(0, 1))
-def test_a_torn_tail_reads_as_exactly_the_whole_frames_before_the_tear(tmp_path, frames, cut):
-    data = b"".join(encode_frame(f) for f in frames)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6), cut=st.floats(0, 1))
+def test_a_torn_tail_reads_as_exactly_the_whole_frames_before_the_tear(tmp_path, sizes, cut):
+    frames = frame_rows(sizes)
+    data = tail_bytes(frames)
     offset = int(len(data) * cut)
-    path = tmp_path / f"{uuid.uuid4().hex}.wal"
+    path = tmp_path / f"{1:020d}.wal"
     path.write_bytes(data[:offset])
     rows, valid, size = read_tail_file(path)
-    ends, total = [], 0
+    ends, total = [], len(file_header(1))
     for f in frames:
         total += len(encode_frame(f))
         ends.append(total)
     whole = [i for i, e in enumerate(ends) if e <= offset]
     assert rows == [tuple(r) for i in whole for r in frames[i]]
-    assert valid == (ends[whole[-1]] if whole else 0) and size == offset
+    assert size == offset
+    assert valid == (ends[whole[-1]] if whole else (len(file_header(1)) if offset >= len(file_header(1)) else 0))
 
 
-def test_a_corrupt_byte_stops_the_read_at_the_last_good_frame(tmp_path):
-    good, bad = encode_frame([[1, "a"]]), bytearray(encode_frame([[2, "b"]]))
+def test_a_corrupt_frame_followed_by_a_good_one_is_damage_not_a_torn_tail(tmp_path):
+    good, bad, after = (encode_frame(f) for f in frame_rows([1, 1, 1]))
+    bad = bytearray(bad)
     bad[-2] ^= 0xFF
-    path = tmp_path / "x.wal"
-    path.write_bytes(good + bytes(bad))
-    rows, valid, _ = read_tail_file(path)
-    assert rows == [(1, "a")] and valid == len(good)
+    path = tmp_path / f"{1:020d}.wal"
+    path.write_bytes(file_header(1) + good + bytes(bad) + after)
+    scan = scan_tail_file(path, newest=True, expected_first=1)
+    assert not scan.torn_bytes
+    [damage] = scan.damage
+    assert (damage.offset, damage.first_lost, damage.last_lost) == (len(file_header(1)) + len(good), 2, 2)
+    assert [r[1] for r in scan.rows] == [1, 3]  # both valid frames are kept, the bad one is named
 
 
 def test_partition_restart_rebuilds_state_versions_and_positions(tmp_path):

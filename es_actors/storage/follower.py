@@ -27,8 +27,12 @@ import pyarrow.dataset as ds
 from ..errors import StoreCorrupted
 from ..records import ARROW_SCHEMA, COL, rows_to_table
 from .layout import StoreLayout
-from .segments import list_segments, resolve_current
-from .wal import iter_frames, list_tail_files
+from .lost_ranges import FILE_NAME as LOST_FILE
+from .lost_ranges import LostRanges
+from .segments import list_segments, resolve_current, verify_segment
+from .wal import FILE_HEADER_SIZE, DurableMark, TailScan, damage_error, list_tail_files, scan_frames, scan_tail_bytes
+
+_NO_LOSS = LostRanges()
 
 
 @dataclass
@@ -62,10 +66,12 @@ class _Moved(Exception):
 class _TailCursor:
     """Incremental reading of one tail file: rows parsed so far and the byte offset reached."""
 
-    __slots__ = ("offset", "rows")
+    __slots__ = ("offset", "expected", "rows", "version")
 
     def __init__(self) -> None:
+        self.version = 2
         self.offset = 0
+        self.expected = 0  # the position the frame at ``offset`` must start with
         self.rows: list[tuple[Any, ...]] = []
 
 
@@ -87,24 +93,28 @@ class LogFollower:
     def poll(self, max_rows: int = 1_000_000, attempts: int = 20) -> Batch | None:
         """The next batch, or None when nothing newer is durable. A read that races the owner
         (a seal or compaction moving files) is tried again at once: callers that stop at the
-        first None (a subscription with follow=False) must not take a race for the end."""
+        first None (a subscription with follow=False) must not take a race for the end.
+        Damage raises StoreCorrupted: a follower never skips what it cannot read."""
         for attempt in range(attempts):
             try:
                 return self._poll(max_rows)
-            except (FileNotFoundError, StoreCorrupted, _Moved):
+            except (FileNotFoundError, _Moved):
                 time.sleep(0.001 * attempt)  # the owner moved files under us: look again
         return None
 
     def _poll(self, max_rows: int) -> Batch | None:
+        lost = LostRanges.load(self.layout.root) if (self.layout.root / LOST_FILE).exists() else _NO_LOSS
+        self.after = lost.skip(self.partition, self.after)  # a recorded loss is passed knowingly
         tails = list_tail_files(self.layout.tail_dir(self.partition))
         gen = resolve_current(self.layout.log_dir(self.partition))
-        segments = list_segments(gen) if gen is not None else []
+        segments = list_segments(gen, lost, self.partition) if gen is not None else []
         sealed_last = segments[-1].last if segments else 0
         if self.after < sealed_last:
             chosen, last = [], self.after
             for s in segments:
                 if s.last <= self.after:
                     continue
+                verify_segment(s)
                 chosen.append(str(s.path))
                 last = s.last
                 if last - self.after >= max_rows:
@@ -122,7 +132,7 @@ class LogFollower:
         rows = rows[:max_rows]
         for i, r in enumerate(rows):
             if r[COL["position"]] != self.after + 1 + i:
-                rows = rows[:i]
+                rows = rows[:i]  # the next poll starts after a recorded loss, or finds the rest sealed
                 break
         if not rows:
             return None
@@ -134,25 +144,38 @@ class LogFollower:
         return batch
 
     def _tail_rows(self, tails: list[tuple[int, Path]], sealed_last: int) -> list[tuple[Any, ...]]:
-        """Unsealed rows after ``self.after``, reading each tail file only from where we stopped."""
+        """Durable unsealed rows after ``self.after``, reading each tail file only from where we
+        stopped; frames past the writer's durable mark are left for a later poll."""
         live = {p for _f, p in tails}
         for p in list(self._tails):
             if p not in live:
                 del self._tails[p]
+        durable = DurableMark.read(self.layout.tail_dir(self.partition))
         out: list[tuple[Any, ...]] = []
         for i, (first, path) in enumerate(tails):
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None
             if next_first is not None and next_first <= self.after + 1:
                 continue  # wholly before what we need
             cur = self._tails.setdefault(path, _TailCursor())
+            newest = next_first is None
             with open(path, "rb") as f:
-                f.seek(cur.offset)
-                data = f.read()
-            consumed = 0
-            for end, frame_rows in iter_frames(data):  # whole, checksummed frames only
-                cur.rows.extend(tuple(r) for r in frame_rows)
-                consumed = end
-            cur.offset += consumed
+                if cur.offset == 0 or cur.version == 1:  # format-1 frames cannot be found mid-file
+                    scan = scan_tail_bytes(path, f.read(), newest, first)
+                    scan.frames = [fr for fr in scan.frames if fr.offset >= cur.offset]
+                    cur.version = scan.version
+                else:
+                    f.seek(cur.offset)
+                    scan = scan_frames(TailScan(path, 2, 0), f.read(), 0, cur.expected, newest, base=cur.offset)
+            if scan.damage:
+                raise damage_error(scan.damage)
+            for frame in scan.frames:  # whole, checksummed frames only, up to the durable mark
+                if durable is not None and frame.rows and frame.rows[-1][COL["position"]] > durable:
+                    break
+                cur.rows.extend(frame.rows)
+                cur.offset = frame.end
+                cur.expected = frame.first_position + len(frame.rows)
+            if cur.offset == 0 and scan.version == 2 and scan.size >= FILE_HEADER_SIZE:
+                cur.offset, cur.expected = FILE_HEADER_SIZE, first
             # drop rows already returned, keep memory to what is still ahead
             keep_from = 0
             while keep_from < len(cur.rows) and cur.rows[keep_from][COL["position"]] <= self.after:

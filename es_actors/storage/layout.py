@@ -16,9 +16,10 @@ from pathlib import Path
 from pyarrow import fs as pafs
 from pydantic import BaseModel
 
-from ..errors import EsActorsError
+from ..errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
+READABLE_FORMATS = (1, 2)
 PARTITION_HASH = "blake2b-64"
 
 
@@ -72,16 +73,42 @@ class StoreLayout:
 
     def read_descriptor(self) -> StoreDescriptor | None:
         try:
-            return StoreDescriptor.model_validate_json(self.descriptor_path.read_text())
+            desc = StoreDescriptor.model_validate_json(self.descriptor_path.read_text())
         except FileNotFoundError:
             return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreCorrupted(f"{self.descriptor_path} cannot be read: {exc}") from None
+        if desc.format_version not in READABLE_FORMATS:
+            raise EsActorsError(
+                f"{self.root}: store format {desc.format_version} is newer than this es_actors reads "
+                f"(formats {READABLE_FORMATS})"
+            )
+        return desc
+
+    def write_descriptor(self, desc: StoreDescriptor) -> None:
+        """Replace ``store.json`` atomically and durably (an upgrade's last step)."""
+        tmp = self.root / f".store.json.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(desc.model_dump(), indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.descriptor_path)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def create_or_check(self, partitions: int | None, default_partitions: int) -> StoreDescriptor:
         """Create ``store.json`` on first use; afterwards the recorded partition count rules."""
         existing = self.read_descriptor()
         if existing is not None:
-            if existing.format_version != FORMAT_VERSION:
-                raise EsActorsError(f"{self.root}: store format {existing.format_version} is not supported")
+            if existing.format_version < FORMAT_VERSION:
+                raise StoreFormatOutdated(
+                    f"{self.root}: store format {existing.format_version} can be read (read_only=True) but not "
+                    f"written by this es_actors (format {FORMAT_VERSION}); upgrade it once, with no writer "
+                    "running: `es-actors upgrade --store PATH` (or es_actors.upgrade_store(PATH))"
+                )
             if partitions is not None and partitions != existing.partitions:
                 raise EsActorsError(
                     f"{self.root} was created with {existing.partitions} partitions; cannot open it with {partitions}"
@@ -91,7 +118,7 @@ class StoreLayout:
         if desc.partitions < 1:
             raise EsActorsError("partitions must be >= 1")
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".store.json.{os.getpid()}.tmp"
+        tmp = self.root / f".store.json.{os.getpid()}.new"
         tmp.write_text(json.dumps(desc.model_dump(), indent=2))
         try:
             os.link(tmp, self.descriptor_path)  # fails if a concurrent creator won the race

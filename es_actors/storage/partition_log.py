@@ -28,8 +28,13 @@ from ..config import StoreConfig
 from ..errors import StoreCorrupted, WriterFenced
 from ..records import ARROW_SCHEMA, COL, table_to_rows
 from .layout import StoreLayout
-from .segments import SegmentSet
-from .wal import TailWriter, fsync_dir, list_tail_files, read_tail_file
+from .lost_ranges import LostRanges
+from .segments import SegmentSet, verify_segments
+from .wal import DurableMark, TailWriter, damage_error, fsync_dir, list_tail_files, scan_tail_file, tail_file_name
+
+
+def _first_position(path: Path) -> int:
+    return int(path.name.split(".", 1)[0])
 
 log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
@@ -68,10 +73,17 @@ class PartitionLog:
         self._sealing: deque[tuple[Path, list[Row]]] = deque()
         self._writer_frames_before = 0
         self._pf_cache: dict[Path, pq.ParquetFile] = {}
+        self._mark: DurableMark | None = None
         try:
-            self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s)
+            self.lost = LostRanges.load(layout.root)
+            self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
+            verify_segments(self.segments.segments)  # damage anywhere is refused before anything is written
             self._recover()
+            self._mark = DurableMark(self.tail_dir)
+            self._mark.publish(self.next_position - 1, self._writer.first_position)
         except BaseException:
+            if self._mark is not None:
+                self._mark.close()
             os.close(self._lock_fd)  # e.g. StoreCorrupted: this process will not own the partition
             self._lock_fd = -1
             raise
@@ -82,31 +94,59 @@ class PartitionLog:
     # -- recovery -------------------------------------------------------------------------
 
     def _recover(self) -> None:
+        """Read every tail file; refuse damage, cut only a torn end of the newest file.
+
+        Nothing is modified until every file has been classified: a damaged store is left
+        byte for byte as it was (ADR-009).
+        """
         sealed_last = self.segments.last_position
+        files = list_tail_files(self.tail_dir)
+        scans = [scan_tail_file(path, i == len(files) - 1, first) for i, (first, path) in enumerate(files)]
+        damage = [d for scan in scans for d in scan.damage]
+        if damage:
+            raise damage_error(damage, f"partition {self.partition}'s write-ahead tail")
+        for scan in scans:
+            if scan.version != 2 and scan.size:
+                raise StoreCorrupted(f"{scan.path}: a format-1 tail file in a format-2 store; run `es-actors upgrade`")
+        if scans and scans[-1].torn_bytes:
+            scan = scans[-1]
+            rows = scan.rows
+            durable = DurableMark.read(self.tail_dir)
+            last_kept = rows[-1][COL["position"]] if rows else _first_position(scan.path) - 1
+            if durable is not None and durable > max(last_kept, sealed_last):
+                raise StoreCorrupted(
+                    f"{scan.path} at byte {scan.valid_end}: the end fails its checks, but positions up to "
+                    f"{durable} were published as durable (DURABLE): this is damage, not a torn write. "
+                    "Every byte was left as it was; run `es-actors repair --store <path>`"
+                )
+            log.warning("partition %d: cutting %d torn bytes from %s", self.partition, scan.torn_bytes, scan.path)
+            with open(scan.path, "r+b") as f:
+                f.truncate(scan.valid_end)
+                os.fsync(f.fileno())
         unsealed: list[tuple[Path, list[Row]]] = []
-        for _first, path in list_tail_files(self.tail_dir):
-            rows, valid, size = read_tail_file(path)
-            if valid < size:  # torn frame from a crash mid-write: cut it
-                log.warning("partition %d: cutting %d torn bytes from %s", self.partition, size - valid, path)
-                with open(path, "r+b") as f:
-                    f.truncate(valid)
-                    os.fsync(f.fileno())
+        for scan in scans:
+            rows = scan.rows
             if rows and rows[-1][COL["position"]] <= sealed_last:
-                path.unlink()  # sealed before a crash, not yet deleted
+                scan.path.unlink()  # sealed before a crash, not yet deleted
                 continue
             if rows and rows[0][COL["position"]] <= sealed_last:
-                raise StoreCorrupted(f"{path} overlaps sealed segments (last sealed position {sealed_last})")
-            unsealed.append((path, rows))
+                raise StoreCorrupted(f"{scan.path} overlaps sealed segments (last sealed position {sealed_last})")
+            unsealed.append((scan.path, rows))
         fsync_dir(self.tail_dir)
         expected = sealed_last + 1
         for path, rows in unsealed:
             for r in rows:
-                if r[COL["position"]] != expected:
-                    raise StoreCorrupted(f"{path}: position {r[COL['position']]} where {expected} was expected")
+                pos = r[COL["position"]]
+                if pos != expected:
+                    if not (pos > expected and self.lost.covers(self.partition, expected, pos - 1)):
+                        raise StoreCorrupted(f"{path}: position {pos} where {expected} was expected")
+                expected = pos
                 expected += 1
-        self.next_position = expected
-        # Every closed tail file waits for sealing; the newest one stays open for appends.
-        if unsealed and unsealed[-1][1]:
+        lost_end = max((r.last for r in self.lost.of(self.partition)), default=0)
+        self.next_position = max(expected, lost_end + 1)  # never hand out a position that may have been used
+        # Every closed tail file waits for sealing; the newest one stays open for appends if the
+        # log continues it.
+        if unsealed and unsealed[-1][1] and unsealed[-1][1][-1][COL["position"]] == self.next_position - 1:
             *closed, (last_path, last_rows) = unsealed
             self._sealing.extend((p, r) for p, r in closed if r)
             self._current_rows: list[Row] = list(last_rows)
@@ -114,7 +154,7 @@ class PartitionLog:
         else:
             self._sealing.extend((p, r) for p, r in unsealed if r)
             for p, r in unsealed:
-                if not r and p.name != f"{self.next_position:020d}.wal":
+                if not r and p.name != tail_file_name(self.next_position):
                     p.unlink()
             self._current_rows = []
             self._writer = TailWriter(self.tail_dir, self.next_position)
@@ -152,6 +192,11 @@ class PartitionLog:
     # -- writes ---------------------------------------------------------------------------
 
     @property
+    def failed(self) -> str | None:
+        """Why this owner must stop writing (a failed fdatasync), or None."""
+        return self._writer.failed
+
+    @property
     def durable_writes(self) -> int:
         """Group-commit frames written (each one write + one fdatasync) since this owner started."""
         return self._writer_frames_before + self._writer.frames_written
@@ -160,10 +205,12 @@ class PartitionLog:
         """Durably append rows whose positions continue the log. Raises StorageError, log intact."""
         if rows[0][COL["position"]] != self.next_position:
             raise StoreCorrupted(f"append at {rows[0][COL['position']]} does not continue {self.next_position}")
-        self._writer.append(rows)
+        self._writer.append(rows)  # after a failed fdatasync: raises now and on every later call
         with self._mutex:
             self._current_rows.extend(rows)
             self.next_position += len(rows)
+        assert self._mark is not None
+        self._mark.publish(self.next_position - 1, self._writer.first_position)  # readers may now see them
         if len(self._current_rows) >= self.config.seal_rows:
             try:
                 self.rotate()
@@ -319,6 +366,8 @@ class PartitionLog:
                 self.seal_error = f"{type(exc).__name__}: {exc}"
                 log.error("partition %d: sealing failed, will retry: %s", self.partition, self.seal_error)
                 with self._mutex:
+                    if self._stopping:
+                        return  # the tail files are durable: the next owner seals them
                     self._wake.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -337,8 +386,12 @@ class PartitionLog:
         with self._mutex:
             self._stopping = True
             self._wake.notify_all()
-        self._sealer.join(timeout=30)
+        # Wait for a seal or compaction in progress however long it takes: releasing the lock
+        # while it still writes would let a new owner work on the same files.
+        self._sealer.join()
         self._writer.close()
+        if self._mark is not None:
+            self._mark.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1

@@ -18,42 +18,63 @@ import pyarrow.dataset as ds
 from ..errors import StoreCorrupted
 from ..records import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
 from .layout import StoreLayout
-from .segments import Segment, list_segments, resolve_current
-from .wal import iter_frames, list_tail_files
-
-
-def _read_tail_strict(path: Path) -> list[tuple[Any, ...]]:
-    """Rows of a tail file's whole frames; FileNotFoundError if it vanished since it was listed:
-    a seal moved its rows into a segment we did not list, so the read must start again (its
-    rows may be the newest: no gap would show that they are missing)."""
-    rows: list[tuple[Any, ...]] = []
-    for _end, frame_rows in iter_frames(path.read_bytes()):
-        rows.extend(tuple(r) for r in frame_rows)
-    return rows
+from .lost_ranges import LostRanges
+from .segments import Segment, list_segments, resolve_current, verify_segments
+from .wal import DurableMark, list_tail_files, read_tail_rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
     if not segments:
         return ARROW_SCHEMA.empty_table()
-    dataset = ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet")
-    return dataset.to_table(filter=filter_expr)
+    verify_segments(segments)
+    try:
+        dataset = ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet")
+        return dataset.to_table(filter=filter_expr)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreCorrupted(f"sealed segments {[s.path.name for s in segments]} cannot be read: {exc}") from None
 
 
-def _durable_view(layout: StoreLayout, partition: int) -> tuple[list[Segment], list[tuple[Any, ...]]] | None:
-    """One attempt at a consistent view: (sealed segments, tail rows after them, gapless), or
-    None if a seal or compaction moved files under us (look again)."""
+def durable_tail_rows(layout: StoreLayout, partition: int, tails: list[tuple[int, Path]], after: int) -> list[tuple[Any, ...]]:
+    """Rows of the listed tail files after ``after`` that are durable (up to the writer's mark).
+
+    Damage raises StoreCorrupted (never skipped); a vanished file raises FileNotFoundError:
+    a seal moved its rows into a segment the caller did not list, so it must read again.
+    """
+    durable = DurableMark.read(layout.tail_dir(partition))
+    rows: list[tuple[Any, ...]] = []
+    for i, (_first, path) in enumerate(tails):
+        if i + 1 < len(tails) and tails[i + 1][0] <= after + 1:
+            continue  # wholly at or before ``after``
+        rows.extend(r for r in read_tail_rows(path, i == len(tails) - 1, durable) if r[COL["position"]] > after)
+    return rows
+
+
+def check_gapless(rows: list[tuple[Any, ...]], after: int, lost: LostRanges, partition: int) -> bool:
+    """Positions continue ``after`` one by one, except across recorded lost ranges."""
+    expected = after + 1
+    for r in rows:
+        pos = r[COL["position"]]
+        if pos != expected and not (pos > expected and lost.covers(partition, expected, pos - 1)):
+            return False
+        expected = pos + 1
+    return True
+
+
+def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> tuple[list[Segment], list[tuple[Any, ...]]] | None:
+    """One attempt at a consistent view: (sealed segments, durable tail rows after them), or
+    None if a seal or compaction moved files under us (look again). Damage raises StoreCorrupted."""
     tails = list_tail_files(layout.tail_dir(partition))
     gen = resolve_current(layout.log_dir(partition))
     try:
-        segments = list_segments(gen) if gen is not None else []
+        segments = list_segments(gen, lost, partition) if gen is not None else []
         sealed_last = segments[-1].last if segments else 0
-        tail_rows: list[tuple[Any, ...]] = []
-        for _first, path in tails:
-            tail_rows.extend(r for r in _read_tail_strict(path) if r[COL["position"]] > sealed_last)
-    except (FileNotFoundError, StoreCorrupted):
+        tail_rows = durable_tail_rows(layout, partition, tails, sealed_last)
+    except FileNotFoundError:
         return None
     tail_rows.sort(key=lambda r: r[COL["position"]])
-    if any(r[COL["position"]] != sealed_last + 1 + i for i, r in enumerate(tail_rows)):
+    if not check_gapless(tail_rows, sealed_last, lost, partition):
         return None
     return segments, tail_rows
 
@@ -65,8 +86,9 @@ def read_partition(
     attempts: int = 20,
 ) -> pa.Table:
     """All durable events of a partition (or of one aggregate in it), in position order."""
+    lost = LostRanges.load(layout.root)
     for _ in range(attempts):
-        view = _durable_view(layout, partition)
+        view = _durable_view(layout, partition, lost)
         if view is None:
             time.sleep(0.01)
             continue
@@ -93,10 +115,11 @@ def read_partition_rows(layout: StoreLayout, partition: int, aggregate: tuple[st
 def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
     """The exact sealed file set right now: pass it to ``read_parquet([...])`` for a stable snapshot."""
     files: list[Path] = []
+    lost = LostRanges.load(layout.root)
     for p in range(partitions):
         gen = resolve_current(layout.log_dir(p))
         if gen is not None:
-            files.extend(s.path for s in list_segments(gen))
+            files.extend(s.path for s in list_segments(gen, lost, p))
     return files
 
 
@@ -105,10 +128,12 @@ def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tu
     of a query shows. Consistent per partition (same retry rule as :func:`read_partition`)."""
     files: list[str] = []
     tails: list[tuple[Any, ...]] = []
+    lost = LostRanges.load(layout.root)
     for p in range(partitions):
         for _ in range(attempts):
-            view = _durable_view(layout, p)
+            view = _durable_view(layout, p, lost)
             if view is not None:
+                verify_segments(view[0])
                 files.extend(str(s.path) for s in view[0])
                 tails.extend(view[1])
                 break

@@ -1,12 +1,24 @@
-"""The durable tail of a partition log: checksummed frames appended to a local file.
+"""The durable tail of a partition log: self-describing, checksummed frames in a local file.
 
-One group commit is one frame: ``<u32 length><u32 crc32><JSON rows>``, written with one
-``write`` and made durable with one ``fdatasync``. A torn or corrupt frame at the end (a
-crash mid-write) is detected by its length or checksum and cut on recovery; readers stop
-at the last whole frame, so nobody ever sees a partial record.
+Format 2 (``store.json`` ``format_version`` 2, ADR-009). A tail file starts with a
+24-byte header (``ESWAL\\x00\\x02\\n``, its first position, a header checksum); one group
+commit is one frame, written with one ``write`` and made durable with one ``fdatasync``::
+
+    <u32 FRAME_MAGIC><u32 payload length><u64 first position><u32 row count>
+    <u32 crc32(payload)><u32 crc32(the 24 bytes before)><JSON rows>
+
+The magic, the header checksum and the first position make damage decidable: a frame that
+fails its check while a complete, valid frame follows it is *corruption* (refused, every
+byte kept); only a bad end with nothing valid after it, in the newest tail file, is a
+*torn tail* left by a crash (cut on recovery). A zero-filled end fails the magic, so it
+reads as torn, never as a frame (``crc32(b"") == 0`` cannot make an empty frame pass).
+
+Format 1 files (no file header, frames ``<u32 len><u32 crc32><JSON rows>``) stay
+readable; a writer refuses them until ``es-actors upgrade`` rewrites them (see upgrade.py).
 
 Tail files are named by the first position they hold. Sealing turns a closed tail file
-into an immutable Parquet segment and then deletes the file.
+into an immutable Parquet segment and then deletes the file. The writer publishes how far
+the log is durable in ``DURABLE`` (see :class:`DurableMark`); readers stop there.
 """
 
 from __future__ import annotations
@@ -16,15 +28,25 @@ import json
 import os
 import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..errors import StorageError
+from ..errors import StorageError, StoreCorrupted
 
-_HEADER = struct.Struct("<II")
+FILE_MAGIC = b"ESWAL\x00\x02\n"
+_FILE_HEADER = struct.Struct("<8sQI")  # magic, first position, crc32 of the 16 bytes before
+FILE_HEADER_SIZE = _FILE_HEADER.size + 4  # padded to 24 bytes
+FRAME_MAGIC = 0x57AF_E5A1
+_FRAME_MAGIC_BYTES = struct.pack("<I", FRAME_MAGIC)
+_FRAME = struct.Struct("<IIQII")  # magic, payload length, first position, row count, payload crc
+FRAME_HEADER_SIZE = _FRAME.size + 4  # + crc32 of the header
+_V1_HEADER = struct.Struct("<II")
 _SUFFIX = ".wal"
-# Module-level so fault-injection tests can replace the raw write (e.g. to raise ENOSPC).
+Row = tuple[Any, ...]
+# Module-level so fault-injection tests can replace the raw calls (ENOSPC, EIO, a held sync).
 _write = os.write
+_fdatasync = os.fdatasync
 
 
 def tail_file_name(first_position: int) -> str:
@@ -34,7 +56,11 @@ def tail_file_name(first_position: int) -> str:
 def list_tail_files(directory: Path) -> list[tuple[int, Path]]:
     """Tail files in position order, as (first position, path)."""
     out = []
-    for p in directory.glob(f"*{_SUFFIX}"):
+    try:
+        entries = list(directory.glob(f"*{_SUFFIX}"))
+    except FileNotFoundError:
+        return []
+    for p in entries:
         try:
             out.append((int(p.name[: -len(_SUFFIX)]), p))
         except ValueError:
@@ -42,42 +68,306 @@ def list_tail_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def encode_frame(rows: list[tuple[Any, ...]]) -> bytes:
+def file_header(first_position: int) -> bytes:
+    head = FILE_MAGIC + struct.pack("<Q", first_position)
+    return head + struct.pack("<I", zlib.crc32(head)) + b"\x00" * 4
+
+
+def encode_frame(rows: list[Row] | list[list[Any]], first_position: int | None = None) -> bytes:
+    """One format-2 frame; ``first_position`` defaults to the first row's position (column 1)."""
     payload = json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode()
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    first = rows[0][1] if first_position is None and rows else (first_position or 0)
+    head = _FRAME.pack(FRAME_MAGIC, len(payload), first, len(rows), zlib.crc32(payload))
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
-def iter_frames(data: bytes) -> Iterator[tuple[int, list[list[Any]]]]:
-    """Yield (end offset, rows) for each whole, checksummed frame; stop at the first bad one."""
+# -- reading -------------------------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    offset: int
+    end: int
+    first_position: int
+    rows: list[Row]
+
+
+@dataclass
+class Damage:
+    """Bytes of a tail file that fail their checks while valid data follows (or in a closed file)."""
+
+    path: Path
+    offset: int  # where the bad bytes start
+    resume_offset: int | None  # the next valid frame, if any
+    first_lost: int  # positions that cannot be read
+    last_lost: int | None  # None: up to whatever the next file or frame starts with
+    reason: str
+
+    def describe(self) -> str:
+        last = "?" if self.last_lost is None else str(self.last_lost)
+        lost = ("no positions lost" if self.last_lost is not None and self.last_lost < self.first_lost
+                else f"positions {self.first_lost}..{last} unreadable")
+        return f"{self.path} at byte {self.offset}: {self.reason}; {lost}"
+
+
+@dataclass
+class TailScan:
+    """What a tail file holds: whole frames, then either its end, a torn end, or damage."""
+
+    path: Path
+    version: int  # 1 or 2
+    size: int
+    frames: list[Frame] = field(default_factory=list)
+    valid_end: int = 0  # bytes up to the end of the last good frame before any damage
+    damage: list[Damage] = field(default_factory=list)
+    torn_bytes: int = 0  # a bad end with nothing valid after it
+
+    @property
+    def rows(self) -> list[Row]:
+        return [r for f in self.frames for r in f.rows]
+
+    def rows_before_damage(self) -> list[Row]:
+        first_bad = self.damage[0].offset if self.damage else None
+        return [r for f in self.frames if first_bad is None or f.offset < first_bad for r in f.rows]
+
+
+def _frame_at(data: bytes, off: int) -> tuple[Frame | None, str]:
+    """A valid format-2 frame at ``off``, or (None, why not)."""
+    n = len(data)
+    if off + FRAME_HEADER_SIZE > n:
+        return None, "short frame header"
+    magic, length, first, count, pcrc = _FRAME.unpack_from(data, off)
+    if magic != FRAME_MAGIC:
+        return None, "no frame marker"
+    (hcrc,) = struct.unpack_from("<I", data, off + _FRAME.size)
+    if zlib.crc32(data[off : off + _FRAME.size]) != hcrc:
+        return None, "frame header checksum mismatch"
+    start = off + FRAME_HEADER_SIZE
+    end = start + length
+    if end > n:
+        return None, f"frame of {length} bytes runs past the end of the file"
+    payload = data[start:end]
+    if zlib.crc32(payload) != pcrc:
+        return None, "frame payload checksum mismatch"
+    try:
+        rows = [tuple(r) for r in json.loads(payload)]
+    except (ValueError, TypeError):
+        return None, "frame payload is not valid JSON rows"
+    if len(rows) != count or (rows and rows[0][1] != first):
+        return None, "frame rows do not match its header"
+    return Frame(off, end, first, rows), ""
+
+
+def _next_valid_frame(data: bytes, off: int) -> Frame | None:
+    """Resynchronise: the first valid frame starting after ``off``."""
+    k = data.find(_FRAME_MAGIC_BYTES, off + 1)
+    while k >= 0:
+        frame, _why = _frame_at(data, k)
+        if frame is not None:
+            return frame
+        k = data.find(_FRAME_MAGIC_BYTES, k + 1)
+    return None
+
+
+def scan_tail_bytes(path: Path, data: bytes, newest: bool, expected_first: int | None = None) -> TailScan:
+    """Classify every byte of a tail file: frames, a torn end (newest file only) or damage.
+
+    ``expected_first`` is the position the file should start with (from its name). Every
+    frame must continue the positions of the one before; a frame that does not is damage.
+    """
+    if not data:
+        return TailScan(path, 2, 0)
+    if len(data) < FILE_HEADER_SIZE and (FILE_MAGIC.startswith(data[:8]) or not data.strip(b"\x00")):
+        # created, header not yet whole: harmless in the newest file, damage in a closed one
+        scan = TailScan(path, 2, len(data))
+        if newest:
+            scan.torn_bytes = len(data)
+        else:
+            scan.damage.append(Damage(path, 0, None, expected_first or 0, None, "closed tail file has no whole header"))
+        return scan
+    if not data.startswith(FILE_MAGIC) and _next_valid_frame(data, -1) is None:
+        return _scan_v1(path, data, newest, expected_first)
+    scan = TailScan(path, 2, len(data))
+    magic, first, hcrc = _FILE_HEADER.unpack_from(data.ljust(FILE_HEADER_SIZE, b"\x00"), 0)
+    header_ok = magic == FILE_MAGIC and zlib.crc32(data[:16]) == hcrc
+    if not header_ok or (expected_first is not None and first != expected_first):
+        # The frames carry their own positions: the header's damage loses none of them.
+        known = expected_first if expected_first is not None else 0
+        scan.damage.append(Damage(path, 0, FILE_HEADER_SIZE, known, known - 1, "tail file header is damaged"))
+        first = known
+    scan.valid_end = 0 if scan.damage else FILE_HEADER_SIZE
+    return scan_frames(scan, data, FILE_HEADER_SIZE, first, newest)
+
+
+def scan_frames(scan: TailScan, data: bytes, off: int, expected: int, newest: bool, base: int = 0) -> TailScan:
+    """Frames of ``data`` from ``off`` on (``data`` starts at byte ``base`` of the file), the
+    first expected to hold position ``expected``; fills ``scan`` as :func:`scan_tail_bytes`."""
+    n = len(data)
+    path = scan.path
+    while off < n:
+        frame, why = _frame_at(data, off)
+        if frame is not None and frame.first_position != expected:  # checks out, but out of place
+            scan.damage.append(Damage(path, base + off, base + frame.end, expected, None,
+                                      f"frame holds position {frame.first_position} where {expected} was expected"))
+            return scan
+        if frame is not None:
+            frame.offset, frame.end = base + frame.offset, base + frame.end
+            scan.frames.append(frame)
+            expected += len(frame.rows)
+            off = frame.end - base
+            if not scan.damage:
+                scan.valid_end = frame.end
+            continue
+        following = _next_valid_frame(data, off)
+        if following is None:
+            if newest:
+                scan.torn_bytes = n - off  # a crash mid-write: only the end is bad
+            else:
+                scan.damage.append(Damage(path, base + off, None, expected, None,
+                                          why + " in a closed tail file (only the newest file can be torn)"))
+            return scan
+        scan.damage.append(Damage(path, base + off, base + following.offset, expected,
+                                  following.first_position - 1, why + "; valid frames follow"))
+        off = following.offset
+        expected = following.first_position
+    return scan
+
+
+def _v1_frame_at(data: bytes, off: int) -> tuple[int, list[Row]] | None:
+    n = len(data)
+    if off + _V1_HEADER.size > n:
+        return None
+    length, crc = _V1_HEADER.unpack_from(data, off)
+    start, end = off + _V1_HEADER.size, off + _V1_HEADER.size + length
+    if length == 0 or end > n or zlib.crc32(data[start:end]) != crc:
+        return None
+    try:
+        rows = [tuple(r) for r in json.loads(data[start:end])]
+    except (ValueError, TypeError):
+        return None
+    return (end, rows) if rows else None
+
+
+def _scan_v1(path: Path, data: bytes, newest: bool, expected_first: int | None) -> TailScan:
+    """Format-1 frames (no marker): a bad frame followed by one that checks out (found by
+    trying every later offset) is damage, as in format 2."""
+    scan = TailScan(path, 1, len(data))
     off, n = 0, len(data)
-    while off + _HEADER.size <= n:
-        length, crc = _HEADER.unpack_from(data, off)
-        start, end = off + _HEADER.size, off + _HEADER.size + length
-        if end > n:
-            return
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            return
-        try:
-            rows = json.loads(payload)
-        except ValueError:
-            return
-        yield end, rows
-        off = end
+    expected = expected_first
+    while off < n:
+        got = _v1_frame_at(data, off)
+        if got is not None and (expected is None or got[1][0][1] == expected):
+            end, rows = got
+            scan.frames.append(Frame(off, end, rows[0][1], rows))
+            expected = rows[-1][1] + 1
+            off = end
+            scan.valid_end = off
+            continue
+        for k in range(off + 1, n - _V1_HEADER.size):
+            later = _v1_frame_at(data, k)
+            if later is not None and (expected is None or later[1][0][1] > expected - 1):
+                first_lost = expected if expected is not None else 0
+                scan.damage.append(Damage(path, off, k, first_lost, later[1][0][1] - 1, "format-1 frame fails its checksum; valid frames follow"))
+                return scan  # format 1 cannot resynchronise reliably past this point: refuse
+        if newest:
+            scan.torn_bytes = n - off
+        else:
+            scan.damage.append(Damage(path, off, None, expected or 0, None, "format-1 frame fails its checksum in a closed tail file"))
+        return scan
+    return scan
 
 
-def read_tail_file(path: Path) -> tuple[list[tuple[Any, ...]], int, int]:
-    """Rows of every whole frame, the byte length they span, and the file's size."""
+def scan_tail_file(path: Path, newest: bool, expected_first: int | None = None) -> TailScan:
+    """:func:`scan_tail_bytes` of a file; FileNotFoundError if it is gone (a seal moved it)."""
+    return scan_tail_bytes(path, path.read_bytes(), newest, expected_first)
+
+
+def damage_error(damage: list[Damage], what: str = "the write-ahead tail") -> StoreCorrupted:
+    lines = "; ".join(d.describe() for d in damage)
+    return StoreCorrupted(
+        f"{what} is damaged: {lines}. Every byte was left as it was; run `es-actors repair --store <path>` "
+        "to quarantine the damage, keep every valid frame and record the lost positions (see the README)"
+    )
+
+
+def read_tail_rows(path: Path, newest: bool, durable_last: int | None = None) -> list[Row]:
+    """Rows of a tail file that a reader may see: whole frames up to the durable mark.
+
+    Damage raises :class:`StoreCorrupted` naming the file, offset and positions; a torn end is
+    simply not returned. FileNotFoundError if the file vanished (a seal moved it: read again).
+    """
+    scan = scan_tail_file(path, newest, _first_of(path))
+    if scan.damage:
+        raise damage_error(scan.damage)
+    rows = scan.rows
+    if durable_last is not None and rows and rows[-1][1] > durable_last:
+        rows = [r for r in rows if r[1] <= durable_last]
+    return rows
+
+
+def _first_of(path: Path) -> int | None:
+    try:
+        return int(path.name[: -len(_SUFFIX)])
+    except ValueError:
+        return None
+
+
+def read_tail_file(path: Path) -> tuple[list[Row], int, int]:
+    """Rows of every whole frame before any damage, the byte length they span, and the file's size."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return [], 0, 0
-    rows: list[tuple[Any, ...]] = []
-    valid = 0
-    for end, frame_rows in iter_frames(data):
-        rows.extend(tuple(r) for r in frame_rows)
-        valid = end
-    return rows, valid, len(data)
+    scan = scan_tail_bytes(path, data, newest=True, expected_first=_first_of(path))
+    return scan.rows_before_damage(), scan.valid_end, len(data)
+
+
+# -- the durable mark ----------------------------------------------------------------------
+
+_MARK = struct.Struct("<QQI")  # last durable position, tail file first position, crc32
+
+
+class DurableMark:
+    """How far the log is durable, published by the writer after each ``fdatasync``.
+
+    A frame is visible in the page cache as soon as it is written, before it is durable; a
+    reader that used it could keep an event that a machine crash then takes away. The writer
+    overwrites 20 bytes of ``DURABLE`` (``pwrite``, no sync: if they are lost, a reader sees
+    less, never more, because they are written only after the frame's sync) and readers stop
+    at the position it names. The writer's recovery republishes it from what it recovered.
+    """
+
+    NAME = "DURABLE"
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / self.NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def publish(self, last_position: int, tail_first: int) -> None:
+        head = struct.pack("<QQ", last_position, tail_first)
+        os.pwrite(self._fd, head + struct.pack("<I", zlib.crc32(head)), 0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @classmethod
+    def read(cls, directory: Path, attempts: int = 50) -> int | None:
+        """The last durable position, or None if no writer of format 2 ever published one."""
+        path = directory / cls.NAME
+        for _ in range(attempts):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            if len(data) < _MARK.size:
+                return None
+            last, first, crc = _MARK.unpack_from(data, 0)
+            if zlib.crc32(data[:16]) == crc:
+                return int(last)
+            # a read racing the writer's pwrite: look again
+        raise StoreCorrupted(f"{path}: the durable mark fails its checksum")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -89,27 +379,44 @@ def fsync_dir(directory: Path) -> None:
 
 
 class TailWriter:
-    """Appends group-commit frames to the open tail file; one fdatasync per frame."""
+    """Appends group-commit frames to the open tail file; one fdatasync per frame.
+
+    After a failed ``fdatasync`` the page cache's state is unknown (Linux may have dropped the
+    dirty pages and will not report it again): the writer refuses every later append, so the
+    owner stops and recovers from disk (:attr:`failed`).
+    """
 
     def __init__(self, directory: Path, first_position: int) -> None:
         self.directory = directory
         self.first_position = first_position
         self.path = directory / tail_file_name(first_position)
+        self.failed: str | None = None
         existed = self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.size = os.fstat(self._fd).st_size
         self.frames_written = 0
+        if not existed or self.size == 0:
+            header = file_header(first_position)
+            try:
+                os.write(self._fd, header)
+                os.fdatasync(self._fd)
+            except OSError:
+                os.close(self._fd)
+                self.path.unlink(missing_ok=True)
+                raise
+            self.size = len(header)
         if not existed:
             fsync_dir(directory)
 
-    def append(self, rows: list[tuple[Any, ...]]) -> int:
-        """Write one frame durably. On failure the file is cut back and StorageError raised."""
+    def append(self, rows: list[Row]) -> int:
+        """Write one frame durably. On failure StorageError; after a failed sync the writer is dead."""
+        if self.failed is not None:
+            raise StorageError(f"{self.path}: {self.failed}; the partition restarts and recovers from disk")
         frame = encode_frame(rows)
+        written = 0
         try:
-            written = 0
             while written < len(frame):
                 written += _write(self._fd, frame[written:] if written else frame)
-            os.fdatasync(self._fd)
         except OSError as exc:
             self._cut_back()
             reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
@@ -117,16 +424,28 @@ class TailWriter:
                 f"durable write to {self.path} failed ({reason}); the batch was not acknowledged "
                 "and the log is unchanged"
             ) from exc
+        try:
+            _fdatasync(self._fd)
+        except OSError as exc:
+            cut = self._cut_back()
+            self.failed = f"fdatasync failed ({exc.strerror or exc})"
+            outcome = ("the frame was cut back; the batch was not acknowledged" if cut else
+                       "the outcome is unknown: resubmit with the same command ids to learn it")
+            raise StorageError(
+                f"durable write to {self.path} failed: {self.failed}; {outcome}. The partition stops "
+                "writing and recovers from disk"
+            ) from exc
         self.size += len(frame)
         self.frames_written += 1
         return len(frame)
 
-    def _cut_back(self) -> None:
+    def _cut_back(self) -> bool:
         try:
             os.ftruncate(self._fd, self.size)
-            os.fdatasync(self._fd)
+            _fdatasync(self._fd)
+            return True
         except OSError:
-            pass  # recovery cuts a torn frame by its checksum anyway
+            return False  # recovery cuts a torn end by its checks anyway
 
     def close(self) -> None:
         if self._fd >= 0:

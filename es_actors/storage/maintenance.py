@@ -1,0 +1,452 @@
+"""Explicit operator actions on a closed store: upgrade the format, repair damage, accept a loss.
+
+Each takes every partition's writer lock first (``WriterFenced`` if a writer runs), so it
+never races a live owner; readers may keep reading throughout. Nothing here runs on its
+own: a damaged store is refused until an operator asks for a repair (ADR-009).
+
+- :func:`upgrade_store`: format 1 -> 2. Format-1 tail files are rewritten as format-2 files
+  (temp, fsync, rename); segments get their CRC-32 in their names through a new generation
+  (hard links, one ``current`` swap); ``store.json`` says 2 last, so a crash part-way leaves
+  a store that is still format 1 and can be upgraded again.
+- :func:`repair_store`: quarantines damaged bytes (copies into ``quarantine/<time>/``), keeps
+  every valid frame and every readable row group, records what could not be kept in
+  ``lost-ranges.json`` *before* rewriting anything, then rewrites the damaged files without
+  the damage. Reports positions, aggregates and versions lost.
+- :func:`accept_loss`: an operator's recorded decision that lets a partition take commands again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from ..errors import EsActorsError, StoreCorrupted
+from ..records import ARROW_SCHEMA, COL
+from .layout import FORMAT_VERSION, StoreDescriptor, StoreLayout
+from .lost_ranges import Acceptance, AffectedAggregate, LostRange, LostRanges, now_text, record_lost_ranges, write_lost_ranges
+from .partition_log import acquire_partition_lock
+from .segments import (
+    CURRENT,
+    Segment,
+    SegmentSet,
+    file_crc32,
+    parse_segment_name,
+    resolve_current,
+    segment_name,
+    write_segment,
+)
+from .wal import (
+    Frame,
+    TailScan,
+    encode_frame,
+    file_header,
+    fsync_dir,
+    list_tail_files,
+    scan_tail_file,
+    tail_file_name,
+)
+
+
+def _descriptor(layout: StoreLayout) -> StoreDescriptor:
+    desc = layout.read_descriptor()
+    if desc is None:
+        raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
+    return desc
+
+
+@contextmanager
+def _all_partitions_locked(layout: StoreLayout, partitions: int, timeout_s: float = 2.0) -> Iterator[None]:
+    fds: list[int] = []
+    try:
+        for p in range(partitions):
+            fds.append(acquire_partition_lock(layout.tail_dir(p), timeout_s))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _write_file_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tail_bytes(first: int, frames: list[Frame]) -> bytes:
+    return file_header(first) + b"".join(encode_frame(list(f.rows), f.first_position) for f in frames)
+
+
+# -- upgrade ---------------------------------------------------------------------------------
+
+
+class UpgradeReport(BaseModel):
+    store: str
+    from_version: int
+    to_version: int
+    tail_files_rewritten: int = 0
+    torn_bytes_dropped: int = 0
+    segments_renamed: int = 0
+
+
+def upgrade_store(root: str | os.PathLike[str]) -> UpgradeReport:
+    """Upgrade a store to the current format in place; a no-op on a current store."""
+    layout = StoreLayout(Path(root).expanduser().resolve())
+    desc = _descriptor(layout)
+    report = UpgradeReport(store=str(layout.root), from_version=desc.format_version, to_version=FORMAT_VERSION)
+    if desc.format_version >= FORMAT_VERSION:
+        return report
+    with _all_partitions_locked(layout, desc.partitions):
+        for p in range(desc.partitions):
+            files = list_tail_files(layout.tail_dir(p))
+            scans = [scan_tail_file(path, i == len(files) - 1, first) for i, (first, path) in enumerate(files)]
+            damaged = [d for s in scans for d in s.damage]
+            if damaged:
+                from .wal import damage_error
+
+                raise damage_error(damaged, f"partition {p}'s write-ahead tail (nothing was upgraded)")
+            for scan in scans:
+                if scan.version == 2:
+                    continue  # rewritten by an earlier, interrupted upgrade
+                first = int(scan.path.name.split(".", 1)[0])
+                _write_file_durably(scan.path, _tail_bytes(first, scan.frames))
+                report.tail_files_rewritten += 1
+                report.torn_bytes_dropped += scan.torn_bytes
+            if files:
+                fsync_dir(layout.tail_dir(p))
+            report.segments_renamed += _name_segments_with_crc(layout, p)
+        layout.write_descriptor(desc.model_copy(update={"format_version": FORMAT_VERSION}))
+    return report
+
+
+def _name_segments_with_crc(layout: StoreLayout, partition: int) -> int:
+    """A new generation whose segment names carry each file's CRC-32 (hard links, then a swap)."""
+    gen = resolve_current(layout.log_dir(partition))
+    if gen is None:
+        return 0
+    segs = SegmentSet(layout.log_dir(partition), lost=LostRanges.load(layout.root), partition=partition)
+    if all(s.crc is not None for s in segs.segments):
+        return 0
+    new_gen = layout.log_dir(partition) / f"gen-{SegmentSet._gen_number(gen) + 1:06d}"
+    if new_gen.exists():
+        shutil.rmtree(new_gen)
+    new_gen.mkdir()
+    renamed = 0
+    for s in segs.segments:
+        try:
+            pq.read_table(s.path, schema=ARROW_SCHEMA)  # readable as a whole before it is vouched for
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreCorrupted(f"{s.path}: sealed segment cannot be read ({exc}); nothing was upgraded here") from None
+        crc = s.crc if s.crc is not None else file_crc32(s.path)
+        os.link(s.path, new_gen / segment_name(s.first, s.last, crc))
+        renamed += s.crc is None
+    fsync_dir(new_gen)
+    segs._point_current_at(new_gen)
+    os.utime(gen)
+    return renamed
+
+
+# -- repair ----------------------------------------------------------------------------------
+
+
+class RepairReport(BaseModel):
+    store: str
+    quarantine: str | None = None
+    damage: list[str] = Field(default_factory=list, description="What was found, file by file.")
+    torn_bytes_cut: int = 0
+    lost: list[LostRange] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.damage and not self.torn_bytes_cut:
+            return f"{self.store}: no damage found; nothing changed"
+        lines = [f"{self.store}: repaired; damaged bytes kept in {self.quarantine}"]
+        lines += [f"  found: {d}" for d in self.damage]
+        if self.torn_bytes_cut:
+            lines.append(f"  cut {self.torn_bytes_cut} torn bytes at the end of the newest tail file")
+        for r in self.lost:
+            aggs = ", ".join(f"{a.aggregate_type}/{a.aggregate_id} v{a.versions or '?'} ({a.evidence})" for a in r.aggregates)
+            lines.append(
+                f"  LOST partition {r.partition} positions {r.first}..{r.last} ({r.last - r.first + 1} events) "
+                f"from {r.source} at byte {r.offset}; aggregates known affected: {aggs or 'none identified'}"
+            )
+        if self.lost:
+            lines.append(
+                "  Commands to the affected partitions are refused until an operator accepts the loss: "
+                "`es-actors repair --store PATH --accept --principal NAME --reason TEXT`"
+            )
+        return "\n".join(lines)
+
+
+def repair_store(root: str | os.PathLike[str], lock_timeout_s: float = 2.0) -> RepairReport:
+    """Quarantine damage, keep every valid event, record what is lost. Needs every writer stopped."""
+    layout = StoreLayout(Path(root).expanduser().resolve())
+    desc = _descriptor(layout)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    qdir = layout.root / "quarantine" / stamp
+    report = RepairReport(store=str(layout.root))
+    with _all_partitions_locked(layout, desc.partitions, lock_timeout_s):
+        for p in range(desc.partitions):
+            before = len(report.lost)
+            _repair_segments(layout, p, qdir, report)
+            _repair_tail(layout, p, qdir, report)
+            if len(report.lost) > before:
+                _note_version_gaps(layout, p, report.lost[before:])
+    if report.damage:
+        report.quarantine = str(qdir)
+    return report
+
+
+def _quarantine(src: Path, qdir: Path, layout: StoreLayout) -> str:
+    qdir.mkdir(parents=True, exist_ok=True)
+    dest = qdir / str(src.relative_to(layout.root)).replace(os.sep, "__")
+    shutil.copy2(src, dest)
+    with open(dest, "rb") as f:
+        os.fsync(f.fileno())
+    fsync_dir(qdir)
+    return str(dest.relative_to(layout.root))
+
+
+def _record(layout: StoreLayout, ranges: list[LostRange], report: RepairReport) -> None:
+    """Lost ranges go on record before any file is rewritten: a crash in between leaves damage
+    that a second repair finds again, never an unexplained gap."""
+    if ranges:
+        record_lost_ranges(layout.root, ranges)
+        report.lost.extend(ranges)
+
+
+def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) -> None:
+    pdir = layout.log_dir(p)
+    gen = resolve_current(pdir)
+    if gen is None:
+        return
+    lost = LostRanges.load(layout.root)
+    segs = sorted((s for f in gen.iterdir() if (s := parse_segment_name(f)) is not None), key=lambda s: s.first)
+    bad: dict[str, tuple[Segment, list[pa.Table], str]] = {}
+    ranges: list[LostRange] = []
+    expected = 1
+    for s in segs:
+        if s.first > expected and not lost.covers(p, expected, s.first - 1):
+            ranges.append(_lost(p, expected, s.first - 1, str(gen.relative_to(layout.root)), 0, "",
+                                "segment files for these positions are missing"))
+        expected = max(expected, s.last + 1)
+        why = _segment_damage(s)
+        if why is None:
+            continue
+        kept = _salvage_row_groups(s)
+        report.damage.append(f"{s.path}: {why}")
+        q = _quarantine(s.path, qdir, layout)
+        have = sorted(int(x) for t in kept for x in t.column("position").to_pylist())
+        for first, last in _missing(s.first, s.last, have):
+            ranges.append(_lost(p, first, last, str(s.path.relative_to(layout.root)), 0, q, why))
+        bad[s.path.name] = (s, kept, q)
+    _record(layout, ranges, report)
+    if not bad:
+        return
+    new_gen = pdir / f"gen-{SegmentSet._gen_number(gen) + 1:06d}"
+    if new_gen.exists():
+        shutil.rmtree(new_gen)
+    new_gen.mkdir()
+    for s in segs:
+        if s.path.name not in bad:
+            os.link(s.path, new_gen / s.path.name)
+            continue
+        for table in bad[s.path.name][1]:
+            pos = table.column("position").to_pylist()
+            write_segment(table, new_gen, pos[0], pos[-1])
+    fsync_dir(new_gen)
+    _swap_current(pdir, new_gen)
+    os.utime(gen)
+
+
+def _swap_current(pdir: Path, gen_dir: Path) -> None:
+    tmp = pdir / f".{CURRENT}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(gen_dir.name, tmp)
+    os.replace(tmp, pdir / CURRENT)
+    fsync_dir(pdir)
+
+
+def _segment_damage(s: Segment) -> str | None:
+    if s.crc is not None:
+        actual = file_crc32(s.path)
+        if actual != s.crc:
+            return f"CRC-32 {actual:08x} where its name says {s.crc:08x}"
+        return None
+    try:
+        pq.read_table(s.path, schema=ARROW_SCHEMA)
+    except (pa.ArrowException, OSError) as exc:
+        return f"cannot be read: {exc}"
+    return None
+
+
+def _salvage_row_groups(s: Segment) -> list[pa.Table]:
+    """Readable row groups whose positions check out, as runs of contiguous positions."""
+    try:
+        pf = pq.ParquetFile(s.path, page_checksum_verification=True)
+        groups = range(pf.num_row_groups)
+    except (pa.ArrowException, OSError):
+        return []
+    runs: list[pa.Table] = []
+    run: list[pa.Table] = []
+    next_pos = None
+    for g in groups:
+        try:
+            t = pf.read_row_group(g).cast(ARROW_SCHEMA)
+            pos = t.column("position").to_pylist()
+        except (pa.ArrowException, OSError, ValueError):
+            continue
+        if not pos or pos != list(range(pos[0], pos[0] + len(pos))) or pos[0] < s.first or pos[-1] > s.last:
+            continue
+        if run and pos[0] != next_pos:
+            runs.append(pa.concat_tables(run))
+            run = []
+        run.append(t)
+        next_pos = pos[-1] + 1
+    if run:
+        runs.append(pa.concat_tables(run))
+    return runs
+
+
+def _missing(first: int, last: int, have: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    want = first
+    for pos in have:
+        if pos > want:
+            out.append((want, pos - 1))
+        want = max(want, pos + 1)
+    if want <= last:
+        out.append((want, last))
+    return out
+
+
+def _lost(p: int, first: int, last: int, source: str, offset: int, quarantined: str, detail: str) -> LostRange:
+    return LostRange(partition=p, first=first, last=last, source=source, offset=offset, quarantined=quarantined,
+                     detail=detail, recorded_at=now_text())
+
+
+def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) -> None:
+    tail_dir = layout.tail_dir(p)
+    files = list_tail_files(tail_dir)
+    if not files:
+        return
+    scans = [scan_tail_file(path, i == len(files) - 1, first) for i, (first, path) in enumerate(files)]
+    ranges: list[LostRange] = []
+    rewrites: list[tuple[TailScan, int, str]] = []
+    for i, scan in enumerate(scans):
+        if not scan.damage and not scan.torn_bytes:
+            continue
+        first = files[i][0]
+        next_first = files[i + 1][0] if i + 1 < len(files) else None
+        q = _quarantine(scan.path, qdir, layout)
+        for d in scan.damage:
+            report.damage.append(d.describe())
+            last = d.last_lost
+            if last is None:
+                last = (next_first - 1) if next_first is not None else (scan.rows[-1][1] if scan.rows else d.first_lost)
+            if last >= d.first_lost:
+                lr = _lost(p, d.first_lost, last, str(scan.path.relative_to(layout.root)), d.offset, q, d.reason)
+                lr.aggregates = _from_damaged_bytes(scan, d)
+                ranges.append(lr)
+        if scan.torn_bytes:
+            report.torn_bytes_cut += scan.torn_bytes
+        rewrites.append((scan, first, q))
+    _record(layout, ranges, report)
+    for scan, first, _q in rewrites:
+        runs: list[list[Frame]] = []
+        for fr in scan.frames:
+            if runs and runs[-1][-1].first_position + len(runs[-1][-1].rows) == fr.first_position:
+                runs[-1].append(fr)
+            else:
+                runs.append([fr])
+        replaced = False
+        for run in runs:
+            name = tail_file_name(run[0].first_position)
+            _write_file_durably(tail_dir / name, _tail_bytes(run[0].first_position, run))
+            replaced = replaced or name == scan.path.name
+        if not replaced:
+            if scan.frames or scan.path != files[-1][1]:
+                scan.path.unlink()
+            else:  # the newest file held nothing valid: keep it, empty, for the next writer
+                _write_file_durably(scan.path, file_header(first))
+        fsync_dir(tail_dir)
+
+
+def _from_damaged_bytes(scan: TailScan, d: object) -> list[AffectedAggregate]:
+    """Best effort: aggregates named by rows still legible in the damaged bytes (unverified)."""
+    import json
+
+    off = getattr(d, "offset", 0)
+    end = getattr(d, "resume_offset", None) or scan.size
+    try:
+        data = scan.path.read_bytes()[off:end]
+    except OSError:
+        return []
+    out: dict[tuple[str, str], list[int]] = {}
+    start = data.find(b"[[")
+    while start >= 0:
+        try:
+            rows, _ = json.JSONDecoder().raw_decode(data[start:].decode("utf-8", "replace"))
+            for r in rows:
+                out.setdefault((str(r[COL["aggregate_type"]]), str(r[COL["aggregate_id"]])), []).append(int(r[COL["version"]]))
+            break
+        except (ValueError, TypeError, IndexError, KeyError):
+            start = data.find(b"[[", start + 1)
+    return [AffectedAggregate(aggregate_type=t, aggregate_id=i, versions=v, evidence="damaged bytes (unverified)")
+            for (t, i), v in sorted(out.items())]
+
+
+def _note_version_gaps(layout: StoreLayout, p: int, ranges: list[LostRange]) -> None:
+    """Aggregates whose surviving versions skip across a lost range: certainly affected."""
+    from .reader import read_partition
+
+    table = read_partition(layout, p).select(["aggregate_type", "aggregate_id", "version", "position"])
+    last: dict[tuple[str, str], int] = {}
+    gaps: dict[tuple[str, str], list[int]] = {}
+    for t, i, v, _pos in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+        prev = last.get((t, i), 0)
+        if v != prev + 1:
+            gaps.setdefault((t, i), []).extend(range(prev + 1, v))
+        last[(t, i)] = v
+    if not gaps:
+        return
+    all_ranges = LostRanges.load(layout.root).ranges
+    for r in all_ranges:
+        if any(r.partition == x.partition and r.first == x.first for x in ranges):
+            known = {(a.aggregate_type, a.aggregate_id) for a in r.aggregates if a.evidence == "version gap"}
+            for (t, i), versions in sorted(gaps.items()):
+                if (t, i) not in known:
+                    r.aggregates.append(AffectedAggregate(aggregate_type=t, aggregate_id=i, versions=versions,
+                                                          evidence="version gap"))
+    write_lost_ranges(layout.root, all_ranges)
+    for x in ranges:
+        for r in all_ranges:
+            if r.partition == x.partition and r.first == x.first:
+                x.aggregates = r.aggregates
+
+
+def accept_loss(root: str | os.PathLike[str], principal: str, reason: str, partition: int | None = None) -> list[LostRange]:
+    """Record an operator's acceptance of every unaccepted lost range (of one partition, if given)."""
+    if not principal.strip() or not reason.strip():
+        raise EsActorsError("accepting a loss needs a principal and a reason (they are recorded)")
+    layout = StoreLayout(Path(root).expanduser().resolve())
+    _descriptor(layout)
+    ranges = LostRanges.load(layout.root).ranges
+    changed = []
+    for r in ranges:
+        if r.accepted is None and (partition is None or r.partition == partition):
+            r.accepted = Acceptance(accepted_at=now_text(), principal=principal, reason=reason)
+            changed.append(r)
+    if changed:
+        write_lost_ranges(layout.root, ranges)
+    return changed
+
