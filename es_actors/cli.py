@@ -222,10 +222,6 @@ def check_contracts(
     sys.exit(0 if report.clean else 1)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _reading_store(store_path: str, address: str | None) -> Any:
     """A read-only store; joined to the Ray cluster at ``address`` (or $RAY_ADDRESS) when given,
     so queries and status come from the store's running projector."""
@@ -361,3 +357,7 @@ def upgrade(store_path: str) -> None:
     else:
         click.echo(f"{r.store}: format {r.from_version} -> {r.to_version}: {r.tail_files_rewritten} tail files "
                    f"rewritten, {r.segments_renamed} segments named with their CRC-32")
+
+
+if __name__ == "__main__":
+    main()

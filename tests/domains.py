@@ -143,3 +143,41 @@ class Tally(Aggregate[dict]):
     def evolve(cls, state: dict[Any, Any], event: Event) -> dict[Any, Any]:
         assert isinstance(event, Bumped)
         return {**state, event.key: state.get(event.key, 0) + 1}
+
+
+class Sync(Command):
+    break_next_sync: bool = False  # fault injection from inside the actor process: the next fdatasync fails
+
+
+class Synced(Event):
+    pass
+
+
+class SyncProbe(Aggregate[Count]):
+    """Lets a test make the partition actor's next fdatasync fail (EIO), from inside its process."""
+
+    commands = (Sync,)
+    events = (Synced,)
+
+    @classmethod
+    def initial_state(cls) -> Count:
+        return Count()
+
+    @classmethod
+    def decide(cls, state: Count, command: Sync) -> Sequence[Event]:
+        if command.break_next_sync:
+            import errno
+            import os
+
+            from es_actors.storage import wal
+
+            def fail_once(fd: int) -> None:
+                wal._fdatasync = os.fdatasync
+                raise OSError(errno.EIO, "Input/output error")
+
+            wal._fdatasync = fail_once
+        return [Synced()]
+
+    @classmethod
+    def evolve(cls, state: Count, event: Event) -> Count:
+        return Count(n=state.n + 1)

@@ -42,7 +42,7 @@ from es_actors.storage import partition_log, wal
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.partition_log import PartitionLog
 from es_actors.storage.reader import read_partition_rows
-from es_actors.storage.wal import list_tail_files, read_tail_file
+from es_actors.storage.wal import DurableMark, list_tail_files, read_tail_file
 from examples.bank import BankAccount, Deposit, OpenAccount
 
 REPO = Path(__file__).resolve().parents[1]
@@ -506,6 +506,9 @@ def test_torn_last_frame_is_cut_and_writing_continues(torn_base, data):
         shutil.copytree(root, copy, symlinks=True)
         layout = StoreLayout(copy)
         tail = layout.tail_dir(0) / name
+        mark = DurableMark(layout.tail_dir(0))  # a crash mid-write: the last frame was never published durable
+        mark.publish(durable[-1][POS], 1)
+        mark.close()
         with open(tail, "r+b") as f:
             f.truncate(cut)
             f.seek(0, os.SEEK_END)

@@ -11,9 +11,10 @@ are visible" sections:
 - a failure after the compaction swap cannot leave the in-memory generation stale:
   ``test_a_failure_after_the_compaction_swap_does_not_leave_the_generation_stale``;
 - after a failed fdatasync the partition stops, acknowledges nothing more, recovers from disk:
-  ``test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recovers``;
-- close() waits for a running seal/compaction before releasing the lock:
-  ``test_close_waits_for_a_running_seal_before_releasing_the_lock``;
+  ``test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recovers`` and
+  ``test_a_failed_log_stays_failed_when_its_tail_file_is_rotated``;
+- close() waits for a running seal or compaction before releasing the lock:
+  ``test_close_waits_for_a_running_seal_before_releasing_the_lock`` (seal and compaction);
 - only durable frames are visible (writer held between write and fdatasync):
   ``test_readers_do_not_see_a_frame_held_between_write_and_fdatasync``.
 """
@@ -209,7 +210,23 @@ def test_a_failure_after_the_compaction_swap_does_not_leave_the_generation_stale
 # -- 3. a failed fdatasync stops the writer -------------------------------------------------
 
 
-def test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recovers(store, monkeypatch):
+def fail_fdatasync(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """``wal._fdatasync`` raises EIO on its next ``times`` calls, then works again."""
+    calls: list[int] = []
+
+    def flaky(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) <= times:
+            raise OSError(errno.EIO, "injected fdatasync failure")
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(wal, "_fdatasync", flaky)
+    return calls
+
+
+# times=1: the frame's sync fails, the cut-back's sync works; times=2: both fail
+@pytest.mark.parametrize("times", [1, 2])
+def test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recovers(store, monkeypatch, times):
     layout, open_log = store
     tail_dir = layout.tail_dir(0)
     plog = open_log(seal_rows=10**6)
@@ -217,15 +234,14 @@ def test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recove
     plog.append(rows(3, 4))
     assert plog.failed is None
 
-    wrapper, fired = fail_once(wal._fdatasync, lambda fd: True)
-    monkeypatch.setattr(wal, "_fdatasync", wrapper)
+    calls = fail_fdatasync(monkeypatch, times)
     with pytest.raises(StorageError):
         plog.append(rows(5, 7))
-    assert fired.is_set()
+    assert calls, "the fault was never injected"
     assert plog.failed, "a failed fdatasync must mark the log failed"
     assert plog.next_position == 5, "the failed batch must not advance the position"
 
-    # fdatasync works again (the hook only failed once), but nothing more is acknowledged
+    # fdatasync works again now, but nothing more is acknowledged
     for _ in range(3):
         with pytest.raises(StorageError):
             plog.append(rows(5, 7))
@@ -255,43 +271,74 @@ def test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recove
     assert read_partition_rows(layout, 0) == rows(1, 8)
 
 
+def test_a_failed_log_stays_failed_when_its_tail_file_is_rotated(store, monkeypatch):
+    """The failure belongs to the owner, not to one tail file: sealing (which starts a new tail
+    file) must not turn a stopped log back into one that acknowledges appends."""
+    layout, open_log = store
+    plog = open_log(seal_rows=10**6)
+    plog.append(rows(1, 4))
+    fail_fdatasync(monkeypatch, 1)
+    with pytest.raises(StorageError):
+        plog.append(rows(5, 7))
+    assert plog.failed
+    try:
+        plog.seal_all(timeout_s=10)  # may refuse (StorageError) or seal what was acknowledged
+    except StorageError:
+        pass
+    assert plog.failed, "rotating the tail file cleared the failure"
+    with pytest.raises(StorageError):
+        plog.append(rows(5, 7))
+    plog.close()
+    again = open_log(seal_rows=10**6)
+    assert again.next_position == 5 and read_partition_rows(layout, 0) == rows(1, 4)
+
+
 # -- 4. close() waits for the sealer --------------------------------------------------------
 
 
-def test_close_waits_for_a_running_seal_before_releasing_the_lock(store, monkeypatch):
+@pytest.mark.parametrize("slow", ["seal", "compaction"])
+def test_close_waits_for_a_running_seal_before_releasing_the_lock(store, monkeypatch, slow):
     layout, open_log = store
-    tail_dir = layout.tail_dir(0)
-    plog = open_log(seal_rows=10**6)
+    tail_dir, log_dir = layout.tail_dir(0), layout.log_dir(0)
+    settings = dict(seal_rows=10**6, compact_small_rows=8, compact_min_run=2)
+    plog = open_log(**settings)
     plog.append(rows(1, 5))
+    if slow == "compaction":  # a first small segment, so the next seal starts a compaction
+        plog.seal_all(timeout_s=10)
+        plog.append(rows(6, 10))
 
     started = threading.Event()
-    orig_write_segment = segments.write_segment
+    orig_write_table = segments.pq.write_table
 
-    def slow_write_segment(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        time.sleep(1.0)
-        return orig_write_segment(*args, **kwargs)
+    def slow_write_table(table: Any, where: Any, *args: Any, **kwargs: Any) -> Any:
+        if slow == "seal" or Path(where).parent.name != "gen-000001":  # compaction writes the next gen
+            started.set()
+            time.sleep(1.0)
+        return orig_write_table(table, where, *args, **kwargs)
 
-    monkeypatch.setattr(segments, "write_segment", slow_write_segment)
+    monkeypatch.setattr(segments.pq, "write_table", slow_write_table)
     plog.rotate()  # hands the tail file to the sealer, which starts at once
-    assert started.wait(5), "the sealer did not start"
+    assert started.wait(5), f"the {slow} did not start"
 
     closer = threading.Thread(target=plog.close, name="closer")
     closer.start()
     time.sleep(0.1)
-    assert closer.is_alive(), "close() returned while a seal was still running"
+    assert closer.is_alive(), f"close() returned while a {slow} was still running"
     with pytest.raises(WriterFenced):
         acquire_partition_lock(tail_dir, 0)  # a new owner must not get in while the sealer writes
-    assert closer.is_alive(), "the lock check did not happen while the seal was running"
+    assert closer.is_alive(), f"the lock check did not happen while the {slow} was running"
     closer.join(10)
     assert not closer.is_alive()
 
     fd = acquire_partition_lock(tail_dir, 0)  # released once close() returned
     os.close(fd)
-    assert current_segment_ranges(layout) == [(1, 5)], "the running seal was completed, not abandoned"
-    assert read_partition_rows(layout, 0) == rows(1, 5)
-    again = open_log(seal_rows=10**6)
-    assert again.next_position == 6 and again.unsealed_rows() == []
+    last = 5 if slow == "seal" else 10
+    if slow == "compaction":
+        assert resolve_current(log_dir) == log_dir / "gen-000002", "the running compaction was abandoned"
+    assert current_segment_ranges(layout) == [(1, last)], "the running seal was not completed"
+    assert read_partition_rows(layout, 0) == rows(1, last)
+    again = open_log(**settings)
+    assert again.next_position == last + 1 and again.unsealed_rows() == []
 
 
 # -- 5. the durable mark ------------------------------------------------------------------

@@ -35,8 +35,8 @@ from typing import Any
 from ..errors import StorageError, StoreCorrupted
 
 FILE_MAGIC = b"ESWAL\x00\x02\n"
-_FILE_HEADER = struct.Struct("<8sQI")  # magic, first position, crc32 of the 16 bytes before
-FILE_HEADER_SIZE = _FILE_HEADER.size + 4  # padded to 24 bytes
+_FILE_HEADER = struct.Struct("<8sQII")  # magic, first position, reserved (0), crc32 of the 20 bytes before
+FILE_HEADER_SIZE = _FILE_HEADER.size  # 24 bytes
 FRAME_MAGIC = 0x57AF_E5A1
 _FRAME_MAGIC_BYTES = struct.pack("<I", FRAME_MAGIC)
 _FRAME = struct.Struct("<IIQII")  # magic, payload length, first position, row count, payload crc
@@ -69,8 +69,8 @@ def list_tail_files(directory: Path) -> list[tuple[int, Path]]:
 
 
 def file_header(first_position: int) -> bytes:
-    head = FILE_MAGIC + struct.pack("<Q", first_position)
-    return head + struct.pack("<I", zlib.crc32(head)) + b"\x00" * 4
+    head = FILE_MAGIC + struct.pack("<QI", first_position, 0)  # the 4 reserved bytes are checked too
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def encode_frame(rows: list[Row] | list[list[Any]], first_position: int | None = None) -> bytes:
@@ -188,8 +188,8 @@ def scan_tail_bytes(path: Path, data: bytes, newest: bool, expected_first: int |
     if not data.startswith(FILE_MAGIC) and _next_valid_frame(data, -1) is None:
         return _scan_v1(path, data, newest, expected_first)
     scan = TailScan(path, 2, len(data))
-    magic, first, hcrc = _FILE_HEADER.unpack_from(data.ljust(FILE_HEADER_SIZE, b"\x00"), 0)
-    header_ok = magic == FILE_MAGIC and zlib.crc32(data[:16]) == hcrc
+    magic, first, _reserved, hcrc = _FILE_HEADER.unpack_from(data.ljust(FILE_HEADER_SIZE, b"\x00"), 0)
+    header_ok = magic == FILE_MAGIC and zlib.crc32(data[:20]) == hcrc
     if not header_ok or (expected_first is not None and first != expected_first):
         # The frames carry their own positions: the header's damage loses none of them.
         known = expected_first if expected_first is not None else 0
