@@ -207,6 +207,39 @@ def test_a_failure_after_the_compaction_swap_does_not_leave_the_generation_stale
     assert read_partition_rows(layout, 0) == rows(1, 15)
 
 
+def test_a_compaction_that_fails_before_its_swap_is_redone_by_the_next_one(store, monkeypatch):
+    """Companion case: the merged file of the next generation is renamed, its directory fsync
+    fails; ``current`` was not swapped, so the writer stays in the old generation, and the next
+    compaction rebuilds the half-built one."""
+    layout, open_log = store
+    log_dir = layout.log_dir(0)
+    settings = dict(seal_rows=10**6, compact_small_rows=8, compact_min_run=2)
+    plog = open_log(**settings)
+    plog.append(rows(1, 5))
+    plog.seal_all(timeout_s=10)
+    wrapper, fired = fail_once(segments.fsync_dir, lambda d: in_sealer() and Path(d).name == "gen-000002")
+    monkeypatch.setattr(segments, "fsync_dir", wrapper)
+    plog.append(rows(6, 10))
+    plog.seal_all(timeout_s=10)
+    assert fired.wait(5), "the compaction never ran"
+    wait_for(lambda: plog.seal_error is not None)
+    assert resolve_current(log_dir) == log_dir / "gen-000001"
+    assert plog.segments.gen_dir == resolve_current(log_dir)
+    assert [(s.first, s.last) for s in plog.segments.segments] == [(1, 5), (6, 10)]
+    assert positions(read_partition_rows(layout, 0)) == list(range(1, 11))
+
+    plog.append(rows(11, 15))
+    plog.seal_all(timeout_s=10)
+    plog.close()  # waits for the compaction the seal started
+    assert read_partition_rows(layout, 0) == rows(1, 15)
+    assert_each_position_sealed_once(layout, 15)
+    again = open_log(**settings)
+    assert again.next_position == 16 and again.unsealed_rows() == []
+    assert again.segments.gen_dir == resolve_current(log_dir)
+    again.close()
+    assert read_partition_rows(layout, 0) == rows(1, 15)
+
+
 # -- 3. a failed fdatasync stops the writer -------------------------------------------------
 
 
@@ -248,6 +281,8 @@ def test_after_a_failed_fdatasync_nothing_more_is_acknowledged_and_reopen_recove
     assert plog.failed
     assert plog.next_position == 5
     assert positions(read_partition_rows(layout, 0)) == [1, 2, 3, 4]
+    batch = LogFollower(layout, 0, after=0).poll()
+    assert batch is not None and (batch.first, batch.last) == (1, 4)
     assert wal.DurableMark.read(tail_dir) == 4
     (_first, tail), = list_tail_files(tail_dir)
     file_rows, valid_end, size = read_tail_file(tail)
