@@ -31,6 +31,7 @@ from .config import StoreConfig
 from .domain import Aggregate, DomainRegistry
 from .errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from .projection import Projection
+from .queries import query_request
 from .readmodel import ReadModel
 from .records import ARROW_SCHEMA
 from .storage.follower import Batch, LogFollower
@@ -416,9 +417,12 @@ class ProjectorActor:
             st.parked = self.rm.dead_letters(name).num_rows
         return out
 
-    def query(self, sql: str, timeout_s: float | None = None) -> Any:
+    def query(self, sql: str, timeout_s: float | None = None, params: Any = None) -> Any:
+        """A read-only query (checked before it runs, cancelled at its timeout: ``None`` is this
+        projector's ``query_timeout_s``; result capped), on its own cursor."""
+        req = query_request(sql, params, timeout_s, self.config)
         files, tail = log_snapshot(self.layout, self.partitions)
-        return self.rm.query(sql, files, tail, timeout_s if timeout_s is not None else self.config.query_timeout_s)
+        return self.rm.query(req, files, tail)
 
     def close(self) -> None:
         self._stop = True

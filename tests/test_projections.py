@@ -517,10 +517,12 @@ def test_queries_are_read_only(store_factory, tmp_path):
     r = store.aggregate(BankAccount, "q-0").submit(Deposit(amount=3))
     store.wait_for("balances", r, timeout=30)
     assert read_model(store, "balances") == replay(store)
-    # files under the store can be read (that is how `events` works)
+    # files are read through `events` only, even the store's own (ADR-010)
     sealed = store.sealed_files()
     assert sealed, "seal_rows=10 should have sealed something"
-    assert store.query(f"SELECT count(*) AS n FROM read_parquet('{sealed[0]}')").to_pylist()[0]["n"] > 0
+    for sql in (f"SELECT count(*) AS n FROM read_parquet('{sealed[0]}')", f"SELECT count(*) AS n FROM '{sealed[0]}'"):
+        with pytest.raises(QueryRefused):
+            store.query(sql)
     # events: every durable event, sealed or not, before close
     n_events = len(log_events(store))
     assert store.query("SELECT count(*) AS n FROM events").to_pylist() == [{"n": n_events}]
