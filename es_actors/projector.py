@@ -32,7 +32,7 @@ from .domain import Aggregate, DomainRegistry
 from .errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from .projection import Projection
 from .queries import query_request
-from .readmodel import ReadModel
+from .readmodel import ReadModel, bisect_batch
 from .records import ARROW_SCHEMA
 from .storage.follower import Batch, LogFollower
 from .storage.layout import StoreLayout
@@ -70,17 +70,6 @@ class ProjectionState:
     #: pause waits for it, and two threads never use the cursor at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiters: int = 0  # Ray calls waiting for ``lock``: the loop lets them have it between batches
-
-
-def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
-    """Positions first..last of a batch (same source)."""
-    if batch.table is not None:
-        pos = batch.table.column("position")
-        import pyarrow.compute as pc
-
-        t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
-        return Batch(batch.partition, first, last, table=t)
-    return Batch(batch.partition, first, last, files=list(batch.files))
 
 
 class _ProjectionMetrics:
@@ -226,6 +215,10 @@ class ProjectorActor:
                 st.next_retry_at = time.monotonic() + p.retry_backoff_s * 2 ** (st.attempts - 1)
                 return False
             if p.on_error == "halt":
+                named = self.rm.locate_failure(p, batch)  # name the event in the error the halt shows
+                if named is not None:
+                    st.last_error = f"partition {batch.partition} positions {batch.first}..{batch.last}: {named}"
+                    log.warning("projection %s halts: %s", p.name, st.last_error)
                 st.halted = True
                 self._notify()
                 return False

@@ -372,3 +372,21 @@ def test_bound_parameters_on_both_paths(bank):
         with pytest.raises(QueryFailed):
             q.query("SELECT ?, ?", ["only one"])
         assert _snapshot(q) == before
+
+
+def test_cli_query_binds_params(bank):
+    from click.testing import CliRunner
+
+    from es_actors.cli import main
+
+    bank.close()
+    run = CliRunner().invoke
+    sql = "SELECT account, balance FROM balances WHERE account = ? AND balance >= ?"
+    out = run(main, ["query", sql, "--store", str(bank.root), "--json", "-p", "a-1", "-p", "20"])
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line) for line in out.output.splitlines()] == [{"account": "a-1", "balance": 20}]
+    out = run(main, ["query", "SELECT $acc AS a, $n AS n", "--store", str(bank.root), "--json", "-p", "acc=a-1", "-p", "n=3"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == {"a": "a-1", "n": 3}
+    out = run(main, ["query", "SELECT * FROM read_csv('/etc/passwd')", "--store", str(bank.root)])
+    assert out.exit_code != 0 and "QueryRefused" in out.output
