@@ -248,15 +248,21 @@ def _reading_store(store_path: str, address: str | None) -> Any:
 @click.argument("sql")
 @click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
 @_address_option
-@click.option("--timeout", default=None, type=float, help="Cancel the query after this many seconds.")
+@click.option("--timeout", default=None, type=float, help="Cancel the query after this many seconds (default: query_timeout_s).")
+@click.option(
+    "--param", "-p", "param", multiple=True, metavar="VALUE|NAME=VALUE",
+    help="Bind VALUE to the next ? (or NAME=VALUE to $NAME; all one way or the other); repeatable. JSON "
+    "values (5, true, '\"a=b\"') keep their type, anything else is text.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row.")
-def query(sql: str, store_path: str, address: str | None, timeout: float | None, as_json: bool) -> None:
+def query(sql: str, store_path: str, address: str | None, timeout: float | None, param: tuple[str, ...], as_json: bool) -> None:
     """Run one read-only SQL query over the read models and `events` (every durable event)."""
     from .errors import EsActorsError
 
+    params = _query_params(param)
     store = _reading_store(store_path, address)
     try:
-        table = store.query(sql, timeout=timeout)
+        table = store.query(sql, params, timeout=timeout)
     except EsActorsError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     rows = table.to_pylist()
@@ -268,6 +274,28 @@ def query(sql: str, store_path: str, address: str | None, timeout: float | None,
     for line in _table(table.column_names, [[r[c] for c in table.column_names] for r in rows], numeric):
         click.echo(line)
     click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def _query_params(values: tuple[str, ...]) -> list[Any] | dict[str, Any] | None:
+    """``--param`` values: all positional, or all NAME=VALUE (DuckDB does not mix them)."""
+    import re
+
+    if not values:
+        return None
+    named = [re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", v, re.S) for v in values]
+    if all(named):
+        return {m.group(1): _param_value(m.group(2)) for m in named if m}
+    if any(named) and not all(named):
+        raise click.BadParameter("give every --param as NAME=VALUE, or none", param_hint="--param")
+    return [_param_value(v) for v in values]
+
+
+def _param_value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (str, int, float, bool)) or value is None else text
 
 
 def pa_is_numeric(t: Any) -> bool:

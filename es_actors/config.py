@@ -46,4 +46,11 @@ class StoreConfig(BaseModel):
     projection_stall_s: float = Field(
         10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
     )
-    query_timeout_s: float = Field(60.0, gt=0, description="Queries running longer are cancelled.")
+    query_timeout_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False,
+        description="Queries running longer are cancelled (the default when a query gives no timeout).",
+    )
+    query_max_rows: int = Field(1_000_000, ge=1, description="Most rows a query may return (else QueryTooLarge)...")
+    query_max_bytes: int = Field(
+        256 << 20, ge=1, description="...and most bytes (Arrow buffers) its result may take."
+    )

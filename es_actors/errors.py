@@ -99,8 +99,18 @@ class ProjectionTimeout(EsActorsError):
 
 
 class QueryRefused(EsActorsError):
-    """A query tried to write, attach, copy, load, or read outside the store."""
+    """A query was refused before it ran: it is not one read-only SELECT, calls a function
+    that is not allowed (runs SQL, touches files, settings or state), reads a file by path,
+    or its arguments (timeout, params) are invalid. Nothing ran (ADR-010)."""
 
 
 class QueryFailed(EsActorsError):
     """A query failed (syntax, missing table, timeout); the message is DuckDB's."""
+
+
+class QueryTimeout(QueryFailed, TimeoutError):
+    """A query ran past its timeout and was cancelled."""
+
+
+class QueryTooLarge(QueryFailed):
+    """A query's result passed the configured cap (``query_max_rows`` / ``query_max_bytes``)."""

@@ -31,7 +31,8 @@ from .config import StoreConfig
 from .domain import Aggregate, DomainRegistry
 from .errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from .projection import Projection
-from .readmodel import ReadModel
+from .queries import query_request
+from .readmodel import ReadModel, bisect_batch
 from .records import ARROW_SCHEMA
 from .storage.follower import Batch, LogFollower
 from .storage.layout import StoreLayout
@@ -70,17 +71,6 @@ class ProjectionState:
     #: pause waits for it, and two threads never use the cursor at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiters: int = 0  # Ray calls waiting for ``lock``: the loop lets them have it between batches
-
-
-def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
-    """Positions first..last of a batch (same source)."""
-    if batch.table is not None:
-        pos = batch.table.column("position")
-        import pyarrow.compute as pc
-
-        t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
-        return Batch(batch.partition, first, last, table=t)
-    return Batch(batch.partition, first, last, files=list(batch.files))
 
 
 class _ProjectionMetrics:
@@ -226,6 +216,10 @@ class ProjectorActor:
                 st.next_retry_at = time.monotonic() + p.retry_backoff_s * 2 ** (st.attempts - 1)
                 return False
             if p.on_error == "halt":
+                named = self.rm.locate_failure(p, batch)  # name the event in the error the halt shows
+                if named is not None:
+                    st.last_error = f"partition {batch.partition} positions {batch.first}..{batch.last}: {named}"
+                    log.warning("projection %s halts: %s", p.name, st.last_error)
                 st.halted = True
                 self._notify()
                 return False
@@ -417,9 +411,12 @@ class ProjectorActor:
             st.parked = self.rm.dead_letters(name).num_rows
         return out
 
-    def query(self, sql: str, timeout_s: float | None = None) -> Any:
+    def query(self, sql: str, timeout_s: float | None = None, params: Any = None) -> Any:
+        """A read-only query (checked before it runs, cancelled at its timeout: ``None`` is this
+        projector's ``query_timeout_s``; result capped), on its own cursor."""
+        req = query_request(sql, params, timeout_s, self.config)
         files, tail = log_snapshot(self.layout, self.partitions)
-        return self.rm.query(sql, files, tail, timeout_s if timeout_s is not None else self.config.query_timeout_s)
+        return self.rm.query(req, files, tail)
 
     def close(self) -> None:
         self._stop = True

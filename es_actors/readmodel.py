@@ -12,8 +12,8 @@ dead letters, written by the projector and queried read-only (ADR-004).
 DuckDB lets one process open the file for writing; the projector actor is that process and
 runs queries on their own cursors (concurrent with projection, MVCC). The connection may
 only touch files under the store (``allowed_directories``, external access off,
-configuration locked), and queries must be single SELECT statements, run in a transaction
-that is rolled back.
+configuration locked); queries are checked on their parse tree before they run and run in a
+transaction that is rolled back (es_actors.queries, ADR-010).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +30,8 @@ import pyarrow.compute as pc
 
 from .domain import DomainRegistry
 from .errors import EsActorsError, QueryFailed, QueryRefused
+from .queries import QueryRequest, run_query
+from .query_guard import database_functions
 from .projection import Projection, PythonProjection, SqlProjection
 from .records import ARROW_SCHEMA, COL, RecordedEvent, event_where, rows_to_table, table_to_rows
 from .storage.follower import Batch
@@ -70,22 +71,6 @@ def connect_restricted(database: str, root: Path, read_only: bool = False) -> du
     return con
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """One SELECT statement (SELECT, WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE), nothing else."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryFailed(str(exc)) from None
-    if len(statements) != 1:
-        raise QueryRefused(f"give exactly one statement, not {len(statements)}")
-    kind = str(statements[0].type).rsplit(".", 1)[-1]
-    if kind != "SELECT":
-        raise QueryRefused(
-            f"queries are read-only: {kind} statements are refused (only SELECT-like statements run; "
-            "read models change only through projections)"
-        )
-
-
 class ReadModel:
     def __init__(self, root: Path, registry: DomainRegistry, projections: Sequence[type[Projection]]) -> None:
         self.root = root
@@ -100,6 +85,8 @@ class ReadModel:
         self.cursors: dict[str, duckdb.DuckDBPyConnection] = {}
         for p in projections:
             self._ensure(p)
+        #: Macros the projections' set-up created: queries may not call them (query_guard).
+        self.defined_functions = database_functions(self.con)
 
     # -- projection set-up ----------------------------------------------------------------
 
@@ -194,6 +181,43 @@ class ReadModel:
                 cur.execute("ROLLBACK")
                 raise
         raise AssertionError("unreachable")
+
+    def locate_failure(self, p: type[Projection], batch: Batch) -> str | None:
+        """Name the event a failing batch fails on, for the projection's error: the first event
+        whose inclusion makes a prefix of the batch fail, found by bisection, each trial in a
+        transaction that is rolled back (log2(n) + 2 trials; run only before halting). None if
+        the batch no longer fails."""
+        cur = self.cursors[p.name]
+
+        def trial(first: int, last: int) -> BaseException | None:
+            cur.execute("BEGIN")
+            try:
+                self._apply_in_txn(cur, p, bisect_batch(batch, first, last))
+                return None
+            except Exception as exc:
+                return exc
+            finally:
+                cur.execute("ROLLBACK")
+
+        error = trial(batch.first, batch.last)
+        if error is None:
+            return None
+        lo, hi = batch.first, batch.last  # invariant: the prefix first..hi fails, with ``error``
+        while lo < hi:
+            mid = (lo + hi) // 2
+            e = trial(batch.first, mid)
+            if e is None:
+                lo = mid + 1
+            else:
+                hi, error = mid, e
+        rows = bisect_batch(batch, hi, hi).to_table().to_pylist()
+        if not rows:
+            return None
+        r = rows[0]
+        alone = hi == batch.first or trial(hi, hi) is not None
+        where = event_where(r["partition"], r["position"], r["aggregate_type"], r["aggregate_id"], r["version"])
+        how = "" if alone else f" (with the events before it from position {batch.first})"
+        return f"event {r['event_type']} at {where}{how}: {type(error).__name__}: {error}"
 
     def apply_many(self, p: type[Projection], batches: Sequence[Batch]) -> int:
         """Several partitions' tail batches as one relation and one transaction, each partition's
@@ -358,10 +382,11 @@ class ReadModel:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def query(self, sql: str, events_files: list[str], events_tail: pa.Table, timeout_s: float | None) -> pa.Table:
+    def query(self, req: QueryRequest, events_files: list[str], events_tail: pa.Table) -> pa.Table:
+        """A read-only query on its own cursor (concurrent with projection), see es_actors.queries."""
         cur = self.con.cursor()
         try:
-            return run_query(cur, sql, events_files, events_tail, timeout_s)
+            return run_query(cur, req, events_files, events_tail, self.defined_functions)
         finally:
             cur.close()
 
@@ -374,38 +399,13 @@ class ReadModel:
         self.con.close()
 
 
-def run_query(cur: duckdb.DuckDBPyConnection, sql: str, events_files: list[str], events_tail: pa.Table, timeout_s: float | None) -> pa.Table:
-    """A read-only query on its own cursor, with ``events`` = sealed files + durable tail rows."""
-    check_read_only(cur, sql)
-    cur.register("_es_tail", events_tail)
-    sealed = (
-        f"SELECT * FROM read_parquet([{', '.join(_sql_str(f) for f in events_files)}]) UNION ALL BY NAME "
-        if events_files
-        else ""
-    )
-    cur.execute(f"CREATE OR REPLACE TEMP VIEW events AS {sealed}SELECT * FROM _es_tail")
-    timer = None
-    if timeout_s:
-        timer = threading.Timer(timeout_s, cur.interrupt)
-        timer.daemon = True
-        timer.start()
-    t0 = time.monotonic()
-    cur.execute("BEGIN")
-    try:
-        return _fetch_arrow(cur, sql)
-    except duckdb.InterruptException:
-        raise QueryFailed(f"query cancelled after {time.monotonic() - t0:.1f} s (timeout {timeout_s} s)") from None
-    except duckdb.PermissionException as exc:
-        raise QueryRefused(f"{exc} (queries may read files under the store only)") from None
-    except duckdb.Error as exc:
-        raise QueryFailed(str(exc)) from None
-    finally:
-        if timer is not None:
-            timer.cancel()
-        try:
-            cur.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
+def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
+    """Positions first..last of a batch (same source)."""
+    if batch.table is not None:
+        pos = batch.table.column("position")
+        t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
+        return Batch(batch.partition, first, last, table=t)
+    return Batch(batch.partition, first, last, files=list(batch.files))
 
 
 def upcast_table(cur: duckdb.DuckDBPyConnection, table: pa.Table, registry: DomainRegistry) -> pa.Table:

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Generic, Mapping, Sequence, TypeVar
 
 from .channel import ResultSlot
 from .config import StoreConfig
@@ -309,27 +309,58 @@ class Store:
 
     # -- the read side ----------------------------------------------------------------------
 
-    def query(self, sql: str, *, timeout: float | None = None, output: str = "arrow") -> Any:
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        output: str = "arrow",
+    ) -> Any:
         """Read-only DuckDB SQL over the read models and ``events`` (every durable event).
 
-        Returns an Arrow table (``output="pandas"`` or ``"polars"`` converts). Runs in the
-        projector when one runs; otherwise in this process (read models included if no
+        ``params`` are bound, never spliced: a list for ``?`` / ``$1`` placeholders, a dict for
+        ``$name``. ``timeout`` is seconds > 0, ``None`` for ``query_timeout_s``. The result is
+        capped at ``query_max_rows`` / ``query_max_bytes`` (QueryTooLarge). A query that could
+        write, run other SQL or touch files or settings is refused before it runs (QueryRefused,
+        ADR-010). Returns an Arrow table (``output="pandas"`` or ``"polars"`` converts). Runs
+        in the projector when one runs; otherwise in this process (read models included if no
         projector holds their file).
         """
+        from .queries import query_request
+
+        req = query_request(sql, params, timeout, self.config)  # refused here, before any call
         projector = self._find_projector()
         if projector is not None:
-            table = self._ray_call_projector(projector, "query", sql, timeout)
+            table = self._query_projector(projector, req)
         else:
-            table = self._query_here(sql, timeout)
+            table = self._query_here(req)
         return _convert_table(table, output)
 
-    def _query_here(self, sql: str, timeout: float | None) -> Any:
+    #: How long past a query's timeout the caller waits for the projector's answer (queueing
+    #: behind other calls, moving the result) before it gives up.
+    QUERY_ANSWER_GRACE_S = 10.0
+
+    def _query_projector(self, projector: Any, req: Any) -> Any:
+        import ray
+
+        from .errors import QueryTimeout
+
+        wait_s = req.timeout_s + self.QUERY_ANSWER_GRACE_S
+        try:
+            return self._ray_call_projector(projector, "query", req.sql, req.timeout_s, req.params, wait_s=wait_s)
+        except ray.exceptions.GetTimeoutError:
+            raise QueryTimeout(
+                f"no answer from the projector within {wait_s:.1f} s (query timeout {req.timeout_s} s)"
+            ) from None
+
+    def _query_here(self, req: Any) -> Any:
         import duckdb
 
-        from .readmodel import connect_restricted, readmodel_path, run_query
+        from .errors import QueryFailed
+        from .queries import run_query
+        from .readmodel import connect_restricted, readmodel_path
         from .storage.reader import log_snapshot
-
-        from .readmodel import QueryFailed
 
         path = readmodel_path(self.layout.root)
         con, held = None, False
@@ -341,10 +372,10 @@ class Store:
         con = con or connect_restricted(":memory:", self.layout.root)
         try:
             files, tail = log_snapshot(self.layout, self.descriptor.partitions)
-            return run_query(con.cursor(), sql, files, tail, timeout or self.config.query_timeout_s)
+            return run_query(con.cursor(), req, files, tail)
         except QueryFailed as exc:
             if held:
-                raise QueryFailed(
+                raise type(exc)(
                     f"{exc} (only `events` is readable here: the read models are held by a running projector; "
                     "join its Ray cluster, e.g. --address or RAY_ADDRESS)"
                 ) from None
@@ -372,9 +403,10 @@ class Store:
     def _call_projector(self, method: str, *args: Any) -> Any:
         return self._ray_call_projector(self._projector_or_raise(), method, *args)
 
-    def _ray_call_projector(self, projector: Any, method: str, *args: Any) -> Any:
+    def _ray_call_projector(self, projector: Any, method: str, *args: Any, wait_s: float | None = None) -> Any:
         """Call the projector, waiting out its restart after a crash (every read-side call is
-        safe to repeat) for up to ``retry_deadline_s``."""
+        safe to repeat) for up to ``retry_deadline_s``; each answer for up to ``wait_s`` (then
+        the call is cancelled and GetTimeoutError raised)."""
         import time
 
         import ray
@@ -383,8 +415,15 @@ class Store:
 
         deadline = time.monotonic() + self.config.retry_deadline_s
         while True:
+            ref = getattr(projector, method).remote(*args)
             try:
-                return ray.get(getattr(projector, method).remote(*args))
+                return ray.get(ref, timeout=wait_s)
+            except ray.exceptions.GetTimeoutError:
+                try:
+                    ray.cancel(ref)  # if still queued; a running query ends at its own deadline
+                except Exception:
+                    pass
+                raise
             except EsActorsError as exc:
                 raise unwrap_actor_error(exc) from None
             except ray.exceptions.ActorUnavailableError:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 
 from es_actors import Aggregate, Command, Event
-from es_actors.projection import PythonProjection
+from es_actors.projection import PythonProjection, SqlProjection
 from es_actors.records import RecordedEvent
 from examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
 from examples.bank_projections import Balances, BalancesPy
@@ -134,3 +134,31 @@ class LegacyBankAccount(Aggregate[int]):
     @classmethod
     def evolve(cls, state: int, event: Event) -> int:
         return state + 1
+
+
+# -- projections that fail on one event (a deposit of 13), to see the halt name that event ----
+
+
+class UnluckySql(SqlProjection):
+    name = "unlucky_sql"
+    event_types = (MoneyDeposited,)
+    max_attempts = 1
+    retry_backoff_s = 0.01
+    setup = "CREATE TABLE unlucky_sql (account VARCHAR, amount BIGINT)"
+    apply = """INSERT INTO unlucky_sql SELECT aggregate_id, CASE WHEN (payload->>'amount')::BIGINT = 13
+               THEN error('unlucky amount') ELSE (payload->>'amount')::BIGINT END FROM batch"""
+
+
+class UnluckyPy(PythonProjection):
+    name = "unlucky_py"
+    event_types = (MoneyDeposited,)
+    max_attempts = 1
+    retry_backoff_s = 0.01
+    setup = "CREATE TABLE unlucky_py (account VARCHAR, amount BIGINT)"
+
+    @classmethod
+    def handle(cls, db: Any, events: Sequence[RecordedEvent]) -> None:
+        for e in events:
+            if e.event.amount == 13:
+                raise ValueError("unlucky amount")
+            db.execute("INSERT INTO unlucky_py VALUES (?, ?)", [e.aggregate_id, e.event.amount])

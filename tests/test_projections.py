@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -50,6 +51,8 @@ from tests.projection_domains import (
     SameTableAsBalances,
     SmallBatchBalances,
     SmallBatchBalancesPy,
+    UnluckyPy,
+    UnluckySql,
     flagged_projection,
 )
 
@@ -517,10 +520,12 @@ def test_queries_are_read_only(store_factory, tmp_path):
     r = store.aggregate(BankAccount, "q-0").submit(Deposit(amount=3))
     store.wait_for("balances", r, timeout=30)
     assert read_model(store, "balances") == replay(store)
-    # files under the store can be read (that is how `events` works)
+    # files are read through `events` only, even the store's own (ADR-010)
     sealed = store.sealed_files()
     assert sealed, "seal_rows=10 should have sealed something"
-    assert store.query(f"SELECT count(*) AS n FROM read_parquet('{sealed[0]}')").to_pylist()[0]["n"] > 0
+    for sql in (f"SELECT count(*) AS n FROM read_parquet('{sealed[0]}')", f"SELECT count(*) AS n FROM '{sealed[0]}'"):
+        with pytest.raises(QueryRefused):
+            store.query(sql)
     # events: every durable event, sealed or not, before close
     n_events = len(log_events(store))
     assert store.query("SELECT count(*) AS n FROM events").to_pylist() == [{"n": n_events}]
@@ -868,3 +873,25 @@ def test_version_bump_rebuilds_from_the_log(store_factory):
     for r in store.projection_status():
         applied[r["projection"]] += r["applied"]
     assert applied == {"balances": n_consumed, "balances_py": 0}  # v2 was rebuilt, the other kept
+
+
+def test_a_halted_projection_names_the_event_it_fails_on(store_factory):
+    """A batch that fails names the failing event (partition, position, aggregate, type), for SQL
+    and Python projections alike, in the status and in the ProjectionHalted a waiter gets."""
+    store = store_factory("unlucky", partitions=2, projections=[UnluckySql, UnluckyPy])
+    for name in ("unlucky_sql", "unlucky_py"):
+        store.pause(name)  # the events below then reach each projection as one batch
+    open_accounts(store, ["u-1", "u-2"])
+    results = [store.aggregate(BankAccount, a).submit(Deposit(amount=n)) for a, n in
+               [("u-1", 1), ("u-2", 2), ("u-1", 3), ("u-2", 4), ("u-1", 13), ("u-2", 5), ("u-1", 6)]]
+    bad = results[4]
+    ((partition, position),) = bad.positions
+    expected = f"event MoneyDeposited at partition {partition} position {position} (BankAccount/u-1 version 4)"
+    for name in ("unlucky_sql", "unlucky_py"):
+        store.resume(name)
+        rows = wait_until(
+            lambda: [r for r in status_of(store, name) if r["status"] == "halted"], 30, f"{name} halted"
+        )
+        assert expected in rows[0]["last_error"] and "unlucky amount" in rows[0]["last_error"], rows[0]["last_error"]
+        with pytest.raises(ProjectionHalted, match=re.escape(expected)):
+            store.wait_for(name, bad, timeout=10)
