@@ -559,7 +559,7 @@ def write_tail_file(layout: StoreLayout, rows: list[tuple[Any, ...]]) -> None:
     tail_dir = layout.tail_dir(0)
     tail_dir.mkdir(parents=True, exist_ok=True)
     with open(tail_dir / wal.tail_file_name(rows[0][POS]), "wb") as f:
-        f.write(wal.encode_frame(rows))
+        f.write(wal.file_header(rows[0][POS]) + wal.encode_frame(rows))
 
 
 @pytest.fixture(scope="module")

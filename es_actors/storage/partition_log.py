@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..config import StoreConfig
-from ..errors import StoreCorrupted, WriterFenced
+from ..errors import StorageError, StoreCorrupted, WriterFenced
 from ..records import ARROW_SCHEMA, COL, table_to_rows
 from .layout import StoreLayout
 from .lost_ranges import LostRanges
@@ -74,6 +74,7 @@ class PartitionLog:
         self._writer_frames_before = 0
         self._pf_cache: dict[Path, pq.ParquetFile] = {}
         self._mark: DurableMark | None = None
+        self._failed: str | None = None
         try:
             self.lost = LostRanges.load(layout.root)
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
@@ -193,8 +194,8 @@ class PartitionLog:
 
     @property
     def failed(self) -> str | None:
-        """Why this owner must stop writing (a failed fdatasync), or None."""
-        return self._writer.failed
+        """Why this owner must stop writing (a failed fdatasync), or None. Survives a rotation."""
+        return self._failed or self._writer.failed
 
     @property
     def durable_writes(self) -> int:
@@ -205,7 +206,13 @@ class PartitionLog:
         """Durably append rows whose positions continue the log. Raises StorageError, log intact."""
         if rows[0][COL["position"]] != self.next_position:
             raise StoreCorrupted(f"append at {rows[0][COL['position']]} does not continue {self.next_position}")
-        self._writer.append(rows)  # after a failed fdatasync: raises now and on every later call
+        if self._failed is not None:
+            raise StorageError(f"partition {self.partition}: {self._failed}; this owner writes nothing more")
+        try:
+            self._writer.append(rows)  # after a failed fdatasync: raises now and on every later call
+        except StorageError:
+            self._failed = self._writer.failed
+            raise
         with self._mutex:
             self._current_rows.extend(rows)
             self.next_position += len(rows)
@@ -222,8 +229,8 @@ class PartitionLog:
 
     def rotate(self) -> None:
         """Close the current tail file and hand it to the sealer."""
-        if not self._current_rows:
-            return
+        if not self._current_rows or self.failed is not None:
+            return  # after a failed fdatasync nothing more is written, not even a new tail file
         new_writer = TailWriter(self.tail_dir, self.next_position)
         with self._mutex:
             old = self._writer
