@@ -17,6 +17,7 @@ from .errors import (
     QueryFailed,
     QueryRefused,
     StorageError,
+    StoreClosed,
     StoreCorrupted,
     UnknownAggregateType,
     UnknownCommand,
@@ -33,7 +34,7 @@ __all__ = [
     "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
     "DomainRegistry", "EsActorsError", "Event", "InvalidPayload", "Overloaded", "PayloadTooLarge",
     "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed", "QueryRefused",
-    "RecordedEvent", "SqlProjection", "StorageError", "Store", "StoreConfig", "StoreCorrupted", "StoredEvent",
+    "RecordedEvent", "SqlProjection", "StorageError", "Store", "StoreClosed", "StoreConfig", "StoreCorrupted", "StoredEvent",
     "Submission", "UnknownAggregateType", "UnknownCommand", "UnreadableEvent", "Upcaster", "UserCodeError",
     "WriterFenced", "upcaster",
 ]
