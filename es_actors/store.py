@@ -189,14 +189,22 @@ class Store:
 
         for channel in self._channels:
             channel.close(self.config.submit_timeout_s)
+        import ray
+
         projector = self._projector if not stop_all else self._find_projector()
-        if projector is not None and (stop_all or self._projector_created):
-            stop_projector(projector)
         self._projector = None
         mine = [a for a, created in zip(self._actors, self._created) if stop_all or created]
         self._actors = None
-        if mine:
-            stop_partition_actors(mine)
+        try:  # each may already be stopped (shutdown() or `es-actors stop` from another client)
+            if projector is not None and (stop_all or self._projector_created):
+                stop_projector(projector)
+        except ray.exceptions.RayActorError:
+            pass
+        try:
+            if mine:
+                stop_partition_actors(mine)
+        except ray.exceptions.RayActorError:
+            pass
 
     def __enter__(self) -> "Store":
         return self
