@@ -110,7 +110,7 @@ def fresh_accounts(store: Store, n: int) -> list[str]:
     return ids
 
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 slots = st.lists(st.one_of(st.none(), st.sampled_from(range(len(BAD_ENVELOPE)))), min_size=1, max_size=8)
 
 
