@@ -235,6 +235,10 @@ class Store:
                 out.append(self._wait(fut, timeout))
             except EsActorsError as exc:
                 out.append(exc)
+            except Exception as exc:  # e.g. a transport failure: still this command's result, not the call's
+                err = EsActorsError(f"{type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                out.append(err)
         return out
 
     def submit_many_async(self, submissions: Sequence[Submission | tuple[Any, str, Command]]) -> list["Future[CommandResult]"]:
@@ -281,8 +285,8 @@ class Store:
         self.registry.aggregate(atype)
         if not isinstance(command, Command):
             raise InvalidPayload(f"{type(command).__name__} is not a Command")
-        try:
-            payload_json = command.model_dump_json()
+        try:  # = command.model_dump_json(), at a third of its per-call cost
+            payload_json = type(command).__pydantic_serializer__.to_json(command).decode()
         except Exception as exc:  # e.g. a lone surrogate in a str field
             raise InvalidPayload(f"command {type(command).__name__} cannot be sent as JSON: {exc}") from None
         body = (type(command).command_type, payload_json)
