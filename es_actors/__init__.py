@@ -20,6 +20,7 @@ from .errors import (
     QueryTimeout,
     QueryTooLarge,
     StorageError,
+    StoreClosed,
     StoreCorrupted,
     StoreFormatOutdated,
     UnknownAggregateType,
@@ -54,12 +55,12 @@ def accept_loss(path: str, principal: str, reason: str, partition: int | None = 
     return run(path, principal, reason, partition)
 
 __all__ = [
-    "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandIdReused",
+    "accept_loss", "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandIdReused",
     "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
-    "DomainRegistry", "EsActorsError", "Event", "InvalidPayload", "Overloaded", "PayloadTooLarge",
-    "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed", "QueryRefused", "QueryTimeout", "QueryTooLarge",
-    "RecordedEvent", "SqlProjection", "StorageError", "Store", "StoreConfig", "StoreCorrupted", "StoredEvent",
-    "Submission", "UnknownAggregateType", "UnknownCommand", "UnreadableEvent", "Upcaster", "UserCodeError",
-    "WriterFenced", "upcaster", "PartitionDamaged", "StoreFormatOutdated", "upgrade_store", "repair_store",
-    "accept_loss",
+    "DomainRegistry", "EsActorsError", "Event", "InvalidPayload", "Overloaded", "PartitionDamaged",
+    "PayloadTooLarge", "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed",
+    "QueryRefused", "QueryTimeout", "QueryTooLarge", "RecordedEvent", "repair_store", "SqlProjection",
+    "StorageError", "Store", "StoreClosed", "StoreConfig", "StoreCorrupted", "StoredEvent",
+    "StoreFormatOutdated", "Submission", "UnknownAggregateType", "UnknownCommand", "UnreadableEvent",
+    "Upcaster", "upcaster", "upgrade_store", "UserCodeError", "WriterFenced",
 ]

@@ -109,7 +109,13 @@ class _WriteMetrics:
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
 class PartitionActor:
-    def __init__(self, root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], config: StoreConfig) -> None:
+    def __init__(
+        self, root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], config: StoreConfig,
+        opener: str = "",
+    ) -> None:
+        # Who created this actor: a Store whose open() passed this token started it (and stops it
+        # on close); one that joined a running actor only detaches (Store.close, Store.shutdown).
+        self._opener = opener
         self._error: EsActorsError | None = None
         self._partition: Partition | None = None
         try:
@@ -160,6 +166,9 @@ class PartitionActor:
         if self._error is None:
             self._error = StorageError(f"partition stopped after {why}; it restarts and recovers from disk")
             threading.Timer(0.3, os._exit, args=(70,)).start()
+    def opened_by(self) -> str:
+        """The token of the Store.open that created this actor (kept across restarts)."""
+        return self._opener
 
     def endpoint(self) -> tuple[str, tuple[str, int], bytes]:
         """(node id, address, key) of the direct link, for clients on the same node."""

@@ -28,7 +28,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from .config import StoreConfig
-from .errors import CommandTimeout, Overloaded
+from .errors import CommandTimeout, Overloaded, StoreClosed
 from .partition import BatchItem, ItemResult
 from .runtime import unwrap_actor_error
 
@@ -90,6 +90,7 @@ class PartitionChannel:
         self._pending: list[Pending] = []
         self._in_flight = False
         self.calls = 0
+        self.closed = False
         self._link: DirectLink | None = DirectLink(self) if direct else None
 
     def submit(self, items: list[BatchItem], sink: Callable[[], Sink] = Future) -> list[Any]:
@@ -97,7 +98,11 @@ class PartitionChannel:
         futures = [sink() for _ in items]
         deadline = time.monotonic() + self._config.submit_timeout_s
         with self._cond:
-            while self._pending and len(self._pending) + len(items) > self._config.max_pending:
+            while True:
+                if self.closed:
+                    raise StoreClosed(f"the store was closed; nothing was sent to partition {self.partition}")
+                if not (self._pending and len(self._pending) + len(items) > self._config.max_pending):
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Overloaded(
@@ -133,7 +138,20 @@ class PartitionChannel:
             return
         ref.future().add_done_callback(lambda f: self._on_done(batch, f, t0, first_sent))
 
-    def close(self) -> None:
+    def close(self, drain_s: float) -> None:
+        """Refuse new commands; let the queued and in-flight ones finish (up to ``drain_s``);
+        fail whatever is still queued with StoreClosed (never sent); then close the link."""
+        deadline = time.monotonic() + drain_s
+        with self._cond:
+            self.closed = True
+            while self._pending or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            left_over, self._pending = self._pending, []
+            self._cond.notify_all()
+        self._fail(left_over, StoreClosed(f"the store was closed before this command was sent; nothing was sent"))
         if self._link is not None:
             self._link.close()
 
@@ -141,14 +159,20 @@ class PartitionChannel:
         try:
             results = done.result()
         except (RayActorError, GetTimeoutError, ConnectionError, EOFError, OSError) as exc:
-            if time.monotonic() - first_sent < self._config.retry_deadline_s:
+            if self.closed:  # the store let go of its actors: no resend
+                self._fail(batch, CommandTimeout(
+                    f"partition {self.partition}: the store was closed with this command in flight ({exc}); "
+                    "the outcome is unknown: resubmit with the same command_id to learn it"
+                ))
+            elif time.monotonic() - first_sent < self._config.retry_deadline_s:
                 log.warning("partition %d actor unavailable (%s); resending %d commands by id", self.partition, exc, len(batch))
                 threading.Timer(0.2, self._send, (batch, first_sent)).start()
                 return
-            self._fail(batch, CommandTimeout(
-                f"partition {self.partition} actor unavailable for {self._config.retry_deadline_s:.0f}s ({exc}); "
-                "the outcome is unknown: resubmit with the same command_id to learn it"
-            ))
+            else:
+                self._fail(batch, CommandTimeout(
+                    f"partition {self.partition} actor unavailable for {self._config.retry_deadline_s:.0f}s ({exc}); "
+                    "the outcome is unknown: resubmit with the same command_id to learn it"
+                ))
         except BaseException as exc:  # e.g. the actor answers every call with WriterFenced
             self._fail(batch, unwrap_actor_error(exc))
         else:

@@ -387,5 +387,45 @@ def upgrade(store_path: str) -> None:
                    f"rewritten, {r.segments_renamed} segments named with their CRC-32")
 
 
+
+@main.command()
+@click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
+@click.option("--address", default=None, help="Ray cluster the store runs on (default: $RAY_ADDRESS, else the local one).")
+def stop(store_path: str, address: str | None) -> None:
+    """Seal and stop a running store's partition actors and projector (every client loses them).
+
+    Store.close() in a client that joined the store only detaches; this (or Store.shutdown())
+    is the explicit way to stop the actors."""
+    import logging
+    import os
+
+    import ray
+
+    from . import Store
+    from .errors import EsActorsError
+    from .runtime import find_partition_actors, find_projector, stop_partition_actors, stop_projector
+
+    try:
+        store = Store.open(store_path, read_only=True)
+    except EsActorsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise click.ClickException(f"no running Ray cluster to stop {store.root} on: {exc}") from None
+    projector = find_projector(store.layout, store.descriptor)
+    if projector is not None:
+        stop_projector(projector)
+    actors = find_partition_actors(store.layout, store.descriptor)
+    if actors:
+        stop_partition_actors(actors)
+    if projector is None and not actors:
+        click.echo(f"nothing runs for {store.root} on this Ray cluster")
+        return
+    click.echo(f"stopped {len(actors)} partition actor(s){' and the projector' if projector is not None else ''} "
+               f"of {store.root}; every tail is sealed")
+
+
 if __name__ == "__main__":
     main()

@@ -25,7 +25,21 @@ class StoreConfig(BaseModel):
         60.0, gt=0, description="How long a submitter waits for queue room (then Overloaded) or for its result (then CommandTimeout)."
     )
     max_event_bytes: int = Field(
-        1 << 20, ge=64, description="Largest total JSON payload of the events one command may append."
+        1 << 20, ge=64, description="Largest total JSON payload, in UTF-8 bytes, of the events one command may "
+        "append (and of the command's own payload)."
+    )
+    # Limits of the command envelope (es_actors/envelope.py), checked per command in the client
+    # and again in the partition actor; a command over one is refused alone (PayloadTooLarge).
+    max_id_bytes: int = Field(
+        256, ge=16, le=1 << 16, description="Largest aggregate id, command id, correlation id, causation id "
+        "or principal, in UTF-8 bytes."
+    )
+    max_reason_bytes: int = Field(4096, ge=16, le=1 << 20, description="Largest audit reason, in UTF-8 bytes.")
+    max_metadata_bytes: int = Field(
+        64 << 10, ge=64, le=16 << 20, description="Largest command metadata, as compact JSON in UTF-8 bytes."
+    )
+    max_metadata_depth: int = Field(
+        32, ge=1, le=256, description="Deepest nesting of objects and arrays in command metadata."
     )
     seal_rows: int = Field(50_000, ge=1, description="Tail rows after which the tail is sealed into a segment.")
     compact_small_rows: int = Field(10_000, ge=1, description="Segments smaller than this are merged...")

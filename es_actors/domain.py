@@ -202,6 +202,37 @@ class DomainRegistry:
         except KeyError:
             raise InvalidPayload(f"unknown event type {event_type!r}; registered: {sorted(self.events)}") from None
 
+    def stored_payload(self, event: Event) -> str:
+        """The JSON text an event is stored as, refused unless it reads back as the same event.
+
+        A command must never be acknowledged for an event no reader can decode: a float
+        ``inf`` that pydantic writes as ``null``, a NaN, a value whose serialiser loses
+        information. So the text must be strict JSON (no NaN/Infinity) and validate back
+        into the event's class, equal to it. InvalidPayload names the event type and field.
+        """
+        cls = type(event)
+        name = cls.event_type
+        # pydantic-core's serializer and validator directly: the same as model_dump_json() and
+        # model_validate_json(), at less than half their per-call cost (benchmarks/envelope_cost.py).
+        try:
+            text = cls.__pydantic_serializer__.to_json(event).decode()
+        except Exception as exc:  # e.g. a lone surrogate in a str field, a value pydantic cannot write
+            raise InvalidPayload(f"event {name!r} cannot be stored as JSON: {exc}") from None
+        if "NaN" in text or "Infinity" in text:  # cheap screen; the parse below decides
+            try:
+                json.loads(text, parse_constant=_refuse_constant)
+            except ValueError as exc:
+                raise InvalidPayload(f"event {name!r} cannot be stored: {exc}") from None
+        try:
+            back = cls.__pydantic_validator__.validate_json(text)
+        except ValidationError as exc:
+            raise InvalidPayload(f"event {name!r} would not read back from its stored JSON {text[:200]}: {exc}") from None
+        if back.__dict__ != event.__dict__ and back != event:  # the dicts first: 0.1 us instead of 0.4
+            fields = [f for f in cls.model_fields if getattr(back, f, None) != getattr(event, f, None)]
+            detail = ", ".join(f"{f}={getattr(event, f, None)!r} reads back as {getattr(back, f, None)!r}" for f in fields)
+            raise InvalidPayload(f"event {name!r} would not read back as decided: {detail or text[:200]}")
+        return text
+
     def check_event(self, aggregate_type: str, event: Event) -> None:
         """An event may only be stored if its aggregate declares its class."""
         agg = self.aggregate(aggregate_type)
@@ -210,3 +241,7 @@ class DomainRegistry:
                 f"{aggregate_type!r} does not declare event {type(event).__name__!r}; "
                 f"declared: {[e.event_type for e in agg.events]}"
             )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"its JSON holds {name}, which strict JSON (and every reader of the log) refuses")

@@ -49,15 +49,20 @@ class UserCodeError(CommandRejected):
 
 
 class InvalidPayload(CommandRejected):
-    """A command or event payload failed validation."""
+    """A command failed validation: its payload, an envelope field (ids, audit fields, metadata,
+    expected version), or an event it decided that could not be stored and read back."""
 
 
-class PayloadTooLarge(CommandRejected):
-    """A command's events exceed the configured size limit."""
+class PayloadTooLarge(InvalidPayload):
+    """A command's payload, events, metadata, id or audit field exceeds its size limit (UTF-8 bytes)."""
 
 
 class CommandIdReused(CommandRejected):
     """A command id was reused for a different command on the same aggregate."""
+
+
+class StoreClosed(EsActorsError):
+    """This Store handle was closed (or shut down): nothing was sent. Open the store again to write."""
 
 
 class Overloaded(EsActorsError):

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .envelope import BatchItem, utf8_size, validate_envelope
 from .records import COL, event_where
 from .upcasting import UnreadableEvent
 from .storage.layout import StoreLayout
@@ -62,12 +63,7 @@ log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 
-# A batch item, as the client sends it:
-#   (kind, aggregate_type, aggregate_id, command_id, expected_version, body, meta)
-# kind "command": body = (command_type, payload JSON text)
-# kind "import":  body = [(event_type, payload JSON text, occurred_at iso or None), ...]
-# meta = {"principal", "correlation_id", "causation_id", "reason", "metadata"} or None
-BatchItem = tuple[str, str, str, str, "int | None", Any, "dict[str, Any] | None"]
+# A batch item (es_actors/envelope.py says what each field may hold).
 # A result: ("ok", version, rows) | ("dup", version, rows) | ("err", exception)
 ItemResult = tuple[Any, ...]
 
@@ -473,6 +469,12 @@ class Partition:
     # -- the write path -------------------------------------------------------------------
 
     def handle_batch(self, batch: Sequence[BatchItem]) -> list[ItemResult]:
+        """Decide, durably append and acknowledge a batch; each command gets its own result.
+
+        One command's failure (a bad envelope, a rejection, any exception) is its result alone.
+        """
+        if not isinstance(batch, (list, tuple)):
+            raise InvalidPayload(f"a batch must be a list of items, not {type(batch).__name__}")
         self.counts["batches"] += 1
         results: list[ItemResult | None] = [None] * len(batch)
         working: dict[tuple[str, str], tuple[Any, int]] = {}  # key -> (state, version), this batch only
@@ -486,7 +488,8 @@ class Partition:
         now_us = time.time_ns() // 1000
         for i, item in enumerate(batch):
             try:
-                kind, atype, aid, cid, expected, body, meta = item
+                # Step 1, for every command (duplicates too), before anything is decided or written.
+                kind, atype, aid, cid, expected, body, meta = validate_envelope(item, self.config)
                 agg_cls = self.registry.aggregate(atype)
                 key = (atype, aid)
                 if self.frozen or self.log.lost:
@@ -514,11 +517,12 @@ class Partition:
                 if expected is not None and expected != version:
                     raise ConcurrencyError(f"{atype}/{aid}", expected, version)
                 events, occurred = self._events_for(kind, atype, body, state, agg_cls)
-                payloads = [e.model_dump_json() for e in events]
-                size = sum(len(p) for p in payloads)
+                # Only events that read back as decided are stored (strict JSON, valid, equal).
+                payloads = [self.registry.stored_payload(e) for e in events]
+                size = sum(utf8_size(p, "event payload") for p in payloads)
                 if size > self.config.max_event_bytes:
                     raise PayloadTooLarge(
-                        f"{atype}/{aid}: events of {size} bytes exceed max_event_bytes={self.config.max_event_bytes}"
+                        f"{atype}/{aid}: events of {size} bytes of UTF-8 exceed max_event_bytes={self.config.max_event_bytes}"
                     )
                 for e in events:
                     state = agg_cls.evolve(state, e)
@@ -526,10 +530,6 @@ class Partition:
                 corr = meta.get("correlation_id") or cid
                 caus = meta.get("causation_id") or cid
                 principal = meta.get("principal")
-                for name, value in (("command_id", cid), ("correlation_id", corr), ("causation_id", caus),
-                                    ("principal", principal), ("reason", meta.get("reason"))):
-                    if value is not None and not isinstance(value, str):
-                        raise InvalidPayload(f"{name} must be a string, not {type(value).__name__}")
                 base_meta = dict(meta.get("metadata") or {})
                 if meta.get("reason") is not None:
                     base_meta["reason"] = meta["reason"]
@@ -539,9 +539,9 @@ class Partition:
                     md = base_meta
                     if occurred[n] is not None:
                         md = {**base_meta, "occurred_at": occurred[n]}
-                    try:
-                        md_json = json.dumps(md, default=str) if md else "{}"
-                    except (TypeError, ValueError) as exc:
+                    try:  # the envelope checked the metadata: strict JSON, bounded
+                        md_json = json.dumps(md, allow_nan=False) if md else "{}"
+                    except (TypeError, ValueError, RecursionError) as exc:
                         raise InvalidPayload(f"metadata is not JSON: {exc}") from None
                     own.append(
                         (
@@ -580,11 +580,13 @@ class Partition:
                 results[i] = ("err", exc)
                 kind_name = type(exc).__name__
                 self.rejections[kind_name] = self.rejections.get(kind_name, 0) + 1
-            except Exception as exc:  # a bug in user code (decide/evolve) must not stop the partition
-                err = UserCodeError(f"{type(exc).__name__} in {item[1] if len(item) > 1 else '?'}: {exc}")
+            except Exception as exc:  # a bug in user code (decide/evolve), or anything else: this command only
+                where = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 and isinstance(item[1], str) else "?"
+                err = UserCodeError(f"{type(exc).__name__} in {where[:200]}: {exc}")
                 results[i] = ("err", err)
                 self.rejections["UserCodeError"] = self.rejections.get("UserCodeError", 0) + 1
         if rows:
+            before = self.log.next_position
             try:
                 self.log.append(rows)
             except StorageError as exc:
@@ -593,6 +595,16 @@ class Partition:
                 self.rejections["StorageError"] = self.rejections.get("StorageError", 0) + len(accepted)
                 self.counts["rejected"] += sum(1 for r in results if r is not None and r[0] == "err")
                 return self._resolve_dups(results)
+            except EsActorsError:
+                raise
+            except Exception as exc:
+                if self.log.next_position != before:  # the rows are durable; the failure was upkeep after it
+                    log.error("partition %d: after a durable append: %s: %s", self.partition, type(exc).__name__, exc)
+                else:
+                    # Nothing was written (the frame is built before any byte is). The rows passed every
+                    # check, yet one of them cannot be encoded: find its command by going one at a time,
+                    # in order, so every other command of the batch is still decided and acknowledged.
+                    return self._one_by_one(batch, exc)
         for key, (state, version) in working.items():
             entry = self.aggregates.get(key)
             if entry is None:
@@ -616,6 +628,15 @@ class Partition:
         self.counts["accepted"] += len(accepted)
         self.counts["rejected"] += sum(1 for r in results if r is not None and r[0] == "err")
         return self._resolve_dups(results)
+
+    def _one_by_one(self, batch: Sequence[BatchItem], exc: Exception) -> list[ItemResult]:
+        if len(batch) == 1:
+            err = InvalidPayload(f"the command's rows cannot be written to the log ({type(exc).__name__}: {exc}); nothing was written")
+            self.rejections["InvalidPayload"] = self.rejections.get("InvalidPayload", 0) + 1
+            self.counts["rejected"] += 1
+            return [("err", err)]
+        self.counts["batches"] -= 1  # counted again per item
+        return [self.handle_batch([item])[0] for item in batch]
 
     def _events_for(
         self, kind: str, atype: str, body: Any, state: Any, agg_cls: Any

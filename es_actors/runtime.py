@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from typing import Any, Sequence
 
@@ -43,19 +44,23 @@ def start_partition_actors(
     aggregates: Sequence[type[Aggregate[Any]]],
     config: StoreConfig,
     address: str | None,
-) -> list[Any]:
+) -> tuple[list[Any], list[bool]]:
+    """The store's partition actors (joined where they already run), and for each whether this
+    call created it (and so owns stopping it)."""
     ensure_ray(address)
+    opener = os.urandom(12).hex()
     deadline = time.monotonic() + config.lock_timeout_s
     while True:
         actors = [
             PartitionActor.options(
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
-            ).remote(str(layout.root), p, list(aggregates), config)
+            ).remote(str(layout.root), p, list(aggregates), config, opener)
             for p in range(descriptor.partitions)
         ]
         try:
             ray.get([a.stats.remote() for a in actors])  # waits for recovery; surfaces WriterFenced
-            return actors
+            created = [token == opener for token in ray.get([a.opened_by.remote() for a in actors])]
+            return actors, created
         except EsActorsError as exc:
             for a in actors:
                 ray.kill(a, no_restart=True)
@@ -79,6 +84,17 @@ def unwrap_actor_error(exc: BaseException) -> BaseException:
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, EsActorsError):
         return cause
     return exc
+
+
+def find_partition_actors(layout: StoreLayout, descriptor: StoreDescriptor) -> list[Any]:
+    """The running partition actors of a store in the connected cluster (those that run)."""
+    found = []
+    for p in range(descriptor.partitions):
+        try:
+            found.append(ray.get_actor(actor_name(layout, descriptor, p), namespace=NAMESPACE))
+        except ValueError:
+            pass
+    return found
 
 
 def stop_partition_actors(actors: list[Any]) -> None:

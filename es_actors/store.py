@@ -4,6 +4,9 @@
     acct = store.aggregate(BankAccount, "acc-1")
     result = acct.submit(Deposit(amount=100), expected_version=1, principal="alice")
     store.close()  # seals the tail: plain DuckDB then sees every event
+
+Every command is checked per command before it is queued (es_actors/envelope.py): a bad one
+fails alone, with InvalidPayload naming the field, and the partition actor checks it again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any, Generic, Mapping, Sequence, TypeVar
 from .channel import ResultSlot
 from .config import StoreConfig
 from .domain import Aggregate, Command, DomainRegistry, Event
-from .errors import CommandTimeout, EsActorsError, Overloaded, PayloadTooLarge
+from .envelope import BatchItem, check_text, validate_envelope
+from .errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
 from .records import CommandResult, RecordedEvent
 from .storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
 from .storage.reader import read_partition_rows, sealed_files
@@ -44,15 +48,21 @@ class Audit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def as_meta(self) -> dict[str, Any] | None:
-        """The audit as it travels to the actor; None when there is nothing to say (the common case)."""
-        if not (self.principal or self.correlation_id or self.causation_id or self.reason or self.metadata):
+        """The audit as it travels to the actor; None when there is nothing to say (the common case).
+
+        Values go as given (no truthiness test): the envelope check refuses a wrong type
+        instead of it being dropped (a principal of 0 is an error, not "no principal")."""
+        md = self.metadata
+        empty_md = md is None or (type(md) is dict and not md)
+        if (self.principal is None and self.correlation_id is None and self.causation_id is None
+                and self.reason is None and empty_md):
             return None
         return {
             "principal": self.principal,
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
             "reason": self.reason,
-            "metadata": self.metadata or None,
+            "metadata": None if empty_md else md,
         }
 
 
@@ -90,7 +100,10 @@ class Store:
         self.registry = registry
         self.config = config
         self._actors = actors
+        self._created: list[bool] = [False] * len(actors or ())  # per actor: did this Store start it?
+        self._closed = False
         self._projector: Any = None
+        self._projector_created = False
         self._channels: list[Any] = []
         if actors is not None:
             from .channel import PartitionChannel
@@ -136,12 +149,14 @@ class Store:
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
         from .runtime import start_partition_actors
 
-        actors = start_partition_actors(layout, descriptor, aggregates, config, address)
+        actors, created = start_partition_actors(layout, descriptor, aggregates, config, address)
         store = cls(layout, descriptor, registry, config, actors)
+        store._created = created
         if projections:
-            from .runtime import start_projector
+            from .runtime import find_projector, start_projector
 
             try:
+                store._projector_created = find_projector(layout, descriptor) is None
                 store._projector = start_projector(layout, descriptor, aggregates, projections, config)
             except BaseException:
                 store.close()  # nobody gets this store: release its partitions
@@ -149,18 +164,47 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Seal every tail (plain readers then see all events) and release the partitions."""
-        if self._actors is None:
+        """Stop using the store: new commands get StoreClosed; queued ones finish first.
+
+        The Store whose open started the partition actors (and projector) seals every tail
+        (plain readers then see all events) and stops them. A Store that joined actors some
+        other client started only detaches: those actors keep serving the others. To stop
+        them from any client, call :meth:`shutdown` (or ``es-actors stop --store PATH``).
+        """
+        self._close(stop_all=False)
+
+    def shutdown(self) -> None:
+        """Seal and stop the store's partition actors and its projector, whoever started them,
+        then close this handle. Every client of the store loses them (their commands fail)."""
+        if self._actors is None and not self._closed:
+            raise EsActorsError(f"{self.layout.root} is open read-only; use `es-actors stop --store PATH` instead")
+        self._close(stop_all=True)
+
+    def _close(self, stop_all: bool) -> None:
+        if self._closed or self._actors is None:
+            self._closed = True
             return
+        self._closed = True
         from .runtime import stop_partition_actors, stop_projector
 
-        if self._projector is not None:
-            stop_projector(self._projector)
-            self._projector = None
-        stop_partition_actors(self._actors)
-        self._actors = None
         for channel in self._channels:
-            channel.close()
+            channel.close(self.config.submit_timeout_s)
+        import ray
+
+        projector = self._projector if not stop_all else self._find_projector()
+        self._projector = None
+        mine = [a for a, created in zip(self._actors, self._created) if stop_all or created]
+        self._actors = None
+        try:  # each may already be stopped (shutdown() or `es-actors stop` from another client)
+            if projector is not None and (stop_all or self._projector_created):
+                stop_projector(projector)
+        except ray.exceptions.RayActorError:
+            pass
+        try:
+            if mine:
+                stop_partition_actors(mine)
+        except ray.exceptions.RayActorError:
+            pass
 
     def __enter__(self) -> "Store":
         return self
@@ -171,15 +215,19 @@ class Store:
     # -- writing --------------------------------------------------------------------------
 
     def aggregate(self, aggregate: Any, aggregate_id: str) -> "AggregateHandle[Any]":
-        atype = aggregate if isinstance(aggregate, str) else aggregate.aggregate_type
+        atype = _aggregate_type(aggregate)
         self.registry.aggregate(atype)
-        return AggregateHandle(self, atype, str(aggregate_id))
+        aid = check_text(aggregate_id, "aggregate_id", self.config.max_id_bytes, "max_id_bytes", empty=False)
+        return AggregateHandle(self, atype, aid)
 
     def partition_of(self, aggregate_type: str, aggregate_id: str) -> int:
         return partition_of(aggregate_type, aggregate_id, self.descriptor.partitions)
 
     def submit_many(self, submissions: Sequence[Submission | tuple[Any, str, Command]], timeout: float | None = None) -> list[CommandResult | EsActorsError]:
-        """Each command stands alone and gets its own result or error; order is kept per aggregate."""
+        """Each command stands alone and gets its own result or error; order is kept per aggregate.
+
+        Never raises for one bad item (its error is its result); raises StoreClosed after close()."""
+        self._check_open()
         futures = self._submit_many(submissions, ResultSlot)
         out: list[CommandResult | EsActorsError] = []
         for fut in futures:
@@ -187,31 +235,32 @@ class Store:
                 out.append(self._wait(fut, timeout))
             except EsActorsError as exc:
                 out.append(exc)
+            except Exception as exc:  # e.g. a transport failure: still this command's result, not the call's
+                err = EsActorsError(f"{type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                out.append(err)
         return out
 
     def submit_many_async(self, submissions: Sequence[Submission | tuple[Any, str, Command]]) -> list["Future[CommandResult]"]:
-        """Like :meth:`submit_many`, returning one ``concurrent.futures.Future`` per command at once."""
+        """Like :meth:`submit_many`, returning one ``concurrent.futures.Future`` per command at once
+        (after close(), each fails with StoreClosed)."""
         return self._submit_many(submissions, Future)
 
     def _submit_many(self, submissions: Sequence[Submission | tuple[Any, str, Command]], sink: Any) -> list[Any]:
         per_partition: dict[int, list[tuple[int, Any]]] = {}
         futures: list[Any] = [None] * len(submissions)
         for i, s in enumerate(submissions):
-            if not isinstance(s, Submission):
-                s = Submission(*s)
-            atype = s.aggregate if isinstance(s.aggregate, str) else s.aggregate.aggregate_type
             try:
-                item = self._command_item(atype, str(s.aggregate_id), s.command, s.expected_version, s.command_id, s.audit)
-            except EsActorsError as exc:
-                f = sink()
-                f.set_exception(exc)
-                futures[i] = f
+                item = self._submission_item(s)
+            except Exception as exc:  # this command alone fails; never the call
+                futures[i] = _failed(sink, exc if isinstance(exc, EsActorsError) else InvalidPayload(
+                    f"submission {i} is invalid: {type(exc).__name__}: {exc}"))
                 continue
-            per_partition.setdefault(self.partition_of(atype, item[2]), []).append((i, item))
+            per_partition.setdefault(self.partition_of(item[1], item[2]), []).append((i, item))
         for p, entries in per_partition.items():
             try:
                 sinks = self._channel(p).submit([item for _i, item in entries], sink)
-            except Overloaded as exc:  # this partition's share only: the others are already on their way
+            except (Overloaded, StoreClosed) as exc:  # this partition's share only: the others are already on their way
                 sinks = [sink() for _ in entries]
                 for s in sinks:
                     s.set_exception(exc)
@@ -219,22 +268,38 @@ class Store:
                 futures[i] = fut
         return futures  # type: ignore[return-value]
 
+    def _submission_item(self, s: Any) -> BatchItem:
+        if not isinstance(s, Submission):
+            if not isinstance(s, (tuple, list)) or not 3 <= len(s) <= 6:
+                raise InvalidPayload(f"a submission must be a Submission or (aggregate, aggregate_id, command), not {type(s).__name__}")
+            s = Submission(*s)
+        if not isinstance(s.audit, Audit):
+            raise InvalidPayload(f"audit must be an Audit, not {type(s.audit).__name__}")
+        return self._command_item(_aggregate_type(s.aggregate), s.aggregate_id, s.command, s.expected_version,
+                                  s.command_id, s.audit)
+
     def _command_item(
         self, atype: str, aid: str, command: Command, expected: int | None, command_id: str | None, audit: Audit
-    ) -> tuple[Any, ...]:
+    ) -> BatchItem:
+        """The command as it travels to its partition, every envelope field checked (nothing is sent if one fails)."""
         self.registry.aggregate(atype)
         if not isinstance(command, Command):
-            raise EsActorsError(f"{command!r} is not a Command")
-        payload_json = command.model_dump_json()
-        if len(payload_json) > self.config.max_event_bytes:
-            raise PayloadTooLarge(
-                f"{atype}/{aid}: command payload of {len(payload_json)} bytes exceeds max_event_bytes="
-                f"{self.config.max_event_bytes}; nothing was sent"
-            )
+            raise InvalidPayload(f"{type(command).__name__} is not a Command")
+        try:  # = command.model_dump_json(), at a third of its per-call cost
+            payload_json = type(command).__pydantic_serializer__.to_json(command).decode()
+        except Exception as exc:  # e.g. a lone surrogate in a str field
+            raise InvalidPayload(f"command {type(command).__name__} cannot be sent as JSON: {exc}") from None
         body = (type(command).command_type, payload_json)
-        return ("command", atype, aid, command_id or new_command_id(), expected, body, audit.as_meta())
+        item = ("command", atype, aid, new_command_id() if command_id is None else command_id, expected, body,
+                audit.as_meta())
+        return validate_envelope(item, self.config)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"this handle on {self.layout.root} was closed; nothing was sent (open the store again)")
 
     def _channel(self, partition: int) -> Any:
+        self._check_open()
         if not self._channels:
             raise EsActorsError(f"{self.layout.root} is open read-only; open it without read_only=True to write")
         return self._channels[partition]
@@ -303,6 +368,7 @@ class Store:
         return sum(ray.get([a.flush_snapshots.remote() for a in self._writable_actors()]))
 
     def _writable_actors(self) -> list[Any]:
+        self._check_open()
         if self._actors is None:
             raise EsActorsError(f"{self.layout.root} is open read-only; this needs the partition actors")
         return self._actors
@@ -524,8 +590,12 @@ class AggregateHandle(Generic[S]):
         metadata: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> CommandResult:
-        """Decide and durably append; returns the new version and the events with their positions."""
-        audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
+        """Decide and durably append; returns the new version and the events with their positions.
+
+        Raises the command's error: InvalidPayload (naming the field) before anything is sent,
+        a rejection from the actor, StoreClosed after close(), CommandTimeout if no answer."""
+        self.store._check_open()
+        audit = Audit(principal, correlation_id, causation_id, reason, {} if metadata is None else metadata)
         item = self.store._command_item(
             self.aggregate_type, self.aggregate_id, command, expected_version, command_id, audit
         )
@@ -543,12 +613,17 @@ class AggregateHandle(Generic[S]):
         reason: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> "Future[CommandResult]":
-        """Like :meth:`submit`, returning a ``concurrent.futures.Future`` at once."""
-        audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
-        item = self.store._command_item(
-            self.aggregate_type, self.aggregate_id, command, expected_version, command_id, audit
-        )
-        return self.store._submit_item(item)
+        """Like :meth:`submit`, returning a ``concurrent.futures.Future`` at once; every error
+        (an invalid field, StoreClosed, a rejection) arrives through the Future."""
+        try:
+            self.store._check_open()
+            audit = Audit(principal, correlation_id, causation_id, reason, {} if metadata is None else metadata)
+            item = self.store._command_item(
+                self.aggregate_type, self.aggregate_id, command, expected_version, command_id, audit
+            )
+            return self.store._submit_item(item)
+        except EsActorsError as exc:
+            return _failed(Future, exc)
 
     async def asubmit(self, command: Command, *, timeout: float | None = None, **options: Any) -> CommandResult:
         """Awaitable :meth:`submit` for asyncio code (same keywords, same CommandTimeout)."""
@@ -581,25 +656,28 @@ class AggregateHandle(Generic[S]):
         Same guarantees as a command: expected version, idempotency by command id, validation.
         ``recorded_at`` is the append time; each event's original time goes to metadata.occurred_at.
         """
+        self.store._check_open()
         if occurred_at is not None and len(occurred_at) != len(events):
             raise EsActorsError("occurred_at needs one entry per event")
         times = list(occurred_at) if occurred_at is not None else [None] * len(events)
-        body = [
-            (
-                e.event_type,
-                e.model_dump_json(),
-                t.isoformat() if isinstance(t, datetime) else t,
-            )
-            for e, t in zip(events, times)
-        ]
-        audit = Audit(principal, correlation_id, causation_id, reason, metadata or {})
-        item = ("import", self.aggregate_type, self.aggregate_id, command_id or new_command_id(), expected_version, body, audit.as_meta())
+        body = []
+        for e, t in zip(events, times):
+            if not isinstance(e, Event):
+                raise InvalidPayload(f"{type(e).__name__} is not an Event")
+            body.append((e.event_type, self.store.registry.stored_payload(e), t.isoformat() if isinstance(t, datetime) else t))
+        audit = Audit(principal, correlation_id, causation_id, reason, {} if metadata is None else metadata)
+        item = validate_envelope(
+            ("import", self.aggregate_type, self.aggregate_id, new_command_id() if command_id is None else command_id,
+             expected_version, body, audit.as_meta()),
+            self.store.config,
+        )
         return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item[3])
 
     def state(self) -> AggregateState[S]:
         """Current version and state, from the owning actor (consistent with acknowledged commands)."""
         import ray
 
+        self.store._check_open()
         if self.store._actors is None:
             raise EsActorsError("state needs an open (writable) store; read-only stores offer history")
         p = self.store.partition_of(self.aggregate_type, self.aggregate_id)
@@ -635,6 +713,22 @@ class AggregateHandle(Generic[S]):
         if version is not None and at < version:
             raise EsActorsError(f"{self.aggregate_type}/{self.aggregate_id} has no version {version}; its last is {at}")
         return AggregateState(at, state)
+
+
+def _aggregate_type(aggregate: Any) -> str:
+    """The type name of an aggregate given as its class or its name."""
+    if isinstance(aggregate, str):
+        return aggregate
+    if isinstance(aggregate, type) and issubclass(aggregate, Aggregate):
+        return aggregate.aggregate_type
+    raise InvalidPayload(f"aggregate must be an Aggregate class or its type name, not {type(aggregate).__name__}")
+
+
+def _failed(sink: Any, exc: BaseException) -> Any:
+    """A result slot or Future that already holds ``exc``."""
+    f = sink()
+    f.set_exception(exc)
+    return f
 
 
 def _convert_table(table: Any, output: str) -> Any:

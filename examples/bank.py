@@ -1,6 +1,7 @@
 """A bank account, as a decider: no Ray, no files, just the business rules.
 
-balance = deposits - withdrawals; an account must be opened first; no overdraft.
+balance = deposits - withdrawals; an account must be opened first; no overdraft; amounts and
+balances are bounded (MAX_AMOUNT, MAX_BALANCE) so sums stay inside INT64.
 
 Its events have changed since version 1 of this code, and the log still holds what v1
 stored (stored events are never rewritten). ``BankAccount.upcasters`` read those old
@@ -25,6 +26,13 @@ from es_actors import Aggregate, Command, DomainError, Event
 from es_actors.upcasting import StoredEvent, upcaster
 
 
+# Amounts are bounded so every sum stays inside a SQL BIGINT (INT64, ~9.2e18): one amount is at
+# most MAX_AMOUNT and a balance at most MAX_BALANCE, so a projection or a query adding them up
+# never overflows (without the bound, Deposit(amount=2**70) halted the SQL projection).
+MAX_AMOUNT = 10**12  # minor units: ten billion in a currency with cents
+MAX_BALANCE = 10**15
+
+
 # -- events (stored; names and schema versions are a contract) ---------------------------
 class AccountOpened(Event):
     schema_version = 2  # v2 added currency (v1 accounts were all in euros)
@@ -34,11 +42,11 @@ class AccountOpened(Event):
 
 class MoneyDeposited(Event):
     schema_version = 2  # v2 renamed amt -> amount
-    amount: int = Field(gt=0, description="minor units (cents)")
+    amount: int = Field(gt=0, le=MAX_AMOUNT, description="minor units (cents)")
 
 
 class MoneyWithdrawn(Event):
-    amount: int = Field(gt=0, description="minor units (cents)")
+    amount: int = Field(gt=0, le=MAX_AMOUNT, description="minor units (cents)")
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -47,11 +55,11 @@ class OpenAccount(Command):
 
 
 class Deposit(Command):
-    amount: int = Field(gt=0)
+    amount: int = Field(gt=0, le=MAX_AMOUNT)
 
 
 class Withdraw(Command):
-    amount: int = Field(gt=0)
+    amount: int = Field(gt=0, le=MAX_AMOUNT)
 
 
 # -- state and errors -------------------------------------------------------------------
@@ -74,6 +82,10 @@ class AccountAlreadyOpen(DomainError):
 
 
 class InsufficientFunds(DomainError):
+    pass
+
+
+class BalanceLimitExceeded(DomainError):
     pass
 
 
@@ -140,6 +152,8 @@ class BankAccount(Aggregate[Account]):
             case Deposit(amount=amount):
                 if not state.opened:
                     raise AccountNotOpen("deposit into an account that is not open")
+                if state.balance + amount > MAX_BALANCE:
+                    raise BalanceLimitExceeded(f"balance {state.balance} + {amount} would exceed {MAX_BALANCE}")
                 return [MoneyDeposited(amount=amount)]
             case Withdraw(amount=amount):
                 if not state.opened:

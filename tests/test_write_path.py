@@ -23,9 +23,11 @@ from es_actors import (
 )
 from examples.bank import AccountOpened, BankAccount, Deposit, InsufficientFunds, MoneyDeposited, OpenAccount, Withdraw
 
-AUDIT_COLUMNS = [
+# The stored columns, in order: users query them by name and position (DuckDB, Polars, Spark).
+LOG_COLUMNS = [
     "partition", "position", "aggregate_type", "aggregate_id", "version", "event_type", "schema_version",
-    "event_id", "command_id", "correlation_id", "causation_id", "principal", "recorded_at", "payload", "metadata",
+    "event_id", "command_id", "command_digest", "correlation_id", "causation_id", "principal", "recorded_at",
+    "payload", "metadata",
 ]
 
 
@@ -197,8 +199,14 @@ def test_log_columns_are_the_public_contract_and_duckdb_reads_it_after_close(sto
     acct.submit(Deposit(amount=9), principal="p")
     s.close()
     con = duckdb.connect()
-    names = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM read_parquet('{s.sealed_glob}')").fetchall()]
-    assert names[: len(AUDIT_COLUMNS)] == AUDIT_COLUMNS or set(AUDIT_COLUMNS) <= set(names)
+    described = con.sql(f"DESCRIBE SELECT * FROM read_parquet('{s.sealed_glob}')").fetchall()
+    assert [r[0] for r in described] == LOG_COLUMNS  # every column, in this order, nothing else
+    types = {r[0]: r[1] for r in described}
+    assert (types["partition"], types["schema_version"]) == ("INTEGER", "INTEGER")
+    assert types["position"] == types["version"] == "BIGINT"
+    assert types["recorded_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert {types[c] for c in LOG_COLUMNS if c not in ("partition", "schema_version", "position", "version",
+                                                       "recorded_at")} == {"VARCHAR"}
     rows = con.sql(
         f"SELECT version, event_type, payload->>'amount', principal, typeof(recorded_at) "
         f"FROM read_parquet('{s.sealed_glob}') ORDER BY version"
