@@ -34,7 +34,7 @@ ACCOUNTS = [f"acc-{i}" for i in range(4)]
 
 def cmd(aid: str, name: str = "Deposit", payload=None):
     payload = {"amount": 1} if payload is None else payload
-    return ("command", "BankAccount", aid, uuid.uuid4().hex, None, (name, payload), {})
+    return ("command", "BankAccount", aid, uuid.uuid4().hex, None, (name, json.dumps(payload)), {})
 
 
 def open_partition(root: Path) -> Partition:

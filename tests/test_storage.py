@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -24,7 +25,7 @@ REGISTRY = DomainRegistry([BankAccount])
 
 def cmd(aid: str, name: str = "Deposit", payload=None, cid: str | None = None, expected=None):
     payload = {"amount": 1} if payload is None else payload
-    return ("command", "BankAccount", aid, cid or uuid.uuid4().hex, expected, (name, payload), {})
+    return ("command", "BankAccount", aid, cid or uuid.uuid4().hex, expected, (name, json.dumps(payload)), {})
 
 
 def open_partition(root: Path, **settings) -> Partition:
