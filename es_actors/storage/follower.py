@@ -26,6 +26,7 @@ import pyarrow.dataset as ds
 
 from ..errors import StoreCorrupted
 from ..records import ARROW_SCHEMA, COL, rows_to_table
+from .guard import storage_boundary
 from .layout import StoreLayout
 from .lost_ranges import FILE_NAME as LOST_FILE
 from .lost_ranges import LostRanges
@@ -49,6 +50,7 @@ class Batch:
     def count(self) -> int:
         return self.last - self.first + 1
 
+    @storage_boundary("reading a batch of sealed events")
     def to_table(self, columns: list[str] | None = None) -> pa.Table:
         """The batch's rows as Arrow, in position order (all columns unless given)."""
         if self.table is not None:
@@ -61,6 +63,10 @@ class Batch:
 
 class _Moved(Exception):
     """Rows we need are between the tail and a new segment right now."""
+
+
+class _Missing(Exception):
+    """Positions were written but no listed file holds them (a race, or files are gone)."""
 
 
 class _TailCursor:
@@ -90,22 +96,31 @@ class LogFollower:
             self._tails.clear()  # rows before our cursor were dropped: read the files again
         self.after = after
 
+    @storage_boundary("following a partition")
     def poll(self, max_rows: int = 1_000_000, attempts: int = 20) -> Batch | None:
         """The next batch, or None when nothing newer is durable. A read that races the owner
         (a seal or compaction moving files) is tried again at once: callers that stop at the
         first None (a subscription with follow=False) must not take a race for the end.
         Damage raises StoreCorrupted: a follower never skips what it cannot read."""
+        missing: _Missing | None = None
         for attempt in range(attempts):
             try:
                 return self._poll(max_rows)
+            except _Missing as exc:
+                missing = exc
             except (FileNotFoundError, _Moved):
-                time.sleep(0.001 * attempt)  # the owner moved files under us: look again
+                missing = None
+            time.sleep(0.001 * attempt)  # the owner moved files under us: look again
+        if missing is not None:  # every attempt: positions written but in no file
+            raise StoreCorrupted(str(missing))
         return None
 
     def _poll(self, max_rows: int) -> Batch | None:
         lost = LostRanges.load(self.layout.root) if (self.layout.root / LOST_FILE).exists() else _NO_LOSS
         self.after = lost.skip(self.partition, self.after)  # a recorded loss is passed knowingly
-        tails = list_tail_files(self.layout.tail_dir(self.partition))
+        tail_dir = self.layout.tail_dir(self.partition)
+        durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
+        tails = list_tail_files(tail_dir)
         gen = resolve_current(self.layout.log_dir(self.partition))
         segments = list_segments(gen, lost, self.partition) if gen is not None else []
         sealed_last = segments[-1].last if segments else 0
@@ -124,8 +139,14 @@ class LogFollower:
             batch = Batch(self.partition, self.after + 1, last, files=chosen)
             self.after = last
             return batch
-        rows = self._tail_rows(tails, sealed_last)
+        rows = self._tail_rows(tails, sealed_last, durable)
         if not rows:
+            used = max([durable or 0, *(first - 1 for first, _p in tails)])
+            if used > self.after and not lost.covers(self.partition, self.after + 1, used):
+                raise _Missing(
+                    f"partition {self.partition}: positions {self.after + 1}..{used} were written (durable mark, "
+                    f"tail file names in {tail_dir}) but no file holds them: tail files or segments are missing"
+                )
             return None
         if rows[0][COL["position"]] != self.after + 1:
             raise _Moved  # a seal is moving these rows; the next read finds them in the segment
@@ -143,14 +164,13 @@ class LogFollower:
         self.after = last
         return batch
 
-    def _tail_rows(self, tails: list[tuple[int, Path]], sealed_last: int) -> list[tuple[Any, ...]]:
+    def _tail_rows(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int | None) -> list[tuple[Any, ...]]:
         """Durable unsealed rows after ``self.after``, reading each tail file only from where we
         stopped; frames past the writer's durable mark are left for a later poll."""
         live = {p for _f, p in tails}
         for p in list(self._tails):
             if p not in live:
                 del self._tails[p]
-        durable = DurableMark.read(self.layout.tail_dir(self.partition))
         out: list[tuple[Any, ...]] = []
         for i, (first, path) in enumerate(tails):
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None

@@ -76,7 +76,7 @@ class StoreLayout:
             desc = StoreDescriptor.model_validate_json(self.descriptor_path.read_text())
         except FileNotFoundError:
             return None
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
             raise StoreCorrupted(f"{self.descriptor_path} cannot be read: {exc}") from None
         if desc.format_version not in READABLE_FORMATS:
             raise EsActorsError(
@@ -114,6 +114,11 @@ class StoreLayout:
                     f"{self.root} was created with {existing.partitions} partitions; cannot open it with {partitions}"
                 )
             return existing
+        if (self.root / "log").exists() or (self.root / "tail").exists():
+            raise StoreCorrupted(
+                f"{self.descriptor_path} is missing but {self.root} holds a log: refusing to create a new store "
+                "over it (its partition count and hash would be guessed). Restore store.json"
+            )
         desc = StoreDescriptor(store_id=uuid.uuid4().hex, partitions=partitions or default_partitions)
         if desc.partitions < 1:
             raise EsActorsError("partitions must be >= 1")

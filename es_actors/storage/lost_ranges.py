@@ -16,7 +16,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..errors import StoreCorrupted
 
@@ -51,6 +51,12 @@ class LostRange(BaseModel):
     recorded_at: str
     accepted: Acceptance | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> "LostRange":
+        if not 1 <= self.first <= self.last:
+            raise ValueError(f"lost range {self.first}..{self.last} is not 1 <= first <= last")
+        return self
+
 
 class LostRangesFile(BaseModel):
     format: int = 1
@@ -73,6 +79,8 @@ class LostRanges:
             text = path.read_text()
         except FileNotFoundError:
             return cls()
+        except OSError as exc:
+            raise StoreCorrupted(f"{path}: the record of lost positions cannot be read ({exc})") from None
         try:
             return cls(LostRangesFile.model_validate_json(text).ranges)
         except ValueError as exc:

@@ -30,12 +30,14 @@ from pydantic import BaseModel, Field
 
 from ..errors import EsActorsError, StoreCorrupted
 from ..records import ARROW_SCHEMA, COL
+from .guard import storage_boundary
 from .layout import FORMAT_VERSION, StoreDescriptor, StoreLayout
 from .lost_ranges import Acceptance, AffectedAggregate, LostRange, LostRanges, now_text, record_lost_ranges, write_lost_ranges
 from .partition_log import acquire_partition_lock
 from .segments import (
     CURRENT,
     Segment,
+    list_segments,
     SegmentSet,
     file_crc32,
     parse_segment_name,
@@ -44,6 +46,7 @@ from .segments import (
     write_segment,
 )
 from .wal import (
+    DurableMark,
     Frame,
     TailScan,
     encode_frame,
@@ -99,6 +102,7 @@ class UpgradeReport(BaseModel):
     segments_renamed: int = 0
 
 
+@storage_boundary("upgrading the store")
 def upgrade_store(root: str | os.PathLike[str]) -> UpgradeReport:
     """Upgrade a store to the current format in place; a no-op on a current store."""
     layout = StoreLayout(Path(root).expanduser().resolve())
@@ -167,7 +171,7 @@ class RepairReport(BaseModel):
     lost: list[LostRange] = Field(default_factory=list)
 
     def summary(self) -> str:
-        if not self.damage and not self.torn_bytes_cut:
+        if not self.damage and not self.torn_bytes_cut and not self.lost:
             return f"{self.store}: no damage found; nothing changed"
         lines = [f"{self.store}: repaired; damaged bytes kept in {self.quarantine}"]
         lines += [f"  found: {d}" for d in self.damage]
@@ -187,6 +191,7 @@ class RepairReport(BaseModel):
         return "\n".join(lines)
 
 
+@storage_boundary("repairing the store")
 def repair_store(root: str | os.PathLike[str], lock_timeout_s: float = 2.0) -> RepairReport:
     """Quarantine damage, keep every valid event, record what is lost. Needs every writer stopped."""
     layout = StoreLayout(Path(root).expanduser().resolve())
@@ -201,7 +206,7 @@ def repair_store(root: str | os.PathLike[str], lock_timeout_s: float = 2.0) -> R
             _repair_tail(layout, p, qdir, report)
             if len(report.lost) > before:
                 _note_version_gaps(layout, p, report.lost[before:])
-    if report.damage:
+    if qdir.exists():
         report.quarantine = str(qdir)
     return report
 
@@ -227,8 +232,20 @@ def _record(layout: StoreLayout, ranges: list[LostRange], report: RepairReport) 
 def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) -> None:
     pdir = layout.log_dir(p)
     gen = resolve_current(pdir)
-    if gen is None:
-        return
+    if gen is None or not gen.is_dir():
+        gens = sorted(g for g in pdir.glob("gen-*") if g.is_dir()) if pdir.is_dir() else []
+        if not gens:
+            if gen is None and not layout.tail_dir(p).exists():
+                return  # a partition that never held anything
+            pdir.mkdir(parents=True, exist_ok=True)
+            empty = pdir / "gen-000001"
+            empty.mkdir(exist_ok=True)
+            report.damage.append(f"{pdir}: no generation of sealed segments is left; an empty one replaces it")
+            _swap_current(pdir, empty)
+            return  # the tail pass records every position that is now missing
+        report.damage.append(f"{pdir / CURRENT}: missing or broken; pointed at the newest generation {gens[-1].name}")
+        _swap_current(pdir, gens[-1])
+        gen = gens[-1]
     lost = LostRanges.load(layout.root)
     segs = sorted((s for f in gen.iterdir() if (s := parse_segment_name(f)) is not None), key=lambda s: s.first)
     bad: dict[str, tuple[Segment, list[pa.Table], str]] = {}
@@ -335,49 +352,79 @@ def _lost(p: int, first: int, last: int, source: str, offset: int, quarantined: 
 
 
 def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) -> None:
+    """Keep every valid frame of every tail file, record every position used but not kept.
+
+    Frames of all files are pooled, put in position order and regrouped into files named by
+    their first position: a misplaced frame or a renamed file is put back, not dropped. Lost
+    ranges are what lies between the last sealed position and the highest position ever used
+    (durable mark, file names) that no segment or frame holds. New files are written before any
+    original is replaced or removed, so a crash part-way leaves every frame in some file.
+    """
     tail_dir = layout.tail_dir(p)
     files = list_tail_files(tail_dir)
-    if not files:
-        return
     scans = [scan_tail_file(path, i == len(files) - 1, first) for i, (first, path) in enumerate(files)]
-    ranges: list[LostRange] = []
-    rewrites: list[tuple[TailScan, int, str]] = []
-    for i, scan in enumerate(scans):
-        if not scan.damage and not scan.torn_bytes:
-            continue
-        first = files[i][0]
-        next_first = files[i + 1][0] if i + 1 < len(files) else None
-        q = _quarantine(scan.path, qdir, layout)
-        for d in scan.damage:
-            report.damage.append(d.describe())
-            last = d.last_lost
-            if last is None:
-                last = (next_first - 1) if next_first is not None else (scan.rows[-1][1] if scan.rows else d.first_lost)
-            if last >= d.first_lost:
-                lr = _lost(p, d.first_lost, last, str(scan.path.relative_to(layout.root)), d.offset, q, d.reason)
-                lr.aggregates = _from_damaged_bytes(scan, d)
-                ranges.append(lr)
-        if scan.torn_bytes:
-            report.torn_bytes_cut += scan.torn_bytes
-        rewrites.append((scan, first, q))
-    _record(layout, ranges, report)
-    for scan, first, _q in rewrites:
-        runs: list[list[Frame]] = []
+    durable = DurableMark.read(tail_dir)
+    lost_before = LostRanges.load(layout.root)
+    gen = resolve_current(layout.log_dir(p))
+    segs = list_segments(gen, lost_before, p) if gen is not None and gen.is_dir() else []
+    sealed_last = segs[-1].last if segs else 0
+    pooled: dict[int, Frame] = {}
+    for scan in scans:
         for fr in scan.frames:
-            if runs and runs[-1][-1].first_position + len(runs[-1][-1].rows) == fr.first_position:
-                runs[-1].append(fr)
-            else:
-                runs.append([fr])
-        replaced = False
-        for run in runs:
-            name = tail_file_name(run[0].first_position)
-            _write_file_durably(tail_dir / name, _tail_bytes(run[0].first_position, run))
-            replaced = replaced or name == scan.path.name
-        if not replaced:
-            if scan.frames or scan.path != files[-1][1]:
-                scan.path.unlink()
-            else:  # the newest file held nothing valid: keep it, empty, for the next writer
-                _write_file_durably(scan.path, file_header(first))
+            if fr.rows and fr.rows[-1][1] > sealed_last:
+                pooled.setdefault(fr.first_position, fr)
+    runs: list[list[Frame]] = []
+    last_kept = sealed_last
+    for first in sorted(pooled):
+        fr = pooled[first]
+        if first <= last_kept:
+            continue  # overlaps what is already kept (a frame copied by an interrupted repair)
+        if runs and first == last_kept + 1:
+            runs[-1].append(fr)
+        else:
+            runs.append([fr])
+        last_kept = fr.rows[-1][1]
+    renamed = {s.path for s in scans for d in s.damage if "named for position" in d.reason}
+    used = max([durable or 0, last_kept, *(first - 1 for first, path in files if path not in renamed)])
+    damaged = [scan for scan in scans if scan.damage or scan.torn_bytes]
+    missing = _missing(sealed_last + 1, used, sorted(pos for run in runs for fr in run for pos in range(
+        fr.first_position, fr.first_position + len(fr.rows))))
+    missing = [(a, b) for a, b in missing if not lost_before.covers(p, a, b)]
+    if not damaged and not missing:
+        return
+    quarantined = {scan.path: _quarantine(scan.path, qdir, layout) for scan in damaged}
+    for scan in damaged:
+        report.damage.extend(d.describe() for d in scan.damage)
+        report.torn_bytes_cut += scan.torn_bytes
+    ranges: list[LostRange] = []
+    for a, b in missing:
+        where = next(((s, d) for s in damaged for d in s.damage if d.first_lost <= b and (d.last_lost or b) >= a), None)
+        if where is not None:
+            scan, d = where
+            lr = _lost(p, a, b, str(scan.path.relative_to(layout.root)), d.offset, quarantined[scan.path], d.reason)
+            lr.aggregates = _from_damaged_bytes(scan, d)
+        else:
+            source = damaged[-1] if damaged else None
+            lr = _lost(p, a, b, str(tail_dir.relative_to(layout.root)), source.valid_end if source else 0,
+                       quarantined[source.path] if source else "",
+                       "positions were written (durable mark, tail file names) but no file holds them")
+        ranges.append(lr)
+    _record(layout, ranges, report)
+    wanted = {tail_file_name(run[0].first_position): run for run in runs}
+    existing = {path.name for _first, path in files}
+    for name in sorted(set(wanted) - existing):  # new files first: every frame stays in some file
+        _write_file_durably(tail_dir / name, _tail_bytes(wanted[name][0].first_position, wanted[name]))
+    fsync_dir(tail_dir)
+    for name in sorted(set(wanted) & existing):
+        data = _tail_bytes(wanted[name][0].first_position, wanted[name])
+        if (tail_dir / name).read_bytes() != data:
+            _write_file_durably(tail_dir / name, data)
+    fsync_dir(tail_dir)
+    for name in sorted(existing - set(wanted)):
+        (tail_dir / name).unlink()
+    fsync_dir(tail_dir)
+    if used >= sealed_last + 1 and not wanted:  # keep the evidence of how far the log went
+        _write_file_durably(tail_dir / tail_file_name(used + 1), file_header(used + 1))
         fsync_dir(tail_dir)
 
 
@@ -409,7 +456,10 @@ def _note_version_gaps(layout: StoreLayout, p: int, ranges: list[LostRange]) -> 
     """Aggregates whose surviving versions skip across a lost range: certainly affected."""
     from .reader import read_partition
 
-    table = read_partition(layout, p).select(["aggregate_type", "aggregate_id", "version", "position"])
+    try:
+        table = read_partition(layout, p).select(["aggregate_type", "aggregate_id", "version", "position"])
+    except EsActorsError:
+        return  # the report still lists the positions; the partition will not open until it reads
     last: dict[tuple[str, str], int] = {}
     gaps: dict[tuple[str, str], list[int]] = {}
     for t, i, v, _pos in zip(*(table.column(c).to_pylist() for c in table.column_names)):

@@ -27,10 +27,21 @@ import pyarrow.parquet as pq
 from ..config import StoreConfig
 from ..errors import StorageError, StoreCorrupted, WriterFenced
 from ..records import ARROW_SCHEMA, COL, table_to_rows
+from .guard import storage_boundary
 from .layout import StoreLayout
 from .lost_ranges import LostRanges
-from .segments import SegmentSet, verify_segments
-from .wal import DurableMark, TailWriter, damage_error, fsync_dir, list_tail_files, scan_tail_file, tail_file_name
+from .segments import SegmentSet, resolve_current, verify_segments
+from .wal import (
+    DurableMark,
+    TailWriter,
+    damage_error,
+    fsync_dir,
+    fsync_file,
+    list_tail_files,
+    scan_tail_file,
+    tail_file_name,
+    tail_high_water,
+)
 
 
 def _first_position(path: Path) -> int:
@@ -62,6 +73,7 @@ def acquire_partition_lock(tail_dir: Path, timeout_s: float) -> int:
 
 
 class PartitionLog:
+    @storage_boundary("opening a partition's log")
     def __init__(self, layout: StoreLayout, partition: int, config: StoreConfig) -> None:
         self.partition = partition
         self.config = config
@@ -77,6 +89,12 @@ class PartitionLog:
         self._failed: str | None = None
         try:
             self.lost = LostRanges.load(layout.root)
+            if resolve_current(layout.log_dir(partition)) is None and tail_high_water(self.tail_dir) > 0:
+                raise StoreCorrupted(
+                    f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were "
+                    "written: the sealed log cannot be found. Nothing was changed; restore it, or run "
+                    "`es-actors repair --store <path>` to record the loss"
+                )
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
             verify_segments(self.segments.segments)  # damage anywhere is refused before anything is written
             self._recover()
@@ -95,10 +113,11 @@ class PartitionLog:
     # -- recovery -------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Read every tail file; refuse damage, cut only a torn end of the newest file.
+        """Read every tail file; refuse damage or missing positions, cut only a torn end of the
+        newest file, adopt the rest.
 
-        Nothing is modified until every file has been classified: a damaged store is left
-        byte for byte as it was (ADR-009).
+        Nothing is modified until every check has passed: a damaged store is left byte for
+        byte as it was (ADR-009).
         """
         sealed_last = self.segments.last_position
         files = list_tail_files(self.tail_dir)
@@ -109,31 +128,27 @@ class PartitionLog:
         for scan in scans:
             if scan.version != 2 and scan.size:
                 raise StoreCorrupted(f"{scan.path}: a format-1 tail file in a format-2 store; run `es-actors upgrade`")
-        if scans and scans[-1].torn_bytes:
-            scan = scans[-1]
-            rows = scan.rows
+        torn = scans[-1] if scans and scans[-1].torn_bytes else None
+        if torn is not None:
+            rows = torn.rows
             durable = DurableMark.read(self.tail_dir)
-            last_kept = rows[-1][COL["position"]] if rows else _first_position(scan.path) - 1
+            last_kept = rows[-1][COL["position"]] if rows else _first_position(torn.path) - 1
             if durable is not None and durable > max(last_kept, sealed_last):
                 raise StoreCorrupted(
-                    f"{scan.path} at byte {scan.valid_end}: the end fails its checks, but positions up to "
+                    f"{torn.path} at byte {torn.valid_end}: the end fails its checks, but positions up to "
                     f"{durable} were published as durable (DURABLE): this is damage, not a torn write. "
                     "Every byte was left as it was; run `es-actors repair --store <path>`"
                 )
-            log.warning("partition %d: cutting %d torn bytes from %s", self.partition, scan.torn_bytes, scan.path)
-            with open(scan.path, "r+b") as f:
-                f.truncate(scan.valid_end)
-                os.fsync(f.fileno())
         unsealed: list[tuple[Path, list[Row]]] = []
+        already_sealed: list[Path] = []
         for scan in scans:
             rows = scan.rows
             if rows and rows[-1][COL["position"]] <= sealed_last:
-                scan.path.unlink()  # sealed before a crash, not yet deleted
+                already_sealed.append(scan.path)  # sealed before a crash, not yet deleted
                 continue
             if rows and rows[0][COL["position"]] <= sealed_last:
                 raise StoreCorrupted(f"{scan.path} overlaps sealed segments (last sealed position {sealed_last})")
             unsealed.append((scan.path, rows))
-        fsync_dir(self.tail_dir)
         expected = sealed_last + 1
         for path, rows in unsealed:
             for r in rows:
@@ -143,6 +158,24 @@ class PartitionLog:
                         raise StoreCorrupted(f"{path}: position {pos} where {expected} was expected")
                 expected = pos
                 expected += 1
+        used = tail_high_water(self.tail_dir)
+        if used >= expected and not self.lost.covers(self.partition, expected, used):
+            raise StoreCorrupted(
+                f"partition {self.partition}: positions {expected}..{used} were written (durable mark, tail file "
+                f"names in {self.tail_dir}) but no file holds them: tail files or segments are missing. Nothing "
+                "was changed; restore them, or run `es-actors repair --store <path>` to record the loss"
+            )
+        # Every check passed: now cut the torn end, drop tail files already sealed, sync what we adopt.
+        if torn is not None:
+            log.warning("partition %d: cutting %d torn bytes from %s", self.partition, torn.torn_bytes, torn.path)
+            with open(torn.path, "r+b") as f:
+                f.truncate(torn.valid_end)
+                os.fsync(f.fileno())
+        for path in already_sealed:
+            path.unlink()
+        for path, _rows in unsealed:
+            fsync_file(path)  # adopted frames may be in the page cache only (a failed sync before a crash)
+        fsync_dir(self.tail_dir)
         lost_end = max((r.last for r in self.lost.of(self.partition)), default=0)
         self.next_position = max(expected, lost_end + 1)  # never hand out a position that may have been used
         # Every closed tail file waits for sealing; the newest one stays open for appends if the

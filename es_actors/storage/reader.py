@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 
 from ..errors import StoreCorrupted
 from ..records import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
+from .guard import storage_boundary
 from .layout import StoreLayout
 from .lost_ranges import LostRanges
 from .segments import Segment, list_segments, resolve_current, verify_segments
@@ -36,13 +37,13 @@ def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -
         raise StoreCorrupted(f"sealed segments {[s.path.name for s in segments]} cannot be read: {exc}") from None
 
 
-def durable_tail_rows(layout: StoreLayout, partition: int, tails: list[tuple[int, Path]], after: int) -> list[tuple[Any, ...]]:
-    """Rows of the listed tail files after ``after`` that are durable (up to the writer's mark).
-
-    Damage raises StoreCorrupted (never skipped); a vanished file raises FileNotFoundError:
-    a seal moved its rows into a segment the caller did not list, so it must read again.
-    """
-    durable = DurableMark.read(layout.tail_dir(partition))
+def durable_tail_rows(
+    layout: StoreLayout, partition: int, tails: list[tuple[int, Path]], after: int, durable: int | None = None
+) -> list[tuple[Any, ...]]:
+    """Rows of the listed tail files after ``after`` that are durable (up to the writer's mark,
+    read before the files were listed). Damage raises StoreCorrupted (never skipped); a
+    vanished file raises FileNotFoundError: a seal moved its rows into a segment the caller did
+    not list, so it must read again."""
     rows: list[tuple[Any, ...]] = []
     for i, (_first, path) in enumerate(tails):
         if i + 1 < len(tails) and tails[i + 1][0] <= after + 1:
@@ -62,23 +63,37 @@ def check_gapless(rows: list[tuple[Any, ...]], after: int, lost: LostRanges, par
     return True
 
 
-def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> tuple[list[Segment], list[tuple[Any, ...]]] | None:
-    """One attempt at a consistent view: (sealed segments, durable tail rows after them), or
-    None if a seal or compaction moved files under us (look again). Damage raises StoreCorrupted."""
-    tails = list_tail_files(layout.tail_dir(partition))
+View = tuple[list[Segment], list[tuple[Any, ...]]]
+
+
+def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> View | str:
+    """One attempt at a consistent view: (sealed segments, durable tail rows after them), or why
+    not (a seal or compaction moved files under us, or positions are missing: look again).
+    Damage raises StoreCorrupted."""
+    tail_dir = layout.tail_dir(partition)
+    durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
+    tails = list_tail_files(tail_dir)
     gen = resolve_current(layout.log_dir(partition))
     try:
+        if gen is None and (durable or tails):
+            return f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written"
         segments = list_segments(gen, lost, partition) if gen is not None else []
         sealed_last = segments[-1].last if segments else 0
-        tail_rows = durable_tail_rows(layout, partition, tails, sealed_last)
-    except FileNotFoundError:
-        return None
+        tail_rows = durable_tail_rows(layout, partition, tails, sealed_last, durable)
+    except FileNotFoundError as exc:
+        return f"a file vanished while reading ({exc.filename})"
     tail_rows.sort(key=lambda r: r[COL["position"]])
     if not check_gapless(tail_rows, sealed_last, lost, partition):
-        return None
+        return f"partition {partition}: positions do not continue after {sealed_last} in {tail_dir}"
+    last = tail_rows[-1][COL["position"]] if tail_rows else sealed_last
+    used = max([durable or 0, *(first - 1 for first, _p in tails)])
+    if used > last and not lost.covers(partition, last + 1, used):
+        return (f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
+                f"in {tail_dir}) but no file holds them: tail files or segments are missing")
     return segments, tail_rows
 
 
+@storage_boundary("reading a partition")
 def read_partition(
     layout: StoreLayout,
     partition: int,
@@ -87,9 +102,11 @@ def read_partition(
 ) -> pa.Table:
     """All durable events of a partition (or of one aggregate in it), in position order."""
     lost = LostRanges.load(layout.root)
+    why = ""
     for _ in range(attempts):
         view = _durable_view(layout, partition, lost)
-        if view is None:
+        if isinstance(view, str):
+            why = view
             time.sleep(0.01)
             continue
         segments, tail_rows = view
@@ -105,13 +122,14 @@ def read_partition(
         if not tail_rows:
             return sealed
         return pa.concat_tables([sealed, rows_to_table(tail_rows)])
-    raise StoreCorrupted(f"partition {partition}: no consistent read after {attempts} attempts")
+    raise StoreCorrupted(f"no consistent read after {attempts} attempts: {why}")
 
 
 def read_partition_rows(layout: StoreLayout, partition: int, aggregate: tuple[str, str] | None = None) -> list[tuple[Any, ...]]:
     return table_to_rows(read_partition(layout, partition, aggregate))
 
 
+@storage_boundary("listing sealed files")
 def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
     """The exact sealed file set right now: pass it to ``read_parquet([...])`` for a stable snapshot."""
     files: list[Path] = []
@@ -123,6 +141,7 @@ def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
     return files
 
 
+@storage_boundary("reading the log")
 def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tuple[list[str], pa.Table]:
     """Every durable event as (sealed files, tail rows after them): what the ``events`` relation
     of a query shows. Consistent per partition (same retry rule as :func:`read_partition`)."""
@@ -130,14 +149,16 @@ def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tu
     tails: list[tuple[Any, ...]] = []
     lost = LostRanges.load(layout.root)
     for p in range(partitions):
+        why = ""
         for _ in range(attempts):
             view = _durable_view(layout, p, lost)
-            if view is not None:
+            if not isinstance(view, str):
                 verify_segments(view[0])
                 files.extend(str(s.path) for s in view[0])
                 tails.extend(view[1])
                 break
+            why = view
             time.sleep(0.01)
         else:
-            raise StoreCorrupted(f"partition {p}: no consistent read after {attempts} attempts")
+            raise StoreCorrupted(f"no consistent read after {attempts} attempts: {why}")
     return files, rows_to_table(tails)

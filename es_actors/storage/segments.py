@@ -173,7 +173,11 @@ class SegmentSet:
         self.partition = partition
         partition_dir.mkdir(parents=True, exist_ok=True)
         cur = resolve_current(partition_dir)
-        if cur is None or not cur.is_dir():
+        if cur is not None and not cur.is_dir():
+            raise StoreCorrupted(f"{partition_dir / CURRENT} points at {cur.name}, which is not a generation directory")
+        if cur is None:
+            if any(_GEN.match(p.name) for p in partition_dir.iterdir()):
+                raise StoreCorrupted(f"{partition_dir / CURRENT} is missing but generations exist: nothing was changed")
             cur = partition_dir / "gen-000001"
             cur.mkdir(exist_ok=True)
             self._point_current_at(cur)

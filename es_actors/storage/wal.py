@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import struct
 import zlib
@@ -44,6 +45,7 @@ FRAME_HEADER_SIZE = _FRAME.size + 4  # + crc32 of the header
 _V1_HEADER = struct.Struct("<II")
 _SUFFIX = ".wal"
 Row = tuple[Any, ...]
+log = logging.getLogger(__name__)
 # Module-level so fault-injection tests can replace the raw calls (ENOSPC, EIO, a held sync).
 _write = os.write
 _fdatasync = os.fdatasync
@@ -175,8 +177,11 @@ def scan_tail_bytes(path: Path, data: bytes, newest: bool, expected_first: int |
     ``expected_first`` is the position the file should start with (from its name). Every
     frame must continue the positions of the one before; a frame that does not is damage.
     """
-    if not data:
-        return TailScan(path, 2, 0)
+    if not data:  # created, nothing written yet: only the newest file may be like that
+        scan = TailScan(path, 2, 0)
+        if not newest:
+            scan.damage.append(Damage(path, 0, None, expected_first or 0, None, "closed tail file is empty"))
+        return scan
     if len(data) < FILE_HEADER_SIZE and (FILE_MAGIC.startswith(data[:8]) or not data.strip(b"\x00")):
         # created, header not yet whole: harmless in the newest file, damage in a closed one
         scan = TailScan(path, 2, len(data))
@@ -190,11 +195,14 @@ def scan_tail_bytes(path: Path, data: bytes, newest: bool, expected_first: int |
     scan = TailScan(path, 2, len(data))
     magic, first, _reserved, hcrc = _FILE_HEADER.unpack_from(data.ljust(FILE_HEADER_SIZE, b"\x00"), 0)
     header_ok = magic == FILE_MAGIC and zlib.crc32(data[:20]) == hcrc
-    if not header_ok or (expected_first is not None and first != expected_first):
+    if not header_ok:
         # The frames carry their own positions: the header's damage loses none of them.
         known = expected_first if expected_first is not None else 0
         scan.damage.append(Damage(path, 0, FILE_HEADER_SIZE, known, known - 1, "tail file header is damaged"))
         first = known
+    elif expected_first is not None and first != expected_first:  # a checked header outranks a name
+        scan.damage.append(Damage(path, 0, FILE_HEADER_SIZE, first, first - 1,
+                                  f"tail file named for position {expected_first} holds position {first}"))
     scan.valid_end = 0 if scan.damage else FILE_HEADER_SIZE
     return scan_frames(scan, data, FILE_HEADER_SIZE, first, newest)
 
@@ -206,10 +214,10 @@ def scan_frames(scan: TailScan, data: bytes, off: int, expected: int, newest: bo
     path = scan.path
     while off < n:
         frame, why = _frame_at(data, off)
-        if frame is not None and frame.first_position != expected:  # checks out, but out of place
-            scan.damage.append(Damage(path, base + off, base + frame.end, expected, None,
+        if frame is not None and frame.first_position != expected:  # checks out, but out of place:
+            scan.damage.append(Damage(path, base + off, base + frame.end, expected, expected - 1,  # kept, so
                                       f"frame holds position {frame.first_position} where {expected} was expected"))
-            return scan
+            expected = frame.first_position  # a repair can still put it in its place
         if frame is not None:
             frame.offset, frame.end = base + frame.offset, base + frame.end
             scan.frames.append(frame)
@@ -261,14 +269,20 @@ def _scan_v1(path: Path, data: bytes, newest: bool, expected_first: int | None) 
             scan.frames.append(Frame(off, end, rows[0][1], rows))
             expected = rows[-1][1] + 1
             off = end
-            scan.valid_end = off
+            if not scan.damage:
+                scan.valid_end = off
             continue
+        resumed = False
         for k in range(off + 1, n - _V1_HEADER.size):
             later = _v1_frame_at(data, k)
             if later is not None and (expected is None or later[1][0][1] > expected - 1):
                 first_lost = expected if expected is not None else 0
-                scan.damage.append(Damage(path, off, k, first_lost, later[1][0][1] - 1, "format-1 frame fails its checksum; valid frames follow"))
-                return scan  # format 1 cannot resynchronise reliably past this point: refuse
+                scan.damage.append(Damage(path, off, k, first_lost, later[1][0][1] - 1,
+                                          "format-1 frame fails its checksum; valid frames follow"))
+                off, expected, resumed = k, later[1][0][1], True
+                break
+        if resumed:
+            continue
         if newest:
             scan.torn_bytes = n - off
         else:
@@ -300,6 +314,11 @@ def read_tail_rows(path: Path, newest: bool, durable_last: int | None = None) ->
     if scan.damage:
         raise damage_error(scan.damage)
     rows = scan.rows
+    if scan.torn_bytes and durable_last is not None:
+        kept = rows[-1][1] if rows else (_first_of(path) or 1) - 1
+        if kept < durable_last:  # those positions were synced before the mark said so: not a tear
+            raise damage_error([Damage(path, scan.valid_end, None, kept + 1, durable_last,
+                                       "the end fails its checks below the durable mark (DURABLE)")])
     if durable_last is not None and rows and rows[-1][1] > durable_last:
         rows = [r for r in rows if r[1] <= durable_last]
     return rows
@@ -367,7 +386,26 @@ class DurableMark:
             if zlib.crc32(data[:16]) == crc:
                 return int(last)
             # a read racing the writer's pwrite: look again
-        raise StoreCorrupted(f"{path}: the durable mark fails its checksum")
+        # Damaged: it is evidence, not data. Readers then see every whole frame (as in format 1)
+        # and the next writer rewrites it from what it recovers.
+        log.warning("%s fails its checksum; ignoring it", path)
+        return None
+
+
+def tail_high_water(directory: Path) -> int:
+    """The highest position the tail shows was ever used (0 if none): the durable mark, or the
+    name of the newest tail file minus one (a file is named by the next position when created).
+    Fewer readable positions than this means files went missing, never a torn write."""
+    names = [first - 1 for first, _p in list_tail_files(directory)]
+    return max([DurableMark.read(directory) or 0, *names])
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -418,7 +456,8 @@ class TailWriter:
             while written < len(frame):
                 written += _write(self._fd, frame[written:] if written else frame)
         except OSError as exc:
-            self._cut_back()
+            if not self._cut_back():  # a partial frame may stay, unsynced: nothing more can be trusted
+                self.failed = f"write failed ({exc.strerror or exc}) and could not be cut back"
             reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
             raise StorageError(
                 f"durable write to {self.path} failed ({reason}); the batch was not acknowledged "
