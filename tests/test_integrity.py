@@ -344,3 +344,131 @@ def test_a_damaged_store_refuses_the_writer_through_ray(pristine, tmp_path, stor
     with pytest.raises(StoreCorrupted, match=closed.name):  # Store.open itself, before any command
         store_factory("damaged", aggregates=(BankAccount,))
     assert digests(tmp_path / "damaged") == before
+
+
+# -- missing, misplaced and renamed files (found by a hostile review) -------------------------
+
+
+def publish_durable(root: Path, last: int) -> None:
+    mark = DurableMark(root / "tail" / "p0000")
+    mark.publish(last, 1)
+    mark.close()
+
+
+def positions(root: Path) -> list[int]:
+    return [r[1] for r in read_partition_rows(StoreLayout(root), 0)]
+
+
+@pytest.mark.parametrize("how", ["delete", "empty", "rename-ahead"])
+def test_a_missing_newest_tail_file_is_corruption_not_the_end_of_the_log(pristine, tmp_path, how):
+    """Positions the writer published as durable (or named a file after) but no file holds are
+    refused everywhere; repair records them lost; they are never handed out again."""
+    root = copy_of(pristine, tmp_path)
+    publish_durable(root, 30)
+    (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
+    if how == "delete":
+        newest.unlink()
+    elif how == "empty":
+        newest.write_bytes(b"")
+    else:
+        newest.rename(newest.with_name(f"{40:020d}.wal"))
+    if how != "rename-ahead":
+        with pytest.raises(StoreCorrupted, match="22..30|22"):
+            PartitionLog(StoreLayout(root), 0, StoreConfig(lock_timeout_s=0))
+        with pytest.raises(StoreCorrupted):
+            positions(root)
+        follower = LogFollower(StoreLayout(root), 0)
+        with pytest.raises(StoreCorrupted):
+            while follower.poll() is not None:
+                pass
+    report = repair_store(root)
+    lost = {p for r in report.lost for p in range(r.first, r.last + 1)}
+    kept = positions(root)
+    assert set(kept) | lost >= set(range(1, 31)) and not set(kept) & lost
+    log = PartitionLog(StoreLayout(root), 0, StoreConfig(lock_timeout_s=0))
+    assert log.next_position > max(set(kept) | lost)
+    log.close()
+
+
+def test_a_torn_end_below_the_durable_mark_is_refused_by_readers_and_recorded_by_repair(pristine, tmp_path):
+    root = copy_of(pristine, tmp_path)
+    publish_durable(root, 30)
+    (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
+    newest.write_bytes(newest.read_bytes()[:-3])
+    with pytest.raises(StoreCorrupted, match="DURABLE"):
+        positions(root)
+    report = repair_store(root)
+    assert [(r.first, r.last) for r in report.lost] == [(28, 30)]
+    assert positions(root) == list(range(1, 28))
+    log = PartitionLog(StoreLayout(root), 0, StoreConfig(lock_timeout_s=0))
+    assert log.next_position == 31
+    log.close()
+
+
+@pytest.mark.parametrize("how", ["swap-frames", "rename-file"])
+def test_repair_puts_misplaced_frames_and_renamed_files_back_without_loss(pristine, tmp_path, how):
+    root = copy_of(pristine, tmp_path)
+    (_a, closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
+    if how == "swap-frames":
+        frames = scan_tail_file(newest, True).frames
+        blob = newest.read_bytes()
+        pieces = [blob[f.offset:f.end] for f in frames]
+        newest.write_bytes(blob[:FILE_HEADER_SIZE] + pieces[0] + pieces[2] + pieces[1])
+    else:
+        closed.rename(closed.with_name(f"{99:020d}.wal"))
+    with pytest.raises(StoreCorrupted):
+        PartitionLog(StoreLayout(root), 0, StoreConfig(lock_timeout_s=0))
+    report = repair_store(root)
+    assert report.damage and not report.lost
+    assert positions(root) == list(range(1, 31))
+    log = PartitionLog(StoreLayout(root), 0, StoreConfig(lock_timeout_s=0))
+    assert log.next_position == 31
+    log.close()
+
+
+def test_a_repair_that_crashes_part_way_loses_nothing_a_second_one_finishes(pristine, tmp_path, monkeypatch):
+    from es_actors.storage import maintenance
+
+    root = copy_of(pristine, tmp_path)
+    (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
+    middle = scan_tail_file(newest, True).frames[1]
+    flip(newest, middle.offset + FILE_HEADER_SIZE + 5)
+    real, calls = maintenance._write_file_durably, []
+
+    def crash_on_second(path: Path, data: bytes) -> None:
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise OSError(5, "simulated crash")
+        real(path, data)
+
+    monkeypatch.setattr(maintenance, "_write_file_durably", crash_on_second)
+    with pytest.raises(StoreCorrupted):
+        repair_store(root)
+    monkeypatch.setattr(maintenance, "_write_file_durably", real)
+    repair_store(root)
+    lost = {p for r in LostRanges.load(root).ranges for p in range(r.first, r.last + 1)}
+    assert lost == set(range(middle.first_position, middle.first_position + 3))
+    assert positions(root) == [p for p in range(1, 31) if p not in lost]
+
+
+def test_store_json_is_never_recreated_over_a_log(pristine, tmp_path):
+    root = copy_of(pristine, tmp_path)
+    (root / "store.json").unlink()
+    with pytest.raises(StoreCorrupted, match="store.json"):
+        StoreLayout(root).create_or_check(None, 4)
+    assert not (root / "store.json").exists()
+
+
+def test_a_tail_file_replaced_by_a_directory_is_an_es_actors_error(pristine, tmp_path):
+    root = copy_of(pristine, tmp_path)
+    (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
+    newest.unlink()
+    newest.mkdir()
+    with pytest.raises(StoreCorrupted, match=newest.name):
+        PartitionLog(StoreLayout(root), 0, StoreConfig(lock_timeout_s=0))
+    with pytest.raises(StoreCorrupted, match=newest.name):
+        positions(root)
+    follower = LogFollower(StoreLayout(root), 0)
+    with pytest.raises(StoreCorrupted, match=newest.name):
+        while follower.poll() is not None:
+            pass

@@ -30,7 +30,7 @@ from ..records import ARROW_SCHEMA, COL, table_to_rows
 from .guard import storage_boundary
 from .layout import StoreLayout
 from .lost_ranges import LostRanges
-from .segments import SegmentSet, resolve_current, verify_segments
+from .segments import SegmentSet, verify_segments
 from .wal import (
     DurableMark,
     TailWriter,
@@ -89,12 +89,6 @@ class PartitionLog:
         self._failed: str | None = None
         try:
             self.lost = LostRanges.load(layout.root)
-            if resolve_current(layout.log_dir(partition)) is None and tail_high_water(self.tail_dir) > 0:
-                raise StoreCorrupted(
-                    f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were "
-                    "written: the sealed log cannot be found. Nothing was changed; restore it, or run "
-                    "`es-actors repair --store <path>` to record the loss"
-                )
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
             verify_segments(self.segments.segments)  # damage anywhere is refused before anything is written
             self._recover()
