@@ -210,9 +210,6 @@ def check_contracts(
     sys.exit(0 if report.clean else 1)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _reading_store(store_path: str, address: str | None) -> Any:
     """A read-only store; joined to the Ray cluster at ``address`` (or $RAY_ADDRESS) when given,
@@ -306,3 +303,7 @@ def status(store_path: str, address: str | None, as_json: bool) -> None:
     bad = [r for r in rows if r["status"] in ("halted", "stalled")]
     if bad:
         raise SystemExit(2)  # scripts and health checks can tell
+
+
+if __name__ == "__main__":  # last, so every command above is registered
+    main()

@@ -94,3 +94,8 @@ class QueryRefused(EsActorsError):
 
 class QueryFailed(EsActorsError):
     """A query failed (syntax, missing table, timeout); the message is DuckDB's."""
+
+
+class LinkRefused(EsActorsError, ConnectionError):
+    """The direct local link to a partition actor refused or failed the handshake (the client
+    falls back to reconnecting with a fresh endpoint, like after an actor restart)."""

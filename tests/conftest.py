@@ -16,9 +16,11 @@ from examples.bank import BankAccount
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A small local Ray (no dashboard) shared by every test that needs one."""
+    """A small local Ray (no dashboard, loopback only) shared by every test that needs one."""
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        from es_actors.runtime import start_local_ray
+
+        start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
