@@ -32,12 +32,21 @@ def ensure_ray(address: str | None) -> None:
     machine), else start a local Ray that listens on 127.0.0.1 only (:func:`start_local_ray`)."""
     if ray.is_initialized():
         return
-    from ray._private.services import canonicalize_bootstrap_address
-
-    if canonicalize_bootstrap_address(address) is None:  # ray.init would start a new local Ray
+    if _starts_a_new_ray(address):
         start_local_ray(logging_level=logging.WARNING, configure_logging=True)
     else:
         ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+
+
+def _starts_a_new_ray(address: str | None) -> bool:
+    """Whether ``ray.init(address=address)`` would start a new Ray rather than join one."""
+    if address == "local":
+        return True
+    if address is not None or os.environ.get("RAY_ADDRESS"):
+        return False
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(None) is None  # no cluster from `ray start` here either
 
 
 def start_local_ray(**options: Any) -> None:
