@@ -30,7 +30,9 @@ class Trivial:
 
 def main():
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     print(f"ray.init: {time.perf_counter() - t:.2f} s")
 
     # --- A: one Ray actor per "aggregate" --------------------------------------------

@@ -71,7 +71,9 @@ def start_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+
+        start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 
 
 # ==============================================================================================

@@ -59,7 +59,9 @@ def measure(label: str, actor_cls: object, **options: object) -> None:
 
 
 def main() -> None:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     for _ in range(2):
         measure("sync actor", SyncActor)
         measure("sync actor, no task events", SyncActor, enable_task_events=False)

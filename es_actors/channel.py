@@ -21,16 +21,17 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Protocol
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from .config import StoreConfig
+from .direct import connect
 from .errors import CommandTimeout, Overloaded, StoreClosed
 from .partition import BatchItem, ItemResult
-from .runtime import unwrap_actor_error
+from .runtime import actor_get, unwrap_actor_error
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +238,14 @@ class DirectLink:
     def _connect(self) -> Connection | None:
         """The live connection, or None when the actor is not on this node (use Ray calls)."""
         if self._conn is None:
-            node_id, address, key = ray.get(self._channel._actor.endpoint.remote(), timeout=30)
+            node_id, address, key = actor_get(self._channel._actor.endpoint.remote(), timeout=30)
             try:
                 here = ray.get_runtime_context().get_node_id()
             except Exception:  # e.g. a Ray Client ("ray://") session has no local node
                 here = None
             if node_id != here:
                 return None
-            self._conn = Client(address, authkey=key)
+            self._conn = connect(address, key)
         return self._conn
 
     def _run(self) -> None:

@@ -222,6 +222,7 @@ def check_contracts(
     sys.exit(0 if report.clean else 1)
 
 
+
 def _reading_store(store_path: str, address: str | None) -> Any:
     """A read-only store; joined to the Ray cluster at ``address`` (or $RAY_ADDRESS) when given,
     so queries and status come from the store's running projector."""

@@ -119,3 +119,8 @@ class QueryTimeout(QueryFailed, TimeoutError):
 
 class QueryTooLarge(QueryFailed):
     """A query's result passed the configured cap (``query_max_rows`` / ``query_max_bytes``)."""
+
+
+class LinkRefused(EsActorsError, ConnectionError):
+    """The direct local link to a partition actor refused or failed the handshake (the client
+    falls back to reconnecting with a fresh endpoint, like after an actor restart)."""

@@ -335,37 +335,37 @@ class Store:
 
     def stats(self) -> list[dict[str, Any]]:
         """Per-partition counters from the owning actors."""
-        import ray
+        from .runtime import actor_get
 
         if self._actors is None:
             raise EsActorsError("stats need an open (writable) store")
-        return ray.get([a.stats.remote() for a in self._actors])
+        return actor_get([a.stats.remote() for a in self._actors])
 
     def seal(self) -> None:
         """Seal every partition's tail now (close does this too)."""
-        import ray
+        from .runtime import actor_get
 
         if self._actors is not None:
-            ray.get([a.seal.remote() for a in self._actors])
+            actor_get([a.seal.remote() for a in self._actors])
 
     def passivate(self) -> int:
         """Drop every hydrated state from the partition actors' memory; they rehydrate on next use."""
-        import ray
+        from .runtime import actor_get
 
-        return sum(ray.get([a.passivate.remote() for a in self._writable_actors()]))
+        return sum(actor_get([a.passivate.remote() for a in self._writable_actors()]))
 
     def hydrate(self, limit_per_partition: int | None = None) -> int:
         """Warm up: hydrate the most recently written aggregates of each partition (default up to
         ``max_hydrated``), from snapshots plus later events. Returns how many were hydrated."""
-        import ray
+        from .runtime import actor_get
 
-        return sum(ray.get([a.hydrate_all.remote(limit_per_partition) for a in self._writable_actors()]))
+        return sum(actor_get([a.hydrate_all.remote(limit_per_partition) for a in self._writable_actors()]))
 
     def flush_snapshots(self) -> int:
         """Write the snapshots the live policy has due now instead of at the next batch or close."""
-        import ray
+        from .runtime import actor_get
 
-        return sum(ray.get([a.flush_snapshots.remote() for a in self._writable_actors()]))
+        return sum(actor_get([a.flush_snapshots.remote() for a in self._writable_actors()]))
 
     def _writable_actors(self) -> list[Any]:
         self._check_open()
@@ -477,21 +477,19 @@ class Store:
 
         import ray
 
-        from .runtime import unwrap_actor_error
+        from .runtime import actor_get
 
         deadline = time.monotonic() + self.config.retry_deadline_s
         while True:
             ref = getattr(projector, method).remote(*args)
             try:
-                return ray.get(ref, timeout=wait_s)
+                return actor_get(ref, timeout=wait_s)
             except ray.exceptions.GetTimeoutError:
                 try:
                     ray.cancel(ref)  # if still queued; a running query ends at its own deadline
                 except Exception:
                     pass
                 raise
-            except EsActorsError as exc:
-                raise unwrap_actor_error(exc) from None
             except ray.exceptions.ActorUnavailableError:
                 if time.monotonic() >= deadline:
                     raise
@@ -675,13 +673,13 @@ class AggregateHandle(Generic[S]):
 
     def state(self) -> AggregateState[S]:
         """Current version and state, from the owning actor (consistent with acknowledged commands)."""
-        import ray
+        from .runtime import actor_get
 
         self.store._check_open()
         if self.store._actors is None:
             raise EsActorsError("state needs an open (writable) store; read-only stores offer history")
         p = self.store.partition_of(self.aggregate_type, self.aggregate_id)
-        version, state = ray.get(self.store._actors[p].get_state.remote(self.aggregate_type, self.aggregate_id))
+        version, state = actor_get(self.store._actors[p].get_state.remote(self.aggregate_type, self.aggregate_id))
         return AggregateState(version, state)
 
     def history(self) -> list[RecordedEvent]:
@@ -689,11 +687,11 @@ class AggregateHandle(Generic[S]):
 
     def passivate(self) -> bool:
         """Drop this aggregate's state from its actor's memory (it rehydrates on next use)."""
-        import ray
+        from .runtime import actor_get
 
         p = self.store.partition_of(self.aggregate_type, self.aggregate_id)
         actor = self.store._writable_actors()[p]
-        return bool(ray.get(actor.passivate.remote(self.aggregate_type, self.aggregate_id)))
+        return bool(actor_get(actor.passivate.remote(self.aggregate_type, self.aggregate_id)))
 
     def state_at(self, *, version: int | None = None, as_of: datetime | None = None) -> AggregateState[S]:
         """The aggregate as it was at ``version``, or as the store knew it at ``as_of`` (UTC-aware).

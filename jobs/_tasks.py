@@ -26,8 +26,10 @@ def connect_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    else:  # loopback only, like a store's embedded Ray (ADR-012)
+        from es_actors.runtime import start_local_ray
+
+        start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
 
 
 def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:

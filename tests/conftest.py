@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the session's Ray listens on 127.0.0.1 only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest
@@ -16,9 +16,11 @@ from examples.bank import BankAccount
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A small local Ray (no dashboard) shared by every test that needs one."""
+    """A small local Ray (no dashboard, loopback only) shared by every test that needs one."""
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        from es_actors.runtime import start_local_ray
+
+        start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

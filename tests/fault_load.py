@@ -37,10 +37,10 @@ def load(root: str, acks: str, seconds: float, ray_temp: str) -> None:
     import ray
 
     from es_actors import Store
+    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
     from examples.bank import BankAccount, Deposit, OpenAccount
 
-    ray.init(
-        address="local",
+    start_local_ray(
         num_cpus=1,
         include_dashboard=False,
         logging_level="ERROR",
@@ -117,10 +117,11 @@ def fence_ray(root: str, ray_temp: str) -> None:
     import ray
 
     from es_actors import Store, WriterFenced
+    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
     from examples.bank import BankAccount
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR",
-             object_store_memory=100 * 1024 * 1024, _temp_dir=ray_temp)
+    start_local_ray(num_cpus=1, include_dashboard=False, logging_level="ERROR",
+                    object_store_memory=100 * 1024 * 1024, _temp_dir=ray_temp)
     t0 = time.monotonic()
     out: dict = {}
     try:

@@ -15,7 +15,7 @@ import ray
 from es_actors import DomainError, InvalidPayload, Overloaded, Store, Submission, UserCodeError
 from es_actors.actor import NAMESPACE
 from es_actors.runtime import actor_name
-from examples.bank import BankAccount, Deposit, MoneyDeposited, OpenAccount
+from examples.bank import AccountAlreadyOpen, BankAccount, Deposit, MoneyDeposited, OpenAccount
 from tests.domains import SlowCounter, Tick
 
 
@@ -58,7 +58,7 @@ def test_write_path_metrics_reach_the_prometheus_endpoint(store):
     acct = store.aggregate(BankAccount, "m1")
     acct.submit(OpenAccount(owner="m"))
     acct.submit(Deposit(amount=1))
-    with pytest.raises(Exception):
+    with pytest.raises(AccountAlreadyOpen, match="account is already open"):  # counted as a rejection below
         acct.submit(OpenAccount(owner="again"))
     port = ray._private.worker.global_worker.node.metrics_export_port
     wanted = ["ray_es_actors_commands", "ray_es_actors_rejections", "ray_es_actors_batch_size",
