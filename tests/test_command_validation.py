@@ -221,11 +221,12 @@ def test_the_actor_checks_every_envelope_itself(store_factory, path):
     if path == "ray-handle":
         results = ray.get(s._actors[0].handle_batch.remote(batch))
     else:  # the same list of raw items over the actor's direct local link
-        from multiprocessing.connection import Client
         import pickle
 
+        from es_actors.direct import connect
+
         _node, address, key = ray.get(s._actors[0].endpoint.remote())
-        with Client(address, authkey=key) as conn:
+        with connect(address, key) as conn:
             conn.send_bytes(pickle.dumps(batch))
             tag, results = pickle.loads(conn.recv_bytes())
         assert tag == "ok"

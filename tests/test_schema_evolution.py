@@ -23,6 +23,7 @@ import pytest
 from pydantic import Field
 
 from es_actors import Aggregate, DomainRegistry, Event, Store, upgrade_store
+from es_actors.storage.segments import file_crc32, parse_segment_name, segment_name
 from es_actors.upcasting import EventDecoder, StoredEvent, UnreadableEvent, Upcaster, upcaster
 from examples.bank import (
     Account,
@@ -225,7 +226,12 @@ def rewrite_row(root: Path, aggregate_id: str, version: int, **columns: str) -> 
                 row.update(columns)
                 tmp = seg.with_name(".rewrite.tmp")
                 pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp)
-                os.replace(tmp, seg)
+                target = seg
+                if parse_segment_name(seg).crc is not None:  # a well-formed file: its name carries its CRC
+                    named = parse_segment_name(seg)
+                    target = seg.with_name(segment_name(named.first, named.last, file_crc32(tmp)))
+                    seg.unlink()
+                os.replace(tmp, target)
                 return row["position"]
     raise AssertionError(f"no row {aggregate_id} v{version}")
 
