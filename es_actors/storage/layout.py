@@ -17,6 +17,7 @@ from pyarrow import fs as pafs
 from pydantic import BaseModel
 
 from ..errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
+from .wal import fsync_dir
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
 READABLE_FORMATS = (1, 2)
@@ -93,11 +94,7 @@ class StoreLayout:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.descriptor_path)
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.root)
 
     def create_or_check(self, partitions: int | None, default_partitions: int) -> StoreDescriptor:
         """Create ``store.json`` on first use; afterwards the recorded partition count rules."""

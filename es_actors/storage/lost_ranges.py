@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 
 from ..errors import StoreCorrupted
+from .wal import fsync_dir
 
 FILE_NAME = "lost-ranges.json"
 
@@ -134,11 +135,7 @@ def write_lost_ranges(root: Path, ranges: list[LostRange]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)
 
 
 def now_text() -> str:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ..errors import StoreCorrupted
 from ..records import ARROW_SCHEMA, rows_to_table
-from .wal import fsync_dir
+from .wal import fsync_dir, fsync_file
 
 _SEG = re.compile(r"^seg-(\d{20})-(\d{20})(?:-([0-9a-f]{8}))?\.parquet$")
 _GEN = re.compile(r"^gen-(\d{6})$")
@@ -65,20 +65,12 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_parquet_durably(table: pa.Table, path: Path, row_group_size: int = 128 * 1024, **options: Any) -> None:
     """Temp name, fsync, rename, fsync the directory: the file appears whole or not at all."""
     # The temp name must not end in .parquet: DuckDB's glob '*.parquet' matches dot files too.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size, **options)
-    _fsync_file(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -87,7 +79,7 @@ def write_segment(table: pa.Table, gen_dir: Path, first: int, last: int) -> Segm
     """A segment file whose name carries its CRC-32, written durably (temp, fsync, rename)."""
     tmp = gen_dir / f".seg-{first:020d}-{last:020d}.{os.getpid()}.tmp"
     pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024, write_page_checksum=True)
-    _fsync_file(tmp)
+    fsync_file(tmp)
     crc = file_crc32(tmp)
     seg = Segment(first, last, gen_dir / segment_name(first, last, crc), crc)
     os.replace(tmp, seg.path)

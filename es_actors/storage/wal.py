@@ -401,6 +401,7 @@ def tail_high_water(directory: Path) -> int:
 
 
 def fsync_file(path: Path) -> None:
+    """fsync a file (or, opened the same way, a directory: its entries) by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -409,11 +410,8 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make a directory's entries (a create, rename or unlink in it) durable."""
+    fsync_file(directory)
 
 
 class TailWriter:
