@@ -23,7 +23,7 @@ from .config import StoreConfig
 from .direct import DirectServer
 from .domain import Aggregate, DomainRegistry
 from .errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
-from .partition import BatchItem, ItemResult, Partition
+from .partition import BatchItem, ItemResult, Partition, safe_text
 from .storage.layout import StoreLayout
 
 NAMESPACE = "es_actors"
@@ -51,9 +51,9 @@ def portable_error(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc, protocol=5))
         return exc
-    except Exception:
+    except BaseException:
         fallback = DomainError if isinstance(exc, DomainError) else CommandRejected
-        return fallback(f"{type(exc).__name__}: {exc}")
+        return fallback(f"{type(exc).__name__}: {safe_text(exc)}")
 
 
 class _WriteMetrics:

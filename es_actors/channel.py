@@ -29,7 +29,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from .config import StoreConfig
 from .direct import connect
-from .errors import CommandTimeout, Overloaded, StoreClosed
+from .errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
 from .partition import BatchItem, ItemResult
 from .runtime import actor_get, unwrap_actor_error
 
@@ -129,6 +129,9 @@ class PartitionChannel:
         if self._link is not None:
             self._link.send(batch, first_sent)
             return
+        self._send_by_ray(batch, first_sent)
+
+    def _send_by_ray(self, batch: list[Pending], first_sent: float) -> None:
         t0 = time.perf_counter()
         try:
             ref = self._actor.handle_batch.remote([item for item, _f in batch])
@@ -203,7 +206,12 @@ class PartitionChannel:
 
 
 def _settle(sink: Sink, value: Any) -> None:
-    """Hand a result or error to its waiter; a Future the caller cancelled just drops it."""
+    """Hand a result or error to its waiter; a Future the caller cancelled just drops it.
+
+    What is not an ``Exception`` (a ``SystemExit`` raised in user code and carried back) must
+    not end the caller's process: it arrives as an es_actors error naming it."""
+    if isinstance(value, BaseException) and not isinstance(value, Exception):
+        value = EsActorsError(f"{type(value).__name__} raised in the partition actor: {_safe_text(value)}")
     try:
         if isinstance(value, BaseException):
             sink.set_exception(value)
@@ -226,6 +234,7 @@ class DirectLink:
         self._channel = channel
         self._outbox: queue.SimpleQueue[tuple[list[Pending], float] | None] = queue.SimpleQueue()
         self._conn: Connection | None = None
+        self._refused, self._refused_logged = 0, 0.0
         self._thread = threading.Thread(target=self._run, name=f"es-link-p{channel.partition}", daemon=True)
         self._thread.start()
 
@@ -259,7 +268,16 @@ class DirectLink:
             done: Future[Any] = Future()
             t0 = time.perf_counter()
             try:
-                conn = self._connect()
+                try:
+                    conn = self._connect()
+                except LinkRefused as exc:  # a flooded or refusing link: this batch goes by Ray
+                    self._refused += 1
+                    if time.monotonic() - self._refused_logged > 10:
+                        log.warning("partition %d: direct link refused (%s); %d batches sent by Ray calls instead",
+                                    self._channel.partition, exc, self._refused)
+                        self._refused_logged = time.monotonic()
+                    self._channel._send_by_ray(batch, first_sent)
+                    continue
                 if conn is None:  # another node: this channel goes through Ray from now on
                     self._channel._link = None
                     self._channel.calls -= 1
@@ -281,3 +299,11 @@ class DirectLink:
                 self._channel._on_done(batch, done, t0, first_sent)
             except Exception:  # this thread must outlive any one delivery
                 log.exception("partition %d: delivering a batch failed", self._channel.partition)
+
+
+def _safe_text(exc: BaseException) -> str:
+    """An error's text, or its type's name if even that raises (hostile ``__str__``)."""
+    try:
+        return str(exc)[:500]
+    except BaseException:
+        return f"<{type(exc).__name__} without a readable message>"

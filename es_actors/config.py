@@ -41,6 +41,9 @@ class StoreConfig(BaseModel):
     max_metadata_depth: int = Field(
         32, ge=1, le=256, description="Deepest nesting of objects and arrays in command metadata."
     )
+    max_events_per_command: int = Field(
+        10_000, ge=1, description="Most events one command (or one import) may append; more is PayloadTooLarge."
+    )
     seal_rows: int = Field(50_000, ge=1, description="Tail rows after which the tail is sealed into a segment.")
     compact_small_rows: int = Field(10_000, ge=1, description="Segments smaller than this are merged...")
     compact_min_run: int = Field(4, ge=2, description="...once this many small ones lie side by side.")

@@ -203,7 +203,12 @@ class DomainRegistry:
             raise InvalidPayload(f"unknown event type {event_type!r}; registered: {sorted(self.events)}") from None
 
     def stored_payload(self, event: Event) -> str:
-        """The JSON text an event is stored as, refused unless it reads back as the same event.
+        """The JSON text an event is stored as (see :meth:`stored_event`)."""
+        return self.stored_event(event)[0]
+
+    def stored_event(self, event: Event) -> tuple[str, Event]:
+        """The JSON text an event is stored as and the event read back from it, refused unless
+        it reads back as the same event.
 
         A command must never be acknowledged for an event no reader can decode: a float
         ``inf`` that pydantic writes as ``null``, a NaN, a value whose serialiser loses
@@ -231,7 +236,7 @@ class DomainRegistry:
             fields = [f for f in cls.model_fields if getattr(back, f, None) != getattr(event, f, None)]
             detail = ", ".join(f"{f}={getattr(event, f, None)!r} reads back as {getattr(back, f, None)!r}" for f in fields)
             raise InvalidPayload(f"event {name!r} would not read back as decided: {detail or text[:200]}")
-        return text
+        return text, back
 
     def check_event(self, aggregate_type: str, event: Event) -> None:
         """An event may only be stored if its aggregate declares its class."""

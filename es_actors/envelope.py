@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from typing import Any
 
 from .config import StoreConfig
@@ -170,6 +171,10 @@ def _check_body(kind: str, body: Any, config: StoreConfig) -> Any:
         occurred = entry[2]
         if occurred is not None:
             occurred = check_text(occurred, f"imported event {n} occurred_at", config.max_id_bytes, "max_id_bytes")
+            try:
+                datetime.fromisoformat(occurred)
+            except ValueError:
+                raise InvalidPayload(f"imported event {n} occurred_at {occurred[:60]!r} is not an ISO 8601 time") from None
         out.append((etype, payload, occurred))
     if total > limit:
         raise PayloadTooLarge(f"the imported events are {total} bytes of UTF-8, over max_event_bytes={limit}")

@@ -487,6 +487,7 @@ class Partition:
         next_pos = self.log.next_position
         now_us = time.time_ns() // 1000
         for i, item in enumerate(batch):
+            atype: Any = None
             try:
                 # Step 1, for every command (duplicates too), before anything is decided or written.
                 kind, atype, aid, cid, expected, body, meta = validate_envelope(item, self.config)
@@ -517,8 +518,16 @@ class Partition:
                 if expected is not None and expected != version:
                     raise ConcurrencyError(f"{atype}/{aid}", expected, version)
                 events, occurred = self._events_for(kind, atype, body, state, agg_cls)
-                # Only events that read back as decided are stored (strict JSON, valid, equal).
-                payloads = [self.registry.stored_payload(e) for e in events]
+                if len(events) > self.config.max_events_per_command:
+                    raise PayloadTooLarge(
+                        f"{atype}/{aid}: {len(events)} events exceed max_events_per_command="
+                        f"{self.config.max_events_per_command}"
+                    )
+                # Only events that read back as decided are stored (strict JSON, valid, equal), and the
+                # state evolves from what was read back: the live state is the state a replay builds.
+                stored = [self.registry.stored_event(e) for e in events]
+                payloads = [text for text, _back in stored]
+                events = [back for _text, back in stored]
                 size = sum(utf8_size(p, "event payload") for p in payloads)
                 if size > self.config.max_event_bytes:
                     raise PayloadTooLarge(
@@ -535,14 +544,15 @@ class Partition:
                     base_meta["reason"] = meta["reason"]
                 # Build this command's rows apart, so a failure half-way leaves nothing in the frame.
                 own: list[Row] = []
+                base_json = _metadata_json(base_meta)
                 for n, (e, payload) in enumerate(zip(events, payloads)):
-                    md = base_meta
-                    if occurred[n] is not None:
-                        md = {**base_meta, "occurred_at": occurred[n]}
-                    try:  # the envelope checked the metadata: strict JSON, bounded
-                        md_json = json.dumps(md, allow_nan=False) if md else "{}"
-                    except (TypeError, ValueError, RecursionError) as exc:
-                        raise InvalidPayload(f"metadata is not JSON: {exc}") from None
+                    md_json = base_json if occurred[n] is None else _metadata_json({**base_meta, "occurred_at": occurred[n]})
+                    size += len(md_json)  # what is stored per event counts, metadata included
+                    if size > self.config.max_event_bytes:
+                        raise PayloadTooLarge(
+                            f"{atype}/{aid}: events and their metadata would store more than "
+                            f"max_event_bytes={self.config.max_event_bytes} bytes (metadata is stored with every event)"
+                        )
                     own.append(
                         (
                             self.partition,
@@ -580,9 +590,9 @@ class Partition:
                 results[i] = ("err", exc)
                 kind_name = type(exc).__name__
                 self.rejections[kind_name] = self.rejections.get(kind_name, 0) + 1
-            except Exception as exc:  # a bug in user code (decide/evolve), or anything else: this command only
-                where = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 and isinstance(item[1], str) else "?"
-                err = UserCodeError(f"{type(exc).__name__} in {where[:200]}: {exc}")
+            except BaseException as exc:  # a bug in user code (decide/evolve, even SystemExit), anything: this command only
+                where = atype if isinstance(atype, str) else "?"
+                err = UserCodeError(f"{type(exc).__name__} in {where[:200]}: {safe_text(exc)}")
                 results[i] = ("err", err)
                 self.rejections["UserCodeError"] = self.rejections.get("UserCodeError", 0) + 1
         if rows:
@@ -735,3 +745,21 @@ class Partition:
 
 
 __all__ = ["Partition", "EsActorsError"]
+
+
+def _metadata_json(md: dict[str, Any]) -> str:
+    """Metadata as stored: compact, UTF-8 (the envelope measured it the same way), strict JSON."""
+    if not md:
+        return "{}"
+    try:
+        return json.dumps(md, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"metadata is not JSON: {safe_text(exc)}") from None
+
+
+def safe_text(exc: BaseException) -> str:
+    """An error's text, or its type's name if even that raises (a hostile ``__str__``)."""
+    try:
+        return str(exc)[:1000]
+    except BaseException:
+        return f"<{type(exc).__name__} without a readable message>"

@@ -247,6 +247,10 @@ class Store:
         return self._submit_many(submissions, Future)
 
     def _submit_many(self, submissions: Sequence[Submission | tuple[Any, str, Command]], sink: Any) -> list[Any]:
+        try:
+            submissions = list(submissions)  # a generator or any iterable, once
+        except Exception as exc:
+            raise InvalidPayload(f"submissions must be an iterable of Submission: {type(exc).__name__}: {exc}") from None
         per_partition: dict[int, list[tuple[int, Any]]] = {}
         futures: list[Any] = [None] * len(submissions)
         for i, s in enumerate(submissions):
@@ -329,6 +333,8 @@ class Store:
 
     def history_rows(self, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
         """Raw stored rows (no domain classes needed): what the CLI prints."""
+        aggregate_type = check_text(aggregate_type, "aggregate type", self.config.max_id_bytes, "max_id_bytes")
+        aggregate_id = check_text(aggregate_id, "aggregate id", self.config.max_id_bytes, "max_id_bytes")
         p = self.partition_of(aggregate_type, aggregate_id)
         rows = read_partition_rows(self.layout, p, (aggregate_type, aggregate_id))
         return sorted(rows, key=lambda r: r[4])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,3 +93,49 @@ class Odd(Aggregate[Total]):
     @classmethod
     def evolve(cls, state: Total, event: Event) -> Total:
         return Total(n=state.n + 1)
+
+
+class Act(Command):
+    how: str = "ok"  # "exit": decide raises SystemExit; "mute": an exception whose str() raises; "tz": a zoned time
+
+
+class Acted(Event):
+    at: datetime.datetime | None = None
+
+
+class Mute(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+class Acts(BaseModel, frozen=True):
+    count: int = 0
+    labels: tuple[str, ...] = ()
+
+
+class Actor(Aggregate[Acts]):
+    """Decides badly on purpose: SystemExit, unprintable errors, time zones that read back as offsets."""
+
+    commands = (Act,)
+    events = (Acted,)
+
+    @classmethod
+    def initial_state(cls) -> Acts:
+        return Acts()
+
+    @classmethod
+    def decide(cls, state: Acts, command: Act) -> Sequence[Event]:
+        if command.how == "exit":
+            raise SystemExit(3)
+        if command.how == "mute":
+            raise Mute()
+        if command.how == "tz":
+            from zoneinfo import ZoneInfo
+
+            return [Acted(at=datetime.datetime(2026, 6, 1, 12, tzinfo=ZoneInfo("Europe/Paris")))]
+        return [Acted()]
+
+    @classmethod
+    def evolve(cls, state: Acts, event: Acted) -> Acts:
+        label = event.at.tzname() or "" if event.at is not None else ""
+        return Acts(count=state.count + 1, labels=(*state.labels, label))
