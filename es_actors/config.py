@@ -63,6 +63,9 @@ class StoreConfig(BaseModel):
     projection_stall_s: float = Field(
         10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
     )
+    query_max_sql_bytes: int = Field(
+        64 * 1024, ge=1, description="Longest query text accepted (DuckDB's parser cannot be interrupted)."
+    )
     query_timeout_s: float = Field(
         60.0, gt=0, allow_inf_nan=False,
         description="Queries running longer are cancelled (the default when a query gives no timeout).",

@@ -46,6 +46,17 @@ def query_request(sql: str, params: Any, timeout: float | None, config: StoreCon
     never spliced into the SQL."""
     if isinstance(params, tuple):
         params = list(params)
+    if isinstance(sql, str):
+        try:
+            size = len(sql.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise QueryRefused("the query text is not valid UTF-8 (a lone surrogate)") from None
+        if size > config.query_max_sql_bytes:
+            # DuckDB's parser holds the GIL and cannot be interrupted: a huge text would freeze the
+            # projector past any timeout, so it is refused before it is parsed.
+            raise QueryRefused(
+                f"the query text is {size} bytes, over query_max_sql_bytes={config.query_max_sql_bytes}"
+            )
     try:
         return QueryRequest(
             sql=sql,
@@ -113,7 +124,7 @@ def run_query(
         cur.execute("BEGIN")
         began = True
         return _collect(_reader(cur, req.sql, req.params), req)
-    except duckdb.Error as exc:
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:  # streamed batches fail as pyarrow errors
         if deadline.fired:
             raise QueryTimeout(
                 f"query cancelled after {time.monotonic() - t0:.1f} s (timeout {req.timeout_s} s)"

@@ -140,14 +140,25 @@ def _check_call(node: dict[str, Any], in_from: bool) -> tuple[str, str]:
     return name, "from" if in_from else "expression"
 
 
+_FILE_SUFFIXES = frozenset({
+    "csv", "tsv", "txt", "json", "jsonl", "ndjson", "parquet", "duckdb", "db", "ddb", "sqlite", "arrow",
+    "ipc", "feather", "avro", "xlsx", "gz", "zst", "zstd", "wal", "tmp",
+})
+
+
 def _check_table_name(node: dict[str, Any]) -> None:
-    """A file path in FROM ('x.csv', 'dir/*.parquet') is a replacement scan that reads files: refused.
-    Table names cannot contain these characters unquoted, and no projection needs them."""
-    name = str(node.get("table_name") or "")
-    if any(c in name for c in "./\\:*?~"):
-        raise QueryRefused(
-            f"reading files by path ({name!r}) is refused in queries: the log is the `events` relation"
-        )
+    """A file path in FROM is a replacement scan that reads files: refused. It hides in any part
+    of the name: ``'x.csv'``, ``"dir/x".csv`` (schema ``dir/x``, table ``csv``),
+    ``"x".parquet``. No table, schema or database of a read model needs these characters, and a
+    schema-qualified name ending in a file suffix is read as the path it spells."""
+    parts = [str(node.get(k) or "") for k in ("catalog_name", "schema_name", "table_name")]
+    path = (node.get("qualified_name") or {}).get("path") or []
+    parts += [str(p) for p in path if p is not None]
+    shown = ".".join(p for p in parts[:3] if p)
+    if any(c in part for part in parts for c in "./\\:*?~"):
+        raise QueryRefused(f"reading files by path ({shown!r}) is refused in queries: the log is the `events` relation")
+    if (parts[0] or parts[1]) and parts[2].lower() in _FILE_SUFFIXES:
+        raise QueryRefused(f"{shown!r} reads as a file path ({parts[2]!r} suffix) and is refused in queries")
 
 
 def database_functions(con: duckdb.DuckDBPyConnection) -> frozenset[str]:

@@ -127,6 +127,12 @@ BAD_TABLES = [
     "histogram('balances', balance)",
     "'store.json'",
     "'readmodels/readmodels.duckdb'",
+    # replacement scans hiding a path in the schema or database part of the name
+    '"/etc/passwd".csv',
+    '"store".json',
+    '"readmodels/readmodels".duckdb',
+    '"log/p0000/current/x".parquet',
+    'x.parquet',
 ]
 #: Where a bad expression can hide: {e} is the expression.
 EXPRESSION_PLACES = [
@@ -390,3 +396,18 @@ def test_cli_query_binds_params(bank):
     assert json.loads(out.output) == {"a": "a-1", "n": 3}
     out = run(main, ["query", "SELECT * FROM read_csv('/etc/passwd')", "--store", str(bank.root)])
     assert out.exit_code != 0 and "QueryRefused" in out.output
+
+
+def test_hostile_texts_fail_as_es_actors_errors_without_running(bank):
+    """A lone surrogate, a text too long to parse within a timeout (DuckDB's parser cannot be
+    interrupted), and an error that only shows while results stream: each an es_actors error."""
+    from es_actors import QueryFailed
+
+    store = bank
+    with pytest.raises(QueryRefused, match="surrogate"):
+        store.query("SELECT '\ud800'")
+    chain = "WITH " + ", ".join(f"c{i} AS (SELECT {i})" for i in range(20_000)) + " SELECT 1"
+    with pytest.raises(QueryRefused, match="query_max_sql_bytes"):
+        store.query(chain)
+    with pytest.raises(QueryFailed, match="boom"):  # raised after the first streamed batch
+        store.query("SELECT CASE WHEN range > 100000 THEN error('boom') END FROM range(200000)")
