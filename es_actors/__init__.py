@@ -28,10 +28,26 @@ from .errors import (
     UserCodeError,
     WriterFenced,
 )
-from .projection import PythonProjection, SqlProjection
-from .records import CommandResult, RecordedEvent
-from .store import AggregateHandle, AggregateState, Audit, Store, Submission
 from .upcasting import StoredEvent, UnreadableEvent, Upcaster, upcaster
+
+# The domain core above needs neither Ray, DuckDB nor pyarrow: code that only defines aggregates
+# (and its tests) imports them without loading the runtime. The rest loads on first use.
+_LAZY = {
+    "PythonProjection": "projection", "SqlProjection": "projection",
+    "CommandResult": "records", "RecordedEvent": "records",
+    "AggregateHandle": "store", "AggregateState": "store", "Audit": "store", "Store": "store", "Submission": "store",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'es_actors' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once
+    return value
 
 
 def upgrade_store(path: str) -> "object":

@@ -60,3 +60,21 @@ def test_registry_resolves_and_rejects_clearly():
         reg.command("BankAccount", "Deposit", {"amount": "lots"})
     with pytest.raises(InvalidPayload, match="unknown event type"):
         reg.event_class("Vanished")
+
+
+def test_defining_aggregates_loads_neither_ray_duckdb_nor_pyarrow():
+    """The domain core is pure: code (and tests) that only define aggregates start fast and
+    need no runtime. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from es_actors import Aggregate, Command, DomainError, Event, StoreConfig, EsActorsError\n"
+        "print(sorted(m for m in ('ray', 'duckdb', 'pyarrow') if m in sys.modules))\n"
+        "from es_actors import Store\n"
+        "print('ray' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "True"]
