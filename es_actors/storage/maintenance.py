@@ -46,6 +46,7 @@ from .segments import (
     write_segment,
 )
 from .wal import (
+    Damage,
     DurableMark,
     Frame,
     TailScan,
@@ -428,12 +429,12 @@ def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) 
         fsync_dir(tail_dir)
 
 
-def _from_damaged_bytes(scan: TailScan, d: object) -> list[AffectedAggregate]:
+def _from_damaged_bytes(scan: TailScan, d: Damage) -> list[AffectedAggregate]:
     """Best effort: aggregates named by rows still legible in the damaged bytes (unverified)."""
     import json
 
-    off = getattr(d, "offset", 0)
-    end = getattr(d, "resume_offset", None) or scan.size
+    off = d.offset
+    end = d.resume_offset or scan.size
     try:
         data = scan.path.read_bytes()[off:end]
     except OSError:
