@@ -155,7 +155,7 @@ class PartitionChannel:
                 self._cond.wait(left)
             left_over, self._pending = self._pending, []
             self._cond.notify_all()
-        self._fail(left_over, StoreClosed(f"the store was closed before this command was sent; nothing was sent"))
+        self._fail(left_over, StoreClosed("the store was closed before this command was sent; nothing was sent"))
         if self._link is not None:
             self._link.close()
 

@@ -433,7 +433,7 @@ def test_a_repair_that_crashes_part_way_loses_nothing_a_second_one_finishes(pris
     (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
     middle = scan_tail_file(newest, True).frames[1]
     flip(newest, middle.offset + FILE_HEADER_SIZE + 5)
-    real, calls = maintenance._write_file_durably, []
+    real, calls = maintenance.replace_durably, []
 
     def crash_on_second(path: Path, data: bytes) -> None:
         calls.append(path.name)
@@ -441,10 +441,10 @@ def test_a_repair_that_crashes_part_way_loses_nothing_a_second_one_finishes(pris
             raise OSError(5, "simulated crash")
         real(path, data)
 
-    monkeypatch.setattr(maintenance, "_write_file_durably", crash_on_second)
+    monkeypatch.setattr(maintenance, "replace_durably", crash_on_second)
     with pytest.raises(StoreCorrupted):
         repair_store(root)
-    monkeypatch.setattr(maintenance, "_write_file_durably", real)
+    monkeypatch.setattr(maintenance, "replace_durably", real)
     repair_store(root)
     lost = {p for r in LostRanges.load(root).ranges for p in range(r.first, r.last + 1)}
     assert lost == set(range(middle.first_position, middle.first_position + 3))

@@ -31,7 +31,16 @@ from .layout import StoreLayout
 from .lost_ranges import FILE_NAME as LOST_FILE
 from .lost_ranges import LostRanges
 from .segments import list_segments, resolve_current, verify_segment
-from .wal import FILE_HEADER_SIZE, DurableMark, TailScan, damage_error, list_tail_files, scan_frames, scan_tail_bytes
+from .wal import (
+    FILE_HEADER_SIZE,
+    DurableMark,
+    TailScan,
+    damage_error,
+    high_water,
+    list_tail_files,
+    scan_frames,
+    scan_tail_bytes,
+)
 
 _NO_LOSS = LostRanges()
 
@@ -141,7 +150,7 @@ class LogFollower:
             return batch
         rows = self._tail_rows(tails, sealed_last, durable)
         if not rows:
-            used = max([durable or 0, *(first - 1 for first, _p in tails)])
+            used = high_water(durable, tails)
             if used > self.after and not lost.covers(self.partition, self.after + 1, used):
                 raise _Missing(
                     f"partition {self.partition}: positions {self.after + 1}..{used} were written (durable mark, "

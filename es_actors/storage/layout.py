@@ -17,7 +17,7 @@ from pyarrow import fs as pafs
 from pydantic import BaseModel
 
 from ..errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
-from .wal import fsync_dir
+from .wal import fsync_dir, replace_durably
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
 READABLE_FORMATS = (1, 2)
@@ -88,12 +88,7 @@ class StoreLayout:
 
     def write_descriptor(self, desc: StoreDescriptor) -> None:
         """Replace ``store.json`` atomically and durably (an upgrade's last step)."""
-        tmp = self.root / f".store.json.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(desc.model_dump(), indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.descriptor_path)
+        replace_durably(self.descriptor_path, json.dumps(desc.model_dump(), indent=2).encode())
         fsync_dir(self.root)
 
     def create_or_check(self, partitions: int | None, default_partitions: int) -> StoreDescriptor:

@@ -12,14 +12,14 @@ any other gap is corruption.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from pydantic import BaseModel, Field, model_validator
 
 from ..errors import StoreCorrupted
-from .wal import fsync_dir
+from .wal import fsync_dir, replace_durably
 
 FILE_NAME = "lost-ranges.json"
 
@@ -103,6 +103,16 @@ class LostRanges:
                     return True
         return want > last
 
+    def first_gap(self, partition: int | None, after: int, positions: Iterable[int]) -> tuple[int, int] | None:
+        """Where ``positions`` stop continuing ``after`` one by one other than across a recorded
+        loss, as (expected, found); None if they continue (the one rule of every read path)."""
+        expected = after + 1
+        for pos in positions:
+            if pos != expected and not (pos > expected and self.covers(partition, expected, pos - 1)):
+                return expected, pos
+            expected = pos + 1
+        return None
+
     def skip(self, partition: int | None, after: int) -> int:
         """The last position of lost ranges that start right after ``after`` (else ``after``)."""
         for r in self.of(partition):
@@ -127,14 +137,8 @@ def record_lost_ranges(root: Path, new: list[LostRange]) -> None:
 
 
 def write_lost_ranges(root: Path, ranges: list[LostRange]) -> None:
-    path = root / FILE_NAME
-    tmp = root / f".{FILE_NAME}.{os.getpid()}.tmp"
     body = LostRangesFile(ranges=sorted(ranges, key=lambda r: (r.partition, r.first))).model_dump()
-    with open(tmp, "w") as f:
-        json.dump(body, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_durably(root / FILE_NAME, json.dumps(body, indent=2).encode())
     fsync_dir(root)
 
 

@@ -37,10 +37,12 @@ from .partition_log import acquire_partition_lock
 from .segments import (
     CURRENT,
     Segment,
-    list_segments,
     SegmentSet,
     file_crc32,
+    list_segments,
+    next_generation_dir,
     parse_segment_name,
+    point_current_at,
     resolve_current,
     segment_name,
     write_segment,
@@ -50,10 +52,13 @@ from .wal import (
     DurableMark,
     Frame,
     TailScan,
+    damage_error,
     encode_frame,
     file_header,
     fsync_dir,
+    high_water,
     list_tail_files,
+    replace_durably,
     scan_tail_file,
     tail_file_name,
 )
@@ -76,15 +81,6 @@ def _all_partitions_locked(layout: StoreLayout, partitions: int, timeout_s: floa
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def _write_file_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _tail_bytes(first: int, frames: list[Frame]) -> bytes:
@@ -117,14 +113,11 @@ def upgrade_store(root: str | os.PathLike[str]) -> UpgradeReport:
             scans = [scan_tail_file(path, i == len(files) - 1, first) for i, (first, path) in enumerate(files)]
             damaged = [d for s in scans for d in s.damage]
             if damaged:
-                from .wal import damage_error
-
                 raise damage_error(damaged, f"partition {p}'s write-ahead tail (nothing was upgraded)")
-            for scan in scans:
+            for (first, _path), scan in zip(files, scans):
                 if scan.version == 2:
                     continue  # rewritten by an earlier, interrupted upgrade
-                first = int(scan.path.name.split(".", 1)[0])
-                _write_file_durably(scan.path, _tail_bytes(first, scan.frames))
+                replace_durably(scan.path, _tail_bytes(first, scan.frames))
                 report.tail_files_rewritten += 1
                 report.torn_bytes_dropped += scan.torn_bytes
             if files:
@@ -142,10 +135,7 @@ def _name_segments_with_crc(layout: StoreLayout, partition: int) -> int:
     segs = SegmentSet(layout.log_dir(partition), lost=LostRanges.load(layout.root), partition=partition)
     if all(s.crc is not None for s in segs.segments):
         return 0
-    new_gen = layout.log_dir(partition) / f"gen-{SegmentSet._gen_number(gen) + 1:06d}"
-    if new_gen.exists():
-        shutil.rmtree(new_gen)
-    new_gen.mkdir()
+    new_gen = next_generation_dir(layout.log_dir(partition), gen)
     renamed = 0
     for s in segs.segments:
         try:
@@ -156,7 +146,7 @@ def _name_segments_with_crc(layout: StoreLayout, partition: int) -> int:
         os.link(s.path, new_gen / segment_name(s.first, s.last, crc))
         renamed += s.crc is None
     fsync_dir(new_gen)
-    segs._point_current_at(new_gen)
+    point_current_at(layout.log_dir(partition), new_gen)
     os.utime(gen)
     return renamed
 
@@ -242,10 +232,10 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
             empty = pdir / "gen-000001"
             empty.mkdir(exist_ok=True)
             report.damage.append(f"{pdir}: no generation of sealed segments is left; an empty one replaces it")
-            _swap_current(pdir, empty)
+            point_current_at(pdir, empty)
             return  # the tail pass records every position that is now missing
         report.damage.append(f"{pdir / CURRENT}: missing or broken; pointed at the newest generation {gens[-1].name}")
-        _swap_current(pdir, gens[-1])
+        point_current_at(pdir, gens[-1])
         gen = gens[-1]
     lost = LostRanges.load(layout.root)
     segs = sorted((s for f in gen.iterdir() if (s := parse_segment_name(f)) is not None), key=lambda s: s.first)
@@ -270,10 +260,7 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
     _record(layout, ranges, report)
     if not bad:
         return
-    new_gen = pdir / f"gen-{SegmentSet._gen_number(gen) + 1:06d}"
-    if new_gen.exists():
-        shutil.rmtree(new_gen)
-    new_gen.mkdir()
+    new_gen = next_generation_dir(pdir, gen)
     for s in segs:
         if s.path.name not in bad:
             os.link(s.path, new_gen / s.path.name)
@@ -282,16 +269,8 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
             pos = table.column("position").to_pylist()
             write_segment(table, new_gen, pos[0], pos[-1])
     fsync_dir(new_gen)
-    _swap_current(pdir, new_gen)
+    point_current_at(pdir, new_gen)
     os.utime(gen)
-
-
-def _swap_current(pdir: Path, gen_dir: Path) -> None:
-    tmp = pdir / f".{CURRENT}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(gen_dir.name, tmp)
-    os.replace(tmp, pdir / CURRENT)
-    fsync_dir(pdir)
 
 
 def _segment_damage(s: Segment) -> str | None:
@@ -386,7 +365,7 @@ def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) 
             runs.append([fr])
         last_kept = fr.rows[-1][1]
     renamed = {s.path for s in scans for d in s.damage if "named for position" in d.reason}
-    used = max([durable or 0, last_kept, *(first - 1 for first, path in files if path not in renamed)])
+    used = max(last_kept, high_water(durable, [(first, path) for first, path in files if path not in renamed]))
     damaged = [scan for scan in scans if scan.damage or scan.torn_bytes]
     missing = _missing(sealed_last + 1, used, sorted(pos for run in runs for fr in run for pos in range(
         fr.first_position, fr.first_position + len(fr.rows))))
@@ -414,18 +393,18 @@ def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) 
     wanted = {tail_file_name(run[0].first_position): run for run in runs}
     existing = {path.name for _first, path in files}
     for name in sorted(set(wanted) - existing):  # new files first: every frame stays in some file
-        _write_file_durably(tail_dir / name, _tail_bytes(wanted[name][0].first_position, wanted[name]))
+        replace_durably(tail_dir / name, _tail_bytes(wanted[name][0].first_position, wanted[name]))
     fsync_dir(tail_dir)
     for name in sorted(set(wanted) & existing):
         data = _tail_bytes(wanted[name][0].first_position, wanted[name])
         if (tail_dir / name).read_bytes() != data:
-            _write_file_durably(tail_dir / name, data)
+            replace_durably(tail_dir / name, data)
     fsync_dir(tail_dir)
     for name in sorted(existing - set(wanted)):
         (tail_dir / name).unlink()
     fsync_dir(tail_dir)
     if used >= sealed_last + 1 and not wanted:  # keep the evidence of how far the log went
-        _write_file_durably(tail_dir / tail_file_name(used + 1), file_header(used + 1))
+        replace_durably(tail_dir / tail_file_name(used + 1), file_header(used + 1))
         fsync_dir(tail_dir)
 
 

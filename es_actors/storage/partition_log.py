@@ -36,6 +36,7 @@ from .wal import (
     TailWriter,
     damage_error,
     fsync_dir,
+    first_position_of,
     fsync_file,
     list_tail_files,
     scan_tail_file,
@@ -43,9 +44,6 @@ from .wal import (
     tail_high_water,
 )
 
-
-def _first_position(path: Path) -> int:
-    return int(path.name.split(".", 1)[0])
 
 log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
@@ -126,7 +124,7 @@ class PartitionLog:
         if torn is not None:
             rows = torn.rows
             durable = DurableMark.read(self.tail_dir)
-            last_kept = rows[-1][COL["position"]] if rows else _first_position(torn.path) - 1
+            last_kept = rows[-1][COL["position"]] if rows else (first_position_of(torn.path) or 1) - 1
             if durable is not None and durable > max(last_kept, sealed_last):
                 raise StoreCorrupted(
                     f"{torn.path} at byte {torn.valid_end}: the end fails its checks, but positions up to "
@@ -145,13 +143,11 @@ class PartitionLog:
             unsealed.append((scan.path, rows))
         expected = sealed_last + 1
         for path, rows in unsealed:
-            for r in rows:
-                pos = r[COL["position"]]
-                if pos != expected:
-                    if not (pos > expected and self.lost.covers(self.partition, expected, pos - 1)):
-                        raise StoreCorrupted(f"{path}: position {pos} where {expected} was expected")
-                expected = pos
-                expected += 1
+            gap = self.lost.first_gap(self.partition, expected - 1, (r[COL["position"]] for r in rows))
+            if gap is not None:
+                raise StoreCorrupted(f"{path}: position {gap[1]} where {gap[0]} was expected")
+            if rows:
+                expected = rows[-1][COL["position"]] + 1
         used = tail_high_water(self.tail_dir)
         if used >= expected and not self.lost.covers(self.partition, expected, used):
             raise StoreCorrupted(

@@ -21,7 +21,7 @@ from .guard import storage_boundary
 from .layout import StoreLayout
 from .lost_ranges import LostRanges
 from .segments import Segment, list_segments, resolve_current, verify_segments
-from .wal import DurableMark, list_tail_files, read_tail_rows
+from .wal import DurableMark, high_water, list_tail_files, read_tail_rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
@@ -52,17 +52,6 @@ def durable_tail_rows(
     return rows
 
 
-def check_gapless(rows: list[tuple[Any, ...]], after: int, lost: LostRanges, partition: int) -> bool:
-    """Positions continue ``after`` one by one, except across recorded lost ranges."""
-    expected = after + 1
-    for r in rows:
-        pos = r[COL["position"]]
-        if pos != expected and not (pos > expected and lost.covers(partition, expected, pos - 1)):
-            return False
-        expected = pos + 1
-    return True
-
-
 View = tuple[list[Segment], list[tuple[Any, ...]]]
 
 
@@ -83,10 +72,10 @@ def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> View
     except FileNotFoundError as exc:
         return f"a file vanished while reading ({exc.filename})"
     tail_rows.sort(key=lambda r: r[COL["position"]])
-    if not check_gapless(tail_rows, sealed_last, lost, partition):
+    if lost.first_gap(partition, sealed_last, (r[COL["position"]] for r in tail_rows)) is not None:
         return f"partition {partition}: positions do not continue after {sealed_last} in {tail_dir}"
     last = tail_rows[-1][COL["position"]] if tail_rows else sealed_last
-    used = max([durable or 0, *(first - 1 for first, _p in tails)])
+    used = high_water(durable, tails)
     if used > last and not lost.covers(partition, last + 1, used):
         return (f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
                 f"in {tail_dir}) but no file holds them: tail files or segments are missing")

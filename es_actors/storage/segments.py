@@ -172,7 +172,7 @@ class SegmentSet:
                 raise StoreCorrupted(f"{partition_dir / CURRENT} is missing but generations exist: nothing was changed")
             cur = partition_dir / "gen-000001"
             cur.mkdir(exist_ok=True)
-            self._point_current_at(cur)
+            point_current_at(partition_dir, cur)
         self.gen_dir = cur
         for stale in cur.glob(".*.tmp"):
             stale.unlink(missing_ok=True)  # a seal that crashed before its rename
@@ -226,10 +226,7 @@ class SegmentSet:
         if not runs:
             return 0
         merged_away = {s.path.name for run in runs for s in run}
-        new_gen = self.dir / f"gen-{self._gen_number(self.gen_dir) + 1:06d}"
-        if new_gen.exists():
-            shutil.rmtree(new_gen)  # left over from a compaction that crashed before its swap
-        new_gen.mkdir()
+        new_gen = next_generation_dir(self.dir, self.gen_dir)
         new_segments: list[Segment] = []
         for s in self.segments:
             if s.path.name not in merged_away:
@@ -243,7 +240,7 @@ class SegmentSet:
         new_segments.sort(key=lambda s: s.first)
         fsync_dir(new_gen)
         old_gen = self.gen_dir
-        self._point_current_at(new_gen, on_swapped=lambda: self._swapped(new_gen, new_segments))
+        point_current_at(self.dir, new_gen, on_swapped=lambda: self._swapped(new_gen, new_segments))
         os.utime(old_gen)  # its grace period counts from when it stopped being current
         return len(merged_away)
 
@@ -262,16 +259,26 @@ class SegmentSet:
                 removed += 1
         return removed
 
-    def _point_current_at(self, gen_dir: Path, on_swapped: Callable[[], None] | None = None) -> None:
-        tmp = self.dir / f".{CURRENT}.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(gen_dir.name, tmp)
-        os.replace(tmp, self.dir / CURRENT)
-        if on_swapped is not None:
-            on_swapped()
-        fsync_dir(self.dir)
 
-    @staticmethod
-    def _gen_number(gen_dir: Path) -> int:
-        m = _GEN.match(gen_dir.name)
-        return int(m.group(1)) if m else 0
+
+def point_current_at(partition_dir: Path, gen_dir: Path, on_swapped: Callable[[], None] | None = None) -> None:
+    """Swap ``current`` to ``gen_dir`` atomically (a new symlink renamed over it), then make the
+    swap durable. ``on_swapped`` runs right after the rename, before anything that can fail."""
+    tmp = partition_dir / f".{CURRENT}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(gen_dir.name, tmp)
+    os.replace(tmp, partition_dir / CURRENT)
+    if on_swapped is not None:
+        on_swapped()
+    fsync_dir(partition_dir)
+
+
+def next_generation_dir(partition_dir: Path, after: Path) -> Path:
+    """A fresh, empty directory for the generation after ``after`` (one left by a crash before
+    its swap is never visible to readers and is cleared)."""
+    m = _GEN.match(after.name)
+    new_gen = partition_dir / f"gen-{(int(m.group(1)) if m else 0) + 1:06d}"
+    if new_gen.exists():
+        shutil.rmtree(new_gen)
+    new_gen.mkdir()
+    return new_gen

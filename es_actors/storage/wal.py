@@ -310,12 +310,12 @@ def read_tail_rows(path: Path, newest: bool, durable_last: int | None = None) ->
     Damage raises :class:`StoreCorrupted` naming the file, offset and positions; a torn end is
     simply not returned. FileNotFoundError if the file vanished (a seal moved it: read again).
     """
-    scan = scan_tail_file(path, newest, _first_of(path))
+    scan = scan_tail_file(path, newest, first_position_of(path))
     if scan.damage:
         raise damage_error(scan.damage)
     rows = scan.rows
     if scan.torn_bytes and durable_last is not None:
-        kept = rows[-1][1] if rows else (_first_of(path) or 1) - 1
+        kept = rows[-1][1] if rows else (first_position_of(path) or 1) - 1
         if kept < durable_last:  # those positions were synced before the mark said so: not a tear
             raise damage_error([Damage(path, scan.valid_end, None, kept + 1, durable_last,
                                        "the end fails its checks below the durable mark (DURABLE)")])
@@ -324,7 +324,8 @@ def read_tail_rows(path: Path, newest: bool, durable_last: int | None = None) ->
     return rows
 
 
-def _first_of(path: Path) -> int | None:
+def first_position_of(path: Path) -> int | None:
+    """The first position a tail file's name says it holds (None for a foreign name)."""
     try:
         return int(path.name[: -len(_SUFFIX)])
     except ValueError:
@@ -337,7 +338,7 @@ def read_tail_file(path: Path) -> tuple[list[Row], int, int]:
         data = path.read_bytes()
     except FileNotFoundError:
         return [], 0, 0
-    scan = scan_tail_bytes(path, data, newest=True, expected_first=_first_of(path))
+    scan = scan_tail_bytes(path, data, newest=True, expected_first=first_position_of(path))
     return scan.rows_before_damage(), scan.valid_end, len(data)
 
 
@@ -392,12 +393,16 @@ class DurableMark:
         return None
 
 
-def tail_high_water(directory: Path) -> int:
+def high_water(durable: int | None, tails: list[tuple[int, Path]]) -> int:
     """The highest position the tail shows was ever used (0 if none): the durable mark, or the
     name of the newest tail file minus one (a file is named by the next position when created).
     Fewer readable positions than this means files went missing, never a torn write."""
-    names = [first - 1 for first, _p in list_tail_files(directory)]
-    return max([DurableMark.read(directory) or 0, *names])
+    return max([durable or 0, *(first - 1 for first, _p in tails)])
+
+
+def tail_high_water(directory: Path) -> int:
+    """:func:`high_water` of a tail directory as it is now."""
+    return high_water(DurableMark.read(directory), list_tail_files(directory))
 
 
 def fsync_file(path: Path) -> None:
@@ -412,6 +417,17 @@ def fsync_file(path: Path) -> None:
 def fsync_dir(directory: Path) -> None:
     """Make a directory's entries (a create, rename or unlink in it) durable."""
     fsync_file(directory)
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp name beside ``path``, fsync, rename over ``path``: readers see the
+    old bytes or the new, whole. The caller syncs the directory (once for several files)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class TailWriter:
