@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/es-actors demo --store ./demo-store
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests
 
 bench: $(STAMP)

@@ -30,7 +30,7 @@ class Trivial:
 
 def main():
     t = time.perf_counter()
-    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+    from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
 
     start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     print(f"ray.init: {time.perf_counter() - t:.2f} s")
@@ -59,7 +59,7 @@ def main():
 
     # --- B: N_AGGS aggregates inside one partition actor -----------------------------
     from es_actors import Store, Submission
-    from examples.bank import BankAccount, OpenAccount
+    from es_actors.examples.bank import BankAccount, OpenAccount
 
     root = tempfile.mkdtemp(prefix="actor_cost_") + "/store"
     shutil.rmtree(root, ignore_errors=True)

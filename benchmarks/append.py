@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import Context, LoadRun, closed_loop, log, record_load, scratch_dir
-from .workload import N_ACCOUNTS, ZipfPicker, all_accounts, writer_slices
+from benchmarks.common import Context, LoadRun, closed_loop, log, record_load, scratch_dir
+from benchmarks.workload import N_ACCOUNTS, ZipfPicker, all_accounts, writer_slices
 
 SINGLE = {"append_single_1w": 1, "append_single_16w": 16, "append_single_64w": 64}
 BULK = {"append_bulk_100": 100}
@@ -55,7 +55,7 @@ def start_ray() -> None:
     if not ray.is_initialized():
         import logging
 
-        from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+        from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
 
         start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 
@@ -70,7 +70,7 @@ class EsActorsSystem(System):
 
     def setup(self, accounts: list[str]) -> None:
         from es_actors import Store, Submission
-        from examples.bank import BankAccount, OpenAccount
+        from es_actors.examples.bank import BankAccount, OpenAccount
 
         start_ray()
         self.dir = scratch_dir("es_actors_append_")
@@ -83,7 +83,7 @@ class EsActorsSystem(System):
         self.handles = {a: self.store.aggregate(BankAccount, a) for a in accounts}
 
     def single_op(self, picker: ZipfPicker) -> Op:
-        from examples.bank import Deposit
+        from es_actors.examples.bank import Deposit
 
         versions, handles, nxt = self.versions, self.handles, picker.next
 
@@ -97,7 +97,7 @@ class EsActorsSystem(System):
 
     def bulk_op(self, picker: ZipfPicker, batch: int) -> Op:
         from es_actors import Submission
-        from examples.bank import BankAccount, Deposit
+        from es_actors.examples.bank import BankAccount, Deposit
 
         versions, store, nxt = self.versions, self.store, picker.next
 
@@ -150,7 +150,7 @@ class PostgresSystem(System):
         self.conns: list[Any] = []
 
     def setup(self, accounts: list[str]) -> None:
-        from .pg import PgCluster, create_events_table
+        from benchmarks.pg import PgCluster, create_events_table
 
         self.pg = PgCluster()
         self.pg.start()
@@ -226,7 +226,7 @@ class EventsourcingSqliteSystem(System):
         self.dir: Path | None = None
 
     def setup(self, accounts: list[str]) -> None:
-        from .esl_bank import EslBankAccount, open_sqlite_bank
+        from benchmarks.esl_bank import EslBankAccount, open_sqlite_bank
 
         self.dir = scratch_dir("esl_sqlite_append_")
         self.app = open_sqlite_bank(self.dir / "events.sqlite")

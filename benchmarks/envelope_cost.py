@@ -1,5 +1,5 @@
 """CPU cost per command of the command checks (no Ray, no files): the envelope check
-(es_actors/envelope.py, run once in the client and once in the actor) and the stored-event
+(es_actors/write/envelope.py, run once in the client and once in the actor) and the stored-event
 read-back check (DomainRegistry.stored_payload) against the plain ``model_dump_json`` it replaces.
 
 Run: .venv/bin/python -m benchmarks.envelope_cost
@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
-from es_actors.envelope import validate_envelope
-from examples.bank import AccountOpened, BankAccount, MoneyDeposited
+from es_actors.write.envelope import validate_envelope
+from es_actors.examples.bank import AccountOpened, BankAccount, MoneyDeposited
 
 N = 200_000
 

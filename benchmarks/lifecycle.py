@@ -27,6 +27,7 @@ schema and a version string; each run works on a hard-linked copy in benchmarks/
 
 from __future__ import annotations
 
+from es_actors.codecs.state import SnapshotFormat
 import os
 import random
 import shutil
@@ -37,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .datasets import cached, clone
-from .common import Context, log, percentile, scratch_dir
+from benchmarks.datasets import cached, clone
+from benchmarks.common import Context, log, percentile, scratch_dir
 
 BENCHES = ["activate_10k", "recover_partition", "hydrated_1m"]
 
@@ -71,7 +72,7 @@ def start_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+        from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
 
         start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 
@@ -114,9 +115,9 @@ class EsActorsActivation(Activation):
 
     def setup(self, amounts: list[int]) -> None:
         from es_actors import Store, Submission
-        from examples.bank import BankAccount, Deposit, OpenAccount
+        from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 
-        from .lifecycle_domain import ACTIVATE_SNAPSHOT_EVERY, SnapBankAccount
+        from benchmarks.lifecycle_domain import ACTIVATE_SNAPSHOT_EVERY, SnapBankAccount
 
         start_ray()
         self.n, self.balance = len(amounts) + 1, sum(amounts)
@@ -185,7 +186,7 @@ class EslActivation(Activation):
     def setup(self, amounts: list[int]) -> None:
         from eventsourcing.sqlite import SQLiteApplicationRecorder  # noqa: F401  (fail early if missing)
 
-        from .esl_bank import EslBank, EslBankAccount
+        from benchmarks.esl_bank import EslBank, EslBankAccount
 
         class EslSnapshottingBank(EslBank):
             snapshotting_intervals = {EslBankAccount: 1_000}
@@ -242,9 +243,9 @@ class PgActivation(Activation):
 
     def setup(self, amounts: list[int]) -> None:
         from es_actors import DomainRegistry
-        from examples.bank import AccountOpened, BankAccount, MoneyDeposited
+        from es_actors.examples.bank import AccountOpened, BankAccount, MoneyDeposited
 
-        from .pg import PgCluster, create_events_table
+        from benchmarks.pg import PgCluster, create_events_table
 
         self.n, self.balance = len(amounts) + 1, sum(amounts)
         self.registry = DomainRegistry([BankAccount])
@@ -264,7 +265,7 @@ class PgActivation(Activation):
         self.conn = self.pg.connect(autocommit=True)
 
     def activate(self, variant: Variant) -> float:
-        from examples.bank import BankAccount
+        from es_actors.examples.bank import BankAccount
 
         decode, evolve, sv = self.registry.decode, BankAccount.evolve, self.schema_version
         t0 = time.perf_counter()
@@ -336,14 +337,14 @@ def run_activate(ctx: Context) -> None:
 # ==============================================================================================
 
 # (aggregate_id, version, command, the event it decides): payloads are the models' own JSON
-# at the current schema_version of examples.bank, as the live write path stores them.
+# at the current schema_version of es_actors.examples.bank, as the live write path stores them.
 GenEvent = tuple[str, int, Any, Any]
 
 
 def _write_store(root: Path, events: Iterator[GenEvent]) -> int:
     """A one-partition store whose log is ``events`` in position order, as sealed segments."""
-    from es_actors.partition import command_digest
-    from es_actors.records import rows_to_table
+    from es_actors.write.partition import command_digest
+    from es_actors.codecs.rows import rows_to_table
     from es_actors.storage.layout import StoreLayout
     from es_actors.storage.segments import segment_name, write_parquet_durably
 
@@ -383,7 +384,7 @@ def _lifecycle_cached(name: str, build: Callable[[Path], None]) -> Path:
 
 def _recover_events(accounts: list[str], per: int) -> Iterator[GenEvent]:
     """Every account opened, then ``per - 1`` rounds of one deposit each, in a shuffled order per round."""
-    from examples.bank import AccountOpened, Deposit, MoneyDeposited, OpenAccount
+    from es_actors.examples.bank import AccountOpened, Deposit, MoneyDeposited, OpenAccount
 
     for a in accounts:
         yield a, 1, OpenAccount(owner=a), AccountOpened(owner=a)
@@ -406,9 +407,9 @@ def recover_dataset() -> tuple[Path, Path]:
     store = _lifecycle_cached(name, lambda d: _write_store(d / "store", _recover_events(_recover_accounts(), RECOVER_EVENTS_PER)))
     from es_actors import DomainRegistry
 
-    from .lifecycle_domain import BankAccountLivePolicy
+    from benchmarks.lifecycle_domain import BankAccountLivePolicy
 
-    fp = DomainRegistry([BankAccountLivePolicy]).snapshot_fingerprint("BankAccount")
+    fp = SnapshotFormat(DomainRegistry([BankAccountLivePolicy])).fingerprint("BankAccount")
     snaps = store / f"snapshots-{fp}"  # keyed by the code's snapshot fingerprint: never stale
     if not snaps.exists():
         log("recover_partition: taking a snapshot of every account with the live policy (once)")
@@ -441,7 +442,7 @@ def recover_dataset() -> tuple[Path, Path]:
 
 def hydrated_dataset() -> Path:
     def events() -> Iterator[GenEvent]:
-        from examples.bank import AccountOpened, OpenAccount
+        from es_actors.examples.bank import AccountOpened, OpenAccount
 
         for i in range(HYDRATED_N):
             a = f"acct-{i:07d}"
@@ -483,9 +484,9 @@ def kill_and_wait(store: Any, handle: Any, timeout_s: float = 180.0) -> tuple[fl
 
 def run_recover(ctx: Context) -> None:
     from es_actors import Store
-    from examples.bank import BankAccount
+    from es_actors.examples.bank import BankAccount
 
-    from .lifecycle_domain import BankAccountLivePolicy
+    from benchmarks.lifecycle_domain import BankAccountLivePolicy
 
     s = ctx.settings
     src, snaps = recover_dataset()
@@ -550,7 +551,7 @@ def run_recover(ctx: Context) -> None:
 
 def run_hydrated(ctx: Context) -> None:
     from es_actors import Store
-    from examples.bank import BankAccount
+    from es_actors.examples.bank import BankAccount
 
     s = ctx.settings
     src = hydrated_dataset()
@@ -627,9 +628,9 @@ def memory_breakdown(n: int | None = None) -> None:
     import psutil
 
     from es_actors import DomainRegistry, StoreConfig
-    from es_actors.partition import Partition
+    from es_actors.write.partition import Partition
     from es_actors.storage.layout import StoreLayout
-    from examples.bank import BankAccount
+    from es_actors.examples.bank import BankAccount
 
     src = hydrated_dataset()
     work = scratch_dir("es_actors_memory_")

@@ -2,12 +2,12 @@
 
 They live in an importable module (not ``__main__``) so Ray workers load them by reference
 (ADR-008: a subclass pickled by value can lose an ``aggregate_type`` equal to its base's).
-Same events, same decider as ``examples.bank.BankAccount``; only ``snapshot_every`` differs.
+Same events, same decider as ``es_actors.examples.bank.BankAccount``; only ``snapshot_every`` differs.
 """
 
 from __future__ import annotations
 
-from examples.bank import BankAccount
+from es_actors.examples.bank import BankAccount
 
 ACTIVATE_SNAPSHOT_EVERY = 1_000
 RECOVER_SNAPSHOT_EVERY = 100

@@ -7,9 +7,9 @@ import os, sys, tempfile, time
 from pathlib import Path
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
-from es_actors.partition import Partition
+from es_actors.write.partition import Partition
 from es_actors.storage.layout import StoreLayout
-from examples.bank import BankAccount
+from es_actors.examples.bank import BankAccount
 
 tmp = Path(tempfile.mkdtemp())
 part = Partition(StoreLayout(tmp / "s"), 0, DomainRegistry([BankAccount]), StoreConfig(partitions=1, seal_rows=10**7))

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .common import log
+from benchmarks.common import log
 
 EVENTS_DDL = """
 CREATE TABLE IF NOT EXISTS events (

@@ -1,7 +1,7 @@
 """Read-side benches: projections catching up from zero, and end-to-end projection lag.
 
 - ``project_sql_1m`` / ``project_sql_10m``: the ``Balances`` SQL projection
-  (``examples.bank_projections``) catching up from zero over 1M / 10M bank events in 4
+  (``es_actors.examples.bank_projections``) catching up from zero over 1M / 10M bank events in 4
   partitions (sealed segments), beside ``duckdb_raw`` (one DuckDB GROUP BY over the same
   Parquet files, the floor) and ``postgres_sql`` (one GROUP BY statement over the same events
   in a PostgreSQL table).
@@ -29,8 +29,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .common import Context, log, percentile, scratch_dir
-from .datasets import bank_dataset, bank_meta, clone
+from benchmarks.common import Context, log, percentile, scratch_dir
+from benchmarks.datasets import bank_dataset, bank_meta, clone
 
 BENCHES = ["project_sql_1m", "project_sql_10m", "project_python_1m", "projection_lag"]
 
@@ -61,7 +61,7 @@ PG_SETTINGS = {
 }
 BALANCE_COLS = "account, owner, balance, events, version"
 
-# One statement per system, computing the read model of Balances (examples.bank_projections)
+# One statement per system, computing the read model of Balances (es_actors.examples.bank_projections)
 # with the same JSON extraction: owner from AccountOpened, balance = deposits - withdrawals,
 # events counted, the last version.
 DUCKDB_SQL = """
@@ -103,7 +103,7 @@ PG_EVENTS_INDEXES = [
 
 
 def start_ray() -> None:
-    from .append import start_ray as _start
+    from benchmarks.append import start_ray as _start
 
     _start()
 
@@ -200,8 +200,8 @@ def es_catch_up(ds: Dataset, projection: type) -> dict[str, Any]:
     projecting; the clock starts at ``store.resume()`` and stops when a status poll shows
     every partition's checkpoint at its head."""
     from es_actors import DomainRegistry, Store
-    from es_actors.readmodel import ReadModel
-    from examples.bank import BankAccount
+    from es_actors.read.readmodel import ReadModel
+    from es_actors.examples.bank import BankAccount
 
     start_ray()
     work = scratch_dir(f"es_actors_{projection.name}_")
@@ -258,7 +258,7 @@ class Pg:
     """One throwaway cluster for the module; the events table holds one data set at a time."""
 
     def __init__(self) -> None:
-        from .pg import PgCluster
+        from benchmarks.pg import PgCluster
 
         self.cluster = PgCluster(settings=PG_SETTINGS)
         self.cluster.start()
@@ -275,7 +275,7 @@ class Pg:
         import pyarrow.csv as pacsv
         import pyarrow.dataset as pads
 
-        from es_actors.records import ARROW_SCHEMA
+        from es_actors.codecs.rows import ARROW_SCHEMA
 
         t = time.monotonic()
         cols = ["partition", "position", "aggregate_id", "version", "event_type", "payload", "recorded_at"]
@@ -320,7 +320,7 @@ class Pg:
         fetch; each payload validated into its event class (model_validate_json) and folded into
         per-account [owner, balance, events, version] as BalancesPy does; the balances then written
         back (CREATE TABLE + COPY) in the same transaction."""
-        from examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
+        from es_actors.examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
 
         models = {c.event_type: c for c in (AccountOpened, MoneyDeposited, MoneyWithdrawn)}
         self.runs += 1
@@ -412,7 +412,7 @@ def run_catch_up(ctx: Context, bench: str, ds: Dataset, systems: list[tuple[str,
 
 def _sql_notes(ds: Dataset, pg: Pg | None) -> dict[str, str]:
     es = (
-        f"Balances SQL projection (examples.bank_projections) catching up from zero over {ds.describe()}; "
+        f"Balances SQL projection (es_actors.examples.bank_projections) catching up from zero over {ds.describe()}; "
         "the read model is created beforehand with the projection paused (empty tables, no checkpoint), "
         "so Store.open (4 partition actors recovering their indexes + the projector actor starting, "
         "reported as open_s) is not timed; timed: store.resume() until a projection_status() poll "
@@ -449,7 +449,7 @@ def _python_notes(ds: Dataset, pg: Pg | None) -> dict[str, str]:
     pgn = (
         f"PostgreSQL {pg.version if pg else '?'} fetch-and-fold in Python (psycopg 3): SELECT stream_id, version, "
         "event_type, payload::text ORDER BY partition, position through a server-side cursor (fetchmany 10,000), "
-        "each payload validated into its examples.bank event class (model_validate_json, one event at a time), "
+        "each payload validated into its es_actors.examples.bank event class (model_validate_json, one event at a time), "
         "folded per account as BalancesPy does, then the balances written back (CREATE TABLE + COPY, one commit); "
         "same table and load as project_sql_1m"
     )
@@ -457,7 +457,7 @@ def _python_notes(ds: Dataset, pg: Pg | None) -> dict[str, str]:
 
 
 def run_catch_ups(ctx: Context, selected: list[str]) -> None:
-    from examples.bank_projections import Balances, BalancesPy
+    from es_actors.examples.bank_projections import Balances, BalancesPy
 
     s = ctx.settings
     pg: Pg | None = None
@@ -528,7 +528,7 @@ def lag_run(store: Any, accounts: list[str], duration_s: float, warmup_s: float,
     import random
 
     from es_actors import Submission
-    from examples.bank import BankAccount, Deposit
+    from es_actors.examples.bank import BankAccount, Deposit
 
     rng = random.Random(seed)
     run = LagRun()
@@ -622,8 +622,8 @@ def lag_run(store: Any, accounts: list[str], duration_s: float, warmup_s: float,
 
 def run_lag(ctx: Context) -> None:
     from es_actors import Store, Submission
-    from examples.bank import BankAccount, OpenAccount
-    from examples.bank_projections import Balances
+    from es_actors.examples.bank import BankAccount, OpenAccount
+    from es_actors.examples.bank_projections import Balances
 
     s = ctx.settings
     if not s.wants("es_actors"):

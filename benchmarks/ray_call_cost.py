@@ -59,7 +59,7 @@ def measure(label: str, actor_cls: object, **options: object) -> None:
 
 
 def main() -> None:
-    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
+    from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
 
     start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     for _ in range(2):

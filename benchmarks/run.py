@@ -14,7 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from .common import RESULTS_PATH, Context, ResultWriter, Settings, format_table, log, machine_notes, setup_env
+from benchmarks.common import (
+    RESULTS_PATH,
+    Context,
+    ResultWriter,
+    Settings,
+    format_table,
+    log,
+    machine_notes,
+    setup_env,
+)
 
 # Bench modules, in run order. Each exposes BENCHES (names) and run(ctx, selected_names).
 MODULES = ["append", "lifecycle", "projection"]

@@ -1,8 +1,8 @@
 """es_actors: event sourcing on Ray, with Parquet append logs you can query with DuckDB."""
 
-from .config import StoreConfig
-from .domain import Aggregate, Command, DomainRegistry, Event
-from .errors import (
+from es_actors.config import StoreConfig
+from es_actors.domain import Aggregate, Command, DomainRegistry, Event
+from es_actors.errors import (
     CommandIdReused,
     CommandRejected,
     CommandTimeout,
@@ -28,13 +28,13 @@ from .errors import (
     UserCodeError,
     WriterFenced,
 )
-from .upcasting import StoredEvent, UnreadableEvent, Upcaster, upcaster
+from es_actors.domain.upcasting import StoredEvent, UnreadableEvent, Upcaster, upcaster
 
 # The domain core above needs neither Ray, DuckDB nor pyarrow: code that only defines aggregates
 # (and its tests) imports them without loading the runtime. The rest loads on first use.
 _LAZY = {
-    "PythonProjection": "projection", "SqlProjection": "projection",
-    "CommandResult": "records", "RecordedEvent": "records",
+    "PythonProjection": "read.projection", "SqlProjection": "read.projection",
+    "CommandResult": "codecs.views", "RecordedEvent": "codecs.views",
     "AggregateHandle": "store", "AggregateState": "store", "Audit": "store", "Store": "store", "Submission": "store",
 }
 
@@ -52,21 +52,21 @@ def __getattr__(name: str) -> object:
 
 def upgrade_store(path: str) -> "object":
     """Upgrade a store to the current format (explicit, with no writer running); see ADR-009."""
-    from .storage.maintenance import upgrade_store as run
+    from es_actors.storage.maintenance import upgrade_store as run
 
     return run(path)
 
 
 def repair_store(path: str) -> "object":
     """Quarantine damage, keep every valid event, record lost positions; see ADR-009."""
-    from .storage.maintenance import repair_store as run
+    from es_actors.storage.maintenance import repair_store as run
 
     return run(path)
 
 
 def accept_loss(path: str, principal: str, reason: str, partition: int | None = None) -> list:
     """Record an operator's acceptance of a repaired loss, so its partition takes commands again."""
-    from .storage.maintenance import accept_loss as run
+    from es_actors.storage.maintenance import accept_loss as run
 
     return run(path, principal, reason, partition)
 

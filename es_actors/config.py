@@ -28,7 +28,7 @@ class StoreConfig(BaseModel):
         1 << 20, ge=64, description="Largest total JSON payload, in UTF-8 bytes, of the events one command may "
         "append (and of the command's own payload)."
     )
-    # Limits of the command envelope (es_actors/envelope.py), checked per command in the client
+    # Limits of the command envelope (es_actors/write/envelope.py), checked per command in the client
     # and again in the partition actor; a command over one is refused alone (PayloadTooLarge).
     max_id_bytes: int = Field(
         256, ge=16, le=1 << 16, description="Largest aggregate id, command id, correlation id, causation id "

@@ -1,0 +1,1 @@
+"""Kept for checkouts: the examples moved to ``es_actors.examples``."""

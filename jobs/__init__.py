@@ -1,0 +1,1 @@
+"""Kept for checkouts: the jobs moved to ``es_actors.jobs``."""

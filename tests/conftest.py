@@ -11,14 +11,14 @@ import pytest
 import ray
 
 from es_actors import Store
-from examples.bank import BankAccount
+from es_actors.examples.bank import BankAccount
 
 
 @pytest.fixture(scope="session")
 def ray_session():
     """A small local Ray (no dashboard, loopback only) shared by every test that needs one."""
     if not ray.is_initialized():
-        from es_actors.runtime import start_local_ray
+        from es_actors.runtime.cluster import start_local_ray
 
         start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield

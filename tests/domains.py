@@ -56,7 +56,7 @@ class SlowCounter(Aggregate[Count]):
         return Count(n=state.n + 1)
 
 
-from examples.bank import BankAccount  # noqa: E402
+from es_actors.examples.bank import BankAccount  # noqa: E402
 
 
 class SnapshottedAccount(BankAccount):
@@ -70,7 +70,7 @@ class SnapshottedAccount(BankAccount):
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
-from examples.bank import Account  # noqa: E402
+from es_actors.examples.bank import Account  # noqa: E402
 
 
 class RevisedAccount(BankAccount):

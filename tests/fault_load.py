@@ -37,8 +37,8 @@ def load(root: str, acks: str, seconds: float, ray_temp: str) -> None:
     import ray
 
     from es_actors import Store
-    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
-    from examples.bank import BankAccount, Deposit, OpenAccount
+    from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
+    from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 
     start_local_ray(
         num_cpus=1,
@@ -81,7 +81,7 @@ def fence(root: str) -> None:
     from es_actors import EsActorsError, Store, StoreConfig, WriterFenced
     from es_actors.storage.layout import StoreLayout
     from es_actors.storage.partition_log import PartitionLog
-    from examples.bank import BankAccount, Deposit
+    from es_actors.examples.bank import BankAccount, Deposit
 
     layout = StoreLayout(Path(root))
     desc = layout.read_descriptor()
@@ -117,8 +117,8 @@ def fence_ray(root: str, ray_temp: str) -> None:
     import ray
 
     from es_actors import Store, WriterFenced
-    from es_actors.runtime import start_local_ray  # loopback only (ADR-012)
-    from examples.bank import BankAccount
+    from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
+    from es_actors.examples.bank import BankAccount
 
     start_local_ray(num_cpus=1, include_dashboard=False, logging_level="ERROR",
                     object_store_memory=100 * 1024 * 1024, _temp_dir=ray_temp)

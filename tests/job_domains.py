@@ -17,7 +17,7 @@ from typing import Sequence
 from pydantic import BaseModel
 
 from es_actors import Aggregate, Command, Event
-from es_actors.upcasting import upcaster
+from es_actors.domain.upcasting import upcaster
 
 
 class Book(BaseModel, frozen=True):

@@ -15,11 +15,11 @@ from typing import Any, ClassVar, Sequence
 
 
 from es_actors import Aggregate, Command, Event
-from es_actors.projection import PythonProjection, SqlProjection
-from es_actors.records import RecordedEvent
-from examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
-from examples.bank_projections import Balances, BalancesPy
-from examples.bank_projections import upsert_balance_deltas as fold_into  # the same fold as BalancesPy
+from es_actors.read.projection import PythonProjection, SqlProjection
+from es_actors.codecs.views import RecordedEvent
+from es_actors.examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
+from es_actors.examples.bank_projections import Balances, BalancesPy
+from es_actors.examples.bank_projections import upsert_balance_deltas as fold_into  # the same fold as BalancesPy
 
 BALANCE_COLUMNS = "account VARCHAR PRIMARY KEY, owner VARCHAR, balance BIGINT NOT NULL, events BIGINT NOT NULL, version BIGINT NOT NULL"
 

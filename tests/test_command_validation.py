@@ -31,11 +31,11 @@ from es_actors import (
 )
 from es_actors.cli import main as cli
 from es_actors.domain import DomainRegistry
-from es_actors.envelope import validate_envelope
-from es_actors.partition import Partition
-from es_actors.runtime import find_partition_actors
+from es_actors.write.envelope import validate_envelope
+from es_actors.write.partition import Partition
+from es_actors.runtime.naming import find_partition_actors
 from es_actors.storage.layout import StoreLayout
-from examples.bank import BankAccount, Deposit, MoneyDeposited, OpenAccount
+from es_actors.examples.bank import BankAccount, Deposit, MoneyDeposited, OpenAccount
 from tests.validation_domains import Meter, Odd, Record
 
 
@@ -223,7 +223,7 @@ def test_the_actor_checks_every_envelope_itself(store_factory, path):
     else:  # the same list of raw items over the actor's direct local link
         import pickle
 
-        from es_actors.direct import connect
+        from es_actors.write.direct_link import connect
 
         _node, address, key = ray.get(s._actors[0].endpoint.remote())
         with connect(address, key) as conn:

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from es_actors import DomainRegistry, InvalidPayload, UnknownAggregateType, UnknownCommand
-from examples.bank import (
+from es_actors.examples.bank import (
     Account,
     AccountOpened,
     BankAccount,

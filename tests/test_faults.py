@@ -33,17 +33,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from es_actors import Audit, StorageError, Store, StoreConfig, StoreCorrupted, Submission, WriterFenced
-from es_actors.actor import NAMESPACE
+from es_actors.runtime.naming import NAMESPACE
 from es_actors.domain import DomainRegistry
-from es_actors.partition import Partition
-from es_actors.records import COL
-from es_actors.runtime import actor_name
+from es_actors.write.partition import Partition
+from es_actors.codecs.rows import COL
+from es_actors.runtime.naming import actor_name
 from es_actors.storage import partition_log, wal
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.partition_log import PartitionLog
 from es_actors.storage.reader import read_partition_rows
 from es_actors.storage.wal import DurableMark, list_tail_files, read_tail_file
-from examples.bank import BankAccount, Deposit, OpenAccount
+from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT_LOAD = str(Path(__file__).with_name("fault_load.py"))

@@ -10,18 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from es_actors import (
-    DomainRegistry,
-    InvalidPayload,
-    PayloadTooLarge,
-    StoreConfig,
-    Submission,
-    UserCodeError,
-)
-from es_actors.partition import Partition
+from es_actors import DomainRegistry, InvalidPayload, PayloadTooLarge, StoreConfig, Submission, UserCodeError
+from es_actors.write.partition import Partition
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.reader import read_partition_rows
-from examples.bank import BankAccount, Deposit, OpenAccount
+from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 from tests.validation_domains import Act, Actor
 
 REGISTRY = DomainRegistry([BankAccount, Actor])
@@ -103,7 +96,7 @@ def test_reads_check_their_ids_and_submit_many_takes_any_iterable(store):
 
 def test_a_refused_direct_link_falls_back_to_ray_calls(store_factory, monkeypatch):
     """A flooded or refusing link (any local process can connect to it) must not stop commands."""
-    from es_actors import channel
+    from es_actors.write import client as channel
     from es_actors.errors import LinkRefused
 
     def refuse(address, key, timeout=5.0):

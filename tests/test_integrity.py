@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from es_actors import DomainRegistry, PartitionDamaged, Store, StoreConfig, StoreCorrupted
-from es_actors.partition import Partition
+from es_actors.write.partition import Partition
 from es_actors.storage.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
@@ -25,8 +25,15 @@ from es_actors.storage.maintenance import accept_loss, repair_store
 from es_actors.storage.partition_log import PartitionLog
 from es_actors.storage.reader import read_partition_rows
 from es_actors.storage.segments import list_segments, resolve_current
-from es_actors.storage.wal import FILE_HEADER_SIZE, DurableMark, encode_frame, file_header, list_tail_files, scan_tail_file
-from examples.bank import BankAccount
+from es_actors.storage.wal import (
+    FILE_HEADER_SIZE,
+    DurableMark,
+    encode_frame,
+    file_header,
+    list_tail_files,
+    scan_tail_file,
+)
+from es_actors.examples.bank import BankAccount
 
 REGISTRY = DomainRegistry([BankAccount])
 ACCOUNTS = [f"acc-{i}" for i in range(4)]

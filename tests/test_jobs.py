@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from es_actors.codecs.state import SnapshotFormat
 import hashlib
 import json
 import random
@@ -15,10 +16,10 @@ from click.testing import CliRunner
 from es_actors import Store, Submission
 from es_actors.cli import main
 from es_actors.storage.snapshots import snapshot_dir
-from es_actors.upcasting import UnreadableEvent
-from examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
-from jobs.contract_check import check_contracts
-from jobs.snapshots import build_snapshots
+from es_actors.domain.upcasting import UnreadableEvent
+from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
+from es_actors.jobs.contract_check import check_contracts
+from es_actors.jobs.snapshots import build_snapshots
 from tests.job_domains import Ledger, LedgerRenamed, LedgerV2, LedgerV2Buggy, Post
 
 
@@ -78,7 +79,7 @@ def test_snapshot_job_on_a_live_store_writes_snapshots_the_actors_use(store_fact
     t = report.totals
     assert (t["events"], t["aggregates"], t["snapshotted"]) == (total_events, 30, 30)
     assert t["rows_read"] == total_events and t["partitions_failed"] == 0
-    assert report.fingerprint == store.registry.snapshot_fingerprint("BankAccount")
+    assert report.fingerprint == SnapshotFormat(store.registry).fingerprint("BankAccount")
     for r in report.partitions:  # one file per partition, holding exactly what the report says
         table = pq.read_table(r["file"])
         assert Path(r["file"]).parent == snapshot_dir(store.root, r["partition"])

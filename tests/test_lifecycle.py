@@ -8,6 +8,7 @@ every state read equals that fold.
 
 from __future__ import annotations
 
+from es_actors.codecs.state import SnapshotFormat
 import itertools
 import os
 import random
@@ -25,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from es_actors import CommandIdReused, ConcurrencyError, DomainError, Store, Submission
-from es_actors.actor import NAMESPACE
+from es_actors.runtime.naming import NAMESPACE
 from es_actors.domain import DomainRegistry
-from es_actors.runtime import actor_name
+from es_actors.runtime.naming import actor_name
 from es_actors.storage.snapshots import snapshot_dir
-from examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
+from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
 from tests.domains import (
     Bump,
     CountedAccount,
@@ -99,7 +100,7 @@ def snapshot_rows(store_root: Path, partition: int = 0) -> list[dict[str, Any]]:
 
 
 def fingerprint(aggregate: type) -> str:
-    return DomainRegistry([aggregate]).snapshot_fingerprint(aggregate.aggregate_type)
+    return SnapshotFormat(DomainRegistry([aggregate])).fingerprint(aggregate.aggregate_type)
 
 
 def write_account(store: Store, aid: str, deposits: int, amount: int = 1, first: int = 0) -> None:
@@ -396,7 +397,7 @@ def _damage(path: Path, how: str) -> None:
 def _silent_bit_flip(path: Path) -> bytes:
     """The first single-bit flip after which the file still reads (without checksum checks) and
     one row's state decodes to another state, all else equal: bit rot nothing else would notice."""
-    codec = DomainRegistry([SnapshottedAccount]).state_codec("BankAccount")
+    codec = SnapshotFormat(DomainRegistry([SnapshottedAccount])).codec("BankAccount")
     data = path.read_bytes()
     original = pq.read_table(path).to_pylist()
     for offset in range(4, len(data) - 8):

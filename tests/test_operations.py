@@ -13,9 +13,9 @@ import pytest
 import ray
 
 from es_actors import DomainError, InvalidPayload, Overloaded, Store, Submission, UserCodeError
-from es_actors.actor import NAMESPACE
-from es_actors.runtime import actor_name
-from examples.bank import AccountAlreadyOpen, BankAccount, Deposit, MoneyDeposited, OpenAccount
+from es_actors.runtime.naming import NAMESPACE
+from es_actors.runtime.naming import actor_name
+from es_actors.examples.bank import AccountAlreadyOpen, BankAccount, Deposit, MoneyDeposited, OpenAccount
 from tests.domains import SlowCounter, Tick
 
 
@@ -75,7 +75,7 @@ def test_write_path_metrics_reach_the_prometheus_endpoint(store):
 
 
 def test_demo_runs_and_the_log_agrees_with_the_actors(ray_session, tmp_path):
-    from jobs.demo import run
+    from es_actors.jobs.demo import run
 
     lines: list[str] = []
     outcomes = run(str(tmp_path / "demo"), accounts=4, commands=200, echo=lines.append)
@@ -152,7 +152,7 @@ def test_a_copied_store_directory_gets_its_own_actors(store_factory, tmp_path):
     commands through the copy land in the copy's log only."""
     import shutil
 
-    from examples.bank import Deposit, OpenAccount
+    from es_actors.examples.bank import Deposit, OpenAccount
 
     original = store_factory("a/store", partitions=2)
     original.aggregate(BankAccount, "acc-1").submit(OpenAccount(owner="ann"))

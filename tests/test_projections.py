@@ -33,15 +33,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from es_actors import CommandResult, EsActorsError, Store, Submission
-from es_actors.actor import NAMESPACE
-from es_actors.projector import ProjectionHalted, ProjectionTimeout
-from es_actors.readmodel import QueryFailed, QueryRefused
-from es_actors.records import RecordedEvent
-from es_actors.runtime import actor_name, projector_name
+from es_actors.runtime.naming import NAMESPACE
+from es_actors.read.projector import ProjectionHalted, ProjectionTimeout
+from es_actors.read.readmodel import QueryFailed, QueryRefused
+from es_actors.codecs.views import RecordedEvent
+from es_actors.runtime.naming import actor_name, projector_name
 from es_actors.storage.follower import LogFollower
 from es_actors.storage.reader import read_partition_rows
-from examples.bank import AccountOpened, BankAccount, Deposit, MoneyDeposited, MoneyWithdrawn, OpenAccount, Withdraw
-from examples.bank_projections import Balances, BalancesPy
+from es_actors.examples.bank import (
+    AccountOpened,
+    BankAccount,
+    Deposit,
+    MoneyDeposited,
+    MoneyWithdrawn,
+    OpenAccount,
+    Withdraw,
+)
+from es_actors.examples.bank_projections import Balances, BalancesPy
 from tests.projection_domains import (
     BalancesPyV2,
     BalancesV2,

@@ -22,25 +22,25 @@ from hypothesis import strategies as st
 
 from es_actors import Store
 from es_actors.errors import EsActorsError, QueryFailed, QueryRefused, QueryTimeout, QueryTooLarge
-from examples.bank import BankAccount, Deposit, OpenAccount
-from examples.bank_projections import Balances
+from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
+from es_actors.examples.bank_projections import Balances
 
 # -- the classification of DuckDB's functions (no Ray) ------------------------------------------
 
 
 def test_every_duckdb_function_is_classified():
     """Raising the DuckDB pin fails here until every new function is classified (allowed or denied)."""
-    from es_actors import query_functions as qf
+    from es_actors.read import query_functions as qf
 
     assert duckdb.__version__ == qf.DUCKDB_VERSION, "classify the functions of this DuckDB version first"
-    pin = [line for line in (Path(__file__).parents[1] / "pyproject.toml").read_text().splitlines() if '"duckdb' in line]
+    pin = [line for line in (Path(__file__).parents[1] / "pyproject.toml").read_text().splitlines() if line.strip().startswith('"duckdb')]
     assert len(pin) == 1 and f'"duckdb=={qf.DUCKDB_VERSION}"' in pin[0], f"pyproject.toml must pin duckdb exactly: {pin}"
     assert not qf.ALLOWED & qf.DENIED
     rows = set(duckdb.connect().execute("SELECT DISTINCT function_name, function_type FROM duckdb_functions()").fetchall())
     unclassified = sorted(rows - qf.ALLOWED - qf.DENIED)
-    assert not unclassified, f"classify these in es_actors/query_functions.py: {unclassified}"
+    assert not unclassified, f"classify these in es_actors/read/query_functions.py: {unclassified}"
     stale = sorted((qf.ALLOWED | qf.DENIED) - rows - {(n, t) for n, t in qf.ALLOWED if t == "binder"})
-    assert not stale, f"no longer in DuckDB, remove from es_actors/query_functions.py: {stale}"
+    assert not stale, f"no longer in DuckDB, remove from es_actors/read/query_functions.py: {stale}"
     must_deny = {
         ("json_execute_serialized_sql", "table"), ("query", "table"), ("query_table", "table"),
         ("read_csv", "table"), ("read_text", "table"), ("read_blob", "table"), ("read_parquet", "table"),
@@ -54,8 +54,8 @@ def test_every_duckdb_function_is_classified():
 def test_allowed_builtin_macros_expand_to_allowed_functions():
     """A built-in macro is allowed only if its body calls allowed functions: the guard sees the
     macro's name, DuckDB runs its body."""
-    from es_actors import query_functions as qf
-    from es_actors.query_guard import walk
+    from es_actors.read import query_functions as qf
+    from es_actors.read.query_guard import walk
 
     con = duckdb.connect()
     macros = con.execute(
@@ -76,7 +76,7 @@ def test_allowed_builtin_macros_expand_to_allowed_functions():
 
 def test_a_macro_created_in_the_database_is_refused():
     """A macro in the database shadows the built-in of the same name: calling it is refused."""
-    from es_actors.query_guard import check_query
+    from es_actors.read.query_guard import check_query
 
     con = duckdb.connect()
     check_query(con, "SELECT abs(-1)")
@@ -289,7 +289,7 @@ def test_escapes_are_refused_on_both_paths_and_change_nothing(bank):
 )
 def test_escapes_nested_anywhere_are_refused(bad, wrappers):
     """However deep a bad call is nested, the guard finds it (DuckDB parse tree, no Ray)."""
-    from es_actors.query_guard import check_query
+    from es_actors.read.query_guard import check_query
 
     kind, item = bad
     q = f"SELECT {item} AS x" if kind == "e" else f"SELECT * FROM {item}"

@@ -2,7 +2,7 @@
 
 `fixtures/bank-v1-store/` was written by version 1 of the bank domain
 (`fixtures/legacy_bank.py`, through the real write path, then sealed) and is committed as
-Parquet. These tests read it with the current domain (`examples/bank.py`), whose upcasters
+Parquet. These tests read it with the current domain (`es_actors/examples/bank.py`), whose upcasters
 turn every v1 event into current events: on the actor's rehydration path, in history and
 in time travel. Each test works on a copy of the fixture; the committed files are never opened
 for writing.
@@ -24,8 +24,8 @@ from pydantic import Field
 
 from es_actors import Aggregate, DomainRegistry, Event, Store, upgrade_store
 from es_actors.storage.segments import file_crc32, parse_segment_name, segment_name
-from es_actors.upcasting import EventDecoder, StoredEvent, UnreadableEvent, Upcaster, upcaster
-from examples.bank import (
+from es_actors.domain.upcasting import EventDecoder, StoredEvent, UnreadableEvent, Upcaster, upcaster
+from es_actors.examples.bank import (
     Account,
     AccountOpened,
     BankAccount,
@@ -330,7 +330,7 @@ def test_decoder_chains_steps_in_order_until_current():
 
 def test_bank_upcasters_read_both_shapes_of_money_deposited_v1():
     """MoneyDeposited v1 was stored as {amt} (via FundsDeposited) and, by the first release of
-    examples/bank.py, as {amount}: both read as v2; anything else is an error, not a guess."""
+    es_actors/examples/bank.py, as {amount}: both read as v2; anything else is an error, not a guess."""
     reg = DomainRegistry([BankAccount])
     assert reg.decode("FundsDeposited", 1, '{"amt": 5}') == [dep(5)]
     assert reg.decode("MoneyDeposited", 1, '{"amt": 6}') == [dep(6)]
@@ -445,7 +445,7 @@ def test_an_upcaster_that_returns_nothing_is_an_error():
 def test_projections_read_the_v1_fixture_like_the_actors(store_factory, tmp_path):
     """Both projection kinds see old events upcast (the SQL kind through the upcasters' SQL
     forms, the split through Python) and agree with the actors' states, account by account."""
-    from examples.bank_projections import Balances, BalancesPy
+    from es_actors.examples.bank_projections import Balances, BalancesPy
 
     copy = fixture_copy(tmp_path, "v1-projected")
     store = store_factory(copy.name, projections=[Balances, BalancesPy])

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from es_actors import DomainRegistry, StoreConfig
-from es_actors.partition import Partition
+from es_actors.write.partition import Partition
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.reader import read_partition_rows, sealed_files
 from es_actors.storage.wal import encode_frame, file_header, list_tail_files, read_tail_file, scan_tail_file
-from examples.bank import BankAccount
+from es_actors.examples.bank import BankAccount
 
 REGISTRY = DomainRegistry([BankAccount])
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pytest
 
 from es_actors import StorageError, StoreConfig, WriterFenced
-from es_actors.records import COL, table_to_rows
+from es_actors.codecs.rows import COL, table_to_rows
 from es_actors.storage import partition_log, segments, wal
 from es_actors.storage.follower import LogFollower
 from es_actors.storage.layout import StoreLayout

@@ -21,7 +21,15 @@ from es_actors import (
     UnknownAggregateType,
     UnknownCommand,
 )
-from examples.bank import AccountOpened, BankAccount, Deposit, InsufficientFunds, MoneyDeposited, OpenAccount, Withdraw
+from es_actors.examples.bank import (
+    AccountOpened,
+    BankAccount,
+    Deposit,
+    InsufficientFunds,
+    MoneyDeposited,
+    OpenAccount,
+    Withdraw,
+)
 
 # The stored columns, in order: users query them by name and position (DuckDB, Polars, Spark).
 LOG_COLUMNS = [

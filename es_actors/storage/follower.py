@@ -24,14 +24,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ..errors import StoreCorrupted
-from ..records import ARROW_SCHEMA, COL, rows_to_table
-from .guard import storage_boundary
-from .layout import StoreLayout
-from .lost_ranges import FILE_NAME as LOST_FILE
-from .lost_ranges import LostRanges
-from .segments import list_segments, resolve_current, verify_segment
-from .wal import (
+from es_actors.errors import StoreCorrupted
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
+from es_actors.storage.guard import storage_boundary
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.segments import list_segments, resolve_current, verify_segment
+from es_actors.storage.wal import (
     FILE_HEADER_SIZE,
     DurableMark,
     TailScan,

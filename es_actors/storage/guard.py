@@ -8,7 +8,7 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 
-from ..errors import EsActorsError, StoreCorrupted
+from es_actors.errors import EsActorsError, StoreCorrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -18,8 +18,8 @@ from typing import Iterable
 
 from pydantic import BaseModel, Field, model_validator
 
-from ..errors import StoreCorrupted
-from .wal import fsync_dir, replace_durably
+from es_actors.errors import StoreCorrupted
+from es_actors.storage.wal import fsync_dir, replace_durably
 
 FILE_NAME = "lost-ranges.json"
 

@@ -28,13 +28,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from ..errors import EsActorsError, StoreCorrupted
-from ..records import ARROW_SCHEMA, COL
-from .guard import storage_boundary
-from .layout import FORMAT_VERSION, StoreDescriptor, StoreLayout
-from .lost_ranges import Acceptance, AffectedAggregate, LostRange, LostRanges, now_text, record_lost_ranges, write_lost_ranges
-from .partition_log import acquire_partition_lock
-from .segments import (
+from es_actors.errors import EsActorsError, StoreCorrupted
+from es_actors.codecs.rows import ARROW_SCHEMA, COL
+from es_actors.storage.guard import storage_boundary
+from es_actors.storage.layout import FORMAT_VERSION, StoreDescriptor, StoreLayout
+from es_actors.storage.lost_ranges import (
+    Acceptance,
+    AffectedAggregate,
+    LostRange,
+    LostRanges,
+    now_text,
+    record_lost_ranges,
+    write_lost_ranges,
+)
+from es_actors.storage.partition_log import acquire_partition_lock
+from es_actors.storage.segments import (
     CURRENT,
     Segment,
     SegmentSet,
@@ -47,7 +55,7 @@ from .segments import (
     segment_name,
     write_segment,
 )
-from .wal import (
+from es_actors.storage.wal import (
     Damage,
     DurableMark,
     Frame,
@@ -434,7 +442,7 @@ def _from_damaged_bytes(scan: TailScan, d: Damage) -> list[AffectedAggregate]:
 
 def _note_version_gaps(layout: StoreLayout, p: int, ranges: list[LostRange]) -> None:
     """Aggregates whose surviving versions skip across a lost range: certainly affected."""
-    from .reader import read_partition
+    from es_actors.storage.reader import read_partition
 
     try:
         table = read_partition(layout, p).select(["aggregate_type", "aggregate_id", "version", "position"])

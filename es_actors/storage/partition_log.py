@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ..config import StoreConfig
-from ..errors import StorageError, StoreCorrupted, WriterFenced
-from ..records import ARROW_SCHEMA, COL, table_to_rows
-from .guard import storage_boundary
-from .layout import StoreLayout
-from .lost_ranges import LostRanges
-from .segments import SegmentSet, verify_segments
-from .wal import (
+from es_actors.config import StoreConfig
+from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, table_to_rows
+from es_actors.storage.guard import storage_boundary
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.segments import SegmentSet, verify_segments
+from es_actors.storage.wal import (
     DurableMark,
     TailWriter,
     damage_error,

@@ -15,13 +15,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ..errors import StoreCorrupted
-from ..records import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
-from .guard import storage_boundary
-from .layout import StoreLayout
-from .lost_ranges import LostRanges
-from .segments import Segment, list_segments, resolve_current, verify_segments
-from .wal import DurableMark, high_water, list_tail_files, read_tail_rows
+from es_actors.errors import StoreCorrupted
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
+from es_actors.storage.guard import storage_boundary
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.segments import Segment, list_segments, resolve_current, verify_segments
+from es_actors.storage.wal import DurableMark, high_water, list_tail_files, read_tail_rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:

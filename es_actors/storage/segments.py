@@ -31,9 +31,9 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import StoreCorrupted
-from ..records import ARROW_SCHEMA, rows_to_table
-from .wal import fsync_dir, fsync_file
+from es_actors.errors import StoreCorrupted
+from es_actors.codecs.rows import ARROW_SCHEMA, rows_to_table
+from es_actors.storage.wal import fsync_dir, fsync_file
 
 _SEG = re.compile(r"^seg-(\d{20})-(\d{20})(?:-([0-9a-f]{8}))?\.parquet$")
 _GEN = re.compile(r"^gen-(\d{6})$")

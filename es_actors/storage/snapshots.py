@@ -30,8 +30,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .segments import write_parquet_durably
-from .wal import fsync_dir
+from es_actors.storage.segments import write_parquet_durably
+from es_actors.storage.wal import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError, StoreCorrupted
+from es_actors.errors import StorageError, StoreCorrupted
 
 FILE_MAGIC = b"ESWAL\x00\x02\n"
 _FILE_HEADER = struct.Struct("<8sQII")  # magic, first position, reserved (0), crc32 of the 20 bytes before

@@ -8,7 +8,6 @@ never retried blindly (``max_task_retries=0``): clients resend by command id ins
 
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 import threading
@@ -19,27 +18,18 @@ from typing import Any, Sequence
 import ray
 from ray.util import metrics
 
-from .config import StoreConfig
-from .direct import DirectServer
-from .domain import Aggregate, DomainRegistry
-from .errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
-from .partition import BatchItem, ItemResult, Partition, safe_text
-from .storage.layout import StoreLayout
+from es_actors.config import StoreConfig
+from es_actors.write.direct_link import DirectServer
+from es_actors.domain import Aggregate, DomainRegistry
+from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
+from es_actors.write.partition import BatchItem, ItemResult, Partition, safe_text
+from es_actors.storage.layout import StoreDescriptor, StoreLayout
+from es_actors.runtime.cluster import actor_get, ensure_ray
+from es_actors.runtime.naming import NAMESPACE, actor_name
+from es_actors.runtime.process import tune_gc_for_a_long_lived_heap
 
-NAMESPACE = "es_actors"
 _MS_BOUNDS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
 _BATCH_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
-
-
-def tune_gc_for_a_long_lived_heap() -> None:
-    """A partition actor holds millions of small long-lived objects (states, command ids, tail
-    rows) and allocates a few per command. With CPython's default thresholds the collector
-    re-scans them so often that throughput fell ~25% and bulk p99 rose from ~75 to ~190 ms
-    as a store grew (4 x 8 s bulk rounds here). The recovered heap is frozen out of the
-    collector's reach and collections run less often; reference cycles are still collected."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def portable_error(exc: BaseException) -> BaseException:
@@ -212,3 +202,38 @@ class PartitionActor:
                 self._partition.close()
                 self._partition = None
                 self._error = EsActorsError("this partition actor was closed")
+
+
+def start_partition_actors(
+    layout: StoreLayout,
+    descriptor: StoreDescriptor,
+    aggregates: Sequence[type[Aggregate[Any]]],
+    config: StoreConfig,
+    address: str | None,
+) -> tuple[list[Any], list[bool]]:
+    """The store's partition actors (joined where they already run), and for each whether this
+    call created it (and so owns stopping it)."""
+    ensure_ray(address)
+    opener = os.urandom(12).hex()
+    deadline = time.monotonic() + config.lock_timeout_s
+    while True:
+        actors = [
+            PartitionActor.options(
+                name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
+            ).remote(str(layout.root), p, list(aggregates), config, opener)
+            for p in range(descriptor.partitions)
+        ]
+        try:
+            actor_get([a.stats.remote() for a in actors])  # waits for recovery; surfaces WriterFenced
+            created = [token == opener for token in actor_get([a.opened_by.remote() for a in actors])]
+            return actors, created
+        except EsActorsError:
+            for a in actors:
+                ray.kill(a, no_restart=True)
+            raise
+        except ray.exceptions.ActorDiedError:
+            # The store was closed a moment ago: we joined an actor that close() killed and whose
+            # name Ray has not released yet. Ask again once it has.
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)

@@ -33,9 +33,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .config import StoreConfig
-from .domain import DomainRegistry, Event
-from .errors import (
+from es_actors.config import StoreConfig
+from es_actors.codecs.state import SnapshotFormat
+from es_actors.domain import DomainRegistry, Event
+from es_actors.errors import (
     CommandIdReused,
     CommandRejected,
     UserCodeError,
@@ -51,19 +52,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .envelope import BatchItem, utf8_size, validate_envelope
-from .records import COL, event_where
-from .upcasting import UnreadableEvent
-from .storage.layout import StoreLayout
-from .storage.lost_ranges import LostRanges
-from .storage.partition_log import PartitionLog
-from .storage.snapshots import SnapshotRow, SnapshotStore
+from es_actors.write.envelope import BatchItem, utf8_size, validate_envelope
+from es_actors.codecs.rows import COL, event_where
+from es_actors.domain.upcasting import UnreadableEvent
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.partition_log import PartitionLog
+from es_actors.storage.snapshots import SnapshotRow, SnapshotStore
 
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 
-# A batch item (es_actors/envelope.py says what each field may hold).
+# A batch item (es_actors/write/envelope.py says what each field may hold).
 # A result: ("ok", version, rows) | ("dup", version, rows) | ("err", exception)
 ItemResult = tuple[Any, ...]
 
@@ -121,6 +122,7 @@ class Partition:
     def __init__(self, layout: StoreLayout, partition: int, registry: DomainRegistry, config: StoreConfig) -> None:
         self.partition = partition
         self.registry = registry
+        self.snapshot_format = SnapshotFormat(registry)
         self.config = config
         self.log = PartitionLog(layout, partition, config)
         self.snapshots = SnapshotStore(layout.root, partition)
@@ -242,8 +244,8 @@ class Partition:
         its fingerprint must match this code, and the log must hold its event at its position."""
         if entry.version == 0:
             return None
-        fingerprint = self.registry.snapshot_fingerprint(key[0])
-        codec = self.registry.state_codec(key[0])
+        fingerprint = self.snapshot_format.fingerprint(key[0])
+        codec = self.snapshot_format.codec(key[0])
         ignored = False
         for row in sorted(self.snapshots.candidates(*key), key=lambda r: -r.version):
             ok = (
@@ -359,7 +361,7 @@ class Partition:
             row = best.get(k)
             if row is not None:
                 try:
-                    state, at = self.registry.state_codec(k[0]).decode(row.state, row.encoding), row.version
+                    state, at = self.snapshot_format.codec(k[0]).decode(row.state, row.encoding), row.version
                     self.counts["snapshot_used"] += 1
                     used.add(k)
                 except Exception as exc:
@@ -435,13 +437,13 @@ class Partition:
             event_id = event_id or known_ids.get(position)
             if not event_id:
                 continue
-            codec = self.registry.state_codec(atype)
+            codec = self.snapshot_format.codec(atype)
             try:
                 data = codec.encode(state)
             except Exception as exc:  # a state that cannot be encoded is never snapshotted: replay stays correct
                 log.warning("%s/%s: state does not encode for a snapshot: %s", atype, aid, exc)
                 continue
-            fingerprint = self.registry.snapshot_fingerprint(atype)
+            fingerprint = self.snapshot_format.fingerprint(atype)
             rows.append(SnapshotRow(atype, aid, version, position, fingerprint, codec.encoding, data, event_id))
         try:
             self.snapshots.write(rows)
@@ -461,7 +463,7 @@ class Partition:
         return (
             entry is not None
             and row.aggregate_type in self.registry.aggregates
-            and row.fingerprint == self.registry.snapshot_fingerprint(row.aggregate_type)
+            and row.fingerprint == self.snapshot_format.fingerprint(row.aggregate_type)
             and 1 <= row.version <= entry.version
             and entry.positions[row.version - 1] == row.position
         )

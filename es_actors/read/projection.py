@@ -28,7 +28,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 if TYPE_CHECKING:
-    from .records import RecordedEvent
+    from es_actors.codecs.views import RecordedEvent
 
 ErrorPolicy = Literal["halt", "park"]
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

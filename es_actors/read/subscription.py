@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from .domain import DomainRegistry
-from .errors import EsActorsError
-from .records import RecordedEvent
-from .storage.follower import LogFollower
-from .storage.layout import StoreLayout
+from es_actors.domain import DomainRegistry
+from es_actors.errors import EsActorsError
+from es_actors.codecs.views import RecordedEvent
+from es_actors.storage.follower import LogFollower
+from es_actors.storage.layout import StoreLayout
 
 
 class Subscription:

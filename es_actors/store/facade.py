@@ -5,7 +5,7 @@
     result = acct.submit(Deposit(amount=100), expected_version=1, principal="alice")
     store.close()  # seals the tail: plain DuckDB then sees every event
 
-Every command is checked per command before it is queued (es_actors/envelope.py): a bad one
+Every command is checked per command before it is queued (es_actors/write/envelope.py): a bad one
 fails alone, with InvalidPayload naming the field, and the partition actor checks it again.
 """
 
@@ -19,14 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
-from .channel import ResultSlot
-from .config import StoreConfig
-from .domain import Aggregate, Command, DomainRegistry, Event
-from .envelope import BatchItem, check_text, validate_envelope
-from .errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
-from .records import CommandResult, RecordedEvent
-from .storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
-from .storage.reader import read_partition_rows, sealed_files
+from es_actors.write.client import ResultSlot
+from es_actors.config import StoreConfig
+from es_actors.domain import Aggregate, Command, DomainRegistry, Event
+from es_actors.write.envelope import BatchItem, check_text, validate_envelope
+from es_actors.errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
+from es_actors.codecs.views import CommandResult, RecordedEvent
+from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
+from es_actors.storage.reader import read_partition_rows, sealed_files
 
 S = TypeVar("S")
 
@@ -106,8 +106,8 @@ class Store:
         self._projector_created = False
         self._channels: list[Any] = []
         if actors is not None:
-            from .channel import PartitionChannel
-            from .client_metrics import ClientMetrics
+            from es_actors.write.client import PartitionChannel
+            from es_actors.runtime.metrics import ClientMetrics
 
             metrics = ClientMetrics()
             self._channels = [
@@ -143,17 +143,18 @@ class Store:
                 raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
             return cls(layout, descriptor, registry, config, None)
         if projections:
-            from .projection import check_projections
+            from es_actors.read.projection import check_projections
 
             check_projections(projections)  # before anything starts
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
-        from .runtime import start_partition_actors
+        from es_actors.write.actor import start_partition_actors
 
         actors, created = start_partition_actors(layout, descriptor, aggregates, config, address)
         store = cls(layout, descriptor, registry, config, actors)
         store._created = created
         if projections:
-            from .runtime import find_projector, start_projector
+            from es_actors.runtime.naming import find_projector
+            from es_actors.read.projector import start_projector
 
             try:
                 store._projector_created = find_projector(layout, descriptor) is None
@@ -185,7 +186,7 @@ class Store:
             self._closed = True
             return
         self._closed = True
-        from .runtime import stop_partition_actors, stop_projector
+        from es_actors.runtime.naming import stop_partition_actors, stop_projector
 
         for channel in self._channels:
             channel.close(self.config.submit_timeout_s)
@@ -341,7 +342,7 @@ class Store:
 
     def stats(self) -> list[dict[str, Any]]:
         """Per-partition counters from the owning actors."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         if self._actors is None:
             raise EsActorsError("stats need an open (writable) store")
@@ -349,27 +350,27 @@ class Store:
 
     def seal(self) -> None:
         """Seal every partition's tail now (close does this too)."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         if self._actors is not None:
             actor_get([a.seal.remote() for a in self._actors])
 
     def passivate(self) -> int:
         """Drop every hydrated state from the partition actors' memory; they rehydrate on next use."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         return sum(actor_get([a.passivate.remote() for a in self._writable_actors()]))
 
     def hydrate(self, limit_per_partition: int | None = None) -> int:
         """Warm up: hydrate the most recently written aggregates of each partition (default up to
         ``max_hydrated``), from snapshots plus later events. Returns how many were hydrated."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         return sum(actor_get([a.hydrate_all.remote(limit_per_partition) for a in self._writable_actors()]))
 
     def flush_snapshots(self) -> int:
         """Write the snapshots the live policy has due now instead of at the next batch or close."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         return sum(actor_get([a.flush_snapshots.remote() for a in self._writable_actors()]))
 
@@ -399,7 +400,7 @@ class Store:
         in the projector when one runs; otherwise in this process (read models included if no
         projector holds their file).
         """
-        from .queries import query_request
+        from es_actors.read.queries import query_request
 
         req = query_request(sql, params, timeout, self.config)  # refused here, before any call
         projector = self._find_projector()
@@ -416,7 +417,7 @@ class Store:
     def _query_projector(self, projector: Any, req: Any) -> Any:
         import ray
 
-        from .errors import QueryTimeout
+        from es_actors.errors import QueryTimeout
 
         wait_s = req.timeout_s + self.QUERY_ANSWER_GRACE_S
         try:
@@ -429,10 +430,10 @@ class Store:
     def _query_here(self, req: Any) -> Any:
         import duckdb
 
-        from .errors import QueryFailed
-        from .queries import run_query
-        from .readmodel import connect_restricted, readmodel_path
-        from .storage.reader import log_snapshot
+        from es_actors.errors import QueryFailed
+        from es_actors.read.queries import run_query
+        from es_actors.read.readmodel import connect_restricted, readmodel_path
+        from es_actors.storage.reader import log_snapshot
 
         path = readmodel_path(self.layout.root)
         con, held = None, False
@@ -462,7 +463,7 @@ class Store:
 
         if not ray.is_initialized():
             return None
-        from .runtime import find_projector
+        from es_actors.runtime.naming import find_projector
 
         return find_projector(self.layout, self.descriptor)
 
@@ -483,7 +484,7 @@ class Store:
 
         import ray
 
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         deadline = time.monotonic() + self.config.retry_deadline_s
         while True:
@@ -549,7 +550,7 @@ class Store:
         merge_grace_s: float = 0.5,
     ) -> "Any":
         """A catch-up subscription for integrations outside DuckDB; see :class:`~es_actors.subscription.Subscription`."""
-        from .subscription import Subscription
+        from es_actors.read.subscription import Subscription
 
         return Subscription(
             self.layout, self.descriptor.partitions, self.registry, checkpoint or {}, order=order, follow=follow,
@@ -679,7 +680,7 @@ class AggregateHandle(Generic[S]):
 
     def state(self) -> AggregateState[S]:
         """Current version and state, from the owning actor (consistent with acknowledged commands)."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         self.store._check_open()
         if self.store._actors is None:
@@ -693,7 +694,7 @@ class AggregateHandle(Generic[S]):
 
     def passivate(self) -> bool:
         """Drop this aggregate's state from its actor's memory (it rehydrates on next use)."""
-        from .runtime import actor_get
+        from es_actors.runtime.cluster import actor_get
 
         p = self.store.partition_of(self.aggregate_type, self.aggregate_id)
         actor = self.store._writable_actors()[p]

@@ -31,7 +31,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from .errors import EsActorsError, LinkRefused
+from es_actors.errors import EsActorsError, LinkRefused
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"

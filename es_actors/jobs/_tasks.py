@@ -27,13 +27,13 @@ def connect_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:  # loopback only, like a store's embedded Ray (ADR-012)
-        from es_actors.runtime import start_local_ray
+        from es_actors.runtime.cluster import start_local_ray
 
         start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
 
 
 def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
-    """``"examples.bank:BankAccount,pkg.mod:Other"`` (or a list of such) -> the classes, imported."""
+    """``"es_actors.examples.bank:BankAccount,pkg.mod:Other"`` (or a list of such) -> the classes, imported."""
     items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
     out: list[type[Aggregate[Any]]] = []
     for item in (i.strip() for i in items):
@@ -41,7 +41,7 @@ def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
             continue
         module_name, sep, attr = item.partition(":")
         if not sep or not module_name or not attr:
-            raise EsActorsError(f"{item!r}: give aggregates as module:Class, e.g. examples.bank:BankAccount")
+            raise EsActorsError(f"{item!r}: give aggregates as module:Class, e.g. es_actors.examples.bank:BankAccount")
         if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: the current directory imports
             sys.path.insert(0, os.getcwd())
         try:

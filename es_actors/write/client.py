@@ -6,7 +6,7 @@ crowd shares one call and one durable write). The queue is bounded: when it is f
 submitters wait up to ``submit_timeout_s`` and then get :class:`Overloaded`.
 
 Batches travel over the actor's direct local link when the client runs on the actor's
-node (es_actors/direct.py: ~20 us of CPU per call instead of Ray's ~0.5 ms), else as Ray
+node (es_actors/write/direct_link.py: ~20 us of CPU per call instead of Ray's ~0.5 ms), else as Ray
 actor calls. If the actor dies with a batch in flight, the batch is resent as-is once the
 actor is back: every item carries a command id, so the actor answers a command it already
 made durable from its dedup record instead of applying it twice.
@@ -27,11 +27,11 @@ from typing import Any, Callable, Protocol
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from .config import StoreConfig
-from .direct import connect
-from .errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
-from .partition import BatchItem, ItemResult
-from .runtime import actor_get, unwrap_actor_error
+from es_actors.config import StoreConfig
+from es_actors.write.direct_link import connect
+from es_actors.errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
+from es_actors.write.partition import BatchItem, ItemResult
+from es_actors.runtime.cluster import actor_get, unwrap_actor_error
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
-from .errors import EsActorsError
+from es_actors.errors import EsActorsError
 
 if TYPE_CHECKING:
-    from .domain import Event
+    from es_actors.domain import Event
 
 Payload = dict[str, Any]
 

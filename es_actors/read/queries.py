@@ -17,9 +17,9 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import StoreConfig
-from .errors import QueryFailed, QueryRefused, QueryTimeout, QueryTooLarge
-from .query_guard import check_query
+from es_actors.config import StoreConfig
+from es_actors.errors import QueryFailed, QueryRefused, QueryTimeout, QueryTooLarge
+from es_actors.read.query_guard import check_query
 
 _BATCH_ROWS = 65_536
 _REPEAT_INTERRUPT_S = 0.05

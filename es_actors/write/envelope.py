@@ -30,8 +30,8 @@ import math
 from datetime import datetime
 from typing import Any
 
-from .config import StoreConfig
-from .errors import InvalidPayload, PayloadTooLarge
+from es_actors.config import StoreConfig
+from es_actors.errors import InvalidPayload, PayloadTooLarge
 
 # A batch item, as the client sends it:
 #   (kind, aggregate_type, aggregate_id, command_id, expected_version, body, meta)

@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from .records import COL, micros_to_datetime
+from es_actors.codecs.rows import COL, micros_to_datetime
 
 
 class _Cli(click.Group):
     """Every es_actors error reaches the user as one line naming what failed (exit 1), never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from .errors import EsActorsError
+        from es_actors.errors import EsActorsError
 
         try:
             return super().invoke(ctx)
@@ -35,7 +35,7 @@ def main() -> None:
 @click.option("--commands", default=2000, show_default=True)
 def demo(store_path: str, accounts: int, commands: int) -> None:
     """Run the bank example on a local store (starts a local Ray) and print what happened."""
-    from jobs.demo import run
+    from es_actors.jobs.demo import run
 
     run(store_path, accounts, commands, echo=click.echo)
 
@@ -47,7 +47,7 @@ def demo(store_path: str, accounts: int, commands: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 def history(aggregate_type: str, aggregate_id: str, store_path: str, as_json: bool) -> None:
     """Every event of one aggregate with its audit columns. Read-only: works while a writer runs."""
-    from .store import Store
+    from es_actors.store import Store
 
     store = Store.open(store_path, read_only=True)
     rows = store.history_rows(aggregate_type, aggregate_id)
@@ -79,7 +79,7 @@ def history(aggregate_type: str, aggregate_id: str, store_path: str, as_json: bo
             )
 
 
-DEFAULT_AGGREGATES = "examples.bank:BankAccount"
+DEFAULT_AGGREGATES = "es_actors.examples.bank:BankAccount"
 _aggregates_option = click.option(
     "--aggregates", "aggregates_spec", default=DEFAULT_AGGREGATES, show_default=True,
     help="Aggregate classes as module:Class, comma-separated (importable here and on the Ray workers).",
@@ -90,9 +90,9 @@ _address_option = click.option(
 
 
 def _load_aggregates(spec: str) -> list[Any]:
-    from jobs._tasks import resolve_aggregates
+    from es_actors.jobs._tasks import resolve_aggregates
 
-    from .errors import EsActorsError
+    from es_actors.errors import EsActorsError
 
     try:
         return resolve_aggregates(spec)
@@ -126,9 +126,9 @@ def snapshot(
     as_json: bool,
 ) -> None:
     """Snapshot every aggregate of AGGREGATE_TYPE: one Ray task per partition. Safe on a live store."""
-    from jobs.snapshots import build_snapshots, describe_partition
+    from es_actors.jobs.snapshots import build_snapshots, describe_partition
 
-    from .errors import EsActorsError
+    from es_actors.errors import EsActorsError
 
     aggs = _load_aggregates(aggregates_spec)
     try:
@@ -176,10 +176,10 @@ def check_contracts(
 
     One Ray task per partition; safe on a live store. Exit status 0 if every event reads and
     folds, 1 if anything failed (each failure is listed)."""
-    from jobs.contract_check import check_contracts as run_check
-    from jobs.contract_check import describe_partition
+    from es_actors.jobs.contract_check import check_contracts as run_check
+    from es_actors.jobs.contract_check import describe_partition
 
-    from .errors import EsActorsError
+    from es_actors.errors import EsActorsError
 
     aggs = _load_aggregates(aggregates_spec)
     try:
@@ -228,8 +228,8 @@ def _reading_store(store_path: str, address: str | None) -> Any:
     so queries and status come from the store's running projector."""
     import os
 
-    from . import Store
-    from .errors import EsActorsError
+    from es_actors import Store
+    from es_actors.errors import EsActorsError
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -258,7 +258,7 @@ def _reading_store(store_path: str, address: str | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row.")
 def query(sql: str, store_path: str, address: str | None, timeout: float | None, param: tuple[str, ...], as_json: bool) -> None:
     """Run one read-only SQL query over the read models and `events` (every durable event)."""
-    from .errors import EsActorsError
+    from es_actors.errors import EsActorsError
 
     params = _query_params(param)
     store = _reading_store(store_path, address)
@@ -314,8 +314,8 @@ def status(store_path: str, address: str | None, as_json: bool) -> None:
 
     Live from the store's projector when this joins its cluster (--address / RAY_ADDRESS);
     otherwise the committed checkpoints against the log ("stopped")."""
-    from .errors import EsActorsError
-    from .readmodel import committed_status
+    from es_actors.errors import EsActorsError
+    from es_actors.read.readmodel import committed_status
 
     store = _reading_store(store_path, address)
     try:
@@ -359,7 +359,7 @@ def repair(store_path: str, accept: bool, principal: str | None, reason: str | N
     Without --accept: needs every writer of the store stopped. Damaged bytes are copied to
     quarantine/<time>/ first; what could not be kept is recorded in lost-ranges.json, and its
     partitions refuse commands until an operator accepts the loss (--accept)."""
-    from .storage.maintenance import accept_loss, repair_store
+    from es_actors.storage.maintenance import accept_loss, repair_store
 
     if accept:
         if not principal or not reason:
@@ -378,7 +378,7 @@ def repair(store_path: str, accept: bool, principal: str | None, reason: str | N
 @click.option("--store", "store_path", required=True, help="Store directory (no writer may be running).")
 def upgrade(store_path: str) -> None:
     """Upgrade a store written by an older es_actors to the current format, in place."""
-    from .storage.maintenance import upgrade_store
+    from es_actors.storage.maintenance import upgrade_store
 
     r = upgrade_store(store_path)
     if r.from_version == r.to_version:
@@ -402,9 +402,14 @@ def stop(store_path: str, address: str | None) -> None:
 
     import ray
 
-    from . import Store
-    from .errors import EsActorsError
-    from .runtime import find_partition_actors, find_projector, stop_partition_actors, stop_projector
+    from es_actors import Store
+    from es_actors.errors import EsActorsError
+    from es_actors.runtime.naming import (
+        find_partition_actors,
+        find_projector,
+        stop_partition_actors,
+        stop_projector,
+    )
 
     try:
         store = Store.open(store_path, read_only=True)

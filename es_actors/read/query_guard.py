@@ -18,8 +18,8 @@ from typing import Any
 
 import duckdb
 
-from .errors import QueryFailed, QueryRefused
-from .query_functions import ALLOWED, EXPRESSION_TYPES, TABLE_TYPES
+from es_actors.errors import QueryFailed, QueryRefused
+from es_actors.read.query_functions import ALLOWED, EXPRESSION_TYPES, TABLE_TYPES
 
 #: Query nodes that only read. INSERT/UPDATE/DELETE/MERGE nodes (data-modifying CTEs) are not here.
 _QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})

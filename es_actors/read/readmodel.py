@@ -28,14 +28,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .domain import DomainRegistry
-from .errors import EsActorsError, QueryFailed, QueryRefused
-from .queries import QueryRequest, run_query
-from .query_guard import database_functions
-from .projection import Projection, PythonProjection, SqlProjection
-from .records import ARROW_SCHEMA, COL, RecordedEvent, event_where, rows_to_table, table_to_rows
-from .storage.follower import Batch
-from .upcasting import UnreadableEvent
+from es_actors.domain import DomainRegistry
+from es_actors.errors import EsActorsError, QueryFailed, QueryRefused
+from es_actors.read.queries import QueryRequest, run_query
+from es_actors.read.query_guard import database_functions
+from es_actors.read.projection import Projection, PythonProjection, SqlProjection
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, event_where, rows_to_table, table_to_rows
+from es_actors.codecs.views import RecordedEvent
+from es_actors.storage.follower import Batch
+from es_actors.domain.upcasting import UnreadableEvent
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +486,7 @@ __all__ = ["ReadModel", "QueryRefused", "QueryFailed", "run_query", "connect_res
 def committed_status(layout: Any, partitions: int) -> list[dict[str, Any]]:
     """Projection status from the read-model file when no projector runs: the committed
     checkpoints against each partition's durable head (status "stopped")."""
-    from .storage.follower import LogFollower
+    from es_actors.storage.follower import LogFollower
 
     path = readmodel_path(layout.root)
     if not path.exists():

@@ -27,18 +27,20 @@ import pyarrow.dataset as ds
 import ray
 from ray.util import metrics
 
-from .config import StoreConfig
-from .domain import Aggregate, DomainRegistry
-from .errors import EsActorsError, ProjectionHalted, ProjectionTimeout
-from .projection import Projection
-from .queries import query_request
-from .readmodel import ReadModel, bisect_batch
-from .records import ARROW_SCHEMA
-from .storage.follower import Batch, LogFollower
-from .storage.layout import StoreLayout
-from .storage.reader import log_snapshot
-from .storage.lost_ranges import LostRanges
-from .storage.segments import list_segments, resolve_current
+from es_actors.config import StoreConfig
+from es_actors.domain import Aggregate, DomainRegistry
+from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
+from es_actors.read.projection import Projection
+from es_actors.read.queries import query_request
+from es_actors.read.readmodel import ReadModel, bisect_batch
+from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.storage.follower import Batch, LogFollower
+from es_actors.storage.layout import StoreDescriptor, StoreLayout
+from es_actors.runtime.cluster import actor_get, plain_text
+from es_actors.runtime.naming import NAMESPACE, projector_name
+from es_actors.storage.reader import log_snapshot
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.segments import list_segments, resolve_current
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class ProjectorActor:
         self._stop = False
         self._loop_error: str | None = None
         self._metrics = _ProjectionMetrics()
-        from .actor import tune_gc_for_a_long_lived_heap
+        from es_actors.runtime.process import tune_gc_for_a_long_lived_heap
 
         # Decoding a batch allocates one object per event and keeps them all alive until the
         # batch commits: with CPython's default thresholds the collector re-scanned that growing
@@ -433,3 +435,49 @@ class ProjectorActor:
     def _status_of(self, name: str) -> str:
         order = {s: i for i, s in enumerate(STATUSES)}
         return max((r["status"] for r in self.status() if r["projection"] == name), key=order.__getitem__, default="?")
+
+
+def start_projector(
+    layout: StoreLayout,
+    descriptor: StoreDescriptor,
+    aggregates: Sequence[type[Aggregate[Any]]],
+    projections: Sequence[Any],
+    config: StoreConfig,
+) -> Any:
+    """The store's projector actor (joined if another client started it)."""
+    def create() -> Any:
+        return ProjectorActor.options(
+            name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True
+        ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
+
+    actor = create()
+    deadline = time.monotonic() + config.retry_deadline_s
+    while True:
+        try:
+            running = actor_get(actor.projections.remote())
+            wanted = {p.name: p.version for p in projections}
+            if running != wanted:  # joined a projector started with other projections: say so
+                raise EsActorsError(
+                    f"a projector already runs for {layout.root} with projections {running}; this open asks for "
+                    f"{wanted}. Close the store that started it (or open this one without projections to use it)."
+                )
+            return actor
+        except EsActorsError as exc:
+            if "already runs" not in str(exc):
+                ray.kill(actor, no_restart=True)
+            raise
+        except ray.exceptions.ActorUnavailableError:  # joined while it restarts after a crash
+            if time.monotonic() >= deadline:
+                raise EsActorsError("the projector did not come back in time") from None
+            time.sleep(0.1)
+        except ray.exceptions.ActorDiedError as exc:
+            if "ray.kill" not in str(exc) or time.monotonic() >= deadline:
+                ray.kill(actor, no_restart=True)
+                raise EsActorsError(f"the projector did not start: {plain_text(str(exc))}") from None
+            time.sleep(0.1)  # the store was closed a moment ago: its projector's name is being released
+            actor = create()
+        except ray.exceptions.RayActorError as exc:
+            # An actor whose constructor failed keeps its name until killed: without this, every
+            # later open of the store (fixed projections too) would join it and fail the same way.
+            ray.kill(actor, no_restart=True)
+            raise EsActorsError(f"the projector did not start: {plain_text(str(exc))}") from None

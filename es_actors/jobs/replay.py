@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from .domain import DomainRegistry
-from .errors import StoreCorrupted, UserCodeError
-from .records import ARROW_SCHEMA, COL, event_where
-from .storage.layout import StoreLayout
-from .storage.lost_ranges import LostRanges
-from .storage.segments import list_segments, resolve_current
-from .storage.wal import list_tail_files, read_tail_file
+from es_actors.domain import DomainRegistry
+from es_actors.errors import StoreCorrupted, UserCodeError
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, event_where
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.segments import list_segments, resolve_current
+from es_actors.storage.wal import list_tail_files, read_tail_file
 
 #: The columns a replay needs, in the order :func:`iter_event_rows` yields them.
 REPLAY_COLUMNS: tuple[str, ...] = (

@@ -1,123 +1,16 @@
-"""The pure domain core: commands, events and deciders. No Ray, no files.
-
-An aggregate is a decider: ``initial_state()``, ``decide(state, command) -> events``
-(or raise :class:`~es_actors.errors.DomainError`) and ``evolve(state, event) -> state``.
-``evolve`` must return a new state and leave its input untouched: the partition actor
-relies on that to discard the effects of a batch whose durable write failed.
-"""
+"""The registry of a store's aggregates: stored names resolved to classes, and the one check
+that every stored event reads back as decided. Pure: no Ray, no files."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
-from typing import Any, ClassVar, Generic, Sequence, TypeVar
+from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from .errors import InvalidPayload, UnknownAggregateType, UnknownCommand
-from .upcasting import EventDecoder, Upcaster, Where
-
-State = TypeVar("State")
-
-
-class Event(BaseModel):
-    """A fact that happened. ``event_type`` is its stable stored name (defaults to the class name)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    event_type: ClassVar[str]
-    schema_version: ClassVar[int] = 1
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        if "event_type" not in cls.__dict__:
-            cls.event_type = cls.__name__
-
-
-class Command(BaseModel):
-    """An intention addressed to one aggregate. ``command_type`` defaults to the class name."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    command_type: ClassVar[str]
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        if "command_type" not in cls.__dict__:
-            cls.command_type = cls.__name__
-
-
-class Aggregate(Generic[State]):
-    """Declare an aggregate by subclassing and filling in the decider's three parts."""
-
-    aggregate_type: ClassVar[str]
-    commands: ClassVar[Sequence[type[Command]]] = ()
-    events: ClassVar[Sequence[type[Event]]] = ()
-    #: Upcasters for older stored versions (or older names) of this aggregate's events.
-    upcasters: ClassVar[Sequence[Upcaster]] = ()
-    #: Bump when ``evolve`` changes meaning: snapshots taken under another state version are not used.
-    state_version: ClassVar[int] = 1
-    #: Take a snapshot each time an aggregate has this many events past its last one (None: never live).
-    snapshot_every: ClassVar[int | None] = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "aggregate_type" not in cls.__dict__:
-            cls.aggregate_type = cls.__name__
-
-    @classmethod
-    def initial_state(cls) -> State:
-        raise NotImplementedError
-
-    @classmethod
-    def decide(cls, state: State, command: Command) -> Sequence[Event]:
-        raise NotImplementedError
-
-    @classmethod
-    def evolve(cls, state: State, event: Event) -> State:
-        raise NotImplementedError
-
-    @classmethod
-    def fold(cls, events: Sequence[Event], state: State | None = None) -> State:
-        """Replay events onto a state (the initial one by default)."""
-        s = cls.initial_state() if state is None else state
-        for e in events:
-            s = cls.evolve(s, e)
-        return s
-
-
-class StateCodec:
-    """Encodes an aggregate's state for a snapshot: JSON through pydantic when its type allows
-    (readable with DuckDB), pickle otherwise."""
-
-    def __init__(self, agg: type[Aggregate[Any]]) -> None:
-        self.state_type = type(agg.initial_state())
-        try:
-            self._adapter: TypeAdapter[Any] | None = TypeAdapter(self.state_type)
-            self.schema = json.dumps(self._adapter.json_schema(), sort_keys=True)
-            self.encoding = "json"
-        except Exception:  # not a type pydantic knows: fall back to pickle and the class name
-            self._adapter = None
-            self.schema = f"{self.state_type.__module__}.{self.state_type.__qualname__}"
-            self.encoding = "pickle"
-
-    def encode(self, state: Any) -> bytes:
-        if self._adapter is not None:
-            data = self._adapter.dump_json(state)
-            # JSON may not give the state back (a plain dict's int keys become strings, tuples in
-            # an untyped field lists): such a snapshot would hydrate another state than replay.
-            if self._adapter.validate_json(data) != state:
-                raise ValueError(f"state {self.state_type.__qualname__} does not survive a JSON round trip")
-            return data
-        return pickle.dumps(state, protocol=5)
-
-    def decode(self, data: bytes, encoding: str) -> Any:
-        if encoding != self.encoding:
-            raise ValueError(f"snapshot encoded as {encoding}, this code uses {self.encoding}")
-        if self._adapter is not None:
-            return self._adapter.validate_json(data)
-        return pickle.loads(data)
+from es_actors.domain.model import Aggregate, Command, Event
+from es_actors.domain.upcasting import EventDecoder, Where
+from es_actors.errors import InvalidPayload, UnknownAggregateType, UnknownCommand
 
 
 class DomainRegistry:
@@ -127,8 +20,6 @@ class DomainRegistry:
         self.aggregates: dict[str, type[Aggregate[Any]]] = {}
         self.commands: dict[str, dict[str, type[Command]]] = {}
         self.events: dict[str, type[Event]] = {}
-        self._codecs: dict[str, StateCodec] = {}
-        self._fingerprints: dict[str, str] = {}
         self._list_adapters: dict[str, TypeAdapter[Any]] = {}
         for agg in aggregates:
             if agg.aggregate_type in self.aggregates and self.aggregates[agg.aggregate_type] is not agg:
@@ -152,27 +43,6 @@ class DomainRegistry:
         if adapter is None:
             adapter = self._list_adapters[event_type] = TypeAdapter(list[self.events[event_type]])  # type: ignore[name-defined]
         return adapter
-
-    def state_codec(self, aggregate_type: str) -> StateCodec:
-        codec = self._codecs.get(aggregate_type)
-        if codec is None:
-            codec = self._codecs[aggregate_type] = StateCodec(self.aggregate(aggregate_type))
-        return codec
-
-    def snapshot_fingerprint(self, aggregate_type: str) -> str:
-        """What a snapshot depends on: state version and schema, event schemas and upcasters in force.
-
-        A snapshot whose fingerprint differs is never used (full replay instead)."""
-        fp = self._fingerprints.get(aggregate_type)
-        if fp is None:
-            agg = self.aggregate(aggregate_type)
-            codec = self.state_codec(aggregate_type)
-            text = "\n".join(
-                [f"aggregate {aggregate_type} state v{agg.state_version}", f"state {codec.encoding} {codec.schema}",
-                 f"events {self.decoder.fingerprint()}"]
-            )
-            fp = self._fingerprints[aggregate_type] = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-        return fp
 
     def aggregate(self, aggregate_type: str) -> type[Aggregate[Any]]:
         try:

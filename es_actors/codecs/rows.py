@@ -1,0 +1,82 @@
+"""The stored event row: its columns and its Arrow schema (client views: :mod:`es_actors.codecs.views`).
+
+Users query these columns directly (DuckDB, Polars, Spark), so names and types are a
+public contract. ``position`` (not ``offset``, a reserved word in DuckDB) is gapless per
+partition; ``version`` is gapless per aggregate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+# Row layout (tuples, in this order) used in the write-ahead tail and in memory.
+COLUMNS: tuple[str, ...] = (
+    "partition",
+    "position",
+    "aggregate_type",
+    "aggregate_id",
+    "version",
+    "event_type",
+    "schema_version",
+    "event_id",
+    "command_id",
+    "command_digest",
+    "correlation_id",
+    "causation_id",
+    "principal",
+    "recorded_at",
+    "payload",
+    "metadata",
+)
+COL = {name: i for i, name in enumerate(COLUMNS)}
+
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("aggregate_type", pa.string(), nullable=False),
+        pa.field("aggregate_id", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("command_id", pa.string(), nullable=False),
+        pa.field("command_digest", pa.string(), nullable=False),
+        pa.field("correlation_id", pa.string()),
+        pa.field("causation_id", pa.string()),
+        pa.field("principal", pa.string()),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("payload", pa.string(), nullable=False),
+        pa.field("metadata", pa.string(), nullable=False),
+    ]
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def event_where(partition: int, position: int, aggregate_type: str, aggregate_id: str, version: int) -> str:
+    """How errors name a stored event."""
+    return f"partition {partition} position {position} ({aggregate_type}/{aggregate_id} version {version})"
+
+
+def micros_to_datetime(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).replace(microsecond=us % 1_000_000)
+
+
+def rows_to_table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    """Rows (tuples in ``COLUMNS`` order, recorded_at in epoch microseconds) to an Arrow table."""
+    cols = list(zip(*rows)) if rows else [[] for _ in COLUMNS]
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(cols, ARROW_SCHEMA)], schema=ARROW_SCHEMA
+    )
+
+
+def table_to_rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    """Inverse of :func:`rows_to_table`, recorded_at back to epoch microseconds."""
+    table = table.select(list(COLUMNS))
+    cols = [c.to_pylist() for c in table.columns]
+    cols[COL["recorded_at"]] = table.column("recorded_at").cast(pa.int64()).to_pylist()
+    return list(zip(*cols))

@@ -1,0 +1,20 @@
+"""The one fold: replay events onto a state. Every read path (hydration in the partition,
+bulk hydration, jobs' replay, time travel) goes through it, so they cannot disagree on what
+a stream means."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, TypeVar
+
+from es_actors.domain.model import Aggregate, Event
+
+S = TypeVar("S")
+
+
+def fold(aggregate: type[Aggregate[Any]], events: Iterable[Event], state: Any = None) -> Any:
+    """``evolve`` each event in order onto ``state`` (the aggregate's initial state if None)."""
+    evolve = aggregate.evolve
+    s = aggregate.initial_state() if state is None else state
+    for e in events:
+        s = evolve(s, e)
+    return s
