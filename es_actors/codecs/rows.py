@@ -68,7 +68,7 @@ def micros_to_datetime(us: int) -> datetime:
 
 def rows_to_table(rows: list[tuple[Any, ...]]) -> pa.Table:
     """Rows (tuples in ``COLUMNS`` order, recorded_at in epoch microseconds) to an Arrow table."""
-    cols = list(zip(*rows)) if rows else [[] for _ in COLUMNS]
+    cols: list[Any] = list(zip(*rows)) if rows else [[] for _ in COLUMNS]
     return pa.Table.from_arrays(
         [pa.array(c, type=f.type) for c, f in zip(cols, ARROW_SCHEMA)], schema=ARROW_SCHEMA
     )

@@ -117,8 +117,8 @@ def code_digest(fn: Callable[..., Any]) -> str:
         value = globals_.get(name)
         if isinstance(value, (int, float, str, bytes, bool, tuple, frozenset)) or value is None and name in globals_:
             parts.append(f"{name}={value!r}")
-        elif callable(getattr(value, "__code__", None)) or hasattr(value, "__code__"):
-            parts.append(f"{name}:{_code_parts(value.__code__)}")
+        elif isinstance(getattr(value, "__code__", None), CodeType):
+            parts.append(f"{name}:{_code_parts(value.__code__)}")  # type: ignore[union-attr]
     text = json.dumps(parts, default=repr)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

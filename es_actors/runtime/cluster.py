@@ -41,7 +41,7 @@ def _starts_a_new_ray(address: str | None) -> bool:
         return False
     from ray._private.services import canonicalize_bootstrap_address
 
-    return canonicalize_bootstrap_address(None) is None  # no cluster from `ray start` here either
+    return canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]  # None: "find one here"  # no cluster from `ray start` here either
 
 
 def start_local_ray(**options: Any) -> None:
