@@ -48,7 +48,7 @@ def reporter(describe: Any) -> Any:
 def reading_store(store_path: str, address: str | None) -> Any:
     """A read-only store; joined to the Ray cluster at ``address`` (or $RAY_ADDRESS) when given,
     so queries and status come from the store's running projector."""
-    from es_actors import Store
+    from es_actors.store import Store
     from es_actors.errors import EsActorsError
     from es_actors.runtime.cluster import join_ray
 

@@ -62,7 +62,7 @@ def stop(store_path: str, address: str | None) -> None:
 
     import ray
 
-    from es_actors import Store
+    from es_actors.store import Store
     from es_actors.errors import EsActorsError
     from es_actors.runtime.naming import (
         find_partition_actors,

@@ -42,7 +42,10 @@ from es_actors.store.submissions import failed as _failed
 
 
 class Store(LogReading, StoreShortcuts):
-    """A handle on one event store: a directory of partition logs and the actors that own them."""
+    """A handle on one event store: a directory of partition logs and the actors that own them.
+
+    ``store.projections`` holds the projector's operations (:class:`Projections`), ``store.admin``
+    the partition actors' (:class:`Admin`); the older top-level names delegate to them."""
 
     def __init__(
         self,
