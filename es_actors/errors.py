@@ -124,3 +124,12 @@ class QueryTooLarge(QueryFailed):
 class LinkRefused(EsActorsError, ConnectionError):
     """The direct local link to a partition actor refused or failed the handshake (the client
     falls back to reconnecting with a fresh endpoint, like after an actor restart)."""
+
+
+class ActorStartFailed(EsActorsError):
+    """A store's partition actor or projector did not start: its constructor raised (the message
+    holds its error), or it did not come back in time after the store was closed a moment ago."""
+
+
+class ProjectorConflict(EsActorsError):
+    """A projector already runs for this store with other projections than this open asks for."""

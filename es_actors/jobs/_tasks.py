@@ -1,10 +1,10 @@
-"""What the partition jobs share: joining Ray, resolving domain classes, and running one
-task per partition while reporting each partition as it finishes."""
+"""What the partition jobs share: resolving domain classes, and running one task per partition
+while reporting each partition as it finishes. Starting or joining Ray and unwrapping a task's
+error are the runtime's (:mod:`es_actors.runtime.cluster`)."""
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from typing import Any, Callable, Sequence, Union
@@ -13,6 +13,7 @@ import ray
 
 from es_actors.domain import Aggregate
 from es_actors.errors import EsActorsError
+from es_actors.runtime.cluster import ensure_ray, unwrap_actor_error
 
 #: ``progress=`` of the jobs: True (a bar on stderr), False (quiet), or a function that gets
 #: each partition's report as soon as its task finishes.
@@ -20,16 +21,9 @@ Progress = Union[bool, Callable[[dict[str, Any]], None]]
 
 
 def connect_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS) if given, else start a small local Ray."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:  # loopback only, like a store's embedded Ray (ADR-012)
-        from es_actors.runtime.cluster import start_local_ray
-
-        start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
+    """Join the cluster at ``address`` (or $RAY_ADDRESS, or a ``ray start`` one here), else start a
+    small local Ray, loopback only (ADR-012) and without a dashboard: the runtime's :func:`ensure_ray`."""
+    ensure_ray(address, include_dashboard=False)
 
 
 def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
@@ -61,14 +55,6 @@ def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
     return out
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    """The error a task raised, without Ray's wrapper (whose text is a remote traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
-        return cause
-    return exc
-
-
 def run_per_partition(
     refs: dict[Any, int], progress: Progress, describe: Callable[[dict[str, Any]], str], title: str
 ) -> tuple[dict[int, dict[str, Any]], dict[int, BaseException]]:
@@ -93,7 +79,7 @@ def run_per_partition(
                 try:
                     report = ray.get(ref)
                 except Exception as exc:
-                    failed[p] = unwrap(exc)
+                    failed[p] = unwrap_actor_error(exc)
                     report = {"partition": p, "error": f"{type(failed[p]).__name__}: {failed[p]}"}
                 else:
                     done[p] = report

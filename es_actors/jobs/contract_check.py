@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import ray
 
-from es_actors.domain import Aggregate, DomainRegistry
+from es_actors.domain import Aggregate, DomainRegistry, fold
 from es_actors.errors import EsActorsError
 from es_actors.jobs.replay import event_where, in_position_order, iter_event_rows
 from es_actors.storage.layout import StoreLayout
@@ -105,18 +105,20 @@ def check_partition_table(
         else:
             if not registry.decoder.is_current(etype, sv):
                 c[1] += 1
+        declared = []
         for event in events:
             try:
                 registry.check_event(atype, event)
             except EsActorsError as exc:
                 fail("undeclared", f"{where}: stored {etype} v{sv} reads as {event.event_type}: {exc}")
                 break
-            if slot[2]:
-                continue
+            declared.append(event)
+        if declared and not slot[2]:
             try:
-                slot[0] = agg.evolve(slot[0], event)
+                slot[0] = fold(agg, declared, slot[0])
             except Exception as exc:
-                fail("evolve", f"{where}: evolve of {atype} on {event.event_type}: {type(exc).__name__}: {exc}")
+                names = "/".join(e.event_type for e in declared)
+                fail("evolve", f"{where}: evolve of {atype} on {names}: {type(exc).__name__}: {exc}")
         if row_failed:
             c[2] += 1
 

@@ -3,7 +3,7 @@
 The snapshot and contract-check jobs (``jobs/``) read a partition read-only
 (:func:`~es_actors.storage.reader.read_partition`) and replay it here the way the owner
 hydrates: every stored event through ``registry.decode`` (upcaster chains, validation),
-then ``evolve`` from ``initial_state``. No Ray in this module.
+then the one fold (:func:`es_actors.domain.fold`) from ``initial_state``. No Ray in this module.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from es_actors.domain import DomainRegistry
+from es_actors.domain import DomainRegistry, fold
 from es_actors.errors import StoreCorrupted, UserCodeError
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, event_where
 from es_actors.storage.layout import StoreLayout
@@ -85,14 +85,14 @@ def fold_rows(
         where = event_where(partition, pos, atype, aid, version)
         if version != f.version + 1:
             raise StoreCorrupted(f"{where}: version {version} follows {f.version}")
-        state = f.state
-        for event in registry.decode(etype, sv, payload, where):
-            try:
-                state = agg.evolve(state, event)
-            except Exception as exc:
-                raise UserCodeError(
-                    f"evolve of {atype} failed on {event.event_type} at {where}: {type(exc).__name__}: {exc}"
-                ) from None
+        events = registry.decode(etype, sv, payload, where)
+        try:
+            state = fold(agg, events, f.state)
+        except Exception as exc:
+            raise UserCodeError(
+                f"evolve of {atype} failed on {'/'.join(e.event_type for e in events)} at {where}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         f.state, f.version, f.position, f.event_id = state, version, pos, event_id
         f.events += 1
     return out

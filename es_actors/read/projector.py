@@ -29,14 +29,14 @@ from ray.util import metrics
 
 from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate, DomainRegistry
-from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
+from es_actors.errors import ActorStartFailed, EsActorsError, ProjectionHalted, ProjectionTimeout, ProjectorConflict
 from es_actors.read.projection import Projection
 from es_actors.read.queries import query_request
 from es_actors.read.readmodel import ReadModel, bisect_batch
 from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.storage.follower import Batch, LogFollower
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
-from es_actors.runtime.cluster import actor_get, plain_text
+from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor
 from es_actors.runtime.naming import NAMESPACE, projector_name
 from es_actors.storage.reader import log_snapshot
 from es_actors.storage.lost_ranges import LostRanges
@@ -457,27 +457,25 @@ def start_projector(
             running = actor_get(actor.projections.remote())
             wanted = {p.name: p.version for p in projections}
             if running != wanted:  # joined a projector started with other projections: say so
-                raise EsActorsError(
+                raise ProjectorConflict(
                     f"a projector already runs for {layout.root} with projections {running}; this open asks for "
                     f"{wanted}. Close the store that started it (or open this one without projections to use it)."
                 )
             return actor
-        except EsActorsError as exc:
-            if "already runs" not in str(exc):
-                ray.kill(actor, no_restart=True)
+        except ProjectorConflict:
+            raise  # another client's projector: it stays
+        except EsActorsError:
+            ray.kill(actor, no_restart=True)
             raise
         except ray.exceptions.ActorUnavailableError:  # joined while it restarts after a crash
             if time.monotonic() >= deadline:
-                raise EsActorsError("the projector did not come back in time") from None
+                raise ActorStartFailed("the projector did not come back in time") from None
             time.sleep(0.1)
-        except ray.exceptions.ActorDiedError as exc:
-            if "ray.kill" not in str(exc) or time.monotonic() >= deadline:
+        except ray.exceptions.RayActorError as exc:
+            if died_in_constructor(exc) or time.monotonic() >= deadline:
+                # An actor whose constructor failed keeps its name until killed: without this, every
+                # later open of the store (fixed projections too) would join it and fail the same way.
                 ray.kill(actor, no_restart=True)
-                raise EsActorsError(f"the projector did not start: {plain_text(str(exc))}") from None
+                raise actor_start_failed("the projector", exc) from None
             time.sleep(0.1)  # the store was closed a moment ago: its projector's name is being released
             actor = create()
-        except ray.exceptions.RayActorError as exc:
-            # An actor whose constructor failed keeps its name until killed: without this, every
-            # later open of the store (fixed projections too) would join it and fail the same way.
-            ray.kill(actor, no_restart=True)
-            raise EsActorsError(f"the projector did not start: {plain_text(str(exc))}") from None

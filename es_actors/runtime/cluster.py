@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from es_actors.errors import EsActorsError
+from es_actors.errors import ActorStartFailed, EsActorsError
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,25 @@ LOOPBACK = "127.0.0.1"
 _RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def ensure_ray(address: str | None) -> None:
+def ensure_ray(address: str | None, **start_options: Any) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS, or one started by ``ray start`` on this
-    machine), else start a local Ray that listens on 127.0.0.1 only (:func:`start_local_ray`)."""
+    machine), else start a local Ray that listens on 127.0.0.1 only (:func:`start_local_ray`,
+    given ``start_options``, e.g. ``include_dashboard=False``)."""
     if ray.is_initialized():
         return
     if _starts_a_new_ray(address):
-        start_local_ray(logging_level=logging.WARNING, configure_logging=True)
+        start_local_ray(logging_level=logging.WARNING, configure_logging=True, **start_options)
     else:
         ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+
+
+def join_ray(address: str | None) -> bool:
+    """Join the Ray cluster at ``address`` (or $RAY_ADDRESS) if one is given and this process
+    is not connected yet; never starts a Ray. Whether this process is connected now."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING)
+    return bool(ray.is_initialized())
 
 
 def _starts_a_new_ray(address: str | None) -> bool:
@@ -99,6 +109,17 @@ def unwrap_actor_error(exc: BaseException) -> BaseException:
     plain = EsActorsError(f"{call.group(1) if call else 'an actor call'} failed in the actor: {_ANSI.sub('', what)}")
     plain.add_note(remote)
     return plain
+
+
+def died_in_constructor(exc: BaseException) -> bool:
+    """Whether an actor call failed because the actor's constructor raised (Ray's own flag on
+    the error, not its text): such an actor never serves, and keeps its name until killed."""
+    return bool(getattr(exc, "actor_init_failed", False))
+
+
+def actor_start_failed(what: str, exc: BaseException) -> ActorStartFailed:
+    """:class:`ActorStartFailed` naming ``what`` did not start and why (Ray's text, uncoloured)."""
+    return ActorStartFailed(f"{what} did not start: {plain_text(str(exc))}")
 
 
 def actor_get(refs: Any, *, timeout: float | None = None) -> Any:

@@ -24,7 +24,7 @@ from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
 from es_actors.write.partition import BatchItem, ItemResult, Partition, safe_text
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
-from es_actors.runtime.cluster import actor_get, ensure_ray
+from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, ensure_ray
 from es_actors.runtime.naming import NAMESPACE, actor_name
 from es_actors.runtime.process import tune_gc_for_a_long_lived_heap
 
@@ -231,9 +231,13 @@ def start_partition_actors(
             for a in actors:
                 ray.kill(a, no_restart=True)
             raise
-        except ray.exceptions.ActorDiedError:
+        except ray.exceptions.ActorDiedError as exc:
             # The store was closed a moment ago: we joined an actor that close() killed and whose
-            # name Ray has not released yet. Ask again once it has.
-            if time.monotonic() >= deadline:
-                raise
+            # name Ray has not released yet. Ask again once it has. One whose constructor raised
+            # keeps its name until killed, and would fail every later open the same way.
+            if died_in_constructor(exc):
+                for a in actors:
+                    ray.kill(a, no_restart=True)
+            if died_in_constructor(exc) or time.monotonic() >= deadline:
+                raise actor_start_failed(f"the partition actors of {layout.root}", exc) from None
             time.sleep(0.1)

@@ -1,0 +1,59 @@
+"""What the command families share: the common options, loading ``--aggregates``, a plain
+text table, progress on stderr, and opening a store read-only (joining its Ray if asked)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+#: ``--aggregates`` when not given: the bundled bank example.
+DEFAULT_AGGREGATES = "es_actors.examples.bank:BankAccount"
+aggregates_option = click.option(
+    "--aggregates", "aggregates_spec", default=DEFAULT_AGGREGATES, show_default=True,
+    help="Aggregate classes as module:Class, comma-separated (importable here and on the Ray workers).",
+)
+address_option = click.option(
+    "--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)."
+)
+
+
+def load_aggregates(spec: str) -> list[Any]:
+    """The classes ``--aggregates`` names, imported; a bad name is a usage error naming the option."""
+    from es_actors.errors import EsActorsError
+    from es_actors.jobs._tasks import resolve_aggregates
+
+    try:
+        return resolve_aggregates(spec)
+    except EsActorsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--aggregates") from None
+
+
+def text_table(headers: list[str], rows: list[list[Any]], right: frozenset[int] | set[int] = frozenset()) -> list[str]:
+    """Rows as aligned text lines under a header and a rule (columns in ``right`` right-aligned)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(cells[0]).rstrip(), "  ".join("-" * w for w in widths)] + [fmt(r).rstrip() for r in cells[1:]]
+
+
+def reporter(describe: Any) -> Any:
+    """A job's ``progress=``: a bar on a terminal, else one line per partition on stderr."""
+    if sys.stderr.isatty():
+        return True
+    return lambda report: click.echo(describe(report), err=True)
+
+
+def reading_store(store_path: str, address: str | None) -> Any:
+    """A read-only store; joined to the Ray cluster at ``address`` (or $RAY_ADDRESS) when given,
+    so queries and status come from the store's running projector."""
+    from es_actors.store import Store
+    from es_actors.errors import EsActorsError
+    from es_actors.runtime.cluster import join_ray
+
+    join_ray(address)
+    try:
+        return Store.open(store_path, read_only=True)
+    except EsActorsError as exc:
+        raise click.ClickException(str(exc)) from None
