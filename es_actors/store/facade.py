@@ -22,7 +22,8 @@ from typing import Any, Generic, Mapping, Sequence, TypeVar
 from es_actors.write.client import ResultSlot
 from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate, Command, DomainRegistry, Event
-from es_actors.write.envelope import BatchItem, check_text, validate_envelope
+from es_actors.write.envelope import check_text, validate_envelope
+from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportedEvent, ImportEnvelope, ItemResult
 from es_actors.errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
 from es_actors.codecs.views import CommandResult, RecordedEvent
 from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
@@ -64,6 +65,12 @@ class Audit:
             "reason": self.reason,
             "metadata": None if empty_md else md,
         }
+
+
+def _metadata_or_none(metadata: Any) -> Any:
+    """Metadata as it travels: None when empty; anything else as given (the envelope check
+    refuses a wrong type instead of it being dropped)."""
+    return None if metadata is None or (type(metadata) is dict and not metadata) else metadata
 
 
 @dataclass(frozen=True)
@@ -261,7 +268,7 @@ class Store:
                 futures[i] = _failed(sink, exc if isinstance(exc, EsActorsError) else InvalidPayload(
                     f"submission {i} is invalid: {type(exc).__name__}: {exc}"))
                 continue
-            per_partition.setdefault(self.partition_of(item[1], item[2]), []).append((i, item))
+            per_partition.setdefault(self.partition_of(item.aggregate_type, item.aggregate_id), []).append((i, item))
         for p, entries in per_partition.items():
             try:
                 sinks = self._channel(p).submit([item for _i, item in entries], sink)
@@ -294,9 +301,11 @@ class Store:
             payload_json = type(command).__pydantic_serializer__.to_json(command).decode()
         except Exception as exc:  # e.g. a lone surrogate in a str field
             raise InvalidPayload(f"command {type(command).__name__} cannot be sent as JSON: {exc}") from None
-        body = (type(command).command_type, payload_json)
-        item = ("command", atype, aid, new_command_id() if command_id is None else command_id, expected, body,
-                audit.as_meta())
+        item = CommandEnvelope(
+            atype, aid, new_command_id() if command_id is None else command_id, type(command).command_type,
+            payload_json, expected, audit.principal, audit.correlation_id, audit.causation_id, audit.reason,
+            _metadata_or_none(audit.metadata),
+        )
         return validate_envelope(item, self.config)
 
     def _check_open(self) -> None:
@@ -309,8 +318,8 @@ class Store:
             raise EsActorsError(f"{self.layout.root} is open read-only; open it without read_only=True to write")
         return self._channels[partition]
 
-    def _submit_item(self, item: tuple[Any, ...], sink: Any = Future) -> Any:
-        return self._channel(self.partition_of(item[1], item[2])).submit([item], sink)[0]
+    def _submit_item(self, item: BatchItem, sink: Any = Future) -> Any:
+        return self._channel(self.partition_of(item.aggregate_type, item.aggregate_id)).submit([item], sink)[0]
 
     def _wait(self, fut: "Future[Any]", timeout: float | None, command_id: str | None = None) -> Any:
         try:
@@ -321,10 +330,11 @@ class Store:
                 f"command_id={command_id!r} to learn it"
             ) from None
 
-    def _convert(self, item: tuple[Any, ...], result: tuple[Any, ...]) -> CommandResult | BaseException:
-        if result[0] == "err":
-            return result[1]
-        return CommandResult(item[1], item[2], item[3], result[1], result[2], self.registry, result[0] == "dup")
+    def _convert(self, item: BatchItem, result: ItemResult) -> CommandResult | BaseException:
+        if result.error is not None:
+            return result.error
+        return CommandResult(item.aggregate_type, item.aggregate_id, item.command_id, result.version, result.rows,
+                             self.registry, result.duplicate)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -604,7 +614,7 @@ class AggregateHandle(Generic[S]):
         item = self.store._command_item(
             self.aggregate_type, self.aggregate_id, command, expected_version, command_id, audit
         )
-        return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item[3])
+        return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item.command_id)
 
     def submit_async(
         self,
@@ -669,14 +679,15 @@ class AggregateHandle(Generic[S]):
         for e, t in zip(events, times):
             if not isinstance(e, Event):
                 raise InvalidPayload(f"{type(e).__name__} is not an Event")
-            body.append((e.event_type, self.store.registry.stored_payload(e), t.isoformat() if isinstance(t, datetime) else t))
-        audit = Audit(principal, correlation_id, causation_id, reason, {} if metadata is None else metadata)
+            body.append(ImportedEvent(e.event_type, self.store.registry.stored_payload(e),
+                                      t.isoformat() if isinstance(t, datetime) else t))
         item = validate_envelope(
-            ("import", self.aggregate_type, self.aggregate_id, new_command_id() if command_id is None else command_id,
-             expected_version, body, audit.as_meta()),
+            ImportEnvelope(self.aggregate_type, self.aggregate_id, new_command_id() if command_id is None else command_id,
+                           body, expected_version, principal, correlation_id, causation_id, reason,
+                           _metadata_or_none({} if metadata is None else metadata)),
             self.store.config,
         )
-        return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item[3])
+        return self.store._wait(self.store._submit_item(item, ResultSlot), timeout, item.command_id)
 
     def state(self) -> AggregateState[S]:
         """Current version and state, from the owning actor (consistent with acknowledged commands)."""

@@ -22,7 +22,8 @@ from es_actors.config import StoreConfig
 from es_actors.write.direct_link import DirectServer
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
-from es_actors.write.partition import BatchItem, ItemResult, Partition, safe_text
+from es_actors.write.partition import Partition, safe_text
+from es_actors.write.protocol import BatchItem, ItemResult
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 from es_actors.runtime.cluster import actor_get, ensure_ray
 from es_actors.runtime.naming import NAMESPACE, actor_name
@@ -84,9 +85,10 @@ class _WriteMetrics:
         outcomes: dict[str, int] = {}
         kinds: dict[str, int] = {}
         for r in results:
-            outcomes[r[0]] = outcomes.get(r[0], 0) + 1
-            if r[0] == "err":
-                k = type(r[1]).__name__
+            outcome = "err" if r.error is not None else "dup" if r.duplicate else "ok"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if r.error is not None:
+                k = type(r.error).__name__
                 kinds[k] = kinds.get(k, 0) + 1
         for outcome, n in outcomes.items():
             self.commands.inc(n, {**self.tags, "outcome": outcome})
@@ -140,7 +142,10 @@ class PartitionActor:
         with self._serial:
             p = self._owned()
             t0 = time.perf_counter()
-            results = [("err", portable_error(r[1])) if r[0] == "err" else r for r in p.handle_batch(batch)]
+            results = p.handle_batch(batch)
+            for r in results:
+                if r.error is not None:
+                    r.error = portable_error(r.error)
             self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
             self._batches += 1
             if self._batches % 64 == 1:  # gauges: cheap enough now and then, not per batch

@@ -52,7 +52,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from es_actors.write.envelope import BatchItem, utf8_size, validate_envelope
+from es_actors.write.envelope import utf8_size, validate_envelope
+from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportEnvelope, ItemResult, Row
 from es_actors.codecs.rows import COL, event_where
 from es_actors.domain.upcasting import UnreadableEvent
 from es_actors.storage.layout import StoreLayout
@@ -62,11 +63,6 @@ from es_actors.storage.snapshots import SnapshotRow, SnapshotStore
 
 log = logging.getLogger(__name__)
 
-Row = tuple[Any, ...]
-
-# A batch item (es_actors/write/envelope.py says what each field may hold).
-# A result: ("ok", version, rows) | ("dup", version, rows) | ("err", exception)
-ItemResult = tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -104,14 +100,32 @@ class AggregateEntry:
             del self.commands[next(iter(self.commands))]
 
 
-def command_digest(kind: str, body: Any) -> str:
+def command_digest(envelope: BatchItem) -> str:
     """Fingerprint of what a command asks, to tell a retry from a reused id.
 
     Payloads arrive as the JSON pydantic serialized them (fields in declaration order), so
-    the same command always hashes the same without re-encoding it here.
+    the same command always hashes the same without re-encoding it here. (The text hashed is
+    the one of the stored digests: a retry after an upgrade is still recognised.)
     """
-    text = f"{body[0]}\x00{body[1]}" if kind == "command" else json.dumps(body)
-    return hashlib.blake2b(f"{kind}\x00{text}".encode(), digest_size=12).hexdigest()
+    if type(envelope) is CommandEnvelope:
+        return command_digest_of(envelope.command_type, envelope.payload)
+    assert type(envelope) is ImportEnvelope
+    text = "import\x00" + json.dumps([[e.event_type, e.payload, e.occurred_at] for e in envelope.events])
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def command_digest_of(command_type: str, payload: str) -> str:
+    """:func:`command_digest` of a command (for tools that write logs directly)."""
+    return hashlib.blake2b(f"command\x00{command_type}\x00{payload}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass(slots=True)
+class _Duplicate:
+    """A retry found in the dedup record; its rows are read back once the batch is done."""
+
+    version: int
+    first_position: int
+    count: int
 
 
 def names_of(encoded: Any, code: int) -> str:
@@ -478,7 +492,7 @@ class Partition:
         if not isinstance(batch, (list, tuple)):
             raise InvalidPayload(f"a batch must be a list of items, not {type(batch).__name__}")
         self.counts["batches"] += 1
-        results: list[ItemResult | None] = [None] * len(batch)
+        results: list[ItemResult | _Duplicate | None] = [None] * len(batch)
         working: dict[tuple[str, str], tuple[Any, int]] = {}  # key -> (state, version), this batch only
         new_ids: dict[tuple[str, str], dict[str, Remembered]] = {}
         accepted: list[tuple[int, int, int]] = []  # (batch index, first row index, row count)
@@ -492,7 +506,8 @@ class Partition:
             atype: Any = None
             try:
                 # Step 1, for every command (duplicates too), before anything is decided or written.
-                kind, atype, aid, cid, expected, body, meta = validate_envelope(item, self.config)
+                env = validate_envelope(item, self.config)
+                atype, aid, cid, expected = env.aggregate_type, env.aggregate_id, env.command_id, env.expected_version
                 agg_cls = self.registry.aggregate(atype)
                 key = (atype, aid)
                 if self.frozen or self.log.lost:
@@ -504,7 +519,7 @@ class Partition:
                     state, version = self._hydrated(key, entry), entry.version
                 else:
                     state, version = agg_cls.initial_state(), 0
-                digest = command_digest(kind, body)
+                digest = command_digest(env)
                 prior = new_ids.get(key, {}).get(cid) or (
                     self._ensure_commands(key, entry).get(cid) if entry is not None else None
                 )
@@ -513,13 +528,13 @@ class Partition:
                         raise CommandIdReused(
                             f"command id {cid!r} was already used on {atype}/{aid} for a different command"
                         )
-                    results[i] = ("dup", prior.version, prior.first_position, prior.count)
+                    results[i] = _Duplicate(prior.version, prior.first_position, prior.count)
                     if cid in new_ids.get(key, {}):
                         retried_in_batch.append(i)
                     continue
                 if expected is not None and expected != version:
                     raise ConcurrencyError(f"{atype}/{aid}", expected, version)
-                events, occurred = self._events_for(kind, atype, body, state, agg_cls)
+                events, occurred = self._events_for(env, state, agg_cls)
                 if len(events) > self.config.max_events_per_command:
                     raise PayloadTooLarge(
                         f"{atype}/{aid}: {len(events)} events exceed max_events_per_command="
@@ -537,13 +552,12 @@ class Partition:
                     )
                 for e in events:
                     state = agg_cls.evolve(state, e)
-                meta = meta or {}
-                corr = meta.get("correlation_id") or cid
-                caus = meta.get("causation_id") or cid
-                principal = meta.get("principal")
-                base_meta = dict(meta.get("metadata") or {})
-                if meta.get("reason") is not None:
-                    base_meta["reason"] = meta["reason"]
+                corr = env.correlation_id or cid
+                caus = env.causation_id or cid
+                principal = env.principal
+                base_meta = dict(env.metadata or {})
+                if env.reason is not None:
+                    base_meta["reason"] = env.reason
                 # Build this command's rows apart, so a failure half-way leaves nothing in the frame.
                 own: list[Row] = []
                 base_json = _metadata_json(base_meta)
@@ -587,15 +601,15 @@ class Partition:
                     new_ids.setdefault(key, {})[cid] = Remembered(digest, version, rows[start][1], len(events))
                 accepted.append((i, start, len(events)))
                 if not events:
-                    results[i] = ("ok", version, [])
+                    results[i] = ItemResult(version, [])
             except (CommandRejected, UnreadableEvent, StoreCorrupted) as exc:
-                results[i] = ("err", exc)
+                results[i] = ItemResult.refused(exc)
                 kind_name = type(exc).__name__
                 self.rejections[kind_name] = self.rejections.get(kind_name, 0) + 1
             except BaseException as exc:  # a bug in user code (decide/evolve, even SystemExit), anything: this command only
                 where = atype if isinstance(atype, str) else "?"
                 err = UserCodeError(f"{type(exc).__name__} in {where[:200]}: {safe_text(exc)}")
-                results[i] = ("err", err)
+                results[i] = ItemResult.refused(err)
                 self.rejections["UserCodeError"] = self.rejections.get("UserCodeError", 0) + 1
         if rows:
             before = self.log.next_position
@@ -603,9 +617,9 @@ class Partition:
                 self.log.append(rows)
             except StorageError as exc:
                 for i in [a[0] for a in accepted] + retried_in_batch:
-                    results[i] = ("err", exc)
+                    results[i] = ItemResult.refused(exc)
                 self.rejections["StorageError"] = self.rejections.get("StorageError", 0) + len(accepted)
-                self.counts["rejected"] += sum(1 for r in results if r is not None and r[0] == "err")
+                self.counts["rejected"] += _refused(results)
                 return self._resolve_dups(results)
             except EsActorsError:
                 raise
@@ -636,9 +650,9 @@ class Partition:
         self.flush_snapshots()
         for i, start, n in accepted:
             if n:
-                results[i] = ("ok", rows[start + n - 1][COL["version"]], rows[start : start + n])
+                results[i] = ItemResult(rows[start + n - 1][COL["version"]], rows[start : start + n])
         self.counts["accepted"] += len(accepted)
-        self.counts["rejected"] += sum(1 for r in results if r is not None and r[0] == "err")
+        self.counts["rejected"] += _refused(results)
         return self._resolve_dups(results)
 
     def _one_by_one(self, batch: Sequence[BatchItem], exc: Exception) -> list[ItemResult]:
@@ -646,44 +660,41 @@ class Partition:
             err = InvalidPayload(f"the command's rows cannot be written to the log ({type(exc).__name__}: {exc}); nothing was written")
             self.rejections["InvalidPayload"] = self.rejections.get("InvalidPayload", 0) + 1
             self.counts["rejected"] += 1
-            return [("err", err)]
+            return [ItemResult.refused(err)]
         self.counts["batches"] -= 1  # counted again per item
         return [self.handle_batch([item])[0] for item in batch]
 
-    def _events_for(
-        self, kind: str, atype: str, body: Any, state: Any, agg_cls: Any
-    ) -> tuple[list[Event], list[str | None]]:
-        if kind == "command":
-            command_type, payload = body
-            command = self.registry.command(atype, command_type, payload)
+    def _events_for(self, env: BatchItem, state: Any, agg_cls: Any) -> tuple[list[Event], list[str | None]]:
+        atype = env.aggregate_type
+        if type(env) is CommandEnvelope:
+            command = self.registry.command(atype, env.command_type, env.payload)
             events = list(agg_cls.decide(state, command))
             for e in events:
                 self.registry.check_event(atype, e)
             return events, [None] * len(events)
-        if kind == "import":
-            events, occurred = [], []
-            for event_type, payload, occurred_at in body:
-                cls = self.registry.event_class(event_type)
-                try:
-                    e = cls.model_validate_json(payload)
-                except Exception as exc:
-                    raise InvalidPayload(f"imported {event_type!r} payload is invalid: {exc}") from None
-                self.registry.check_event(atype, e)
-                events.append(e)
-                occurred.append(occurred_at)
-            return events, occurred
-        raise InvalidPayload(f"unknown batch item kind {kind!r}")
+        assert type(env) is ImportEnvelope
+        events, occurred = [], []
+        for imported in env.events:
+            cls = self.registry.event_class(imported.event_type)
+            try:
+                e = cls.model_validate_json(imported.payload)
+            except Exception as exc:
+                raise InvalidPayload(f"imported {imported.event_type!r} payload is invalid: {exc}") from None
+            self.registry.check_event(atype, e)
+            events.append(e)
+            occurred.append(imported.occurred_at)
+        return events, occurred
 
-    def _resolve_dups(self, results: list[ItemResult | None]) -> list[ItemResult]:
+    def _resolve_dups(self, results: list[ItemResult | _Duplicate | None]) -> list[ItemResult]:
         """A retried command gets the rows its first run appended, read back from the log."""
         out: list[ItemResult] = []
         for r in results:
-            assert r is not None
-            if r[0] == "dup":
-                _tag, version, first, count = r
-                out.append(("dup", version, self.log.read_positions(first, first + count - 1)))
+            if type(r) is _Duplicate:
+                rows = self.log.read_positions(r.first_position, r.first_position + r.count - 1)
+                out.append(ItemResult(r.version, rows, duplicate=True))
                 self.counts["duplicate"] += 1
             else:
+                assert type(r) is ItemResult
                 out.append(r)
         return out
 
@@ -747,6 +758,10 @@ class Partition:
 
 
 __all__ = ["Partition", "EsActorsError"]
+
+
+def _refused(results: list[ItemResult | _Duplicate | None]) -> int:
+    return sum(1 for r in results if type(r) is ItemResult and r.error is not None)
 
 
 def _metadata_json(md: dict[str, Any]) -> str:
