@@ -134,12 +134,17 @@ class Store:
         address: str | None = None,
         read_only: bool = False,
         projections: Sequence[Any] = (),
+        interceptors: Sequence[Any] = (),
         **settings: Any,
     ) -> "Store":
         """Open (creating if new) a store. Starts a local Ray unless one is running or ``address`` is given.
 
         ``read_only=True`` needs no Ray and no lock: it reads what is durable, even while
-        another process writes.
+        another process writes. ``interceptors``: the store's command policies
+        (:class:`~es_actors.write.interceptors.CommandInterceptor`), run in order in the partition
+        actors for every command after the built-in envelope check; they are code, like
+        ``aggregates``, and apply from the open that starts the actors (a Store that joins
+        running actors gets theirs).
         """
         config = config or StoreConfig(**settings)
         layout = StoreLayout(resolve_local_root(uri))
@@ -149,6 +154,10 @@ class Store:
             if descriptor is None:
                 raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
             return cls(layout, descriptor, registry, config, None)
+        if interceptors:
+            from es_actors.write.interceptors import CommandPipeline
+
+            CommandPipeline(config, interceptors)  # a TypeError naming what is not an interceptor, before anything starts
         if projections:
             from es_actors.read.projection import check_projections
 
@@ -156,7 +165,7 @@ class Store:
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
         from es_actors.write.actor import start_partition_actors
 
-        actors, created = start_partition_actors(layout, descriptor, aggregates, config, address)
+        actors, created = start_partition_actors(layout, descriptor, aggregates, config, address, interceptors)
         store = cls(layout, descriptor, registry, config, actors)
         store._created = created
         if projections:

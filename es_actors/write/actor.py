@@ -23,6 +23,7 @@ from es_actors.write.direct_link import DirectServer
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
 from es_actors.write.partition import Partition, safe_text
+from es_actors.write.interceptors import CommandInterceptor
 from es_actors.write.protocol import BatchItem, ItemResult
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 from es_actors.runtime.cluster import actor_get, ensure_ray
@@ -103,7 +104,7 @@ class _WriteMetrics:
 class PartitionActor:
     def __init__(
         self, root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], config: StoreConfig,
-        opener: str = "",
+        opener: str = "", interceptors: Sequence[CommandInterceptor] = (),
     ) -> None:
         # Who created this actor: a Store whose open() passed this token started it (and stops it
         # on close); one that joined a running actor only detaches (Store.close, Store.shutdown).
@@ -111,7 +112,9 @@ class PartitionActor:
         self._error: EsActorsError | None = None
         self._partition: Partition | None = None
         try:
-            self._partition = Partition(StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config)
+            self._partition = Partition(
+                StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config, interceptors
+            )
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
         except Exception as exc:  # e.g. an unreadable segment: same, with the cause named
@@ -215,6 +218,7 @@ def start_partition_actors(
     aggregates: Sequence[type[Aggregate[Any]]],
     config: StoreConfig,
     address: str | None,
+    interceptors: Sequence[CommandInterceptor] = (),
 ) -> tuple[list[Any], list[bool]]:
     """The store's partition actors (joined where they already run), and for each whether this
     call created it (and so owns stopping it)."""
@@ -225,7 +229,7 @@ def start_partition_actors(
         actors = [
             PartitionActor.options(
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
-            ).remote(str(layout.root), p, list(aggregates), config, opener)
+            ).remote(str(layout.root), p, list(aggregates), config, opener, list(interceptors))
             for p in range(descriptor.partitions)
         ]
         try:

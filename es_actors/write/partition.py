@@ -52,7 +52,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from es_actors.write.envelope import utf8_size, validate_envelope
+from es_actors.write.envelope import utf8_size
+from es_actors.write.interceptors import CommandInterceptor, CommandPipeline, InterceptContext, PriorCommand
 from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportEnvelope, ItemResult, Row
 from es_actors.codecs.rows import COL, event_where
 from es_actors.domain.upcasting import UnreadableEvent
@@ -73,6 +74,7 @@ class Remembered:
     version: int
     first_position: int
     count: int
+    principal: str | None = None  # who sent it (an interceptor may refuse a retry by someone else)
 
 
 _NOT_HYDRATED: Any = object()
@@ -133,8 +135,12 @@ def names_of(encoded: Any, code: int) -> str:
 
 
 class Partition:
-    def __init__(self, layout: StoreLayout, partition: int, registry: DomainRegistry, config: StoreConfig) -> None:
+    def __init__(
+        self, layout: StoreLayout, partition: int, registry: DomainRegistry, config: StoreConfig,
+        interceptors: Sequence[CommandInterceptor] = (),
+    ) -> None:
         self.partition = partition
+        self.pipeline = CommandPipeline(config, interceptors)
         self.registry = registry
         self.snapshot_format = SnapshotFormat(registry)
         self.config = config
@@ -297,15 +303,15 @@ class Partition:
             entry.commands = {}
             if entry.version:
                 window = entry.positions[-self.config.dedup_window :]
-                cols = self.log.read_at(window, ["position", "version", "command_id", "command_digest"])
-                for pos, version, cid, digest in zip(
-                    cols["position"], cols["version"], cols["command_id"], cols["command_digest"]
+                cols = self.log.read_at(window, ["position", "version", "command_id", "command_digest", "principal"])
+                for pos, version, cid, digest, principal in zip(
+                    cols["position"], cols["version"], cols["command_id"], cols["command_digest"], cols["principal"]
                 ):
                     rec = entry.commands.get(cid)
                     if rec is not None and rec.version == version - 1 and rec.first_position + rec.count == pos:
                         rec.version, rec.count = version, rec.count + 1
                     else:
-                        entry.remember(cid, Remembered(digest, version, pos, 1), self.config.dedup_window)
+                        entry.remember(cid, Remembered(digest, version, pos, 1, principal), self.config.dedup_window)
         return entry.commands
 
     def _passivate_over_limit(self) -> None:
@@ -502,11 +508,14 @@ class Partition:
         last_event: dict[tuple[str, str], str] = {}  # key -> id of its last event appended in this batch
         next_pos = self.log.next_position
         now_us = time.time_ns() // 1000
+        pipeline = self.pipeline
+        intercepting = bool(pipeline.interceptors)
         for i, item in enumerate(batch):
             atype: Any = None
             try:
-                # Step 1, for every command (duplicates too), before anything is decided or written.
-                env = validate_envelope(item, self.config)
+                # The command pipeline (interceptors.py), for every command (duplicates too), before
+                # anything is decided or written. Step 1, the envelope check, comes first of all.
+                env = pipeline.admit(item)
                 atype, aid, cid, expected = env.aggregate_type, env.aggregate_id, env.command_id, env.expected_version
                 agg_cls = self.registry.aggregate(atype)
                 key = (atype, aid)
@@ -523,6 +532,10 @@ class Partition:
                 prior = new_ids.get(key, {}).get(cid) or (
                     self._ensure_commands(key, entry).get(cid) if entry is not None else None
                 )
+                if intercepting:
+                    pipeline.intercept(env, InterceptContext(
+                        self.partition, version, None if prior is None else PriorCommand(prior.principal, prior.version)
+                    ))
                 if prior is not None:
                     if prior.digest != digest:
                         raise CommandIdReused(
@@ -598,7 +611,7 @@ class Partition:
                 version += len(events)
                 working[key] = (state, version)
                 if events:
-                    new_ids.setdefault(key, {})[cid] = Remembered(digest, version, rows[start][1], len(events))
+                    new_ids.setdefault(key, {})[cid] = Remembered(digest, version, next_pos - len(own), len(events), principal)
                 accepted.append((i, start, len(events)))
                 if not events:
                     results[i] = ItemResult(version, [])

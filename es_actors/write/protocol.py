@@ -110,6 +110,8 @@ class ItemResult:
         return cls(0, (), False, error)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self.error is None and not self.duplicate:  # the common case, in fewer bytes and calls
+            return (ItemResult, (self.version, self.rows))
         return (ItemResult, (self.version, self.rows, self.duplicate, self.error))
 
 
