@@ -899,7 +899,7 @@ def test_disk_full_is_clear_loses_nothing_and_recovers(tiny_disk):
         assert [r.rows[0][POS] for r in results] == list(range(4 + len(acked), 4 + len(acked) + len(failed_batch)))
         for aid in accounts:
             version, state = part.get_state("BankAccount", aid)
-            added = [item for item in failed_batch if item[2] == aid]
+            added = [item for item in failed_batch if item.aggregate_id == aid]
             assert version == before[aid][0] + len(added)
             assert state.balance == before[aid][1].balance + sum(amounts[item.command_id] for item in added)
     finally:
