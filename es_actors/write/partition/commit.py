@@ -37,7 +37,7 @@ def append(log_: PartitionLog, work: BatchWork, partition: int, rejections: dict
     try:
         log_.append(work.rows)
     except StorageError as exc:
-        for i in [a.index for a in work.accepted] + work.retried_in_batch:
+        for i in work.accepted + work.retried_in_batch:
             work.refuse(i, exc)
         rejections["StorageError"] = rejections.get("StorageError", 0) + len(work.accepted)
         return Outcome.REFUSED, exc

@@ -2,7 +2,7 @@
 
 A command's events are checked before anything is kept of them: at most
 ``max_events_per_command``, each stored only if it reads back as decided (strict JSON, valid,
-equal), and the state evolves (through the one fold) from what was read back, so the live
+equal), and the state evolves from what was read back, so the live
 state is the state a replay builds. Its rows are built apart, so a failure half-way leaves
 nothing of it in the batch. Nothing here writes: the batch commits as one (commit.py).
 """
@@ -16,22 +16,11 @@ from typing import Any
 
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry, Event
-from es_actors.domain.fold import fold
 from es_actors.errors import InvalidPayload, PayloadTooLarge
 from es_actors.write.envelope import utf8_size
 from es_actors.write.partition.dedup import Duplicate, Remembered
 from es_actors.write.partition.index import Key
 from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportEnvelope, ItemResult, Row
-
-
-@dataclass(slots=True)
-class Accepted:
-    """A command decided in this batch: where its rows are among the batch's."""
-
-    index: int  # in the batch
-    first_row: int
-    count: int
-    version: int  # the aggregate's version after it
 
 
 @dataclass(slots=True)
@@ -44,7 +33,7 @@ class BatchWork:
     results: list[ItemResult | Duplicate | None]
     working: dict[Key, tuple[Any, int]] = field(default_factory=dict)  # key -> (state, version)
     new_ids: dict[Key, dict[str, Remembered]] = field(default_factory=dict)  # command ids accepted in this batch
-    accepted: list[Accepted] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)  # indexes of the commands decided (their results wait for the append)
     retried_in_batch: list[int] = field(default_factory=list)  # retries of a command accepted earlier in this batch
     rows: list[Row] = field(default_factory=list)
     entry_rows: dict[Key, list[int]] = field(default_factory=dict)  # key -> positions appended in this batch
@@ -97,7 +86,9 @@ def decide(
     size = sum(utf8_size(p, "event payload") for p in payloads)
     if size > limit:
         raise PayloadTooLarge(f"{atype}/{aid}: events of {size} bytes of UTF-8 exceed max_event_bytes={limit}")
-    state = fold(agg_cls, events, state)
+    evolve = agg_cls.evolve  # (the fold of hydration, inline: this runs for every command)
+    for e in events:
+        state = evolve(state, e)
     corr = env.correlation_id or cid
     caus = env.causation_id or cid
     base_meta = dict(env.metadata or {})

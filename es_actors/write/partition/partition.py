@@ -41,7 +41,7 @@ from es_actors.storage.partition_log import PartitionLog
 from es_actors.storage.snapshots import SnapshotStore
 from es_actors.write.interceptors import CommandInterceptor, CommandPipeline, InterceptContext, PriorCommand
 from es_actors.write.partition import commit
-from es_actors.write.partition.decide import Accepted, BatchWork, decide, safe_text
+from es_actors.write.partition.decide import BatchWork, decide, safe_text
 from es_actors.write.partition.dedup import Duplicate, Remembered, command_digest, recent_commands, resolve_duplicates
 from es_actors.write.partition.hydration import Hydration
 from es_actors.write.partition.index import NOT_HYDRATED, AggregateEntry, Key, build_index
@@ -113,7 +113,7 @@ class Partition:
             return self._one_by_one(batch, exc)
         if outcome is commit.Outcome.WRITTEN:
             commit.publish(work, self.aggregates, self.hydration, self.snapshot_policy, self.config.dedup_window)
-            self._acknowledge(work)
+            self.counts["accepted"] += len(work.accepted)
         return self._finish(work)
 
     def _decide_one(self, work: BatchWork, i: int, item: Any) -> None:
@@ -167,7 +167,6 @@ class Partition:
         version: int,
     ) -> None:
         """An accepted command's rows and state join the batch's working set."""
-        start = len(work.rows)
         work.rows.extend(rows)
         if rows:
             work.entry_rows.setdefault(key, []).extend(range(work.next_position, work.next_position + len(rows)))
@@ -177,16 +176,8 @@ class Partition:
             )
         work.next_position += len(rows)
         work.working[key] = (state, version + len(rows))
-        work.accepted.append(Accepted(i, start, len(rows), version + len(rows)))
-        if not rows:
-            work.results[i] = ItemResult(version, [])
-
-    def _acknowledge(self, work: BatchWork) -> None:
-        """Step 3's end: the accepted commands' results (their rows are durable and published)."""
-        for a in work.accepted:
-            if a.count:
-                work.results[a.index] = ItemResult(a.version, work.rows[a.first_row : a.first_row + a.count])
-        self.counts["accepted"] += len(work.accepted)
+        work.accepted.append(i)
+        work.results[i] = ItemResult(version + len(rows), rows)  # sent only once the rows are durable
 
     def _finish(self, work: BatchWork) -> list[ItemResult]:
         results, duplicates = resolve_duplicates(self.log, work.results)
