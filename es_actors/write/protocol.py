@@ -115,4 +115,30 @@ class ItemResult:
         return (ItemResult, (self.version, self.rows, self.duplicate, self.error))
 
 
-__all__ = ["BatchItem", "CommandEnvelope", "Envelope", "ImportEnvelope", "ImportedEvent", "ItemResult", "Row"]
+class BatchResults(list):  # type: ignore[type-arg]
+    """A batch's answer: one :class:`ItemResult` per envelope, in order.
+
+    Pickled as columns (versions, rows, and the few duplicates and refusals apart): the
+    actor, the busier side, then pays what plain tuples cost (~0.3 us per result instead of
+    ~0.6 us for each result's own ``__reduce__``); the client rebuilds the results.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        versions = [r.version for r in self]
+        rows = [r.rows for r in self]
+        unusual = {i: (r.duplicate, r.error) for i, r in enumerate(self) if r.error is not None or r.duplicate}
+        return (_results_from_columns, (versions, rows, unusual))
+
+
+def _results_from_columns(
+    versions: list[int], rows: list[Sequence[Row]], unusual: dict[int, tuple[bool, BaseException | None]]
+) -> BatchResults:
+    out = BatchResults(map(ItemResult, versions, rows))
+    for i, (duplicate, error) in unusual.items():
+        out[i].duplicate, out[i].error = duplicate, error
+    return out
+
+
+__all__ = ["BatchItem", "BatchResults", "CommandEnvelope", "Envelope", "ImportEnvelope", "ImportedEvent", "ItemResult", "Row"]

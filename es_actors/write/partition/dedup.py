@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from es_actors.storage.partition_log import PartitionLog
-from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportEnvelope, ItemResult
+from es_actors.write.protocol import BatchItem, BatchResults, CommandEnvelope, ImportEnvelope, ItemResult
 
 if TYPE_CHECKING:
     from es_actors.write.partition.index import AggregateEntry
@@ -77,10 +77,10 @@ def recent_commands(log: PartitionLog, entry: "AggregateEntry", window: int) -> 
     return entry.commands
 
 
-def resolve_duplicates(log: PartitionLog, results: Sequence[ItemResult | Duplicate | None]) -> tuple[list[ItemResult], int]:
+def resolve_duplicates(log: PartitionLog, results: Sequence[ItemResult | Duplicate | None]) -> tuple[BatchResults, int]:
     """Every result final: a retried command gets the rows its first run appended, read back
     from the log. Returns the results and how many were duplicates."""
-    out: list[ItemResult] = []
+    out = BatchResults()
     duplicates = 0
     for r in results:
         if type(r) is Duplicate:

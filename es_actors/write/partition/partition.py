@@ -46,7 +46,7 @@ from es_actors.write.partition.dedup import Duplicate, Remembered, command_diges
 from es_actors.write.partition.hydration import Hydration
 from es_actors.write.partition.index import NOT_HYDRATED, AggregateEntry, Key, build_index
 from es_actors.write.partition.snapshot_policy import SnapshotPolicy
-from es_actors.write.protocol import BatchItem, ItemResult
+from es_actors.write.protocol import BatchItem, BatchResults, ItemResult
 
 import numpy as np
 
@@ -192,9 +192,9 @@ class Partition:
             err = InvalidPayload(f"the command's rows cannot be written to the log ({type(exc).__name__}: {exc}); nothing was written")
             self._count_rejection("InvalidPayload")
             self.counts["rejected"] += 1
-            return [ItemResult.refused(err)]
+            return BatchResults([ItemResult.refused(err)])
         self.counts["batches"] -= 1  # counted again per item
-        return [self.handle_batch([item])[0] for item in batch]
+        return BatchResults(self.handle_batch([item])[0] for item in batch)
 
     def _count_rejection(self, kind: str) -> None:
         self.rejections[kind] = self.rejections.get(kind, 0) + 1
