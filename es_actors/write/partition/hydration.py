@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from dataclasses import dataclass
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator
 
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 
 _REPLAY_COLUMNS = ["position", "version", "event_type", "schema_version", "payload"]
 _CHUNK = 100_000  # events read at once by bulk hydration
+
+
+@dataclass(slots=True)
+class _Replay:
+    """One aggregate being rebuilt by bulk hydration."""
+
+    state: Any
+    version: int  # of the last event folded in
 
 
 class Hydration:
@@ -144,7 +153,7 @@ class Hydration:
         was used, keys that met a stale snapshot)."""
         best, stale = self._best_snapshots(todo, aggregates)
         used: set[Key] = set()
-        slots: dict[Key, list[Any]] = {}  # key -> [state, version reached]
+        slots: dict[Key, _Replay] = {}
         initial: dict[str, Any] = {}  # states are immutable (evolve returns a new one): one start per type
         for k in todo:
             if k[0] not in initial:
@@ -159,10 +168,10 @@ class Hydration:
                 except Exception as exc:
                     stale.add(k)
                     log.warning("%s/%s: snapshot at version %d does not decode, ignored: %s", *k, row.version, exc)
-            slots[k] = [state, at]
+            slots[k] = _Replay(state, at)
         needed = array("q")
         for k in todo:
-            at = slots[k][1]
+            at = slots[k].version
             needed.extend(aggregates[k].positions[at:] if at else aggregates[k].positions)
         positions = np.sort(np.frombuffer(needed, dtype=np.int64)) if needed else np.empty(0, np.int64)
         cols = ["aggregate_type", "aggregate_id", *_REPLAY_COLUMNS]
@@ -176,12 +185,12 @@ class Hydration:
             for (atype, aid), rows in per_key.items():
                 slot = slots[(atype, aid)]
                 agg_cls = classes.get(atype) or classes.setdefault(atype, self.registry.aggregate(atype))
-                slot[0] = fold(agg_cls, self._events(atype, aid, slot[1], rows), slot[0])
-                slot[1] += len(rows)
+                slot.state = fold(agg_cls, self._events(atype, aid, slot.version, rows), slot.state)
+                slot.version += len(rows)
         self.counts["events_replayed"] += len(positions)
         for k in todo:
             entry = aggregates[k]
-            entry.state = slots[k][0]
+            entry.state = slots[k].state
             if k in used:
                 entry.snap_version = max(entry.snap_version, best[k].version)
             elif k in stale:  # taken under other code, or not of this log: replace it
