@@ -156,7 +156,7 @@ def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from es_actors.write.partition import command_digest
+    from es_actors.write.partition import command_digest_of
     from es_actors.codecs.rows import ARROW_SCHEMA
     from es_actors.storage.layout import StoreLayout, partition_of
     from es_actors.storage.segments import segment_name, write_parquet_durably
@@ -182,7 +182,7 @@ def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: 
     payloads = pa.array(dep + wd + opened, pa.string())
 
     def digest(cmd: Any) -> str:
-        return command_digest("command", (type(cmd).command_type, cmd.model_dump_json()))
+        return command_digest_of(type(cmd).command_type, cmd.model_dump_json())
 
     digests = pa.array(
         [digest(Deposit(amount=a)) for a in amounts] + [digest(Withdraw(amount=a)) for a in amounts]

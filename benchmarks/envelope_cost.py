@@ -14,6 +14,7 @@ from typing import Any, Callable
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.write.envelope import validate_envelope
+from es_actors.write.protocol import CommandEnvelope
 from es_actors.examples.bank import AccountOpened, BankAccount, MoneyDeposited
 
 N = 200_000
@@ -35,13 +36,12 @@ def main() -> None:
     config = StoreConfig()
     registry = DomainRegistry([BankAccount])
     cid = os.urandom(16).hex()
-    plain = ("command", "BankAccount", "acc-000123", cid, 7, ("Deposit", '{"amount":100}'), None)
-    audited = ("command", "BankAccount", "acc-000123", cid, 7, ("Deposit", '{"amount":100}'),
-               {"principal": "alice", "correlation_id": "order-9", "causation_id": "evt-3", "reason": "salary",
-                "metadata": None})
-    with_md = ("command", "BankAccount", "acc-000123", cid, 7, ("Deposit", '{"amount":100}'),
-               {"principal": "alice", "correlation_id": "order-9", "causation_id": None, "reason": None,
-                "metadata": {"channel": "web", "ip": "10.0.0.1", "tags": ["a", "b"]}})
+    plain = CommandEnvelope("BankAccount", "acc-000123", cid, "Deposit", '{"amount":100}', 7)
+    audited = CommandEnvelope("BankAccount", "acc-000123", cid, "Deposit", '{"amount":100}', 7, principal="alice",
+                              correlation_id="order-9", causation_id="evt-3", reason="salary")
+    with_md = CommandEnvelope("BankAccount", "acc-000123", cid, "Deposit", '{"amount":100}', 7, principal="alice",
+                              correlation_id="order-9",
+                              metadata={"channel": "web", "ip": "10.0.0.1", "tags": ["a", "b"]})
     deposited, opened = MoneyDeposited(amount=100), AccountOpened(owner="ann")
     rows = [
         ("validate_envelope, no audit (the common case)", per_call_us(lambda: validate_envelope(plain, config))),

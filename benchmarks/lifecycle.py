@@ -343,7 +343,7 @@ GenEvent = tuple[str, int, Any, Any]
 
 def _write_store(root: Path, events: Iterator[GenEvent]) -> int:
     """A one-partition store whose log is ``events`` in position order, as sealed segments."""
-    from es_actors.write.partition import command_digest
+    from es_actors.write.partition import command_digest_of
     from es_actors.codecs.rows import rows_to_table
     from es_actors.storage.layout import StoreLayout
     from es_actors.storage.segments import segment_name, write_parquet_durably
@@ -366,7 +366,7 @@ def _write_store(root: Path, events: Iterator[GenEvent]) -> int:
     for aid, version, command, event in events:
         pos += 1
         cid = rng.randbytes(16).hex()
-        digest = command_digest("command", (command.command_type, command.model_dump_json()))
+        digest = command_digest_of(command.command_type, command.model_dump_json())
         rows.append((
             0, pos, "BankAccount", aid, version, event.event_type, event.schema_version, rng.randbytes(16).hex(), cid,
             digest, cid, cid, None, t0_us + pos * 1000, event.model_dump_json(), "{}",

@@ -14,9 +14,11 @@ import time
 import psutil
 import ray
 
+from es_actors.write.protocol import CommandEnvelope
+
 CALLS = 3000
 BATCH = [
-    ("command", "BankAccount", "acc", os.urandom(16).hex(), 1, ("Deposit", '{"amount":1}'), None)
+    CommandEnvelope("BankAccount", "acc", os.urandom(16).hex(), "Deposit", '{"amount":1}', 1)
 ] * 17
 
 

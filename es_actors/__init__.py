@@ -4,11 +4,13 @@ from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate, Command, DomainRegistry, Event
 from es_actors.errors import (
     CommandIdReused,
+    CommandRefused,
     CommandRejected,
     CommandTimeout,
     ConcurrencyError,
     DomainError,
     EsActorsError,
+    InterceptorFailed,
     InvalidPayload,
     Overloaded,
     PayloadTooLarge,
@@ -35,6 +37,8 @@ from es_actors.domain.upcasting import StoredEvent, UnreadableEvent, Upcaster, u
 _LAZY = {
     "PythonProjection": "read.projection", "SqlProjection": "read.projection",
     "CommandResult": "codecs.views", "RecordedEvent": "codecs.views",
+    "CommandInterceptor": "write.interceptors", "InterceptContext": "write.interceptors",
+    "PriorCommand": "write.interceptors", "CommandEnvelope": "write.protocol", "ImportEnvelope": "write.protocol",
     "AggregateHandle": "store", "AggregateState": "store", "Audit": "store", "Store": "store", "Submission": "store",
 }
 
@@ -71,10 +75,10 @@ def accept_loss(path: str, principal: str, reason: str, partition: int | None = 
     return run(path, principal, reason, partition)
 
 __all__ = [
-    "accept_loss", "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandIdReused",
-    "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
-    "DomainRegistry", "EsActorsError", "Event", "InvalidPayload", "Overloaded", "PartitionDamaged",
-    "PayloadTooLarge", "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed",
+    "accept_loss", "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandEnvelope", "CommandIdReused",
+    "CommandInterceptor", "CommandRefused", "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
+    "DomainRegistry", "EsActorsError", "Event", "ImportEnvelope", "InterceptContext", "InterceptorFailed", "InvalidPayload", "Overloaded", "PartitionDamaged",
+    "PayloadTooLarge", "PriorCommand", "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed",
     "QueryRefused", "QueryTimeout", "QueryTooLarge", "RecordedEvent", "repair_store", "SqlProjection",
     "StorageError", "Store", "StoreClosed", "StoreConfig", "StoreCorrupted", "StoredEvent",
     "StoreFormatOutdated", "Submission", "UnknownAggregateType", "UnknownCommand", "UnreadableEvent",

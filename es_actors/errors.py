@@ -57,6 +57,17 @@ class PayloadTooLarge(InvalidPayload):
     """A command's payload, events, metadata, id or audit field exceeds its size limit (UTF-8 bytes)."""
 
 
+class CommandRefused(CommandRejected):
+    """A policy of the store's command pipeline (an interceptor given to ``Store.open``) refused
+    the command; the message names the interceptor and the command. Nothing was written.
+    Interceptors raise it (with their reason) to refuse a command."""
+
+
+class InterceptorFailed(UserCodeError):
+    """An interceptor raised something other than :class:`CommandRefused` (a bug in a policy):
+    this command fails, naming the interceptor; the others of its batch go on."""
+
+
 class CommandIdReused(CommandRejected):
     """A command id was reused for a different command on the same aggregate."""
 

@@ -33,6 +33,7 @@ from es_actors.cli import main as cli
 from es_actors.domain import DomainRegistry
 from es_actors.write.envelope import validate_envelope
 from es_actors.write.partition import Partition
+from es_actors.write.protocol import CommandEnvelope
 from es_actors.runtime.naming import find_partition_actors
 from es_actors.storage.layout import StoreLayout
 from es_actors.examples.bank import BankAccount, Deposit, MoneyDeposited, OpenAccount
@@ -192,20 +193,25 @@ def test_command_id_is_never_replaced_and_expected_version_is_typed(vstore):
 
 # -- the actor-side check, without the client's ---------------------------------------------
 
-def item(aid: str, n: int, /, **over: Any) -> tuple[Any, ...]:
-    fields = dict(kind="command", atype="BankAccount", aid=aid, cid=f"raw-{aid}-{n}", expected=None,
-                  body=("Deposit", '{"amount":1}'), meta=None)
+def item(aid: str, n: int, /, **over: Any) -> Any:
+    """A CommandEnvelope built by hand (past the client's check); ``as_tuple`` gives the old tagged tuple."""
+    as_tuple = over.pop("as_tuple", False)
+    fields: dict[str, Any] = dict(aggregate_type="BankAccount", aggregate_id=aid, command_id=f"raw-{aid}-{n}",
+                                  command_type="Deposit", payload='{"amount":1}')
     fields.update(over)
-    return tuple(fields.values())
+    if as_tuple:
+        return ("command", "BankAccount", aid, fields["command_id"], None, ("Deposit", '{"amount":1}'), None)
+    return CommandEnvelope(**fields)
 
 
 RAW_BAD = [
-    dict(cid=""), dict(cid=0), dict(cid="\ud800"), dict(aid="\udfff"), dict(expected="1"), dict(expected=True),
-    dict(meta={"principal": "\ud800"}), dict(meta={"principal": 42}), dict(meta={"correlation_id": "\udc00"}),
-    dict(meta={"causation_id": b"x"}), dict(meta={"metadata": {"x": float("inf")}}), dict(meta={"reason": "r" * 10**4}),
-    dict(meta={"metadata": deep(300)}), dict(meta={"whoami": "root"}), dict(meta=["principal"]),
-    dict(body=("Deposit", '{"amount":"' + "😀" * 1500 + '"}')), dict(body=("Deposit", b'{"amount":1}')),
-    dict(kind="drop"), dict(body=("Deposit", '{"amount":1}', "extra")),
+    dict(command_id=""), dict(command_id=0), dict(command_id="\ud800"), dict(aggregate_id="\udfff"),
+    dict(expected_version="1"), dict(expected_version=True),
+    dict(principal="\ud800"), dict(principal=42), dict(correlation_id="\udc00"),
+    dict(causation_id=b"x"), dict(metadata={"x": float("inf")}), dict(reason="r" * 10**4),
+    dict(metadata=deep(300)), dict(metadata=["principal"]),
+    dict(payload='{"amount":"' + "😀" * 1500 + '"}'), dict(payload=b'{"amount":1}'), dict(command_type=None),
+    dict(as_tuple=True),  # the tagged tuple of before: not a batch item any more
 ]
 
 
@@ -230,9 +236,9 @@ def test_the_actor_checks_every_envelope_itself(store_factory, path):
             conn.send_bytes(pickle.dumps(batch))
             tag, results = pickle.loads(conn.recv_bytes())
         assert tag == "ok"
-    assert [r[0] for r in results[0::2]] == ["ok"] * len(RAW_BAD)
+    assert [r.ok for r in results[0::2]] == [True] * len(RAW_BAD)
     for over, r in zip(RAW_BAD, results[1::2]):
-        assert r[0] == "err" and isinstance(r[1], InvalidPayload), (over, r)
+        assert isinstance(r.error, InvalidPayload), (over, r)
     assert [e.version for e in s.aggregate(BankAccount, "r1").history()] == list(range(1, len(RAW_BAD) + 2))
 
 
@@ -240,15 +246,15 @@ def test_the_partition_checks_envelopes_without_ray(tmp_path):
     """The Ray-free partition: metadata 100,000 deep, lone surrogates, wrong types, duplicates too."""
     part = Partition(StoreLayout(tmp_path / "store"), 0, DomainRegistry([BankAccount]), StoreConfig(partitions=1))
     try:
-        assert part.handle_batch([item("p1", 0, body=("OpenAccount", '{"owner":"o"}'))])[0][0] == "ok"
-        batch = [item("p1", 1), item("p1", 2, meta={"metadata": deep(100_000)}), item("p1", 3, cid="\ud800"),
-                 item("p1", 1, expected="1"),  # a retry of an accepted id, with a bad field: refused too
-                 item("p1", 4, meta={"principal": "\ud83d"}), item("p1", 5)]
+        assert part.handle_batch([item("p1", 0, command_type="OpenAccount", payload='{"owner":"o"}')])[0].ok
+        batch = [item("p1", 1), item("p1", 2, metadata=deep(100_000)), item("p1", 3, command_id="\ud800"),
+                 item("p1", 1, expected_version="1"),  # a retry of an accepted id, with a bad field: refused too
+                 item("p1", 4, principal="\ud83d"), item("p1", 5)]
         results = part.handle_batch(batch)
-        assert [r[0] for r in results] == ["ok", "err", "err", "err", "err", "ok"]
-        assert all(isinstance(r[1], InvalidPayload) for r in results[1:5])
-        assert "max_metadata_depth" in str(results[1][1]) and "lone surrogate" in str(results[2][1])
-        assert "expected_version" in str(results[3][1])
+        assert [r.ok for r in results] == [True, False, False, False, False, True]
+        assert all(isinstance(r.error, InvalidPayload) for r in results[1:5])
+        assert "max_metadata_depth" in str(results[1].error) and "lone surrogate" in str(results[2].error)
+        assert "expected_version" in str(results[3].error)
         assert part.get_state("BankAccount", "p1")[0] == 3
     finally:
         part.close()
@@ -258,10 +264,10 @@ def test_one_command_that_fails_while_being_written_fails_alone(tmp_path):
     """A row that passes every check but that the log cannot encode fails only its command."""
     part = Partition(StoreLayout(tmp_path / "store"), 0, DomainRegistry([Odd]), StoreConfig(partitions=1))
     try:
-        cmd = lambda n, kind: ("command", "Odd", "o1", f"odd-{n}", None, ("Record", f'{{"kind":"{kind}"}}'), None)
+        cmd = lambda n, kind: CommandEnvelope("Odd", "o1", f"odd-{n}", "Record", f'{{"kind":"{kind}"}}')
         results = part.handle_batch([cmd(1, "ok"), cmd(2, "odd"), cmd(3, "ok")])
-        assert [r[0] for r in results] == ["ok", "err", "ok"]
-        assert isinstance(results[1][1], InvalidPayload) and "cannot be written" in str(results[1][1])
+        assert [r.ok for r in results] == [True, False, True]
+        assert isinstance(results[1].error, InvalidPayload) and "cannot be written" in str(results[1].error)
         assert part.get_state("Odd", "o1")[0] == 2
         assert [r[4] for r in part.log.read_positions(1, 2)] == [1, 2]
     finally:
@@ -273,9 +279,9 @@ def test_validate_envelope_is_one_model_for_client_and_actor():
     ok = item("a", 0)
     assert validate_envelope(ok, config) == ok
     with pytest.raises(PayloadTooLarge, match="max_id_bytes"):
-        validate_envelope(item("a", 0, cid="é" * 200), config)  # 200 characters, 400 bytes
+        validate_envelope(item("a", 0, command_id="é" * 200), config)  # 200 characters, 400 bytes
     with pytest.raises(InvalidPayload, match="metadata is not JSON"):
-        validate_envelope(item("a", 0, meta={"metadata": {"t": (1, object())}}), config)
+        validate_envelope(item("a", 0, metadata={"t": (1, object())}), config)
 
 
 # -- events that cannot be read back are never acknowledged --------------------------------

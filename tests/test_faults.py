@@ -842,7 +842,7 @@ def test_disk_full_is_clear_loses_nothing_and_recovers(tiny_disk):
     accounts = ["d-1", "d-2", "d-3"]
     part = Partition(layout, 0, registry, config)
     try:
-        assert [r[0] for r in part.handle_batch([open_item(a) for a in accounts])] == ["ok"] * 3
+        assert [r.ok for r in part.handle_batch([open_item(a) for a in accounts])] == [True] * 3
         tiny_disk.leave_free(300_000)
         acked: list[tuple[Any, ...]] = []
         failed_batch = err = None
@@ -854,13 +854,13 @@ def test_disk_full_is_clear_loses_nothing_and_recovers(tiny_disk):
                 amounts[cid] = n + k + 1
                 batch.append(command_item(accounts[k % 3], cid, Deposit(amount=amounts[cid])))
             results = part.handle_batch(batch)
-            kinds = {r[0] for r in results}
-            if kinds == {"ok"}:
-                acked.extend(row for r in results for row in r[2])
+            kinds = {r.ok for r in results}
+            if kinds == {True}:
+                acked.extend(row for r in results for row in r.rows)
                 continue
-            assert kinds == {"err"}, "a batch is one frame: all of it is durable or none"
-            failed_batch, err = batch, results[0][1]
-            assert all(r[1] is err for r in results)
+            assert kinds == {False}, "a batch is one frame: all of it is durable or none"
+            failed_batch, err = batch, results[0].error
+            assert all(r.error is err for r in results)
             break
         assert err is not None, "the disk never filled up"
         assert len(acked) > 0
@@ -882,7 +882,7 @@ def test_disk_full_is_clear_loses_nothing_and_recovers(tiny_disk):
         # still full: the same commands fail again, cleanly
         tiny_disk.fill_completely()
         again = part.handle_batch(failed_batch)
-        assert all(r[0] == "err" and isinstance(r[1], StorageError) for r in again)
+        assert all(isinstance(r.error, StorageError) for r in again)
         assert read_tail_file(tail)[1:] == (valid, valid)
     finally:
         part.close()
@@ -895,17 +895,17 @@ def test_disk_full_is_clear_loses_nothing_and_recovers(tiny_disk):
         tiny_disk.free_space()
         # the failed commands were never applied, so their ids are fresh: accepted now, once
         results = part.handle_batch(failed_batch)
-        assert [r[0] for r in results] == ["ok"] * len(failed_batch)
-        assert [r[2][0][POS] for r in results] == list(range(4 + len(acked), 4 + len(acked) + len(failed_batch)))
+        assert [r.ok for r in results] == [True] * len(failed_batch)
+        assert [r.rows[0][POS] for r in results] == list(range(4 + len(acked), 4 + len(acked) + len(failed_batch)))
         for aid in accounts:
             version, state = part.get_state("BankAccount", aid)
-            added = [item for item in failed_batch if item[2] == aid]
+            added = [item for item in failed_batch if item.aggregate_id == aid]
             assert version == before[aid][0] + len(added)
-            assert state.balance == before[aid][1].balance + sum(amounts[item[3]] for item in added)
+            assert state.balance == before[aid][1].balance + sum(amounts[item.command_id] for item in added)
     finally:
         part.close()
     by_cid = check_log(layout, 1)
-    assert set(by_cid) == {f"open-{a}" for a in accounts} | {r[CID] for r in acked} | {i[3] for i in failed_batch}
+    assert set(by_cid) == {f"open-{a}" for a in accounts} | {r[CID] for r in acked} | {i.command_id for i in failed_batch}
 
 
 # -- 6. group commit --------------------------------------------------------------------------
@@ -974,7 +974,7 @@ def test_no_room_for_a_new_tail_file_does_not_undo_a_durable_append(tiny_disk):
     amounts: dict[str, int] = {}
     part = Partition(layout, 0, registry, config)
     try:
-        assert [r[0] for r in part.handle_batch([open_item(a) for a in accounts])] == ["ok"] * 3
+        assert [r.ok for r in part.handle_batch([open_item(a) for a in accounts])] == [True] * 3
         tiny_disk.exhaust_inodes()
         for n in range(4):  # 3 events a batch: from the second on, the tail is due for rotation
             batch = []
@@ -982,8 +982,8 @@ def test_no_room_for_a_new_tail_file_does_not_undo_a_durable_append(tiny_disk):
                 amounts[f"r{n}-{k}"] = 10 * n + k + 1
                 batch.append(command_item(aid, f"r{n}-{k}", Deposit(amount=amounts[f"r{n}-{k}"])))
             results = part.handle_batch(batch)
-            assert [r[0] for r in results] == ["ok"] * 3, results
-            assert [r[1] for r in results] == [n + 2] * 3
+            assert [r.ok for r in results] == [True] * 3, results
+            assert [r.version for r in results] == [n + 2] * 3
         assert part.log.seal_error is not None and "No space" in part.log.seal_error
         (_first, tail), = list_tail_files(layout.tail_dir(0))
         rows, valid, size = read_tail_file(tail)
@@ -991,7 +991,7 @@ def test_no_room_for_a_new_tail_file_does_not_undo_a_durable_append(tiny_disk):
 
         tiny_disk.free_inodes()
         results = part.handle_batch([command_item(a, f"late-{a}", Deposit(amount=1)) for a in accounts])
-        assert [(r[0], r[1]) for r in results] == [("ok", 6)] * 3
+        assert [(r.ok, r.version) for r in results] == [(True, 6)] * 3
         part.seal()
         deadline = time.monotonic() + 10
         while part.log.seal_error is not None and time.monotonic() < deadline:

@@ -12,6 +12,7 @@ import pytest
 
 from es_actors import DomainRegistry, InvalidPayload, PayloadTooLarge, StoreConfig, Submission, UserCodeError
 from es_actors.write.partition import Partition
+from es_actors.write.protocol import CommandEnvelope, ImportedEvent, ImportEnvelope
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.reader import read_partition_rows
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
@@ -26,29 +27,29 @@ def open_partition(root: Path, **settings) -> Partition:
 
 
 def command(atype: str, aid: str, name: str, payload: dict, meta: dict | None = None):
-    return ("command", atype, aid, uuid.uuid4().hex, None, (name, json.dumps(payload)), meta)
+    return CommandEnvelope(atype, aid, uuid.uuid4().hex, name, json.dumps(payload), **(meta or {}))
 
 
 def test_metadata_stored_with_every_imported_event_counts_against_the_limit(tmp_path):
     """60 KB of metadata on 4,000 small imported events would store 240 MB: refused alone."""
     p = open_partition(tmp_path / "s")
-    events = [("MoneyDeposited", '{"amount": 1}', None)] * 4000
-    huge = ("import", "BankAccount", "imp", "imp-1", 0, events, {"metadata": {"note": "x" * 60_000}})
-    many = ("import", "BankAccount", "imp2", "imp-2", 0, [("MoneyDeposited", '{"amount": 1}', None)] * 20_000, None)
+    events = [ImportedEvent("MoneyDeposited", '{"amount": 1}')] * 4000
+    huge = ImportEnvelope("BankAccount", "imp", "imp-1", events, 0, metadata={"note": "x" * 60_000})
+    many = ImportEnvelope("BankAccount", "imp2", "imp-2", [ImportedEvent("MoneyDeposited", '{"amount": 1}')] * 20_000, 0)
     results = p.handle_batch([command("BankAccount", "a", "OpenAccount", {"owner": "a"}), huge, many,
                               command("BankAccount", "a", "Deposit", {"amount": 2})])
-    assert [r[0] for r in results] == ["ok", "err", "err", "ok"]
-    assert isinstance(results[1][1], PayloadTooLarge) and "metadata" in str(results[1][1])
-    assert isinstance(results[2][1], PayloadTooLarge) and "max_events_per_command" in str(results[2][1])
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert isinstance(results[1].error, PayloadTooLarge) and "metadata" in str(results[1].error)
+    assert isinstance(results[2].error, PayloadTooLarge) and "max_events_per_command" in str(results[2].error)
     assert [r[3] for r in read_partition_rows(StoreLayout(tmp_path / "s"), 0)] == ["a", "a"]
     p.close()
 
 
 def test_stored_metadata_is_the_compact_utf8_text_the_envelope_measured(tmp_path):
     p = open_partition(tmp_path / "s")
-    [(tag, *_)] = p.handle_batch([command("BankAccount", "a", "OpenAccount", {"owner": "a"},
-                                          {"metadata": {"note": "é" * 10, "n": [0, 1]}})])
-    assert tag == "ok"
+    [result] = p.handle_batch([command("BankAccount", "a", "OpenAccount", {"owner": "a"},
+                                       {"metadata": {"note": "é" * 10, "n": [0, 1]}})])
+    assert result.ok
     [row] = read_partition_rows(StoreLayout(tmp_path / "s"), 0)
     assert row[-1] == '{"note":"' + "é" * 10 + '","n":[0,1]}'
     p.close()
@@ -59,8 +60,8 @@ def test_user_code_that_raises_anything_fails_only_its_command(tmp_path, how):
     p = open_partition(tmp_path / "s")
     results = p.handle_batch([command("Actor", "x", "Act", {}), command("Actor", "y", "Act", {"how": how}),
                               command("Actor", "x", "Act", {})])
-    assert [r[0] for r in results] == ["ok", "err", "ok"]
-    assert isinstance(results[1][1], UserCodeError) and ("SystemExit" in str(results[1][1]) or "Mute" in str(results[1][1]))
+    assert [r.ok for r in results] == [True, False, True]
+    assert isinstance(results[1].error, UserCodeError) and ("SystemExit" in str(results[1].error) or "Mute" in str(results[1].error))
     p.close()
 
 
@@ -68,8 +69,8 @@ def test_the_live_state_is_the_state_a_replay_builds(tmp_path):
     """A zoned datetime compares equal to its stored offset form; the actor evolves from what it
     stored, so the acknowledged state and the state after a restart are the same."""
     p = open_partition(tmp_path / "s")
-    [(tag, *_)] = p.handle_batch([command("Actor", "z", "Act", {"how": "tz"})])
-    assert tag == "ok"
+    [result] = p.handle_batch([command("Actor", "z", "Act", {"how": "tz"})])
+    assert result.ok
     live = p.get_state("Actor", "z")
     p.close()
     p = open_partition(tmp_path / "s")
@@ -79,9 +80,9 @@ def test_the_live_state_is_the_state_a_replay_builds(tmp_path):
 
 def test_imported_occurred_at_must_be_an_iso_time(tmp_path):
     p = open_partition(tmp_path / "s")
-    bad = ("import", "BankAccount", "imp", "imp-1", 0, [("AccountOpened", '{"owner": "o"}', "yesterday-ish")], None)
-    [(tag, err)] = p.handle_batch([bad])
-    assert tag == "err" and isinstance(err, InvalidPayload) and "ISO 8601" in str(err)
+    bad = ImportEnvelope("BankAccount", "imp", "imp-1", [ImportedEvent("AccountOpened", '{"owner": "o"}', "yesterday-ish")], 0)
+    [result] = p.handle_batch([bad])
+    assert isinstance(result.error, InvalidPayload) and "ISO 8601" in str(result.error)
     p.close()
 
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from es_actors import DomainRegistry, PartitionDamaged, Store, StoreConfig, StoreCorrupted
 from es_actors.write.partition import Partition
+from es_actors.write.protocol import CommandEnvelope
+from es_actors.codecs.rows import COL
 from es_actors.storage.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
@@ -41,7 +43,7 @@ ACCOUNTS = [f"acc-{i}" for i in range(4)]
 
 def cmd(aid: str, name: str = "Deposit", payload=None):
     payload = {"amount": 1} if payload is None else payload
-    return ("command", "BankAccount", aid, uuid.uuid4().hex, None, (name, json.dumps(payload)), {})
+    return CommandEnvelope("BankAccount", aid, uuid.uuid4().hex, name, json.dumps(payload))
 
 
 def open_partition(root: Path) -> Partition:
@@ -207,19 +209,19 @@ def test_repair_keeps_every_valid_event_records_the_loss_and_stops_reuse(pristin
     # The writer opens; no position is handed out again; commands wait for an operator.
     p = open_partition(root)
     assert p.log.next_position == 31
-    [(tag, err)] = p.handle_batch([cmd(ACCOUNTS[0])])
-    assert tag == "err" and isinstance(err, PartitionDamaged) and f"{min(lost)}..{max(lost)}" in str(err)
+    [result] = p.handle_batch([cmd(ACCOUNTS[0])])
+    assert isinstance(result.error, PartitionDamaged) and f"{min(lost)}..{max(lost)}" in str(result.error)
     p.close()
     assert accept_loss(root, "ops-oncall", "bit rot on the tail disk; replayed from upstream")
     assert LostRanges.load(root).ranges[0].accepted.principal == "ops-oncall"
     p = open_partition(root)
     frozen = set(named)
     for aid in ACCOUNTS:
-        [(tag, *rest)] = p.handle_batch([cmd(aid)])
+        [result] = p.handle_batch([cmd(aid)])
         if aid in frozen:
-            assert tag == "err" and isinstance(rest[0], PartitionDamaged)
+            assert isinstance(result.error, PartitionDamaged)
         else:
-            assert tag == "ok" and rest[1][0][1] >= 31  # new positions after everything ever used
+            assert result.ok and result.rows[0][COL["position"]] >= 31  # new positions after everything ever used
     p.close()
 
 
@@ -295,8 +297,8 @@ def test_a_format_1_store_reads_refuses_writers_and_upgrades_explicitly(pristine
     assert all(s.crc is not None for s in list_segments(resolve_current(root / "log" / "p0000")))
     p = open_partition(root)
     assert [r[1] for r in read_partition_rows(StoreLayout(root), 0)] == list(range(1, 31))
-    [(tag, *_)] = p.handle_batch([cmd(ACCOUNTS[0])])
-    assert tag == "ok"
+    [result] = p.handle_batch([cmd(ACCOUNTS[0])])
+    assert result.ok
     p.close()
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from es_actors import DomainRegistry, StoreConfig
 from es_actors.write.partition import Partition
+from es_actors.write.protocol import CommandEnvelope
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.reader import read_partition_rows, sealed_files
 from es_actors.storage.wal import encode_frame, file_header, list_tail_files, read_tail_file, scan_tail_file
@@ -25,7 +26,7 @@ REGISTRY = DomainRegistry([BankAccount])
 
 def cmd(aid: str, name: str = "Deposit", payload=None, cid: str | None = None, expected=None):
     payload = {"amount": 1} if payload is None else payload
-    return ("command", "BankAccount", aid, cid or uuid.uuid4().hex, expected, (name, json.dumps(payload)), {})
+    return CommandEnvelope("BankAccount", aid, cid or uuid.uuid4().hex, name, json.dumps(payload), expected)
 
 
 def open_partition(root: Path, **settings) -> Partition:
@@ -83,8 +84,8 @@ def test_partition_restart_rebuilds_state_versions_and_positions(tmp_path):
     p.close()
     p2 = open_partition(tmp_path)
     assert p2.get_state("BankAccount", "a")[0] == 3 and p2.get_state("BankAccount", "a")[1].balance == 2
-    [(tag, version, rows)] = p2.handle_batch([cmd("b")])
-    assert (tag, version, rows[0][1]) == ("ok", 2, 5)
+    [result] = p2.handle_batch([cmd("b")])
+    assert (result.ok, result.version, result.rows[0][1]) == (True, 2, 5)
     p2.close()
 
 
@@ -105,8 +106,8 @@ def test_a_tail_sealed_just_before_a_crash_is_not_read_twice(tmp_path):
         assert (version, state.balance) == (10 + restart, 9 + restart), restart  # each deposit folded once
         assert p2.log.unsealed_count == 0, "the sealed events were taken for unsealed ones"
         if restart == 0:
-            [(tag, version, appended)] = p2.handle_batch([cmd("a")])
-            assert (tag, version, appended[0][1]) == ("ok", 11, 11)  # the next position follows the sealed 10
+            [result] = p2.handle_batch([cmd("a")])
+            assert (result.ok, result.version, result.rows[0][1]) == (True, 11, 11)  # the next position follows the sealed 10
             p2.seal()
         p2.close()
 

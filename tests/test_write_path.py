@@ -293,3 +293,26 @@ def test_state_as_of_a_version_or_a_moment(store_factory, tmp_path):
         acct.state_at(as_of=datetime(2030, 1, 1))
     ro = Store.open(tmp_path / "travel", [BankAccount], read_only=True)  # no actor needed
     assert ro.aggregate(BankAccount, "a1").state_at(version=2).state.balance == 10
+
+
+class _NoMallory:
+    """A store policy (tests/unit/test_interceptors.py has the Ray-free cases)."""
+
+    def intercept(self, envelope, context):
+        from es_actors import CommandRefused
+
+        if envelope.principal == "mallory":
+            raise CommandRefused("mallory may not write")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_interceptors_given_to_store_open_run_in_the_partition_actor(store_factory, direct):
+    """Both ways a batch reaches the actor (the direct link and Ray calls) pass the pipeline."""
+    from es_actors import CommandRefused
+
+    s = store_factory(f"intercepted-{direct}", partitions=1, interceptors=[_NoMallory()], direct_link=direct)
+    acct = s.aggregate(BankAccount, "i-1")
+    acct.submit(OpenAccount(owner="ann"), principal="alice")
+    with pytest.raises(CommandRefused, match="_NoMallory refused command 'evil-1'"):
+        acct.submit(Deposit(amount=5), principal="mallory", command_id="evil-1")
+    assert acct.submit(Deposit(amount=1), principal="alice").version == 2

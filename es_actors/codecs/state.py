@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 
@@ -50,8 +50,32 @@ class StateCodec:
 
 
 
+class SnapshotRowLike(Protocol):
+    """What the validity check reads of a stored snapshot row (storage.snapshots.SnapshotRow)."""
+
+    @property
+    def aggregate_type(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+
+
+class _NotChecked:
+    def __repr__(self) -> str:
+        return "NOT_CHECKED"
+
+
+NOT_CHECKED: Any = _NotChecked()  # the log's event id at the snapshot was not looked up (yet)
+
+
 class SnapshotFormat:
-    """The state codec and snapshot fingerprint of each aggregate type of a registry (cached)."""
+    """The state codec and snapshot fingerprint of each aggregate type of a registry (cached),
+    and the one rule for whether a stored snapshot may be used (:meth:`usable`)."""
 
     def __init__(self, registry: DomainRegistry) -> None:
         self.registry = registry
@@ -78,3 +102,21 @@ class SnapshotFormat:
             )
             fp = self._fingerprints[aggregate_type] = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
         return fp
+
+    def usable(self, row: SnapshotRowLike, position: int | None, event_id: Any = NOT_CHECKED) -> bool:
+        """May this snapshot be used? Only if it was taken under this code (its aggregate type is
+        registered and its fingerprint matches) and the log holds the very event it was taken
+        at: ``position`` is the log's position of the aggregate's event at ``row.version``
+        (None when the log has no such version: the snapshot is ahead of it), ``event_id`` the
+        id of that event (None when it could not be read: not used; :data:`NOT_CHECKED` to
+        leave that part to a later call, e.g. to read the ids of many snapshots in one pass).
+        A row without an event id (older writers) is checked by position only.
+
+        The one rule used by the partition's hydration (one at a time and in bulk), by its
+        snapshot-file consolidation, and by the snapshot job.
+        """
+        if row.aggregate_type not in self.registry.aggregates:
+            return False
+        if position is None or row.position != position or row.fingerprint != self.fingerprint(row.aggregate_type):
+            return False
+        return event_id is NOT_CHECKED or not row.event_id or row.event_id == event_id

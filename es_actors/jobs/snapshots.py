@@ -58,13 +58,14 @@ def snapshot_partition(
     if layout.read_descriptor() is None:
         raise EsActorsError(f"{root} is not an es_actors store as seen from {socket.gethostname()} (no store.json)")
     registry = DomainRegistry(aggregates)
-    fingerprint = SnapshotFormat(registry).fingerprint(aggregate_type)
+    snapshot_format = SnapshotFormat(registry)
+    fingerprint = snapshot_format.fingerprint(aggregate_type)
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise EsActorsError(
             f"partition {partition}: this worker's code gives {aggregate_type} snapshot fingerprint {fingerprint}, "
             f"the driver's {expected_fingerprint}: the cluster runs other code than the driver"
         )
-    codec = SnapshotFormat(registry).codec(aggregate_type)
+    codec = snapshot_format.codec(aggregate_type)
     sealed_before = sealed_last_position(layout, partition)  # rows up to here are durable for certain
     table = read_partition(layout, partition)
     rows_read = table.num_rows
@@ -76,10 +77,12 @@ def snapshot_partition(
     current: set[tuple[str, str, int, int]] = set()  # (type, id, version, position) of usable snapshots
     if skip_current:
         for row in SnapshotStore(layout.root, partition).all_rows():
-            if row.aggregate_type == aggregate_type and row.fingerprint == fingerprint:
-                mine = folded.get((row.aggregate_type, row.aggregate_id))
-                if mine is not None and getattr(row, "event_id", "") in ("", mine.event_id):
-                    current.add((row.aggregate_type, row.aggregate_id, row.version, row.position))
+            mine = folded.get((row.aggregate_type, row.aggregate_id)) if row.aggregate_type == aggregate_type else None
+            # the owner's rule (SnapshotFormat.usable), at the version the fold reached
+            if mine is not None and snapshot_format.usable(
+                row, mine.position if row.version == mine.version else None, mine.event_id
+            ):
+                current.add((row.aggregate_type, row.aggregate_id, row.version, row.position))
     rows: list[SnapshotRow] = []
     up_to_date = unconfirmed = 0
     not_encodable: list[str] = []

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 from es_actors.write.client import ResultSlot
 from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate, Command, DomainRegistry, Event
-from es_actors.write.envelope import BatchItem, check_text, validate_envelope
+from es_actors.write.envelope import check_text, validate_envelope
+from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportedEvent, ImportEnvelope, ItemResult
 from es_actors.errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
 from es_actors.codecs.views import CommandResult
 from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
@@ -39,6 +40,12 @@ from es_actors.store.shortcuts import StoreShortcuts
 from es_actors.store.submissions import Audit, Submission, new_command_id
 from es_actors.store.submissions import aggregate_type_name as _aggregate_type
 from es_actors.store.submissions import failed as _failed
+
+
+def _metadata_or_none(metadata: Any) -> Any:
+    """Metadata as it travels: None when empty; anything else as given (the envelope check
+    refuses a wrong type instead of it being dropped)."""
+    return None if metadata is None or (type(metadata) is dict and not metadata) else metadata
 
 
 class Store(LogReading, StoreShortcuts):
@@ -87,12 +94,17 @@ class Store(LogReading, StoreShortcuts):
         address: str | None = None,
         read_only: bool = False,
         projections: Sequence[Any] = (),
+        interceptors: Sequence[Any] = (),
         **settings: Any,
     ) -> "Store":
         """Open (creating if new) a store. Starts a local Ray unless one is running or ``address`` is given.
 
         ``read_only=True`` needs no Ray and no lock: it reads what is durable, even while
-        another process writes.
+        another process writes. ``interceptors``: the store's command policies
+        (:class:`~es_actors.write.interceptors.CommandInterceptor`), run in order in the partition
+        actors for every command after the built-in envelope check; they are code, like
+        ``aggregates``, and apply from the open that starts the actors (a Store that joins
+        running actors gets theirs).
         """
         config = config or StoreConfig(**settings)
         layout = StoreLayout(resolve_local_root(uri))
@@ -102,6 +114,10 @@ class Store(LogReading, StoreShortcuts):
             if descriptor is None:
                 raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
             return cls(layout, descriptor, registry, config, None)
+        if interceptors:
+            from es_actors.write.interceptors import CommandPipeline
+
+            CommandPipeline(config, interceptors)  # a TypeError naming what is not an interceptor, before anything starts
         if projections:
             from es_actors.read.projection import check_projections
 
@@ -109,7 +125,7 @@ class Store(LogReading, StoreShortcuts):
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
         from es_actors.write.actor import start_partition_actors
 
-        actors, created = start_partition_actors(layout, descriptor, aggregates, config, address)
+        actors, created = start_partition_actors(layout, descriptor, aggregates, config, address, interceptors)
         store = cls(layout, descriptor, registry, config, actors)
         store._created = created
         if projections:
@@ -221,7 +237,7 @@ class Store(LogReading, StoreShortcuts):
                 futures[i] = _failed(sink, exc if isinstance(exc, EsActorsError) else InvalidPayload(
                     f"submission {i} is invalid: {type(exc).__name__}: {exc}"))
                 continue
-            per_partition.setdefault(self.partition_of(item[1], item[2]), []).append((i, item))
+            per_partition.setdefault(self.partition_of(item.aggregate_type, item.aggregate_id), []).append((i, item))
         for p, entries in per_partition.items():
             try:
                 sinks = self._channel(p).submit([item for _i, item in entries], sink)
@@ -254,9 +270,11 @@ class Store(LogReading, StoreShortcuts):
             payload_json = type(command).__pydantic_serializer__.to_json(command).decode()
         except Exception as exc:  # e.g. a lone surrogate in a str field
             raise InvalidPayload(f"command {type(command).__name__} cannot be sent as JSON: {exc}") from None
-        body = (type(command).command_type, payload_json)
-        item = ("command", atype, aid, new_command_id() if command_id is None else command_id, expected, body,
-                audit.as_meta())
+        item = CommandEnvelope(
+            atype, aid, new_command_id() if command_id is None else command_id, type(command).command_type,
+            payload_json, expected, audit.principal, audit.correlation_id, audit.causation_id, audit.reason,
+            _metadata_or_none(audit.metadata),
+        )
         return validate_envelope(item, self.config)
 
     def _check_open(self) -> None:
@@ -269,8 +287,8 @@ class Store(LogReading, StoreShortcuts):
             raise EsActorsError(f"{self.layout.root} is open read-only; open it without read_only=True to write")
         return self._channels[partition]
 
-    def _submit_item(self, item: tuple[Any, ...], sink: Any = Future) -> Any:
-        return self._channel(self.partition_of(item[1], item[2])).submit([item], sink)[0]
+    def _submit_item(self, item: BatchItem, sink: Any = Future) -> Any:
+        return self._channel(self.partition_of(item.aggregate_type, item.aggregate_id)).submit([item], sink)[0]
 
     def _wait(self, fut: "Future[Any]", timeout: float | None, command_id: str | None = None) -> Any:
         try:
@@ -281,10 +299,11 @@ class Store(LogReading, StoreShortcuts):
                 f"command_id={command_id!r} to learn it"
             ) from None
 
-    def _convert(self, item: tuple[Any, ...], result: tuple[Any, ...]) -> CommandResult | BaseException:
-        if result[0] == "err":
-            return result[1]
-        return CommandResult(item[1], item[2], item[3], result[1], result[2], self.registry, result[0] == "dup")
+    def _convert(self, item: BatchItem, result: ItemResult) -> CommandResult | BaseException:
+        if result.error is not None:
+            return result.error
+        return CommandResult(item.aggregate_type, item.aggregate_id, item.command_id, result.version, result.rows,
+                             self.registry, result.duplicate)
 
     def _import_item(
         self, atype: str, aid: str, events: Sequence[Event], occurred_at: Sequence[datetime | str | None] | None,
@@ -298,10 +317,12 @@ class Store(LogReading, StoreShortcuts):
         for e, t in zip(events, times):
             if not isinstance(e, Event):
                 raise InvalidPayload(f"{type(e).__name__} is not an Event")
-            body.append((e.event_type, self.registry.stored_payload(e), t.isoformat() if isinstance(t, datetime) else t))
+            body.append(ImportedEvent(e.event_type, self.registry.stored_payload(e),
+                                      t.isoformat() if isinstance(t, datetime) else t))
         return validate_envelope(
-            ("import", atype, aid, new_command_id() if command_id is None else command_id,
-             expected_version, body, audit.as_meta()),
+            ImportEnvelope(atype, aid, new_command_id() if command_id is None else command_id, body, expected_version,
+                           audit.principal, audit.correlation_id, audit.causation_id, audit.reason,
+                           _metadata_or_none(audit.metadata)),
             self.config,
         )
 
@@ -314,7 +335,7 @@ class Store(LogReading, StoreShortcuts):
         """One command, waited for: its result, or its error raised."""
         self._check_open()
         item = self._command_item(aggregate_type, aggregate_id, command, expected_version, command_id, audit)
-        return self._wait(self._submit_item(item, ResultSlot), timeout, item[3])  # type: ignore[no-any-return]
+        return self._wait(self._submit_item(item, ResultSlot), timeout, item.command_id)  # type: ignore[no-any-return]
 
     def send_command_async(
         self, aggregate_type: str, aggregate_id: str, command: Command, expected_version: int | None,
@@ -336,7 +357,7 @@ class Store(LogReading, StoreShortcuts):
         """Already-decided events appended through the owning actor, waited for."""
         self._check_open()
         item = self._import_item(aggregate_type, aggregate_id, events, occurred_at, expected_version, command_id, audit)
-        return self._wait(self._submit_item(item, ResultSlot), timeout, item[3])  # type: ignore[no-any-return]
+        return self._wait(self._submit_item(item, ResultSlot), timeout, item.command_id)  # type: ignore[no-any-return]
 
     def owning_actor(self, aggregate_type: str, aggregate_id: str, read_only_error: str | None = None) -> Any:
         """The partition actor that owns the aggregate (StoreClosed after close; on a read-only

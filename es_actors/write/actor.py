@@ -22,7 +22,9 @@ from es_actors.config import StoreConfig
 from es_actors.write.direct_link import DirectServer
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
-from es_actors.write.partition import BatchItem, ItemResult, Partition, safe_text
+from es_actors.write.partition import Partition, safe_text
+from es_actors.write.interceptors import CommandInterceptor
+from es_actors.write.protocol import BatchItem, ItemResult
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, ensure_ray
 from es_actors.runtime.naming import NAMESPACE, actor_name
@@ -84,9 +86,10 @@ class _WriteMetrics:
         outcomes: dict[str, int] = {}
         kinds: dict[str, int] = {}
         for r in results:
-            outcomes[r[0]] = outcomes.get(r[0], 0) + 1
-            if r[0] == "err":
-                k = type(r[1]).__name__
+            outcome = "err" if r.error is not None else "dup" if r.duplicate else "ok"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if r.error is not None:
+                k = type(r.error).__name__
                 kinds[k] = kinds.get(k, 0) + 1
         for outcome, n in outcomes.items():
             self.commands.inc(n, {**self.tags, "outcome": outcome})
@@ -101,7 +104,7 @@ class _WriteMetrics:
 class PartitionActor:
     def __init__(
         self, root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], config: StoreConfig,
-        opener: str = "",
+        opener: str = "", interceptors: Sequence[CommandInterceptor] = (),
     ) -> None:
         # Who created this actor: a Store whose open() passed this token started it (and stops it
         # on close); one that joined a running actor only detaches (Store.close, Store.shutdown).
@@ -109,7 +112,9 @@ class PartitionActor:
         self._error: EsActorsError | None = None
         self._partition: Partition | None = None
         try:
-            self._partition = Partition(StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config)
+            self._partition = Partition(
+                StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config, interceptors
+            )
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
         except Exception as exc:  # e.g. an unreadable segment: same, with the cause named
@@ -140,7 +145,10 @@ class PartitionActor:
         with self._serial:
             p = self._owned()
             t0 = time.perf_counter()
-            results = [("err", portable_error(r[1])) if r[0] == "err" else r for r in p.handle_batch(batch)]
+            results = p.handle_batch(batch)
+            for r in results:
+                if r.error is not None:
+                    r.error = portable_error(r.error)
             self._metrics.record(len(batch), results, (time.perf_counter() - t0) * 1000, p.log.unsealed_count)
             self._batches += 1
             if self._batches % 64 == 1:  # gauges: cheap enough now and then, not per batch
@@ -210,6 +218,7 @@ def start_partition_actors(
     aggregates: Sequence[type[Aggregate[Any]]],
     config: StoreConfig,
     address: str | None,
+    interceptors: Sequence[CommandInterceptor] = (),
 ) -> tuple[list[Any], list[bool]]:
     """The store's partition actors (joined where they already run), and for each whether this
     call created it (and so owns stopping it)."""
@@ -220,7 +229,7 @@ def start_partition_actors(
         actors = [
             PartitionActor.options(
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
-            ).remote(str(layout.root), p, list(aggregates), config, opener)
+            ).remote(str(layout.root), p, list(aggregates), config, opener, list(interceptors))
             for p in range(descriptor.partitions)
         ]
         try:

@@ -30,7 +30,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from es_actors.config import StoreConfig
 from es_actors.write.direct_link import connect
 from es_actors.errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
-from es_actors.write.partition import BatchItem, ItemResult
+from es_actors.write.protocol import BatchItem, ItemResult
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ has waited longest: a real client answers in well under a millisecond), digests 
 with :func:`hmac.compare_digest`, and refusals are logged at most once per interval. After the
 handshake the socket carries ``multiprocessing.connection`` frames, as before.
 
-The server side is :class:`DirectServer`; the client side uses :func:`connect` (``channel.py``).
+The server side is :class:`DirectServer`; the client side uses :func:`connect` (es_actors/write/client.py).
+What travels: pickled lists of the typed messages of es_actors/write/protocol.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+"""The command pipeline: the ordered steps every command passes inside its partition actor
+before ``decide``, duplicates included.
+
+Step 1 is built in and cannot be turned off: :func:`~es_actors.write.envelope.validate_envelope`
+(every envelope field checked). The steps after it are the store's interceptors, in the order
+given to ``Store.open(..., interceptors=[...])``: policies such as authorization or rate limits
+get one place that clients cannot bypass, since it runs in the actor that owns the aggregate
+(Ray calls and the direct link both end in ``Partition.handle_batch``).
+
+An interceptor sees the checked envelope and a context: the partition, the aggregate's current
+version, and, for a retry of a command id this aggregate already accepted, who sent the first
+one (:class:`PriorCommand`). So a policy can refuse to hand one principal the result of another's
+command by reusing its id. To refuse, it raises :class:`~es_actors.errors.CommandRefused`; the
+command then fails with a ``CommandRefused`` naming the interceptor and the command. Anything
+else it raises fails that command alone, as :class:`~es_actors.errors.InterceptorFailed`.
+Interceptors run on the actor's one thread, must be picklable (they travel to the actor), and
+should be quick: they run for every command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from es_actors.config import StoreConfig
+from es_actors.errors import CommandRefused, InterceptorFailed
+from es_actors.write.envelope import validate_envelope
+from es_actors.write.protocol import CommandEnvelope, Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class PriorCommand:
+    """An accepted command whose id the current one reuses (the current one is its retry)."""
+
+    principal: str | None
+    version: int  # the aggregate's version after it
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptContext:
+    """What an interceptor may know besides the envelope."""
+
+    partition: int
+    version: int  # the aggregate's current version (0: it has no events yet)
+    duplicate_of: PriorCommand | None  # set when this command id was already accepted on this aggregate
+
+
+@runtime_checkable
+class CommandInterceptor(Protocol):
+    """A step of the command pipeline. Return to let the command go on; raise
+    :class:`~es_actors.errors.CommandRefused` to refuse it (nothing is written)."""
+
+    def intercept(self, envelope: Envelope, context: InterceptContext) -> None: ...
+
+
+def interceptor_name(interceptor: Any) -> str:
+    """An interceptor's ``name`` attribute if it has one, else its class name."""
+    name = getattr(interceptor, "name", None)
+    return name if isinstance(name, str) and name else type(interceptor).__name__
+
+
+def describe(envelope: Envelope) -> str:
+    """The command as errors name it: its id, type and aggregate."""
+    what = envelope.command_type if type(envelope) is CommandEnvelope else "import"
+    return f"command {envelope.command_id!r} ({what} on {envelope.aggregate_type}/{envelope.aggregate_id})"
+
+
+class CommandPipeline:
+    """The steps of one partition's command pipeline: the built-in envelope check, then the interceptors."""
+
+    BUILT_IN = ("validate_envelope",)
+
+    def __init__(self, config: StoreConfig, interceptors: Sequence[CommandInterceptor] = ()) -> None:
+        for i in interceptors:
+            if not callable(getattr(i, "intercept", None)):
+                raise TypeError(f"{type(i).__name__} is not a CommandInterceptor: it has no intercept(envelope, context)")
+        self.config = config
+        self.interceptors = tuple(interceptors)
+        self._named = [(interceptor_name(i), i.intercept) for i in self.interceptors]
+
+    @property
+    def steps(self) -> list[str]:
+        """The names of the steps, in the order they run."""
+        return [*self.BUILT_IN, *(name for name, _ in self._named)]
+
+    def admit(self, item: Any) -> Envelope:
+        """Step 1: the envelope, every field checked (InvalidPayload naming the field if not)."""
+        return validate_envelope(item, self.config)
+
+    def intercept(self, envelope: Envelope, context: InterceptContext) -> None:
+        """The interceptors, in order; the first refusal (or failure) ends the command."""
+        for name, intercept in self._named:
+            try:
+                intercept(envelope, context)
+            except CommandRefused as exc:
+                raise CommandRefused(f"{name} refused {describe(envelope)}: {_text(exc)}") from None
+            except BaseException as exc:  # a bug in a policy fails its command only, like one in decide
+                raise InterceptorFailed(
+                    f"interceptor {name} failed on {describe(envelope)}: {type(exc).__name__}: {_text(exc)}"
+                ) from None
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)[:1000]
+    except BaseException:
+        return f"<{type(exc).__name__} without a readable message>"
+
+
+__all__ = ["CommandInterceptor", "CommandPipeline", "InterceptContext", "PriorCommand", "interceptor_name"]
