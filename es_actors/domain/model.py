@@ -79,4 +79,4 @@ class Aggregate(Generic[State]):
         """Replay events onto a state (the initial one by default): :func:`es_actors.domain.fold`."""
         from es_actors.domain.fold import fold
 
-        return fold(cls, events, state)  # type: ignore[no-any-return]
+        return fold(cls, events) if state is None else fold(cls, events, state)  # type: ignore[no-any-return]
