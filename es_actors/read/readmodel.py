@@ -35,6 +35,7 @@ from es_actors.read.query_guard import database_functions
 from es_actors.read.projection import Projection, PythonProjection, SqlProjection
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, event_where, rows_to_table, table_to_rows
 from es_actors.codecs.views import RecordedEvent
+from es_actors.read.batches import bisect_batch
 from es_actors.storage.follower import Batch
 from es_actors.domain.upcasting import UnreadableEvent
 
@@ -398,15 +399,6 @@ class ReadModel:
             except Exception:
                 pass
         self.con.close()
-
-
-def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
-    """Positions first..last of a batch (same source)."""
-    if batch.table is not None:
-        pos = batch.table.column("position")
-        t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
-        return Batch(batch.partition, first, last, table=t)
-    return Batch(batch.partition, first, last, files=list(batch.files))
 
 
 def upcast_table(cur: duckdb.DuckDBPyConnection, table: pa.Table, registry: DomainRegistry) -> pa.Table:
