@@ -301,3 +301,52 @@ def test_a_kind_without_a_handler_is_refused_naming_it(bank):
 
     with pytest.raises(EsActorsError, match="no-such-kind"):
         ReadModel(bank.layout.root, REGISTRY, [Unknown])
+
+
+def test_sealed_rows_at_older_versions_read_as_current_events_in_sql_as_in_python(tmp_path):
+    from tests.projection_domains import LegacyBankAccount  # writes v1 rows of the bank's events
+
+    layout = StoreLayout(tmp_path / "store")
+    legacy = DomainRegistry([LegacyBankAccount])
+    writer = Partition(layout, 0, legacy, StoreConfig(lock_timeout_s=0))
+    def item(aid: str, name: str, payload: dict[str, Any]) -> tuple[Any, ...]:
+        return ("command", "BankAccount", aid, uuid.uuid4().hex, None, (name, json.dumps(payload)), {})
+
+    items = [item(f"old-{i}", "LegacyOpen", {"owner": f"o{i}", "initial": 10 * i + 1}) for i in range(3)]
+    items += [item(f"old-{i}", "LegacyDeposit", {"amt": i + 2}) for i in range(3)]
+    assert {tag for tag, _v, _r in writer.handle_batch(items)} == {"ok"}
+    writer.seal()  # sealed: the SQL kind scans the files, guarded, then takes the upcasting path
+    writer.close()
+    runner = ProjectionRunner(layout, 1, REGISTRY, [Balances, BalancesPy], StoreConfig(), clock=FakeClock(),
+                              recorded_at=lambda part, pos: None)
+    drain(runner)
+    sql, py = table(runner, "balances"), table(runner, "balances_py")
+    assert sql == py
+    assert {a: (r["owner"], r["balance"], r["events"]) for a, r in sql.items()} == {
+        f"old-{i}": (f"o{i}", 10 * i + 1 + i + 2, 3) for i in range(3)  # the split counts as two events
+    }
+    assert {r["status"] for r in runner.status()} == {"running"}
+    runner.close()
+
+
+class UnluckySql(Balances):
+    """Fails on a deposit of 13 in its own SQL: a failure that is the projection's, not the data's version."""
+
+    name = "unlucky_sql"
+    max_attempts = 1
+    setup = "CREATE TABLE unlucky_sql (account VARCHAR, amount BIGINT)"
+    apply = """INSERT INTO unlucky_sql SELECT aggregate_id, CASE WHEN (payload->>'amount')::BIGINT = 13
+               THEN error('unlucky amount') ELSE (payload->>'amount')::BIGINT END FROM batch
+               WHERE event_type = 'MoneyDeposited'"""
+
+
+def test_a_sealed_sql_batch_that_fails_in_its_own_sql_halts_with_that_error(bank):
+    ids = bank.open_accounts(2)
+    bank.run((ids[0], "Deposit", {"amount": 13}))
+    bank.seal()
+    runner = runner_for(bank, [UnluckySql])
+    drain(runner)
+    [row] = [r for r in runner.status() if r["partition"] == partition_of("BankAccount", ids[0], PARTITIONS)]
+    assert row["status"] == "halted"
+    assert "unlucky amount" in row["last_error"] and "event MoneyDeposited" in row["last_error"]
+    runner.close()
