@@ -34,8 +34,7 @@ from hypothesis import strategies as st
 
 from es_actors import CommandResult, EsActorsError, Store, Submission
 from es_actors.runtime.naming import NAMESPACE
-from es_actors.read.projector import ProjectionHalted, ProjectionTimeout
-from es_actors.read.readmodel import QueryFailed, QueryRefused
+from es_actors.errors import ProjectionHalted, ProjectionTimeout, QueryFailed, QueryRefused
 from es_actors.codecs.views import RecordedEvent
 from es_actors.runtime.naming import actor_name, projector_name
 from es_actors.storage.follower import LogFollower

@@ -19,7 +19,11 @@ the same name in ``main`` so queries can say ``FROM balances``.
 - :class:`SqlProjection`: ``apply`` is SQL run once per batch; the batch is the relation
   ``batch`` with every log column (``payload`` is JSON text: ``payload->>'amount'``).
 - :class:`PythonProjection`: ``handle(db, events)`` gets a DuckDB cursor inside the
-  batch's transaction and the batch as typed :class:`~es_actors.records.RecordedEvent`.
+  batch's transaction and the batch as typed :class:`~es_actors.codecs.views.RecordedEvent`.
+
+Each kind (``Projection.kind``) is applied by the handler registered for it in
+:mod:`es_actors.read.readmodel.kinds`; a new kind subclasses :class:`Projection` with its
+own ``kind`` and registers a handler.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ class Projection:
     def setup_statements(cls) -> list[str]:
         return [cls.setup] if isinstance(cls.setup, str) else list(cls.setup)
 
+    @classmethod
+    def check_declaration(cls) -> None:
+        """Refuse a declaration that cannot work (each kind adds its own rules)."""
+        if not cls.event_types:
+            raise ValueError(f"projection {cls.name!r} declares no event_types")
+
 
 class SqlProjection(Projection):
     """A batch is applied by SQL over the relation ``batch`` (vectorised, in DuckDB)."""
@@ -81,6 +91,12 @@ class SqlProjection(Projection):
     @classmethod
     def apply_statements(cls) -> list[str]:
         return [cls.apply] if isinstance(cls.apply, str) else list(cls.apply)
+
+    @classmethod
+    def check_declaration(cls) -> None:
+        super().check_declaration()
+        if not cls.apply_statements():
+            raise ValueError(f"SQL projection {cls.name!r} has no apply statement")
 
 
 class PythonProjection(Projection):
@@ -94,17 +110,15 @@ class PythonProjection(Projection):
 
 
 def check_projections(projections: Sequence[type[Projection]]) -> None:
-    """Refuse what cannot work before anything starts."""
+    """Refuse what cannot work before anything starts. (Whether the projector has a handler for
+    each kind is checked when it opens the read model: es_actors.read.readmodel.kinds.)"""
     seen: set[str] = set()
     for p in projections:
-        if not (isinstance(p, type) and issubclass(p, (SqlProjection, PythonProjection))):
-            raise TypeError(f"{p!r} is not a SqlProjection or PythonProjection subclass")
+        if not (isinstance(p, type) and issubclass(p, Projection)):
+            raise TypeError(f"{p!r} is not a Projection subclass (SqlProjection, PythonProjection or another kind)")
         if "name" not in p.__dict__ and not hasattr(p, "name"):
             raise ValueError(f"{p.__name__} needs a name")
         if p.name in seen:
             raise ValueError(f"two projections are named {p.name!r}")
         seen.add(p.name)
-        if not p.event_types:
-            raise ValueError(f"projection {p.name!r} declares no event_types")
-        if issubclass(p, SqlProjection) and not p.apply_statements():
-            raise ValueError(f"SQL projection {p.name!r} has no apply statement")
+        p.check_declaration()

@@ -1,0 +1,127 @@
+"""What the projection runner knows of each projection and partition, and the status rows
+(checkpoint, head, lag, rate, status) it reports from that.
+
+Kept apart from the loop so status stays one pure function of the runner's state and a
+clock: the same rows feed ``Store.projection_status()`` and the projector's metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow.dataset as ds
+
+from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.read.projection import Projection
+from es_actors.storage.follower import LogFollower
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.segments import list_segments, resolve_current
+
+#: Every status a (projection, partition) can show, from best to worst.
+STATUSES = ("running", "paused", "retrying", "halted", "stalled")
+_ORDER = {s: i for i, s in enumerate(STATUSES)}
+
+
+@dataclass
+class PartitionProgress:
+    """One projection's position in one partition's log."""
+
+    follower: LogFollower
+    checkpoint: int
+    last_progress: float
+    head: int = 0
+    applied: int = 0
+    rate: float = 0.0  # events/s, smoothed
+    rate_mark: tuple[float, int] = (0.0, 0)
+    lag_since_us: int | None = None  # recorded_at of the first unapplied event, when known
+
+
+@dataclass
+class ProjectionState:
+    """One projection as the runner drives it: per-partition progress, pause/halt, retries."""
+
+    projection: type[Projection]
+    partitions: dict[int, PartitionProgress]
+    paused: bool = False
+    halted: bool = False
+    attempts: int = 0
+    next_retry_at: float = 0.0
+    last_error: str | None = None
+    parked: int = 0
+    #: Held while a batch (or a dead-letter retry) is applied on the projection's cursor:
+    #: pause waits for it, and two threads never use the cursor at once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiters: int = 0  # calls waiting for ``lock``: the loop lets them have it between batches
+
+
+def worst_status(statuses: list[str]) -> str:
+    """The status that says most about a projection: the worst of its partitions'."""
+    return max(statuses, key=_ORDER.__getitem__, default="?")
+
+
+def recorded_at_us(layout: StoreLayout, partition: int, position: int) -> int | None:
+    """When the event at a position was recorded (for lag in seconds), if it is sealed."""
+    gen = resolve_current(layout.log_dir(partition))
+    try:
+        for s in list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []:
+            if s.first <= position <= s.last:
+                t = ds.dataset(str(s.path), schema=ARROW_SCHEMA, format="parquet").to_table(
+                    columns=["recorded_at"], filter=ds.field("position") == position
+                )
+                return int(t.column(0).cast("int64")[0].as_py()) if t.num_rows else None
+    except Exception:
+        return None  # lag in seconds is best effort: the segment may be compacted away meanwhile
+    return None
+
+
+def status_rows(
+    states: dict[str, ProjectionState],
+    now_mono: float,
+    now_us: int,
+    stall_s: float,
+    loop_down: bool,
+    loop_error: str | None,
+    recorded_at: Callable[[int, int], int | None],
+) -> list[dict[str, Any]]:
+    """One row per (projection, partition): where it is, how far behind, and its status."""
+    rows = []
+    for name, st in states.items():
+        for part, prog in st.partitions.items():
+            head = max(prog.head, prog.checkpoint)
+            lag = head - prog.checkpoint
+            elapsed = now_mono - prog.rate_mark[0]
+            if elapsed >= 1.0:
+                prog.rate = (prog.applied - prog.rate_mark[1]) / elapsed if prog.rate_mark[0] else 0.0
+                prog.rate_mark = (now_mono, prog.applied)
+            lag_s = 0.0
+            if lag > 0:
+                if prog.lag_since_us is None:
+                    prog.lag_since_us = recorded_at(part, prog.checkpoint + 1) or now_us
+                lag_s = max(0.0, (now_us - prog.lag_since_us) / 1e6)
+            if st.paused:
+                status = "paused"
+            elif st.halted:
+                status = "halted"
+            elif loop_down:  # the loop died (its error shown) or was stopped
+                status = "stalled"
+            elif st.attempts and now_mono < st.next_retry_at + 1.0:
+                status = "retrying"
+            elif lag > 0 and now_mono - max(q.last_progress for q in st.partitions.values()) > stall_s:
+                # behind, and the projection as a whole made no progress (a partition waiting
+                # its turn behind another's long batch is not stalled)
+                status = "stalled"
+            else:
+                status = "running"
+            rows.append(
+                {
+                    "projection": name, "version": st.projection.version, "kind": st.projection.kind,
+                    "partition": part, "checkpoint": prog.checkpoint, "head": head, "lag_events": lag,
+                    "lag_seconds": round(lag_s, 3), "status": status,
+                    "last_error": loop_error or st.last_error, "events_per_s": round(prog.rate, 1),
+                    "applied": prog.applied, "dead_letters": st.parked,
+                }
+            )
+    return rows

@@ -1,0 +1,186 @@
+"""The Ray edge of the read path: one projector actor per store, hosting a
+:class:`~es_actors.read.runner.ProjectionRunner`.
+
+The actor gives the runner two threads (its loop, and a watch that follows heads and
+publishes metrics) and exposes its calls to clients; Ray calls (queries, waits, status,
+pause/resume) run on other threads of the actor (``max_concurrency``), concurrently with
+projection: DuckDB gives each query its own cursor and snapshot. Everything else (the loop,
+retry/park, pause, status) is the runner's, which needs no Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+from ray.util import metrics
+
+from es_actors.config import StoreConfig
+from es_actors.domain import Aggregate, DomainRegistry
+from es_actors.errors import ActorStartFailed, EsActorsError, ProjectorConflict
+from es_actors.read.progress import STATUSES, worst_status
+from es_actors.read.projection import Projection
+from es_actors.read.queries import query_request
+from es_actors.read.runner import ProjectionRunner
+from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor
+from es_actors.runtime.naming import NAMESPACE, projector_name
+from es_actors.storage.layout import StoreDescriptor, StoreLayout
+from es_actors.storage.reader import log_snapshot
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 1.0
+
+
+class _ProjectionMetrics:
+    """Read-path metrics, exported on the node's Prometheus endpoint (prefix ``ray_``)."""
+
+    def __init__(self) -> None:
+        tags = ("projection", "partition")
+        self.checkpoint = metrics.Gauge("es_actors_projection_checkpoint", "Last applied log position.", tag_keys=tags)
+        self.head = metrics.Gauge("es_actors_projection_head", "Newest durable log position seen.", tag_keys=tags)
+        self.lag_events = metrics.Gauge("es_actors_projection_lag_events", "Events not yet applied.", tag_keys=tags)
+        self.lag_seconds = metrics.Gauge(
+            "es_actors_projection_lag_seconds", "Age of the oldest event not yet applied.", tag_keys=tags
+        )
+        self.rate = metrics.Gauge("es_actors_projection_events_per_s", "Events applied per second.", tag_keys=tags)
+        self.status = metrics.Gauge(
+            "es_actors_projection_status", "1 for the projection's current status.", tag_keys=("projection", "status")
+        )
+
+    def publish(self, rows: list[dict[str, Any]]) -> None:
+        worst: dict[str, str] = {}
+        for r in rows:
+            tags = {"projection": r["projection"], "partition": str(r["partition"])}
+            self.checkpoint.set(r["checkpoint"], tags)
+            self.head.set(r["head"], tags)
+            self.lag_events.set(r["lag_events"], tags)
+            self.lag_seconds.set(r["lag_seconds"], tags)
+            self.rate.set(r["events_per_s"], tags)
+            worst[r["projection"]] = worst_status([r["status"], worst.get(r["projection"], "running")])
+        for name, status in worst.items():
+            for s in STATUSES:
+                self.status.set(1.0 if s == status else 0.0, {"projection": name, "status": s})
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=16)
+class ProjectorActor:
+    """Hosts the store's projection runner; restarts on crash and resumes from the checkpoints."""
+
+    def __init__(
+        self,
+        root: str,
+        partitions: int,
+        aggregates: Sequence[type[Aggregate[Any]]],
+        projections: Sequence[type[Projection]],
+        config: StoreConfig,
+    ) -> None:
+        self.layout = StoreLayout(Path(root))
+        self.partitions = partitions
+        self.config = config
+        self.runner = ProjectionRunner(self.layout, partitions, DomainRegistry(aggregates), projections, config)
+        self._metrics = _ProjectionMetrics()
+        from es_actors.runtime.process import tune_gc_for_a_long_lived_heap
+
+        # Decoding a batch allocates one object per event and keeps them all alive until the
+        # batch commits: with CPython's default thresholds the collector re-scanned that growing
+        # heap for about half of a Python projection's time (py-spy, project_python_1m).
+        tune_gc_for_a_long_lived_heap()
+        self._closed = False
+        self._loop = threading.Thread(target=self.runner.run, name="projector-loop", daemon=True)
+        self._watch = threading.Thread(target=self._watch_heads, name="projector-watch", daemon=True)
+        self._loop.start()
+        self._watch.start()
+
+    def _watch_heads(self) -> None:
+        while not self._closed:
+            try:
+                self.runner.refresh_heads()
+                self._metrics.publish(self.runner.status())
+            except Exception:
+                log.exception("projector watch failed")
+            time.sleep(WATCH_INTERVAL_S)
+
+    # -- Ray calls: the runner's ----------------------------------------------------------------
+
+    def ping(self) -> bool:
+        return True
+
+    def projections(self) -> dict[str, int]:
+        return self.runner.projections()
+
+    def status(self) -> list[dict[str, Any]]:
+        return self.runner.status()
+
+    def wait_for(self, name: str, positions: dict[int, int], timeout_s: float) -> dict[int, int]:
+        return self.runner.wait_for(name, positions, timeout_s)
+
+    def pause(self, name: str) -> None:
+        self.runner.pause(name)
+
+    def resume(self, name: str) -> None:
+        self.runner.resume(name)
+
+    def dead_letters(self, name: str | None = None) -> Any:
+        return self.runner.dead_letters(name)
+
+    def retry_dead_letters(self, name: str) -> dict[str, int]:
+        return self.runner.retry_dead_letters(name)
+
+    def query(self, sql: str, timeout_s: float | None = None, params: Any = None) -> Any:
+        """A read-only query (checked before it runs, cancelled at its timeout: ``None`` is this
+        projector's ``query_timeout_s``; result capped), on its own cursor."""
+        req = query_request(sql, params, timeout_s, self.config)
+        files, tail = log_snapshot(self.layout, self.partitions)
+        return self.runner.read_model.query(req, files, tail)
+
+    def close(self) -> None:
+        self._closed = True
+        self.runner.close(loop=self._loop)
+
+
+def start_projector(
+    layout: StoreLayout,
+    descriptor: StoreDescriptor,
+    aggregates: Sequence[type[Aggregate[Any]]],
+    projections: Sequence[Any],
+    config: StoreConfig,
+) -> Any:
+    """The store's projector actor (joined if another client started it)."""
+    def create() -> Any:
+        return ProjectorActor.options(  # type: ignore[attr-defined]
+            name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True
+        ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
+
+    actor = create()
+    deadline = time.monotonic() + config.retry_deadline_s
+    while True:
+        try:
+            running = actor_get(actor.projections.remote())
+            break
+        except EsActorsError:
+            ray.kill(actor, no_restart=True)
+            raise
+        except ray.exceptions.ActorUnavailableError:  # joined while it restarts after a crash
+            if time.monotonic() >= deadline:
+                raise ActorStartFailed("the projector did not come back in time") from None
+            time.sleep(0.1)
+        except ray.exceptions.RayActorError as exc:
+            if died_in_constructor(exc) or time.monotonic() >= deadline:
+                # An actor whose constructor failed keeps its name until killed: without this, every
+                # later open of the store (fixed projections too) would join it and fail the same way.
+                ray.kill(actor, no_restart=True)
+                raise actor_start_failed("the projector", exc) from None
+            time.sleep(0.1)  # the store was closed a moment ago: its projector's name is being released
+            actor = create()
+    wanted = {p.name: p.version for p in projections}
+    if running != wanted:  # joined a projector another client started with other projections: say so, leave it
+        raise ProjectorConflict(
+            f"a projector already runs for {layout.root} with projections {running}; this open asks for "
+            f"{wanted}. Close the store that started it (or open this one without projections to use it)."
+        )
+    return actor

@@ -1,0 +1,79 @@
+"""Checkpoints (each projection's applied position per partition) and the paused flag, as
+stored in the read-model file; and the status a store reports from them when no projector
+runs. A checkpoint is written in the transaction of the batch it follows, so a batch that
+is delivered again after a crash is never applied twice (ADR-004)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from es_actors.errors import EsActorsError
+from es_actors.read.readmodel.database import connect_restricted, readmodel_path
+from es_actors.storage.follower import LogFollower
+from es_actors.storage.layout import StoreLayout
+
+
+def load_checkpoints(con: duckdb.DuckDBPyConnection, name: str) -> dict[int, int]:
+    """Partition -> last applied position of a projection (partitions never applied are absent)."""
+    rows = con.cursor().execute(
+        "SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?", [name]
+    ).fetchall()
+    return {int(p): int(pos) for p, pos in rows}
+
+
+def set_checkpoint(cur: duckdb.DuckDBPyConnection, name: str, partition: int, position: int) -> None:
+    """Move a projection's checkpoint in one partition (inside the batch's transaction)."""
+    cur.execute(
+        "INSERT INTO es_actors.checkpoints VALUES (?, ?, ?, NULL, now()) "
+        "ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        [name, partition, position],
+    )
+
+
+def is_paused(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = con.cursor().execute("SELECT paused FROM es_actors.projections WHERE name = ?", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def set_paused(con: duckdb.DuckDBPyConnection, name: str, paused: bool) -> None:
+    """Stored, so a paused projection stays paused when its projector restarts."""
+    con.cursor().execute("UPDATE es_actors.projections SET paused = ? WHERE name = ?", [paused, name])
+
+
+def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any]]:
+    """Projection status from the read-model file when no projector runs: the committed
+    checkpoints against each partition's durable head (status "stopped")."""
+    path = readmodel_path(layout.root)
+    if not path.exists():
+        return []
+    try:
+        con = connect_restricted(str(path), layout.root, read_only=True)
+    except duckdb.Error as exc:
+        raise EsActorsError(
+            f"{path} is held by a running projector that this process cannot reach (join its Ray cluster): {exc}"
+        ) from None
+    try:
+        heads = []
+        for p in range(partitions):
+            f = LogFollower(layout, p, 0)
+            while f.poll(10_000_000) is not None:
+                pass
+            heads.append(f.head)
+        projections = con.execute("SELECT name, version, kind, paused FROM es_actors.projections ORDER BY name").fetchall()
+        cps = {(n, p): pos for n, p, pos in con.execute("SELECT projection, partition, position FROM es_actors.checkpoints").fetchall()}
+        parked = dict(con.execute("SELECT projection, count(*) FROM es_actors.dead_letters GROUP BY ALL").fetchall())
+    finally:
+        con.close()
+    rows = []
+    for name, version, kind, paused in projections:
+        for p in range(partitions):
+            cp = cps.get((name, p), 0)
+            rows.append({
+                "projection": name, "version": version, "kind": kind, "partition": p, "checkpoint": cp,
+                "head": heads[p], "lag_events": max(0, heads[p] - cp), "lag_seconds": None,
+                "status": "paused" if paused else "stopped", "last_error": None, "events_per_s": 0.0,
+                "applied": None, "dead_letters": parked.get(name, 0),
+            })
+    return rows

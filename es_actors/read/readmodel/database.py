@@ -1,0 +1,68 @@
+"""The DuckDB plumbing every part of the read model shares: where the file is, how it is
+opened (restricted to the store's files), the system tables, transactions, SQL literals."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+
+#: The system schema: registered projections, checkpoints, dead letters (ADR-004).
+SYSTEM_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS es_actors",
+    """CREATE TABLE IF NOT EXISTS es_actors.projections (
+        name VARCHAR PRIMARY KEY, version INTEGER NOT NULL, kind VARCHAR NOT NULL,
+        paused BOOLEAN NOT NULL DEFAULT false, created_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS es_actors.checkpoints (
+        projection VARCHAR NOT NULL, partition INTEGER NOT NULL, position BIGINT NOT NULL,
+        recorded_at TIMESTAMPTZ, updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (projection, partition))""",
+    """CREATE TABLE IF NOT EXISTS es_actors.dead_letters (
+        projection VARCHAR NOT NULL, partition INTEGER NOT NULL, position BIGINT NOT NULL,
+        aggregate_type VARCHAR, aggregate_id VARCHAR, version BIGINT, event_type VARCHAR,
+        schema_version INTEGER, payload VARCHAR, error VARCHAR NOT NULL, attempts INTEGER NOT NULL,
+        parked_at TIMESTAMPTZ NOT NULL, stored_row VARCHAR NOT NULL, PRIMARY KEY (projection, partition, position))""",
+]
+
+
+def readmodel_path(root: Path) -> Path:
+    """The store's read-model file."""
+    return root / "readmodels" / "readmodels.duckdb"
+
+
+def connect_restricted(database: str, root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can read files under ``root`` only, with its settings locked."""
+    con = duckdb.connect(database, read_only=read_only)
+    con.execute("SET allowed_directories = ?", [[str(root.resolve()) + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+@contextmanager
+def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT on ``cur``, rolled back on any error (which goes on)."""
+    cur.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    cur.execute("COMMIT")
+
+
+def fetch_arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:
+    """A query's result as Arrow without the DB-API path's extra copy."""
+    return cur.sql(sql, params=params).to_arrow_table()
+
+
+def sql_str(s: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def sql_list(items: Sequence[str]) -> str:
+    """String literals for ``IN (...)`` (``NULL`` when empty: matches nothing)."""
+    return ", ".join(sql_str(i) for i in items) or "NULL"

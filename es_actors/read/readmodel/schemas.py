@@ -1,0 +1,78 @@
+"""Each projection's DuckDB schema: created (with a view per table in ``main``) when the
+projection is first registered, dropped and created again when its version changes, so the
+read model is rebuilt from the log."""
+
+from __future__ import annotations
+
+import logging
+
+import duckdb
+
+from es_actors.errors import EsActorsError
+from es_actors.read.projection import Projection
+from es_actors.read.readmodel.database import transaction
+
+log = logging.getLogger(__name__)
+
+
+def open_projection(con: duckdb.DuckDBPyConnection, p: type[Projection]) -> duckdb.DuckDBPyConnection:
+    """The projection's own cursor (``search_path`` its schema), its schema set up first if new
+    or rebuilt if its version changed."""
+    cur = con.cursor()
+    row = cur.execute("SELECT version FROM es_actors.projections WHERE name = ?", [p.name]).fetchone()
+    if row is not None and row[0] != p.version:
+        log.warning("projection %s: version %s in the read model, %s in code: rebuilding from the log", p.name, row[0], p.version)
+        drop_projection(cur, p.name)
+        row = None
+    if row is None:
+        try:
+            with transaction(cur):
+                _create(cur, p)
+        except EsActorsError:
+            raise
+        except Exception as exc:
+            raise EsActorsError(f"projection {p.name!r}: setup failed: {exc}") from None
+    cur.execute(f"SET search_path = '{p.name}'")
+    return cur
+
+
+def _create(cur: duckdb.DuckDBPyConnection, p: type[Projection]) -> None:
+    cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{p.name}"')
+    cur.execute(f"SET search_path = '{p.name}'")
+    for stmt in p.setup_statements():
+        cur.execute(stmt)
+    cur.execute("INSERT INTO es_actors.projections VALUES (?, ?, ?, false, now())", [p.name, p.version, p.kind])
+    for (table,) in cur.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [p.name]
+    ).fetchall():
+        other = _other_owner(cur, p.name, table)
+        if other is not None:  # its view would silently replace the other's (and be dropped with it)
+            raise EsActorsError(
+                f"projection {p.name!r}: setup failed: table {table!r} is also a table of projection {other!r}: "
+                f"the view main.{table} can show only one of them; name the tables differently"
+            )
+        cur.execute(f'CREATE OR REPLACE VIEW main."{table}" AS SELECT * FROM "{p.name}"."{table}"')
+
+
+def _other_owner(cur: duckdb.DuckDBPyConnection, name: str, table: str) -> str | None:
+    """Another registered projection that has a table named ``table`` (and so the main view), if any."""
+    row = cur.execute(
+        "SELECT table_schema FROM information_schema.tables WHERE table_name = ? AND table_schema <> ? "
+        "AND table_schema IN (SELECT name FROM es_actors.projections WHERE name <> ?) LIMIT 1",
+        [table, name, name],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def drop_projection(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Remove a projection's schema, views, checkpoints and dead letters (never another's view)."""
+    with transaction(cur):
+        for (table,) in cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [name]
+        ).fetchall():
+            if _other_owner(cur, name, table) is None:
+                cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
+        cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        for t in ("projections", "checkpoints", "dead_letters"):
+            col = "name" if t == "projections" else "projection"
+            cur.execute(f"DELETE FROM es_actors.{t} WHERE {col} = ?", [name])

@@ -1,0 +1,112 @@
+"""The ``"sql"`` projection kind: a batch is the relation ``batch``, and the projection's
+``apply`` statements run once over it (vectorised, in DuckDB).
+
+Sealed events are scanned by DuckDB in place (only the columns the SQL uses). The
+optimistic path assumes every relevant row is at its current schema version and guards
+that inside the scan: a row that is not aborts the statement. The read model then asks
+:meth:`SqlHandler.needs_full_path`, which looks at the batch's stored versions (data, not
+the error's text), and redoes the batch on the full path, which upcasts older rows first
+(vectorised where an upcaster has a SQL form).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.read.projection import Projection, SqlProjection
+from es_actors.read.readmodel.database import fetch_arrow, sql_list, sql_str
+from es_actors.read.readmodel.kinds import ProjectionHandler, register_kind
+from es_actors.read.readmodel.upcast import relevant_rows, relevant_stored_types, upcast_table
+from es_actors.storage.follower import Batch
+
+#: The text of the in-scan guard's error; never matched: the batch's versions decide.
+_GUARD_MESSAGE = "es_actors: rows at older versions need upcasting"
+
+
+@register_kind
+class SqlHandler(ProjectionHandler):
+    kind = SqlProjection.kind
+
+    def apply(self, cur: duckdb.DuckDBPyConnection, p: type[Projection], batch: Batch, optimistic: bool = False) -> int:
+        n = self._register_batch(cur, p, batch, p.event_type_names(), optimistic)
+        if n:
+            for stmt in _statements(p):
+                cur.execute(stmt)
+        return n
+
+    def needs_full_path(self, cur: duckdb.DuckDBPyConnection, p: type[Projection], batch: Batch) -> bool:
+        """True when the sealed batch holds a relevant row that is not at its current version
+        (what the optimistic path's guard refuses)."""
+        if batch.table is not None:
+            return False  # tail batches never take the optimistic path
+        consumed = p.event_type_names()
+        scan = _scan(batch)
+        guarded = (
+            f"SELECT 1 FROM {scan} AND event_type IN ({sql_list(self._relevant(consumed))}) "
+            f"AND NOT ({self._current_pred(consumed)}) LIMIT 1"
+        )
+        return cur.execute(guarded).fetchone() is not None
+
+    def _relevant(self, consumed: Sequence[str]) -> list[str]:
+        return relevant_stored_types(self.registry, consumed)
+
+    def _current_pred(self, consumed: Sequence[str]) -> str:
+        current = {t: c.schema_version for t, c in self.registry.events.items()}
+        return " OR ".join(
+            f"(event_type = {sql_str(t)} AND schema_version = {current[t]})" for t in consumed if t in current
+        ) or "false"
+
+    def _register_batch(
+        self, cur: duckdb.DuckDBPyConnection, p: type[Projection], batch: Batch, consumed: Sequence[str], optimistic: bool
+    ) -> int:
+        """Make ``batch`` a relation of current-version events of the consumed types."""
+        current = {t: c.schema_version for t, c in self.registry.events.items()}
+        relevant = self._relevant(consumed)
+        if batch.table is not None:
+            table = relevant_rows(batch.table, self.registry, consumed)
+            table = upcast_table(cur, table, self.registry)
+            table = table.filter(pc.is_in(table.column("event_type"), pa.array(list(consumed))))
+            cur.register("_es_batch", table)
+            cur.execute("CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM _es_batch")
+            return table.num_rows
+        scan = _scan(batch)
+        current_pred = self._current_pred(consumed)
+        if optimistic:
+            guard = (
+                f"CASE WHEN {current_pred} THEN true WHEN event_type IN ({sql_list(relevant)}) "
+                f"THEN error('{_GUARD_MESSAGE}') ELSE false END"
+            )
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {scan} AND ({guard})")
+            return batch.count
+        stored = cur.execute(
+            f"SELECT event_type, schema_version, count(*) FROM {scan} AND event_type IN ({sql_list(relevant)}) GROUP BY ALL"
+        ).fetchall()
+        old = [(t, v) for t, v, _n in stored if current.get(t) != v]
+        n = sum(n for t, v, n in stored if current.get(t) == v and t in consumed)
+        view = f"SELECT * FROM {scan} AND ({current_pred})"
+        if old:
+            old_pred = " OR ".join(f"(event_type = {sql_str(t)} AND schema_version = {v})" for t, v in old)
+            old_rows = fetch_arrow(cur, f"SELECT * FROM {scan} AND ({old_pred})")
+            up = upcast_table(cur, old_rows.cast(ARROW_SCHEMA), self.registry)
+            up = up.filter(pc.is_in(up.column("event_type"), pa.array(list(consumed))))
+            cur.register("_es_upcast", up)
+            view = f"{view} UNION ALL BY NAME SELECT * FROM _es_upcast"
+            n += up.num_rows
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW batch AS {view}")
+        return n
+
+
+def _statements(p: type[Projection]) -> list[str]:
+    apply = getattr(p, "apply", ())
+    return [apply] if isinstance(apply, str) else list(apply)
+
+
+def _scan(batch: Batch) -> str:
+    """The batch's sealed rows, as the FROM ... WHERE of a query (add conditions with AND)."""
+    files = "[" + ", ".join(sql_str(f) for f in batch.files) + "]"
+    return f"read_parquet({files}) WHERE position BETWEEN {batch.first} AND {batch.last}"

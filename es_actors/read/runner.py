@@ -1,0 +1,348 @@
+"""The projection runner: follows every partition's log into the read models, free of Ray.
+
+One runner owns the read-model DuckDB file of a store (ADR-004). :meth:`ProjectionRunner.step`
+polls each (projection, partition) from its checkpoint and applies batches (rows and
+checkpoint in one transaction); :meth:`run` repeats it until :meth:`stop`. Heads are followed
+apart from the loop (:meth:`refresh_heads`), so status, lag and "stalled" stay true even
+while the loop is stuck in a handler. Pause, resume, waits and dead-letter retries may be
+called from other threads, concurrently with the loop: each takes the projection's cursor
+between two batches.
+
+Failures: a batch that fails is retried with exponential backoff (``max_attempts``); then
+the projection halts (status "halted", its error shown) or, with ``on_error="park"``, the
+batch is bisected down to the failing events, which move to the dead-letter table while
+the rest is applied. Either way other projections carry on.
+
+The projector actor (es_actors.read.projector_actor) only hosts a runner; time and sleeping
+come from a :class:`Clock`, so the whole of this runs in a test without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from es_actors.config import StoreConfig
+from es_actors.domain import DomainRegistry
+from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
+from es_actors.read.batches import bisect_batch
+from es_actors.read.progress import (
+    PartitionProgress,
+    ProjectionState,
+    recorded_at_us,
+    status_rows,
+    worst_status,
+)
+from es_actors.read.projection import Projection
+from es_actors.read.readmodel import ReadModel
+from es_actors.storage.follower import Batch, LogFollower
+from es_actors.storage.layout import StoreLayout
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Where the runner takes time from and how it waits (a test passes its own)."""
+
+    def monotonic(self) -> float: ...
+
+    def wall_us(self) -> int: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall_us(self) -> int:
+        return time.time_ns() // 1000
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class ProjectionRunner:
+    """Applies each projection's batches from every partition, with retry, park, pause and status."""
+
+    def __init__(
+        self,
+        layout: StoreLayout,
+        partitions: int,
+        registry: DomainRegistry,
+        projections: Sequence[type[Projection]],
+        config: StoreConfig,
+        clock: Clock | None = None,
+        recorded_at: Callable[[int, int], int | None] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.partitions = partitions
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        #: (partition, position) -> recorded_at in µs, for lag in seconds.
+        self._recorded_at = recorded_at or (lambda part, pos: recorded_at_us(layout, part, pos))
+        self.read_model = ReadModel(layout.root, registry, projections)
+        self.states: dict[str, ProjectionState] = {}
+        now = self.clock.monotonic()
+        for p in projections:
+            cps = self.read_model.checkpoints(p.name)
+            self.states[p.name] = ProjectionState(
+                p,
+                {
+                    i: PartitionProgress(LogFollower(layout, i, cps.get(i, 0)), cps.get(i, 0), last_progress=now)
+                    for i in range(partitions)
+                },
+                paused=self.read_model.is_paused(p.name),
+                parked=self.read_model.dead_letters(p.name).num_rows,
+            )
+        self._heads = [LogFollower(layout, i, 0) for i in range(partitions)]
+        self._cond = threading.Condition()
+        self._stop = False
+        self._loop_exited = False
+        self._loop_error: str | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step until :meth:`stop`, waiting ``projector_poll_s`` (or a notification) when idle."""
+        try:
+            while not self._stop:
+                if not self.step():
+                    with self._cond:
+                        self._cond.wait(self.config.projector_poll_s)
+        except BaseException as exc:  # a bug here must show as stalled, not vanish
+            self._loop_error = f"projector loop stopped: {type(exc).__name__}: {exc}"
+            log.exception("projector loop stopped")
+        finally:
+            self._loop_exited = True
+
+    def step(self) -> bool:
+        """One pass over every projection that may run now; True if any batch was taken."""
+        worked = False
+        for st in list(self.states.values()):
+            if st.paused or st.halted or self.clock.monotonic() < st.next_retry_at:
+                continue
+            if st.waiters:
+                continue  # a call waits for this projection's cursor: let it have it
+            with st.lock:
+                if st.paused or st.halted or st.waiters:
+                    continue  # paused meanwhile
+                worked |= self._round(st)
+        return worked
+
+    def stop(self) -> None:
+        self._stop = True
+        self._notify()
+
+    def _round(self, st: ProjectionState) -> bool:
+        """One pass over a projection's partitions. Batches from the write-ahead tail (the live
+        case: small, frequent) commit together in one transaction, each partition's checkpoint
+        with them; sealed batches (catch-up: large) commit one by one. Any failure falls back
+        to one batch at a time, where retry, halt and park apply."""
+        polled: list[tuple[PartitionProgress, Batch]] = []
+        for prog in st.partitions.values():
+            batch = prog.follower.poll(st.projection.batch_size)
+            if batch is None:
+                if prog.checkpoint >= prog.head:
+                    prog.last_progress = self.clock.monotonic()
+                continue
+            polled.append((prog, batch))
+        if not polled:
+            return False
+        live = [(prog, b) for prog, b in polled if b.table is not None]
+        if len(live) > 1:
+            try:
+                n = self.read_model.apply_many(st.projection, [b for _prog, b in live])
+            except Exception:
+                pass  # one at a time below, with the full failure handling
+            else:
+                for i, (prog, b) in enumerate(live):
+                    self._advanced(prog, b.last, n if i == 0 else 0)
+                self._recovered(st)
+                polled = [(prog, b) for prog, b in polled if b.table is None]
+        for prog, batch in polled:
+            if not self._apply(st, prog, batch):
+                for other, _b in polled:  # leave the rest for the retry
+                    other.follower.seek(other.checkpoint)
+                break
+        return True
+
+    def _recovered(self, st: ProjectionState) -> None:
+        if st.attempts:
+            st.attempts, st.last_error = 0, None
+
+    def _apply(self, st: ProjectionState, prog: PartitionProgress, batch: Batch) -> bool:
+        p = st.projection
+        try:
+            n = self.read_model.apply(p, batch)
+        except Exception as exc:
+            prog.follower.seek(prog.checkpoint)
+            st.attempts += 1
+            st.last_error = f"partition {batch.partition} positions {batch.first}..{batch.last}: {type(exc).__name__}: {exc}"
+            log.warning("projection %s: %s (attempt %d of %d)", p.name, st.last_error, st.attempts, p.max_attempts)
+            if st.attempts < p.max_attempts:
+                st.next_retry_at = self.clock.monotonic() + p.retry_backoff_s * 2 ** (st.attempts - 1)
+                return False
+            if p.on_error == "halt":
+                named = self.read_model.locate_failure(p, batch)  # name the event in the error the halt shows
+                if named is not None:
+                    st.last_error = f"partition {batch.partition} positions {batch.first}..{batch.last}: {named}"
+                    log.warning("projection %s halts: %s", p.name, st.last_error)
+                st.halted = True
+                self._notify()
+                return False
+            self._isolate(st, prog, batch)
+            st.attempts = 0
+            return True
+        self._advanced(prog, batch.last, n)
+        self._recovered(st)
+        return True
+
+    def _isolate(self, st: ProjectionState, prog: PartitionProgress, batch: Batch) -> None:
+        """Apply what can be applied of a failing batch; park the events that fail alone."""
+        p = st.projection
+        stack = [(batch.first, batch.last)]
+        while stack:
+            first, last = stack.pop()
+            sub = bisect_batch(batch, first, last)
+            error = None
+            for attempt in range(p.max_attempts if first == last else 1):
+                try:
+                    n = self.read_model.apply(p, sub)
+                    self._advanced(prog, last, n)
+                    error = None
+                    break
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    if first == last and attempt + 1 < p.max_attempts:
+                        self.clock.sleep(min(p.retry_backoff_s * 2**attempt, 2.0))
+            if error is None:
+                continue
+            if first == last:
+                self.read_model.park(p, sub, error, p.max_attempts)
+                st.parked += 1
+                self._advanced(prog, last, 0)
+                continue
+            mid = (first + last) // 2
+            stack.append((mid + 1, last))  # the stack is LIFO: the first half goes first
+            stack.append((first, mid))
+        prog.follower.seek(prog.checkpoint)
+
+    def _advanced(self, prog: PartitionProgress, position: int, applied: int) -> None:
+        with self._cond:
+            prog.checkpoint = position
+            prog.applied += applied
+            prog.last_progress = self.clock.monotonic()
+            prog.lag_since_us = None
+            self._cond.notify_all()
+
+    @contextmanager
+    def _exclusive(self, st: ProjectionState) -> Iterator[None]:
+        """The projection's cursor, taken from the loop between two batches."""
+        with self._cond:
+            st.waiters += 1
+        try:
+            with st.lock:
+                yield
+        finally:
+            with self._cond:
+                st.waiters -= 1
+            self._notify()
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- heads, lag, status -------------------------------------------------------------------
+
+    def refresh_heads(self) -> None:
+        """Follow each partition's durable head (apart from the loop: a stuck handler does not
+        hide lag)."""
+        for i, f in enumerate(self._heads):
+            while f.poll(10_000_000) is not None:
+                pass
+            for st in self.states.values():
+                st.partitions[i].head = max(st.partitions[i].head, f.head)
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per (projection, partition): checkpoint, head, lag, rate, status, error."""
+        return status_rows(
+            self.states, self.clock.monotonic(), self.clock.wall_us(), self.config.projection_stall_s,
+            loop_down=self._loop_error is not None or self._loop_exited, loop_error=self._loop_error,
+            recorded_at=self._recorded_at,
+        )
+
+    def status_of(self, name: str) -> str:
+        return worst_status([r["status"] for r in self.status() if r["projection"] == name])
+
+    # -- calls from other threads ------------------------------------------------------------
+
+    def projections(self) -> dict[str, int]:
+        """Name -> version of the projections this runner runs."""
+        return {name: st.projection.version for name, st in self.states.items()}
+
+    def wait_for(self, name: str, positions: dict[int, int], timeout_s: float) -> dict[int, int]:
+        """Block until the projection's checkpoints reach ``positions`` (read-your-writes)."""
+        st = self._state(name)
+        deadline = self.clock.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                behind = {p: pos for p, pos in positions.items() if st.partitions[p].checkpoint < pos}
+                if not behind:
+                    return {p: st.partitions[p].checkpoint for p in positions}
+                if st.halted:
+                    raise ProjectionHalted(f"projection {name!r} is halted: {st.last_error}")
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    have = {p: st.partitions[p].checkpoint for p in behind}
+                    raise ProjectionTimeout(
+                        f"projection {name!r} did not reach {behind} within {timeout_s} s (it is at {have}; "
+                        f"status {self.status_of(name)})"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def pause(self, name: str) -> None:
+        """Returns once no batch of the projection is in flight: its read model and checkpoint
+        then stay as they are until resume (also after a restart)."""
+        st = self._state(name)
+        st.paused = True  # the loop takes no new batch...
+        with self._exclusive(st):  # ...and the one being applied, if any, has committed (or rolled back)
+            self.read_model.set_paused(name, True)
+
+    def resume(self, name: str) -> None:
+        """Resume a paused projection, or retry a halted one from its checkpoint."""
+        st = self._state(name)
+        self.read_model.set_paused(name, False)
+        st.paused, st.halted, st.attempts, st.next_retry_at = False, False, 0, 0.0
+        for prog in st.partitions.values():
+            prog.last_progress = self.clock.monotonic()
+        self._notify()
+
+    def dead_letters(self, name: str | None = None) -> Any:
+        return self.read_model.dead_letters(name)
+
+    def retry_dead_letters(self, name: str) -> dict[str, int]:
+        """Apply each parked event of the projection again; a success leaves the dead letters."""
+        st = self._state(name)
+        with self._exclusive(st):  # the loop applies batches on the same cursor
+            out = self.read_model.retry_dead_letters(st.projection)
+            st.parked = self.read_model.dead_letters(name).num_rows
+        return out
+
+    def close(self, timeout_s: float = 30.0, loop: threading.Thread | None = None) -> None:
+        """Stop the loop (joining its thread, if given) and close the read model."""
+        self.stop()
+        if loop is not None:
+            loop.join(timeout=timeout_s)
+        self.read_model.close()
+
+    def _state(self, name: str) -> ProjectionState:
+        st = self.states.get(name)
+        if st is None:
+            raise EsActorsError(f"no projection {name!r}; known: {sorted(self.states)}")
+        return st
