@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import pyarrow.dataset as ds
 import ray
 from ray.util import metrics
 
@@ -33,14 +32,11 @@ from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from es_actors.read.projection import Projection
 from es_actors.read.queries import query_request
 from es_actors.read.readmodel import ReadModel, bisect_batch
-from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.storage.follower import Batch, LogFollower
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 from es_actors.runtime.cluster import actor_get, plain_text
 from es_actors.runtime.naming import NAMESPACE, projector_name
-from es_actors.storage.reader import log_snapshot
-from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.segments import list_segments, resolve_current
+from es_actors.storage.reader import log_snapshot, recorded_at_us
 
 log = logging.getLogger(__name__)
 
@@ -304,17 +300,7 @@ class ProjectorActor:
 
     def _recorded_at_us(self, partition: int, position: int) -> int | None:
         """When the event at a position was recorded (for lag in seconds), if still sealed."""
-        gen = resolve_current(self.layout.log_dir(partition))
-        try:
-            for s in list_segments(gen, LostRanges.load(self.layout.root), partition) if gen is not None else []:
-                if s.first <= position <= s.last:
-                    t = ds.dataset(str(s.path), schema=ARROW_SCHEMA, format="parquet").to_table(
-                        columns=["recorded_at"], filter=ds.field("position") == position
-                    )
-                    return int(t.column(0).cast("int64")[0].as_py()) if t.num_rows else None
-        except Exception:
-            return None
-        return None
+        return recorded_at_us(self.layout, partition, position)
 
     def status(self) -> list[dict[str, Any]]:
         now_mono, now_us = time.monotonic(), time.time_ns() // 1000

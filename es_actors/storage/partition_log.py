@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, table_to_rows
+from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
@@ -183,7 +184,7 @@ class PartitionLog:
             self._current_rows = []
             self._writer = TailWriter(self.tail_dir, self.next_position)
 
-    def durable_snapshot(self, attempts: int = 20) -> tuple[pa.Table, list[Row]]:
+    def durable_snapshot(self, attempts: int = DEFAULT_ATTEMPTS) -> tuple[pa.Table, list[Row]]:
         """Every durable row, consistent while the sealer runs: (sealed table, unsealed rows after it).
 
         Reading the segments and then ``unsealed_rows()`` is not: the sealer (already
@@ -192,22 +193,19 @@ class PartitionLog:
         both sides are taken under one lock; the sealer publishes a segment before dropping
         its rows from memory, so rows seen in both places are kept once (from the segment).
         """
-        for _ in range(attempts):
+        def read_once() -> tuple[pa.Table, list[Row]]:
             with self._mutex:
                 segments = list(self.segments.segments)
                 unsealed = [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
             sealed_last = segments[-1].last if segments else 0
-            try:
-                table = (
-                    ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table()
-                    if segments
-                    else ARROW_SCHEMA.empty_table()
-                )
-            except FileNotFoundError:  # compaction replaced (and gc removed) a segment meanwhile
-                time.sleep(0.01)
-                continue
+            table = (  # FileNotFoundError: compaction replaced (and gc removed) a segment meanwhile
+                ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table()
+                if segments
+                else ARROW_SCHEMA.empty_table()
+            )
             return table, [r for r in unsealed if r[COL["position"]] > sealed_last]
-        raise StoreCorrupted(f"partition {self.partition}: no consistent snapshot after {attempts} attempts")
+
+        return read_consistently(read_once, f"partition {self.partition}: a durable snapshot", attempts)
 
     def unsealed_rows(self) -> list[Row]:
         with self._mutex:
@@ -291,7 +289,8 @@ class PartitionLog:
         that hold them. Used to rehydrate one aggregate without scanning its partition.
         """
         pos = np.asarray(positions, dtype=np.int64)
-        for _attempt in range(20):
+
+        def read_once() -> dict[str, list[Any]]:
             with self._mutex:
                 chunks = [(rows[0][COL["position"]], rows) for _p, rows in self._sealing if rows]
                 if self._current_rows:
@@ -299,13 +298,9 @@ class PartitionLog:
                 segments = list(self.segments.segments)
             mem_first = chunks[0][0] if chunks else self.next_position
             out: dict[str, list[Any]] = {c: [] for c in columns}
-            try:
-                sealed = pos[pos < mem_first]
-                if len(sealed):
-                    self._read_sealed(segments, sealed, columns, out)
-            except FileNotFoundError:  # compaction swapped and collected a segment: look again
-                time.sleep(0.01)
-                continue
+            sealed = pos[pos < mem_first]
+            if len(sealed):  # FileNotFoundError: compaction swapped and collected a segment
+                self._read_sealed(segments, sealed, columns, out)
             rest = pos[pos >= mem_first]
             if len(rest):
                 idx = [COL[c] for c in columns]
@@ -316,7 +311,8 @@ class PartitionLog:
                     for c, i in zip(columns, idx):
                         out[c].append(row[i])
             return out
-        raise StoreCorrupted(f"partition {self.partition}: no consistent read after 20 attempts")
+
+        return read_consistently(read_once, f"partition {self.partition}: reading positions")
 
     def _read_sealed(self, segments: list[Any], pos: np.ndarray, columns: list[str], out: dict[str, list[Any]]) -> None:
         firsts = np.array([s.first for s in segments], dtype=np.int64)
@@ -352,16 +348,13 @@ class PartitionLog:
     def index_columns(self) -> pa.Table:
         """(aggregate_type, aggregate_id, version, position) of every durable row, in position order."""
         cols = ["aggregate_type", "aggregate_id", "version", "position"]
-        for _ in range(20):
+
+        def read_once() -> pa.Table:
             with self._mutex:
                 segments = list(self.segments.segments)
                 unsealed = [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
             sealed_last = segments[-1].last if segments else 0
-            try:
-                parts = [pq.read_table(s.path, columns=cols) for s in segments]
-            except FileNotFoundError:
-                time.sleep(0.01)
-                continue
+            parts = [pq.read_table(s.path, columns=cols) for s in segments]  # FileNotFoundError: look again
             tail = [r for r in unsealed if r[COL["position"]] > sealed_last]
             if tail:
                 parts.append(
@@ -369,7 +362,8 @@ class PartitionLog:
                 )
             schema = pa.schema([ARROW_SCHEMA.field(c) for c in cols])
             return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-        raise StoreCorrupted(f"partition {self.partition}: no consistent snapshot after 20 attempts")
+
+        return read_consistently(read_once, f"partition {self.partition}: the index columns")
 
     # -- sealing and compaction -----------------------------------------------------------
 
