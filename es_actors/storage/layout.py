@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyarrow import fs as pafs
 from pydantic import BaseModel
 
 from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
@@ -38,19 +37,11 @@ def partition_of(aggregate_type: str, aggregate_id: str, partitions: int) -> int
 
 
 def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
-    """Resolve a store URI through pyarrow.fs; the write-ahead tail needs a local filesystem today."""
-    text = os.fspath(uri)
-    if "://" not in text:
-        return Path(text).expanduser().resolve()
-    scheme = text.split("://", 1)[0].lower()
-    if scheme != "file":  # checked before pyarrow resolves it: no network round trip for a refusal
-        raise EsActorsError(
-            f"{text!r}: {scheme} stores are not supported yet; the durable tail needs a local filesystem "
-            "with append + fdatasync (see adrs/ADR-005-log-format.md)"
-        )
-    filesystem, path = pafs.FileSystem.from_uri(text)
-    assert isinstance(filesystem, pafs.LocalFileSystem)
-    return Path(path).resolve()
+    """The directory of a local-disk store URI (a plain path or ``file://``); other schemes are
+    refused with an EsActorsError by :mod:`es_actors.storage.backends`, which maps schemes."""
+    from es_actors.storage.backends import local_root  # backends imports the backends, which import this
+
+    return local_root(uri)
 
 
 @dataclass(frozen=True)

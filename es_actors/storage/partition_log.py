@@ -80,6 +80,7 @@ class PartitionLog:
         self._lock_fd = acquire_partition_lock(self.tail_dir, config.lock_timeout_s)
         self._mutex = threading.Lock()
         self._wake = threading.Condition(self._mutex)
+        self._upkeep = threading.Lock()  # one seal/compaction at a time (the sealer's, or compact()'s)
         self.seal_error: str | None = None
         self._sealing: deque[tuple[Path, list[Row]]] = deque()
         self._writer_frames_before = 0
@@ -377,14 +378,15 @@ class PartitionLog:
                     return
                 path, rows = self._sealing[0]
             try:
-                self.segments.seal(rows)
-                path.unlink(missing_ok=True)
-                fsync_dir(self.tail_dir)
-                with self._mutex:
-                    self._sealing.popleft()
-                    self._wake.notify_all()
-                self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
-                self.segments.collect_garbage()
+                with self._upkeep:
+                    self.segments.seal(rows)
+                    path.unlink(missing_ok=True)
+                    fsync_dir(self.tail_dir)
+                    with self._mutex:
+                        self._sealing.popleft()
+                        self._wake.notify_all()
+                    self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+                    self.segments.collect_garbage()
                 self.seal_error, backoff = None, 0.1
             except Exception as exc:  # keep the tail (it is durable) and try again later
                 self.seal_error = f"{type(exc).__name__}: {exc}"
@@ -405,6 +407,13 @@ class PartitionLog:
                 if left <= 0:
                     raise TimeoutError(f"partition {self.partition}: sealing did not finish: {self.seal_error}")
                 self._wake.wait(left)
+
+    def compact(self) -> int:
+        """Merge runs of small segments now (the sealer also does after each seal); returns how many."""
+        with self._upkeep:
+            merged = self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+            self.segments.collect_garbage()
+            return merged
 
     def close(self) -> None:
         with self._mutex:

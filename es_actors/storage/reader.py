@@ -196,3 +196,15 @@ def recorded_at_us(layout: StoreLayout, partition: int, position: int) -> int | 
     except Exception:
         return None
     return None
+
+
+@storage_boundary("reading the durable high-water mark")
+def durable_high_water(layout: StoreLayout, partition: int, attempts: int = DEFAULT_ATTEMPTS) -> int:
+    """The last durable position a reader can see (0 if none)."""
+    lost = LostRanges.load(layout.root)
+    segments, tail_rows = read_consistently(
+        lambda: _durable_view(layout, partition, lost), f"reading partition {partition}", attempts
+    )
+    if tail_rows:
+        return int(tail_rows[-1][COL["position"]])
+    return segments[-1].last if segments else 0
