@@ -1,0 +1,80 @@
+"""How the storage conformance suite drives each shipped backend: its factory and its fault hooks.
+
+The hooks reach into a backend's own files (a byte flipped in a tail frame, half a commit
+object left behind) or its raw write calls; they are test tools, never used by the library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from es_actors.storage import wal
+from es_actors.storage.local import LocalBackend
+from es_actors.testing.storage_conformance import BackendUnderTest, SimulatedCrash
+
+
+def _failing(code: int) -> Callable[..., Any]:
+    def fail(*_args: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@contextlib.contextmanager
+def _patched(owner: Any, name: str, replacement: Callable[..., Any]) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+# -- local disk ---------------------------------------------------------------------------
+
+
+def _local_fail_writes(code: int, stage: str) -> contextlib.AbstractContextManager[None]:
+    return _patched(wal, "_write" if stage == "write" else "_fdatasync", _failing(code))
+
+
+def _local_crash_mid_write() -> contextlib.AbstractContextManager[None]:
+    def half(fd: int, data: bytes) -> int:
+        os.write(fd, bytes(data[: len(data) // 2]))
+        raise SimulatedCrash("the process died half-way through a write")
+
+    return _patched(wal, "_write", half)
+
+
+def _newest_tail(root: Path, partition: int) -> Path:
+    files = wal.list_tail_files(root / "tail" / f"p{partition:04d}")
+    assert files, "no tail file to damage"
+    return files[-1][1]
+
+
+def _local_tear_tail(root: Path, partition: int) -> None:
+    path = _newest_tail(root, partition)
+    frame = wal.encode_frame([[partition, 10**6, "Account", "x", 1]])
+    with open(path, "ab") as f:
+        f.write(frame[: len(frame) // 2])
+
+
+def _local_damage_middle(root: Path, partition: int) -> None:
+    path = _newest_tail(root, partition)
+    data = bytearray(path.read_bytes())
+    at = wal.FILE_HEADER_SIZE + wal.FRAME_HEADER_SIZE + 3  # inside the first frame's payload
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def local_kit() -> BackendUnderTest:
+    return BackendUnderTest(
+        "local disk",
+        make=LocalBackend,
+        fail_writes=_local_fail_writes,
+        crash_mid_write=_local_crash_mid_write,
+        tear_tail=_local_tear_tail,
+        damage_middle=_local_damage_middle,
+    )
