@@ -6,8 +6,12 @@ backend (a capability it lacks)."""
 from __future__ import annotations
 
 from es_actors.testing.storage_conformance import StorageConformance
-from es_actors.testing.storage_kits import local_kit
+from es_actors.testing.storage_kits import local_kit, object_kit
 
 
 class TestLocalDisk(StorageConformance):
     kit = local_kit()
+
+
+class TestWholeObjects(StorageConformance):
+    kit = object_kit()

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator
 
 from es_actors.storage import wal
 from es_actors.storage.local import LocalBackend
+from es_actors.storage.objects import ObjectBackend
+from es_actors.storage.objects import blobs, records
 from es_actors.testing.storage_conformance import BackendUnderTest, SimulatedCrash
 
 
@@ -77,4 +79,52 @@ def local_kit() -> BackendUnderTest:
         crash_mid_write=_local_crash_mid_write,
         tear_tail=_local_tear_tail,
         damage_middle=_local_damage_middle,
+    )
+
+
+# -- whole objects on a directory -----------------------------------------------------------
+
+
+def _object_fail_writes(code: int, stage: str) -> contextlib.AbstractContextManager[None]:
+    return _patched(blobs, "_write" if stage == "write" else "_fsync", _failing(code))
+
+
+def _object_crash_mid_write() -> contextlib.AbstractContextManager[None]:
+    def half(fd: int, data: Any) -> int:
+        os.write(fd, bytes(data[: len(data) // 2]))
+        raise SimulatedCrash("the process died half-way through a put")
+
+    return _patched(blobs, "_write", half)
+
+
+def _tail_slots(root: Path, partition: int) -> list[Path]:
+    return sorted((root / f"p{partition:04d}" / "tail").iterdir())
+
+
+def _object_tear_tail(root: Path, partition: int) -> None:
+    newest = _tail_slots(root, partition)[-1]
+    torn = newest.with_name(f"{int(newest.name) + 1:020d}")
+    data = records.encode({"slot": int(torn.name), "kind": "rows", "epoch": 1, "first": 10**6, "rows": [],
+                           "after_slot": 0})
+    torn.write_bytes(data[: len(data) // 2])
+
+
+def _object_damage_middle(root: Path, partition: int) -> None:
+    for path in _tail_slots(root, partition):
+        if records.Commit.decode(path.read_bytes()).kind == "rows":
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError("no commit object to damage")
+
+
+def object_kit() -> BackendUnderTest:
+    return BackendUnderTest(
+        "whole objects (blobdir)",
+        make=ObjectBackend.on_directory,
+        fail_writes=_object_fail_writes,
+        crash_mid_write=_object_crash_mid_write,
+        tear_tail=_object_tear_tail,
+        damage_middle=_object_damage_middle,
     )
