@@ -20,8 +20,9 @@ import json
 import os
 import time
 import zlib
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from es_actors.codecs.rows import COL, rows_to_table, table_to_rows
@@ -29,6 +30,7 @@ from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
 from es_actors.storage.api import Appended, BlobStore, Row
 from es_actors.storage.consistent import read_consistently
+from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.objects.records import (
     Commit,
     Manifest,
@@ -62,6 +64,9 @@ class ObjectPartitionLog:
         self._failed: str | None = None
         self._closed = False
         self._garbage: list[tuple[float, str]] = []  # (delete after, key)
+        self.lost = LostRanges()  # repair (which records lost ranges) is local-only for now
+        self.seal_error: str | None = None
+        self.durable_writes = 0  # group commits acknowledged by this owner
         # Refuse damage before writing anything (a refused recovery leaves every byte as it was).
         read_consistently(lambda: adopted_commits(look(blobs, partition, self._cache), partition, True),
                           f"partition {partition}: recovery")
@@ -134,11 +139,12 @@ class ObjectPartitionLog:
         self._unsealed.append(commit)
         self._cache.commits[commit.slot] = commit
         self.next_position = commit.last + 1
+        self.durable_writes += 1
         if sum(len(c.rows) for c in self._unsealed) >= self.config.seal_rows:
             try:
                 self.seal()
-            except (StorageError, OSError):
-                pass  # the rows are durable; sealing is upkeep and is tried again after the next append
+            except (StorageError, OSError) as exc:  # the rows are durable; sealing is upkeep, tried again later
+                self.seal_error = f"{type(exc).__name__}: {exc}"
         return Appended(commit.first, commit.last)
 
     def read_positions(self, first: int, last: int) -> list[Row]:
@@ -152,6 +158,57 @@ class ObjectPartitionLog:
                               if first <= r[COL["position"]] <= last)
         return sealed + [tuple(r) for r in out]
 
+    # -- what the partition's owner reads (hydration, start-up index, stats) --------------------
+
+    @property
+    def unsealed_count(self) -> int:
+        return sum(len(c.rows) for c in self._unsealed)
+
+    @property
+    def sealed_segment_count(self) -> int:
+        return len(self.manifest.segments)
+
+    def read_at(self, positions: "np.ndarray | list[int]", columns: list[str]) -> dict[str, list[Any]]:
+        """Selected columns of the rows at ``positions`` (ascending), in that order."""
+        pos = [int(p) for p in np.asarray(positions, dtype=np.int64).tolist()]
+        out: dict[str, list[Any]] = {c: [] for c in columns}
+        if not pos:
+            return out
+        idx = [COL[c] for c in columns]
+        mem_first = self._unsealed[0].first if self._unsealed else self.next_position
+        mem = [r for c in self._unsealed for r in c.rows]
+        segs = self.manifest.segments
+        k = 0
+        for p in pos:
+            if p >= mem_first:
+                row = mem[p - mem_first]
+                for c, i in zip(columns, idx):
+                    out[c].append(row[i])
+                continue
+            while segs[k].last < p:
+                k += 1
+            table = read_segment(self.blobs, segs[k], self._cache)
+            at = p - segs[k].first
+            for c in columns:
+                out[c].append(table.column(c)[at].as_py())
+        return out
+
+    def index_columns(self) -> pa.Table:
+        """(aggregate_type, aggregate_id, version, position) of every durable row, in position order."""
+        cols = ["aggregate_type", "aggregate_id", "version", "position"]
+        parts = [read_segment(self.blobs, s, self._cache).select(cols) for s in self.manifest.segments]
+        tail = [r for c in self._unsealed for r in c.rows]
+        if tail:
+            parts.append(rows_to_table(tail).select(cols))
+        if not parts:
+            return rows_to_table([]).select(cols)
+        return pa.concat_tables(parts)
+
+    def seal_all(self) -> None:
+        self.seal()
+
+    # -- sealing (the protocol) ---------------------------------------------------------------
+
     def seal(self) -> None:
         """Write the unsealed commits as one segment and publish a manifest that holds it."""
         if not self._unsealed or self._failed is not None:
@@ -160,6 +217,7 @@ class ObjectPartitionLog:
         first, last = rows[0][COL["position"]], rows[-1][COL["position"]]
         self._publish(list(self.manifest.segments), [(first, last, rows_to_table(rows))], self._unsealed[-1].slot)
         self._unsealed = []
+        self.seal_error = None
         self._delete_sealed_tail()
         self._collect_garbage()
 
