@@ -33,9 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 
 from es_actors.config import StoreConfig
+from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.snapshots import SnapshotRow
 
 Row = tuple[Any, ...]
@@ -106,6 +108,43 @@ class PartitionLog(Protocol):
         ...
 
 
+class OwnedPartitionLog(Protocol):
+    """What the partition actor uses of its owned log (both backends): appends, the start-up
+    index, hydration by position, and stats. Local disk: :class:`~es_actors.storage.partition_log.PartitionLog`
+    itself (the hot path pays no adapter)."""
+
+    partition: int
+    lost: LostRanges
+    seal_error: str | None
+
+    @property
+    def next_position(self) -> int: ...
+
+    @property
+    def failed(self) -> str | None: ...
+
+    @property
+    def durable_writes(self) -> int: ...
+
+    @property
+    def unsealed_count(self) -> int: ...
+
+    @property
+    def sealed_segment_count(self) -> int: ...
+
+    def append(self, rows: list[Row]) -> object: ...
+
+    def read_positions(self, first: int, last: int) -> list[Row]: ...
+
+    def read_at(self, positions: "np.ndarray | Sequence[int]", columns: list[str]) -> dict[str, list[Any]]: ...
+
+    def index_columns(self) -> pa.Table: ...
+
+    def seal_all(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class PartitionReader(Protocol):
     """A consistent read-only view of one partition, usable while the owner writes."""
@@ -169,6 +208,13 @@ class SnapshotStore(Protocol):
     def write(self, rows: Iterable[SnapshotRow]) -> object | None: ...
 
     def consolidate(self, keep: Callable[[SnapshotRow], bool]) -> None: ...
+
+
+class OwnerSnapshotStore(SnapshotStore, Protocol):
+    """The owner's snapshot store: also says how many groups it holds (it consolidates them)."""
+
+    @property
+    def file_count(self) -> int: ...
 
 
 @runtime_checkable

@@ -14,10 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from es_actors.config import StoreConfig
 from es_actors.errors import EsActorsError
-from es_actors.storage.api import StorageBackend
+from es_actors.storage.api import BlobStore, OwnedPartitionLog, OwnerSnapshotStore, StorageBackend
+
+if TYPE_CHECKING:
+    from es_actors.storage.layout import StoreLayout
 
 LOCAL_SCHEMES = ("", "file")
 OBJECT_DIR_SCHEME = "blobdir"
@@ -90,3 +94,41 @@ def local_root(uri: str | os.PathLike[str]) -> Path:
             "the object-storage work (adrs/ADR-013-storage-interface.md)"
         )
     return parsed.path
+
+
+def blob_store_of(layout: "StoreLayout") -> BlobStore:
+    """The blob store of a whole-object store."""
+    from es_actors.storage.objects import DirectoryBlobStore
+
+    if layout.scheme != OBJECT_DIR_SCHEME:
+        raise EsActorsError(f"{layout.uri} is not a whole-object store")
+    return DirectoryBlobStore(layout.root)
+
+
+def open_owned_partition(
+    layout: "StoreLayout", partition: int, config: StoreConfig
+) -> tuple[OwnedPartitionLog, OwnerSnapshotStore]:
+    """The owner's log and snapshot store of a partition (recovered and fenced), for the write path.
+
+    On local disk these are the local classes themselves (the command path calls them directly)."""
+    if not layout.scheme:
+        from es_actors.storage.partition_log import PartitionLog
+        from es_actors.storage.snapshots import SnapshotStore
+
+        return PartitionLog(layout, partition, config), SnapshotStore(layout.root, partition)
+    from es_actors.storage.objects import ObjectBackend
+
+    backend = ObjectBackend(blob_store_of(layout))
+    log = backend.open_log(partition, config)
+    return log, backend.snapshots(partition)
+
+
+def aggregate_rows(layout: "StoreLayout", partition: int, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
+    """Every durable row of one aggregate, as stored (what ``Store.history`` shows)."""
+    if not layout.scheme:
+        from es_actors.storage.reader import read_partition_rows
+
+        return read_partition_rows(layout, partition, (aggregate_type, aggregate_id))
+    from es_actors.codecs.rows import table_to_rows
+
+    return table_to_rows(open_backend(layout.uri).reader(partition).read_aggregate(aggregate_type, aggregate_id))

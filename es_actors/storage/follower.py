@@ -84,6 +84,7 @@ class _TailCursor:
 
 class LogFollower:
     def __init__(self, layout: StoreLayout, partition: int, after: int = 0) -> None:
+        layout.require_local("projections and subscriptions")
         self.layout = layout
         self.partition = partition
         self.after = after  # the last position returned (the caller's checkpoint)

@@ -47,6 +47,26 @@ def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
 @dataclass(frozen=True)
 class StoreLayout:
     root: Path
+    scheme: str = ""  # "": local disk; otherwise the backend the URI chose (storage/backends.py)
+
+    @classmethod
+    def from_uri(cls, uri: str | os.PathLike[str]) -> "StoreLayout":
+        """The layout a store URI names (EsActorsError for a scheme no backend serves)."""
+        from es_actors.storage.backends import LOCAL_SCHEMES, parse_store_uri
+
+        parsed = parse_store_uri(uri)
+        return cls(parsed.path, "" if parsed.scheme in LOCAL_SCHEMES else parsed.scheme)
+
+    @property
+    def uri(self) -> str:
+        """What :meth:`from_uri` reads back: the plain path of a local store, else ``scheme:///path``."""
+        return f"{self.scheme}://{self.root}" if self.scheme else str(self.root)
+
+    def require_local(self, what: str) -> None:
+        """EsActorsError unless this is a local-disk store (``what`` reads local files)."""
+        if self.scheme:
+            raise EsActorsError(f"{self.uri}: {what} read local Parquet and tail files; not supported on "
+                                f"{self.scheme} stores yet (adrs/ADR-013-storage-interface.md)")
 
     @property
     def descriptor_path(self) -> Path:
@@ -97,7 +117,9 @@ class StoreLayout:
                     f"{self.root} was created with {existing.partitions} partitions; cannot open it with {partitions}"
                 )
             return existing
-        if (self.root / "log").exists() or (self.root / "tail").exists():
+        holds_log = any(self.root.glob("p[0-9]*")) if self.scheme else (
+            (self.root / "log").exists() or (self.root / "tail").exists())
+        if holds_log:
             raise StoreCorrupted(
                 f"{self.descriptor_path} is missing but {self.root} holds a log: refusing to create a new store "
                 "over it (its partition count and hash would be guessed). Restore store.json"
@@ -106,6 +128,13 @@ class StoreLayout:
         if desc.partitions < 1:
             raise EsActorsError("partitions must be >= 1")
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.scheme:  # whole objects: put-if-absent (a concurrent creator's wins), no link or rename
+            from es_actors.storage.backends import blob_store_of
+
+            blob_store_of(self).put_if_absent("store.json", json.dumps(desc.model_dump(), indent=2).encode())
+            result = self.read_descriptor()
+            assert result is not None
+            return result
         tmp = self.root / f".store.json.{os.getpid()}.new"
         tmp.write_text(json.dumps(desc.model_dump(), indent=2))
         try:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -263,6 +263,10 @@ class PartitionLog:
         old.close()
 
     @property
+    def sealed_segment_count(self) -> int:
+        return len(self.segments.segments)
+
+    @property
     def unsealed_count(self) -> int:
         with self._mutex:
             return len(self._current_rows) + sum(len(r) for _p, r in self._sealing)
@@ -283,7 +287,7 @@ class PartitionLog:
         )
         return table_to_rows(table)
 
-    def read_at(self, positions: "np.ndarray | list[int]", columns: list[str]) -> dict[str, list[Any]]:
+    def read_at(self, positions: "np.ndarray | Sequence[int]", columns: list[str]) -> dict[str, list[Any]]:
         """Selected columns of the rows at ``positions`` (ascending), in that order.
 
         Rows still in memory are found by offset; sealed ones by reading only the row groups

@@ -87,6 +87,7 @@ def read_partition(
     attempts: int = DEFAULT_ATTEMPTS,
 ) -> pa.Table:
     """All durable events of a partition (or of one aggregate in it), in position order."""
+    layout.require_local("local partition readers")
     lost = LostRanges.load(layout.root)
 
     def read_once() -> pa.Table:
@@ -110,6 +111,7 @@ def read_partition_rows(layout: StoreLayout, partition: int, aggregate: tuple[st
 @storage_boundary("listing sealed files")
 def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
     """The exact sealed file set right now: pass it to ``read_parquet([...])`` for a stable snapshot."""
+    layout.require_local("sealed files")
     files: list[Path] = []
     lost = LostRanges.load(layout.root)
     for p in range(partitions):
@@ -123,6 +125,7 @@ def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
 def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = DEFAULT_ATTEMPTS) -> tuple[list[str], pa.Table]:
     """Every durable event as (sealed files, tail rows after them): what the ``events`` relation
     of a query shows. Consistent per partition (same retry rule as :func:`read_partition`)."""
+    layout.require_local("queries")
     files: list[str] = []
     tails: list[tuple[Any, ...]] = []
     lost = LostRanges.load(layout.root)

@@ -25,8 +25,9 @@ from es_actors.domain import Aggregate, Command, DomainRegistry, Event
 from es_actors.write.envelope import BatchItem, check_text, validate_envelope
 from es_actors.errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
 from es_actors.codecs.views import CommandResult, RecordedEvent
-from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
-from es_actors.storage.reader import read_partition_rows, sealed_files
+from es_actors.storage.backends import aggregate_rows
+from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of
+from es_actors.storage.reader import sealed_files
 
 S = TypeVar("S")
 
@@ -135,7 +136,7 @@ class Store:
         another process writes.
         """
         config = config or StoreConfig(**settings)
-        layout = StoreLayout(resolve_local_root(uri))
+        layout = StoreLayout.from_uri(uri)
         registry = DomainRegistry(aggregates)
         if read_only:
             descriptor = layout.read_descriptor()
@@ -143,6 +144,7 @@ class Store:
                 raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
             return cls(layout, descriptor, registry, config, None)
         if projections:
+            layout.require_local("projections")
             from es_actors.read.projection import check_projections
 
             check_projections(projections)  # before anything starts
@@ -337,7 +339,7 @@ class Store:
         aggregate_type = check_text(aggregate_type, "aggregate type", self.config.max_id_bytes, "max_id_bytes")
         aggregate_id = check_text(aggregate_id, "aggregate id", self.config.max_id_bytes, "max_id_bytes")
         p = self.partition_of(aggregate_type, aggregate_id)
-        rows = read_partition_rows(self.layout, p, (aggregate_type, aggregate_id))
+        rows = aggregate_rows(self.layout, p, aggregate_type, aggregate_id)
         return sorted(rows, key=lambda r: r[4])
 
     def stats(self) -> list[dict[str, Any]]:

@@ -109,7 +109,7 @@ class PartitionActor:
         self._error: EsActorsError | None = None
         self._partition: Partition | None = None
         try:
-            self._partition = Partition(StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config)
+            self._partition = Partition(StoreLayout.from_uri(root), partition, DomainRegistry(aggregates), config)
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
         except Exception as exc:  # e.g. an unreadable segment: same, with the cause named
@@ -220,7 +220,7 @@ def start_partition_actors(
         actors = [
             PartitionActor.options(
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
-            ).remote(str(layout.root), p, list(aggregates), config, opener)
+            ).remote(layout.uri, p, list(aggregates), config, opener)
             for p in range(descriptor.partitions)
         ]
         try:

@@ -57,8 +57,8 @@ from es_actors.codecs.rows import COL, event_where
 from es_actors.domain.upcasting import UnreadableEvent
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.snapshots import SnapshotRow, SnapshotStore
+from es_actors.storage.backends import open_owned_partition
+from es_actors.storage.snapshots import SnapshotRow
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,7 @@ class Partition:
         self.registry = registry
         self.snapshot_format = SnapshotFormat(registry)
         self.config = config
-        self.log = PartitionLog(layout, partition, config)
-        self.snapshots = SnapshotStore(layout.root, partition)
+        self.log, self.snapshots = open_owned_partition(layout, partition, config)  # the URI chose the backend
         self.aggregates: dict[tuple[str, str], AggregateEntry] = {}
         self.hydrated: OrderedDict[tuple[str, str], AggregateEntry] = OrderedDict()
         self._snap_pending: dict[tuple[str, str], tuple[int, int, Any, str | None]] = {}
@@ -728,7 +727,7 @@ class Partition:
             "next_position": self.log.next_position,
             "durable_writes": self.log.durable_writes,
             "unsealed_events": self.log.unsealed_count,
-            "sealed_segments": len(self.log.segments.segments),
+            "sealed_segments": self.log.sealed_segment_count,
             "aggregates": len(self.aggregates),
             "hydrated": len(self.hydrated),
             "recovery_s": self.recovery_s,

@@ -168,7 +168,7 @@ class ObjectPartitionLog:
     def sealed_segment_count(self) -> int:
         return len(self.manifest.segments)
 
-    def read_at(self, positions: "np.ndarray | list[int]", columns: list[str]) -> dict[str, list[Any]]:
+    def read_at(self, positions: "np.ndarray | Sequence[int]", columns: list[str]) -> dict[str, list[Any]]:
         """Selected columns of the rows at ``positions`` (ascending), in that order."""
         pos = [int(p) for p in np.asarray(positions, dtype=np.int64).tolist()]
         out: dict[str, list[Any]] = {c: [] for c in columns}

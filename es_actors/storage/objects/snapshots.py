@@ -45,6 +45,10 @@ class ObjectSnapshotStore:
             out.append((key, rows))
         return out
 
+    @property
+    def file_count(self) -> int:
+        return len(self.blobs.list(self.prefix))
+
     def candidates(self, aggregate_type: str, aggregate_id: str) -> list[SnapshotRow]:
         return [r for _k, rows in reversed(self._load()) for r in rows
                 if r.aggregate_id == aggregate_id and r.aggregate_type == aggregate_type]
