@@ -43,6 +43,10 @@ from es_actors.storage.snapshots import SnapshotRow
 Row = tuple[Any, ...]
 
 
+class ObjectIncomplete(Exception):
+    """A blob store's ``get`` of an object that is not whole yet (being written, or torn by a crash)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a backend (or its blob store) can do; the conformance suite skips what it cannot, saying why."""
@@ -51,7 +55,7 @@ class Capabilities:
     can_rename: bool  # an atomic rename/replace publishes a file; else put-if-absent publishes
     can_fsync: bool  # the client makes bytes durable (fsync); else a completed put is durable
     can_lock: bool  # an OS lock fences a second writer at open; else epochs + put-if-absent fence
-    atomic_put: bool  # a put is visible whole or not at all (S3, GCS); a directory emulation is not
+    atomic_put: bool  # a put is seen whole and durable or not at all (S3, GCS; the directory store's completion mark)
     injects_write_faults: bool = False  # tests can make writes fail (ENOSPC, EIO) through hooks
     background_sealing: bool = False  # sealing/compaction run on their own thread while appends go on
 
@@ -231,7 +235,8 @@ class BlobStore(Protocol):
         ...
 
     def get(self, key: str) -> bytes:
-        """The object's bytes; ``FileNotFoundError`` if there is none."""
+        """The object's bytes; ``FileNotFoundError`` if there is none, :class:`ObjectIncomplete` if it
+        is not whole yet (a store whose puts are atomic never raises it)."""
         ...
 
     def list(self, prefix: str) -> list[str]:

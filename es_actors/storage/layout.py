@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
+from es_actors.storage.api import ObjectIncomplete
 from es_actors.storage.wal import fsync_dir, replace_durably
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
@@ -85,10 +86,16 @@ class StoreLayout:
 
     def read_descriptor(self) -> StoreDescriptor | None:
         try:
-            desc = StoreDescriptor.model_validate_json(self.descriptor_path.read_text())
+            if self.scheme:
+                from es_actors.storage.backends import blob_store_of
+
+                text = blob_store_of(self).get("store.json").decode()
+            else:
+                text = self.descriptor_path.read_text()
+            desc = StoreDescriptor.model_validate_json(text)
         except FileNotFoundError:
             return None
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
+        except (ValueError, UnicodeDecodeError, OSError, ObjectIncomplete) as exc:
             raise StoreCorrupted(f"{self.descriptor_path} cannot be read: {exc}") from None
         if desc.format_version not in READABLE_FORMATS:
             raise EsActorsError(

@@ -5,6 +5,10 @@ file; the kernel drops it when the process dies). Appends go to the write-ahead 
 are durable when :meth:`append` returns. A background thread seals closed tail files into
 Parquet segments and compacts small segments; rows are always either in memory (unsealed)
 or in a published segment, so :meth:`read_positions` never misses one.
+
+Over 400 lines on purpose: recovery, group commit, the owner's reads and the sealer share
+one lock and one in-memory view of unsealed rows; split, that state would be shared across
+modules. It satisfies ``storage.api.OwnedPartitionLog`` directly (the hot path has no adapter).
 """
 
 from __future__ import annotations

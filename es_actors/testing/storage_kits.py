@@ -42,7 +42,13 @@ def _local_fail_writes(code: int, stage: str) -> contextlib.AbstractContextManag
     return _patched(wal, "_write" if stage == "write" else "_fdatasync", _failing(code))
 
 
-def _local_crash_mid_write() -> contextlib.AbstractContextManager[None]:
+def _local_crash_mid_write(stage: str) -> contextlib.AbstractContextManager[None]:
+    if stage == "sync":  # the whole frame is written; the process dies before its fdatasync returns
+        def no_sync(_fd: int) -> None:
+            raise SimulatedCrash("the process died before the write was synced")
+
+        return _patched(wal, "_fdatasync", no_sync)
+
     def half(fd: int, data: bytes) -> int:
         os.write(fd, bytes(data[: len(data) // 2]))
         raise SimulatedCrash("the process died half-way through a write")
@@ -89,7 +95,13 @@ def _object_fail_writes(code: int, stage: str) -> contextlib.AbstractContextMana
     return _patched(blobs, "_write" if stage == "write" else "_fsync", _failing(code))
 
 
-def _object_crash_mid_write() -> contextlib.AbstractContextManager[None]:
+def _object_crash_mid_write(stage: str) -> contextlib.AbstractContextManager[None]:
+    if stage == "sync":  # every byte is written; the process dies before the first fsync returns
+        def no_sync(_fd: int) -> None:
+            raise SimulatedCrash("the process died before the put was synced")
+
+        return _patched(blobs, "_fsync", no_sync)
+
     def half(fd: int, data: Any) -> int:
         os.write(fd, bytes(data[: len(data) // 2]))
         raise SimulatedCrash("the process died half-way through a put")
@@ -110,10 +122,11 @@ def _object_tear_tail(root: Path, partition: int) -> None:
 
 
 def _object_damage_middle(root: Path, partition: int) -> None:
+    store = blobs.DirectoryBlobStore(root)
     for path in _tail_slots(root, partition):
-        if records.Commit.decode(path.read_bytes()).kind == "rows":
+        if records.Commit.decode(store.get(str(path.relative_to(root)))).kind == "rows":
             data = bytearray(path.read_bytes())
-            data[len(data) // 2] ^= 0xFF
+            data[len(data) // 2] ^= 0xFF  # inside the commit's JSON: its checksum no longer matches
             path.write_bytes(bytes(data))
             return
     raise AssertionError("no commit object to damage")

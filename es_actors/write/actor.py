@@ -12,7 +12,6 @@ import os
 import pickle
 import threading
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import ray

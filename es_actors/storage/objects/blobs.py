@@ -1,10 +1,11 @@
 """Whole-object operations on a local directory: the one class an S3 (or GCS) client replaces.
 
 ``put_if_absent`` opens the final name with ``O_CREAT | O_EXCL`` (of two writers of one key,
-exactly one creates it), writes, fsyncs the file and its directory. There is no append, no
-rename and no overwrite. Unlike an object store's PUT, the object is visible while it is
-being written: readers tell a whole object from a partial one by its checksum
-(:mod:`.records`), and a failed put deletes what it began.
+exactly one creates it), writes the bytes, fsyncs, then writes a 16-byte completion mark and
+fsyncs again. There is no append to an existing object, no rename and no overwrite. ``get``
+returns an object only once its mark is there, so, as with an object store's PUT, an
+object is seen whole and durable or not at all (:class:`ObjectIncomplete` while it is being
+written or after a crash tore it). A failed put deletes what it began.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from es_actors.storage.api import Capabilities
+from es_actors.storage.api import Capabilities, ObjectIncomplete
 
 # Module-level so fault-injection tests can replace the raw calls (ENOSPC, EIO, a crash mid-write).
 _write = os.write
 _fsync = os.fsync
+_COMPLETE = b"\x00ES-OBJECT-DONE\n"  # written after the data's fsync: the object is whole and durable
 
 DIRECTORY_BLOB_CAPABILITIES = Capabilities(
-    can_append=False, can_rename=False, can_fsync=True, can_lock=False, atomic_put=False,
+    can_append=False, can_rename=False, can_fsync=True, can_lock=False, atomic_put=True,
     injects_write_faults=True, background_sealing=False,
 )
 
@@ -45,11 +47,12 @@ class DirectoryBlobStore:
         except FileExistsError:
             return False
         try:
-            view = memoryview(data)
-            written = 0
-            while written < len(view):
-                written += _write(fd, view[written:])
-            _fsync(fd)
+            for part in (data, _COMPLETE):
+                view = memoryview(part)
+                written = 0
+                while written < len(view):
+                    written += _write(fd, view[written:])
+                _fsync(fd)
         except OSError:
             os.close(fd)
             path.unlink(missing_ok=True)  # not acknowledged: take back what was begun
@@ -66,7 +69,10 @@ class DirectoryBlobStore:
         return True
 
     def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        data = self._path(key).read_bytes()
+        if not data.endswith(_COMPLETE):
+            raise ObjectIncomplete(f"{key}: being written, or torn by a crash")
+        return data[: -len(_COMPLETE)]
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from es_actors.storage.api import BlobStore
+from es_actors.storage.api import BlobStore, ObjectIncomplete
 from es_actors.storage.objects.records import partition_prefix
 from es_actors.storage.objects.view import parquet_bytes
 from es_actors.storage.snapshots import SnapshotRow, snapshot_rows, snapshot_table
@@ -38,7 +38,7 @@ class ObjectSnapshotStore:
             if rows is None:
                 try:
                     rows = snapshot_rows(pq.read_table(pa.BufferReader(self.blobs.get(key))))
-                except (OSError, pa.ArrowException) as exc:
+                except (OSError, ObjectIncomplete, pa.ArrowException) as exc:
                     log.warning("ignoring unreadable snapshot object %s: %s", key, exc)
                     continue
                 self._groups[key] = rows

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.errors import StoreCorrupted
-from es_actors.storage.api import BlobStore
+from es_actors.storage.api import BlobStore, ObjectIncomplete
 from es_actors.storage.consistent import Moved
 from es_actors.storage.objects.records import (
     Commit,
@@ -57,7 +57,7 @@ def current_manifest(blobs: BlobStore, partition: int) -> tuple[Manifest, int]:
     for key in reversed(keys):
         try:
             return Manifest.decode(blobs.get(key)), key_number(keys[-1])
-        except (Incomplete, FileNotFoundError):
+        except (Incomplete, ObjectIncomplete, FileNotFoundError):
             continue
     return Manifest(), key_number(keys[-1]) if keys else 0
 
@@ -74,7 +74,7 @@ def look(blobs: BlobStore, partition: int, cache: CommitCache) -> Listing:
         if commit is None:
             try:
                 commit = Commit.decode(blobs.get(key))  # FileNotFoundError: a seal deleted it: look again
-            except Incomplete:
+            except (Incomplete, ObjectIncomplete):
                 commit = None
             else:
                 cache.commits[slot] = commit
@@ -137,7 +137,10 @@ def read_segment(blobs: BlobStore, seg: SegmentRef, cache: CommitCache) -> pa.Ta
     """A sealed segment's rows, its CRC-32 checked; FileNotFoundError if compaction collected it."""
     table = cache.tables.get(seg.key)
     if table is None:
-        data = blobs.get(seg.key)
+        try:
+            data = blobs.get(seg.key)
+        except ObjectIncomplete:
+            raise StoreCorrupted(f"{seg.key}: a sealed segment named by a manifest is not whole; nothing was changed") from None
         if zlib.crc32(data) != seg.crc:
             raise StoreCorrupted(
                 f"{seg.key}: sealed segment is damaged (CRC-32 {zlib.crc32(data):08x}, the manifest says "
