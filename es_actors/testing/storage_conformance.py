@@ -75,8 +75,9 @@ def small_config() -> StoreConfig:
 class EventLog:
     """Builds valid rows for one partition and remembers what was acknowledged."""
 
-    def __init__(self, partition: int = 0) -> None:
+    def __init__(self, partition: int = 0, tag: str = "") -> None:
         self.partition = partition
+        self.tag = tag  # prefixes event ids: two writers' events stay distinguishable
         self.versions: dict[str, int] = {}
         self.acked: list[Row] = []
         self._n = 0
@@ -88,7 +89,7 @@ class EventLog:
             self.versions[agg] = v
             self._n += 1
             out.append((
-                self.partition, next_position + i, "Account", agg, v, "Deposited", 1, f"e{self._n}", f"c{self._n}",
+                self.partition, next_position + i, "Account", agg, v, "Deposited", 1, f"{self.tag}e{self._n}", f"{self.tag}c{self._n}",
                 "d", None, None, "tester", 1_700_000_000_000_000 + self._n, json.dumps({"n": self._n}), "{}",
             ))
         return out
@@ -275,6 +276,59 @@ class StorageConformance:
             got = rows_of(backend.reader(0).read_all())
         assert got == ev.acked
         assert positions(pa.table({"position": [r[1] for r in got]})) == list(range(1, len(got) + 1))
+
+    def test_readers_racing_a_takeover_never_see_an_event_change_or_vanish(self, tmp_path: Path) -> None:
+        old_ev, new_ev = EventLog(tag="old-"), EventLog(tag="new-")
+        first = self.kit.make(tmp_path).open_log(0, self.kit.config)
+        old_ev.append(first, ["a"])
+        stop = threading.Event()
+        problems: list[str] = []
+
+        def keep_appending() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    old_ev.append(first, [f"o{i % 3}"] * (1 + i % 3))
+                except (WriterFenced, StorageError):
+                    return
+                i += 1
+
+        def keep_reading() -> None:
+            reader = self.kit.make(tmp_path).reader(0)
+            seen: list[str] = []
+            while not stop.is_set():
+                ids = reader.read_all().column("event_id").to_pylist()
+                if ids[: len(seen)] != seen:
+                    problems.append(f"an event changed or vanished: {len(seen)} then {len(ids)} rows")
+                    return
+                seen = ids
+
+        threads = [threading.Thread(target=keep_appending), threading.Thread(target=keep_reading)]
+        for t in threads:
+            t.start()
+        second: PartitionLog | None = None
+        try:
+            time.sleep(0.05)
+            try:
+                second = self.kit.make(tmp_path).open_log(0, self.kit.config)
+            except WriterFenced:
+                pass  # a lock: the old writer keeps the partition
+            else:
+                for i in range(5):
+                    new_ev.append(second, [f"n{i}"])
+            time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            first.close()
+            if second is not None:
+                second.close()
+        assert not problems, problems
+        got = self.kit.make(tmp_path).reader(0).read_all()
+        ids = got.column("event_id").to_pylist()
+        assert positions(got) == list(range(1, len(ids) + 1)) and len(set(ids)) == len(ids)
+        assert {r[COL["event_id"]] for r in old_ev.acked + new_ev.acked} <= set(ids), "an acknowledged event was lost"
 
     # -- write failures ---------------------------------------------------------------------
 

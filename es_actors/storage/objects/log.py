@@ -1,12 +1,13 @@
 """The owner's log of one partition on whole objects: claim, recover, commit, seal, compact.
 
 Fencing without locks (ADR-013): an owner claims epoch ``highest + 1`` with put-if-absent,
-then looks at the tail, then puts a *start record* into the next free slot naming the last
-slot it adopts. Each group commit is a new object in the next slot, created with
-put-if-absent; after the put, the owner checks that no later epoch was claimed before it
-acknowledges. So an older owner's next commit fails (its slot is taken by the start record)
-or is not acknowledged (the later claim exists), and everything it did acknowledge was
-whole before the newer owner looked, which adopts it.
+then looks at the tail (giving an older owner's put in flight ``lock_timeout_s`` to finish),
+adopts every whole commit, and puts a *start record* into the next free slot, naming the
+last slot it adopts. Each group commit is a new object in the next slot, created with
+put-if-absent; after the put, the owner acknowledges only if no later epoch was claimed. So
+an older owner's next commit fails (its slot is taken by the start record) or is not
+acknowledged (the claim exists), and everything it did acknowledge was whole before the
+newer owner looked, which adopts it.
 
 Sealing writes a segment object, then manifest ``gens/<n+1>`` (put-if-absent: the highest
 whole one wins), then deletes the sealed tail objects except the newest (which keeps the
@@ -44,6 +45,7 @@ from es_actors.storage.objects.records import (
 )
 from es_actors.storage.objects.view import (
     CommitCache,
+    Listing,
     adopted_commits,
     current_manifest,
     look,
@@ -68,25 +70,36 @@ class ObjectPartitionLog:
         self.seal_error: str | None = None
         self.durable_writes = 0  # group commits acknowledged by this owner
         # Refuse damage before writing anything (a refused recovery leaves every byte as it was).
-        read_consistently(lambda: adopted_commits(look(blobs, partition, self._cache), partition, True),
+        read_consistently(lambda: adopted_commits(look(blobs, partition, self._cache), partition),
                           f"partition {partition}: recovery")
         self.epoch = self._claim()
-        listing = read_consistently(lambda: look(blobs, partition, self._cache), f"partition {partition}: recovery")
-        commits = adopted_commits(listing, partition, show_undecided=True)
-        self.manifest = listing.manifest
-        void = void_slots(listing)
-        adopted_last = max([s for s, c in listing.slots.items() if c is not None and s not in void],
-                           default=listing.manifest.through_slot)  # later slots (torn, in flight) are void
-        self._unsealed: list[Commit] = list(commits)
-        self.next_position = commits[-1].last + 1 if commits else listing.manifest.last_position + 1
-        slot = max(listing.slots, default=listing.manifest.through_slot) + 1
-        while True:  # the start record fences every older owner's next commit
-            start = Commit(slot, "start", self.epoch, self.next_position, (), adopted_last)
-            if self._put_commit(start):
-                break
-            self._check_not_fenced()
-            slot += 1
+        deadline = time.monotonic() + config.lock_timeout_s
+        while True:  # until our start record lands in the slot after everything we adopt
+            listing = self._look_settled(deadline)
+            commits = adopted_commits(listing, partition)
+            void = void_slots(listing)
+            adopted_last = max([s for s, c in listing.slots.items() if c is not None and s not in void],
+                               default=listing.manifest.through_slot)  # a torn newest slot is voided
+            self.manifest = listing.manifest
+            self._unsealed: list[Commit] = list(commits)
+            self.next_position = commits[-1].last + 1 if commits else listing.manifest.last_position + 1
+            slot = max(listing.slots, default=listing.manifest.through_slot) + 1
+            if self._put_commit(Commit(slot, "start", self.epoch, self.next_position, (), adopted_last)):
+                break  # every older owner's next commit now fails: its slot is taken
+            self._check_not_fenced()  # an older owner's commit took the slot first: adopt it, try again
         self._slot = slot
+
+    def _look_settled(self, deadline: float) -> Listing:
+        """A look at the partition in which the newest slot is whole, or torn: an older owner's put
+        in flight gets until ``deadline`` (``lock_timeout_s``) to finish, so what it may still
+        acknowledge before it sees our claim is adopted, not voided."""
+        while True:
+            listing = read_consistently(lambda: look(self.blobs, self.partition, self._cache),
+                                        f"partition {self.partition}: recovery")
+            newest = max(listing.slots, default=0)
+            if not newest or listing.slots[newest] is not None or time.monotonic() >= deadline:
+                return listing
+            time.sleep(0.01)
 
     # -- ownership ----------------------------------------------------------------------------
 
@@ -143,7 +156,8 @@ class ObjectPartitionLog:
         if sum(len(c.rows) for c in self._unsealed) >= self.config.seal_rows:
             try:
                 self.seal()
-            except (StorageError, OSError) as exc:  # the rows are durable; sealing is upkeep, tried again later
+            except (StorageError, WriterFenced, OSError) as exc:  # the rows are durable and acknowledged:
+                # sealing is upkeep, tried again after the next append (a fenced owner learns it then)
                 self.seal_error = f"{type(exc).__name__}: {exc}"
         return Appended(commit.first, commit.last)
 

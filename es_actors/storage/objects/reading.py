@@ -25,7 +25,7 @@ def durable_table(blobs: BlobStore, partition: int, cache: CommitCache, after: i
 
     def read_once() -> pa.Table:
         listing = look(blobs, partition, cache)
-        commits = adopted_commits(listing, partition, show_undecided=False)
+        commits = adopted_commits(listing, partition)
         parts = [read_segment(blobs, s, cache) for s in listing.manifest.segments if s.last > after]
         tail = [r for r in rows_after(commits) if r[1] > after]
         if tail:

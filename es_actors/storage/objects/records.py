@@ -131,9 +131,8 @@ class Manifest:
 
 @dataclass
 class Listing:
-    """One look at a partition: the current manifest, the tail objects after it, the owners."""
+    """One look at a partition: the current manifest and the tail objects after it."""
 
     manifest: Manifest
     highest_gen: int  # including a manifest still being written
     slots: dict[int, Commit | None] = field(default_factory=dict)  # None: incomplete
-    max_epoch: int = 0

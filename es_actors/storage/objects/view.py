@@ -9,8 +9,10 @@ Shared by the owner's recovery, readers and followers, so all apply the same rul
 - a start record voids the slots between the slot its owner adopted last and itself;
 - a slot that is not whole is in flight or torn when it is the newest; before the newest,
   and not void, it is damage (:class:`StoreCorrupted`);
-- commits of an owner older than the newest claim, with nothing newer after them, are not
-  shown yet: the newer owner's start record will say whether they count.
+- a whole commit counts: a new owner adopts every commit that is whole when it looks (it
+  waits ``lock_timeout_s`` for one still being written), so a reader never shows a commit
+  that is later voided (unless an old owner's put stalls longer than that; it then learns
+  it was fenced and does not acknowledge it).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def current_manifest(blobs: BlobStore, partition: int) -> tuple[Manifest, int]:
 
 
 def look(blobs: BlobStore, partition: int, cache: CommitCache) -> Listing:
-    """Manifest, then tail, then owners (in that order: see the module docstring)."""
+    """The current manifest, then the tail slots after it (a seal between the two shows as a gap)."""
     manifest, highest_gen = current_manifest(blobs, partition)
     listing = Listing(manifest, highest_gen)
     for key in blobs.list(partition_prefix(partition) + "tail/"):
@@ -84,8 +86,6 @@ def look(blobs: BlobStore, partition: int, cache: CommitCache) -> Listing:
         if slot != expected:
             raise Moved(f"partition {partition}: tail slot {slot} where {expected} was expected (a seal moved them)")
         expected += 1
-    owners = blobs.list(partition_prefix(partition) + "owners/")
-    listing.max_epoch = key_number(owners[-1]) if owners else 0
     return listing
 
 
@@ -97,11 +97,8 @@ def void_slots(listing: Listing) -> set[int]:
     return void
 
 
-def adopted_commits(listing: Listing, partition: int, show_undecided: bool) -> list[Commit]:
-    """The row commits after the manifest that count, in order; damage raises StoreCorrupted.
-
-    ``show_undecided``: the owner's recovery adopts an older owner's trailing commits (they
-    were written before its claim and may have been acknowledged); readers wait for it."""
+def adopted_commits(listing: Listing, partition: int) -> list[Commit]:
+    """The row commits after the manifest that count, in order; damage raises StoreCorrupted."""
     void = void_slots(listing)
     newest = max(listing.slots, default=0)
     expected = listing.manifest.last_position + 1
@@ -122,14 +119,6 @@ def adopted_commits(listing: Listing, partition: int, show_undecided: bool) -> l
         if c.kind == "rows":
             out.append(c)
             expected = c.last + 1
-    if not show_undecided:
-        later = 0
-        for slot in sorted(listing.slots, reverse=True):
-            c = listing.slots[slot]
-            if c is not None:
-                if c.kind == "rows" and c.epoch < listing.max_epoch and later <= c.epoch and out and out[-1] is c:
-                    out.pop()  # an older owner's, with no newer owner's object after it: undecided
-                later = max(later, c.epoch)
     return out
 
 
