@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from es_actors.codecs.rows import COL, table_to_rows
 from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
-from es_actors.storage.api import PartitionLog, Row, StorageBackend
+from es_actors.storage.api import Capabilities, PartitionLog, Row, StorageBackend
 from es_actors.storage.snapshots import SnapshotRow
 
 Hook = Callable[[Path, int], None]
@@ -62,6 +62,10 @@ class BackendUnderTest:
     tear_tail: Hook | None = None
     damage_middle: Hook | None = None
     why_not: dict[str, str] = field(default_factory=dict)  # hook name -> why this backend lacks it
+
+    def make_capabilities(self) -> Capabilities:
+        with tempfile.TemporaryDirectory() as d:
+            return self.make(Path(d)).capabilities
 
 
 def small_config() -> StoreConfig:
@@ -127,7 +131,10 @@ class StorageConformance:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _need(self, hook: str) -> Any:
+    def _need(self, hook: str, capability: str | None = None) -> Any:
+        """The kit's hook, or skip (pytest -ra shows why): the backend lacks the capability or the hook."""
+        if capability is not None and not getattr(self.kit.make_capabilities(), capability):
+            pytest.skip(f"{self.kit.name}: Capabilities.{capability} is False, so this case does not apply")
         value = getattr(self.kit, hook)
         if value is None:
             pytest.skip(f"{self.kit.name}: {self.kit.why_not.get(hook, f'no {hook} hook')}")
@@ -227,7 +234,7 @@ class StorageConformance:
 
     @pytest.mark.parametrize("stage", ["write", "sync"])
     def test_a_crash_between_write_and_publish_leaves_nothing_half_visible(self, tmp_path: Path, stage: str) -> None:
-        crash = self._need("crash_mid_write")
+        crash = self._need("crash_mid_write", "injects_write_faults")
         ev = EventLog()
         backend = self.kit.make(tmp_path)
         log = backend.open_log(0, self.kit.config)
@@ -334,7 +341,7 @@ class StorageConformance:
 
     @pytest.mark.parametrize("code,stage", [(errno.ENOSPC, "write"), (errno.EIO, "write"), (errno.EIO, "sync")])
     def test_a_failed_write_fails_the_append_and_loses_nothing_acknowledged(self, tmp_path: Path, code: int, stage: str) -> None:
-        fail = self._need("fail_writes")
+        fail = self._need("fail_writes", "injects_write_faults")
         ev = EventLog()
         with self._open(tmp_path) as (backend, log):
             ev.append(log, ["a", "b"])
