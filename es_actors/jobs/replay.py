@@ -8,22 +8,16 @@ then the one fold (:func:`es_actors.domain.fold`) from ``initial_state``. No Ray
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from es_actors.domain import DomainRegistry, fold
 from es_actors.errors import StoreCorrupted, UserCodeError
-from es_actors.codecs.rows import ARROW_SCHEMA, COL, event_where
-from es_actors.storage.layout import StoreLayout
-from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.segments import list_segments, resolve_current
-from es_actors.storage.wal import list_tail_files, read_tail_file
+from es_actors.codecs.rows import event_where
 
 #: The columns a replay needs, in the order :func:`iter_event_rows` yields them.
 REPLAY_COLUMNS: tuple[str, ...] = (
@@ -105,47 +99,3 @@ def fold_partition_table(
     if aggregate_type is not None:
         table = of_type(table, aggregate_type)
     return fold_rows(registry, iter_event_rows(in_position_order(table)), partition)
-
-
-def sealed_last_position(layout: StoreLayout, partition: int) -> int:
-    """The last position sealed into Parquet now (0 if none). It only grows; sealed rows are
-    durable and acknowledged, never cut back."""
-    try:
-        gen = resolve_current(layout.log_dir(partition))
-        segments = list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []
-    except FileNotFoundError:
-        return 0
-    return segments[-1].last if segments else 0
-
-
-def durable_event_ids(layout: StoreLayout, partition: int, positions: Iterable[int], attempts: int = 20) -> dict[int, str]:
-    """``event_id`` of the events now at these positions (tail first, then sealed segments).
-
-    A reader can see a tail frame whose fdatasync then fails and which the owner cuts back
-    (and later reuses its positions). Reading the positions again after a fold confirms the
-    events it used are still the ones there. Positions missing from the answer hold nothing now.
-    """
-    want = set(positions)
-    found: dict[int, str] = {}
-    if not want:
-        return found
-    p_col, id_col = COL["position"], COL["event_id"]
-    for _first, path in list_tail_files(layout.tail_dir(partition)):
-        rows, _valid, _size = read_tail_file(path)  # a file sealed and removed meanwhile reads as empty
-        for r in rows:
-            if r[p_col] in want:
-                found[r[p_col]] = r[id_col]
-    rest = sorted(want - found.keys())
-    for _ in range(attempts if rest else 0):
-        gen = resolve_current(layout.log_dir(partition))
-        try:
-            segments = list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []
-            if segments:
-                table = ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table(
-                    columns=["position", "event_id"], filter=ds.field("position").isin(rest)
-                )
-                found.update(zip(table.column("position").to_pylist(), table.column("event_id").to_pylist()))
-            break
-        except FileNotFoundError:  # a compaction swapped the generation under us: look again
-            time.sleep(0.01)
-    return found

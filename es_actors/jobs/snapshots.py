@@ -32,9 +32,9 @@ import ray
 
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
-from es_actors.jobs.replay import durable_event_ids, fold_partition_table, sealed_last_position
+from es_actors.jobs.replay import fold_partition_table
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.reader import read_partition
+from es_actors.storage.reader import event_ids_at, read_partition, sealed_last_position
 from es_actors.storage.snapshots import SnapshotRow, SnapshotStore, snapshot_dir, write_snapshot_file
 from es_actors.store import Store
 
@@ -73,7 +73,7 @@ def snapshot_partition(
     del table
     # Events read from the tail are confirmed once more: still the same event at that position?
     in_tail = [f.position for f in folded.values() if f.position > sealed_before]
-    now_at = durable_event_ids(layout, partition, in_tail)
+    now_at = event_ids_at(layout, partition, in_tail)
     current: set[tuple[str, str, int, int]] = set()  # (type, id, version, position) of usable snapshots
     if skip_current:
         for row in SnapshotStore(layout.root, partition).all_rows():

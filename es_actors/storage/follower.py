@@ -16,7 +16,6 @@ nothing newer is durable (not "the files moved").
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow.dataset as ds
 
 from es_actors.errors import StoreCorrupted
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
+from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE
@@ -70,14 +70,6 @@ class Batch:
         )
 
 
-class _Moved(Exception):
-    """Rows we need are between the tail and a new segment right now."""
-
-
-class _Missing(Exception):
-    """Positions were written but no listed file holds them (a race, or files are gone)."""
-
-
 class _TailCursor:
     """Incremental reading of one tail file: rows parsed so far and the byte offset reached."""
 
@@ -92,6 +84,7 @@ class _TailCursor:
 
 class LogFollower:
     def __init__(self, layout: StoreLayout, partition: int, after: int = 0) -> None:
+        layout.require_local("projections and subscriptions")
         self.layout = layout
         self.partition = partition
         self.after = after  # the last position returned (the caller's checkpoint)
@@ -106,22 +99,21 @@ class LogFollower:
         self.after = after
 
     @storage_boundary("following a partition")
-    def poll(self, max_rows: int = 1_000_000, attempts: int = 20) -> Batch | None:
+    def poll(self, max_rows: int = 1_000_000, attempts: int = DEFAULT_ATTEMPTS) -> Batch | None:
         """The next batch, or None when nothing newer is durable. A read that races the owner
         (a seal or compaction moving files) is tried again at once: callers that stop at the
         first None (a subscription with follow=False) must not take a race for the end.
         Damage raises StoreCorrupted: a follower never skips what it cannot read."""
-        missing: _Missing | None = None
-        for attempt in range(attempts):
-            try:
-                return self._poll(max_rows)
-            except _Missing as exc:
-                missing = exc
-            except (FileNotFoundError, _Moved):
-                missing = None
-            time.sleep(0.001 * attempt)  # the owner moved files under us: look again
-        if missing is not None:  # every attempt: positions written but in no file
-            raise StoreCorrupted(str(missing))
+        return read_consistently(
+            lambda: self._poll(max_rows), f"following partition {self.partition}", attempts,
+            pause_s=lambda attempt: 0.001 * attempt,  # the owner moved files under us: look again at once
+            give_up=self._gave_up,
+        )
+
+    @staticmethod
+    def _gave_up(last: BaseException) -> Batch | None:
+        if isinstance(last, Moved) and last.missing:  # every attempt: positions written but in no file
+            raise StoreCorrupted(str(last))
         return None
 
     def _poll(self, max_rows: int) -> Batch | None:
@@ -152,13 +144,13 @@ class LogFollower:
         if not rows:
             used = high_water(durable, tails)
             if used > self.after and not lost.covers(self.partition, self.after + 1, used):
-                raise _Missing(
+                raise Moved(
                     f"partition {self.partition}: positions {self.after + 1}..{used} were written (durable mark, "
-                    f"tail file names in {tail_dir}) but no file holds them: tail files or segments are missing"
+                    f"tail file names in {tail_dir}) but no file holds them: tail files or segments are missing", missing=True
                 )
             return None
         if rows[0][COL["position"]] != self.after + 1:
-            raise _Moved  # a seal is moving these rows; the next read finds them in the segment
+            raise Moved("rows moved into a segment")  # a seal is moving these rows; the next read finds them in the segment
         rows = rows[:max_rows]
         for i, r in enumerate(rows):
             if r[COL["position"]] != self.after + 1 + i:

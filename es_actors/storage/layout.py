@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyarrow import fs as pafs
 from pydantic import BaseModel
 
 from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
+from es_actors.storage.api import ObjectIncomplete
 from es_actors.storage.wal import fsync_dir, replace_durably
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
@@ -38,24 +38,36 @@ def partition_of(aggregate_type: str, aggregate_id: str, partitions: int) -> int
 
 
 def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
-    """Resolve a store URI through pyarrow.fs; the write-ahead tail needs a local filesystem today."""
-    text = os.fspath(uri)
-    if "://" not in text:
-        return Path(text).expanduser().resolve()
-    scheme = text.split("://", 1)[0].lower()
-    if scheme != "file":  # checked before pyarrow resolves it: no network round trip for a refusal
-        raise EsActorsError(
-            f"{text!r}: {scheme} stores are not supported yet; the durable tail needs a local filesystem "
-            "with append + fdatasync (see adrs/ADR-005-log-format.md)"
-        )
-    filesystem, path = pafs.FileSystem.from_uri(text)
-    assert isinstance(filesystem, pafs.LocalFileSystem)
-    return Path(path).resolve()
+    """The directory of a local-disk store URI (a plain path or ``file://``); other schemes are
+    refused with an EsActorsError by :mod:`es_actors.storage.backends`, which maps schemes."""
+    from es_actors.storage.backends import local_root  # backends imports the backends, which import this
+
+    return local_root(uri)
 
 
 @dataclass(frozen=True)
 class StoreLayout:
     root: Path
+    scheme: str = ""  # "": local disk; otherwise the backend the URI chose (storage/backends.py)
+
+    @classmethod
+    def from_uri(cls, uri: str | os.PathLike[str]) -> "StoreLayout":
+        """The layout a store URI names (EsActorsError for a scheme no backend serves)."""
+        from es_actors.storage.backends import LOCAL_SCHEMES, parse_store_uri
+
+        parsed = parse_store_uri(uri)
+        return cls(parsed.path, "" if parsed.scheme in LOCAL_SCHEMES else parsed.scheme)
+
+    @property
+    def uri(self) -> str:
+        """What :meth:`from_uri` reads back: the plain path of a local store, else ``scheme:///path``."""
+        return f"{self.scheme}://{self.root}" if self.scheme else str(self.root)
+
+    def require_local(self, what: str) -> None:
+        """EsActorsError unless this is a local-disk store (``what`` reads local files)."""
+        if self.scheme:
+            raise EsActorsError(f"{self.uri}: {what} read local Parquet and tail files; not supported on "
+                                f"{self.scheme} stores yet (adrs/ADR-013-storage-interface.md)")
 
     @property
     def descriptor_path(self) -> Path:
@@ -74,10 +86,16 @@ class StoreLayout:
 
     def read_descriptor(self) -> StoreDescriptor | None:
         try:
-            desc = StoreDescriptor.model_validate_json(self.descriptor_path.read_text())
+            if self.scheme:
+                from es_actors.storage.backends import blob_store_of
+
+                text = blob_store_of(self).get("store.json").decode()
+            else:
+                text = self.descriptor_path.read_text()
+            desc = StoreDescriptor.model_validate_json(text)
         except FileNotFoundError:
             return None
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
+        except (ValueError, UnicodeDecodeError, OSError, ObjectIncomplete) as exc:
             raise StoreCorrupted(f"{self.descriptor_path} cannot be read: {exc}") from None
         if desc.format_version not in READABLE_FORMATS:
             raise EsActorsError(
@@ -106,7 +124,9 @@ class StoreLayout:
                     f"{self.root} was created with {existing.partitions} partitions; cannot open it with {partitions}"
                 )
             return existing
-        if (self.root / "log").exists() or (self.root / "tail").exists():
+        holds_log = any(self.root.glob("p[0-9]*")) if self.scheme else (
+            (self.root / "log").exists() or (self.root / "tail").exists())
+        if holds_log:
             raise StoreCorrupted(
                 f"{self.descriptor_path} is missing but {self.root} holds a log: refusing to create a new store "
                 "over it (its partition count and hash would be guessed). Restore store.json"
@@ -115,6 +135,13 @@ class StoreLayout:
         if desc.partitions < 1:
             raise EsActorsError("partitions must be >= 1")
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.scheme:  # whole objects: put-if-absent (a concurrent creator's wins), no link or rename
+            from es_actors.storage.backends import blob_store_of
+
+            blob_store_of(self).put_if_absent("store.json", json.dumps(desc.model_dump(), indent=2).encode())
+            result = self.read_descriptor()
+            assert result is not None
+            return result
         tmp = self.root / f".store.json.{os.getpid()}.new"
         tmp.write_text(json.dumps(desc.model_dump(), indent=2))
         try:

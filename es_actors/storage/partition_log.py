@@ -5,6 +5,10 @@ file; the kernel drops it when the process dies). Appends go to the write-ahead 
 are durable when :meth:`append` returns. A background thread seals closed tail files into
 Parquet segments and compacts small segments; rows are always either in memory (unsealed)
 or in a published segment, so :meth:`read_positions` never misses one.
+
+Over 400 lines on purpose: recovery, group commit, the owner's reads and the sealer share
+one lock and one in-memory view of unsealed rows; split, that state would be shared across
+modules. It satisfies ``storage.api.OwnedPartitionLog`` directly (the hot path has no adapter).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +31,7 @@ import pyarrow.parquet as pq
 from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, table_to_rows
+from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
@@ -79,6 +84,7 @@ class PartitionLog:
         self._lock_fd = acquire_partition_lock(self.tail_dir, config.lock_timeout_s)
         self._mutex = threading.Lock()
         self._wake = threading.Condition(self._mutex)
+        self._upkeep = threading.Lock()  # one seal/compaction at a time (the sealer's, or compact()'s)
         self.seal_error: str | None = None
         self._sealing: deque[tuple[Path, list[Row]]] = deque()
         self._writer_frames_before = 0
@@ -183,7 +189,7 @@ class PartitionLog:
             self._current_rows = []
             self._writer = TailWriter(self.tail_dir, self.next_position)
 
-    def durable_snapshot(self, attempts: int = 20) -> tuple[pa.Table, list[Row]]:
+    def durable_snapshot(self, attempts: int = DEFAULT_ATTEMPTS) -> tuple[pa.Table, list[Row]]:
         """Every durable row, consistent while the sealer runs: (sealed table, unsealed rows after it).
 
         Reading the segments and then ``unsealed_rows()`` is not: the sealer (already
@@ -192,22 +198,19 @@ class PartitionLog:
         both sides are taken under one lock; the sealer publishes a segment before dropping
         its rows from memory, so rows seen in both places are kept once (from the segment).
         """
-        for _ in range(attempts):
+        def read_once() -> tuple[pa.Table, list[Row]]:
             with self._mutex:
                 segments = list(self.segments.segments)
                 unsealed = [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
             sealed_last = segments[-1].last if segments else 0
-            try:
-                table = (
-                    ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table()
-                    if segments
-                    else ARROW_SCHEMA.empty_table()
-                )
-            except FileNotFoundError:  # compaction replaced (and gc removed) a segment meanwhile
-                time.sleep(0.01)
-                continue
+            table = (  # FileNotFoundError: compaction replaced (and gc removed) a segment meanwhile
+                ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table()
+                if segments
+                else ARROW_SCHEMA.empty_table()
+            )
             return table, [r for r in unsealed if r[COL["position"]] > sealed_last]
-        raise StoreCorrupted(f"partition {self.partition}: no consistent snapshot after {attempts} attempts")
+
+        return read_consistently(read_once, f"partition {self.partition}: a durable snapshot", attempts)
 
     def unsealed_rows(self) -> list[Row]:
         with self._mutex:
@@ -264,6 +267,10 @@ class PartitionLog:
         old.close()
 
     @property
+    def sealed_segment_count(self) -> int:
+        return len(self.segments.segments)
+
+    @property
     def unsealed_count(self) -> int:
         with self._mutex:
             return len(self._current_rows) + sum(len(r) for _p, r in self._sealing)
@@ -284,14 +291,15 @@ class PartitionLog:
         )
         return table_to_rows(table)
 
-    def read_at(self, positions: "np.ndarray | list[int]", columns: list[str]) -> dict[str, list[Any]]:
+    def read_at(self, positions: "np.ndarray | Sequence[int]", columns: list[str]) -> dict[str, list[Any]]:
         """Selected columns of the rows at ``positions`` (ascending), in that order.
 
         Rows still in memory are found by offset; sealed ones by reading only the row groups
         that hold them. Used to rehydrate one aggregate without scanning its partition.
         """
         pos = np.asarray(positions, dtype=np.int64)
-        for _attempt in range(20):
+
+        def read_once() -> dict[str, list[Any]]:
             with self._mutex:
                 chunks = [(rows[0][COL["position"]], rows) for _p, rows in self._sealing if rows]
                 if self._current_rows:
@@ -299,13 +307,9 @@ class PartitionLog:
                 segments = list(self.segments.segments)
             mem_first = chunks[0][0] if chunks else self.next_position
             out: dict[str, list[Any]] = {c: [] for c in columns}
-            try:
-                sealed = pos[pos < mem_first]
-                if len(sealed):
-                    self._read_sealed(segments, sealed, columns, out)
-            except FileNotFoundError:  # compaction swapped and collected a segment: look again
-                time.sleep(0.01)
-                continue
+            sealed = pos[pos < mem_first]
+            if len(sealed):  # FileNotFoundError: compaction swapped and collected a segment
+                self._read_sealed(segments, sealed, columns, out)
             rest = pos[pos >= mem_first]
             if len(rest):
                 idx = [COL[c] for c in columns]
@@ -316,7 +320,8 @@ class PartitionLog:
                     for c, i in zip(columns, idx):
                         out[c].append(row[i])
             return out
-        raise StoreCorrupted(f"partition {self.partition}: no consistent read after 20 attempts")
+
+        return read_consistently(read_once, f"partition {self.partition}: reading positions")
 
     def _read_sealed(self, segments: list[Any], pos: np.ndarray, columns: list[str], out: dict[str, list[Any]]) -> None:
         firsts = np.array([s.first for s in segments], dtype=np.int64)
@@ -352,16 +357,13 @@ class PartitionLog:
     def index_columns(self) -> pa.Table:
         """(aggregate_type, aggregate_id, version, position) of every durable row, in position order."""
         cols = ["aggregate_type", "aggregate_id", "version", "position"]
-        for _ in range(20):
+
+        def read_once() -> pa.Table:
             with self._mutex:
                 segments = list(self.segments.segments)
                 unsealed = [r for _p, rows in self._sealing for r in rows] + list(self._current_rows)
             sealed_last = segments[-1].last if segments else 0
-            try:
-                parts = [pq.read_table(s.path, columns=cols) for s in segments]
-            except FileNotFoundError:
-                time.sleep(0.01)
-                continue
+            parts = [pq.read_table(s.path, columns=cols) for s in segments]  # FileNotFoundError: look again
             tail = [r for r in unsealed if r[COL["position"]] > sealed_last]
             if tail:
                 parts.append(
@@ -369,7 +371,8 @@ class PartitionLog:
                 )
             schema = pa.schema([ARROW_SCHEMA.field(c) for c in cols])
             return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-        raise StoreCorrupted(f"partition {self.partition}: no consistent snapshot after 20 attempts")
+
+        return read_consistently(read_once, f"partition {self.partition}: the index columns")
 
     # -- sealing and compaction -----------------------------------------------------------
 
@@ -383,14 +386,15 @@ class PartitionLog:
                     return
                 path, rows = self._sealing[0]
             try:
-                self.segments.seal(rows)
-                path.unlink(missing_ok=True)
-                fsync_dir(self.tail_dir)
-                with self._mutex:
-                    self._sealing.popleft()
-                    self._wake.notify_all()
-                self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
-                self.segments.collect_garbage()
+                with self._upkeep:
+                    self.segments.seal(rows)
+                    path.unlink(missing_ok=True)
+                    fsync_dir(self.tail_dir)
+                    with self._mutex:
+                        self._sealing.popleft()
+                        self._wake.notify_all()
+                    self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+                    self.segments.collect_garbage()
                 self.seal_error, backoff = None, 0.1
             except Exception as exc:  # keep the tail (it is durable) and try again later
                 self.seal_error = f"{type(exc).__name__}: {exc}"
@@ -411,6 +415,13 @@ class PartitionLog:
                 if left <= 0:
                     raise TimeoutError(f"partition {self.partition}: sealing did not finish: {self.seal_error}")
                 self._wake.wait(left)
+
+    def compact(self) -> int:
+        """Merge runs of small segments now (the sealer also does after each seal); returns how many."""
+        with self._upkeep:
+            merged = self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+            self.segments.collect_garbage()
+            return merged
 
     def close(self) -> None:
         with self._mutex:

@@ -8,20 +8,20 @@ once, in position order, never a partial record.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from es_actors.errors import StoreCorrupted
+from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.segments import Segment, list_segments, resolve_current, verify_segments
-from es_actors.storage.wal import DurableMark, high_water, list_tail_files, read_tail_rows
+from es_actors.storage.wal import DurableMark, high_water, list_tail_files, read_tail_file, read_tail_rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
@@ -55,30 +55,27 @@ def durable_tail_rows(
 View = tuple[list[Segment], list[tuple[Any, ...]]]
 
 
-def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> View | str:
-    """One attempt at a consistent view: (sealed segments, durable tail rows after them), or why
-    not (a seal or compaction moved files under us, or positions are missing: look again).
-    Damage raises StoreCorrupted."""
+def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> View:
+    """One attempt at a consistent view: (sealed segments, durable tail rows after them).
+    Raises :class:`Moved` (a seal or compaction moved files under us, or positions are missing:
+    look again); damage raises StoreCorrupted."""
     tail_dir = layout.tail_dir(partition)
     durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
     tails = list_tail_files(tail_dir)
     gen = resolve_current(layout.log_dir(partition))
-    try:
-        if gen is None and (durable or tails):
-            return f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written"
-        segments = list_segments(gen, lost, partition) if gen is not None else []
-        sealed_last = segments[-1].last if segments else 0
-        tail_rows = durable_tail_rows(layout, partition, tails, sealed_last, durable)
-    except FileNotFoundError as exc:
-        return f"a file vanished while reading ({exc.filename})"
+    if gen is None and (durable or tails):
+        raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
+    segments = list_segments(gen, lost, partition) if gen is not None else []
+    sealed_last = segments[-1].last if segments else 0
+    tail_rows = durable_tail_rows(layout, partition, tails, sealed_last, durable)  # FileNotFoundError: moved
     tail_rows.sort(key=lambda r: r[COL["position"]])
     if lost.first_gap(partition, sealed_last, (r[COL["position"]] for r in tail_rows)) is not None:
-        return f"partition {partition}: positions do not continue after {sealed_last} in {tail_dir}"
+        raise Moved(f"partition {partition}: positions do not continue after {sealed_last} in {tail_dir}")
     last = tail_rows[-1][COL["position"]] if tail_rows else sealed_last
     used = high_water(durable, tails)
     if used > last and not lost.covers(partition, last + 1, used):
-        return (f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
-                f"in {tail_dir}) but no file holds them: tail files or segments are missing")
+        raise Moved(f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
+                    f"in {tail_dir}) but no file holds them: tail files or segments are missing", missing=True)
     return segments, tail_rows
 
 
@@ -87,31 +84,24 @@ def read_partition(
     layout: StoreLayout,
     partition: int,
     aggregate: tuple[str, str] | None = None,
-    attempts: int = 20,
+    attempts: int = DEFAULT_ATTEMPTS,
 ) -> pa.Table:
     """All durable events of a partition (or of one aggregate in it), in position order."""
+    layout.require_local("local partition readers")
     lost = LostRanges.load(layout.root)
-    why = ""
-    for _ in range(attempts):
-        view = _durable_view(layout, partition, lost)
-        if isinstance(view, str):
-            why = view
-            time.sleep(0.01)
-            continue
-        segments, tail_rows = view
+
+    def read_once() -> pa.Table:
+        segments, tail_rows = _durable_view(layout, partition, lost)
         filter_expr = None
         if aggregate is not None:
             filter_expr = (ds.field("aggregate_type") == aggregate[0]) & (ds.field("aggregate_id") == aggregate[1])
             tail_rows = [r for r in tail_rows if (r[COL["aggregate_type"]], r[COL["aggregate_id"]]) == aggregate]
-        try:
-            sealed = _read_segments(segments, filter_expr)
-        except FileNotFoundError:
-            time.sleep(0.01)
-            continue
+        sealed = _read_segments(segments, filter_expr)  # FileNotFoundError: compaction collected one
         if not tail_rows:
             return sealed
         return pa.concat_tables([sealed, rows_to_table(tail_rows)])
-    raise StoreCorrupted(f"no consistent read after {attempts} attempts: {why}")
+
+    return read_consistently(read_once, f"reading partition {partition}", attempts)
 
 
 def read_partition_rows(layout: StoreLayout, partition: int, aggregate: tuple[str, str] | None = None) -> list[tuple[Any, ...]]:
@@ -121,6 +111,7 @@ def read_partition_rows(layout: StoreLayout, partition: int, aggregate: tuple[st
 @storage_boundary("listing sealed files")
 def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
     """The exact sealed file set right now: pass it to ``read_parquet([...])`` for a stable snapshot."""
+    layout.require_local("sealed files")
     files: list[Path] = []
     lost = LostRanges.load(layout.root)
     for p in range(partitions):
@@ -131,23 +122,92 @@ def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
 
 
 @storage_boundary("reading the log")
-def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = 20) -> tuple[list[str], pa.Table]:
+def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = DEFAULT_ATTEMPTS) -> tuple[list[str], pa.Table]:
     """Every durable event as (sealed files, tail rows after them): what the ``events`` relation
     of a query shows. Consistent per partition (same retry rule as :func:`read_partition`)."""
+    layout.require_local("queries")
     files: list[str] = []
     tails: list[tuple[Any, ...]] = []
     lost = LostRanges.load(layout.root)
     for p in range(partitions):
-        why = ""
-        for _ in range(attempts):
-            view = _durable_view(layout, p, lost)
-            if not isinstance(view, str):
-                verify_segments(view[0])
-                files.extend(str(s.path) for s in view[0])
-                tails.extend(view[1])
-                break
-            why = view
-            time.sleep(0.01)
-        else:
-            raise StoreCorrupted(f"no consistent read after {attempts} attempts: {why}")
+        segments, tail_rows = read_consistently(lambda: _durable_view(layout, p, lost), f"reading partition {p}", attempts)
+        verify_segments(segments)
+        files.extend(str(s.path) for s in segments)
+        tails.extend(tail_rows)
     return files, rows_to_table(tails)
+
+
+@storage_boundary("reading the sealed high-water mark")
+def sealed_last_position(layout: StoreLayout, partition: int) -> int:
+    """The last position sealed into Parquet now (0 if none). It only grows; sealed rows are
+    durable and acknowledged, never cut back."""
+    try:
+        gen = resolve_current(layout.log_dir(partition))
+        segments = list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []
+    except FileNotFoundError:
+        return 0
+    return segments[-1].last if segments else 0
+
+
+@storage_boundary("reading event ids")
+def event_ids_at(layout: StoreLayout, partition: int, positions: Iterable[int], attempts: int = DEFAULT_ATTEMPTS) -> dict[int, str]:
+    """``event_id`` of the events now at these positions (tail first, then sealed segments).
+
+    A reader can see a tail frame whose fdatasync then fails and which the owner cuts back
+    (and later reuses its positions). Reading the positions again after a fold confirms the
+    events it used are still the ones there. Positions missing from the answer hold nothing now.
+    """
+    want = set(positions)
+    found: dict[int, str] = {}
+    if not want:
+        return found
+    p_col, id_col = COL["position"], COL["event_id"]
+    for _first, path in list_tail_files(layout.tail_dir(partition)):
+        rows, _valid, _size = read_tail_file(path)  # a file sealed and removed meanwhile reads as empty
+        for r in rows:
+            if r[p_col] in want:
+                found[r[p_col]] = r[id_col]
+    rest = sorted(want - found.keys())
+    if not rest:
+        return found
+
+    def read_once() -> dict[int, str]:
+        gen = resolve_current(layout.log_dir(partition))
+        segments = list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []
+        if not segments:
+            return {}
+        table = ds.dataset([str(s.path) for s in segments], schema=ARROW_SCHEMA, format="parquet").to_table(
+            columns=["position", "event_id"], filter=ds.field("position").isin(rest)
+        )  # FileNotFoundError: a compaction swapped the generation under us
+        return dict(zip(table.column("position").to_pylist(), table.column("event_id").to_pylist()))
+
+    found.update(read_consistently(read_once, f"partition {partition}: event ids", attempts, give_up=lambda _exc: {}))
+    return found
+
+
+def recorded_at_us(layout: StoreLayout, partition: int, position: int) -> int | None:
+    """When the sealed event at a position was recorded (epoch µs), or None if it is not sealed
+    or cannot be read right now (a best-effort figure for lag in seconds)."""
+    try:
+        gen = resolve_current(layout.log_dir(partition))
+        for s in list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []:
+            if s.first <= position <= s.last:
+                t = ds.dataset(str(s.path), schema=ARROW_SCHEMA, format="parquet").to_table(
+                    columns=["recorded_at"], filter=ds.field("position") == position
+                )
+                return int(t.column(0).cast("int64")[0].as_py()) if t.num_rows else None
+    except Exception:
+        return None
+    return None
+
+
+@storage_boundary("reading the durable high-water mark")
+def durable_high_water(layout: StoreLayout, partition: int, attempts: int = DEFAULT_ATTEMPTS) -> int:
+    """The last durable position a reader can see (0 if none)."""
+    lost = LostRanges.load(layout.root)
+    segments, tail_rows = read_consistently(
+        lambda: _durable_view(layout, partition, lost), f"reading partition {partition}", attempts
+    )
+    if tail_rows:
+        return int(tail_rows[-1][COL["position"]])
+    return segments[-1].last if segments else 0

@@ -71,6 +71,18 @@ def snapshot_dir(root: Path, partition: int) -> Path:
 
 def write_snapshot_file(directory: Path, rows: Iterable[SnapshotRow]) -> Path | None:
     """Write rows (newest per aggregate wins if repeated) as one new file; None if no rows."""
+    table = snapshot_table(rows)
+    if table is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"snap-{time.time_ns():020d}-{os.urandom(3).hex()}.parquet"
+    write_parquet_durably(table, path, row_group_size=_ROW_GROUP, write_page_checksum=True)
+    return path
+
+
+def snapshot_table(rows: Iterable[SnapshotRow]) -> pa.Table | None:
+    """One snapshot group as a table sorted by aggregate with its row-group key bounds (None if empty);
+    newest row per aggregate wins if repeated."""
     latest: dict[tuple[str, str], SnapshotRow] = {}
     for r in rows:
         k = (r.aggregate_type, r.aggregate_id)
@@ -98,11 +110,12 @@ def write_snapshot_file(directory: Path, rows: Iterable[SnapshotRow]) -> Path | 
         [_key(ordered[i]), _key(ordered[min(i + _ROW_GROUP, len(ordered)) - 1])]
         for i in range(0, len(ordered), _ROW_GROUP)
     ]
-    table = table.replace_schema_metadata({_BOUNDS_KEY: json.dumps(bounds).encode()})
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"snap-{time.time_ns():020d}-{os.urandom(3).hex()}.parquet"
-    write_parquet_durably(table, path, row_group_size=_ROW_GROUP, write_page_checksum=True)
-    return path
+    return table.replace_schema_metadata({_BOUNDS_KEY: json.dumps(bounds).encode()})
+
+
+def snapshot_rows(table: pa.Table) -> list[SnapshotRow]:
+    """Every row of a snapshot table."""
+    return [_row(table, j) for j in range(table.num_rows)]
 
 
 def _key(r: SnapshotRow) -> str:

@@ -31,7 +31,7 @@ from es_actors.write.envelope import check_text, validate_envelope
 from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportedEvent, ImportEnvelope, ItemResult
 from es_actors.errors import CommandTimeout, EsActorsError, InvalidPayload, Overloaded, StoreClosed
 from es_actors.codecs.views import CommandResult
-from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of, resolve_local_root
+from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of
 from es_actors.store.admin import Admin
 from es_actors.store.handles import AggregateHandle
 from es_actors.store.projections import Projections
@@ -107,7 +107,7 @@ class Store(LogReading, StoreShortcuts):
         running actors gets theirs).
         """
         config = config or StoreConfig(**settings)
-        layout = StoreLayout(resolve_local_root(uri))
+        layout = StoreLayout.from_uri(uri)
         registry = DomainRegistry(aggregates)
         if read_only:
             descriptor = layout.read_descriptor()
@@ -119,6 +119,7 @@ class Store(LogReading, StoreShortcuts):
 
             CommandPipeline(config, interceptors)  # a TypeError naming what is not an interceptor, before anything starts
         if projections:
+            layout.require_local("projections")
             from es_actors.read.projection import check_projections
 
             check_projections(projections)  # before anything starts

@@ -11,7 +11,8 @@ from es_actors.codecs.views import RecordedEvent
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of
-from es_actors.storage.reader import read_partition_rows, sealed_files
+from es_actors.storage.backends import aggregate_rows
+from es_actors.storage.reader import sealed_files
 from es_actors.write.envelope import check_text
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class LogReading:
         aggregate_type = check_text(aggregate_type, "aggregate type", self.config.max_id_bytes, "max_id_bytes")
         aggregate_id = check_text(aggregate_id, "aggregate id", self.config.max_id_bytes, "max_id_bytes")
         p = partition_of(aggregate_type, aggregate_id, self.descriptor.partitions)
-        rows = read_partition_rows(self.layout, p, (aggregate_type, aggregate_id))
+        rows = aggregate_rows(self.layout, p, aggregate_type, aggregate_id)
         return sorted(rows, key=lambda r: r[4])
 
     def query(

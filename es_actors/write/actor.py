@@ -12,7 +12,6 @@ import os
 import pickle
 import threading
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import ray
@@ -113,7 +112,7 @@ class PartitionActor:
         self._partition: Partition | None = None
         try:
             self._partition = Partition(
-                StoreLayout(Path(root)), partition, DomainRegistry(aggregates), config, interceptors
+                StoreLayout.from_uri(root), partition, DomainRegistry(aggregates), config, interceptors
             )
         except EsActorsError as exc:  # fenced or corrupt: answer every call with the reason, don't crash-loop
             self._error = exc
@@ -229,7 +228,7 @@ def start_partition_actors(
         actors = [
             PartitionActor.options(
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
-            ).remote(str(layout.root), p, list(aggregates), config, opener, list(interceptors))
+            ).remote(layout.uri, p, list(aggregates), config, opener, list(interceptors))
             for p in range(descriptor.partitions)
         ]
         try:

@@ -14,7 +14,7 @@ import logging
 from enum import Enum
 
 from es_actors.errors import EsActorsError, StorageError
-from es_actors.storage.partition_log import PartitionLog
+from es_actors.storage.api import OwnedPartitionLog
 from es_actors.write.partition.decide import BatchWork
 from es_actors.write.partition.hydration import Hydration
 from es_actors.write.partition.index import AggregateEntry, Key
@@ -29,7 +29,7 @@ class Outcome(Enum):
     ONE_BY_ONE = "one-by-one"  # nothing written, a row cannot be encoded: decide again one at a time
 
 
-def append(log_: PartitionLog, work: BatchWork, partition: int, rejections: dict[str, int]) -> tuple[Outcome, Exception | None]:
+def append(log_: OwnedPartitionLog, work: BatchWork, partition: int, rejections: dict[str, int]) -> tuple[Outcome, Exception | None]:
     """Append the batch's rows as one durable write."""
     if not work.rows:
         return Outcome.WRITTEN, None

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from es_actors.storage.partition_log import PartitionLog
+from es_actors.storage.api import OwnedPartitionLog
 from es_actors.write.protocol import BatchItem, BatchResults, CommandEnvelope, ImportEnvelope, ItemResult
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def command_digest_of(command_type: str, payload: str) -> str:
     return hashlib.blake2b(f"command\x00{command_type}\x00{payload}".encode(), digest_size=12).hexdigest()
 
 
-def recent_commands(log: PartitionLog, entry: "AggregateEntry", window: int) -> dict[str, Remembered]:
+def recent_commands(log: OwnedPartitionLog, entry: "AggregateEntry", window: int) -> dict[str, Remembered]:
     """The aggregate's recent command ids (the dedup window), read from the log the first time
     they are needed; consecutive events of one command fold into one record."""
     if entry.commands is None:
@@ -77,7 +77,7 @@ def recent_commands(log: PartitionLog, entry: "AggregateEntry", window: int) -> 
     return entry.commands
 
 
-def resolve_duplicates(log: PartitionLog, results: Sequence[ItemResult | Duplicate | None]) -> tuple[BatchResults, int]:
+def resolve_duplicates(log: OwnedPartitionLog, results: Sequence[ItemResult | Duplicate | None]) -> tuple[BatchResults, int]:
     """Every result final: a retried command gets the rows its first run appended, read back
     from the log. Returns the results and how many were duplicates."""
     out = BatchResults()

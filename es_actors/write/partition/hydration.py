@@ -24,8 +24,9 @@ from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry, Event
 from es_actors.domain.fold import fold
 from es_actors.errors import StoreCorrupted
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.snapshots import SnapshotRow, SnapshotStore
+from es_actors.storage.api import OwnedPartitionLog
+from es_actors.storage.api import OwnerSnapshotStore
+from es_actors.storage.snapshots import SnapshotRow
 from es_actors.write.partition.index import NOT_HYDRATED, AggregateEntry, Key
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class Hydration:
     """The hydrated states of one partition (an LRU over the index's entries)."""
 
     def __init__(
-        self, partition: int, log: PartitionLog, registry: DomainRegistry, snapshot_format: SnapshotFormat,
-        snapshots: SnapshotStore, config: StoreConfig, counts: dict[str, int],
+        self, partition: int, log: OwnedPartitionLog, registry: DomainRegistry, snapshot_format: SnapshotFormat,
+        snapshots: OwnerSnapshotStore, config: StoreConfig, counts: dict[str, int],
     ) -> None:
         self.partition = partition
         self.log = log

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from es_actors.errors import StoreCorrupted
-from es_actors.storage.partition_log import PartitionLog
+from es_actors.storage.api import OwnedPartitionLog
 from es_actors.write.partition.dedup import Remembered
 
 Key = tuple[str, str]  # (aggregate_type, aggregate_id)
@@ -59,7 +59,7 @@ def _names_of(encoded: Any, code: int) -> str:
     return str(encoded.dictionary[int(code)].as_py()).replace("\x00", "/")
 
 
-def build_index(log: PartitionLog, partition: int) -> tuple[dict[Key, AggregateEntry], set[Key]]:
+def build_index(log: OwnedPartitionLog, partition: int) -> tuple[dict[Key, AggregateEntry], set[Key]]:
     """Every aggregate of the log (version and positions), and those cut short by a recorded
     loss (readable up to the gap; they refuse commands)."""
     aggregates: dict[Key, AggregateEntry] = {}

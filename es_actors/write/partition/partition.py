@@ -37,8 +37,8 @@ from es_actors.errors import (
 )
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.snapshots import SnapshotStore
+from es_actors.storage.api import OwnedPartitionLog, OwnerSnapshotStore
+from es_actors.storage.backends import open_owned_partition
 from es_actors.write.interceptors import CommandInterceptor, CommandPipeline, InterceptContext, PriorCommand
 from es_actors.write.partition import commit
 from es_actors.write.partition.decide import BatchWork, decide, safe_text
@@ -66,8 +66,9 @@ class Partition:
         self.pipeline = CommandPipeline(config, interceptors)
         self.snapshot_format = SnapshotFormat(registry)
         self.root = layout.root
-        self.log = PartitionLog(layout, partition, config)
-        self.snapshots = SnapshotStore(layout.root, partition)
+        self.log: OwnedPartitionLog
+        self.snapshots: OwnerSnapshotStore
+        self.log, self.snapshots = open_owned_partition(layout, partition, config)  # the store's URI chose the backend
         self.counts = {
             "accepted": 0, "duplicate": 0, "rejected": 0, "batches": 0, "hydrations": 0,
             "passivations": 0, "snapshot_used": 0, "snapshot_ignored": 0, "snapshots_written": 0,
@@ -280,7 +281,7 @@ class Partition:
             "next_position": self.log.next_position,
             "durable_writes": self.log.durable_writes,
             "unsealed_events": self.log.unsealed_count,
-            "sealed_segments": len(self.log.segments.segments),
+            "sealed_segments": self.log.sealed_segment_count,
             "aggregates": len(self.aggregates),
             "hydrated": len(self.hydrated),
             "recovery_s": self.recovery_s,

@@ -17,8 +17,9 @@ from typing import Any
 from es_actors.codecs.state import SnapshotFormat
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.snapshots import SnapshotRow, SnapshotStore
+from es_actors.storage.api import OwnedPartitionLog
+from es_actors.storage.api import OwnerSnapshotStore
+from es_actors.storage.snapshots import SnapshotRow
 from es_actors.write.partition.index import AggregateEntry, Key
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ class SnapshotPolicy:
     """The snapshots a partition owes, and writing them."""
 
     def __init__(
-        self, partition: int, log: PartitionLog, registry: DomainRegistry, snapshot_format: SnapshotFormat,
-        snapshots: SnapshotStore, config: StoreConfig, counts: dict[str, int], aggregates: dict[Key, AggregateEntry],
+        self, partition: int, log: OwnedPartitionLog, registry: DomainRegistry, snapshot_format: SnapshotFormat,
+        snapshots: OwnerSnapshotStore, config: StoreConfig, counts: dict[str, int], aggregates: dict[Key, AggregateEntry],
     ) -> None:
         self.partition = partition
         self.log = log

@@ -1,0 +1,125 @@
+"""The local-disk backend behind the storage protocols (:mod:`es_actors.storage.api`).
+
+Thin adapters over the modules that implement it (ADR-005, ADR-009): a write-ahead tail of
+checksummed frames appended with ``write`` + ``fdatasync`` (``wal``), sealed Parquet
+segments published by rename under a ``current`` generation symlink (``segments``), the
+owner's recovery, group commit, sealing and compaction (``partition_log``), consistent
+readers (``reader``) and followers (``follower``), snapshots (``snapshots``). Fencing is an
+exclusive ``flock``: a second owner is refused at open with ``WriterFenced``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from es_actors.config import StoreConfig
+from es_actors.storage.api import Appended, Capabilities, Row
+from es_actors.storage.follower import LogFollower
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.partition_log import PartitionLog
+from es_actors.storage.reader import durable_high_water, read_partition
+from es_actors.storage.snapshots import SnapshotStore
+
+LOCAL_CAPABILITIES = Capabilities(
+    can_append=True, can_rename=True, can_fsync=True, can_lock=True, atomic_put=False,
+    injects_write_faults=True, background_sealing=True,
+)
+
+
+class LocalPartitionLog:
+    """:class:`~es_actors.storage.api.PartitionLog` over :class:`PartitionLog` (which the write
+    path still uses directly on its hot path: :attr:`owner`)."""
+
+    def __init__(self, layout: StoreLayout, partition: int, config: StoreConfig) -> None:
+        self.owner = PartitionLog(layout, partition, config)
+        self.partition = partition
+
+    @property
+    def next_position(self) -> int:
+        return self.owner.next_position
+
+    @property
+    def failed(self) -> str | None:
+        return self.owner.failed
+
+    def append(self, rows: Sequence[Row]) -> Appended:
+        first = self.owner.next_position
+        self.owner.append(list(rows))
+        return Appended(first, first + len(rows) - 1)
+
+    def read_positions(self, first: int, last: int) -> list[Row]:
+        return self.owner.read_positions(first, last)
+
+    def seal(self) -> None:
+        self.owner.seal_all()
+
+    def compact(self) -> int:
+        return self.owner.compact()
+
+    def close(self) -> None:
+        self.owner.close()
+
+
+class LocalReader:
+    """:class:`~es_actors.storage.api.PartitionReader` of one local partition (scans the
+    partition for range and aggregate reads today; the read-path issue indexes them)."""
+
+    def __init__(self, layout: StoreLayout, partition: int) -> None:
+        self.layout, self.partition = layout, partition
+
+    def high_water(self) -> int:
+        return durable_high_water(self.layout, self.partition)
+
+    def read_all(self) -> pa.Table:
+        return read_partition(self.layout, self.partition)
+
+    def read_range(self, first: int, last: int) -> pa.Table:
+        table = read_partition(self.layout, self.partition)
+        pos = table.column("position")
+        return table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
+
+    def read_aggregate(
+        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
+    ) -> pa.Table:
+        table = read_partition(self.layout, self.partition, (aggregate_type, aggregate_id))
+        return filter_versions(table, first_version, last_version)
+
+
+def filter_versions(table: pa.Table, first_version: int, last_version: int | None) -> pa.Table:
+    """Rows with ``first_version <= version <= last_version`` (no upper bound if None)."""
+    ver = table.column("version")
+    keep = pc.greater_equal(ver, first_version)
+    if last_version is not None:
+        keep = pc.and_(keep, pc.less_equal(ver, last_version))
+    return table.filter(keep)
+
+
+class LocalBackend:
+    """:class:`~es_actors.storage.api.StorageBackend` of a store directory on a local file system."""
+
+    capabilities = LOCAL_CAPABILITIES
+
+    def __init__(self, root: Path) -> None:
+        self.layout = StoreLayout(Path(root))
+
+    def open_log(self, partition: int, config: StoreConfig) -> LocalPartitionLog:
+        return LocalPartitionLog(self.layout, partition, config)
+
+    def reader(self, partition: int) -> LocalReader:
+        return LocalReader(self.layout, partition)
+
+    def follower(self, partition: int, after: int = 0) -> LogFollower:
+        return LogFollower(self.layout, partition, after)
+
+    def snapshots(self, partition: int) -> SnapshotStore:
+        return SnapshotStore(self.layout.root, partition)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.layout.root)!r})"
+
+
+__all__ = ["LocalBackend", "LocalPartitionLog", "LocalReader", "LOCAL_CAPABILITIES", "filter_versions"]
