@@ -1,4 +1,4 @@
-"""What every storage backend provides: the contracts the write and read paths rely on (ADR-013).
+"""What every storage backend provides: the contracts the write and read paths rely on (ADR-014).
 
 A backend stores, per partition, a gapless log of event rows (tuples in
 ``es_actors.codecs.rows.COLUMNS`` order, ``position`` gapless from 1) and the partition's

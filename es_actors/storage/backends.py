@@ -65,7 +65,7 @@ def parse_store_uri(uri: str | os.PathLike[str]) -> StoreUri:
         known = ", ".join(f"{s}://" for s in _BACKENDS if s) + " or a plain path"
         raise EsActorsError(
             f"{text!r}: {scheme} stores are not supported yet: no storage backend serves the {scheme!r} scheme "
-            f"(known: {known}); see adrs/ADR-013-storage-interface.md"
+            f"(known: {known}); see adrs/ADR-014-storage-interface.md"
         )
     if scheme == "file":
         from pyarrow import fs as pafs
@@ -91,7 +91,7 @@ def local_root(uri: str | os.PathLike[str]) -> Path:
         raise EsActorsError(
             f"{os.fspath(uri)!r}: {parsed.scheme} stores are not supported yet by Store.open (the partition "
             "actors write through the local-disk log); the storage backend exists for the conformance suite and "
-            "the object-storage work (adrs/ADR-013-storage-interface.md)"
+            "the object-storage work (adrs/ADR-014-storage-interface.md)"
         )
     return parsed.path
 

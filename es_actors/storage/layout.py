@@ -67,7 +67,7 @@ class StoreLayout:
         """EsActorsError unless this is a local-disk store (``what`` reads local files)."""
         if self.scheme:
             raise EsActorsError(f"{self.uri}: {what} read local Parquet and tail files; not supported on "
-                                f"{self.scheme} stores yet (adrs/ADR-013-storage-interface.md)")
+                                f"{self.scheme} stores yet (adrs/ADR-014-storage-interface.md)")
 
     @property
     def descriptor_path(self) -> Path:

@@ -3,7 +3,7 @@
 No append, no rename, no overwrite: the operations every object store offers (S3 with
 ``If-None-Match: *``, GCS with ``ifGenerationMatch=0``). :class:`DirectoryBlobStore` provides
 them on a local directory; an S3 client implementing :class:`~es_actors.storage.api.BlobStore`
-replaces it. Design (ADR-013): one object per group commit in numbered tail slots, owners
+replaces it. Design (ADR-014): one object per group commit in numbered tail slots, owners
 fenced by epochs and put-if-absent, sealed segments published by numbered manifests
 (:mod:`.log`); readers apply one set of visibility rules (:mod:`.view`).
 """

@@ -1,6 +1,6 @@
 """The owner's log of one partition on whole objects: claim, recover, commit, seal, compact.
 
-Fencing without locks (ADR-013): an owner claims epoch ``highest + 1`` with put-if-absent,
+Fencing without locks (ADR-014): an owner claims epoch ``highest + 1`` with put-if-absent,
 then looks at the tail (giving an older owner's put in flight ``lock_timeout_s`` to finish),
 adopts every whole commit, and puts a *start record* into the next free slot, naming the
 last slot it adopts. Each group commit is a new object in the next slot, created with
