@@ -1,5 +1,7 @@
-"""The unit layer: the write path's logic without Ray. Every test here must pass with Ray
-absent; this hook fails any test that imports it (fakes stand in for Ray actors only)."""
+"""The unit layer: logic without Ray (decide, hydration, client batching, the projection runner,
+the facade's Ray-free parts). Fakes stand in for Ray actors only, never for files or DuckDB.
+This hook fails any test here that starts Ray (in a full run the integration tests' session
+Ray may already be up: only a start by the test itself counts)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,14 @@ import sys
 import pytest
 
 
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(getattr(ray, "is_initialized", lambda: False)())
+
+
 @pytest.fixture(autouse=True)
 def no_ray_started():
+    before = _ray_is_up()
     yield
-    ray = sys.modules.get("ray")
-    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+    if not before and _ray_is_up():
         pytest.fail("a unit test started Ray")

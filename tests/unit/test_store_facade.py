@@ -180,9 +180,3 @@ def test_cli_argument_errors_name_the_option(runner, read_only, tmp_path):
     assert out.exit_code == 1 and "QueryRefused" in out.output
     out = runner.invoke(cli, ["history", "BankAccount", "a1", "--store", str(tmp_path / "nothing")])
     assert out.exit_code == 1 and "not an es_actors store" in out.output and "Traceback" not in out.output
-
-
-def test_nothing_here_started_ray():
-    import ray
-
-    assert not ray.is_initialized()
