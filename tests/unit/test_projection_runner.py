@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Sequence
 
 import pytest
 
+from es_actors.write.protocol import CommandEnvelope
 from es_actors import DomainRegistry, StoreConfig
 from es_actors.codecs.views import RecordedEvent
 from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
@@ -53,22 +54,21 @@ class BankLog:
         self.expected: dict[str, dict[str, Any]] = {}
 
     def run(self, *commands: tuple[str, str, dict[str, Any]]) -> None:
-        by_part: dict[int, list[tuple[Any, ...]]] = {}
+        by_part: dict[int, list[CommandEnvelope]] = {}
         for aid, name, payload in commands:
-            item = ("command", "BankAccount", aid, uuid.uuid4().hex, None, (name, json.dumps(payload)), {})
+            item = CommandEnvelope("BankAccount", aid, uuid.uuid4().hex, name, json.dumps(payload))
             by_part.setdefault(partition_of("BankAccount", aid, PARTITIONS), []).append(item)
         for part, items in by_part.items():
-            for (tag, version, _rows), (_c, _t, aid, _i, _e, (name, payload), _m) in zip(
-                self.parts[part].handle_batch(items), items
-            ):
-                assert tag == "ok", (tag, version)
+            for result, item in zip(self.parts[part].handle_batch(items), items):
+                assert result.error is None and not result.duplicate, result
+                aid, name, payload = item.aggregate_id, item.command_type, item.payload
                 row = self.expected.setdefault(aid, {"owner": None, "balance": 0, "events": 0, "version": 0})
                 amount = json.loads(payload).get("amount", 0)
                 if name == "OpenAccount":
                     row["owner"] = json.loads(payload)["owner"]
                 row["balance"] += -amount if name == "Withdraw" else amount
                 row["events"] += 1
-                row["version"] = version
+                row["version"] = result.version
 
     def open_accounts(self, n: int, prefix: str = "acc") -> list[str]:
         ids = [f"{prefix}{i}" for i in range(n)]
@@ -309,12 +309,12 @@ def test_sealed_rows_at_older_versions_read_as_current_events_in_sql_as_in_pytho
     layout = StoreLayout(tmp_path / "store")
     legacy = DomainRegistry([LegacyBankAccount])
     writer = Partition(layout, 0, legacy, StoreConfig(lock_timeout_s=0))
-    def item(aid: str, name: str, payload: dict[str, Any]) -> tuple[Any, ...]:
-        return ("command", "BankAccount", aid, uuid.uuid4().hex, None, (name, json.dumps(payload)), {})
+    def item(aid: str, name: str, payload: dict[str, Any]) -> CommandEnvelope:
+        return CommandEnvelope("BankAccount", aid, uuid.uuid4().hex, name, json.dumps(payload))
 
     items = [item(f"old-{i}", "LegacyOpen", {"owner": f"o{i}", "initial": 10 * i + 1}) for i in range(3)]
     items += [item(f"old-{i}", "LegacyDeposit", {"amt": i + 2}) for i in range(3)]
-    assert {tag for tag, _v, _r in writer.handle_batch(items)} == {"ok"}
+    assert all(r.error is None for r in writer.handle_batch(items))
     writer.seal()  # sealed: the SQL kind scans the files, guarded, then takes the upcasting path
     writer.close()
     runner = ProjectionRunner(layout, 1, REGISTRY, [Balances, BalancesPy], StoreConfig(), clock=FakeClock(),
