@@ -34,7 +34,6 @@ ACCOUNTS = [f"acc-{i}" for i in range(6)]
 
 
 def load(root: str, acks: str, seconds: float, ray_temp: str) -> None:
-    import ray
 
     from es_actors import Store
     from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)

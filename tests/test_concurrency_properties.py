@@ -7,7 +7,7 @@ import threading
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from es_actors import ConcurrencyError, Store
+from es_actors import ConcurrencyError
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))

@@ -42,7 +42,8 @@ from es_actors.storage import partition_log, wal
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.partition_log import PartitionLog
 from es_actors.storage.reader import read_partition_rows
-from es_actors.storage.wal import DurableMark, list_tail_files, read_tail_file
+from es_actors.storage.durable_mark import DurableMark
+from es_actors.storage.wal import list_tail_files, read_tail_file
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from es_actors.write.protocol import CommandEnvelope, ImportedEvent, ImportEnvel
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.reader import read_partition_rows
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
-from tests.validation_domains import Act, Actor
+from tests.validation_domains import Actor
 
 REGISTRY = DomainRegistry([BankAccount, Actor])
 

@@ -23,18 +23,12 @@ from es_actors.codecs.rows import COL
 from es_actors.storage.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.maintenance import accept_loss, repair_store
+from es_actors.storage.repair import accept_loss, repair_store
 from es_actors.storage.partition_log import PartitionLog
 from es_actors.storage.reader import read_partition_rows
 from es_actors.storage.segments import list_segments, resolve_current
-from es_actors.storage.wal import (
-    FILE_HEADER_SIZE,
-    DurableMark,
-    encode_frame,
-    file_header,
-    list_tail_files,
-    scan_tail_file,
-)
+from es_actors.storage.wal import FILE_HEADER_SIZE, encode_frame, file_header, list_tail_files, scan_tail_file
+from es_actors.storage.durable_mark import DurableMark
 from es_actors.examples.bank import BankAccount
 
 REGISTRY = DomainRegistry([BankAccount])
@@ -436,13 +430,13 @@ def test_repair_puts_misplaced_frames_and_renamed_files_back_without_loss(pristi
 
 
 def test_a_repair_that_crashes_part_way_loses_nothing_a_second_one_finishes(pristine, tmp_path, monkeypatch):
-    from es_actors.storage import maintenance
+    from es_actors.storage import repair
 
     root = copy_of(pristine, tmp_path)
     (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")
     middle = scan_tail_file(newest, True).frames[1]
     flip(newest, middle.offset + FILE_HEADER_SIZE + 5)
-    real, calls = maintenance.replace_durably, []
+    real, calls = repair.replace_durably, []
 
     def crash_on_second(path: Path, data: bytes) -> None:
         calls.append(path.name)
@@ -450,10 +444,10 @@ def test_a_repair_that_crashes_part_way_loses_nothing_a_second_one_finishes(pris
             raise OSError(5, "simulated crash")
         real(path, data)
 
-    monkeypatch.setattr(maintenance, "replace_durably", crash_on_second)
+    monkeypatch.setattr(repair, "replace_durably", crash_on_second)
     with pytest.raises(StoreCorrupted):
         repair_store(root)
-    monkeypatch.setattr(maintenance, "replace_durably", real)
+    monkeypatch.setattr(repair, "replace_durably", real)
     repair_store(root)
     lost = {p for r in LostRanges.load(root).ranges for p in range(r.first, r.last + 1)}
     assert lost == set(range(middle.first_position, middle.first_position + 3))

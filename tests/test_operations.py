@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import pytest
 import ray
 
-from es_actors import DomainError, InvalidPayload, Overloaded, Store, Submission, UserCodeError
+from es_actors import DomainError, InvalidPayload, Overloaded, Submission, UserCodeError
 from es_actors.runtime.naming import NAMESPACE
 from es_actors.runtime.naming import actor_name
 from es_actors.examples.bank import AccountAlreadyOpen, BankAccount, Deposit, MoneyDeposited, OpenAccount

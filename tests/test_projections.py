@@ -22,7 +22,6 @@ import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa

@@ -33,7 +33,6 @@ from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.segments import list_segments, resolve_current, verify_segment
 from es_actors.storage.wal import (
     FILE_HEADER_SIZE,
-    DurableMark,
     TailScan,
     damage_error,
     high_water,
@@ -41,6 +40,7 @@ from es_actors.storage.wal import (
     scan_frames,
     scan_tail_bytes,
 )
+from es_actors.storage.durable_mark import DurableMark
 
 _NO_LOSS = LostRanges()
 

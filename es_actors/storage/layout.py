@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
 from es_actors.storage.api import ObjectIncomplete
-from es_actors.storage.wal import fsync_dir, replace_durably
+from es_actors.storage.files import fsync_dir, replace_durably
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
 READABLE_FORMATS = (1, 2)

@@ -19,7 +19,7 @@ from typing import Iterable
 from pydantic import BaseModel, Field, model_validator
 
 from es_actors.errors import StoreCorrupted
-from es_actors.storage.wal import fsync_dir, replace_durably
+from es_actors.storage.files import fsync_dir, replace_durably
 
 FILE_NAME = "lost-ranges.json"
 

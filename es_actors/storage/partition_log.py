@@ -36,18 +36,17 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.segments import SegmentSet, verify_segments
+from es_actors.storage.durable_mark import DurableMark
 from es_actors.storage.wal import (
-    DurableMark,
     TailWriter,
     damage_error,
-    fsync_dir,
     first_position_of,
-    fsync_file,
     list_tail_files,
     scan_tail_file,
     tail_file_name,
     tail_high_water,
 )
+from es_actors.storage.files import fsync_dir, fsync_file
 
 
 log = logging.getLogger(__name__)

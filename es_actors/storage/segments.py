@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from es_actors.errors import StoreCorrupted
 from es_actors.codecs.rows import ARROW_SCHEMA, rows_to_table
-from es_actors.storage.wal import fsync_dir, fsync_file
+from es_actors.storage.files import fsync_dir, fsync_file
 
 _SEG = re.compile(r"^seg-(\d{20})-(\d{20})(?:-([0-9a-f]{8}))?\.parquet$")
 _GEN = re.compile(r"^gen-(\d{6})$")

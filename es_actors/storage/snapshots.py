@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from es_actors.storage.segments import write_parquet_durably
-from es_actors.storage.wal import fsync_dir
+from es_actors.storage.files import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from es_actors.errors import StorageError, StoreCorrupted
+from es_actors.storage.durable_mark import DurableMark
+from es_actors.storage.files import fsync_dir
 
 FILE_MAGIC = b"ESWAL\x00\x02\n"
 _FILE_HEADER = struct.Struct("<8sQII")  # magic, first position, reserved (0), crc32 of the 20 bytes before
@@ -42,7 +44,6 @@ FRAME_MAGIC = 0x57AF_E5A1
 _FRAME_MAGIC_BYTES = struct.pack("<I", FRAME_MAGIC)
 _FRAME = struct.Struct("<IIQII")  # magic, payload length, first position, row count, payload crc
 FRAME_HEADER_SIZE = _FRAME.size + 4  # + crc32 of the header
-_V1_HEADER = struct.Struct("<II")
 _SUFFIX = ".wal"
 Row = tuple[Any, ...]
 log = logging.getLogger(__name__)
@@ -191,7 +192,9 @@ def scan_tail_bytes(path: Path, data: bytes, newest: bool, expected_first: int |
             scan.damage.append(Damage(path, 0, None, expected_first or 0, None, "closed tail file has no whole header"))
         return scan
     if not data.startswith(FILE_MAGIC) and _next_valid_frame(data, -1) is None:
-        return _scan_v1(path, data, newest, expected_first)
+        from es_actors.storage.wal_v1 import scan_v1  # format 1: readable until upgraded
+
+        return scan_v1(path, data, newest, expected_first)
     scan = TailScan(path, 2, len(data))
     magic, first, _reserved, hcrc = _FILE_HEADER.unpack_from(data.ljust(FILE_HEADER_SIZE, b"\x00"), 0)
     header_ok = magic == FILE_MAGIC and zlib.crc32(data[:20]) == hcrc
@@ -238,56 +241,6 @@ def scan_frames(scan: TailScan, data: bytes, off: int, expected: int, newest: bo
                                   following.first_position - 1, why + "; valid frames follow"))
         off = following.offset
         expected = following.first_position
-    return scan
-
-
-def _v1_frame_at(data: bytes, off: int) -> tuple[int, list[Row]] | None:
-    n = len(data)
-    if off + _V1_HEADER.size > n:
-        return None
-    length, crc = _V1_HEADER.unpack_from(data, off)
-    start, end = off + _V1_HEADER.size, off + _V1_HEADER.size + length
-    if length == 0 or end > n or zlib.crc32(data[start:end]) != crc:
-        return None
-    try:
-        rows = [tuple(r) for r in json.loads(data[start:end])]
-    except (ValueError, TypeError):
-        return None
-    return (end, rows) if rows else None
-
-
-def _scan_v1(path: Path, data: bytes, newest: bool, expected_first: int | None) -> TailScan:
-    """Format-1 frames (no marker): a bad frame followed by one that checks out (found by
-    trying every later offset) is damage, as in format 2."""
-    scan = TailScan(path, 1, len(data))
-    off, n = 0, len(data)
-    expected = expected_first
-    while off < n:
-        got = _v1_frame_at(data, off)
-        if got is not None and (expected is None or got[1][0][1] == expected):
-            end, rows = got
-            scan.frames.append(Frame(off, end, rows[0][1], rows))
-            expected = rows[-1][1] + 1
-            off = end
-            if not scan.damage:
-                scan.valid_end = off
-            continue
-        resumed = False
-        for k in range(off + 1, n - _V1_HEADER.size):
-            later = _v1_frame_at(data, k)
-            if later is not None and (expected is None or later[1][0][1] > expected - 1):
-                first_lost = expected if expected is not None else 0
-                scan.damage.append(Damage(path, off, k, first_lost, later[1][0][1] - 1,
-                                          "format-1 frame fails its checksum; valid frames follow"))
-                off, expected, resumed = k, later[1][0][1], True
-                break
-        if resumed:
-            continue
-        if newest:
-            scan.torn_bytes = n - off
-        else:
-            scan.damage.append(Damage(path, off, None, expected or 0, None, "format-1 frame fails its checksum in a closed tail file"))
-        return scan
     return scan
 
 
@@ -342,57 +295,6 @@ def read_tail_file(path: Path) -> tuple[list[Row], int, int]:
     return scan.rows_before_damage(), scan.valid_end, len(data)
 
 
-# -- the durable mark ----------------------------------------------------------------------
-
-_MARK = struct.Struct("<QQI")  # last durable position, tail file first position, crc32
-
-
-class DurableMark:
-    """How far the log is durable, published by the writer after each ``fdatasync``.
-
-    A frame is visible in the page cache as soon as it is written, before it is durable; a
-    reader that used it could keep an event that a machine crash then takes away. The writer
-    overwrites 20 bytes of ``DURABLE`` (``pwrite``, no sync: if they are lost, a reader sees
-    less, never more, because they are written only after the frame's sync) and readers stop
-    at the position it names. The writer's recovery republishes it from what it recovered.
-    """
-
-    NAME = "DURABLE"
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / self.NAME
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def publish(self, last_position: int, tail_first: int) -> None:
-        head = struct.pack("<QQ", last_position, tail_first)
-        os.pwrite(self._fd, head + struct.pack("<I", zlib.crc32(head)), 0)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    @classmethod
-    def read(cls, directory: Path, attempts: int = 50) -> int | None:
-        """The last durable position, or None if no writer of format 2 ever published one."""
-        path = directory / cls.NAME
-        for _ in range(attempts):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return None
-            if len(data) < _MARK.size:
-                return None
-            last, first, crc = _MARK.unpack_from(data, 0)
-            if zlib.crc32(data[:16]) == crc:
-                return int(last)
-            # a read racing the writer's pwrite: look again
-        # Damaged: it is evidence, not data. Readers then see every whole frame (as in format 1)
-        # and the next writer rewrites it from what it recovers.
-        log.warning("%s fails its checksum; ignoring it", path)
-        return None
-
-
 def high_water(durable: int | None, tails: list[tuple[int, Path]]) -> int:
     """The highest position the tail shows was ever used (0 if none): the durable mark, or the
     name of the newest tail file minus one (a file is named by the next position when created).
@@ -403,31 +305,6 @@ def high_water(durable: int | None, tails: list[tuple[int, Path]]) -> int:
 def tail_high_water(directory: Path) -> int:
     """:func:`high_water` of a tail directory as it is now."""
     return high_water(DurableMark.read(directory), list_tail_files(directory))
-
-
-def fsync_file(path: Path) -> None:
-    """fsync a file (or, opened the same way, a directory: its entries) by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (a create, rename or unlink in it) durable."""
-    fsync_file(directory)
-
-
-def replace_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp name beside ``path``, fsync, rename over ``path``: readers see the
-    old bytes or the new, whole. The caller syncs the directory (once for several files)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TailWriter:

@@ -1,0 +1,32 @@
+"""Durable file operations on local disk: fsync a file or a directory's entries, and replace a
+file whole (readers see the old bytes or the new, never a mix)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file (or, opened the same way, a directory: its entries) by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a create, rename or unlink in it) durable."""
+    fsync_file(directory)
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp name beside ``path``, fsync, rename over ``path``: readers see the
+    old bytes or the new, whole. The caller syncs the directory (once for several files)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
