@@ -131,7 +131,7 @@ class Store(LogReading, StoreShortcuts):
         store._created = created
         if projections:
             from es_actors.runtime.naming import find_projector
-            from es_actors.read.projector import start_projector
+            from es_actors.read.projector_actor import start_projector
 
             try:
                 store.projections.created = find_projector(layout, descriptor) is None
