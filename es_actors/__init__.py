@@ -1,5 +1,7 @@
 """es_actors: event sourcing on Ray, with Parquet append logs you can query with DuckDB."""
 
+from typing import TYPE_CHECKING
+
 from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate, Command, DomainRegistry, Event
 from es_actors.errors import (
@@ -33,7 +35,15 @@ from es_actors.errors import (
 from es_actors.domain.upcasting import StoredEvent, UnreadableEvent, Upcaster, upcaster
 
 # The domain core above needs neither Ray, DuckDB nor pyarrow: code that only defines aggregates
-# (and its tests) imports them without loading the runtime. The rest loads on first use.
+# (and its tests) imports them without loading the runtime. The rest loads on first use; type
+# checkers see the real classes.
+if TYPE_CHECKING:
+    from es_actors.codecs.views import CommandResult, RecordedEvent
+    from es_actors.read.projection import PythonProjection, SqlProjection
+    from es_actors.store import AggregateHandle, AggregateState, Audit, Store, Submission
+    from es_actors.write.interceptors import CommandInterceptor, InterceptContext, PriorCommand
+    from es_actors.write.protocol import CommandEnvelope, ImportEnvelope
+
 _LAZY = {
     "PythonProjection": "read.projection", "SqlProjection": "read.projection",
     "CommandResult": "codecs.views", "RecordedEvent": "codecs.views",

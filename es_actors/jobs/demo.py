@@ -107,7 +107,7 @@ def run(store_path: str = "./demo-store", accounts: int = 10, commands: int = 20
 
     echo("\ncommands: " + ", ".join(f"{k}={n}" for k, n in sorted(outcomes.items())))
     echo(f"durable writes this run: {commits} group commits for the commands above; events in the log: {events}")
-    rows = duckdb.sql(BALANCES_SQL.format(glob=store.sealed_glob)).fetchall()
+    rows = duckdb.execute(BALANCES_SQL.format(glob=store.sealed_glob)).fetchall()
     by_sql = {r[0]: r[1] for r in rows}
     echo("\naccount   balance (actor)  (read model)  (DuckDB over the log)  version")
     for a in ids:

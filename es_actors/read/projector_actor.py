@@ -67,7 +67,7 @@ class _ProjectionMetrics:
                 self.status.set(1.0 if s == status else 0.0, {"projection": name, "status": s})
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=16)
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=16)  # type: ignore[call-overload]  # Ray's stubs omit actor options
 class ProjectorActor:
     """Hosts the store's projection runner; restarts on crash and resumes from the checkpoints."""
 

@@ -30,7 +30,7 @@ from es_actors.runtime.naming import NAMESPACE, actor_name
 from es_actors.runtime.process import tune_gc_for_a_long_lived_heap
 
 _MS_BOUNDS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
-_BATCH_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+_BATCH_BOUNDS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 
 
 def portable_error(exc: BaseException) -> BaseException:
@@ -226,7 +226,7 @@ def start_partition_actors(
     deadline = time.monotonic() + config.lock_timeout_s
     while True:
         actors = [
-            PartitionActor.options(
+            PartitionActor.options(  # type: ignore[attr-defined]  # added by @ray.remote
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
             ).remote(layout.uri, p, list(aggregates), config, opener, list(interceptors))
             for p in range(descriptor.partitions)
