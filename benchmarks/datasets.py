@@ -159,7 +159,7 @@ def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: 
     from es_actors.write.partition import command_digest_of
     from es_actors.codecs.rows import ARROW_SCHEMA
     from es_actors.storage.layout import StoreLayout, partition_of
-    from es_actors.storage.segments import segment_name, write_parquet_durably
+    from es_actors.storage.local.segments import segment_name, write_parquet_durably
     from es_actors.examples.bank import (
         AccountOpened,
         Deposit,

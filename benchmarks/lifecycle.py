@@ -346,7 +346,7 @@ def _write_store(root: Path, events: Iterator[GenEvent]) -> int:
     from es_actors.write.partition import command_digest_of
     from es_actors.codecs.rows import rows_to_table
     from es_actors.storage.layout import StoreLayout
-    from es_actors.storage.segments import segment_name, write_parquet_durably
+    from es_actors.storage.local.segments import segment_name, write_parquet_durably
 
     layout = StoreLayout(root)
     layout.create_or_check(1, 1)

@@ -66,21 +66,21 @@ def __getattr__(name: str) -> object:
 
 def upgrade_store(path: str) -> "object":
     """Upgrade a store to the current format (explicit, with no writer running); see ADR-009."""
-    from es_actors.storage.upgrade import upgrade_store as run
+    from es_actors.storage.local.upgrade import upgrade_store as run
 
     return run(path)
 
 
 def repair_store(path: str) -> "object":
     """Quarantine damage, keep every valid event, record lost positions; see ADR-009."""
-    from es_actors.storage.repair import repair_store as run
+    from es_actors.storage.local.repair import repair_store as run
 
     return run(path)
 
 
 def accept_loss(path: str, principal: str, reason: str, partition: int | None = None) -> list:
     """Record an operator's acceptance of a repaired loss, so its partition takes commands again."""
-    from es_actors.storage.repair import accept_loss as run
+    from es_actors.storage.local.repair import accept_loss as run
 
     return run(path, principal, reason, partition)
 

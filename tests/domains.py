@@ -169,7 +169,7 @@ class SyncProbe(Aggregate[Count]):
             import errno
             import os
 
-            from es_actors.storage import wal
+            from es_actors.storage.local import wal
 
             def fail_once(fd: int) -> None:
                 wal._fdatasync = os.fdatasync

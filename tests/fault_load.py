@@ -79,7 +79,7 @@ def load(root: str, acks: str, seconds: float, ray_temp: str) -> None:
 def fence(root: str) -> None:
     from es_actors import EsActorsError, Store, StoreConfig, WriterFenced
     from es_actors.storage.layout import StoreLayout
-    from es_actors.storage.partition_log import PartitionLog
+    from es_actors.storage.local.partition_log import PartitionLog
     from es_actors.examples.bank import BankAccount, Deposit
 
     layout = StoreLayout(Path(root))
@@ -137,9 +137,9 @@ def fence_ray(root: str, ray_temp: str) -> None:
 
 def crash_seal(root: str) -> None:
     from es_actors import StoreConfig
-    from es_actors.storage import segments
+    from es_actors.storage.local import segments
     from es_actors.storage.layout import StoreLayout
-    from es_actors.storage.partition_log import PartitionLog
+    from es_actors.storage.local.partition_log import PartitionLog
 
     real_replace = os.replace
 

@@ -38,12 +38,12 @@ from es_actors.domain import DomainRegistry
 from es_actors.write.partition import Partition
 from es_actors.codecs.rows import COL
 from es_actors.runtime.naming import actor_name
-from es_actors.storage import partition_log, wal
+from es_actors.storage.local import partition_log, wal
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.reader import read_partition_rows
-from es_actors.storage.durable_mark import DurableMark
-from es_actors.storage.wal import list_tail_files, read_tail_file
+from es_actors.storage.local.partition_log import PartitionLog
+from es_actors.storage.local.reader import read_partition_rows
+from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.wal import list_tail_files, read_tail_file
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from es_actors import DomainRegistry, InvalidPayload, PayloadTooLarge, StoreConf
 from es_actors.write.partition import Partition
 from es_actors.write.protocol import CommandEnvelope, ImportedEvent, ImportEnvelope
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.reader import read_partition_rows
+from es_actors.storage.local.reader import read_partition_rows
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 from tests.validation_domains import Actor
 

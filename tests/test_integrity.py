@@ -20,15 +20,15 @@ from es_actors import DomainRegistry, PartitionDamaged, Store, StoreConfig, Stor
 from es_actors.write.partition import Partition
 from es_actors.write.protocol import CommandEnvelope
 from es_actors.codecs.rows import COL
-from es_actors.storage.follower import LogFollower
+from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.repair import accept_loss, repair_store
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.reader import read_partition_rows
-from es_actors.storage.segments import list_segments, resolve_current
-from es_actors.storage.wal import FILE_HEADER_SIZE, encode_frame, file_header, list_tail_files, scan_tail_file
-from es_actors.storage.durable_mark import DurableMark
+from es_actors.storage.local.repair import accept_loss, repair_store
+from es_actors.storage.local.partition_log import PartitionLog
+from es_actors.storage.local.reader import read_partition_rows
+from es_actors.storage.local.segments import list_segments, resolve_current
+from es_actors.storage.local.wal import FILE_HEADER_SIZE, encode_frame, file_header, list_tail_files, scan_tail_file
+from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.examples.bank import BankAccount
 
 REGISTRY = DomainRegistry([BankAccount])
@@ -430,7 +430,7 @@ def test_repair_puts_misplaced_frames_and_renamed_files_back_without_loss(pristi
 
 
 def test_a_repair_that_crashes_part_way_loses_nothing_a_second_one_finishes(pristine, tmp_path, monkeypatch):
-    from es_actors.storage import repair
+    from es_actors.storage.local import repair
 
     root = copy_of(pristine, tmp_path)
     (_a, _closed), (_b, newest) = list_tail_files(root / "tail" / "p0000")

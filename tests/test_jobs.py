@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from es_actors import Store, Submission
 from es_actors.cli import main
-from es_actors.storage.snapshots import snapshot_dir
+from es_actors.storage.local.snapshots import snapshot_dir
 from es_actors.domain.upcasting import UnreadableEvent
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
 from es_actors.jobs.contract_check import check_contracts

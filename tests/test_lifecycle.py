@@ -29,7 +29,7 @@ from es_actors import CommandIdReused, ConcurrencyError, DomainError, Store, Sub
 from es_actors.runtime.naming import NAMESPACE
 from es_actors.domain import DomainRegistry
 from es_actors.runtime.naming import actor_name
-from es_actors.storage.snapshots import snapshot_dir
+from es_actors.storage.local.snapshots import snapshot_dir
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
 from tests.domains import (
     Bump,

@@ -36,8 +36,8 @@ from es_actors.runtime.naming import NAMESPACE
 from es_actors.errors import ProjectionHalted, ProjectionTimeout, QueryFailed, QueryRefused
 from es_actors.codecs.views import RecordedEvent
 from es_actors.runtime.naming import actor_name, projector_name
-from es_actors.storage.follower import LogFollower
-from es_actors.storage.reader import read_partition_rows
+from es_actors.storage.local.follower import LogFollower
+from es_actors.storage.local.reader import read_partition_rows
 from es_actors.examples.bank import (
     AccountOpened,
     BankAccount,

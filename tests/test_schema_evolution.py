@@ -23,7 +23,7 @@ import pytest
 from pydantic import Field
 
 from es_actors import Aggregate, DomainRegistry, Event, Store, upgrade_store
-from es_actors.storage.segments import file_crc32, parse_segment_name, segment_name
+from es_actors.storage.local.segments import file_crc32, parse_segment_name, segment_name
 from es_actors.domain.upcasting import EventDecoder, StoredEvent, UnreadableEvent, Upcaster, upcaster
 from es_actors.examples.bank import (
     Account,

@@ -17,8 +17,8 @@ from es_actors import DomainRegistry, StoreConfig
 from es_actors.write.partition import Partition
 from es_actors.write.protocol import CommandEnvelope
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.reader import read_partition_rows, sealed_files
-from es_actors.storage.wal import encode_frame, file_header, list_tail_files, read_tail_file, scan_tail_file
+from es_actors.storage.local.reader import read_partition_rows, sealed_files
+from es_actors.storage.local.wal import encode_frame, file_header, list_tail_files, read_tail_file, scan_tail_file
 from es_actors.examples.bank import BankAccount
 
 REGISTRY = DomainRegistry([BankAccount])

@@ -7,7 +7,7 @@ import pytest
 from es_actors.errors import EsActorsError
 from es_actors.storage.backends import open_backend, parse_store_uri
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local import LocalBackend
+from es_actors.storage.local.backend import LocalBackend
 from es_actors.storage.objects import ObjectBackend
 
 
@@ -36,8 +36,8 @@ def test_other_uris_are_refused_naming_the_scheme(uri, message):
 
 
 def test_local_only_readers_refuse_a_whole_object_store_clearly(tmp_path):
-    from es_actors.storage.follower import LogFollower
-    from es_actors.storage.reader import log_snapshot
+    from es_actors.storage.local.follower import LogFollower
+    from es_actors.storage.local.reader import log_snapshot
 
     layout = StoreLayout.from_uri(f"blobdir://{tmp_path}")
     with pytest.raises(EsActorsError, match="not supported on blobdir stores"):

@@ -34,13 +34,13 @@ import pytest
 
 from es_actors import StorageError, StoreConfig, WriterFenced
 from es_actors.codecs.rows import COL, table_to_rows
-from es_actors.storage import partition_log, segments, wal
-from es_actors.storage.follower import LogFollower
+from es_actors.storage.local import partition_log, segments, wal
+from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.partition_log import PartitionLog, acquire_partition_lock
-from es_actors.storage.reader import read_partition_rows
-from es_actors.storage.segments import resolve_current
-from es_actors.storage.wal import list_tail_files, read_tail_file
+from es_actors.storage.local.partition_log import PartitionLog, acquire_partition_lock
+from es_actors.storage.local.reader import read_partition_rows
+from es_actors.storage.local.segments import resolve_current
+from es_actors.storage.local.wal import list_tail_files, read_tail_file
 from tests.test_faults import make_row
 
 POS = COL["position"]

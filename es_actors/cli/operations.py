@@ -20,7 +20,7 @@ def repair(store_path: str, accept: bool, principal: str | None, reason: str | N
     Without --accept: needs every writer of the store stopped. Damaged bytes are copied to
     quarantine/<time>/ first; what could not be kept is recorded in lost-ranges.json, and its
     partitions refuse commands until an operator accepts the loss (--accept)."""
-    from es_actors.storage.repair import accept_loss, repair_store
+    from es_actors.storage.local.repair import accept_loss, repair_store
 
     if accept:
         if not principal or not reason:
@@ -39,7 +39,7 @@ def repair(store_path: str, accept: bool, principal: str | None, reason: str | N
 @click.option("--store", "store_path", required=True, help="Store directory (no writer may be running).")
 def upgrade(store_path: str) -> None:
     """Upgrade a store written by an older es_actors to the current format, in place."""
-    from es_actors.storage.upgrade import upgrade_store
+    from es_actors.storage.local.upgrade import upgrade_store
 
     r = upgrade_store(store_path)
     if r.from_version == r.to_version:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Row layout (tuples, in this order) used in the write-ahead tail and in memory.
 COLUMNS: tuple[str, ...] = (
@@ -80,3 +81,12 @@ def table_to_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     cols = [c.to_pylist() for c in table.columns]
     cols[COL["recorded_at"]] = table.column("recorded_at").cast(pa.int64()).to_pylist()
     return list(zip(*cols))
+
+
+def filter_versions(table: pa.Table, first_version: int, last_version: int | None) -> pa.Table:
+    """Rows with ``first_version <= version <= last_version`` (no upper bound if None)."""
+    ver = table.column("version")
+    keep = pc.greater_equal(ver, first_version)
+    if last_version is not None:
+        keep = pc.and_(keep, pc.less_equal(ver, last_version))
+    return table.filter(keep)

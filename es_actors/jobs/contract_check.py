@@ -33,7 +33,7 @@ from es_actors.domain import Aggregate, DomainRegistry, fold
 from es_actors.errors import EsActorsError
 from es_actors.jobs.replay import event_where, in_position_order, iter_event_rows
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.reader import read_partition
+from es_actors.storage.local.reader import read_partition
 from es_actors.store import Store
 from es_actors.domain.upcasting import UnreadableEvent
 

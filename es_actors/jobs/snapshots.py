@@ -34,8 +34,9 @@ from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.jobs.replay import fold_partition_table
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.reader import event_ids_at, read_partition, sealed_last_position
-from es_actors.storage.snapshots import SnapshotRow, SnapshotStore, snapshot_dir, write_snapshot_file
+from es_actors.storage.local.reader import event_ids_at, read_partition, sealed_last_position
+from es_actors.codecs.snapshot_rows import SnapshotRow
+from es_actors.storage.local.snapshots import SnapshotStore, snapshot_dir, write_snapshot_file
 from es_actors.store import Store
 
 from es_actors.jobs._tasks import Progress, connect_ray, raise_first, resolve_aggregates, run_per_partition

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from es_actors.storage.follower import Batch
+from es_actors.storage.local.follower import Batch
 
 
 def bisect_batch(batch: Batch, first: int, last: int) -> Batch:

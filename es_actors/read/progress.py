@@ -15,10 +15,10 @@ import pyarrow.dataset as ds
 
 from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.read.projection import Projection
-from es_actors.storage.follower import LogFollower
+from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.segments import list_segments, resolve_current
+from es_actors.storage.local.segments import list_segments, resolve_current
 
 #: Every status a (projection, partition) can show, from best to worst.
 STATUSES = ("running", "paused", "retrying", "halted", "stalled")

@@ -29,7 +29,7 @@ from es_actors.read.runner import ProjectionRunner
 from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor
 from es_actors.runtime.naming import NAMESPACE, projector_name
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
-from es_actors.storage.reader import log_snapshot
+from es_actors.storage.local.reader import log_snapshot
 
 log = logging.getLogger(__name__)
 

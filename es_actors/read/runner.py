@@ -38,7 +38,7 @@ from es_actors.read.progress import (
 )
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import ReadModel
-from es_actors.storage.follower import Batch, LogFollower
+from es_actors.storage.local.follower import Batch, LogFollower
 from es_actors.storage.layout import StoreLayout
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.codecs.views import RecordedEvent
-from es_actors.storage.follower import LogFollower
+from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 
 

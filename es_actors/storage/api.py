@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from es_actors.config import StoreConfig
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.snapshots import SnapshotRow
+from es_actors.codecs.snapshot_rows import SnapshotRow
 
 Row = tuple[Any, ...]
 

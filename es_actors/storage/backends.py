@@ -36,7 +36,7 @@ class StoreUri:
 
 
 def _open_local(root: Path) -> StorageBackend:
-    from es_actors.storage.local import LocalBackend
+    from es_actors.storage.local.backend import LocalBackend
 
     return LocalBackend(root)
 
@@ -112,8 +112,8 @@ def open_owned_partition(
 
     On local disk these are the local classes themselves (the command path calls them directly)."""
     if not layout.scheme:
-        from es_actors.storage.partition_log import PartitionLog
-        from es_actors.storage.snapshots import SnapshotStore
+        from es_actors.storage.local.partition_log import PartitionLog
+        from es_actors.storage.local.snapshots import SnapshotStore
 
         return PartitionLog(layout, partition, config), SnapshotStore(layout.root, partition)
     from es_actors.storage.objects import ObjectBackend
@@ -126,7 +126,7 @@ def open_owned_partition(
 def aggregate_rows(layout: "StoreLayout", partition: int, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
     """Every durable row of one aggregate, as stored (what ``Store.history`` shows)."""
     if not layout.scheme:
-        from es_actors.storage.reader import read_partition_rows
+        from es_actors.storage.local.reader import read_partition_rows
 
         return read_partition_rows(layout, partition, (aggregate_type, aggregate_id))
     from es_actors.codecs.rows import table_to_rows

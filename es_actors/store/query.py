@@ -54,7 +54,7 @@ def _query_here(store: "Store", req: Any) -> Any:
     from es_actors.errors import QueryFailed
     from es_actors.read.queries import run_query
     from es_actors.read.readmodel import connect_restricted, readmodel_path
-    from es_actors.storage.reader import log_snapshot
+    from es_actors.storage.local.reader import log_snapshot
 
     path = readmodel_path(store.layout.root)
     con, held = None, False

@@ -12,7 +12,7 @@ from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of
 from es_actors.storage.backends import aggregate_rows
-from es_actors.storage.reader import sealed_files
+from es_actors.storage.local.reader import sealed_files
 from es_actors.write.envelope import check_text
 
 if TYPE_CHECKING:

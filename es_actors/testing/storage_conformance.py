@@ -34,7 +34,7 @@ from es_actors.codecs.rows import COL, table_to_rows
 from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
 from es_actors.storage.api import Capabilities, PartitionLog, Row, StorageBackend
-from es_actors.storage.snapshots import SnapshotRow
+from es_actors.codecs.snapshot_rows import SnapshotRow
 
 Hook = Callable[[Path, int], None]
 

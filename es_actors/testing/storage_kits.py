@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from es_actors.storage import wal
-from es_actors.storage.local import LocalBackend
+from es_actors.storage.local import wal
+from es_actors.storage.local.backend import LocalBackend
 from es_actors.storage.objects import ObjectBackend
 from es_actors.storage.objects import blobs, records
 from es_actors.testing.storage_conformance import BackendUnderTest, SimulatedCrash

@@ -9,7 +9,7 @@ from es_actors import CommandIdReused, ConcurrencyError, DomainError
 from es_actors.codecs.state import SnapshotFormat
 from es_actors.domain import DomainRegistry
 from es_actors.examples.bank import BankAccount
-from es_actors.storage.snapshots import SnapshotRow
+from es_actors.codecs.snapshot_rows import SnapshotRow
 from es_actors.write.protocol import ImportedEvent, ImportEnvelope
 from tests.unit.helpers import command, open_partition
 

@@ -11,7 +11,7 @@ import duckdb
 
 from es_actors.errors import EsActorsError
 from es_actors.read.readmodel.database import connect_restricted, readmodel_path
-from es_actors.storage.follower import LogFollower
+from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 
 

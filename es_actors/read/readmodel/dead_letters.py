@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from es_actors.codecs.rows import COL, rows_to_table, table_to_rows
 from es_actors.read.readmodel.database import fetch_arrow
-from es_actors.storage.follower import Batch
+from es_actors.storage.local.follower import Batch
 
 
 def insert_dead_letters(cur: duckdb.DuckDBPyConnection, name: str, table: pa.Table, error: str, attempts: int) -> None:

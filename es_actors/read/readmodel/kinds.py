@@ -18,7 +18,7 @@ import duckdb
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.read.projection import Projection
-from es_actors.storage.follower import Batch
+from es_actors.storage.local.follower import Batch
 
 
 class ProjectionHandler(ABC):

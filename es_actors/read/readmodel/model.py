@@ -25,7 +25,7 @@ from es_actors.read.readmodel import checkpoints, dead_letters
 from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
 from es_actors.read.readmodel.kinds import ProjectionHandler, handler_class
 from es_actors.read.readmodel.schemas import open_projection
-from es_actors.storage.follower import Batch
+from es_actors.storage.local.follower import Batch
 
 
 class ReadModel:

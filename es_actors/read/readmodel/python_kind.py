@@ -10,7 +10,7 @@ from es_actors.codecs.views import RecordedEvent
 from es_actors.read.projection import Projection, PythonProjection
 from es_actors.read.readmodel.kinds import ProjectionHandler, register_kind
 from es_actors.read.readmodel.upcast import relevant_rows
-from es_actors.storage.follower import Batch
+from es_actors.storage.local.follower import Batch
 
 
 @register_kind

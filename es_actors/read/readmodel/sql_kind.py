@@ -22,7 +22,7 @@ from es_actors.read.projection import Projection, SqlProjection
 from es_actors.read.readmodel.database import fetch_arrow, sql_list, sql_str
 from es_actors.read.readmodel.kinds import ProjectionHandler, register_kind
 from es_actors.read.readmodel.upcast import relevant_rows, relevant_stored_types, upcast_table
-from es_actors.storage.follower import Batch
+from es_actors.storage.local.follower import Batch
 
 #: The text of the in-scan guard's error; never matched: the batch's versions decide.
 _GUARD_MESSAGE = "es_actors: rows at older versions need upcasting"

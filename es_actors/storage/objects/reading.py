@@ -60,7 +60,7 @@ class ObjectReader:
     def read_aggregate(
         self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
     ) -> pa.Table:
-        from es_actors.storage.local import filter_versions
+        from es_actors.codecs.rows import filter_versions
 
         table = self.read_all()
         mask = pc.and_(pc.equal(table.column("aggregate_type"), aggregate_type),

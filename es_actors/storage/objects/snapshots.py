@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from es_actors.storage.api import BlobStore, ObjectIncomplete
 from es_actors.storage.objects.records import partition_prefix
 from es_actors.storage.objects.view import parquet_bytes
-from es_actors.storage.snapshots import SnapshotRow, snapshot_rows, snapshot_table
+from es_actors.codecs.snapshot_rows import SnapshotRow, snapshot_rows, snapshot_table
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Committing a decided batch: all its rows as one durable write (one frame, one fdatasync,
-storage/partition_log.py), then, only once they are durable, the new states published and the
+storage/local/partition_log.py), then, only once they are durable, the new states published and the
 command ids remembered.
 
 If the append fails, the batch's working copies are dropped: nothing was written and nothing

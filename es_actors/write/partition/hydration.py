@@ -26,7 +26,7 @@ from es_actors.domain.fold import fold
 from es_actors.errors import StoreCorrupted
 from es_actors.storage.api import OwnedPartitionLog
 from es_actors.storage.api import OwnerSnapshotStore
-from es_actors.storage.snapshots import SnapshotRow
+from es_actors.codecs.snapshot_rows import SnapshotRow
 from es_actors.write.partition.index import NOT_HYDRATED, AggregateEntry, Key
 
 log = logging.getLogger(__name__)

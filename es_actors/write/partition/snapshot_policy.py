@@ -3,7 +3,7 @@
 A snapshot is due when the aggregate's ``snapshot_every`` events have passed since its last
 one, or when hydration met a stale one (taken under other code, or not of this log). Due
 snapshots are taken from published states only (after the batch that made them is durable),
-and written in groups as immutable files (storage/snapshots.py): when enough wait, when they
+and written in groups as immutable files (storage/local/snapshots.py): when enough wait, when they
 waited long, or when forced (seal, close). Snapshots are an optimisation: a failure to encode
 or write one is logged, never fails a batch; the log stays the truth.
 """
@@ -19,7 +19,7 @@ from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.storage.api import OwnedPartitionLog
 from es_actors.storage.api import OwnerSnapshotStore
-from es_actors.storage.snapshots import SnapshotRow
+from es_actors.codecs.snapshot_rows import SnapshotRow
 from es_actors.write.partition.index import AggregateEntry, Key
 
 log = logging.getLogger(__name__)

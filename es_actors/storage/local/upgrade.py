@@ -21,7 +21,7 @@ from es_actors.storage.layout import FORMAT_VERSION, StoreLayout
 from es_actors.storage.lost_ranges import (
     LostRanges,
 )
-from es_actors.storage.segments import (
+from es_actors.storage.local.segments import (
     SegmentSet,
     file_crc32,
     next_generation_dir,
@@ -29,7 +29,7 @@ from es_actors.storage.segments import (
     resolve_current,
     segment_name,
 )
-from es_actors.storage.wal import (
+from es_actors.storage.local.wal import (
     damage_error,
     list_tail_files,
     scan_tail_file,
@@ -37,7 +37,7 @@ from es_actors.storage.wal import (
 from es_actors.storage.files import fsync_dir, replace_durably
 
 
-from es_actors.storage.maintenance import all_partitions_locked, store_descriptor, tail_file_bytes
+from es_actors.storage.local.maintenance import all_partitions_locked, store_descriptor, tail_file_bytes
 
 
 class UpgradeReport(BaseModel):

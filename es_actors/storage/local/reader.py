@@ -20,9 +20,9 @@ from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table, table_to_row
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.segments import Segment, list_segments, resolve_current, verify_segments
-from es_actors.storage.durable_mark import DurableMark
-from es_actors.storage.wal import high_water, list_tail_files, read_tail_file, read_tail_rows
+from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segments
+from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.wal import high_water, list_tail_files, read_tail_file, read_tail_rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:

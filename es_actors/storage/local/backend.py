@@ -16,13 +16,14 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from es_actors.codecs.rows import filter_versions
 from es_actors.config import StoreConfig
 from es_actors.storage.api import Appended, Capabilities, Row
-from es_actors.storage.follower import LogFollower
+from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.partition_log import PartitionLog
-from es_actors.storage.reader import durable_high_water, read_partition
-from es_actors.storage.snapshots import SnapshotStore
+from es_actors.storage.local.partition_log import PartitionLog
+from es_actors.storage.local.reader import durable_high_water, read_partition
+from es_actors.storage.local.snapshots import SnapshotStore
 
 LOCAL_CAPABILITIES = Capabilities(
     can_append=True, can_rename=True, can_fsync=True, can_lock=True, atomic_put=False,
@@ -87,15 +88,6 @@ class LocalReader:
     ) -> pa.Table:
         table = read_partition(self.layout, self.partition, (aggregate_type, aggregate_id))
         return filter_versions(table, first_version, last_version)
-
-
-def filter_versions(table: pa.Table, first_version: int, last_version: int | None) -> pa.Table:
-    """Rows with ``first_version <= version <= last_version`` (no upper bound if None)."""
-    ver = table.column("version")
-    keep = pc.greater_equal(ver, first_version)
-    if last_version is not None:
-        keep = pc.and_(keep, pc.less_equal(ver, last_version))
-    return table.filter(keep)
 
 
 class LocalBackend:

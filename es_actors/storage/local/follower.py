@@ -30,8 +30,8 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.segments import list_segments, resolve_current, verify_segment
-from es_actors.storage.wal import (
+from es_actors.storage.local.segments import list_segments, resolve_current, verify_segment
+from es_actors.storage.local.wal import (
     FILE_HEADER_SIZE,
     TailScan,
     damage_error,
@@ -40,7 +40,7 @@ from es_actors.storage.wal import (
     scan_frames,
     scan_tail_bytes,
 )
-from es_actors.storage.durable_mark import DurableMark
+from es_actors.storage.local.durable_mark import DurableMark
 
 _NO_LOSS = LostRanges()
 

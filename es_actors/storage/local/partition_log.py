@@ -35,9 +35,9 @@ from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.segments import SegmentSet, verify_segments
-from es_actors.storage.durable_mark import DurableMark
-from es_actors.storage.wal import (
+from es_actors.storage.local.segments import SegmentSet, verify_segments
+from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.wal import (
     TailWriter,
     damage_error,
     first_position_of,

@@ -30,7 +30,7 @@ from es_actors.storage.lost_ranges import (
     record_lost_ranges,
     write_lost_ranges,
 )
-from es_actors.storage.segments import (
+from es_actors.storage.local.segments import (
     CURRENT,
     Segment,
     file_crc32,
@@ -41,7 +41,7 @@ from es_actors.storage.segments import (
     resolve_current,
     write_segment,
 )
-from es_actors.storage.wal import (
+from es_actors.storage.local.wal import (
     Damage,
     Frame,
     TailScan,
@@ -51,11 +51,11 @@ from es_actors.storage.wal import (
     scan_tail_file,
     tail_file_name,
 )
-from es_actors.storage.durable_mark import DurableMark
+from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.files import fsync_dir, replace_durably
 
 
-from es_actors.storage.maintenance import all_partitions_locked, store_descriptor, tail_file_bytes
+from es_actors.storage.local.maintenance import all_partitions_locked, store_descriptor, tail_file_bytes
 
 
 class RepairReport(BaseModel):
@@ -338,7 +338,7 @@ def _from_damaged_bytes(scan: TailScan, d: Damage) -> list[AffectedAggregate]:
 
 def _note_version_gaps(layout: StoreLayout, p: int, ranges: list[LostRange]) -> None:
     """Aggregates whose surviving versions skip across a lost range: certainly affected."""
-    from es_actors.storage.reader import read_partition
+    from es_actors.storage.local.reader import read_partition
 
     try:
         table = read_partition(layout, p).select(["aggregate_type", "aggregate_id", "version", "position"])

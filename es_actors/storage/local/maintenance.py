@@ -24,8 +24,8 @@ from typing import Iterator
 
 from es_actors.errors import EsActorsError
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
-from es_actors.storage.partition_log import acquire_partition_lock
-from es_actors.storage.wal import Frame, encode_frame, file_header
+from es_actors.storage.local.partition_log import acquire_partition_lock
+from es_actors.storage.local.wal import Frame, encode_frame, file_header
 
 
 def store_descriptor(layout: StoreLayout) -> StoreDescriptor:

@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from es_actors.storage.wal import Damage, Frame, TailScan
+from es_actors.storage.local.wal import Damage, Frame, TailScan
 
 Row = tuple[Any, ...]
 _V1_HEADER = struct.Struct("<II")  # payload length, crc32 of the payload

@@ -23,47 +23,23 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from es_actors.storage.segments import write_parquet_durably
+from es_actors.codecs.snapshot_rows import (
+    BOUNDS_KEY,
+    KEY_SEP,
+    ROW_GROUP,
+    SnapshotRow,
+    snapshot_row,
+    snapshot_table,
+)
+from es_actors.storage.local.segments import write_parquet_durably
 from es_actors.storage.files import fsync_dir
 
 log = logging.getLogger(__name__)
-
-SNAPSHOT_SCHEMA = pa.schema(
-    [
-        pa.field("aggregate_type", pa.string(), nullable=False),
-        pa.field("aggregate_id", pa.string(), nullable=False),
-        pa.field("version", pa.int64(), nullable=False),
-        pa.field("position", pa.int64(), nullable=False),
-        pa.field("fingerprint", pa.string(), nullable=False),
-        pa.field("encoding", pa.string(), nullable=False),
-        pa.field("state", pa.binary(), nullable=False),
-        pa.field("taken_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("event_id", pa.string(), nullable=False),
-    ]
-)
-_ROW_GROUP = 1024
-_BOUNDS_KEY = b"es_actors.row_group_bounds"
-_SEP = "\x1f"
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRow:
-    aggregate_type: str
-    aggregate_id: str
-    version: int
-    position: int
-    fingerprint: str
-    encoding: str
-    state: bytes
-    event_id: str = ""  # id of the event at ``position`` ("" from older writers: checked by position only)
-
 
 def snapshot_dir(root: Path, partition: int) -> Path:
     return root / "snapshots" / f"p{partition:04d}"
@@ -76,50 +52,8 @@ def write_snapshot_file(directory: Path, rows: Iterable[SnapshotRow]) -> Path | 
         return None
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"snap-{time.time_ns():020d}-{os.urandom(3).hex()}.parquet"
-    write_parquet_durably(table, path, row_group_size=_ROW_GROUP, write_page_checksum=True)
+    write_parquet_durably(table, path, row_group_size=ROW_GROUP, write_page_checksum=True)
     return path
-
-
-def snapshot_table(rows: Iterable[SnapshotRow]) -> pa.Table | None:
-    """One snapshot group as a table sorted by aggregate with its row-group key bounds (None if empty);
-    newest row per aggregate wins if repeated."""
-    latest: dict[tuple[str, str], SnapshotRow] = {}
-    for r in rows:
-        k = (r.aggregate_type, r.aggregate_id)
-        if k not in latest or latest[k].version <= r.version:
-            latest[k] = r
-    if not latest:
-        return None
-    ordered = [latest[k] for k in sorted(latest)]
-    now = time.time_ns() // 1000
-    table = pa.Table.from_arrays(
-        [
-            pa.array([r.aggregate_type for r in ordered], pa.string()),
-            pa.array([r.aggregate_id for r in ordered], pa.string()),
-            pa.array([r.version for r in ordered], pa.int64()),
-            pa.array([r.position for r in ordered], pa.int64()),
-            pa.array([r.fingerprint for r in ordered], pa.string()),
-            pa.array([r.encoding for r in ordered], pa.string()),
-            pa.array([r.state for r in ordered], pa.binary()),
-            pa.array([now] * len(ordered), pa.timestamp("us", tz="UTC")),
-            pa.array([r.event_id for r in ordered], pa.string()),
-        ],
-        schema=SNAPSHOT_SCHEMA,
-    )
-    bounds = [
-        [_key(ordered[i]), _key(ordered[min(i + _ROW_GROUP, len(ordered)) - 1])]
-        for i in range(0, len(ordered), _ROW_GROUP)
-    ]
-    return table.replace_schema_metadata({_BOUNDS_KEY: json.dumps(bounds).encode()})
-
-
-def snapshot_rows(table: pa.Table) -> list[SnapshotRow]:
-    """Every row of a snapshot table."""
-    return [_row(table, j) for j in range(table.num_rows)]
-
-
-def _key(r: SnapshotRow) -> str:
-    return f"{r.aggregate_type}{_SEP}{r.aggregate_id}"
 
 
 class _SnapshotFile:
@@ -129,11 +63,11 @@ class _SnapshotFile:
         self.path = path
         self.file = pq.ParquetFile(path, page_checksum_verification=True)
         meta = self.file.schema_arrow.metadata or {}
-        self.bounds: list[list[str]] = json.loads(meta.get(_BOUNDS_KEY, b"[]"))
+        self.bounds: list[list[str]] = json.loads(meta.get(BOUNDS_KEY, b"[]"))
         self.firsts = [b[0] for b in self.bounds]
 
     def find(self, aggregate_type: str, aggregate_id: str) -> SnapshotRow | None:
-        key = f"{aggregate_type}{_SEP}{aggregate_id}"
+        key = f"{aggregate_type}{KEY_SEP}{aggregate_id}"
         i = bisect.bisect_right(self.firsts, key) - 1
         if i < 0 or key > self.bounds[i][1]:
             return None
@@ -142,25 +76,12 @@ class _SnapshotFile:
         types = group.column("aggregate_type").to_pylist()
         for j, (t, a) in enumerate(zip(types, ids)):
             if a == aggregate_id and t == aggregate_type:
-                return _row(group, j)
+                return snapshot_row(group, j)
         return None
 
     def rows(self) -> list[SnapshotRow]:
         table = self.file.read()
-        return [_row(table, j) for j in range(table.num_rows)]
-
-
-def _row(table: pa.Table, j: int) -> SnapshotRow:
-    return SnapshotRow(
-        table.column("aggregate_type")[j].as_py(),
-        table.column("aggregate_id")[j].as_py(),
-        table.column("version")[j].as_py(),
-        table.column("position")[j].as_py(),
-        table.column("fingerprint")[j].as_py(),
-        table.column("encoding")[j].as_py(),
-        table.column("state")[j].as_py(),
-        table.column("event_id")[j].as_py() if "event_id" in table.column_names else "",
-    )
+        return [snapshot_row(table, j) for j in range(table.num_rows)]
 
 
 class SnapshotStore:

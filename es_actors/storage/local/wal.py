@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from es_actors.errors import StorageError, StoreCorrupted
-from es_actors.storage.durable_mark import DurableMark
+from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.files import fsync_dir
 
 FILE_MAGIC = b"ESWAL\x00\x02\n"
@@ -192,7 +192,7 @@ def scan_tail_bytes(path: Path, data: bytes, newest: bool, expected_first: int |
             scan.damage.append(Damage(path, 0, None, expected_first or 0, None, "closed tail file has no whole header"))
         return scan
     if not data.startswith(FILE_MAGIC) and _next_valid_frame(data, -1) is None:
-        from es_actors.storage.wal_v1 import scan_v1  # format 1: readable until upgraded
+        from es_actors.storage.local.wal_v1 import scan_v1  # format 1: readable until upgraded
 
         return scan_v1(path, data, newest, expected_first)
     scan = TailScan(path, 2, len(data))
