@@ -143,6 +143,13 @@ def validate_envelope(item: Any, config: StoreConfig) -> BatchItem:
     first for every command, in the partition actor. Returns ``item`` itself when it is
     already plain (the common case), else a checked copy.
     """
+    try:
+        return _validated(item, config)
+    except AttributeError as exc:  # an envelope built without its fields (e.g. by __new__ alone)
+        raise InvalidPayload(f"the {type(item).__name__} has no {exc.name or 'field'!s} field set") from None
+
+
+def _validated(item: Any, config: StoreConfig) -> BatchItem:
     cls = type(item)
     if cls is CommandEnvelope:
         atype, aid, cid, ctype, payload, expected = (

@@ -7,9 +7,12 @@ given to ``Store.open(..., interceptors=[...])``: policies such as authorization
 get one place that clients cannot bypass, since it runs in the actor that owns the aggregate
 (Ray calls and the direct link both end in ``Partition.handle_batch``).
 
-An interceptor sees the checked envelope and a context: the partition, the aggregate's current
+An interceptor sees a copy of the checked envelope (changing it changes nothing: what was
+checked is what is decided and stored) and a context: the partition, the aggregate's current
 version, and, for a retry of a command id this aggregate already accepted, who sent the first
-one (:class:`PriorCommand`). So a policy can refuse to hand one principal the result of another's
+one (:class:`PriorCommand`, looked up only if the interceptor asks). Interceptors run before
+the aggregate is hydrated or its dedup record read, so a refused command costs no log reads,
+and each command passes them once (also when a batch is re-run one command at a time). So a policy can refuse to hand one principal the result of another's
 command by reusing its id. To refuse, it raises :class:`~es_actors.errors.CommandRefused`; the
 command then fails with a ``CommandRefused`` naming the interceptor and the command. Anything
 else it raises fails that command alone, as :class:`~es_actors.errors.InterceptorFailed`.
@@ -19,8 +22,9 @@ should be quick: they run for every command.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from es_actors.config import StoreConfig
 from es_actors.errors import CommandRefused, InterceptorFailed
@@ -36,13 +40,31 @@ class PriorCommand:
     version: int  # the aggregate's version after it
 
 
-@dataclass(frozen=True, slots=True)
 class InterceptContext:
-    """What an interceptor may know besides the envelope."""
+    """What an interceptor may know besides the envelope: the partition, the aggregate's current
+    version (0: no events yet), and ``duplicate_of``, set when this command id was already
+    accepted on this aggregate (looked up on first access: it may read the dedup window)."""
 
-    partition: int
-    version: int  # the aggregate's current version (0: it has no events yet)
-    duplicate_of: PriorCommand | None  # set when this command id was already accepted on this aggregate
+    __slots__ = ("partition", "version", "_find_prior", "_prior", "_looked")
+
+    def __init__(
+        self, partition: int, version: int, duplicate_of: PriorCommand | None = None,
+        find_prior: Callable[[], PriorCommand | None] | None = None,
+    ) -> None:
+        self.partition = partition
+        self.version = version
+        self._find_prior = find_prior
+        self._prior = duplicate_of
+        self._looked = find_prior is None
+
+    @property
+    def duplicate_of(self) -> PriorCommand | None:
+        if not self._looked:
+            self._prior, self._looked = self._find_prior() if self._find_prior else None, True
+        return self._prior
+
+    def __repr__(self) -> str:
+        return f"InterceptContext(partition={self.partition}, version={self.version})"
 
 
 @runtime_checkable
@@ -88,16 +110,28 @@ class CommandPipeline:
         return validate_envelope(item, self.config)
 
     def intercept(self, envelope: Envelope, context: InterceptContext) -> None:
-        """The interceptors, in order; the first refusal (or failure) ends the command."""
+        """The interceptors, in order, each on its own copy of the envelope (nothing they do to it
+        reaches the command); the first refusal (or failure) ends the command."""
         for name, intercept in self._named:
             try:
-                intercept(envelope, context)
+                intercept(_shown(envelope), context)
             except CommandRefused as exc:
                 raise CommandRefused(f"{name} refused {describe(envelope)}: {_text(exc)}") from None
             except BaseException as exc:  # a bug in a policy fails its command only, like one in decide
                 raise InterceptorFailed(
                     f"interceptor {name} failed on {describe(envelope)}: {type(exc).__name__}: {_text(exc)}"
                 ) from None
+
+
+def _shown(envelope: Envelope) -> Envelope:
+    """A copy of the envelope that shares nothing mutable with it (built field by field for a
+    command: ~1 us where ``copy.deepcopy`` takes ~4)."""
+    if type(envelope) is CommandEnvelope:
+        e, md = envelope, envelope.metadata
+        return CommandEnvelope(e.aggregate_type, e.aggregate_id, e.command_id, e.command_type, e.payload,
+                               e.expected_version, e.principal, e.correlation_id, e.causation_id, e.reason,
+                               None if md is None else copy.deepcopy(md))
+    return copy.deepcopy(envelope)  # imports: rare
 
 
 def _text(exc: BaseException) -> str:

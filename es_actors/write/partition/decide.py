@@ -38,6 +38,7 @@ class BatchWork:
     rows: list[Row] = field(default_factory=list)
     entry_rows: dict[Key, list[int]] = field(default_factory=dict)  # key -> positions appended in this batch
     last_event: dict[Key, str] = field(default_factory=dict)  # key -> id of its last event appended in this batch
+    intercepted: list[BaseException | None] = field(default_factory=list)  # the interceptors' refusals, by index
 
     def refuse(self, index: int, error: BaseException) -> None:
         self.results[index] = ItemResult.refused(error)

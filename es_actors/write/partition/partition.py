@@ -104,30 +104,42 @@ class Partition:
         """
         if not isinstance(batch, (list, tuple)):
             raise InvalidPayload(f"a batch must be a list of items, not {type(batch).__name__}")
+        return self._handle(batch, None)
+
+    def _handle(self, batch: Sequence[BatchItem], intercepted: list[BaseException | None] | None) -> list[ItemResult]:
+        """``intercepted``: the interceptors' verdicts from a first run of these commands (a re-run
+        one at a time does not run them again); None runs them."""
         self.counts["batches"] += 1
         work = BatchWork(self.log.next_position, time.time_ns() // 1000, [None] * len(batch))
+        work.intercepted = [None] * len(batch) if intercepted is None else intercepted
         for i, item in enumerate(batch):
-            self._decide_one(work, i, item)
+            self._decide_one(work, i, item, run_interceptors=intercepted is None)
         outcome, exc = commit.append(self.log, work, self.partition, self.rejections)
         if outcome is commit.Outcome.ONE_BY_ONE:
             assert exc is not None
-            return self._one_by_one(batch, exc)
+            return self._one_by_one(batch, exc, work.intercepted)
         if outcome is commit.Outcome.WRITTEN:
             commit.publish(work, self.aggregates, self.hydration, self.snapshot_policy, self.config.dedup_window)
             self.counts["accepted"] += len(work.accepted)
         return self._finish(work)
 
-    def _decide_one(self, work: BatchWork, i: int, item: Any) -> None:
-        """Step 1 for one command: the pipeline, the dedup record, the version check, decide."""
+    def _decide_one(self, work: BatchWork, i: int, item: Any, run_interceptors: bool = True) -> None:
+        """Step 1 for one command: the pipeline (envelope check, then the interceptors, before
+        any log read), the dedup record, the version check, decide."""
         atype: Any = None
         try:
             env = self.pipeline.admit(item)  # the pipeline's step 1, before anything else
             atype, aid, cid = env.aggregate_type, env.aggregate_id, env.command_id
             agg_cls = self.registry.aggregate(atype)
             key = (atype, aid)
+            entry = self.aggregates.get(key)
+            if self.pipeline.interceptors:  # the store's interceptors, duplicates included, each command once
+                if run_interceptors:
+                    self._intercept(work, i, env, key, entry)
+                elif work.intercepted[i] is not None:
+                    raise work.intercepted[i]  # type: ignore[misc]  # refused on the first run: the same verdict
             if self.frozen or self.log.lost:
                 self._check_writable(key)
-            entry = self.aggregates.get(key)
             if key in work.working:
                 state, version = work.working[key]
             elif entry is not None:
@@ -139,9 +151,6 @@ class Partition:
             prior = (in_batch.get(cid) if in_batch else None) or (
                 recent_commands(self.log, entry, self.config.dedup_window).get(cid) if entry is not None else None
             )
-            if self.pipeline.interceptors:  # the store's interceptors, duplicates included
-                seen = None if prior is None else PriorCommand(prior.principal, prior.version)
-                self.pipeline.intercept(env, InterceptContext(self.partition, version, seen))
             if prior is not None:
                 if prior.digest != digest:
                     raise CommandIdReused(f"command id {cid!r} was already used on {atype}/{aid} for a different command")
@@ -161,6 +170,25 @@ class Partition:
             where = atype if isinstance(atype, str) else "?"
             work.refuse(i, UserCodeError(f"{type(exc).__name__} in {where[:200]}: {safe_text(exc)}"))
             self._count_rejection("UserCodeError")
+
+    def _intercept(self, work: BatchWork, i: int, env: Any, key: Key, entry: Any) -> None:
+        """The store's interceptors on one command, before any log read: the context's version
+        comes from the index, ``duplicate_of`` from the dedup record only if an interceptor asks."""
+        cid = env.command_id
+
+        def prior() -> PriorCommand | None:
+            in_batch = work.new_ids.get(key)
+            found = (in_batch.get(cid) if in_batch else None) or (
+                recent_commands(self.log, entry, self.config.dedup_window).get(cid) if entry is not None else None
+            )
+            return None if found is None else PriorCommand(found.principal, found.version)
+
+        version = work.working[key][1] if key in work.working else (entry.version if entry is not None else 0)
+        try:
+            self.pipeline.intercept(env, InterceptContext(self.partition, version, find_prior=prior))
+        except BaseException as exc:
+            work.intercepted[i] = exc
+            raise
 
     @staticmethod
     def _keep(
@@ -186,7 +214,9 @@ class Partition:
         self.counts["rejected"] += sum(1 for r in results if r.error is not None)
         return results
 
-    def _one_by_one(self, batch: Sequence[BatchItem], exc: Exception) -> list[ItemResult]:
+    def _one_by_one(
+        self, batch: Sequence[BatchItem], exc: Exception, intercepted: list[BaseException | None]
+    ) -> list[ItemResult]:
         """Nothing of the batch was written and one of its rows cannot be encoded: find its
         command by going one at a time, in order, so every other command is still decided."""
         if len(batch) == 1:
@@ -195,7 +225,7 @@ class Partition:
             self.counts["rejected"] += 1
             return BatchResults([ItemResult.refused(err)])
         self.counts["batches"] -= 1  # counted again per item
-        return BatchResults(self.handle_batch([item])[0] for item in batch)
+        return BatchResults(self._handle([item], [verdict])[0] for item, verdict in zip(batch, intercepted))
 
     def _count_rejection(self, kind: str) -> None:
         self.rejections[kind] = self.rejections.get(kind, 0) + 1
