@@ -44,3 +44,98 @@ def test_local_only_readers_refuse_a_whole_object_store_clearly(tmp_path):
         log_snapshot(layout, 1)
     with pytest.raises(EsActorsError, match="not supported on blobdir stores"):
         LogFollower(layout, 0)
+
+
+# -- one parser for store URIs: nothing is created for text it refuses ----------------------------
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("text", [
+    "blobdir:{tmp}/wanted",  # one slash: not a relative path named "blobdir:"
+    "blobdir:wanted", "file:wanted", "file:{tmp}/wanted", "blobdir://host{tmp}/wanted", "file://host{tmp}/wanted",
+    "blobdir:////{tmp}/wanted", "blobdir:///{tmp}/wanted?mode=x", "file:///{tmp}/wanted#frag",
+    "s3://bucket/wanted", "foo:wanted", "blobdir:///{tmp}/bad%ff",
+])
+def test_text_that_looks_like_a_uri_must_be_a_known_scheme_written_scheme_slash_slash_slash_path(
+        tmp_path, monkeypatch, text):
+    monkeypatch.chdir(tmp_path)
+    text = text.format(tmp=tmp_path)
+    with pytest.raises(EsActorsError, match=r"file:///absolute/path|blobdir:///absolute/path") as info:
+        StoreLayout.from_uri(text).create_or_check(None, 1)
+    assert repr(text) in str(info.value)
+    assert _tree(tmp_path) == [], "a refused store URI created something"
+
+
+def test_a_path_object_spelling_a_uri_is_parsed_as_that_uri_not_as_a_relative_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EsActorsError, match="blobdir:///absolute/path"):
+        StoreLayout.from_uri(Path(f"blobdir:///{tmp_path}/wanted"))  # Path() collapses it to blobdir:/...
+    assert _tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", b"/tmp/store", 42, "/", "blobdir:///", "file:///",
+                                   "blobdir:///tmp/..", "file:///tmp/%2E%2E"])
+def test_no_text_and_the_root_directory_are_refused(tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EsActorsError, match="is not a store URI"):
+        StoreLayout.from_uri(value)
+    assert _tree(tmp_path) == []
+
+
+def test_percent_escapes_are_decoded_for_every_scheme_and_a_layout_uri_round_trips(tmp_path):
+    from urllib.parse import quote
+
+    odd = tmp_path / "a b%c?d#e"
+    for scheme in ("file", "blobdir"):
+        parsed = parse_store_uri(f"{scheme}://{quote(str(odd))}")
+        assert parsed.path == odd
+        layout = StoreLayout.from_uri(f"{scheme}://{quote(str(odd))}")
+        assert StoreLayout.from_uri(layout.uri) == layout
+    assert parse_store_uri("FILE:///tmp/x").scheme == "file" and parse_store_uri("BlobDir:///tmp/x").scheme == "blobdir"
+    assert parse_store_uri("C:/store").scheme == ""  # a drive letter is not a scheme
+
+
+def _local_store(root):
+    from es_actors.storage.local.backend import LocalBackend
+    from es_actors.testing.storage_conformance import EventLog, small_config
+
+    StoreLayout(root).create_or_check(1, 1)
+    log = LocalBackend(root).open_log(0, small_config())
+    EventLog().append(log, ["a"])
+    log.close()
+
+
+def _blobdir_store(root):
+    from es_actors.testing.storage_conformance import EventLog, small_config
+
+    StoreLayout.from_uri(f"blobdir://{root}").create_or_check(1, 1)
+    log = ObjectBackend.on_directory(root).open_log(0, small_config())
+    EventLog().append(log, ["a"])
+    log.close()
+
+
+def _bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("with_log", [True, False])
+def test_a_directory_holding_the_other_backends_store_says_which_uri_opens_it(tmp_path, with_log):
+    local, blob = tmp_path / "local", tmp_path / "blob"
+    if with_log:
+        _local_store(local)
+        _blobdir_store(blob)
+    else:  # just created: only store.json
+        StoreLayout(local).create_or_check(1, 1)
+        StoreLayout.from_uri(f"blobdir://{blob}").create_or_check(1, 1)
+    before = _bytes(tmp_path)
+    with pytest.raises(EsActorsError, match=f"holds a local-disk store.*open it as {local}$"):
+        StoreLayout.from_uri(f"blobdir://{local}").create_or_check(None, 1)
+    for uri in (str(blob), f"file://{blob}"):
+        with pytest.raises(EsActorsError, match=f"holds a blobdir .*open it as blobdir://{blob}$"):
+            StoreLayout.from_uri(uri).create_or_check(None, 1)
+    assert _bytes(tmp_path) == before

@@ -1,5 +1,7 @@
 """A store URI selects its storage backend.
 
+URIs are parsed by :mod:`es_actors.storage.uris` (one set of rules for every scheme):
+
 - a plain path or ``file:///path``: the local-disk backend (:mod:`es_actors.storage.local`:
   append + fdatasync tail, rename-published segments, flock fencing);
 - ``blobdir:///path``: the whole-object backend over a local directory
@@ -12,27 +14,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from es_actors.config import StoreConfig
 from es_actors.errors import EsActorsError
 from es_actors.storage.api import BlobStore, OwnedPartitionLog, OwnerSnapshotStore, StorageBackend
+from es_actors.storage.uris import LOCAL_SCHEMES, OBJECT_DIR_SCHEME, StoreUri, parse_store_uri
+
+__all__ = ["LOCAL_SCHEMES", "OBJECT_DIR_SCHEME", "StoreUri", "parse_store_uri", "open_backend", "local_root",
+           "blob_store_of", "open_owned_partition", "aggregate_rows", "foreign_store"]
 
 if TYPE_CHECKING:
     from es_actors.storage.layout import StoreLayout
-
-LOCAL_SCHEMES = ("", "file")
-OBJECT_DIR_SCHEME = "blobdir"
-
-
-@dataclass(frozen=True, slots=True)
-class StoreUri:
-    """A parsed store URI: its scheme ("" for a plain path) and the local directory it names."""
-
-    scheme: str
-    path: Path
 
 
 def _open_local(root: Path) -> StorageBackend:
@@ -52,30 +46,6 @@ _BACKENDS: dict[str, Callable[[Path], StorageBackend]] = {
     "file": _open_local,
     OBJECT_DIR_SCHEME: _open_blob_dir,
 }
-
-
-def parse_store_uri(uri: str | os.PathLike[str]) -> StoreUri:
-    """Split a store URI; EsActorsError for a scheme no backend serves."""
-    text = os.fspath(uri)
-    if "://" not in text:
-        return StoreUri("", Path(text).expanduser().resolve())
-    scheme, rest = text.split("://", 1)
-    scheme = scheme.lower()
-    if scheme not in _BACKENDS:
-        known = ", ".join(f"{s}://" for s in _BACKENDS if s) + " or a plain path"
-        raise EsActorsError(
-            f"{text!r}: {scheme} stores are not supported yet: no storage backend serves the {scheme!r} scheme "
-            f"(known: {known}); see adrs/ADR-014-storage-interface.md"
-        )
-    if scheme == "file":
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(text)
-        assert isinstance(filesystem, pafs.LocalFileSystem)
-        return StoreUri(scheme, Path(path).resolve())
-    if rest.startswith("/"):
-        return StoreUri(scheme, Path(rest).resolve())
-    raise EsActorsError(f"{text!r}: a {scheme} URI names a local directory: {scheme}:///absolute/path")
 
 
 def open_backend(uri: str | os.PathLike[str]) -> StorageBackend:
@@ -103,6 +73,34 @@ def blob_store_of(layout: "StoreLayout") -> BlobStore:
     if layout.scheme != OBJECT_DIR_SCHEME:
         raise EsActorsError(f"{layout.uri} is not a whole-object store")
     return DirectoryBlobStore(layout.root)
+
+
+def foreign_store(layout: "StoreLayout") -> str | None:
+    """Why the layout's directory holds the *other* backend's store (opening it with this URI would
+    read its files as torn or damaged objects), or None. Looks at names only, and at whether
+    ``store.json`` carries the whole-object completion mark."""
+    from es_actors.storage.objects.blobs import ends_with_completion_mark
+    from es_actors.storage.uris import format_store_uri
+
+    root = layout.root
+    if not root.is_dir():
+        return None
+    partitions = any(p.is_dir() and p.name[1:].isdigit() for p in root.glob("p[0-9]*"))
+    local_dirs = (root / "log").is_dir() or (root / "tail").is_dir()
+    descriptor = layout.descriptor_path
+    marked = descriptor.is_file() and ends_with_completion_mark(descriptor)
+    if layout.scheme == OBJECT_DIR_SCHEME:
+        unmarked = descriptor.is_file() and not marked
+        if local_dirs or (unmarked and not partitions):
+            what = "log/ and tail/" if local_dirs else "a store.json without the whole-object completion mark"
+            return (f"{root} holds a local-disk store ({what}), not a {layout.scheme} store; "
+                    f"open it as {format_store_uri('', root)}")
+        return None
+    if (marked or partitions) and not local_dirs:
+        what = "store.json with the whole-object completion mark" if marked else "pNNNN/ objects"
+        return (f"{root} holds a {OBJECT_DIR_SCHEME} (whole-object) store ({what}), not a local-disk store; "
+                f"open it as {format_store_uri(OBJECT_DIR_SCHEME, root)}")
+    return None
 
 
 def open_owned_partition(

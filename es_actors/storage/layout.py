@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
 from es_actors.storage.api import ObjectIncomplete
 from es_actors.storage.files import fsync_dir, replace_durably
+from es_actors.storage.uris import LOCAL_SCHEMES, format_store_uri, parse_store_uri
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
 READABLE_FORMATS = (1, 2)
@@ -53,15 +54,13 @@ class StoreLayout:
     @classmethod
     def from_uri(cls, uri: str | os.PathLike[str]) -> "StoreLayout":
         """The layout a store URI names (EsActorsError for a scheme no backend serves)."""
-        from es_actors.storage.backends import LOCAL_SCHEMES, parse_store_uri
-
         parsed = parse_store_uri(uri)
         return cls(parsed.path, "" if parsed.scheme in LOCAL_SCHEMES else parsed.scheme)
 
     @property
     def uri(self) -> str:
         """What :meth:`from_uri` reads back: the plain path of a local store, else ``scheme:///path``."""
-        return f"{self.scheme}://{self.root}" if self.scheme else str(self.root)
+        return format_store_uri(self.scheme, self.root)
 
     def require_local(self, what: str) -> None:
         """EsActorsError unless this is a local-disk store (``what`` reads local files)."""
@@ -85,6 +84,12 @@ class StoreLayout:
         return str(self.root / "log" / "*" / "current" / "*.parquet")
 
     def read_descriptor(self) -> StoreDescriptor | None:
+        """``store.json``, or None if there is none; EsActorsError if the directory holds the other
+        backend's store (say which URI opens it, instead of reading its files as damage)."""
+        from es_actors.storage.backends import foreign_store
+
+        if (why := foreign_store(self)) is not None:
+            raise EsActorsError(why)
         try:
             if self.scheme:
                 from es_actors.storage.backends import blob_store_of

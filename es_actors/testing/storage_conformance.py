@@ -54,7 +54,9 @@ class BackendUnderTest:
     process "die" (:class:`SimulatedCrash`) half-way through the next raw write (``"write"``) or
     with every byte written but before it is synced (``"sync"``). ``tear_tail`` leaves
     half a commit after the last one (a crash mid-write); ``damage_middle`` flips a byte of an
-    acknowledged commit that later commits follow.
+    acknowledged commit that later commits follow; ``damage_newest_whole`` flips a byte of the
+    newest acknowledged commit where the backend can tell it was written whole (a whole object:
+    its put completed), so it is damage, not a torn end.
     """
 
     name: str
@@ -64,6 +66,7 @@ class BackendUnderTest:
     crash_mid_write: Callable[[str], ContextManager[None]] | None = None
     tear_tail: Hook | None = None
     damage_middle: Hook | None = None
+    damage_newest_whole: Hook | None = None
     why_not: dict[str, str] = field(default_factory=dict)  # hook name -> why this backend lacks it
 
     def make_capabilities(self) -> Capabilities:
@@ -234,6 +237,22 @@ class StorageConformance:
         with pytest.raises(StoreCorrupted):
             self.kit.make(tmp_path).reader(0).read_all()
         assert _tree_bytes(tmp_path) == before, "a refused recovery must not change a byte"
+
+    def test_a_damaged_newest_commit_that_was_written_whole_is_refused_not_cut(self, tmp_path: Path) -> None:
+        damage = self._need("damage_newest_whole")
+        ev = EventLog()
+        with self._open(tmp_path) as (_b, log):
+            for g in (["a"], ["b", "c"]):
+                ev.append(log, g)
+        damage(tmp_path, 0)
+        before = _tree_bytes(tmp_path)
+        backend = self.kit.make(tmp_path)
+        for what, attempt in (("recovery", lambda: backend.open_log(0, self.kit.config)),
+                              ("a reader", lambda: backend.reader(0).read_all()),
+                              ("a follower", lambda: backend.follower(0).poll())):
+            with pytest.raises(StoreCorrupted, match="damaged"):
+                attempt()
+            assert _tree_bytes(tmp_path) == before, f"{what} changed a byte of a damaged store"
 
     @pytest.mark.parametrize("stage", ["write", "sync"])
     def test_a_crash_between_write_and_publish_leaves_nothing_half_visible(self, tmp_path: Path, stage: str) -> None:

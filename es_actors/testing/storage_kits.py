@@ -85,6 +85,8 @@ def local_kit() -> BackendUnderTest:
         crash_mid_write=_local_crash_mid_write,
         tear_tail=_local_tear_tail,
         damage_middle=_local_damage_middle,
+        why_not={"damage_newest_whole": "a local tail frame is appended in place: a damaged last frame followed "
+                 "by nothing cannot be told from a write torn by a crash, so recovery cuts it (ADR-009)"},
     )
 
 
@@ -132,6 +134,13 @@ def _object_damage_middle(root: Path, partition: int) -> None:
     raise AssertionError("no commit object to damage")
 
 
+def _object_damage_newest_whole(root: Path, partition: int) -> None:
+    newest = _tail_slots(root, partition)[-1]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the commit's JSON; the completion mark stays: a whole, damaged object
+    newest.write_bytes(bytes(data))
+
+
 def object_kit() -> BackendUnderTest:
     return BackendUnderTest(
         "whole objects (blobdir)",
@@ -140,4 +149,5 @@ def object_kit() -> BackendUnderTest:
         crash_mid_write=_object_crash_mid_write,
         tear_tail=_object_tear_tail,
         damage_middle=_object_damage_middle,
+        damage_newest_whole=_object_damage_newest_whole,
     )

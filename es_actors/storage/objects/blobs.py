@@ -26,6 +26,17 @@ DIRECTORY_BLOB_CAPABILITIES = Capabilities(
 )
 
 
+def ends_with_completion_mark(path: Path) -> bool:
+    """Whether a file was written by :meth:`DirectoryBlobStore.put_if_absent` and finished (to tell a
+    whole-object store's files from another backend's)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < len(_COMPLETE):
+            return False
+        f.seek(size - len(_COMPLETE))
+        return f.read() == _COMPLETE
+
+
 class DirectoryBlobStore:
     """:class:`~es_actors.storage.api.BlobStore` on a local directory (keys are relative paths)."""
 

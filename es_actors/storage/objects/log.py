@@ -38,6 +38,7 @@ from es_actors.storage.objects.records import (
     SegmentRef,
     gen_key,
     key_number,
+    numbered_keys,
     owner_key,
     partition_prefix,
     segment_key,
@@ -104,7 +105,7 @@ class ObjectPartitionLog:
     # -- ownership ----------------------------------------------------------------------------
 
     def _claim(self) -> int:
-        owners = self.blobs.list(partition_prefix(self.partition) + "owners/")
+        owners = numbered_keys(self.blobs, partition_prefix(self.partition) + "owners/")
         epoch = (key_number(owners[-1]) if owners else 0) + 1
         for _ in range(_CLAIM_ATTEMPTS):
             claim = json.dumps({"pid": os.getpid(), "at": time.time()}).encode()
@@ -114,7 +115,7 @@ class ObjectPartitionLog:
         raise WriterFenced(f"partition {self.partition}: could not claim ownership ({_CLAIM_ATTEMPTS} owners raced)")
 
     def _check_not_fenced(self) -> None:
-        if self.blobs.list(partition_prefix(self.partition) + "owners/")[-1] != owner_key(self.partition, self.epoch):
+        if numbered_keys(self.blobs, partition_prefix(self.partition) + "owners/")[-1] != owner_key(self.partition, self.epoch):
             self._failed = f"fenced: a newer owner claimed partition {self.partition} after epoch {self.epoch}"
             raise WriterFenced(f"partition {self.partition}: another process took over this partition's log "
                                f"(epoch {self.epoch} is not the newest); this owner writes nothing more")
@@ -284,13 +285,14 @@ class ObjectPartitionLog:
         if not self.blobs.put_if_absent(gen_key(self.partition, gen), manifest.encode()):
             self._check_not_fenced()
             raise StorageError(f"{gen_key(self.partition, gen)} exists: a manifest was published meanwhile")
-        replaced = [k for k in self.blobs.list(partition_prefix(self.partition) + "gens/") if key_number(k) < gen]
+        replaced = [k for k in numbered_keys(self.blobs, partition_prefix(self.partition) + "gens/")
+                    if key_number(k) < gen]
         self._garbage.extend((time.monotonic() + self.config.gc_grace_s, k) for k in replaced)
         self.manifest = manifest
         self._cache.trim(through_slot)
 
     def _delete_sealed_tail(self) -> None:
-        keys = self.blobs.list(partition_prefix(self.partition) + "tail/")
+        keys = numbered_keys(self.blobs, partition_prefix(self.partition) + "tail/")
         newest = keys[-1] if keys else None
         for key in keys:
             if key != newest and key_number(key) <= self.manifest.through_slot:

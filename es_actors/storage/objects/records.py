@@ -1,7 +1,15 @@
 """The objects of the whole-object backend and their checked encoding.
 
-Every object is ``ESOB1`` + u32 length + JSON body + u32 CRC-32 of the body, so a reader
-tells a whole object from one still being written or torn by a crash (:class:`Incomplete`).
+Every object is ``ESOB1`` + u32 length + JSON body + u32 CRC-32 of the body. Whether an object
+is whole is the blob store's answer (``ObjectIncomplete`` while it is being written or after a
+crash tore it); an object the store returns whole that fails these checks is *damage*
+(:class:`Damaged`), never a write in flight: refusing it keeps an acknowledged commit from being
+silently voided.
+
+Names: tail slots, owners and manifests are exactly 20 digits; names starting with ``.`` are
+foreign (``.DS_Store``, editor swap files) and ignored; any other name under a partition's
+``tail/``, ``owners/`` or ``gens/`` is refused (:func:`numbered_keys`): it may be one of our
+objects renamed, and ignoring it could hide a lost commit.
 
 Per partition ``pNNNN/``:
 
@@ -17,17 +25,21 @@ Per partition ``pNNNN/``:
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from es_actors.errors import StoreCorrupted
+from es_actors.storage.api import BlobStore
+
 _MAGIC = b"ESOB1"
 _LEN = struct.Struct("<I")
 
 
-class Incomplete(Exception):
-    """The object is being written, or a crash tore it: it holds nothing yet."""
+class Damaged(Exception):
+    """A whole object (the blob store returned it) whose header, length, checksum or body is wrong."""
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -38,19 +50,46 @@ def encode(body: dict[str, Any]) -> bytes:
 def decode(blob: bytes) -> dict[str, Any]:
     head = len(_MAGIC) + _LEN.size
     if len(blob) < head or not blob.startswith(_MAGIC):
-        raise Incomplete("no whole header")
+        raise Damaged(f"no valid header ({blob[:len(_MAGIC)]!r} where {_MAGIC!r} belongs)")
     (n,) = _LEN.unpack_from(blob, len(_MAGIC))
     if len(blob) != head + n + _LEN.size:
-        raise Incomplete(f"{len(blob)} bytes where the header says {head + n + _LEN.size}")
+        raise Damaged(f"{len(blob)} bytes where its header says {head + n + _LEN.size}")
     data = blob[head : head + n]
     if zlib.crc32(data) != _LEN.unpack_from(blob, head + n)[0]:
-        raise Incomplete("checksum mismatch")
-    body: dict[str, Any] = json.loads(data)
+        raise Damaged("CRC-32 mismatch: its body changed after it was written")
+    try:
+        body: dict[str, Any] = json.loads(data)
+    except ValueError as exc:
+        raise Damaged(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Damaged("body is not a JSON object")
     return body
 
 
+_NUMBER = re.compile(r"\d{20}")
+
+
 def key_number(key: str) -> int:
+    """The number of a ``tail/``, ``owners/`` or ``gens/`` key (or a segment's generation)."""
     return int(key.rsplit("/", 1)[1].split("-", 1)[0].split(".", 1)[0])
+
+
+def numbered_keys(blobs: BlobStore, prefix: str) -> list[str]:
+    """The backend's own numbered objects under ``prefix``, in number order. Dot-names are foreign
+    and skipped; any other name is :class:`StoreCorrupted` naming it (nothing is changed)."""
+    keys = []
+    for key in blobs.list(prefix):
+        name = key.rsplit("/", 1)[1]
+        if name.startswith("."):
+            continue
+        if not _NUMBER.fullmatch(name):
+            raise StoreCorrupted(
+                f"{key}: not an object of this store (names under {prefix} are 20 digits); nothing was changed. "
+                "If it is one of the store's objects renamed, give it back its name; otherwise move it out "
+                "(names starting with '.' are ignored)"
+            )
+        keys.append(key)
+    return keys
 
 
 def partition_prefix(partition: int) -> str:
@@ -95,7 +134,11 @@ class Commit:
     @staticmethod
     def decode(blob: bytes) -> "Commit":
         b = decode(blob)
-        return Commit(b["slot"], b["kind"], b["epoch"], b["first"], tuple(tuple(r) for r in b["rows"]), b["after_slot"])
+        try:
+            return Commit(b["slot"], b["kind"], b["epoch"], b["first"], tuple(tuple(r) for r in b["rows"]),
+                          b["after_slot"])
+        except (KeyError, TypeError) as exc:
+            raise Damaged(f"not a tail commit: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +169,10 @@ class Manifest:
     @staticmethod
     def decode(blob: bytes) -> "Manifest":
         b = decode(blob)
-        return Manifest(b["gen"], tuple(SegmentRef(*s) for s in b["segments"]), b["through_slot"], b["epoch"])
+        try:
+            return Manifest(b["gen"], tuple(SegmentRef(*s) for s in b["segments"]), b["through_slot"], b["epoch"])
+        except (KeyError, TypeError) as exc:
+            raise Damaged(f"not a manifest: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass

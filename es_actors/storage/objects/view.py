@@ -4,11 +4,15 @@ Shared by the owner's recovery, readers and followers, so all apply the same rul
 
 - the current manifest is the highest whole ``gens/`` object; tail slots at or before its
   ``through_slot`` are sealed (and may already be deleted);
-- slots after it must be numbered without a gap (a gap means a seal deleted slots after we
-  read the manifest: :class:`Moved`, look again);
+- slots after it must be numbered without a gap: a gap with a newer manifest published
+  meanwhile means a seal deleted them (:class:`Moved`, look again); a gap under the same
+  manifest means objects are missing (:class:`StoreCorrupted` naming the first missing slot);
 - a start record voids the slots between the slot its owner adopted last and itself;
-- a slot that is not whole is in flight or torn when it is the newest; before the newest,
-  and not void, it is damage (:class:`StoreCorrupted`);
+- a slot that is not whole (no completion mark) is in flight or torn when it is the newest;
+  before the newest, and not void, it is damage (:class:`StoreCorrupted`);
+- a *whole* object (tail slot or manifest) that fails its own checks (header, length,
+  CRC-32) is damage wherever it is, never a write in flight: :class:`StoreCorrupted` naming
+  it, on every read path (owner recovery, readers, followers), and nothing is changed;
 - a whole commit counts: a new owner adopts every commit that is whole when it looks (it
   waits ``lock_timeout_s`` for one still being written), so a reader never shows a commit
   that is later voided (unless an old owner's put stalls longer than that; it then learns
@@ -18,7 +22,7 @@ Shared by the owner's recovery, readers and followers, so all apply the same rul
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,14 +33,17 @@ from es_actors.storage.api import BlobStore, ObjectIncomplete
 from es_actors.storage.consistent import Moved
 from es_actors.storage.objects.records import (
     Commit,
-    Incomplete,
+    Damaged,
     Listing,
     Manifest,
     SegmentRef,
     key_number,
+    numbered_keys,
     partition_prefix,
     slot_key,
 )
+
+T = TypeVar("T")
 
 
 class CommitCache:
@@ -53,14 +60,33 @@ class CommitCache:
             self.tables.clear()
 
 
+def read_whole(blobs: BlobStore, key: str, decode: Callable[[bytes], T]) -> T | None:
+    """The decoded object; None while it is not whole (no completion mark: being written, or torn by
+    a crash); ``FileNotFoundError`` if it is gone. A whole object that fails its checks is damage:
+    StoreCorrupted naming it and what failed."""
+    try:
+        data = blobs.get(key)
+    except ObjectIncomplete:
+        return None
+    try:
+        return decode(data)
+    except Damaged as exc:
+        raise StoreCorrupted(
+            f"{key} is damaged: {exc}. Its put completed (it is whole), so it is not a write in flight or a torn "
+            "end; nothing was changed. Restore it from a copy"
+        ) from None
+
+
 def current_manifest(blobs: BlobStore, partition: int) -> tuple[Manifest, int]:
     """(the highest whole manifest, the highest manifest number listed, whole or not)."""
-    keys = blobs.list(partition_prefix(partition) + "gens/")
+    keys = numbered_keys(blobs, partition_prefix(partition) + "gens/")
     for key in reversed(keys):
         try:
-            return Manifest.decode(blobs.get(key)), key_number(keys[-1])
-        except (Incomplete, ObjectIncomplete, FileNotFoundError):
+            manifest = read_whole(blobs, key, Manifest.decode)
+        except FileNotFoundError:  # collected after a newer one was published
             continue
+        if manifest is not None:
+            return manifest, key_number(keys[-1])
     return Manifest(), key_number(keys[-1]) if keys else 0
 
 
@@ -68,25 +94,35 @@ def look(blobs: BlobStore, partition: int, cache: CommitCache) -> Listing:
     """The current manifest, then the tail slots after it (a seal between the two shows as a gap)."""
     manifest, highest_gen = current_manifest(blobs, partition)
     listing = Listing(manifest, highest_gen)
-    for key in blobs.list(partition_prefix(partition) + "tail/"):
-        slot = key_number(key)
-        if slot <= manifest.through_slot:
-            continue
+    slots = [(key_number(k), k) for k in numbered_keys(blobs, partition_prefix(partition) + "tail/")]
+    slots = [(slot, key) for slot, key in slots if slot > manifest.through_slot]
+    expected = manifest.through_slot + 1
+    for slot, _key in slots:
+        if slot != expected:
+            _gap(blobs, partition, manifest, expected, slot)
+        expected += 1
+    for slot, key in slots:
         commit = cache.commits.get(slot)
         if commit is None:
-            try:
-                commit = Commit.decode(blobs.get(key))  # FileNotFoundError: a seal deleted it: look again
-            except (Incomplete, ObjectIncomplete):
-                commit = None
-            else:
+            commit = read_whole(blobs, key, Commit.decode)  # FileNotFoundError: a seal deleted it: look again
+            if commit is not None:
                 cache.commits[slot] = commit
         listing.slots[slot] = commit
-    expected = manifest.through_slot + 1
-    for slot in sorted(listing.slots):
-        if slot != expected:
-            raise Moved(f"partition {partition}: tail slot {slot} where {expected} was expected (a seal moved them)")
-        expected += 1
     return listing
+
+
+def _gap(blobs: BlobStore, partition: int, manifest: Manifest, expected: int, slot: int) -> None:
+    """Slots ``expected..slot-1`` are not listed. A seal deletes sealed slots only after it published
+    a newer manifest, so if the current manifest is still the one we read, they are missing."""
+    again, _highest = current_manifest(blobs, partition)
+    if again.gen != manifest.gen:
+        raise Moved(f"partition {partition}: tail slot {slot} where {expected} was expected (a seal moved them)")
+    sealed = f"manifest {manifest.gen} seals through slot {manifest.through_slot}" if manifest.gen else "no manifest yet"
+    raise StoreCorrupted(
+        f"{slot_key(partition, expected)} is missing: tail slots {expected}..{slot - 1} are gone but "
+        f"{slot_key(partition, slot)} follows them ({sealed}); nothing was changed. Restore the missing objects from a copy, or move "
+        f"{slot_key(partition, slot)} out if it does not belong to this store"
+    )
 
 
 def void_slots(listing: Listing) -> set[int]:
