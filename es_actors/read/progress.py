@@ -11,14 +11,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import pyarrow.dataset as ds
 
-from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.read.projection import Projection
 from es_actors.storage.local.follower import LogFollower
-from es_actors.storage.layout import StoreLayout
-from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.local.segments import list_segments, resolve_current
 
 #: Every status a (projection, partition) can show, from best to worst.
 STATUSES = ("running", "paused", "retrying", "halted", "stalled")
@@ -60,21 +55,6 @@ class ProjectionState:
 def worst_status(statuses: list[str]) -> str:
     """The status that says most about a projection: the worst of its partitions'."""
     return max(statuses, key=_ORDER.__getitem__, default="?")
-
-
-def recorded_at_us(layout: StoreLayout, partition: int, position: int) -> int | None:
-    """When the event at a position was recorded (for lag in seconds), if it is sealed."""
-    gen = resolve_current(layout.log_dir(partition))
-    try:
-        for s in list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []:
-            if s.first <= position <= s.last:
-                t = ds.dataset(str(s.path), schema=ARROW_SCHEMA, format="parquet").to_table(
-                    columns=["recorded_at"], filter=ds.field("position") == position
-                )
-                return int(t.column(0).cast("int64")[0].as_py()) if t.num_rows else None
-    except Exception:
-        return None  # lag in seconds is best effort: the segment may be compacted away meanwhile
-    return None
 
 
 def status_rows(

@@ -29,14 +29,9 @@ from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from es_actors.read.batches import bisect_batch
-from es_actors.read.progress import (
-    PartitionProgress,
-    ProjectionState,
-    recorded_at_us,
-    status_rows,
-    worst_status,
-)
+from es_actors.read.progress import PartitionProgress, ProjectionState, status_rows, worst_status
 from es_actors.read.projection import Projection
+from es_actors.storage.local.reader import recorded_at_us
 from es_actors.read.readmodel import ReadModel
 from es_actors.storage.local.follower import Batch, LogFollower
 from es_actors.storage.layout import StoreLayout
