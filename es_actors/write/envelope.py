@@ -143,68 +143,64 @@ def validate_envelope(item: Any, config: StoreConfig) -> BatchItem:
     first for every command, in the partition actor. Returns ``item`` itself when it is
     already plain (the common case), else a checked copy.
     """
-    try:
-        return _validated(item, config)
+    try:  # (zero-cost in CPython 3.11 until something raises)
+        cls = type(item)
+        if cls is CommandEnvelope:
+            atype, aid, cid, ctype, payload, expected = (
+                item.aggregate_type, item.aggregate_id, item.command_id, item.command_type, item.payload, item.expected_version
+            )
+            p, c, k, r = item.principal, item.correlation_id, item.causation_id, item.reason
+            ids = config.max_id_bytes
+            # The common case in one expression: a command whose texts are all ASCII (so a length is
+            # a size in bytes) and within their limits. Anything else takes the full check below.
+            if (
+                type(atype) is str and type(aid) is str and type(cid) is str and type(ctype) is str and type(payload) is str
+                and (expected is None or (type(expected) is int and 0 <= expected <= INT64_MAX))
+                and 0 < len(atype) <= ids and 0 < len(aid) <= ids and 0 < len(cid) <= ids and 0 < len(ctype) <= ids
+                and len(payload) <= config.max_event_bytes
+                and atype.isascii() and aid.isascii() and cid.isascii() and ctype.isascii() and payload.isascii()
+                and item.metadata is None
+                and (p is None or (type(p) is str and len(p) <= ids and p.isascii()))
+                and (c is None or (type(c) is str and len(c) <= ids and c.isascii()))
+                and (k is None or (type(k) is str and len(k) <= ids and k.isascii()))
+                and (r is None or (type(r) is str and len(r) <= config.max_reason_bytes and r.isascii()))
+            ):
+                return item
+        elif cls is not ImportEnvelope:
+            raise InvalidPayload(
+                f"a batch item must be a CommandEnvelope or an ImportEnvelope (es_actors.write.protocol), not {cls.__name__}"
+            )
+        ids = config.max_id_bytes
+        atype = check_text(item.aggregate_type, "aggregate_type", ids, "max_id_bytes", empty=False)
+        aid = check_text(item.aggregate_id, "aggregate_id", ids, "max_id_bytes", empty=False)
+        cid = check_text(item.command_id, "command_id", ids, "max_id_bytes", empty=False)
+        expected = item.expected_version
+        if expected is not None:
+            if type(expected) is not int:
+                if isinstance(expected, bool) or not isinstance(expected, int):
+                    raise InvalidPayload(f"expected_version must be an int or None, not {type(expected).__name__}")
+                expected = int(expected)
+            if not 0 <= expected <= INT64_MAX:
+                raise InvalidPayload(f"expected_version must be in 0..2**63-1, not {expected}")
+        if item.metadata is not None:
+            check_metadata(item.metadata, config)
+        audit: dict[str, Any] = dict(
+            principal=_optional_id(item.principal, "principal", config),
+            correlation_id=_optional_id(item.correlation_id, "correlation_id", config),
+            causation_id=_optional_id(item.causation_id, "causation_id", config),
+            reason=None if item.reason is None else check_text(
+                item.reason, "reason", config.max_reason_bytes, "max_reason_bytes"),
+            metadata=item.metadata or None,
+        )
+        if cls is ImportEnvelope:
+            return ImportEnvelope(atype, aid, cid, _check_events(item.events, config), expected, **audit)
+        ctype = check_text(item.command_type, "command_type", ids, "max_id_bytes", empty=False)
+        payload = item.payload
+        if type(payload) is not str:
+            raise InvalidPayload(f"the {ctype} payload must be JSON text, not {type(payload).__name__}")
+        size = utf8_size(payload, f"the {ctype} payload")
+        if size > config.max_event_bytes:
+            raise PayloadTooLarge(f"the {ctype} payload is {size} bytes of UTF-8, over max_event_bytes={config.max_event_bytes}")
+        return CommandEnvelope(atype, aid, cid, ctype, payload, expected, **audit)
     except AttributeError as exc:  # an envelope built without its fields (e.g. by __new__ alone)
         raise InvalidPayload(f"the {type(item).__name__} has no {exc.name or 'field'!s} field set") from None
-
-
-def _validated(item: Any, config: StoreConfig) -> BatchItem:
-    cls = type(item)
-    if cls is CommandEnvelope:
-        atype, aid, cid, ctype, payload, expected = (
-            item.aggregate_type, item.aggregate_id, item.command_id, item.command_type, item.payload, item.expected_version
-        )
-        p, c, k, r = item.principal, item.correlation_id, item.causation_id, item.reason
-        ids = config.max_id_bytes
-        # The common case in one expression: a command whose texts are all ASCII (so a length is
-        # a size in bytes) and within their limits. Anything else takes the full check below.
-        if (
-            type(atype) is str and type(aid) is str and type(cid) is str and type(ctype) is str and type(payload) is str
-            and (expected is None or (type(expected) is int and 0 <= expected <= INT64_MAX))
-            and 0 < len(atype) <= ids and 0 < len(aid) <= ids and 0 < len(cid) <= ids and 0 < len(ctype) <= ids
-            and len(payload) <= config.max_event_bytes
-            and atype.isascii() and aid.isascii() and cid.isascii() and ctype.isascii() and payload.isascii()
-            and item.metadata is None
-            and (p is None or (type(p) is str and len(p) <= ids and p.isascii()))
-            and (c is None or (type(c) is str and len(c) <= ids and c.isascii()))
-            and (k is None or (type(k) is str and len(k) <= ids and k.isascii()))
-            and (r is None or (type(r) is str and len(r) <= config.max_reason_bytes and r.isascii()))
-        ):
-            return item
-    elif cls is not ImportEnvelope:
-        raise InvalidPayload(
-            f"a batch item must be a CommandEnvelope or an ImportEnvelope (es_actors.write.protocol), not {cls.__name__}"
-        )
-    ids = config.max_id_bytes
-    atype = check_text(item.aggregate_type, "aggregate_type", ids, "max_id_bytes", empty=False)
-    aid = check_text(item.aggregate_id, "aggregate_id", ids, "max_id_bytes", empty=False)
-    cid = check_text(item.command_id, "command_id", ids, "max_id_bytes", empty=False)
-    expected = item.expected_version
-    if expected is not None:
-        if type(expected) is not int:
-            if isinstance(expected, bool) or not isinstance(expected, int):
-                raise InvalidPayload(f"expected_version must be an int or None, not {type(expected).__name__}")
-            expected = int(expected)
-        if not 0 <= expected <= INT64_MAX:
-            raise InvalidPayload(f"expected_version must be in 0..2**63-1, not {expected}")
-    if item.metadata is not None:
-        check_metadata(item.metadata, config)
-    audit: dict[str, Any] = dict(
-        principal=_optional_id(item.principal, "principal", config),
-        correlation_id=_optional_id(item.correlation_id, "correlation_id", config),
-        causation_id=_optional_id(item.causation_id, "causation_id", config),
-        reason=None if item.reason is None else check_text(
-            item.reason, "reason", config.max_reason_bytes, "max_reason_bytes"),
-        metadata=item.metadata or None,
-    )
-    if cls is ImportEnvelope:
-        return ImportEnvelope(atype, aid, cid, _check_events(item.events, config), expected, **audit)
-    ctype = check_text(item.command_type, "command_type", ids, "max_id_bytes", empty=False)
-    payload = item.payload
-    if type(payload) is not str:
-        raise InvalidPayload(f"the {ctype} payload must be JSON text, not {type(payload).__name__}")
-    size = utf8_size(payload, f"the {ctype} payload")
-    if size > config.max_event_bytes:
-        raise PayloadTooLarge(f"the {ctype} payload is {size} bytes of UTF-8, over max_event_bytes={config.max_event_bytes}")
-    return CommandEnvelope(atype, aid, cid, ctype, payload, expected, **audit)

@@ -39,6 +39,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.api import OwnedPartitionLog, OwnerSnapshotStore
 from es_actors.storage.backends import open_owned_partition
+from es_actors.write.envelope import validate_envelope
 from es_actors.write.interceptors import CommandInterceptor, CommandPipeline, InterceptContext, PriorCommand
 from es_actors.write.partition import commit
 from es_actors.write.partition.decide import BatchWork, decide, safe_text
@@ -64,6 +65,7 @@ class Partition:
         self.registry = registry
         self.config = config
         self.pipeline = CommandPipeline(config, interceptors)
+        self._intercepting = bool(self.pipeline.interceptors)
         self.snapshot_format = SnapshotFormat(registry)
         self.root = layout.root
         self.log: OwnedPartitionLog
@@ -128,12 +130,12 @@ class Partition:
         any log read), the dedup record, the version check, decide."""
         atype: Any = None
         try:
-            env = self.pipeline.admit(item)  # the pipeline's step 1, before anything else
+            env = validate_envelope(item, self.config)  # the pipeline's step 1 (CommandPipeline.admit), before anything else
             atype, aid, cid = env.aggregate_type, env.aggregate_id, env.command_id
             agg_cls = self.registry.aggregate(atype)
             key = (atype, aid)
             entry = self.aggregates.get(key)
-            if self.pipeline.interceptors:  # the store's interceptors, duplicates included, each command once
+            if self._intercepting:  # the store's interceptors, duplicates included, each command once
                 if run_interceptors:
                     self._intercept(work, i, env, key, entry)
                 elif work.intercepted[i] is not None:
