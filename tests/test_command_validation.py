@@ -232,10 +232,13 @@ def test_the_actor_checks_every_envelope_itself(store_factory, path):
         from es_actors.write.direct_link import connect
 
         _node, address, key = ray.get(s._actors[0].endpoint.remote())
-        with connect(address, key) as conn:
-            conn.send_bytes(pickle.dumps(batch))
+        from es_actors.write.protocol import batch_to_wire, results_from_wire
+
+        with connect(address, key) as conn:  # the link's wire form (plain tuples) both ways
+            conn.send_bytes(pickle.dumps(batch_to_wire(batch)))
             tag, results = pickle.loads(conn.recv_bytes())
         assert tag == "ok"
+        results = results_from_wire(results)
     assert [r.ok for r in results[0::2]] == [True] * len(RAW_BAD)
     for over, r in zip(RAW_BAD, results[1::2]):
         assert isinstance(r.error, InvalidPayload), (over, r)

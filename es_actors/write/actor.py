@@ -23,7 +23,7 @@ from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
 from es_actors.write.partition import Partition, safe_text
 from es_actors.write.interceptors import CommandInterceptor
-from es_actors.write.protocol import BatchItem, ItemResult
+from es_actors.write.protocol import BatchItem, ItemResult, batch_from_wire, results_to_wire
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, ensure_ray
 from es_actors.runtime.naming import NAMESPACE, actor_name
@@ -125,7 +125,7 @@ class PartitionActor:
         tune_gc_for_a_long_lived_heap()
         # Ray calls run on the main thread, direct-link batches on server threads: one at a time.
         self._serial = threading.Lock()
-        self._direct = DirectServer(self._handle, f"p{partition}") if self._partition is not None else None
+        self._direct = DirectServer(self._handle_wire, f"p{partition}") if self._partition is not None else None
 
     def _owned(self) -> Partition:
         if self._error is not None:
@@ -139,6 +139,10 @@ class PartitionActor:
     def handle_batch(self, batch: list[BatchItem]) -> list[ItemResult]:
         """The write path over Ray (clients on other nodes; the direct link is the fast path)."""
         return self._handle(batch)
+
+    def _handle_wire(self, wire: list[Any]) -> list[tuple[Any, ...]]:
+        """A batch over the direct link: in wire form both ways (es_actors.write.protocol)."""
+        return results_to_wire(self._handle(batch_from_wire(wire)))
 
     def _handle(self, batch: list[BatchItem]) -> list[ItemResult]:
         with self._serial:

@@ -30,7 +30,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from es_actors.config import StoreConfig
 from es_actors.write.direct_link import connect
 from es_actors.errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
-from es_actors.write.protocol import BatchItem, ItemResult
+from es_actors.write.protocol import BatchItem, ItemResult, batch_to_wire, results_from_wire
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class DirectLink:
                     self._channel.calls -= 1
                     self._channel._send(batch, first_sent)
                     return
-                conn.send_bytes(pickle.dumps([item for item, _f in batch], protocol=5))
+                conn.send_bytes(pickle.dumps(batch_to_wire([item for item, _f in batch]), protocol=5))
                 tag, value = pickle.loads(conn.recv_bytes())
             except BaseException as exc:  # transport or actor failure: the channel decides
                 if isinstance(exc, (ConnectionError, EOFError, OSError)) and self._conn is not None:
@@ -292,7 +292,7 @@ class DirectLink:
                 done.set_exception(exc)
             else:
                 if tag == "ok":
-                    done.set_result(value)
+                    done.set_result(results_from_wire(value))
                 else:
                     done.set_exception(value)
             try:

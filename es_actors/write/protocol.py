@@ -2,8 +2,9 @@
 
 A batch is a list of envelopes (:class:`CommandEnvelope` or :class:`ImportEnvelope`); the
 answer is one :class:`ItemResult` per envelope, in order, one shape for every outcome
-(accepted, a duplicate answered from the dedup record, refused). The same objects travel over
-Ray calls and over the direct link (es_actors/write/direct_link.py).
+(accepted, a duplicate answered from the dedup record, refused). Ray calls carry these
+objects; the direct link (es_actors/write/direct_link.py, the same-node hot path) carries their
+wire form, plain tuples made and read only by the four functions at the end of this module.
 
 Slotted dataclasses with an explicit ``__reduce__`` (the fields as one tuple): the cheapest
 typed form measured (benchmarks/protocol_cost.py; a ``NamedTuple`` pickles at ~2x, a slotted
@@ -142,3 +143,58 @@ def _results_from_columns(
 
 
 __all__ = ["BatchItem", "BatchResults", "CommandEnvelope", "Envelope", "ImportEnvelope", "ImportedEvent", "ItemResult", "Row"]
+
+
+# -- the direct link's wire form ---------------------------------------------------------------
+# Over the direct link (same node, the hot path) a batch travels as plain tuples: pickling a
+# class costs a lookup of its module and name on both sides of every call, which for a lone
+# writer's batch of one was ~3 us of a ~30 us round trip (benchmarks/protocol_cost.py). These
+# four functions are the only place that reads the tuples; each side turns them back into the
+# typed messages above at once. Ray calls carry the typed messages themselves.
+
+_COMMAND, _IMPORT = "C", "I"
+
+
+def batch_to_wire(items: Sequence[Envelope]) -> list[Any]:
+    """The batch as plain tuples (anything that is not an envelope travels as it is, and the
+    partition's envelope check refuses it by name)."""
+    out: list[Any] = []
+    for e in items:
+        if type(e) is CommandEnvelope:
+            out.append((_COMMAND, e.aggregate_type, e.aggregate_id, e.command_id, e.command_type, e.payload,
+                        e.expected_version, e.principal, e.correlation_id, e.causation_id, e.reason, e.metadata))
+        elif type(e) is ImportEnvelope:
+            events = e.events
+            wire_events = [(x.event_type, x.payload, x.occurred_at) for x in events] if isinstance(events, list) else events
+            out.append((_IMPORT, e.aggregate_type, e.aggregate_id, e.command_id, wire_events, e.expected_version,
+                        e.principal, e.correlation_id, e.causation_id, e.reason, e.metadata))
+        else:
+            out.append(e)
+    return out
+
+
+def batch_from_wire(wire: Sequence[Any]) -> list[Any]:
+    """The typed envelopes of a batch in wire form (what is not one stays as it is, for the
+    envelope check to refuse by name)."""
+    out: list[Any] = []
+    for t in wire:
+        if type(t) is tuple and len(t) == 12 and t[0] == _COMMAND:
+            out.append(CommandEnvelope(*t[1:]))
+        elif type(t) is tuple and len(t) == 11 and t[0] == _IMPORT:
+            events = t[4]
+            if isinstance(events, list) and all(type(x) is tuple and len(x) == 3 for x in events):
+                events = [ImportedEvent(*x) for x in events]
+            out.append(ImportEnvelope(t[1], t[2], t[3], events, *t[5:]))
+        else:
+            out.append(t)
+    return out
+
+
+def results_to_wire(results: Sequence[ItemResult]) -> list[tuple[Any, ...]]:
+    """A batch's results as plain tuples: (version, rows), or with ``duplicate`` and ``error``."""
+    return [(r.version, r.rows) if r.error is None and not r.duplicate else (r.version, r.rows, r.duplicate, r.error)
+            for r in results]
+
+
+def results_from_wire(wire: Sequence[tuple[Any, ...]]) -> list[ItemResult]:
+    return [ItemResult(*t) for t in wire]
