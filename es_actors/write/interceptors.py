@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from es_actors.config import StoreConfig
 from es_actors.errors import CommandRefused, InterceptorFailed
 from es_actors.write.envelope import validate_envelope
-from es_actors.write.protocol import CommandEnvelope, Envelope
+from es_actors.write.protocol import CommandEnvelope, Envelope, command_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +100,14 @@ class CommandPipeline:
         self.config = config
         self.interceptors = tuple(interceptors)
         self._named = [(interceptor_name(i), i.intercept) for i in self.interceptors]
+        #: Step 1: the envelope, every field checked (InvalidPayload naming the field if not).
+        #: A partial, not a method: it runs for every command (one call less).
+        self.admit: Callable[[Any], Envelope] = partial(validate_envelope, config=config)
 
     @property
     def steps(self) -> list[str]:
         """The names of the steps, in the order they run."""
         return [*self.BUILT_IN, *(name for name, _ in self._named)]
-
-    def admit(self, item: Any) -> Envelope:
-        """Step 1: the envelope, every field checked (InvalidPayload naming the field if not)."""
-        return validate_envelope(item, self.config)
 
     def intercept(self, envelope: Envelope, context: InterceptContext) -> None:
         """The interceptors, in order, each on its own copy of the envelope (nothing they do to it
@@ -127,10 +127,10 @@ def _shown(envelope: Envelope) -> Envelope:
     """A copy of the envelope that shares nothing mutable with it (built field by field for a
     command: ~1 us where ``copy.deepcopy`` takes ~4)."""
     if type(envelope) is CommandEnvelope:
-        e, md = envelope, envelope.metadata
-        return CommandEnvelope(e.aggregate_type, e.aggregate_id, e.command_id, e.command_type, e.payload,
-                               e.expected_version, e.principal, e.correlation_id, e.causation_id, e.reason,
-                               None if md is None else copy.deepcopy(md))
+        shown = CommandEnvelope(*command_fields(envelope))
+        if shown.metadata is not None:
+            shown.metadata = copy.deepcopy(shown.metadata)
+        return shown
     return copy.deepcopy(envelope)  # imports: rare
 
 

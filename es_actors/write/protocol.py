@@ -15,6 +15,7 @@ command, by :func:`es_actors.write.envelope.validate_envelope`. Free of Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, ClassVar, Sequence, Union
 
 Row = tuple[Any, ...]  # a stored event row (es_actors.codecs.rows.EVENT_SCHEMA, columns by COL)
@@ -40,10 +41,15 @@ class CommandEnvelope:
     metadata: dict[str, Any] | None = None  # a JSON object, stored with every event
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (CommandEnvelope, (
-            self.aggregate_type, self.aggregate_id, self.command_id, self.command_type, self.payload,
-            self.expected_version, self.principal, self.correlation_id, self.causation_id, self.reason, self.metadata,
-        ))
+        return (CommandEnvelope, command_fields(self))
+
+
+#: A command envelope's fields in constructor order, as one tuple (C speed): the one list of
+#: them that pickling, the wire form and the interceptors' copies share.
+command_fields: Any = attrgetter(
+    "aggregate_type", "aggregate_id", "command_id", "command_type", "payload", "expected_version", "principal",
+    "correlation_id", "causation_id", "reason", "metadata",
+)
 
 
 @dataclass(slots=True)
@@ -161,8 +167,7 @@ def batch_to_wire(items: Sequence[Envelope]) -> list[Any]:
     out: list[Any] = []
     for e in items:
         if type(e) is CommandEnvelope:
-            out.append((_COMMAND, e.aggregate_type, e.aggregate_id, e.command_id, e.command_type, e.payload,
-                        e.expected_version, e.principal, e.correlation_id, e.causation_id, e.reason, e.metadata))
+            out.append((_COMMAND, *command_fields(e)))
         elif type(e) is ImportEnvelope:
             events = e.events
             wire_events = [(x.event_type, x.payload, x.occurred_at) for x in events] if isinstance(events, list) else events

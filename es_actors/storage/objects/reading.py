@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from es_actors.codecs.rows import ARROW_SCHEMA, rows_to_table
+from es_actors.codecs.rows import ARROW_SCHEMA, filter_versions, rows_to_table
 from es_actors.storage.api import BlobStore
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
@@ -60,8 +60,6 @@ class ObjectReader:
     def read_aggregate(
         self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
     ) -> pa.Table:
-        from es_actors.codecs.rows import filter_versions
-
         table = self.read_all()
         mask = pc.and_(pc.equal(table.column("aggregate_type"), aggregate_type),
                        pc.equal(table.column("aggregate_id"), aggregate_id))

@@ -39,7 +39,6 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.api import OwnedPartitionLog, OwnerSnapshotStore
 from es_actors.storage.backends import open_owned_partition
-from es_actors.write.envelope import validate_envelope
 from es_actors.write.interceptors import CommandInterceptor, CommandPipeline, InterceptContext, PriorCommand
 from es_actors.write.partition import commit
 from es_actors.write.partition.decide import BatchWork, decide, safe_text
@@ -113,7 +112,10 @@ class Partition:
         one at a time does not run them again); None runs them."""
         self.counts["batches"] += 1
         work = BatchWork(self.log.next_position, time.time_ns() // 1000, [None] * len(batch))
-        work.intercepted = [None] * len(batch) if intercepted is None else intercepted
+        if intercepted is not None:
+            work.intercepted = intercepted
+        elif self._intercepting:
+            work.intercepted = [None] * len(batch)
         for i, item in enumerate(batch):
             self._decide_one(work, i, item, run_interceptors=intercepted is None)
         outcome, exc = commit.append(self.log, work, self.partition, self.rejections)
@@ -130,7 +132,7 @@ class Partition:
         any log read), the dedup record, the version check, decide."""
         atype: Any = None
         try:
-            env = validate_envelope(item, self.config)  # the pipeline's step 1 (CommandPipeline.admit), before anything else
+            env = self.pipeline.admit(item)  # the pipeline's step 1, before anything else
             atype, aid, cid = env.aggregate_type, env.aggregate_id, env.command_id
             agg_cls = self.registry.aggregate(atype)
             key = (atype, aid)
@@ -149,15 +151,12 @@ class Partition:
             else:
                 state, version = agg_cls.initial_state(), 0
             digest = command_digest(env)
-            in_batch = work.new_ids.get(key)
-            prior = (in_batch.get(cid) if in_batch else None) or (
-                recent_commands(self.log, entry, self.config.dedup_window).get(cid) if entry is not None else None
-            )
+            prior = self._prior(work, key, entry, cid)
             if prior is not None:
                 if prior.digest != digest:
                     raise CommandIdReused(f"command id {cid!r} was already used on {atype}/{aid} for a different command")
                 work.results[i] = Duplicate(prior.version, prior.first_position, prior.count)
-                if in_batch and cid in in_batch:
+                if cid in work.new_ids.get(key, ()):
                     work.retried_in_batch.append(i)
                 return
             if env.expected_version is not None and env.expected_version != version:
@@ -176,13 +175,8 @@ class Partition:
     def _intercept(self, work: BatchWork, i: int, env: Any, key: Key, entry: Any) -> None:
         """The store's interceptors on one command, before any log read: the context's version
         comes from the index, ``duplicate_of`` from the dedup record only if an interceptor asks."""
-        cid = env.command_id
-
         def prior() -> PriorCommand | None:
-            in_batch = work.new_ids.get(key)
-            found = (in_batch.get(cid) if in_batch else None) or (
-                recent_commands(self.log, entry, self.config.dedup_window).get(cid) if entry is not None else None
-            )
+            found = self._prior(work, key, entry, env.command_id)
             return None if found is None else PriorCommand(found.principal, found.version)
 
         version = work.working[key][1] if key in work.working else (entry.version if entry is not None else 0)
@@ -191,6 +185,13 @@ class Partition:
         except BaseException as exc:
             work.intercepted[i] = exc
             raise
+
+    def _prior(self, work: BatchWork, key: Key, entry: Any, cid: str) -> Remembered | None:
+        """The accepted command this id repeats, if any: from this batch, else the dedup record."""
+        in_batch = work.new_ids.get(key)
+        return (in_batch.get(cid) if in_batch else None) or (
+            recent_commands(self.log, entry, self.config.dedup_window).get(cid) if entry is not None else None
+        )
 
     @staticmethod
     def _keep(
@@ -227,7 +228,8 @@ class Partition:
             self.counts["rejected"] += 1
             return BatchResults([ItemResult.refused(err)])
         self.counts["batches"] -= 1  # counted again per item
-        return BatchResults(self._handle([item], [verdict])[0] for item, verdict in zip(batch, intercepted))
+        verdicts = intercepted or [None] * len(batch)  # (no interceptors: no verdicts were kept)
+        return BatchResults(self._handle([item], [verdict])[0] for item, verdict in zip(batch, verdicts))
 
     def _count_rejection(self, kind: str) -> None:
         self.rejections[kind] = self.rejections.get(kind, 0) + 1
