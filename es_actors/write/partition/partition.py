@@ -42,7 +42,7 @@ from es_actors.storage.backends import open_owned_partition
 from es_actors.write.interceptors import CommandInterceptor, CommandPipeline, InterceptContext, PriorCommand
 from es_actors.write.partition import commit
 from es_actors.write.partition.decide import BatchWork, decide, safe_text
-from es_actors.write.partition.dedup import Duplicate, Remembered, command_digest, recent_commands, resolve_duplicates
+from es_actors.write.partition.dedup import Remembered, command_digest, recent_commands, resolve_duplicates
 from es_actors.write.partition.hydration import Hydration
 from es_actors.write.partition.index import NOT_HYDRATED, AggregateEntry, Key, build_index
 from es_actors.write.partition.snapshot_policy import SnapshotPolicy
@@ -155,7 +155,7 @@ class Partition:
             if prior is not None:
                 if prior.digest != digest:
                     raise CommandIdReused(f"command id {cid!r} was already used on {atype}/{aid} for a different command")
-                work.results[i] = Duplicate(prior.version, prior.first_position, prior.count)
+                work.duplicate(i, prior)
                 if cid in work.new_ids.get(key, ()):
                     work.retried_in_batch.append(i)
                 return
@@ -163,7 +163,18 @@ class Partition:
                 raise ConcurrencyError(f"{atype}/{aid}", env.expected_version, version)
             rows, state = decide(self.registry, self.config, self.partition, env, state, version, agg_cls, digest,
                                  work.next_position, work.now_us)
-            self._keep(work, i, key, env.principal, cid, digest, rows, state, version)
+            # Accepted: its rows and state join the batch's working set (inline: this runs for
+            # every command; its result is sent only once the rows are durable).
+            n = len(rows)
+            if n:
+                work.rows.extend(rows)
+                work.entry_rows.setdefault(key, []).extend(range(work.next_position, work.next_position + n))
+                work.last_event[key] = rows[-1][_EVENT_ID]
+                work.new_ids.setdefault(key, {})[cid] = Remembered(digest, version + n, work.next_position, n, env.principal)
+                work.next_position += n
+            work.working[key] = (state, version + n)
+            work.accepted.append(i)
+            work.results[i] = ItemResult(version + n, rows)
         except (CommandRejected, UnreadableEvent, StoreCorrupted) as exc:
             work.refuse(i, exc)
             self._count_rejection(type(exc).__name__)
@@ -189,32 +200,21 @@ class Partition:
     def _prior(self, work: BatchWork, key: Key, entry: Any, cid: str) -> Remembered | None:
         """The accepted command this id repeats, if any: from this batch, else the dedup record."""
         in_batch = work.new_ids.get(key)
-        return (in_batch.get(cid) if in_batch else None) or (
-            recent_commands(self.log, entry, self.config.dedup_window).get(cid) if entry is not None else None
-        )
-
-    @staticmethod
-    def _keep(
-        work: BatchWork, i: int, key: Key, principal: str | None, cid: str, digest: str, rows: list[Any], state: Any,
-        version: int,
-    ) -> None:
-        """An accepted command's rows and state join the batch's working set."""
-        work.rows.extend(rows)
-        if rows:
-            work.entry_rows.setdefault(key, []).extend(range(work.next_position, work.next_position + len(rows)))
-            work.last_event[key] = rows[-1][_EVENT_ID]
-            work.new_ids.setdefault(key, {})[cid] = Remembered(
-                digest, version + len(rows), work.next_position, len(rows), principal
-            )
-        work.next_position += len(rows)
-        work.working[key] = (state, version + len(rows))
-        work.accepted.append(i)
-        work.results[i] = ItemResult(version + len(rows), rows)  # sent only once the rows are durable
+        found = in_batch.get(cid) if in_batch else None
+        if found is None and entry is not None:
+            commands = entry.commands
+            if commands is None:  # not loaded yet: read from the log once
+                commands = recent_commands(self.log, entry, self.config.dedup_window)
+            found = commands.get(cid)
+        return found
 
     def _finish(self, work: BatchWork) -> list[ItemResult]:
-        results, duplicates = resolve_duplicates(self.log, work.results)
-        self.counts["duplicate"] += duplicates
-        self.counts["rejected"] += sum(1 for r in results if r.error is not None)
+        if work.duplicates:
+            results, duplicates = resolve_duplicates(self.log, work.results)
+            self.counts["duplicate"] += duplicates
+        else:  # every result is final already
+            results = BatchResults(work.results)
+        self.counts["rejected"] += work.refusals
         return results
 
     def _one_by_one(
