@@ -132,6 +132,9 @@ def read_aggregate(
     lost = LostRanges.load(layout.root)
     aggregate = (aggregate_type, aggregate_id)
     index = StreamIndex(layout, partition)
+    gapless = not lost.of(partition)  # no recorded loss: an aggregate's versions are 1..N without holes
+    if limit is not None and gapless and not backwards:  # the versions the limit allows
+        last_version = first_version + limit - 1 if last_version is None else min(last_version, first_version + limit - 1)
 
     def read_once() -> pa.Table:
         tail_dir = layout.tail_dir(partition)
@@ -152,13 +155,15 @@ def read_aggregate(
         parts = [sealed, rows_to_table(tail)] if tail else [sealed]
         got = sum(p.num_rows for p in parts)
         if covered and not (backwards and limit is not None and got >= limit):
-            hi = last_version
+            lo, hi = first_version, last_version
             if backwards and got:  # the index holds only versions older than those found after it
                 oldest = int(pc.min(pa.concat_tables(parts).column("version")).as_py())
                 hi = oldest - 1 if hi is None else min(hi, oldest - 1)
-            if hi is None or hi >= first_version:
-                indexed = view.aggregate(aggregate_type, aggregate_id, first_version, hi)
-                _check_indexed(indexed, aggregate, covered, first_version, hi)
+                if limit is not None and gapless:  # versions 1..oldest-1 all exist: take just the newest of them
+                    lo = max(lo, hi - (limit - got) + 1)
+            if hi is None or hi >= lo:
+                indexed = view.aggregate(aggregate_type, aggregate_id, lo, hi)
+                _check_indexed(indexed, aggregate, covered, lo, hi)
                 parts.insert(0, indexed)
         return _cut(pa.concat_tables(parts), limit, backwards)
 
