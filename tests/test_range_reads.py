@@ -302,3 +302,59 @@ def test_a_fresh_tail_index_is_per_store_and_partition(tmp_path: Path) -> None:
     a, b = tail_cursor.tail_index(tmp_path / "a", 0), tail_cursor.tail_index(tmp_path / "b", 0)
     assert a is not b and a is tail_cursor.tail_index(tmp_path / "a", 0)
     time.sleep(0)  # nothing read: constructing an index opens no file
+
+
+# -- time travel reads only what it needs ----------------------------------------------------------------
+
+
+def _bank_store(root: Path, deposits: int) -> None:
+    import json
+    import uuid
+
+    from es_actors import DomainRegistry, StoreConfig
+    from es_actors.examples.bank import BankAccount
+    from es_actors.write.partition import Partition
+    from es_actors.write.protocol import CommandEnvelope
+
+    def cmd(name: str, payload: dict[str, Any]) -> CommandEnvelope:
+        return CommandEnvelope("BankAccount", "tt", uuid.uuid4().hex, name, json.dumps(payload))
+
+    StoreLayout(root).create_or_check(1, 1)
+    p = Partition(StoreLayout(root), 0, DomainRegistry([BankAccount]), StoreConfig(lock_timeout_s=0, seal_rows=500))
+    p.handle_batch([cmd("OpenAccount", {"owner": "tt"})])
+    for i in range(0, deposits, 100):
+        p.handle_batch([cmd("Deposit", {"amount": 1}) for _ in range(min(100, deposits - i))])
+    p.close()
+
+
+def test_state_at_reads_only_up_to_its_version_or_moment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from es_actors.examples.bank import BankAccount
+    from es_actors.store import reading
+
+    root = tmp_path / "bank"
+    _bank_store(root, 2500)
+    store = Store.open(root, [BankAccount], read_only=True)
+    acct = store.aggregate(BankAccount, "tt")
+    reads: list[tuple[Any, ...]] = []
+    real = reading.aggregate_rows
+
+    def spy(*args: Any) -> list[Any]:
+        reads.append(args[4:])
+        return real(*args)
+
+    monkeypatch.setattr(reading, "aggregate_rows", spy)
+    at = acct.state_at(version=3)
+    assert at.version == 3 and at.state.balance == 2
+    assert reads and all(last is not None and last <= 3 for _first, last, *_ in reads)
+    reads.clear()
+    moment = store.history("BankAccount", "tt", from_version=1200, to_version=1200)[0].recorded_at
+    at = acct.state_at(as_of=moment)
+    assert at.version >= 1200 and at.state.balance == at.version - 1
+    if at.version < 2001:  # events recorded after the moment: the stream stopped before the end
+        assert len(reads) <= 3, reads
+    for bad in (-1, True, "3"):
+        with pytest.raises(EsActorsError, match="version"):
+            acct.state_at(version=bad)  # type: ignore[arg-type]
+    assert acct.state_at(version=0).version == 0

@@ -18,7 +18,7 @@ from es_actors.config import StoreConfig
 from es_actors.domain import Command, DomainRegistry, Event
 from es_actors.errors import CommandTimeout
 from es_actors.store.submissions import Audit
-from es_actors.store.history_ranges import check_history_range
+from es_actors.store.history_ranges import check_version
 from es_actors.store.time_travel import check_point_in_time, fold_history_until
 
 
@@ -198,7 +198,7 @@ class AggregateHandle(Generic[S]):
         """
         check_point_in_time(version, as_of)
         if version is not None:
-            check_history_range(1, None, version)  # a bad version: EsActorsError, nothing read
+            check_version(version)  # a bad version: EsActorsError naming it, nothing read
         agg = self.store.registry.aggregate(self.aggregate_type)
         history: Iterator[RecordedEvent] = (
             iter(()) if version == 0

@@ -59,6 +59,12 @@ def check_history_range(from_version: Any = 1, to_version: Any = None, limit: An
     return HistoryRange(from_version, to_version, limit, backwards)
 
 
+def check_version(version: Any) -> int:
+    """A version to read up to (``state_at(version=)``): an int >= 0."""
+    _whole(version, "version", 0, optional=False)
+    return int(version)
+
+
 def check_page_size(page_size: Any) -> int:
     _whole(page_size, "page_size", 1, optional=False)
     return int(page_size)
