@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -218,9 +217,9 @@ def test_an_aggregate_history_costs_the_same_in_a_store_ten_times_larger(tmp_pat
 # -- the Store API, paging, argument rules, the CLI -----------------------------------------------------
 
 
-@pytest.fixture
-def store_root(tmp_path: Path) -> tuple[Path, EventLog]:
-    root = tmp_path / "store"
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EventLog]:
+    root = tmp_path_factory.mktemp("ranges") / "store"
     backend = new_store(root)
     ev = EventLog()
     log = backend.open_log(0, small_config())
@@ -298,10 +297,19 @@ def test_cli_history_ranges(store_root: tuple[Path, EventLog]) -> None:
     assert out.exit_code != 0 and "no events" in out.output
 
 
-def test_a_fresh_tail_index_is_per_store_and_partition(tmp_path: Path) -> None:
-    a, b = tail_cursor.tail_index(tmp_path / "a", 0), tail_cursor.tail_index(tmp_path / "b", 0)
-    assert a is not b and a is tail_cursor.tail_index(tmp_path / "a", 0)
-    time.sleep(0)  # nothing read: constructing an index opens no file
+def test_a_store_recreated_at_the_same_path_is_not_read_from_a_stale_tail_index(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "store"
+    for owner in ("first", "second"):
+        backend = new_store(root)
+        ev = EventLog(tag=owner)
+        log = backend.open_log(0, small_config().model_copy(update={"seal_rows": 10**6}))
+        ev.append(log, ["a", "a"] if owner == "first" else ["a", "a", "a"])
+        log.close()
+        got = aggregate_rows(StoreLayout(root), 0, "Account", "a")
+        assert [r[COL["event_id"]] for r in got] == [r[COL["event_id"]] for r in ev.acked]
+        shutil.rmtree(root)
 
 
 # -- time travel reads only what it needs ----------------------------------------------------------------

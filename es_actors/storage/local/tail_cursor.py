@@ -47,13 +47,18 @@ _FILE_HEADER = struct.Struct("<8sQII")
 _POS = COL["position"]
 
 
-def _read_from(path: Path, offset: int) -> bytes:
-    """The bytes of ``path`` from ``offset`` on, through the one opener tests can count."""
+def _read_from(path: Path, offset: int, before: tuple[int, int] = (0, 0)) -> bytes:
+    """The bytes of ``path`` from ``offset`` on, through the one opener tests can count; with
+    ``before=(at, n)`` the ``n`` bytes at ``at`` come first (a frame header read before, checked again)."""
     f = files.open_input(path)
     try:
+        head = b""
+        if before[1]:
+            f.seek(before[0])
+            head = bytes(f.read(before[1]))
         if offset:
             f.seek(offset)
-        return bytes(f.read())
+        return head + bytes(f.read())
     finally:
         f.close()
 
@@ -71,7 +76,7 @@ class TailFileReplaced(FileNotFoundError):
 class TailFileCursor:
     """How far one tail file has been read: byte offset, next expected position, file format."""
 
-    __slots__ = ("path", "first", "offset", "expected", "version", "identity")
+    __slots__ = ("path", "first", "offset", "expected", "version", "identity", "last_frame_at", "last_header")
 
     def __init__(self, path: Path, first: int) -> None:
         self.path = path
@@ -80,6 +85,8 @@ class TailFileCursor:
         self.expected = first  # the position the frame at ``offset`` must start with
         self.version = 2
         self.identity: tuple[int, int] | None = None
+        self.last_frame_at = 0  # where the last frame read starts, and its header: checked again on the
+        self.last_header = b""  # next read, so a file replaced under the same name and inode is noticed
 
     def advance(self, newest: bool, durable: int | None, skip_before: int = 0) -> list[Row]:
         """Rows of the whole, durable frames added since the last call, in position order.
@@ -92,8 +99,11 @@ class TailFileCursor:
         self.identity = ident
         if self.offset == 0 or self.version == 1:
             return self._from_start(newest, durable, skip_before)
-        data = _read_from(self.path, self.offset)
-        return self._frames(data, self.offset, 0, newest, durable, skip_before)
+        data = _read_from(self.path, self.offset, (self.last_frame_at, len(self.last_header)))
+        if not data.startswith(self.last_header):
+            raise TailFileReplaced(str(self.path))
+        h = len(self.last_header)
+        return self._frames(data, self.offset - h, h, newest, durable, skip_before)
 
     def _from_start(self, newest: bool, durable: int | None, skip_before: int) -> list[Row]:
         data = _read_from(self.path, 0)
@@ -111,7 +121,7 @@ class TailFileCursor:
         self.version = scan.version
         if self.version == 2 and scan.size >= FILE_HEADER_SIZE and not scan.damage:
             self.offset = FILE_HEADER_SIZE
-        return self._take(scan, durable, skip_before)
+        return self._take(scan, durable, skip_before, data, 0)
 
     def _frames(self, data: bytes, base: int, off: int, newest: bool, durable: int | None, skip_before: int) -> list[Row]:
         """Frames of ``data`` (byte ``base`` of the file) from ``off``: a fast loop over good frames;
@@ -141,15 +151,16 @@ class TailFileCursor:
                     break
                 out.extend(rows)
             self.offset, self.expected = base + end, first + count
+            self.last_frame_at, self.last_header = base + off, data[off:start]
             expected = first + count
             off = end
         if off >= n:
             return out
         scan = scan_frames(TailScan(self.path, 2, 0), data, off, expected, newest, base=base)
-        out.extend(self._take(scan, durable, skip_before))
+        out.extend(self._take(scan, durable, skip_before, data, base))
         return out
 
-    def _take(self, scan: TailScan, durable: int | None, skip_before: int) -> list[Row]:
+    def _take(self, scan: TailScan, durable: int | None, skip_before: int, data: bytes, base: int) -> list[Row]:
         """Rows of a full scan's frames past ``offset``, up to the durable mark; damage raises."""
         if scan.damage:
             raise damage_error(scan.damage)
@@ -162,6 +173,9 @@ class TailFileCursor:
             if frame.rows and frame.rows[-1][_POS] >= skip_before:
                 out.extend(frame.rows)
             self.offset, self.expected = frame.end, frame.first_position + len(frame.rows)
+            if scan.version == 2:
+                at = frame.offset - base
+                self.last_frame_at, self.last_header = frame.offset, data[at:at + FRAME_HEADER_SIZE]
         if scan.torn_bytes and durable is not None and self.expected - 1 < durable:
             # those positions were synced before the mark said so: damage, not a tear (wal.read_tail_rows)
             raise damage_error([Damage(scan.path, scan.valid_end, None, self.expected, durable,
@@ -203,7 +217,12 @@ class TailIndex:
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None
             if next_first is not None and next_first <= known_to + 1:
                 continue  # wholly sealed or already held
-            cur = self._cursors.setdefault(path, TailFileCursor(path, first))
+            cur = self._cursors.get(path)
+            if cur is None:
+                if first <= self.last_position:  # a file new to us under positions we hold: rewritten
+                    self.reset()  # (a store recreated at this path, a repair): start over; the caller reads again
+                    raise TailFileReplaced(str(path))
+                cur = self._cursors[path] = TailFileCursor(path, first)
             try:
                 rows = cur.advance(next_first is None, durable, skip_before=known_to + 1)
             except TailFileReplaced:
