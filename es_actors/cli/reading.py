@@ -3,6 +3,7 @@ Read-only: each works while a writer runs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -17,15 +18,30 @@ from es_actors.codecs.rows import COL, micros_to_datetime
 @click.argument("aggregate_id")
 @click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
-def history(aggregate_type: str, aggregate_id: str, store_path: str, as_json: bool) -> None:
-    """Every event of one aggregate with its audit columns. Read-only: works while a writer runs."""
+@click.option("--from-version", "from_version", default=1, show_default=True, type=int, help="First version shown.")
+@click.option("--to-version", "to_version", default=None, type=int, help="Last version shown (default: the newest).")
+@click.option("--limit", default=None, type=int, help="Show at most this many events (0: none).")
+@click.option("--backwards", is_flag=True, help="Newest first (with --limit: the newest events).")
+def history(aggregate_type: str, aggregate_id: str, store_path: str, as_json: bool, from_version: int,
+            to_version: int | None, limit: int | None, backwards: bool) -> None:
+    """Events of one aggregate with their audit columns (all, or a version range). Read-only: works
+    while a writer runs; reads only this aggregate's events, a page at a time."""
+    from es_actors.errors import EsActorsError
     from es_actors.store import Store
 
     store = Store.open(store_path, read_only=True)
-    rows = store.history_rows(aggregate_type, aggregate_id)
-    if not rows:
-        raise click.ClickException(f"no events for {aggregate_type}/{aggregate_id} in {store.root}")
-    for r in rows:
+    try:
+        rows = store.iter_history_rows(aggregate_type, aggregate_id, from_version=from_version, to_version=to_version,
+                                       limit=limit, backwards=backwards)
+        first = next(rows, None)
+    except EsActorsError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    if first is None:
+        if limit == 0:
+            return
+        shown = "" if (from_version, to_version) == (1, None) else f" in versions {from_version}..{to_version or ''}"
+        raise click.ClickException(f"no events for {aggregate_type}/{aggregate_id}{shown} in {store.root}")
+    for r in itertools.chain([first], rows):
         rec = {
             "version": r[COL["version"]],
             "event_type": r[COL["event_type"]],

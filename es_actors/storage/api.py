@@ -168,9 +168,11 @@ class PartitionReader(Protocol):
         ...
 
     def read_aggregate(
-        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
+        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None,
+        limit: int | None = None, backwards: bool = False,
     ) -> pa.Table:
-        """Durable rows of one aggregate with versions in range, in position (= version) order."""
+        """Durable rows of one aggregate with versions in range, in version (= position) order, newest
+        first if ``backwards``; at most ``limit`` rows (the first ones in that order) unless None."""
         ...
 
 

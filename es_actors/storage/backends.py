@@ -121,12 +121,20 @@ def open_owned_partition(
     return log, backend.snapshots(partition)
 
 
-def aggregate_rows(layout: "StoreLayout", partition: int, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
-    """Every durable row of one aggregate, as stored (what ``Store.history`` shows)."""
-    if not layout.scheme:
-        from es_actors.storage.local.reader import read_partition_rows
-
-        return read_partition_rows(layout, partition, (aggregate_type, aggregate_id))
+def aggregate_rows(
+    layout: "StoreLayout", partition: int, aggregate_type: str, aggregate_id: str, first_version: int = 1,
+    last_version: int | None = None, limit: int | None = None, backwards: bool = False,
+) -> list[tuple[Any, ...]]:
+    """Durable rows of one aggregate with versions in range, as stored (what ``Store.history`` shows):
+    sorted by version (newest first if ``backwards``), at most ``limit``. Local disk reads them
+    without scanning the partition; a whole-object store still filters a full view."""
     from es_actors.codecs.rows import table_to_rows
 
-    return table_to_rows(open_backend(layout.uri).reader(partition).read_aggregate(aggregate_type, aggregate_id))
+    if not layout.scheme:
+        from es_actors.storage.local.aggregate_read import read_aggregate
+
+        table = read_aggregate(layout, partition, aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
+    else:
+        reader = open_backend(layout.uri).reader(partition)
+        table = reader.read_aggregate(aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
+    return table_to_rows(table)

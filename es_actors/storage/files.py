@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
+
 
 def fsync_file(path: Path) -> None:
     """fsync a file (or, opened the same way, a directory: its entries) by path."""
@@ -30,3 +32,9 @@ def replace_durably(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def open_input(path: "Path | str") -> pa.NativeFile:
+    """Open a file a read path reads (segments, tail files, index runs). The one opener, so a
+    test can replace it and count the files opened and the bytes read."""
+    return pa.OSFile(str(path), "rb")

@@ -11,13 +11,14 @@ import asyncio
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Iterator, Protocol, Sequence, TypeVar
 
 from es_actors.codecs.views import CommandResult, RecordedEvent
 from es_actors.config import StoreConfig
 from es_actors.domain import Command, DomainRegistry, Event
 from es_actors.errors import CommandTimeout
 from es_actors.store.submissions import Audit
+from es_actors.store.history_ranges import check_version
 from es_actors.store.time_travel import check_point_in_time, fold_history_until
 
 
@@ -54,7 +55,15 @@ class HandleBackend(Protocol):
 
     def owning_actor(self, aggregate_type: str, aggregate_id: str, read_only_error: str | None = None) -> Any: ...
 
-    def history(self, aggregate_type: str, aggregate_id: str) -> list[RecordedEvent]: ...
+    def history(
+        self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,
+        limit: int | None = None, backwards: bool = False,
+    ) -> list[RecordedEvent]: ...
+
+    def iter_history(
+        self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,
+        limit: int | None = None, backwards: bool = False, page_size: int = 1000,
+    ) -> Iterator[RecordedEvent]: ...
 
 
 class AggregateHandle(Generic[S]):
@@ -156,8 +165,22 @@ class AggregateHandle(Generic[S]):
         version, state = actor_get(actor.get_state.remote(self.aggregate_type, self.aggregate_id))
         return AggregateState(version, state)
 
-    def history(self) -> list[RecordedEvent]:
-        return self.store.history(self.aggregate_type, self.aggregate_id)
+    def history(
+        self, *, from_version: int = 1, to_version: int | None = None, limit: int | None = None,
+        backwards: bool = False,
+    ) -> list[RecordedEvent]:
+        """Durable events with ``from_version <= version <= to_version``, oldest first (newest first if
+        ``backwards``), at most ``limit``: see :meth:`Store.history`."""
+        return self.store.history(self.aggregate_type, self.aggregate_id, from_version=from_version,
+                                  to_version=to_version, limit=limit, backwards=backwards)
+
+    def iter_history(
+        self, *, from_version: int = 1, to_version: int | None = None, limit: int | None = None,
+        backwards: bool = False, page_size: int = 1000,
+    ) -> Iterator[RecordedEvent]:
+        """:meth:`history` streamed ``page_size`` events at a time (very long aggregates)."""
+        return self.store.iter_history(self.aggregate_type, self.aggregate_id, from_version=from_version,
+                                       to_version=to_version, limit=limit, backwards=backwards, page_size=page_size)
 
     def passivate(self) -> bool:
         """Drop this aggregate's state from its actor's memory (it rehydrates on next use)."""
@@ -169,11 +192,20 @@ class AggregateHandle(Generic[S]):
     def state_at(self, *, version: int | None = None, as_of: datetime | None = None) -> AggregateState[S]:
         """The aggregate as it was at ``version``, or as the store knew it at ``as_of`` (UTC-aware).
 
-        Folds the durable history (no actor involved, so it also works on a read-only store).
+        Folds the durable history (no actor involved, so it also works on a read-only store): up to
+        ``version`` it reads versions 1..version only; for ``as_of`` it streams pages and stops at
+        the first event recorded after the moment.
         """
         check_point_in_time(version, as_of)
+        if version is not None:
+            check_version(version)  # a bad version: EsActorsError naming it, nothing read
         agg = self.store.registry.aggregate(self.aggregate_type)
+        history: Iterator[RecordedEvent] = (
+            iter(()) if version == 0
+            else self.iter_history(to_version=version, page_size=min(version, 1000)) if version is not None
+            else self.iter_history()
+        )
         at, state = fold_history_until(
-            agg, self.history(), version=version, as_of=as_of, name=f"{self.aggregate_type}/{self.aggregate_id}"
+            agg, history, version=version, as_of=as_of, name=f"{self.aggregate_type}/{self.aggregate_id}"
         )
         return AggregateState(at, state)

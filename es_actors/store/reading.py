@@ -5,7 +5,7 @@ plain DuckDB. All of it works on a read-only store."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from es_actors.codecs.views import RecordedEvent
 from es_actors.config import StoreConfig
@@ -13,6 +13,7 @@ from es_actors.domain import DomainRegistry
 from es_actors.storage.layout import StoreDescriptor, StoreLayout, partition_of
 from es_actors.storage.backends import aggregate_rows
 from es_actors.storage.local.reader import sealed_files
+from es_actors.store.history_ranges import ReadRows, check_history_range, check_page_size, iter_history_rows
 from es_actors.write.envelope import check_text
 
 if TYPE_CHECKING:
@@ -27,17 +28,58 @@ class LogReading:
     registry: DomainRegistry
     config: StoreConfig
 
-    def history(self, aggregate_type: str, aggregate_id: str) -> list[RecordedEvent]:
-        """Every durable event of one aggregate, oldest first, with its audit columns."""
-        return [e for r in self.history_rows(aggregate_type, aggregate_id) for e in RecordedEvent.from_row(r, self.registry)]
+    def history(
+        self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,
+        limit: int | None = None, backwards: bool = False,
+    ) -> list[RecordedEvent]:
+        """Durable events of one aggregate with ``from_version <= version <= to_version``, oldest first
+        (newest first if ``backwards``), at most ``limit`` stored events (``0``: none), with their audit
+        columns. Reads only that aggregate's rows (never the whole partition); works read-only, without Ray."""
+        rows = self.history_rows(aggregate_type, aggregate_id, from_version=from_version, to_version=to_version,
+                                 limit=limit, backwards=backwards)
+        return [e for r in rows for e in RecordedEvent.from_row(r, self.registry)]
 
-    def history_rows(self, aggregate_type: str, aggregate_id: str) -> list[tuple[Any, ...]]:
-        """Raw stored rows (no domain classes needed): what the CLI prints."""
+    def history_rows(
+        self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,
+        limit: int | None = None, backwards: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """Raw stored rows (no domain classes needed) of :meth:`history`'s range: what the CLI prints."""
+        rng = check_history_range(from_version, to_version, limit, backwards)
+        read = self._aggregate_reader(aggregate_type, aggregate_id)
+        return [] if rng.empty else read(rng.from_version, rng.to_version, rng.limit, rng.backwards)
+
+    def iter_history(
+        self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,
+        limit: int | None = None, backwards: bool = False, page_size: int = 1000,
+    ) -> Iterator[RecordedEvent]:
+        """:meth:`history` as a stream, read ``page_size`` stored events at a time: for very long
+        aggregates (never the whole history in memory). Arguments are checked at the call."""
+        rows = self.iter_history_rows(aggregate_type, aggregate_id, from_version=from_version, to_version=to_version,
+                                      limit=limit, backwards=backwards, page_size=page_size)
+        registry = self.registry
+        return (e for r in rows for e in RecordedEvent.from_row(r, registry))
+
+    def iter_history_rows(
+        self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,
+        limit: int | None = None, backwards: bool = False, page_size: int = 1000,
+    ) -> Iterator[tuple[Any, ...]]:
+        """:meth:`history_rows` as a stream of pages (see :meth:`iter_history`)."""
+        rng = check_history_range(from_version, to_version, limit, backwards)
+        size = check_page_size(page_size)
+        read = self._aggregate_reader(aggregate_type, aggregate_id)
+        return iter_history_rows(read, rng, size)
+
+    def _aggregate_reader(self, aggregate_type: str, aggregate_id: str) -> ReadRows:
+        """A range read of one aggregate's rows (names checked now, nothing read yet)."""
         aggregate_type = check_text(aggregate_type, "aggregate type", self.config.max_id_bytes, "max_id_bytes")
         aggregate_id = check_text(aggregate_id, "aggregate id", self.config.max_id_bytes, "max_id_bytes")
         p = partition_of(aggregate_type, aggregate_id, self.descriptor.partitions)
-        rows = aggregate_rows(self.layout, p, aggregate_type, aggregate_id)
-        return sorted(rows, key=lambda r: r[4])
+        layout = self.layout
+
+        def read(first: int, last: int | None, limit: int | None, backwards: bool) -> list[tuple[Any, ...]]:
+            return aggregate_rows(layout, p, aggregate_type, aggregate_id, first, last, limit, backwards)
+
+        return read
 
     def query(
         self,

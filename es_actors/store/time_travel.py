@@ -1,13 +1,15 @@
 """Time travel: an aggregate as it was at a version or at a moment, folded from its durable
 history with the one fold every read path uses (:func:`es_actors.domain.fold`).
 
-No actor is involved, so it works on a read-only store, and without Ray."""
+No actor is involved, so it works on a read-only store, and without Ray. ``state_at(version=v)``
+reads versions 1..v only; ``state_at(as_of=t)`` streams the history page by page and stops at
+the first event recorded after ``t``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from itertools import takewhile
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from es_actors.codecs.views import RecordedEvent
 from es_actors.domain import Aggregate, fold
@@ -31,15 +33,25 @@ def fold_history_until(
     name: str = "",
 ) -> tuple[int, Any]:
     """(version, state) after the events of ``history`` (oldest first) up to ``version``, or
-    recorded up to ``as_of``; EsActorsError naming ``name`` if the aggregate never reached ``version``."""
+    recorded up to ``as_of``; EsActorsError naming ``name`` if the aggregate never reached ``version``.
+    ``history`` may be a stream (:meth:`Store.iter_history`): it is folded as it comes and read no
+    further than the first event after the point asked for."""
     check_point_in_time(version, as_of)
     if version is not None:
         upto = version
-        prefix = list(takewhile(lambda e: e.version <= upto, history))
+        prefix: Iterable[RecordedEvent] = takewhile(lambda e: e.version <= upto, history)
     else:
         moment = as_of
-        prefix = list(takewhile(lambda e: e.recorded_at <= moment, history))  # type: ignore[operator]
-    at = prefix[-1].version if prefix else 0
+        prefix = takewhile(lambda e: e.recorded_at <= moment, history)  # type: ignore[operator]
+    at = 0
+
+    def counted(events: Iterable[RecordedEvent]) -> Iterator[Any]:
+        nonlocal at
+        for e in events:
+            at = e.version
+            yield e.event
+
+    state = fold(aggregate, counted(prefix))
     if version is not None and at < version:
         raise EsActorsError(f"{name} has no version {version}; its last is {at}")
-    return at, fold(aggregate, [e.event for e in prefix])
+    return at, state

@@ -209,6 +209,37 @@ class StorageConformance:
             expect = [r for r in full if r[COL["aggregate_id"]] == agg and lo <= r[COL["version"]] <= (hi or 10**9)]
             assert rows_of(reader.read_aggregate("Account", agg, lo, hi)) == expect
 
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
+    @given(
+        groups=st.lists(st.lists(st.sampled_from("ab"), min_size=1, max_size=6), min_size=1, max_size=10),
+        seal_after=st.sets(st.integers(0, 9)),
+        data=st.data(),
+    )
+    def test_aggregate_range_reads_forward_backward_and_limited(self, groups: list[list[str]], seal_after: set[int], data: Any) -> None:
+        """``read_aggregate(first_version, last_version, limit, backwards)``: versions in range, oldest
+        first or newest first, the first ``limit`` of that order; position ranges alike."""
+        with tempfile.TemporaryDirectory() as d, self._open(Path(d)) as (backend, log):
+            ev = EventLog()
+            for i, g in enumerate(groups):
+                ev.append(log, g)
+                if i in seal_after:
+                    log.seal()
+            reader = backend.reader(0)
+            for agg in sorted(ev.versions):
+                mine = [r for r in ev.acked if r[COL["aggregate_id"]] == agg]
+                n = len(mine)
+                lo = data.draw(st.integers(1, n + 1))
+                hi = data.draw(st.one_of(st.none(), st.integers(lo - 1, n + 2)))
+                limit = data.draw(st.one_of(st.none(), st.integers(0, n + 1)))
+                backwards = data.draw(st.booleans())
+                want = [r for r in mine if lo <= r[COL["version"]] <= (n if hi is None else hi)]
+                want = want[::-1] if backwards else want
+                want = want if limit is None else want[:limit]
+                assert rows_of(reader.read_aggregate("Account", agg, lo, hi, limit, backwards)) == want
+            first = data.draw(st.integers(1, len(ev.acked)))
+            last = data.draw(st.integers(first, len(ev.acked)))
+            assert rows_of(reader.read_range(first, last)) == ev.acked[first - 1 : last]
+
     # -- crashes, torn tails, damage --------------------------------------------------------
 
     def test_a_torn_tail_is_cut_on_recovery(self, tmp_path: Path) -> None:

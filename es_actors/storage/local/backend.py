@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from es_actors.codecs.rows import filter_versions
 from es_actors.config import StoreConfig
 from es_actors.storage.api import Appended, Capabilities, Row
+from es_actors.storage.local.aggregate_read import read_aggregate
 from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.partition_log import PartitionLog
@@ -66,8 +67,8 @@ class LocalPartitionLog:
 
 
 class LocalReader:
-    """:class:`~es_actors.storage.api.PartitionReader` of one local partition (scans the
-    partition for range and aggregate reads today; the read-path issue indexes them)."""
+    """:class:`~es_actors.storage.api.PartitionReader` of one local partition (aggregate reads use the
+    stream index and the tail index: :mod:`~es_actors.storage.local.aggregate_read`)."""
 
     def __init__(self, layout: StoreLayout, partition: int) -> None:
         self.layout, self.partition = layout, partition
@@ -84,10 +85,11 @@ class LocalReader:
         return table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
 
     def read_aggregate(
-        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
+        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None,
+        limit: int | None = None, backwards: bool = False,
     ) -> pa.Table:
-        table = read_partition(self.layout, self.partition, (aggregate_type, aggregate_id))
-        return filter_versions(table, first_version, last_version)
+        return read_aggregate(self.layout, self.partition, aggregate_type, aggregate_id, first_version, last_version,
+                              limit, backwards)
 
 
 class LocalBackend:

@@ -31,15 +31,8 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import list_segments, resolve_current, verify_segment
-from es_actors.storage.local.wal import (
-    FILE_HEADER_SIZE,
-    TailScan,
-    damage_error,
-    high_water,
-    list_tail_files,
-    scan_frames,
-    scan_tail_bytes,
-)
+from es_actors.storage.local.tail_cursor import TailFileCursor, TailFileReplaced
+from es_actors.storage.local.wal import high_water, list_tail_files
 from es_actors.storage.local.durable_mark import DurableMark
 
 _NO_LOSS = LostRanges()
@@ -70,15 +63,13 @@ class Batch:
         )
 
 
-class _TailCursor:
-    """Incremental reading of one tail file: rows parsed so far and the byte offset reached."""
+class _FollowedFile:
+    """A tail file being followed: its cursor and the rows read but not returned yet."""
 
-    __slots__ = ("offset", "expected", "rows", "version")
+    __slots__ = ("cursor", "rows")
 
-    def __init__(self) -> None:
-        self.version = 2
-        self.offset = 0
-        self.expected = 0  # the position the frame at ``offset`` must start with
+    def __init__(self, path: Path, first: int) -> None:
+        self.cursor = TailFileCursor(path, first)
         self.rows: list[tuple[Any, ...]] = []
 
 
@@ -90,7 +81,7 @@ class LogFollower:
         self.after = after  # the last position returned (the caller's checkpoint)
         self.head = after  # the newest durable position seen
         self.head_recorded_at_us: int | None = None
-        self._tails: dict[Path, _TailCursor] = {}
+        self._tails: dict[Path, _FollowedFile] = {}
 
     def seek(self, after: int) -> None:
         """Continue after ``after`` (e.g. the checkpoint, after a batch was not applied)."""
@@ -177,26 +168,12 @@ class LogFollower:
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None
             if next_first is not None and next_first <= self.after + 1:
                 continue  # wholly before what we need
-            cur = self._tails.setdefault(path, _TailCursor())
-            newest = next_first is None
-            with open(path, "rb") as f:
-                if cur.offset == 0 or cur.version == 1:  # format-1 frames cannot be found mid-file
-                    scan = scan_tail_bytes(path, f.read(), newest, first)
-                    scan.frames = [fr for fr in scan.frames if fr.offset >= cur.offset]
-                    cur.version = scan.version
-                else:
-                    f.seek(cur.offset)
-                    scan = scan_frames(TailScan(path, 2, 0), f.read(), 0, cur.expected, newest, base=cur.offset)
-            if scan.damage:
-                raise damage_error(scan.damage)
-            for frame in scan.frames:  # whole, checksummed frames only, up to the durable mark
-                if durable is not None and frame.rows and frame.rows[-1][COL["position"]] > durable:
-                    break
-                cur.rows.extend(frame.rows)
-                cur.offset = frame.end
-                cur.expected = frame.first_position + len(frame.rows)
-            if cur.offset == 0 and scan.version == 2 and scan.size >= FILE_HEADER_SIZE:
-                cur.offset, cur.expected = FILE_HEADER_SIZE, first
+            cur = self._tails.setdefault(path, _FollowedFile(path, first))
+            try:  # whole, checksummed frames only, up to the durable mark; frames wholly returned are not decoded
+                cur.rows.extend(cur.cursor.advance(next_first is None, durable, skip_before=self.after + 1))
+            except TailFileReplaced:
+                self._tails.clear()  # rows read from the old file are not to be trusted
+                raise
             # drop rows already returned, keep memory to what is still ahead
             keep_from = 0
             while keep_from < len(cur.rows) and cur.rows[keep_from][COL["position"]] <= self.after:

@@ -2,8 +2,8 @@
 
 Each read takes one :func:`~.view.look` (manifest, tail, owners) and reads the manifest's
 segments; if a seal or compaction moved objects in between, :func:`read_consistently`
-looks again. Range and aggregate reads filter a full view today (the read-path issue
-indexes them).
+looks again. Range and aggregate reads (with version ranges, limit, backwards) still filter a
+full view: this backend has no stream index yet.
 """
 
 from __future__ import annotations
@@ -58,12 +58,16 @@ class ObjectReader:
         return table.filter(pc.less_equal(table.column("position"), last))
 
     def read_aggregate(
-        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
+        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None,
+        limit: int | None = None, backwards: bool = False,
     ) -> pa.Table:
+        """Still a filtered full view of the partition (whole-object stores have no index yet)."""
         table = self.read_all()
         mask = pc.and_(pc.equal(table.column("aggregate_type"), aggregate_type),
                        pc.equal(table.column("aggregate_id"), aggregate_id))
-        return filter_versions(table.filter(mask), first_version, last_version)
+        table = filter_versions(table.filter(mask), first_version, last_version)
+        table = table.sort_by([("version", "descending" if backwards else "ascending")])
+        return table if limit is None else table.slice(0, limit)
 
 
 @dataclass

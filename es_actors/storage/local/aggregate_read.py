@@ -1,0 +1,197 @@
+"""One aggregate's durable rows from a local partition without scanning it (issue 11, plan decisions 5-6).
+
+Inside one consistent-read attempt: the current generation's segments and the durable mark, then
+
+- positions ``1..covered``: the stream index (``StreamIndex(layout, p).view(segments, lost)``,
+  runs clustered by aggregate, WS1);
+- sealed positions after ``covered``: those segments only, with a filter on the aggregate and
+  ``position > covered`` (row-group statistics prune by position);
+- unsealed positions: this process's :class:`~es_actors.storage.local.tail_cursor.TailIndex`,
+  which parses only the frames appended since its last read.
+
+The three parts are disjoint by position, so every row comes once; the answer is sorted by version.
+Writable and read-only stores use this same Ray-free path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
+from es_actors.errors import StoreCorrupted
+from es_actors.storage import files
+from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
+from es_actors.storage.guard import storage_boundary
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segment
+from es_actors.storage.local.tail_cursor import tail_index
+from es_actors.storage.local.wal import high_water, list_tail_files
+from es_actors.storage.lost_ranges import LostRanges
+
+class _NoIndexView:
+    """What a stream index covering nothing answers."""
+
+    covered = 0
+    files: list[Path] = []
+
+    def aggregate(self, aggregate_type: str, aggregate_id: str, first_version: int = 1,
+                  last_version: int | None = None) -> pa.Table:
+        return ARROW_SCHEMA.empty_table()
+
+
+class _NoStreamIndex:
+    """Stand-in for WS1's ``StreamIndex`` until it is merged: covers nothing, so sealed rows come
+    from the segments (after ``covered`` = 0)."""
+
+    def __init__(self, layout: StoreLayout, partition: int) -> None:
+        pass
+
+    def view(self, segments: list[Segment], lost: LostRanges) -> _NoIndexView:
+        return _NoIndexView()
+
+
+def _stream_index_class() -> Any:
+    """WS1's ``StreamIndex`` if it is in this tree, else the stand-in (a dynamic import, so the
+    import contracts see no edge to a module that does not exist yet). MERGE: import it directly."""
+    try:
+        return importlib.import_module("es_actors.storage.local.stream_index").StreamIndex
+    except ImportError:
+        return _NoStreamIndex
+
+
+StreamIndex = _stream_index_class()
+_POS, _VER = COL["position"], COL["version"]
+
+
+def _version_filter(first_version: int, last_version: int | None) -> ds.Expression:
+    expr = ds.field("version") >= first_version
+    if last_version is not None:
+        expr = expr & (ds.field("version") <= last_version)
+    return expr
+
+
+def _sealed_after(segments: list[Segment], covered: int, aggregate: tuple[str, str], versions: ds.Expression) -> pa.Table:
+    """Rows of one aggregate in the segments after ``covered``, each segment opened through the one opener."""
+    parts = []
+    where = ((ds.field("aggregate_type") == aggregate[0]) & (ds.field("aggregate_id") == aggregate[1])
+             & (ds.field("position") > covered) & versions)
+    fmt = ds.ParquetFileFormat()
+    for seg in segments:
+        if seg.last <= covered:
+            continue
+        verify_segment(seg)  # FileNotFoundError: a compaction collected it (read again)
+        f = files.open_input(seg.path)
+        try:
+            parts.append(fmt.make_fragment(f).to_table(schema=ARROW_SCHEMA, filter=where))
+        except (pa.ArrowException, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise StoreCorrupted(f"sealed segment {seg.path} cannot be read: {exc}") from None
+        finally:
+            f.close()
+    return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+
+
+def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, tails: list[tuple[int, Path]],
+               sealed_last: int, durable: int | None, aggregate: tuple[str, str]) -> list[tuple[Any, ...]]:
+    """The aggregate's unsealed durable rows, from this process's tail index (advanced first)."""
+    index = tail_index(layout.root, partition)
+    with index.lock:
+        index.advance(tails, sealed_last, durable)  # FileNotFoundError: a seal moved a file
+        first, last, count = index.span()  # every held row is unsealed: position > sealed_last
+        rows = index.aggregate(aggregate[0], aggregate[1], sealed_last)
+        if count and (first != sealed_last + 1 or count != last - sealed_last):  # gapless, but for recorded losses
+            if not lost or lost.first_gap(partition, sealed_last, (r[_POS] for r in index.rows_after(sealed_last))):
+                raise Moved(f"partition {partition}: positions do not continue after {sealed_last} in the tail")
+    last = max(last, sealed_last)
+    used = high_water(durable, tails)
+    if used > last and not lost.covers(partition, last + 1, used):
+        raise Moved(f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
+                    f"in {layout.tail_dir(partition)}) but no file holds them: tail files or segments are missing",
+                    missing=True)
+    return rows
+
+
+def _cut(table: pa.Table, limit: int | None, backwards: bool) -> pa.Table:
+    table = table.sort_by([("version", "descending" if backwards else "ascending")])
+    return table if limit is None else table.slice(0, limit)
+
+
+@storage_boundary("reading an aggregate")
+def read_aggregate(
+    layout: StoreLayout,
+    partition: int,
+    aggregate_type: str,
+    aggregate_id: str,
+    first_version: int = 1,
+    last_version: int | None = None,
+    limit: int | None = None,
+    backwards: bool = False,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> pa.Table:
+    """Durable rows of one aggregate with ``first_version <= version <= last_version``, sorted by
+    version (newest first if ``backwards``), at most ``limit`` of them. Costs the aggregate's rows
+    in the index, the segments sealed since the index's coverage and the tail frames new since
+    this process last read the tail; never the whole partition."""
+    layout.require_local("local partition readers")
+    lost = LostRanges.load(layout.root)
+    aggregate = (aggregate_type, aggregate_id)
+    index = StreamIndex(layout, partition)
+    gapless = not lost.of(partition)  # no recorded loss: an aggregate's versions are 1..N without holes
+    if limit is not None and gapless and not backwards:  # the versions the limit allows
+        last_version = first_version + limit - 1 if last_version is None else min(last_version, first_version + limit - 1)
+
+    def read_once() -> pa.Table:
+        tail_dir = layout.tail_dir(partition)
+        durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
+        tails = list_tail_files(tail_dir)
+        gen = resolve_current(layout.log_dir(partition))
+        if gen is None and (durable or tails):
+            raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
+        segments = list_segments(gen, lost, partition) if gen is not None else []
+        sealed_last = segments[-1].last if segments else 0
+        tail = [r for r in _tail_part(layout, partition, lost, tails, sealed_last, durable, aggregate)
+                if r[_VER] >= first_version and (last_version is None or r[_VER] <= last_version)]
+        if backwards and limit is not None and len(tail) >= limit:
+            return _cut(rows_to_table(tail), limit, backwards)  # the newest are all unsealed
+        view = index.view(segments, lost)  # FileNotFoundError: a run merged away under us
+        covered = min(view.covered, sealed_last)
+        sealed = _sealed_after(segments, covered, aggregate, _version_filter(first_version, last_version))
+        parts = [sealed, rows_to_table(tail)] if tail else [sealed]
+        got = sum(p.num_rows for p in parts)
+        if covered and not (backwards and limit is not None and got >= limit):
+            lo, hi = first_version, last_version
+            if backwards and got:  # the index holds only versions older than those found after it
+                oldest = int(pc.min(pa.concat_tables(parts).column("version")).as_py())
+                hi = oldest - 1 if hi is None else min(hi, oldest - 1)
+                if limit is not None and gapless:  # versions 1..oldest-1 all exist: take just the newest of them
+                    lo = max(lo, hi - (limit - got) + 1)
+            if hi is None or hi >= lo:
+                indexed = view.aggregate(aggregate_type, aggregate_id, lo, hi)
+                _check_indexed(indexed, aggregate, covered, lo, hi)
+                parts.insert(0, indexed)
+        return _cut(pa.concat_tables(parts), limit, backwards)
+
+    return read_consistently(read_once, f"reading {aggregate_type}/{aggregate_id} in partition {partition}", attempts)
+
+
+def _check_indexed(table: pa.Table, aggregate: tuple[str, str], covered: int, first_version: int,
+                   last_version: int | None) -> None:
+    """Every row an index lookup returns is the aggregate and range asked for (plan decision 3)."""
+    if not table.num_rows:
+        return
+    ok = pc.and_(pc.equal(table.column("aggregate_type"), aggregate[0]), pc.equal(table.column("aggregate_id"), aggregate[1]))
+    ok = pc.and_(ok, pc.less_equal(table.column("position"), covered))
+    ok = pc.and_(ok, pc.greater_equal(table.column("version"), first_version))
+    if last_version is not None:
+        ok = pc.and_(ok, pc.less_equal(table.column("version"), last_version))
+    if not pc.all(ok).as_py():
+        raise StoreCorrupted(f"the stream index returned rows that are not {aggregate[0]}/{aggregate[1]} versions "
+                             f"{first_version}..{last_version} at positions <= {covered}: it is not trusted")

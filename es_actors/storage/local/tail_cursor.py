@@ -1,0 +1,285 @@
+"""Reading the write-ahead tail incrementally: parse each frame once per process, not per read.
+
+A :class:`TailFileCursor` remembers, per tail file, the byte offset reached and the position the
+next frame must start with; each :meth:`~TailFileCursor.advance` reads only the bytes added since.
+Frames wholly before the position a reader needs are passed over by their header (first position,
+row count, both checksums) without decoding their JSON. Frames past the writer's durable mark are
+left for a later read. Damage raises StoreCorrupted by the same rules as ``wal.scan_*`` (a bad
+frame with a valid one after it, or any bad bytes in a closed file, or a bad end below the durable
+mark); a torn end of the newest file is simply not read yet.
+
+A :class:`TailIndex` (one per process and partition, :func:`tail_index`) keeps the parsed
+unsealed rows and a map (aggregate type, aggregate id) -> rows, so an aggregate read costs its own
+rows plus the frames appended since the last read; rows are dropped once a reader sees them sealed.
+The follower (``follower.py``) and the aggregate read (``reader.py``) both use these cursors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable
+
+from es_actors.codecs.rows import COL
+from es_actors.storage import files
+from es_actors.storage.local.wal import (
+    FILE_HEADER_SIZE,
+    FILE_MAGIC,
+    FRAME_HEADER_SIZE,
+    FRAME_MAGIC,
+    Damage,
+    TailScan,
+    damage_error,
+    scan_frames,
+    scan_tail_bytes,
+)
+
+
+Row = tuple[Any, ...]
+_FRAME = struct.Struct("<IIQII")  # magic, payload length, first position, row count, payload crc (wal.py)
+_HEADER_CRC = struct.Struct("<I")
+_FILE_HEADER = struct.Struct("<8sQII")
+_POS = COL["position"]
+
+
+def _read_from(path: Path, offset: int, before: tuple[int, int] = (0, 0)) -> bytes:
+    """The bytes of ``path`` from ``offset`` on, through the one opener tests can count; with
+    ``before=(at, n)`` the ``n`` bytes at ``at`` come first (a frame header read before, checked again)."""
+    f = files.open_input(path)
+    try:
+        head = b""
+        if before[1]:
+            f.seek(before[0])
+            head = bytes(f.read(before[1]))
+        if offset:
+            f.seek(offset)
+        return head + bytes(f.read())
+    finally:
+        f.close()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+class TailFileReplaced(FileNotFoundError):
+    """A tail file read before was replaced by another file of the same name (a repair or an
+    upgrade rewrote it): rows read from it before are not to be trusted; read again from scratch."""
+
+
+class TailFileCursor:
+    """How far one tail file has been read: byte offset, next expected position, file format."""
+
+    __slots__ = ("path", "first", "offset", "expected", "version", "identity", "last_frame_at", "last_header")
+
+    def __init__(self, path: Path, first: int) -> None:
+        self.path = path
+        self.first = first  # the position the file's name says it starts with
+        self.offset = 0  # bytes read and accounted for (0: not even the file header yet)
+        self.expected = first  # the position the frame at ``offset`` must start with
+        self.version = 2
+        self.identity: tuple[int, int] | None = None
+        self.last_frame_at = 0  # where the last frame read starts, and its header: checked again on the
+        self.last_header = b""  # next read, so a file replaced under the same name and inode is noticed
+
+    def advance(self, newest: bool, durable: int | None, skip_before: int = 0) -> list[Row]:
+        """Rows of the whole, durable frames added since the last call, in position order.
+
+        Frames whose last position is below ``skip_before`` are checked but not decoded (their
+        rows are not returned). FileNotFoundError if the file is gone (a seal moved it)."""
+        ident = _identity(self.path)
+        if self.identity is not None and ident != self.identity:
+            raise TailFileReplaced(str(self.path))
+        self.identity = ident
+        if self.offset == 0 or self.version == 1:
+            return self._from_start(newest, durable, skip_before)
+        data = _read_from(self.path, self.offset, (self.last_frame_at, len(self.last_header)))
+        if not data.startswith(self.last_header):
+            raise TailFileReplaced(str(self.path))
+        h = len(self.last_header)
+        return self._frames(data, self.offset - h, h, newest, durable, skip_before)
+
+    def _from_start(self, newest: bool, durable: int | None, skip_before: int) -> list[Row]:
+        data = _read_from(self.path, 0)
+        header_ok = (
+            len(data) >= FILE_HEADER_SIZE and data.startswith(FILE_MAGIC)
+            and _FILE_HEADER.unpack_from(data, 0)[1] == self.first
+            and zlib.crc32(data[:20]) == _FILE_HEADER.unpack_from(data, 0)[3]
+        )
+        if header_ok and self.version == 2:
+            self.offset = FILE_HEADER_SIZE
+            return self._frames(data, 0, FILE_HEADER_SIZE, newest, durable, skip_before)
+        # format 1, a damaged or unfinished header: the full classifier decides (format 1 frames
+        # cannot be found mid-file, so such a file is re-read whole each time)
+        scan = scan_tail_bytes(self.path, data, newest, self.first)
+        self.version = scan.version
+        if self.version == 2 and scan.size >= FILE_HEADER_SIZE and not scan.damage:
+            self.offset = FILE_HEADER_SIZE
+        return self._take(scan, durable, skip_before, data, 0)
+
+    def _frames(self, data: bytes, base: int, off: int, newest: bool, durable: int | None, skip_before: int) -> list[Row]:
+        """Frames of ``data`` (byte ``base`` of the file) from ``off``: a fast loop over good frames;
+        anything else goes to ``wal.scan_frames``, which classifies it exactly."""
+        out: list[Row] = []
+        n = len(data)
+        expected = self.expected
+        while off < n:
+            if off + FRAME_HEADER_SIZE > n:
+                break
+            magic, length, first, count, pcrc = _FRAME.unpack_from(data, off)
+            start = off + FRAME_HEADER_SIZE
+            end = start + length
+            if (magic != FRAME_MAGIC or first != expected or end > n
+                    or zlib.crc32(data[off:off + _FRAME.size]) != _HEADER_CRC.unpack_from(data, off + _FRAME.size)[0]
+                    or zlib.crc32(data[start:end]) != pcrc):
+                break
+            last = first + count - 1
+            if durable is not None and count and last > durable:
+                return out  # not durable yet: a later read takes it
+            if last >= skip_before:
+                try:
+                    rows = [tuple(r) for r in json.loads(data[start:end])]
+                except (ValueError, TypeError):
+                    break
+                if len(rows) != count or (rows and rows[0][_POS] != first):
+                    break
+                out.extend(rows)
+            self.offset, self.expected = base + end, first + count
+            self.last_frame_at, self.last_header = base + off, data[off:start]
+            expected = first + count
+            off = end
+        if off >= n:
+            return out
+        scan = scan_frames(TailScan(self.path, 2, 0), data, off, expected, newest, base=base)
+        out.extend(self._take(scan, durable, skip_before, data, base))
+        return out
+
+    def _take(self, scan: TailScan, durable: int | None, skip_before: int, data: bytes, base: int) -> list[Row]:
+        """Rows of a full scan's frames past ``offset``, up to the durable mark; damage raises."""
+        if scan.damage:
+            raise damage_error(scan.damage)
+        out: list[Row] = []
+        for frame in scan.frames:
+            if frame.offset < self.offset:
+                continue
+            if durable is not None and frame.rows and frame.rows[-1][_POS] > durable:
+                return out
+            if frame.rows and frame.rows[-1][_POS] >= skip_before:
+                out.extend(frame.rows)
+            self.offset, self.expected = frame.end, frame.first_position + len(frame.rows)
+            if scan.version == 2:
+                at = frame.offset - base
+                self.last_frame_at, self.last_header = frame.offset, data[at:at + FRAME_HEADER_SIZE]
+        if scan.torn_bytes and durable is not None and self.expected - 1 < durable:
+            # those positions were synced before the mark said so: damage, not a tear (wal.read_tail_rows)
+            raise damage_error([Damage(scan.path, scan.valid_end, None, self.expected, durable,
+                                       "the end fails its checks below the durable mark (DURABLE)")])
+        return out
+
+
+class TailIndex:
+    """The unsealed, durable rows of one partition seen by this process, with a map from each
+    aggregate to its rows. :meth:`advance` reads only frames added since the last call."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # readers of one process share it: one advance at a time
+        self._cursors: dict[Path, TailFileCursor] = {}
+        self._rows: deque[Row] = deque()  # position order
+        self._by_aggregate: dict[tuple[str, str], deque[Row]] = {}
+        self.frames_parsed_to = 0  # the last position parsed (for tests and stats)
+
+    def reset(self) -> None:
+        self._cursors.clear()
+        self._rows.clear()
+        self._by_aggregate.clear()
+        self.frames_parsed_to = 0
+
+    @property
+    def last_position(self) -> int:
+        return self._rows[-1][_POS] if self._rows else 0
+
+    def advance(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int | None) -> None:
+        """Bring the index up to the listed tail files (read after ``durable``): drop rows now sealed
+        (``<= sealed_last``), parse the frames added since. FileNotFoundError: a seal moved a file
+        (the caller reads again); StoreCorrupted: damage."""
+        live = {p for _f, p in tails}
+        for p in [p for p in self._cursors if p not in live]:
+            del self._cursors[p]
+        self._drop_through(sealed_last)
+        known_to = max(self.last_position, sealed_last)
+        for i, (first, path) in enumerate(tails):
+            next_first = tails[i + 1][0] if i + 1 < len(tails) else None
+            if next_first is not None and next_first <= known_to + 1:
+                continue  # wholly sealed or already held
+            cur = self._cursors.get(path)
+            if cur is None:
+                if first <= self.last_position:  # a file new to us under positions we hold: rewritten
+                    self.reset()  # (a store recreated at this path, a repair): start over; the caller reads again
+                    raise TailFileReplaced(str(path))
+                cur = self._cursors[path] = TailFileCursor(path, first)
+            try:
+                rows = cur.advance(next_first is None, durable, skip_before=known_to + 1)
+            except TailFileReplaced:
+                self.reset()  # rows held may come from the old file: start over (the caller reads again)
+                raise
+            self._add(r for r in rows if r[_POS] > known_to)
+            known_to = max(known_to, self.last_position)
+
+    def _add(self, rows: Iterable[Row]) -> None:
+        t_col, i_col = COL["aggregate_type"], COL["aggregate_id"]
+        for r in rows:
+            if self._rows and r[_POS] <= self._rows[-1][_POS]:
+                continue  # already held (a cursor re-reading a format-1 file)
+            self._rows.append(r)
+            key = (r[t_col], r[i_col])
+            bucket = self._by_aggregate.get(key)
+            if bucket is None:
+                bucket = self._by_aggregate[key] = deque()
+            bucket.append(r)
+            self.frames_parsed_to = r[_POS]
+
+    def _drop_through(self, sealed_last: int) -> None:
+        t_col, i_col = COL["aggregate_type"], COL["aggregate_id"]
+        rows = self._rows
+        while rows and rows[0][_POS] <= sealed_last:
+            r = rows.popleft()
+            key = (r[t_col], r[i_col])
+            bucket = self._by_aggregate[key]
+            bucket.popleft()  # both are in position order: it is this row
+            if not bucket:
+                del self._by_aggregate[key]
+
+    def span(self) -> tuple[int, int, int]:
+        """(first position, last position, row count) held; (0, 0, 0) when none."""
+        if not self._rows:
+            return 0, 0, 0
+        return self._rows[0][_POS], self._rows[-1][_POS], len(self._rows)
+
+    def rows_after(self, after: int) -> list[Row]:
+        """Held rows with position > ``after``, in position order."""
+        return [r for r in self._rows if r[_POS] > after]
+
+    def aggregate(self, aggregate_type: str, aggregate_id: str, after: int) -> list[Row]:
+        """Held rows of one aggregate with position > ``after``, in position order."""
+        bucket = self._by_aggregate.get((aggregate_type, aggregate_id))
+        return [r for r in bucket if r[_POS] > after] if bucket else []
+
+
+_indexes: dict[tuple[str, int], TailIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def tail_index(root: Path, partition: int) -> TailIndex:
+    """This process's :class:`TailIndex` of one partition of the store at ``root``."""
+    key = (str(root), partition)
+    with _indexes_lock:
+        index = _indexes.get(key)
+        if index is None:
+            index = _indexes[key] = TailIndex()
+        return index
