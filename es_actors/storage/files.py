@@ -1,10 +1,15 @@
 """Durable file operations on local disk: fsync a file or a directory's entries, and replace a
-file whole (readers see the old bytes or the new, never a mix)."""
+file whole (readers see the old bytes or the new, never a mix); the one opener of the files
+the read paths read (:func:`open_input`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def fsync_file(path: Path) -> None:
@@ -30,3 +35,11 @@ def replace_durably(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def open_input(path: Path | str) -> "pa.NativeFile":
+    """Open a file the read paths read (segments, index runs) for random access. Every such open
+    goes through this one function, so a test can replace it to count files opened and bytes read."""
+    import pyarrow as pa
+
+    return pa.OSFile(str(path), "rb")
