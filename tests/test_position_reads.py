@@ -37,14 +37,14 @@ _TAIL_SUFFIX = _SUFFIX  # a tail file's name (the DURABLE mark beside them is no
 def _row(partition: int, position: int, n: int) -> tuple[Any, ...]:
     agg = f"acc-{n % 13}"  # the correlation id below is incompressible bulk, so row groups dwarf the footer
     return (
-        partition, position, "BankAccount", agg, 0, "MoneyDeposited", 2, f"e{partition}-{n}", f"c{partition}-{n}",
+        partition, position, "BankAccount", agg, n // 13 + (1 if n % 13 else 0), "MoneyDeposited", 2, f"e{partition}-{n}", f"c{partition}-{n}",
         "d", random.Random(n).randbytes(400).hex(), None, "tester", 1_700_000_000_000_000 + n, json.dumps({"amount": n}), "{}",
     )
 
 
 def build_store(root: Path, segments: int, tail: int = 30, partitions: int = 1) -> StoreLayout:
-    """``segments`` sealed segments of PER_SEGMENT events per partition, then ``tail`` unsealed ones.
-    (Versions are not per aggregate here: position reads do not look at them.)"""
+    """``segments`` sealed segments of PER_SEGMENT events per partition, then ``tail`` unsealed ones,
+    of 13 aggregates (the same names in every partition: position reads do not route by aggregate)."""
     layout = StoreLayout(root)
     root.mkdir(parents=True, exist_ok=True)
     layout.create_or_check(partitions, partitions)
