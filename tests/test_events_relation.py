@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from es_actors import Store
 from es_actors.config import StoreConfig
 from es_actors.errors import EsActorsError
 from es_actors.read.events_relation import LogEvents, aggregate_filter
@@ -203,7 +204,7 @@ _value = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     terms=st.lists(st.tuples(_column, st.sampled_from(["=", "<>", ">="]), _value), min_size=1, max_size=4),
     joiners=st.lists(st.sampled_from(["AND", "OR", "AND NOT"]), min_size=3, max_size=3),
@@ -230,3 +231,32 @@ def test_the_form_is_read_from_the_parse_tree_not_the_text() -> None:
     commented = "SELECT * FROM events -- WHERE aggregate_type = 'A' AND aggregate_id = 'b'\n"
     assert aggregate_filter(_tree(commented), None) is None
     assert aggregate_filter(_tree("SELECT * FROM events WHERE aggregate_type = $1 AND aggregate_id = $2"), ["T"]) is None
+
+
+def test_a_store_answers_one_aggregate_the_same_through_its_projector_and_without_one(store_factory) -> None:
+    """End to end: ``store.query`` in the projector (a projection runs) and in this process."""
+    from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
+    from es_actors.examples.bank_projections import Balances
+
+    store = store_factory(partitions=2, projections=[Balances])
+    for a in ("x-1", "x-2"):
+        store.aggregate(BankAccount, a).submit(OpenAccount(owner=a))
+    results = [store.aggregate(BankAccount, a).submit(Deposit(amount=i + 1)) for i in range(6) for a in ("x-1", "x-2")]
+    store.seal()
+    results.append(store.aggregate(BankAccount, "x-1").submit(Deposit(amount=100)))  # one in the tail
+    marks: dict[int, int] = {}
+    for r in results:
+        for p, pos in r.positions:
+            marks[p] = max(marks.get(p, 0), pos)
+    store.wait_for("balances", marks, timeout=30)
+    one = "SELECT position, version, payload FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY version"
+    scan = one.replace("aggregate_id = ?", "aggregate_id = ? OR false")
+    via_projector = store.query(one, ["BankAccount", "x-1"]).to_pylist()
+    assert [r["version"] for r in via_projector] == list(range(1, 9))
+    assert via_projector == store.query(scan, ["BankAccount", "x-1"]).to_pylist()
+    assert [r["position"] for r in via_projector] == [e.position for e in store.history("BankAccount", "x-1")]
+    reader = Store.open(store.root, [BankAccount], read_only=True)
+    try:
+        assert reader.query(one, ["BankAccount", "x-1"]).to_pylist() == via_projector
+    finally:
+        reader.close()
