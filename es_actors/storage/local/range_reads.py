@@ -39,7 +39,9 @@ def segment_range(seg: Segment, first: int, last: int, columns: list[str] | None
         with files.open_input(seg.path) as f:
             parquet = pq.ParquetFile(f)
             meta = parquet.metadata
-            pos_col = parquet.schema_arrow.get_field_index("position")
+            pos_col = parquet.schema_arrow.get_field_index("position")  # a flat schema: the leaf column's index too
+            if pos_col < 0:
+                raise StoreCorrupted(f"sealed segment {seg.path} has no position column")
             groups = [i for i in range(meta.num_row_groups) if _overlaps(meta.row_group(i).column(pos_col), first, last)]
             if not groups:
                 return _empty(names)
