@@ -137,6 +137,11 @@ REWRITTEN = [
     ("SELECT * FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1' AND aggregate_id = 'A1'", None),
     ("SELECT version FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1' ORDER BY version LIMIT 3", None),
     ("SELECT DISTINCT event_type FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1'", None),
+    ("FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1' ORDER BY ALL LIMIT 2 OFFSET 1", None),
+    ("SELECT * FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND aggregate_type = $1", ["Order", "a1"]),
+    ("SELECT * FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1' AND aggregate_type = 'Order'", None),
+    ("SELECT version % 2 AS odd, sum(version) FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1' "
+     "GROUP BY odd HAVING count(*) > 1", None),
 ]
 
 FULL = [
@@ -172,6 +177,10 @@ FULL = [
     ("SELECT * FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1' AND "
      "EXISTS (SELECT 1 FROM events f WHERE f.position = events.position + 1)", None),
     ("SELECT * FROM events WHERE aggregate_type = 'Account' AND nosuch = 'a1'", None),
+    ("DESCRIBE SELECT * FROM events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1'", None),
+    ("SELECT * FROM events, LATERAL (SELECT events.version * 2 AS v2) WHERE aggregate_type = 'Account' "
+     "AND aggregate_id = 'a1'", None),
+    ("SELECT * FROM temp.events WHERE aggregate_type = 'Account' AND aggregate_id = 'a1'", None),
     ("SELECT * FROM events WHERE CASE WHEN aggregate_type = 'Account' AND aggregate_id = 'a1' THEN true END", None),
 ]
 
