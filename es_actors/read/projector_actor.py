@@ -24,12 +24,13 @@ from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import ActorStartFailed, EsActorsError, ProjectorConflict
 from es_actors.read.progress import STATUSES, worst_status
 from es_actors.read.projection import Projection
+from es_actors.read.events_relation import LogEvents
 from es_actors.read.queries import query_request
 from es_actors.read.runner import ProjectionRunner
 from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor
 from es_actors.runtime.naming import NAMESPACE, projector_name
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
-from es_actors.storage.local.reader import log_snapshot
+
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,7 @@ class ProjectorActor:
         """A read-only query (checked before it runs, cancelled at its timeout: ``None`` is this
         projector's ``query_timeout_s``; result capped), on its own cursor."""
         req = query_request(sql, params, timeout_s, self.config)
-        files, tail = log_snapshot(self.layout, self.partitions)
-        return self.runner.read_model.query(req, files, tail)
+        return self.runner.read_model.query(req, LogEvents(self.layout, self.partitions))
 
     def close(self) -> None:
         self._closed = True

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from es_actors.config import StoreConfig
 from es_actors.errors import QueryFailed, QueryRefused, QueryTimeout, QueryTooLarge
+from es_actors.read.events_relation import EventsSource, aggregate_filter
 from es_actors.read.query_guard import check_query
 
 _BATCH_ROWS = 65_536
@@ -103,23 +104,30 @@ class _Deadline:
 def run_query(
     cur: duckdb.DuckDBPyConnection,
     req: QueryRequest,
-    events_files: list[str],
-    events_tail: pa.Table,
+    events: EventsSource,
     defined: frozenset[str] | None = None,
 ) -> pa.Table:
-    """The query on its own cursor, with ``events`` = sealed files + durable tail rows.
-    ``defined``: the database's own functions, when the caller keeps them (see check_query)."""
+    """The query on its own cursor, with ``events`` = sealed files + durable tail rows, or only
+    one aggregate's rows when the query has the form :func:`aggregate_filter` finds (the same
+    answer, without a scan). ``defined``: the database's own functions, when the caller keeps
+    them (see check_query)."""
     t0 = time.monotonic()
     deadline = _Deadline(cur, req.timeout_s)
     began = False
     try:
-        check_query(cur, req.sql, defined)
-        cur.register("_es_tail", events_tail)
-        sealed = (
-            f"SELECT * FROM read_parquet([{', '.join(_sql_str(f) for f in events_files)}]) UNION ALL BY NAME "
-            if events_files
-            else ""
-        )
+        tree = check_query(cur, req.sql, defined)
+        aggregate = aggregate_filter(tree, req.params)
+        if aggregate is not None:
+            cur.register("_es_tail", events.aggregate(*aggregate))
+            sealed = ""
+        else:
+            events_files, events_tail = events.everything()
+            cur.register("_es_tail", events_tail)
+            sealed = (
+                f"SELECT * FROM read_parquet([{', '.join(_sql_str(f) for f in events_files)}]) UNION ALL BY NAME "
+                if events_files
+                else ""
+            )
         cur.execute(f"CREATE OR REPLACE TEMP VIEW events AS {sealed}SELECT * FROM _es_tail")
         cur.execute("BEGIN")
         began = True

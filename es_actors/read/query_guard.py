@@ -57,9 +57,10 @@ _BUILTIN_CATALOGS = frozenset({"", "system"})
 _BUILTIN_SCHEMAS = frozenset({"", "main", "pg_catalog"})
 
 
-def check_query(con: duckdb.DuckDBPyConnection, sql: str, defined: frozenset[str] | None = None) -> None:
+def check_query(con: duckdb.DuckDBPyConnection, sql: str, defined: frozenset[str] | None = None) -> dict[str, Any]:
     """Raise QueryRefused unless ``sql`` is one statement that can only read (see the module doc);
-    QueryFailed for SQL that does not parse. Runs nothing of the query.
+    QueryFailed for SQL that does not parse. Runs nothing of the query. Returns the checked
+    parse tree (``json_serialize_sql``), so the caller can plan from what was checked.
 
     ``defined``: the functions created in the database (:func:`database_functions`), when the
     caller keeps them (listing them costs about 10 ms); looked up here otherwise."""
@@ -90,6 +91,7 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, defined: frozenset[str
             raise QueryRefused(
                 f"function {name!r} is defined in the database (a macro), not built into DuckDB: refused"
             )
+    return tree  # type: ignore[no-any-return]
 
 
 def walk(statements: Any) -> list[tuple[str, str]]:

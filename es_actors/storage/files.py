@@ -1,5 +1,6 @@
 """Durable file operations on local disk: fsync a file or a directory's entries, and replace a
-file whole (readers see the old bytes or the new, never a mix)."""
+file whole (readers see the old bytes or the new, never a mix); the one opener of the files
+the read paths read (:func:`open_input`)."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def _query_here(store: "Store", req: Any) -> Any:
     from es_actors.errors import QueryFailed
     from es_actors.read.queries import run_query
     from es_actors.read.readmodel import connect_restricted, readmodel_path
-    from es_actors.storage.local.reader import log_snapshot
+    from es_actors.read.events_relation import LogEvents
 
     path = readmodel_path(store.layout.root)
     con, held = None, False
@@ -65,8 +65,7 @@ def _query_here(store: "Store", req: Any) -> Any:
             con, held = None, True
     con = con or connect_restricted(":memory:", store.layout.root)
     try:
-        files, tail = log_snapshot(store.layout, store.descriptor.partitions)
-        return run_query(con.cursor(), req, files, tail)
+        return run_query(con.cursor(), req, LogEvents(store.layout, store.descriptor.partitions))
     except QueryFailed as exc:
         if held:
             raise type(exc)(

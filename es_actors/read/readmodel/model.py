@@ -19,6 +19,7 @@ from es_actors.codecs.rows import event_where
 from es_actors.domain import DomainRegistry
 from es_actors.read.batches import bisect_batch
 from es_actors.read.projection import Projection
+from es_actors.read.events_relation import EventsSource
 from es_actors.read.queries import QueryRequest, run_query
 from es_actors.read.query_guard import database_functions
 from es_actors.read.readmodel import checkpoints, dead_letters
@@ -157,11 +158,11 @@ class ReadModel:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def query(self, req: QueryRequest, events_files: list[str], events_tail: pa.Table) -> pa.Table:
+    def query(self, req: QueryRequest, events: EventsSource) -> pa.Table:
         """A read-only query on its own cursor (concurrent with projection), see es_actors.read.queries."""
         cur = self.con.cursor()
         try:
-            return run_query(cur, req, events_files, events_tail, self.defined_functions)
+            return run_query(cur, req, events, self.defined_functions)
         finally:
             cur.close()
 

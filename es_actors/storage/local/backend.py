@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from es_actors.codecs.rows import filter_versions
 from es_actors.config import StoreConfig
@@ -23,6 +22,7 @@ from es_actors.storage.local.aggregate_read import read_aggregate
 from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.partition_log import PartitionLog
+from es_actors.storage.local.range_reads import read_range
 from es_actors.storage.local.reader import durable_high_water, read_partition
 from es_actors.storage.local.snapshots import SnapshotStore
 
@@ -67,8 +67,9 @@ class LocalPartitionLog:
 
 
 class LocalReader:
-    """:class:`~es_actors.storage.api.PartitionReader` of one local partition (aggregate reads use the
-    stream index and the tail index: :mod:`~es_actors.storage.local.aggregate_read`)."""
+    """:class:`~es_actors.storage.api.PartitionReader` of one local partition: aggregate reads use the
+    stream index and the tail index (:mod:`~es_actors.storage.local.aggregate_read`); position ranges read
+    only what overlaps them (:mod:`~es_actors.storage.local.range_reads`)."""
 
     def __init__(self, layout: StoreLayout, partition: int) -> None:
         self.layout, self.partition = layout, partition
@@ -80,9 +81,8 @@ class LocalReader:
         return read_partition(self.layout, self.partition)
 
     def read_range(self, first: int, last: int) -> pa.Table:
-        table = read_partition(self.layout, self.partition)
-        pos = table.column("position")
-        return table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
+        """Only the segments and row groups overlapping the range, and the tail past the sealed log."""
+        return read_range(self.layout, self.partition, first, last)
 
     def read_aggregate(
         self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from es_actors.errors import StoreCorrupted
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
@@ -30,7 +29,8 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.local.segments import list_segments, resolve_current, verify_segment
+from es_actors.storage.local.range_reads import segment_range
+from es_actors.storage.local.segments import Segment, list_segments, parse_segment_name, resolve_current, verify_segment
 from es_actors.storage.local.tail_cursor import TailFileCursor, TailFileReplaced
 from es_actors.storage.local.wal import high_water, list_tail_files
 from es_actors.storage.local.durable_mark import DurableMark
@@ -57,10 +57,15 @@ class Batch:
         """The batch's rows as Arrow, in position order (all columns unless given)."""
         if self.table is not None:
             return self.table if columns is None else self.table.select(columns)
-        dataset = ds.dataset(self.files, schema=ARROW_SCHEMA, format="parquet")
-        return dataset.to_table(
-            columns=columns, filter=(ds.field("position") >= self.first) & (ds.field("position") <= self.last)
-        )
+        parts = [segment_range(_segment(f), self.first, self.last, columns) for f in self.files]  # overlapping row groups only
+        return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table().select(columns or ARROW_SCHEMA.names)
+
+
+def _segment(path: str) -> Segment:
+    seg = parse_segment_name(Path(path))
+    if seg is None:
+        raise StoreCorrupted(f"{path} is not a sealed segment's name")
+    return seg
 
 
 class _FollowedFile:

@@ -1,0 +1,125 @@
+"""Position-range reads of one partition: only what overlaps the range is read.
+
+Sealed segments are position ordered and named by their first and last position, so a range
+``first..last`` touches only the segments whose names overlap it, and in each of them only the
+row groups whose ``position`` statistics overlap it (a compacted segment holds many row
+groups). The write-ahead tail is read only when the range reaches past the sealed log, and
+only the tail files that hold positions after ``max(first - 1, sealed)``. The same consistency
+rule as every read (:mod:`es_actors.storage.local.reader`): a read racing a seal or a
+compaction starts again; every durable event in the range once, never a gap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
+from es_actors.errors import StoreCorrupted
+from es_actors.storage import files
+from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
+from es_actors.storage.guard import storage_boundary
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.reader import durable_tail_rows
+from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segment
+from es_actors.storage.local.wal import high_water, list_tail_files
+from es_actors.storage.lost_ranges import LostRanges
+
+
+def segment_range(seg: Segment, first: int, last: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows of one sealed segment with ``first <= position <= last``, reading only the row groups
+    whose position statistics overlap the range. FileNotFoundError: a compaction removed it."""
+    verify_segment(seg)
+    names = columns or ARROW_SCHEMA.names
+    try:
+        with files.open_input(seg.path) as f:
+            parquet = pq.ParquetFile(f)
+            meta = parquet.metadata
+            pos_col = parquet.schema_arrow.get_field_index("position")  # a flat schema: the leaf column's index too
+            if pos_col < 0:
+                raise StoreCorrupted(f"sealed segment {seg.path} has no position column")
+            groups = [i for i in range(meta.num_row_groups) if _overlaps(meta.row_group(i).column(pos_col), first, last)]
+            if not groups:
+                return _empty(names)
+            wanted = list(dict.fromkeys([*names, "position"]))
+            table = parquet.read_row_groups(groups, columns=[n for n in wanted if n in parquet.schema_arrow.names])
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreCorrupted(f"sealed segment {seg.path} cannot be read: {exc}") from None
+    pos = table.column("position")
+    if meta.num_rows and (seg.first < first or seg.last > last):
+        table = table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
+    return _conform(table, names)
+
+
+def _overlaps(column: Any, first: int, last: int) -> bool:
+    stats = column.statistics
+    if stats is None or not stats.has_min_max:
+        return True  # no statistics: read it and filter
+    return bool(stats.max >= first and stats.min <= last)
+
+
+def _empty(names: list[str]) -> pa.Table:
+    return pa.schema([ARROW_SCHEMA.field(n) for n in names]).empty_table()
+
+
+def _conform(table: pa.Table, names: list[str]) -> pa.Table:
+    """The columns asked for, in the log's schema (a column an older segment lacks reads as nulls)."""
+    schema = pa.schema([ARROW_SCHEMA.field(n) for n in names])
+    arrays = [
+        table.column(n).cast(schema.field(n).type) if n in table.column_names else pa.nulls(table.num_rows, schema.field(n).type)
+        for n in names
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+@storage_boundary("reading a position range")
+def read_range(layout: StoreLayout, partition: int, first: int, last: int, attempts: int = DEFAULT_ATTEMPTS) -> pa.Table:
+    """Durable events ``first..last`` of a partition, in position order (empty if none)."""
+    layout.require_local("local partition readers")
+    first = max(first, 1)
+    if last < first:
+        return ARROW_SCHEMA.empty_table()
+    lost = LostRanges.load(layout.root)
+
+    def read_once() -> pa.Table:
+        tail_dir = layout.tail_dir(partition)
+        durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
+        tails = list_tail_files(tail_dir)
+        gen = resolve_current(layout.log_dir(partition))
+        if gen is None and (durable or tails):
+            raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
+        segments = list_segments(gen, lost, partition) if gen is not None else []
+        sealed_last = segments[-1].last if segments else 0
+        parts = [segment_range(s, first, last) for s in segments if s.first <= last and s.last >= first]
+        if last > sealed_last:
+            parts.append(_tail_range(layout, partition, tails, durable, lost, max(first - 1, sealed_last), last))
+        if not parts:
+            return ARROW_SCHEMA.empty_table()
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    return read_consistently(read_once, f"reading positions {first}..{last} of partition {partition}", attempts)
+
+
+def _tail_range(
+    layout: StoreLayout, partition: int, tails: Any, durable: int | None, lost: LostRanges, after: int, last: int
+) -> pa.Table:
+    """Durable tail rows in ``after+1..last``; Moved if the tail does not continue ``after``."""
+    p_col = COL["position"]
+    rows = [r for r in durable_tail_rows(layout, partition, tails, after, durable) if r[p_col] <= last]
+    rows.sort(key=lambda r: r[p_col])
+    if lost.first_gap(partition, after, (r[p_col] for r in rows)) is not None:
+        raise Moved(f"partition {partition}: positions do not continue after {after} in {layout.tail_dir(partition)}")
+    end = rows[-1][p_col] if rows else after
+    used = min(high_water(durable, tails), last)
+    if used > end and not lost.covers(partition, end + 1, used):
+        raise Moved(f"partition {partition}: positions {end + 1}..{used} were written but no file holds them", missing=True)
+    return rows_to_table(rows)
+
+
+__all__ = ["read_range", "segment_range"]
