@@ -79,9 +79,11 @@ def _es_read_fn(root: str) -> Callable[[str], int]:
     from benchmarks.mixed_domain import Stream
 
     store = Store.open(root, [Stream], read_only=True)
-    if "limit" in inspect.signature(store.history).parameters:
+    if "limit" in inspect.signature(store.history).parameters:  # range reads (issue 11)
+        limit: dict[str, Any] = {"limit": READ_MAX}
+
         def read(sid: str) -> int:
-            return len(store.history("Stream", sid, limit=READ_MAX))
+            return len(store.history("Stream", sid, **limit))
     else:
         def read(sid: str) -> int:
             return len(store.history("Stream", sid)[:READ_MAX])
@@ -363,7 +365,7 @@ def record(ctx: Context, runs: dict[tuple[str, str], list[MixedRun]], pg_version
                            f"LIMIT {READ_MAX} + model_validate_json per row",
     }
     for (system, readers), rs in runs.items():
-        extra = {"runs": len(rs), "writers": WRITERS, "readers": READERS if readers != "none" else 0,
+        extra: dict[str, Any] = {"runs": len(rs), "writers": WRITERS, "readers": READERS if readers != "none" else 0,
                  "read_errors": sum(r.read_errors for r in rs) or None}
         if readers == "closed":
             n = notes[system] + "; target: es_actors reads/s >= postgres's"
