@@ -12,6 +12,14 @@ over P partitions, vectorised (numpy + Arrow, no per-event Python objects): ~10M
 well under a minute. Rows look like what the live write path stores: the models' own JSON
 payloads at their current ``schema_version``, the command digest of the command that decided
 each event, random 128-bit event and command ids, correlation = causation = command id.
+
+Probe aggregates (``probe-NNNNNN``, :data:`PROBES` of them, :data:`PROBE_EVENTS` = 100 events each: an
+``AccountOpened`` then deposits and withdrawals) are interleaved at evenly spaced positions of the
+whole history, so one probe's events lie spread over every segment of its partition: the worst
+case for reading one aggregate by scanning, the case ``read_history_10m`` measures. After the
+segments, each partition gets its stream index (``es_actors.storage.local.stream_index.build_index``)
+when the library has one (logged as "no stream index" otherwise); whether it has one is part of
+the cache key, so a library with the index rebuilds the data sets once.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import numpy as np
 from benchmarks.common import log
 
 CACHE_ROOT = Path(os.environ.get("ES_ACTORS_BENCH_CACHE", "~/.cache/es_actors_bench")).expanduser()
+PROBES = int(os.environ.get("BENCH_PROBES", 1_000))  # probe aggregates per bank data set (env: development only)
+PROBE_EVENTS = 100  # events of each probe aggregate
 SEG_ROWS = 50_000  # StoreConfig.seal_rows: segments the size the live write path seals
 T0_US = 1_767_225_600_000_000  # 2026-01-01 UTC: recorded_at of the first event (then 1 ms apart)
 
@@ -73,10 +83,10 @@ def cached(name: str, build: Callable[[Path], None], data_version: str) -> Path:
 
 
 def clone(src: Path, dst: Path) -> None:
-    """A working copy: Parquet files (immutable) hard-linked, the rest copied."""
+    """A working copy: Parquet segments and stream-index runs (immutable) hard-linked, the rest copied."""
 
     def link_or_copy(s: str, d: str) -> str:
-        if s.endswith(".parquet"):
+        if s.endswith((".parquet", ".arrow")):
             try:
                 os.link(s, d)
                 return d
@@ -121,6 +131,50 @@ def bank_account_id(i: int) -> str:
     return f"acct-{i:06d}"
 
 
+def probe_id(i: int) -> str:
+    return f"probe-{i:06d}"
+
+
+def with_probes(h: dict[str, np.ndarray], probe: dict[str, np.ndarray], n_accounts: int) -> dict[str, np.ndarray]:
+    """``h`` with the probe history's events interleaved at evenly spaced global positions
+    (event k of m at position floor((k + 1/2) * total / m)); probe i becomes account n_accounts + i."""
+    n, m = h["account"].size, probe["account"].size
+    total = n + m
+    at = ((2 * np.arange(m, dtype=np.int64) + 1) * total) // (2 * m)  # strictly increasing, < total
+    is_probe = np.zeros(total, bool)
+    is_probe[at] = True
+    out: dict[str, np.ndarray] = {}
+    for key in ("account", "kind", "amount", "version"):
+        col = np.empty(total, h[key].dtype)
+        col[~is_probe] = h[key]
+        col[is_probe] = probe[key] + (n_accounts if key == "account" else 0)
+        out[key] = col
+    out["balance"] = np.concatenate([h["balance"], probe["balance"]])
+    return out
+
+
+def stream_index_tag() -> str:
+    """'none', or the stream index's format version: part of a data set's cache key."""
+    try:
+        from es_actors.storage.local import stream_index  # WS1 (issue 11); the guard goes when it lands
+    except ImportError:
+        return "none"
+    return f"v{getattr(stream_index, 'FORMAT_VERSION', '?')}"
+
+
+def build_stream_indexes(layout: Any, partitions: int) -> None:
+    """Each partition's stream index, from its segments (what the sealer would have written)."""
+    try:
+        from es_actors.storage.local.stream_index import build_index
+    except ImportError:
+        log("datasets: no stream index in this es_actors (es_actors.storage.local.stream_index); segments only")
+        return
+    t = time.monotonic()
+    for p in range(partitions):
+        build_index(layout, p)
+    log(f"datasets: stream index of {partitions} partitions built in {time.monotonic() - t:.1f} s")
+
+
 def bank_history(n_accounts: int, per_account: int, seed: int) -> dict[str, np.ndarray]:
     """The bank's events in global order: round 0 opens every account, each later round gives
     every account one deposit or withdrawal (30% withdrawals, never past the balance), each
@@ -149,9 +203,12 @@ def bank_history(n_accounts: int, per_account: int, seed: int) -> dict[str, np.n
     return {"account": account, "kind": kind, "amount": amount, "version": version, "balance": balance}
 
 
-def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: int, seed: int) -> dict[str, Any]:
+def write_bank_store(
+    root: Path, n_accounts: int, per_account: int, partitions: int, seed: int, probes: int = 0
+) -> dict[str, Any]:
     """A store of ``partitions`` partitions holding the bank history (see :func:`bank_history`)
-    as sealed segments of SEG_ROWS rows, plus ``expected.parquet`` (the balances read model:
+    and ``probes`` probe aggregates (see :func:`with_probes`) as sealed segments of SEG_ROWS rows,
+    with each partition's stream index, plus ``expected.parquet`` (the balances read model:
     account, owner, balance, events, version) and ``meta.json``. The store is ``root/store``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -172,6 +229,10 @@ def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: 
     t0 = time.monotonic()
     names = [bank_account_id(i) for i in range(n_accounts)]
     h = bank_history(n_accounts, per_account, seed)
+    if probes:
+        h = with_probes(h, bank_history(probes, PROBE_EVENTS, seed + 2), n_accounts)
+        names += [probe_id(i) for i in range(probes)]
+    events_per = np.concatenate([np.full(n_accounts, per_account, np.int64), np.full(probes, PROBE_EVENTS, np.int64)])
     part_of = np.array([partition_of("BankAccount", a, partitions) for a in names], np.int16)
 
     # Dictionaries of every distinct string, indexed with `take` per segment.
@@ -235,17 +296,19 @@ def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: 
             }
             table = pa.Table.from_arrays([cols[f.name] for f in ARROW_SCHEMA], schema=ARROW_SCHEMA)
             write_parquet_durably(table, gen / segment_name(s + 1, s + n))
+    build_stream_indexes(layout, partitions)
     expected = pa.table({
         "account": names_arr,
         "owner": names_arr,
         "balance": pa.array(h["balance"], pa.int64()),
-        "events": pa.array(np.full(n_accounts, per_account, np.int64)),
-        "version": pa.array(np.full(n_accounts, per_account, np.int64)),
+        "events": pa.array(events_per),
+        "version": pa.array(events_per),
     })
     pq.write_table(expected, root / "expected.parquet")
     kinds = np.bincount(h["kind"], minlength=3)
     meta = {
-        "accounts": n_accounts, "events_per_account": per_account, "events": n_accounts * per_account,
+        "accounts": n_accounts, "events_per_account": per_account, "events": int(h["account"].size),
+        "probes": probes, "probe_events": PROBE_EVENTS if probes else 0, "stream_index": stream_index_tag(),
         "partitions": partitions, "partition_events": counts, "seed": seed,
         "opened": int(kinds[0]), "deposits": int(kinds[1]), "withdrawals": int(kinds[2]),
         "balance_sum": int(h["balance"].sum()), "build_s": round(time.monotonic() - t0, 1),
@@ -254,11 +317,13 @@ def write_bank_store(root: Path, n_accounts: int, per_account: int, partitions: 
     return meta
 
 
-def bank_dataset(n_accounts: int, per_account: int, partitions: int = 4, seed: int = 20240611) -> Path:
+def bank_dataset(n_accounts: int, per_account: int, partitions: int = 4, seed: int = 20240611,
+                 probes: int = PROBES) -> Path:
     """Cached :func:`write_bank_store`: the directory holding ``store/``, ``expected.parquet``, ``meta.json``."""
-    name = f"bank-{n_accounts}x{per_account}-p{partitions}"
+    name = f"bank-{n_accounts}x{per_account}-p{partitions}" + (f"-probes{probes}" if probes else "")
     return cached(
-        name, lambda d: write_bank_store(d, n_accounts, per_account, partitions, seed), f"bank-v1 seed={seed}"
+        name, lambda d: write_bank_store(d, n_accounts, per_account, partitions, seed, probes),
+        f"bank-v2 seed={seed} probes={probes}x{PROBE_EVENTS} stream_index={stream_index_tag()}",
     )
 
 

@@ -96,9 +96,11 @@ CREATE TABLE events (
     payload     jsonb       NOT NULL,
     recorded_at timestamptz NOT NULL
 )"""
+# Constraint names carry the data set's key, so a data set's table can be renamed aside
+# (events -> events_<key>) and back without its index names clashing with another's.
 PG_EVENTS_INDEXES = [
-    "ALTER TABLE events ADD PRIMARY KEY (partition, position)",
-    "ALTER TABLE events ADD UNIQUE (stream_id, version)",
+    "ALTER TABLE events ADD CONSTRAINT pk_{key} PRIMARY KEY (partition, position)",
+    "ALTER TABLE events ADD CONSTRAINT stream_version_{key} UNIQUE (stream_id, version)",
 ]
 
 
@@ -126,9 +128,20 @@ class Dataset:
         self.files = sorted(str(p) for p in (self.store / "log").glob("*/current/*.parquet"))
         self.expected = pq.read_table(self.dir / "expected.parquet").sort_by("account")
 
+    @property
+    def key(self) -> str:
+        """A SQL-safe name of this data set (its cache directory)."""
+        return "".join(c if c.isalnum() else "_" for c in self.dir.name).lower()
+
+    def probe_ids(self) -> list[str]:
+        from benchmarks.datasets import probe_id
+
+        return [probe_id(i) for i in range(self.meta.get("probes", 0))]
+
     def describe(self) -> str:
         m = self.meta
-        return (f"{m['events']:,} events ({m['accounts']:,} accounts x {m['events_per_account']}: "
+        probes = f" + {m['probes']:,} probe accounts x {m['probe_events']}" if m.get("probes") else ""
+        return (f"{m['events']:,} events ({m['accounts']:,} accounts x {m['events_per_account']}{probes}: "
                 f"{m['opened']:,} AccountOpened, {m['deposits']:,} MoneyDeposited, {m['withdrawals']:,} MoneyWithdrawn), "
                 f"{PARTITIONS} partitions, {len(self.files)} sealed segments")
 
@@ -254,8 +267,21 @@ def duckdb_group_by(ds: Dataset) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+_shared: "Pg | None" = None
+
+
+def shared_pg() -> "Pg":
+    """The run's one cluster, shared by every module that reads bank data sets (each data set is
+    loaded once per run); stopped and removed at exit (PgCluster's atexit and signal handlers)."""
+    global _shared
+    if _shared is None or not _shared.cluster._started:
+        _shared = Pg()
+    return _shared
+
+
 class Pg:
-    """One throwaway cluster for the module; the events table holds one data set at a time."""
+    """One throwaway cluster; ``events`` is the data set last asked for, the others wait beside it
+    as ``events_<key>`` (a rename, not a reload, brings one back)."""
 
     def __init__(self) -> None:
         from benchmarks.pg import PgCluster
@@ -263,13 +289,23 @@ class Pg:
         self.cluster = PgCluster(settings=PG_SETTINGS)
         self.cluster.start()
         self.loaded: str | None = None
+        self.parked: set[str] = set()
         self.runs = 0
         self.version = self.cluster.server_version()
 
     def load(self, ds: Dataset) -> None:
         """The data set's events into ``events`` (COPY in the creating transaction, then the
         primary key (partition, position), UNIQUE (stream_id, version), VACUUM ANALYZE). Not timed."""
-        if self.loaded == ds.size:
+        if self.loaded == ds.key:
+            return
+        if self.loaded is not None:
+            self.cluster.execute(f"ALTER TABLE events RENAME TO events_{self.loaded}")
+            self.parked.add(self.loaded)
+            self.loaded = None
+        if ds.key in self.parked:
+            self.cluster.execute(f"ALTER TABLE events_{ds.key} RENAME TO events")
+            self.parked.discard(ds.key)
+            self.loaded = ds.key
             return
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -293,15 +329,15 @@ class Pg:
             conn.commit()
             t_copy = time.monotonic() - t
             for stmt in PG_EVENTS_INDEXES:
-                conn.execute(stmt)
+                conn.execute(stmt.format(key=ds.key))
             conn.commit()
         with self.cluster.connect(autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE events")
             n = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         if n != ds.events:
             raise RuntimeError(f"postgres: loaded {n} events, expected {ds.events}")
-        self.loaded = ds.size
-        log(f"projection: postgres loaded {n:,} events in {time.monotonic() - t:.1f} s (COPY {t_copy:.1f} s, "
+        self.loaded = ds.key
+        log(f"postgres: loaded {ds.key} ({n:,} events) in {time.monotonic() - t:.1f} s (COPY {t_copy:.1f} s, "
             f"then indexes and VACUUM ANALYZE)")
 
     def group_by(self, ds: Dataset) -> dict[str, Any]:
@@ -463,41 +499,38 @@ def run_catch_ups(ctx: Context, selected: list[str]) -> None:
     pg: Pg | None = None
     wants_pg = any(b in selected for b in ("project_sql_1m", "project_sql_10m")) and s.wants("postgres_sql")
     wants_pg = wants_pg or ("project_python_1m" in selected and s.wants("postgres"))
-    try:
-        if wants_pg:
-            pg = Pg()
-        for size in ("1m", "10m"):
-            benches = [b for b in (f"project_sql_{size}", f"project_python_{size}") if b in selected]
-            if not benches:
-                continue
-            ds = Dataset(size)
-            log(f"projection: data set {ds.dir.name}: {ds.describe()}")
-            if pg is not None:
-                pg.load(ds)
-            for bench in benches:
-                systems: list[tuple[str, RunFn, int]] = []
-                if bench.startswith("project_sql"):
-                    es_reps = ES_REPS_10M if size == "10m" else s.repeats
-                    notes = _sql_notes(ds, pg)
-                    if size == "10m" and es_reps < s.repeats:
-                        notes["es_actors"] += f"; {es_reps} repetitions (the peers {s.repeats}) to keep the module short"
-                    if s.wants("es_actors"):
-                        systems.append(("es_actors", lambda d: es_catch_up(d, Balances), min(es_reps, s.repeats)))
-                    if s.wants("duckdb_raw"):
-                        systems.append(("duckdb_raw", duckdb_group_by, s.repeats))
-                    if pg is not None and s.wants("postgres_sql"):
-                        systems.append(("postgres_sql", pg.group_by, s.repeats))
-                else:
-                    notes = _python_notes(ds, pg)
-                    if s.wants("es_actors"):
-                        systems.append(("es_actors", lambda d: es_catch_up(d, BalancesPy), s.repeats))
-                    if pg is not None and s.wants("postgres"):
-                        systems.append(("postgres", pg.fetch_and_fold, s.repeats))
-                log(f"projection: {bench}: {', '.join(n for n, _f, _r in systems)}")
-                run_catch_up(ctx, bench, ds, systems, notes)
-    finally:
+    # postgres: the run's shared cluster (stays up for the other modules' benches; stopped at exit)
+    if wants_pg:
+        pg = shared_pg()
+    for size in ("1m", "10m"):
+        benches = [b for b in (f"project_sql_{size}", f"project_python_{size}") if b in selected]
+        if not benches:
+            continue
+        ds = Dataset(size)
+        log(f"projection: data set {ds.dir.name}: {ds.describe()}")
         if pg is not None:
-            pg.close()
+            pg.load(ds)
+        for bench in benches:
+            systems: list[tuple[str, RunFn, int]] = []
+            if bench.startswith("project_sql"):
+                es_reps = ES_REPS_10M if size == "10m" else s.repeats
+                notes = _sql_notes(ds, pg)
+                if size == "10m" and es_reps < s.repeats:
+                    notes["es_actors"] += f"; {es_reps} repetitions (the peers {s.repeats}) to keep the module short"
+                if s.wants("es_actors"):
+                    systems.append(("es_actors", lambda d: es_catch_up(d, Balances), min(es_reps, s.repeats)))
+                if s.wants("duckdb_raw"):
+                    systems.append(("duckdb_raw", duckdb_group_by, s.repeats))
+                if pg is not None and s.wants("postgres_sql"):
+                    systems.append(("postgres_sql", pg.group_by, s.repeats))
+            else:
+                notes = _python_notes(ds, pg)
+                if s.wants("es_actors"):
+                    systems.append(("es_actors", lambda d: es_catch_up(d, BalancesPy), s.repeats))
+                if pg is not None and s.wants("postgres"):
+                    systems.append(("postgres", pg.fetch_and_fold, s.repeats))
+            log(f"projection: {bench}: {', '.join(n for n, _f, _r in systems)}")
+            run_catch_up(ctx, bench, ds, systems, notes)
 
 
 # -- projection_lag --------------------------------------------------------------------------------------
