@@ -1,10 +1,13 @@
 """Durable file operations on local disk: fsync a file or a directory's entries, and replace a
-file whole (readers see the old bytes or the new, never a mix)."""
+file whole (readers see the old bytes or the new, never a mix); and the one opener of the read
+paths (:func:`open_input`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import pyarrow as pa
 
 
 def fsync_file(path: Path) -> None:
@@ -30,3 +33,11 @@ def replace_durably(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def open_input(path: Path) -> "pa.NativeFile":
+    """Open a file a read path reads (index runs, segments, tail files), memory-mapped.
+
+    Every read path opens files through this one function (looked up at call time), so a test
+    can replace it to count the files a read opens and the bytes it touches."""
+    return pa.memory_map(str(path), "r")

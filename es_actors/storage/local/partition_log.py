@@ -30,13 +30,14 @@ import pyarrow.parquet as pq
 
 from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
-from es_actors.codecs.rows import ARROW_SCHEMA, COL, table_to_rows
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import SegmentSet, verify_segments
 from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.stream_index import StreamIndexWriter
 from es_actors.storage.local.wal import (
     TailWriter,
     damage_error,
@@ -79,6 +80,7 @@ class PartitionLog:
     def __init__(self, layout: StoreLayout, partition: int, config: StoreConfig) -> None:
         self.partition = partition
         self.config = config
+        self.layout = layout
         self.tail_dir = layout.tail_dir(partition)
         self._lock_fd = acquire_partition_lock(self.tail_dir, config.lock_timeout_s)
         self._mutex = threading.Lock()
@@ -90,6 +92,10 @@ class PartitionLog:
         self._pf_cache: dict[Path, pq.ParquetFile] = {}
         self._mark: DurableMark | None = None
         self._failed: str | None = None
+        self._index: StreamIndexWriter | None = None  # made by the sealer thread (reads store.json)
+        self._index_due = True  # reconcile + merge the stream index (at start, after a compaction or failure)
+        self._index_retry_at = 0.0
+        self.index_error: str | None = None
         try:
             self.lost = LostRanges.load(layout.root)
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
@@ -379,20 +385,29 @@ class PartitionLog:
         backoff = 0.1
         while True:
             with self._mutex:
-                while not self._sealing and not self._stopping:
-                    self._wake.wait()
+                while not self._sealing and not self._stopping and not self._index_waiting():
+                    self._wake.wait(self._index_wait_s())
                 if not self._sealing:
-                    return
-                path, rows = self._sealing[0]
+                    if self._stopping:
+                        return
+                    job = None
+                else:
+                    job = self._sealing[0]
+            if job is None:
+                self._keep_index()
+                continue
+            path, rows = job
             try:
                 with self._upkeep:
-                    self.segments.seal(rows)
+                    seg = self.segments.seal(rows)
                     path.unlink(missing_ok=True)
                     fsync_dir(self.tail_dir)
                     with self._mutex:
                         self._sealing.popleft()
                         self._wake.notify_all()
-                    self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+                    self._index_segment(seg, rows)
+                    if self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run):
+                        self._index_due = True
                     self.segments.collect_garbage()
                 self.seal_error, backoff = None, 0.1
             except Exception as exc:  # keep the tail (it is durable) and try again later
@@ -403,6 +418,54 @@ class PartitionLog:
                         return  # the tail files are durable: the next owner seals them
                     self._wake.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    # -- the stream index (derived from the segments; its failures never fail a commit) ------
+
+    def _index_waiting(self) -> bool:
+        return self._index_due and time.monotonic() >= self._index_retry_at
+
+    def _index_wait_s(self) -> float | None:
+        return max(0.0, self._index_retry_at - time.monotonic()) if self._index_due else None
+
+    def _index_stop(self) -> bool:
+        """Index upkeep yields to sealing and to close: it resumes on the next idle turn."""
+        return self._stopping or bool(self._sealing)
+
+    def _index_writer(self) -> StreamIndexWriter:
+        if self._index is None:
+            desc = self.layout.read_descriptor()
+            self._index = StreamIndexWriter(self.layout, self.partition, desc.store_id if desc else "", self.config)
+        return self._index
+
+    def _index_segment(self, seg: Any, rows: list[Row]) -> None:
+        """Called under ``_upkeep`` right after a seal: a run for the new segment, then merges."""
+        if self._index_due:
+            return  # a reconcile is due: it indexes this segment too
+        try:
+            self._index_writer().add(seg, rows_to_table(rows))
+            self._index_writer().merge(self._index_stop)
+        except Exception as exc:
+            self._index_failed(exc)
+
+    def _keep_index(self) -> None:
+        """Reconcile (every current segment has a valid run, invalid runs are gone), then merge."""
+        try:
+            with self._upkeep:
+                writer = self._index_writer()
+                done = writer.reconcile(list(self.segments.segments), self.lost, self._index_stop)
+                if done:
+                    writer.merge(self._index_stop)
+                self._index_due = not done or self._index_stop()
+                if not self._index_due:
+                    self.index_error = None
+        except Exception as exc:
+            self._index_failed(exc)
+
+    def _index_failed(self, exc: Exception) -> None:
+        self.index_error = f"{type(exc).__name__}: {exc}"
+        log.error("partition %d: stream index upkeep failed, will retry: %s", self.partition, self.index_error)
+        self._index_due = True
+        self._index_retry_at = time.monotonic() + 5.0
 
     def seal_all(self, timeout_s: float = 60.0) -> None:
         """Seal everything durable so far (a clean close); plain readers then see every event."""
@@ -420,7 +483,12 @@ class PartitionLog:
         with self._upkeep:
             merged = self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
             self.segments.collect_garbage()
-            return merged
+            if merged:
+                self._index_due = True  # the sealer reconciles the index (runs naming merged segments)
+        if merged:
+            with self._mutex:
+                self._wake.notify_all()
+        return merged
 
     def close(self) -> None:
         with self._mutex:
