@@ -64,7 +64,7 @@ def key_crc(batch: pa.RecordBatch | pa.Table) -> int:
     for name in KEY_COLUMNS:
         col = batch.column(name)
         arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        crc = zlib.crc32(memoryview(np.ascontiguousarray(arr.to_numpy(zero_copy_only=False))).cast("B"), crc)
+        crc = zlib.crc32(np.ascontiguousarray(arr.to_numpy(zero_copy_only=False)).view(np.uint8).data, crc)
     return crc
 
 
