@@ -149,7 +149,7 @@ class IndexView:
         columns, sorted by version). Touches only the slices that hold them."""
         h = np.uint64(run_format.stream_hash(aggregate_type, aggregate_id))
         hi_version = np.iinfo(np.int64).max if last_version is None else last_version
-        parts: list[pa.Table] = []
+        batches: list[pa.RecordBatch] = []
         for run in self.runs:
             self.bytes_touched += 16 * max(1, len(run.hashes)).bit_length()  # two binary searches' probes
             lo = int(np.searchsorted(run.hashes, h, side="left"))
@@ -161,41 +161,45 @@ class IndexView:
             b = lo + int(np.searchsorted(vs, hi_version, side="right"))
             if a >= b:
                 continue
-            part = pa.Table.from_batches([run.batch.slice(a, b - a)])
-            self.bytes_touched += part.nbytes
+            self.bytes_touched += run.slice_bytes(a, b)
             try:
-                parts.append(self._checked(run, part, aggregate_type, aggregate_id, first_version, hi_version))
+                batches.append(self._checked(run, a, b, aggregate_type, aggregate_id, first_version, hi_version))
             except (RunInvalid, pa.ArrowException, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
                 invalidate(run, str(exc))
-                parts.append(self._from_segments(run, aggregate_type, aggregate_id, first_version, hi_version))
-        if not parts:
+                batches.extend(self._from_segments(run, aggregate_type, aggregate_id, first_version, hi_version)
+                               .to_batches())
+        if not batches:
             return ARROW_SCHEMA.empty_table()
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        versions = table.column("version").to_numpy()
-        if len(versions) > 1 and not bool(np.all(versions[1:] > versions[:-1])):
-            table = table.take(pc.sort_indices(table, sort_keys=[("version", "ascending")]))
+        table = pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
+        if len(batches) > 1:
+            versions = table.column("version").to_numpy()
+            if not bool(np.all(versions[1:] > versions[:-1])):
+                table = table.take(pc.sort_indices(table, sort_keys=[("version", "ascending")]))
         return table
 
-    def _checked(self, run: OpenRun, part: pa.Table, aggregate_type: str, aggregate_id: str,
-                 first_version: int, last_version: int) -> pa.Table:
-        """The slice's rows of the aggregate; RunInvalid if a row is not what the run's order says."""
+    def _checked(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
+                 first_version: int, last_version: int) -> pa.RecordBatch:
+        """Rows a..b-1 of the run that are the aggregate's; RunInvalid if a row is not what the
+        run's order says (damage the key CRC does not cover)."""
+        part = run.rows.slice(a, b - a)
         part.validate(full=True)  # offsets in bounds, UTF-8 valid: damage raises here, never reads past the map
-        mine = pc.and_(pc.equal(part.column("aggregate_type"), aggregate_type),
-                       pc.equal(part.column("aggregate_id"), aggregate_id))
-        if not pc.all(mine).as_py():
+        types = part.column(2).to_pylist()
+        ids = part.column(3).to_pylist()
+        mine = [t == aggregate_type and i == aggregate_id for t, i in zip(types, ids)]
+        if not all(mine):
             # Another aggregate with the same hash, or damage to type/id: recompute to tell which.
-            others = part.filter(pc.invert(mine))
-            for t, i, sh in zip(others.column("aggregate_type").to_pylist(), others.column("aggregate_id").to_pylist(),
-                                others.column("stream_hash").to_pylist()):
-                if run_format.stream_hash(t, i) != sh:
+            hashes = run.hashes[a:b].tolist()
+            for k, ok in enumerate(mine):
+                if not ok and run_format.stream_hash(types[k], ids[k]) != hashes[k]:
                     raise RunInvalid(f"{run.path.name}: a row's aggregate does not match its stream_hash (damaged)")
-            part = part.filter(mine)
-        pos = part.column("position").to_numpy()
-        ver = part.column("version").to_numpy()
+            part = part.filter(pa.array(mine))
+            pos, ver = part.column(1).to_numpy(), part.column(4).to_numpy()
+        else:
+            pos, ver = run.positions[a:b], run.versions[a:b]
         if len(pos) and (pos.min() < run.meta.first or pos.max() > run.meta.last
                          or ver.min() < first_version or ver.max() > last_version):
             raise RunInvalid(f"{run.path.name}: rows outside the run's positions or the versions asked for")
-        return part.select(ARROW_SCHEMA.names)
+        return part
 
     def _from_segments(self, run: OpenRun, aggregate_type: str, aggregate_id: str,
                        first_version: int, last_version: int) -> pa.Table:

@@ -130,6 +130,28 @@ class OpenRun:
     ident: tuple[int, int, int, int]
     size: int
     file_crc_ok: bool = field(default=False)
+    rows: pa.RecordBatch = field(init=False)  # the ARROW_SCHEMA columns only (zero-copy)
+    positions: np.ndarray = field(init=False)
+    _fixed_row_bytes: int = field(init=False)
+    _string_offsets: list[np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.batch
+        self.rows = pa.RecordBatch.from_arrays(b.columns[1:], schema=ARROW_SCHEMA)
+        self.positions = b.column("position").to_numpy(zero_copy_only=True)
+        self._string_offsets, self._fixed_row_bytes = [], 0
+        for f, col in zip(b.schema, b.columns):
+            if pa.types.is_string(f.type):
+                self._string_offsets.append(np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1,
+                                                          offset=col.offset * 4))
+                self._fixed_row_bytes += 4
+            else:
+                self._fixed_row_bytes += f.type.bit_width // 8
+            self._fixed_row_bytes += 0 if col.buffers()[0] is None else 1  # validity bits, rounded up
+
+    def slice_bytes(self, a: int, b: int) -> int:
+        """Bytes of the run's rows a..b-1 (what reading them touches in the map)."""
+        return (b - a) * self._fixed_row_bytes + sum(int(o[b] - o[a]) for o in self._string_offsets)
 
 
 class RunInvalid(Exception):

@@ -26,8 +26,8 @@ from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, check
 
 log = logging.getLogger(__name__)
 
-MERGE_FACTOR = 8  # F adjacent runs of one tier become one run of the next (benchmarks/stream_index.py)
-MAX_RUN_BYTES = 512 << 20  # no merge past this: a run's string columns stay far below 2 GiB (int32 offsets)
+MERGE_FACTOR = 4  # F adjacent runs of one tier become one run of the next (benchmarks/stream_index.py; ADR-015)
+MAX_RUN_BYTES = 1 << 30  # no merge past this: string columns stay below 2 GiB (int32 offsets); a merge holds ~2x in memory
 
 
 class StreamIndexWriter:
