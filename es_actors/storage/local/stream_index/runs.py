@@ -69,18 +69,18 @@ def key_crc(batch: pa.RecordBatch | pa.Table) -> int:
 
 
 def hash_column(table: pa.Table) -> pa.Array:
-    """stream_hash of every row (one blake2b per distinct aggregate)."""
-    types = table.column("aggregate_type").to_pylist()
-    ids = table.column("aggregate_id").to_pylist()
-    seen: dict[tuple[str, str], int] = {}
+    """stream_hash of every row: one blake2b per distinct aggregate (dictionary-encoded in C++)."""
+    types = table.column("aggregate_type").combine_chunks().dictionary_encode()
+    ids = table.column("aggregate_id").combine_chunks().dictionary_encode()
+    id_names = ids.dictionary.to_pylist()
+    type_names = types.dictionary.to_pylist()
+    n = max(1, len(id_names))
+    key = types.indices.to_numpy().astype(np.int64) * n + ids.indices.to_numpy().astype(np.int64)
+    unique, inverse = np.unique(key, return_inverse=True)
     fn = stream_hash
-    out = np.empty(len(types), dtype=np.uint64)
-    for i, key in enumerate(zip(types, ids)):
-        h = seen.get(key)
-        if h is None:
-            h = seen[key] = fn(*key)
-        out[i] = h
-    return pa.array(out, pa.uint64())
+    hashes = np.fromiter((fn(type_names[k // n], id_names[k % n]) for k in unique.tolist()),
+                         dtype=np.uint64, count=len(unique))
+    return pa.array(hashes[inverse.reshape(-1)], pa.uint64())
 
 
 @dataclass(frozen=True)
