@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from es_actors.config import StoreConfig
 from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
-from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table, table_to_rows
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, table_to_rows
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
@@ -76,6 +76,8 @@ def acquire_partition_lock(tail_dir: Path, timeout_s: float) -> int:
 
 
 class PartitionLog:
+    INDEX_RETRY_S = 5.0  # after a failed stream-index upkeep (the index is derived; commits never wait for it)
+
     @storage_boundary("opening a partition's log")
     def __init__(self, layout: StoreLayout, partition: int, config: StoreConfig) -> None:
         self.partition = partition
@@ -405,7 +407,7 @@ class PartitionLog:
                     with self._mutex:
                         self._sealing.popleft()
                         self._wake.notify_all()
-                    self._index_segment(seg, rows)
+                    self._index_segment(seg)
                     if self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run):
                         self._index_due = True
                     self.segments.collect_garbage()
@@ -437,12 +439,14 @@ class PartitionLog:
             self._index = StreamIndexWriter(self.layout, self.partition, desc.store_id if desc else "", self.config)
         return self._index
 
-    def _index_segment(self, seg: Any, rows: list[Row]) -> None:
+    def _index_segment(self, seg: Any) -> None:
         """Called under ``_upkeep`` right after a seal: a run for the new segment, then merges."""
         if self._index_due:
             return  # a reconcile is due: it indexes this segment too
         try:
-            self._index_writer().add(seg, rows_to_table(rows))
+            # From the segment just written (in the page cache; Parquet decodes without the GIL),
+            # not from ``rows``: converting Python tuples would hold the GIL the command path needs.
+            self._index_writer().add(seg, pq.read_table(seg.path, schema=ARROW_SCHEMA))
             self._index_writer().merge(self._index_stop)
         except Exception as exc:
             self._index_failed(exc)
@@ -465,7 +469,7 @@ class PartitionLog:
         self.index_error = f"{type(exc).__name__}: {exc}"
         log.error("partition %d: stream index upkeep failed, will retry: %s", self.partition, self.index_error)
         self._index_due = True
-        self._index_retry_at = time.monotonic() + 5.0
+        self._index_retry_at = time.monotonic() + self.INDEX_RETRY_S
 
     def seal_all(self, timeout_s: float = 60.0) -> None:
         """Seal everything durable so far (a clean close); plain readers then see every event."""

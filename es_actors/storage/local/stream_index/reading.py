@@ -55,7 +55,7 @@ def load_runs(directory: Path) -> dict[str, OpenRun | str]:
     usable. Entries of runs no longer listed leave the cache (their maps close)."""
     try:
         names = [n for n in os.listdir(directory) if parse_run_name(n) is not None]
-    except FileNotFoundError:
+    except OSError:  # no index (yet), or not a directory we can list: every position reads from the log
         names = []
     with _lock:
         old = _cache.get(directory, {})
