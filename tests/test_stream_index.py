@@ -146,7 +146,7 @@ def colliding_hash(t: str, i: str) -> int:
 
 saved_hash = runs.stream_hash
 
-histories = st.lists(st.tuples(st.sampled_from(["A", "B"]), st.integers(0, 9).map(str)), min_size=1, max_size=120)
+histories = st.lists(st.tuples(st.sampled_from(["A", "B"]), st.integers(0, 60).map(str)), min_size=1, max_size=150)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -373,3 +373,40 @@ def test_a_failing_index_never_fails_a_commit_and_is_retried(tmp_path, monkeypat
         wait_for(lambda: log.index_error is None and indexed_read(layout, "A", "1")[1] == 300)
     finally:
         log.close()
+
+
+def test_after_a_repair_runs_naming_a_quarantined_segment_are_stale_and_rebuilt(tmp_path) -> None:
+    from es_actors.storage.local.repair import repair_store
+
+    layout = small_store(tmp_path)
+    segs, _ = current_segments(layout)
+    data = bytearray(segs[1].path.read_bytes())
+    for k in range(4, len(data) - 64):  # unreadable: repair quarantines it and records 51..100 lost
+        data[k] ^= 0x5A
+    segs[1].path.write_bytes(bytes(data))
+    repair_store(tmp_path)
+    segs, lost = current_segments(layout)
+    assert lost.covers(0, 51, 100) and [s.first for s in segs] == [1, 101, 151]
+    stale = run_files(layout)[1]
+    assert stale.name.startswith("run-00000000000000000051-")
+    assert stale not in StreamIndex(layout, 0).view(segs, lost).files, "it names a segment the repair removed"
+    assert answers_equal_full_scan(layout) == 200  # the other runs tile 1..200 across the recorded loss
+    reconcile(layout)
+    assert stale not in run_files(layout) and len(run_files(layout)) == 3
+    assert answers_equal_full_scan(layout) == 200
+
+
+def test_runs_left_by_a_merge_cut_short_are_never_read_twice_and_are_cleared(tmp_path) -> None:
+    layout = small_store(tmp_path)  # four tier-0 runs
+    saved = {p.name: p.read_bytes() for p in run_files(layout)}
+    w = writer(layout, merge_factor=4)
+    w.reconcile(*current_segments(layout))
+    assert w.merge() == 1
+    [merged] = run_files(layout)
+    for name, data in saved.items():  # a crash after the merged run's rename, before its sources' unlink
+        (index_dir(layout, 0) / name).write_bytes(data)
+    segs, lost = current_segments(layout)
+    assert StreamIndex(layout, 0).view(segs, lost).files == [merged]
+    assert answers_equal_full_scan(layout) == 200
+    reconcile(layout)
+    assert run_files(layout) == [merged]
