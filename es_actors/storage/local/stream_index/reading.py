@@ -27,7 +27,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import Segment, verify_segment
 from es_actors.storage.local.stream_index import runs as run_format
-from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, identity, open_run, parse_run_name
+from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,19 @@ def load_runs(directory: Path) -> dict[str, OpenRun | str]:
     with _lock:
         old = _cache.get(directory, {})
     new: dict[str, tuple[tuple[int, int, int, int], OpenRun | str]] = {}
+    base = str(directory)
     for name in names:
-        path = directory / name
         try:
-            ident = identity(path)
+            st = os.stat(os.path.join(base, name))
         except FileNotFoundError:
             continue  # deleted by a merge since the listing: it is not part of the tiling now
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         hit = old.get(name)
         if hit is not None and hit[0] == ident:
             new[name] = hit
             continue
         try:
-            new[name] = (ident, open_run(path))
+            new[name] = (ident, open_run(directory / name))
         except FileNotFoundError:
             continue
         except RunInvalid as exc:
@@ -152,13 +153,14 @@ class IndexView:
         batches: list[pa.RecordBatch] = []
         for run in self.runs:
             self.bytes_touched += 16 * max(1, len(run.hashes)).bit_length()  # two binary searches' probes
-            lo = int(np.searchsorted(run.hashes, h, side="left"))
-            hi = int(np.searchsorted(run.hashes, h, side="right"))
-            if lo == hi:
+            hashes = run.hashes
+            lo = int(hashes.searchsorted(h, side="left"))
+            if lo == len(hashes) or hashes[lo] != h:
                 continue
+            hi = int(hashes.searchsorted(h, side="right"))
             vs = run.versions[lo:hi]  # sorted within one hash (collisions share the order)
-            a = lo + int(np.searchsorted(vs, first_version, side="left"))
-            b = lo + int(np.searchsorted(vs, hi_version, side="right"))
+            a = lo + int(vs.searchsorted(first_version, side="left"))
+            b = lo + int(vs.searchsorted(hi_version, side="right"))
             if a >= b:
                 continue
             self.bytes_touched += run.slice_bytes(a, b)
@@ -193,11 +195,11 @@ class IndexView:
                 if not ok and run_format.stream_hash(types[k], ids[k]) != hashes[k]:
                     raise RunInvalid(f"{run.path.name}: a row's aggregate does not match its stream_hash (damaged)")
             part = part.filter(pa.array(mine))
-            pos, ver = part.column(1).to_numpy(), part.column(4).to_numpy()
+            pos, ver = part.column(1).to_pylist(), part.column(4).to_pylist()
         else:
-            pos, ver = run.positions[a:b], run.versions[a:b]
-        if len(pos) and (pos.min() < run.meta.first or pos.max() > run.meta.last
-                         or ver.min() < first_version or ver.max() > last_version):
+            pos, ver = run.positions[a:b].tolist(), run.versions[a:b].tolist()
+        first, last = run.meta.first, run.meta.last
+        if not all(first <= p <= last for p in pos) or not all(first_version <= v <= last_version for v in ver):
             raise RunInvalid(f"{run.path.name}: rows outside the run's positions or the versions asked for")
         return part
 
