@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # Per process: directory -> run name -> the run opened and checked (or why it is invalid), by identity.
 _cache: dict[Path, dict[str, tuple[tuple[int, int, int, int], OpenRun | str]]] = {}
 _sizes: dict[Path, int] = {}  # segment path -> size (segments are immutable; a new generation is a new path)
+_store_ids: dict[Path, tuple[tuple[int, int, int, int], str]] = {}  # store.json -> (its identity, store_id)
 _lock = threading.Lock()
 
 
@@ -226,14 +227,21 @@ class StreamIndex:
         self.layout = layout
         self.partition = partition
         self.dir = index_dir(layout, partition)
-        self._store_id: str | None = None
 
     @property
     def store_id(self) -> str:
-        if self._store_id is None:
+        """This store's id (store.json), parsed once per process per store.json identity."""
+        path = self.layout.descriptor_path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return ""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = _store_ids.get(path)
+        if hit is None or hit[0] != key:
             desc = self.layout.read_descriptor()
-            self._store_id = desc.store_id if desc is not None else ""
-        return self._store_id
+            hit = _store_ids[path] = (key, desc.store_id if desc is not None else "")
+        return hit[1]
 
     def view(self, segments: list[Segment], lost: LostRanges) -> IndexView:
         """The valid tiling for this generation's ``segments`` now (FileNotFoundError: a file moved
