@@ -405,8 +405,10 @@ def test_runs_left_by_a_merge_cut_short_are_never_read_twice_and_are_cleared(tmp
     [merged] = run_files(layout)
     for name, data in saved.items():  # a crash after the merged run's rename, before its sources' unlink
         (index_dir(layout, 0) / name).write_bytes(data)
+    torn = index_dir(layout, 0) / ".run-00000000000000000201-00000000000000000250.123.tmp"
+    torn.write_bytes(b"ARROW1")  # and a write cut before its rename
     segs, lost = current_segments(layout)
     assert StreamIndex(layout, 0).view(segs, lost).files == [merged]
     assert answers_equal_full_scan(layout) == 200
     reconcile(layout)
-    assert run_files(layout) == [merged]
+    assert run_files(layout) == [merged] and not torn.exists()
