@@ -30,6 +30,7 @@ from es_actors.storage.local.partition_log import PartitionLog
 from es_actors.storage.local.segments import Segment, SegmentSet, list_segments, resolve_current
 from es_actors.storage.local.stream_index import StreamIndex, StreamIndexWriter, build_index, index_dir
 from es_actors.storage.local.stream_index import reading, runs
+from es_actors.storage.local.stream_index.upkeep import IndexUpkeep
 
 Row = tuple[Any, ...]
 
@@ -352,7 +353,7 @@ def test_the_owner_indexes_what_it_seals_and_reconciles_at_start(tmp_path) -> No
         wait_for(lambda: indexed_read(layout, "A", "0")[1] == 500)  # ...the sealer reconciles it
         entries = reading.load_runs(index_dir(layout, 0))
         assert entries and all(isinstance(e, reading.OpenRun) for e in entries.values()), "the damaged run was rebuilt"
-        assert log.index_error is None
+        assert log.stream_index.error is None
     finally:
         log.close()
 
@@ -360,17 +361,17 @@ def test_the_owner_indexes_what_it_seals_and_reconciles_at_start(tmp_path) -> No
 def test_a_failing_index_never_fails_a_commit_and_is_retried(tmp_path, monkeypatch) -> None:
     layout = make_store(tmp_path)
     (tmp_path / "index").write_text("not a directory")  # every run write fails
-    monkeypatch.setattr(PartitionLog, "INDEX_RETRY_S", 0.1)
+    monkeypatch.setattr(IndexUpkeep, "RETRY_S", 0.1)
     log = PartitionLog(layout, 0, StoreConfig(seal_rows=100, lock_timeout_s=0))
     try:
         for k in range(3):
             log.append(partition_rows(1 + 100 * k, 100))  # durable, acknowledged
         log.seal_all()
-        wait_for(lambda: log.index_error is not None)
+        wait_for(lambda: log.stream_index.error is not None)
         assert log.seal_error is None and sealed_last(layout) == 300
         assert indexed_read(layout, "A", "1")[0] == full_scan(layout, "A", "1")  # readers scan what is not indexed
         (tmp_path / "index").unlink()
-        wait_for(lambda: log.index_error is None and indexed_read(layout, "A", "1")[1] == 300)
+        wait_for(lambda: log.stream_index.error is None and indexed_read(layout, "A", "1")[1] == 300)
     finally:
         log.close()
 

@@ -37,7 +37,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import SegmentSet, verify_segments
 from es_actors.storage.local.durable_mark import DurableMark
-from es_actors.storage.local.stream_index import StreamIndexWriter
+from es_actors.storage.local.stream_index.upkeep import IndexUpkeep
 from es_actors.storage.local.wal import (
     TailWriter,
     damage_error,
@@ -76,13 +76,10 @@ def acquire_partition_lock(tail_dir: Path, timeout_s: float) -> int:
 
 
 class PartitionLog:
-    INDEX_RETRY_S = 5.0  # after a failed stream-index upkeep (the index is derived; commits never wait for it)
-
     @storage_boundary("opening a partition's log")
     def __init__(self, layout: StoreLayout, partition: int, config: StoreConfig) -> None:
         self.partition = partition
         self.config = config
-        self.layout = layout
         self.tail_dir = layout.tail_dir(partition)
         self._lock_fd = acquire_partition_lock(self.tail_dir, config.lock_timeout_s)
         self._mutex = threading.Lock()
@@ -94,10 +91,7 @@ class PartitionLog:
         self._pf_cache: dict[Path, pq.ParquetFile] = {}
         self._mark: DurableMark | None = None
         self._failed: str | None = None
-        self._index: StreamIndexWriter | None = None  # made by the sealer thread (reads store.json)
-        self._index_due = True  # reconcile + merge the stream index (at start, after a compaction or failure)
-        self._index_retry_at = 0.0
-        self.index_error: str | None = None
+        self.stream_index = IndexUpkeep(layout, partition, config)  # the stream index, kept by the sealer (ADR-015)
         try:
             self.lost = LostRanges.load(layout.root)
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
@@ -387,8 +381,8 @@ class PartitionLog:
         backoff = 0.1
         while True:
             with self._mutex:
-                while not self._sealing and not self._stopping and not self._index_waiting():
-                    self._wake.wait(self._index_wait_s())
+                while not self._sealing and not self._stopping and not self.stream_index.ready():
+                    self._wake.wait(self.stream_index.wait_s())
                 if not self._sealing:
                     if self._stopping:
                         return
@@ -396,7 +390,8 @@ class PartitionLog:
                 else:
                     job = self._sealing[0]
             if job is None:
-                self._keep_index()
+                with self._upkeep:
+                    self.stream_index.reconcile(list(self.segments.segments), self.lost, self._index_yields)
                 continue
             path, rows = job
             try:
@@ -407,9 +402,9 @@ class PartitionLog:
                     with self._mutex:
                         self._sealing.popleft()
                         self._wake.notify_all()
-                    self._index_segment(seg)
+                    self.stream_index.after_seal(seg, self._index_yields)
                     if self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run):
-                        self._index_due = True
+                        self.stream_index.due = True
                     self.segments.collect_garbage()
                 self.seal_error, backoff = None, 0.1
             except Exception as exc:  # keep the tail (it is durable) and try again later
@@ -421,55 +416,9 @@ class PartitionLog:
                     self._wake.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    # -- the stream index (derived from the segments; its failures never fail a commit) ------
-
-    def _index_waiting(self) -> bool:
-        return self._index_due and time.monotonic() >= self._index_retry_at
-
-    def _index_wait_s(self) -> float | None:
-        return max(0.0, self._index_retry_at - time.monotonic()) if self._index_due else None
-
-    def _index_stop(self) -> bool:
+    def _index_yields(self) -> bool:
         """Index upkeep yields to sealing and to close: it resumes on the next idle turn."""
         return self._stopping or bool(self._sealing)
-
-    def _index_writer(self) -> StreamIndexWriter:
-        if self._index is None:
-            desc = self.layout.read_descriptor()
-            self._index = StreamIndexWriter(self.layout, self.partition, desc.store_id if desc else "", self.config)
-        return self._index
-
-    def _index_segment(self, seg: Any) -> None:
-        """Called under ``_upkeep`` right after a seal: a run for the new segment, then merges."""
-        if self._index_due:
-            return  # a reconcile is due: it indexes this segment too
-        try:
-            # From the segment just written (in the page cache; Parquet decodes without the GIL),
-            # not from ``rows``: converting Python tuples would hold the GIL the command path needs.
-            self._index_writer().add(seg, pq.read_table(seg.path, schema=ARROW_SCHEMA))
-            self._index_writer().merge(self._index_stop)
-        except Exception as exc:
-            self._index_failed(exc)
-
-    def _keep_index(self) -> None:
-        """Reconcile (every current segment has a valid run, invalid runs are gone), then merge."""
-        try:
-            with self._upkeep:
-                writer = self._index_writer()
-                done = writer.reconcile(list(self.segments.segments), self.lost, self._index_stop)
-                if done:
-                    writer.merge(self._index_stop)
-                self._index_due = not done or self._index_stop()
-                if not self._index_due:
-                    self.index_error = None
-        except Exception as exc:
-            self._index_failed(exc)
-
-    def _index_failed(self, exc: Exception) -> None:
-        self.index_error = f"{type(exc).__name__}: {exc}"
-        log.error("partition %d: stream index upkeep failed, will retry: %s", self.partition, self.index_error)
-        self._index_due = True
-        self._index_retry_at = time.monotonic() + self.INDEX_RETRY_S
 
     def seal_all(self, timeout_s: float = 60.0) -> None:
         """Seal everything durable so far (a clean close); plain readers then see every event."""
@@ -488,7 +437,7 @@ class PartitionLog:
             merged = self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
             self.segments.collect_garbage()
             if merged:
-                self._index_due = True  # the sealer reconciles the index (runs naming merged segments)
+                self.stream_index.due = True  # the sealer reconciles the index (runs naming merged segments)
         if merged:
             with self._mutex:
                 self._wake.notify_all()
