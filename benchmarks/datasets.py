@@ -18,8 +18,7 @@ Probe aggregates (``probe-NNNNNN``, :data:`PROBES` of them, :data:`PROBE_EVENTS`
 whole history, so one probe's events lie spread over every segment of its partition: the worst
 case for reading one aggregate by scanning, the case ``read_history_10m`` measures. After the
 segments, each partition gets its stream index (``es_actors.storage.local.stream_index.build_index``)
-when the library has one (logged as "no stream index" otherwise); whether it has one is part of
-the cache key, so a library with the index rebuilds the data sets once.
+(ADR-015); its format version is part of the cache key.
 """
 
 from __future__ import annotations
@@ -154,21 +153,16 @@ def with_probes(h: dict[str, np.ndarray], probe: dict[str, np.ndarray], n_accoun
 
 
 def stream_index_tag() -> str:
-    """'none', or the stream index's format version: part of a data set's cache key."""
-    try:
-        from es_actors.storage.local import stream_index  # WS1 (issue 11); the guard goes when it lands
-    except ImportError:
-        return "none"
-    return f"v{getattr(stream_index, 'FORMAT_VERSION', '?')}"
+    """The stream index's format version: part of a data set's cache key."""
+    from es_actors.storage.local.stream_index.runs import FORMAT
+
+    return f"v{FORMAT}"
 
 
 def build_stream_indexes(layout: Any, partitions: int) -> None:
     """Each partition's stream index, from its segments (what the sealer would have written)."""
-    try:
-        from es_actors.storage.local.stream_index import build_index
-    except ImportError:
-        log("datasets: no stream index in this es_actors (es_actors.storage.local.stream_index); segments only")
-        return
+    from es_actors.storage.local.stream_index import build_index
+
     t = time.monotonic()
     for p in range(partitions):
         build_index(layout, p)

@@ -192,10 +192,6 @@ def test_the_tail_part_of_an_aggregate_read_costs_only_new_frames(tmp_path: Path
 def test_an_aggregate_history_costs_the_same_in_a_store_ten_times_larger(tmp_path: Path, counted_io: dict[str, int]) -> None:
     """Files opened and bytes read for one aggregate's history (sealed + tail) stay flat from a small
     store to a 10x larger one, the probe aggregate having the same events in both."""
-    from es_actors.storage.local import aggregate_read
-
-    if aggregate_read.StreamIndex is aggregate_read._NoStreamIndex:
-        pytest.skip("the stream index (WS1) is not in this branch: sealed rows are still read from every segment")
     costs = []
     for scale, root in ((1, tmp_path / "small"), (10, tmp_path / "large")):
         backend = new_store(root)

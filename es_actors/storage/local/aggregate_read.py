@@ -1,9 +1,9 @@
-"""One aggregate's durable rows from a local partition without scanning it (issue 11, plan decisions 5-6).
+"""One aggregate's durable rows from a local partition without scanning it (ADR-015).
 
 Inside one consistent-read attempt: the current generation's segments and the durable mark, then
 
 - positions ``1..covered``: the stream index (``StreamIndex(layout, p).view(segments, lost)``,
-  runs clustered by aggregate, WS1);
+  runs clustered by aggregate, ADR-015);
 - sealed positions after ``covered``: those segments only, with a filter on the aggregate and
   ``position > covered`` (row-group statistics prune by position);
 - unsealed positions: this process's :class:`~es_actors.storage.local.tail_cursor.TailIndex`,
@@ -15,7 +15,6 @@ Writable and read-only stores use this same Ray-free path.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -29,44 +28,14 @@ from es_actors.storage import files
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.stream_index import StreamIndex
 from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segment
 from es_actors.storage.local.tail_cursor import tail_index
 from es_actors.storage.local.wal import high_water, list_tail_files
 from es_actors.storage.lost_ranges import LostRanges
 
-class _NoIndexView:
-    """What a stream index covering nothing answers."""
 
-    covered = 0
-    files: list[Path] = []
-
-    def aggregate(self, aggregate_type: str, aggregate_id: str, first_version: int = 1,
-                  last_version: int | None = None) -> pa.Table:
-        return ARROW_SCHEMA.empty_table()
-
-
-class _NoStreamIndex:
-    """Stand-in for WS1's ``StreamIndex`` until it is merged: covers nothing, so sealed rows come
-    from the segments (after ``covered`` = 0)."""
-
-    def __init__(self, layout: StoreLayout, partition: int) -> None:
-        pass
-
-    def view(self, segments: list[Segment], lost: LostRanges) -> _NoIndexView:
-        return _NoIndexView()
-
-
-def _stream_index_class() -> Any:
-    """WS1's ``StreamIndex`` if it is in this tree, else the stand-in (a dynamic import, so the
-    import contracts see no edge to a module that does not exist yet). MERGE: import it directly."""
-    try:
-        return importlib.import_module("es_actors.storage.local.stream_index").StreamIndex
-    except ImportError:
-        return _NoStreamIndex
-
-
-StreamIndex = _stream_index_class()
 _POS, _VER = COL["position"], COL["version"]
 
 

@@ -37,6 +37,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import SegmentSet, verify_segments
 from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.stream_index.upkeep import IndexUpkeep
 from es_actors.storage.local.wal import (
     TailWriter,
     damage_error,
@@ -90,6 +91,7 @@ class PartitionLog:
         self._pf_cache: dict[Path, pq.ParquetFile] = {}
         self._mark: DurableMark | None = None
         self._failed: str | None = None
+        self.stream_index = IndexUpkeep(layout, partition, config)  # the stream index, kept by the sealer (ADR-015)
         try:
             self.lost = LostRanges.load(layout.root)
             self.segments = SegmentSet(layout.log_dir(partition), config.gc_grace_s, self.lost, partition)
@@ -379,20 +381,30 @@ class PartitionLog:
         backoff = 0.1
         while True:
             with self._mutex:
-                while not self._sealing and not self._stopping:
-                    self._wake.wait()
+                while not self._sealing and not self._stopping and not self.stream_index.ready():
+                    self._wake.wait(self.stream_index.wait_s())
                 if not self._sealing:
-                    return
-                path, rows = self._sealing[0]
+                    if self._stopping:
+                        return
+                    job = None
+                else:
+                    job = self._sealing[0]
+            if job is None:
+                with self._upkeep:
+                    self.stream_index.reconcile(list(self.segments.segments), self.lost, self._index_yields)
+                continue
+            path, rows = job
             try:
                 with self._upkeep:
-                    self.segments.seal(rows)
+                    seg = self.segments.seal(rows)
                     path.unlink(missing_ok=True)
                     fsync_dir(self.tail_dir)
                     with self._mutex:
                         self._sealing.popleft()
                         self._wake.notify_all()
-                    self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
+                    self.stream_index.after_seal(seg, self._index_yields)
+                    if self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run):
+                        self.stream_index.due = True
                     self.segments.collect_garbage()
                 self.seal_error, backoff = None, 0.1
             except Exception as exc:  # keep the tail (it is durable) and try again later
@@ -403,6 +415,10 @@ class PartitionLog:
                         return  # the tail files are durable: the next owner seals them
                     self._wake.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _index_yields(self) -> bool:
+        """Index upkeep yields to sealing and to close: it resumes on the next idle turn."""
+        return self._stopping or bool(self._sealing)
 
     def seal_all(self, timeout_s: float = 60.0) -> None:
         """Seal everything durable so far (a clean close); plain readers then see every event."""
@@ -420,7 +436,12 @@ class PartitionLog:
         with self._upkeep:
             merged = self.segments.compact(self.config.compact_small_rows, self.config.compact_min_run)
             self.segments.collect_garbage()
-            return merged
+            if merged:
+                self.stream_index.due = True  # the sealer reconciles the index (runs naming merged segments)
+        if merged:
+            with self._mutex:
+                self._wake.notify_all()
+        return merged
 
     def close(self) -> None:
         with self._mutex:

@@ -1,0 +1,256 @@
+"""The read side of the stream index: which runs are valid now, and one aggregate's rows from them.
+
+Validity is checked, never assumed (ADR-015): a run is used only if it opens, its metadata has
+this format, this store's id and this partition, its key columns pass their CRC (once per
+process per file identity), and every source segment it names is in the current generation
+with that name and size. The runs used tile positions 1..covered with no gap or overlap (a gap
+only where a repair recorded a loss). Every row a lookup returns is checked against the
+aggregate, the versions asked for and the run's positions; a run that fails a check at lookup
+is dropped and its positions are read from the segments instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.storage import files
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.local.segments import Segment, verify_segment
+from es_actors.storage.local.stream_index import runs as run_format
+from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
+
+log = logging.getLogger(__name__)
+
+# Per process: directory -> run name -> the run opened and checked (or why it is invalid), by identity.
+_cache: dict[Path, dict[str, tuple[tuple[int, int, int, int], OpenRun | str]]] = {}
+_sizes: dict[Path, int] = {}  # segment path -> size (segments are immutable; a new generation is a new path)
+_store_ids: dict[Path, tuple[tuple[int, int, int, int], str]] = {}  # store.json -> (its identity, store_id)
+_lock = threading.Lock()
+
+
+def index_dir(layout: StoreLayout, partition: int) -> Path:
+    return layout.root / "index" / f"p{partition:04d}"
+
+
+def segment_size(path: Path) -> int:
+    size = _sizes.get(path)
+    if size is None:
+        if len(_sizes) > 200_000:
+            _sizes.clear()
+        size = _sizes[path] = path.stat().st_size
+    return size
+
+
+def load_runs(directory: Path) -> dict[str, OpenRun | str]:
+    """Every run file in ``directory``: opened and checked (cached by identity), or why it is not
+    usable. Entries of runs no longer listed leave the cache (their maps close)."""
+    try:
+        names = [n for n in os.listdir(directory) if parse_run_name(n) is not None]
+    except OSError:  # no index (yet), or not a directory we can list: every position reads from the log
+        names = []
+    with _lock:
+        old = _cache.get(directory, {})
+    new: dict[str, tuple[tuple[int, int, int, int], OpenRun | str]] = {}
+    base = str(directory)
+    for name in names:
+        try:
+            st = os.stat(os.path.join(base, name))
+        except FileNotFoundError:
+            continue  # deleted by a merge since the listing: it is not part of the tiling now
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = old.get(name)
+        if hit is not None and hit[0] == ident:
+            new[name] = hit
+            continue
+        try:
+            new[name] = (ident, open_run(directory / name))
+        except FileNotFoundError:
+            continue
+        except RunInvalid as exc:
+            new[name] = (ident, str(exc))
+    with _lock:
+        _cache[directory] = new
+    return {name: entry for name, (_ident, entry) in new.items()}
+
+
+def invalidate(run: OpenRun, why: str) -> None:
+    """Mark a run found wrong at lookup, so every later view skips it until it is rewritten."""
+    log.warning("stream index: %s is not used: %s", run.path, why)
+    with _lock:
+        entries = _cache.get(run.path.parent)
+        if entries is not None and run.path.name in entries:
+            entries[run.path.name] = (run.ident, why)
+
+
+def why_invalid(run: OpenRun, store_id: str, partition: int, current: dict[str, Segment]) -> str | None:
+    """Why a run opened fine but does not belong to this store, partition and generation (None: valid)."""
+    m = run.meta
+    if m.store_id != store_id:
+        return f"{run.path.name}: written for store {m.store_id}, this is {store_id} (foreign)"
+    if m.partition != partition:
+        return f"{run.path.name}: written for partition {m.partition}, this is {partition} (foreign)"
+    expected = m.first
+    for name, size in m.sources:
+        seg = current.get(name)
+        if seg is None:
+            return f"{run.path.name}: source segment {name} is not in the current generation (stale)"
+        try:
+            actual = segment_size(seg.path)
+        except FileNotFoundError:
+            return f"{run.path.name}: source segment {name} vanished (stale)"
+        if actual != size:
+            return f"{run.path.name}: source segment {name} has {actual} bytes, the run says {size} (stale)"
+        if seg.first != expected:
+            return f"{run.path.name}: source segments do not tile {m.first}..{m.last}"
+        expected = seg.last + 1
+    if expected != m.last + 1:
+        return f"{run.path.name}: source segments do not tile {m.first}..{m.last}"
+    return None
+
+
+def tile(valid: list[OpenRun], lost: LostRanges, partition: int) -> list[OpenRun]:
+    """Runs tiling positions 1..n in order: the widest at each start, gaps only across lost ranges."""
+    chosen: list[OpenRun] = []
+    expected = 1
+    for run in sorted(valid, key=lambda r: (r.meta.first, -r.meta.last)):
+        first = run.meta.first
+        if first < expected:
+            continue  # overlaps a wider run already chosen (e.g. a merge's sources, not yet deleted)
+        if first != expected and not lost.covers(partition, expected, first - 1):
+            break
+        chosen.append(run)
+        expected = run.meta.last + 1
+    return chosen
+
+
+class IndexView:
+    """The valid tiling at one moment: positions 1..covered answered by runs."""
+
+    def __init__(self, runs: list[OpenRun], segments: list[Segment], partition: int) -> None:
+        self.runs = runs
+        self.segments = segments
+        self.partition = partition
+        self.covered = runs[-1].meta.last if runs else 0
+        self.files: list[Path] = [r.path for r in runs]
+        self.bytes_touched = 0  # bytes of the runs the lookups of this view read: probes + slices (cost tests)
+
+    def aggregate(
+        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
+    ) -> pa.Table:
+        """Rows of one aggregate in positions 1..covered with versions first..last (ARROW_SCHEMA
+        columns, sorted by version). Touches only the slices that hold them."""
+        h = np.uint64(run_format.stream_hash(aggregate_type, aggregate_id))
+        hi_version = np.iinfo(np.int64).max if last_version is None else last_version
+        batches: list[pa.RecordBatch] = []
+        for run in self.runs:
+            self.bytes_touched += 16 * max(1, len(run.hashes)).bit_length()  # two binary searches' probes
+            hashes = run.hashes
+            lo = int(hashes.searchsorted(h, side="left"))
+            if lo == len(hashes) or hashes[lo] != h:
+                continue
+            hi = int(hashes.searchsorted(h, side="right"))
+            vs = run.versions[lo:hi]  # sorted within one hash (collisions share the order)
+            a = lo + int(vs.searchsorted(first_version, side="left"))
+            b = lo + int(vs.searchsorted(hi_version, side="right"))
+            if a >= b:
+                continue
+            self.bytes_touched += run.slice_bytes(a, b)
+            try:
+                batches.append(self._checked(run, a, b, aggregate_type, aggregate_id, first_version, hi_version))
+            except (RunInvalid, pa.ArrowException, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
+                invalidate(run, str(exc))
+                batches.extend(self._from_segments(run, aggregate_type, aggregate_id, first_version, hi_version)
+                               .to_batches())
+        if not batches:
+            return ARROW_SCHEMA.empty_table()
+        table = pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
+        if len(batches) > 1:
+            versions = table.column("version").to_numpy()
+            if not bool(np.all(versions[1:] > versions[:-1])):
+                table = table.take(pc.sort_indices(table, sort_keys=[("version", "ascending")]))
+        return table
+
+    def _checked(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
+                 first_version: int, last_version: int) -> pa.RecordBatch:
+        """Rows a..b-1 of the run that are the aggregate's; RunInvalid if a row is not what the
+        run's order says (damage the key CRC does not cover)."""
+        part = run.rows.slice(a, b - a)
+        part.validate(full=True)  # offsets in bounds, UTF-8 valid: damage raises here, never reads past the map
+        types = part.column(2).to_pylist()
+        ids = part.column(3).to_pylist()
+        mine = [t == aggregate_type and i == aggregate_id for t, i in zip(types, ids)]
+        if not all(mine):
+            # Another aggregate with the same hash, or damage to type/id: recompute to tell which.
+            hashes = run.hashes[a:b].tolist()
+            for k, ok in enumerate(mine):
+                if not ok and run_format.stream_hash(types[k], ids[k]) != hashes[k]:
+                    raise RunInvalid(f"{run.path.name}: a row's aggregate does not match its stream_hash (damaged)")
+            part = part.filter(pa.array(mine))
+            pos, ver = part.column(1).to_pylist(), part.column(4).to_pylist()
+        else:
+            pos, ver = run.positions[a:b].tolist(), run.versions[a:b].tolist()
+        first, last = run.meta.first, run.meta.last
+        if not all(first <= p <= last for p in pos) or not all(first_version <= v <= last_version for v in ver):
+            raise RunInvalid(f"{run.path.name}: rows outside the run's positions or the versions asked for")
+        return part
+
+    def _from_segments(self, run: OpenRun, aggregate_type: str, aggregate_id: str,
+                       first_version: int, last_version: int) -> pa.Table:
+        """The run's positions read from the log instead (a run found wrong at lookup)."""
+        parts = []
+        for seg in self.segments:
+            if seg.last < run.meta.first or seg.first > run.meta.last:
+                continue
+            verify_segment(seg)
+            table = pq.read_table(files.open_input(seg.path), schema=ARROW_SCHEMA, filters=[
+                ("aggregate_type", "=", aggregate_type), ("aggregate_id", "=", aggregate_id),
+                ("version", ">=", first_version), ("version", "<=", last_version),
+                ("position", ">=", run.meta.first), ("position", "<=", run.meta.last)])
+            parts.append(table)
+        return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+
+
+class StreamIndex:
+    """Read side of one partition's stream index; cheap to construct, caches per process."""
+
+    def __init__(self, layout: StoreLayout, partition: int) -> None:
+        self.layout = layout
+        self.partition = partition
+        self.dir = index_dir(layout, partition)
+
+    @property
+    def store_id(self) -> str:
+        """This store's id (store.json), parsed once per process per store.json identity."""
+        path = self.layout.descriptor_path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return ""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = _store_ids.get(path)
+        if hit is None or hit[0] != key:
+            desc = self.layout.read_descriptor()
+            hit = _store_ids[path] = (key, desc.store_id if desc is not None else "")
+        return hit[1]
+
+    def view(self, segments: list[Segment], lost: LostRanges) -> IndexView:
+        """The valid tiling for this generation's ``segments`` now (FileNotFoundError: a file moved
+        under it; the caller's read_consistently reads again)."""
+        current = {s.path.name: s for s in segments}
+        valid = []
+        for entry in load_runs(self.dir).values():
+            if isinstance(entry, str):
+                continue
+            if why_invalid(entry, self.store_id, self.partition, current) is None:
+                valid.append(entry)
+        return IndexView(tile(valid, lost, self.partition), segments, self.partition)

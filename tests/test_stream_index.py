@@ -1,0 +1,415 @@
+"""The stream index (ADR-015), without Ray, on real files: lookups equal a filtered full scan of the
+log, whatever the history, merges, hash collisions and lost ranges; damaged, truncated, foreign
+and stale runs are skipped by readers (never a missed or duplicated row) and rebuilt by the
+owner; one lookup costs what it returns, not what the store holds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from es_actors import StoreConfig
+from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.storage import files
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.lost_ranges import LostRange, LostRanges, now_text, record_lost_ranges
+from es_actors.storage.local import segments as segments_module
+from es_actors.storage.local.partition_log import PartitionLog
+from es_actors.storage.local.segments import Segment, SegmentSet, list_segments, resolve_current
+from es_actors.storage.local.stream_index import StreamIndex, StreamIndexWriter, build_index, index_dir
+from es_actors.storage.local.stream_index import reading, runs
+from es_actors.storage.local.stream_index.upkeep import IndexUpkeep
+
+Row = tuple[Any, ...]
+
+
+def make_store(root: Path) -> StoreLayout:
+    layout = StoreLayout(root)
+    layout.create_or_check(1, 1)
+    return layout
+
+
+def event_rows(aggregates: list[tuple[str, str]], first: int = 1, payload: str = '{"n": 0}') -> list[Row]:
+    """One event per entry (in order), positions from ``first``, versions per aggregate."""
+    versions: dict[tuple[str, str], int] = {}
+    out = []
+    for k, (t, i) in enumerate(aggregates):
+        v = versions[(t, i)] = versions.get((t, i), 0) + 1
+        p = first + k
+        out.append((0, p, t, i, v, "E", 1, f"e{p}", f"c{p}", "d", None, None, None, p, payload, "{}"))
+    return out
+
+
+def seal_chunks(layout: StoreLayout, rows: list[Row], sizes: list[int], lost: set[int] = frozenset()) -> None:
+    """Seal ``rows`` as segments of the given sizes; chunks at indexes in ``lost`` are recorded lost."""
+    recorded = []
+    k = 0
+    chunks = []
+    for n, size in enumerate(sizes):
+        chunk = rows[k:k + size]
+        k += size
+        if chunk:
+            chunks.append((n, chunk))
+    for n, chunk in chunks:
+        if n in lost:
+            recorded.append(LostRange(partition=0, first=chunk[0][1], last=chunk[-1][1], source="test", offset=0,
+                                      quarantined="", detail="test", recorded_at=now_text()))
+    if recorded:
+        record_lost_ranges(layout.root, recorded)
+    seg_set = SegmentSet(layout.log_dir(0), lost=LostRanges.load(layout.root), partition=0)
+    for n, chunk in chunks:
+        if n not in lost:
+            seg_set.seal(chunk)
+
+
+def current_segments(layout: StoreLayout) -> tuple[list[Segment], LostRanges]:
+    lost = LostRanges.load(layout.root)
+    gen = resolve_current(layout.log_dir(0))
+    return (list_segments(gen, lost, 0) if gen is not None else []), lost
+
+
+def full_scan(layout: StoreLayout, t: str, i: str, lo: int = 1, hi: int | None = None) -> list[Row]:
+    segs, _lost = current_segments(layout)
+    if not segs:
+        return []
+    table = pa.concat_tables([pq.read_table(s.path, schema=ARROW_SCHEMA) for s in segs])
+    mask = pc.and_(pc.equal(table["aggregate_type"], t), pc.equal(table["aggregate_id"], i))
+    table = table.filter(mask)
+    rows = sorted(zip(*[table[c].to_pylist() for c in ARROW_SCHEMA.names]), key=lambda r: r[4])
+    return [r for r in rows if r[4] >= lo and (hi is None or r[4] <= hi)]
+
+
+def indexed_read(layout: StoreLayout, t: str, i: str, lo: int = 1, hi: int | None = None) -> tuple[list[Row], int]:
+    """What a reader does: the index for 1..covered, the segments after it; (rows, covered)."""
+    segs, lost = current_segments(layout)
+    view = StreamIndex(layout, 0).view(segs, lost)
+    table = view.aggregate(t, i, lo, hi)
+    rest = [s for s in segs if s.last > view.covered]
+    if rest:
+        extra = pa.concat_tables([pq.read_table(s.path, schema=ARROW_SCHEMA) for s in rest])
+        extra = extra.filter(pc.and_(pc.and_(pc.equal(extra["aggregate_type"], t), pc.equal(extra["aggregate_id"], i)),
+                                     pc.greater(extra["position"], view.covered)))
+        table = pa.concat_tables([table, extra])
+    rows = list(zip(*[table[c].to_pylist() for c in ARROW_SCHEMA.names]))
+    rows = [r for r in rows if r[4] >= lo and (hi is None or r[4] <= hi)]
+    return rows, view.covered
+
+
+def sealed_last(layout: StoreLayout) -> int:
+    segs, _ = current_segments(layout)
+    return segs[-1].last if segs else 0
+
+
+def writer(layout: StoreLayout, merge_factor: int = 8) -> StreamIndexWriter:
+    desc = layout.read_descriptor()
+    assert desc is not None
+    return StreamIndexWriter(layout, 0, desc.store_id, StoreConfig(), merge_factor=merge_factor)
+
+
+def reconcile(layout: StoreLayout, merge_factor: int = 8) -> StreamIndexWriter:
+    w = writer(layout, merge_factor)
+    segs, lost = current_segments(layout)
+    assert w.reconcile(segs, lost)
+    w.merge()
+    return w
+
+
+def run_files(layout: StoreLayout) -> list[Path]:
+    return sorted(index_dir(layout, 0).glob("run-*.arrow"))
+
+
+@contextlib.contextmanager
+def hash_patched(fn: Any) -> Iterator[None]:
+    saved = runs.stream_hash
+    runs.stream_hash = fn
+    try:
+        yield
+    finally:
+        runs.stream_hash = saved
+
+
+def colliding_hash(t: str, i: str) -> int:
+    """Only three hash values: most aggregates share their hash with others."""
+    return saved_hash(t, i) % 3
+
+
+saved_hash = runs.stream_hash
+
+histories = st.lists(st.tuples(st.sampled_from(["A", "B"]), st.integers(0, 60).map(str)), min_size=1, max_size=150)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=histories, sizes=st.lists(st.integers(1, 25), min_size=1, max_size=10), data=st.data(),
+       collide=st.booleans(), factor=st.sampled_from([2, 3, 8]))
+def test_lookups_equal_a_filtered_full_scan(history, sizes, data, collide, factor) -> None:
+    """Whatever the history, segment sizes, merge factor, collisions and lost ranges: every
+    aggregate's rows and version ranges from the index equal the same filter over the log."""
+    sizes = sizes + [len(history)]  # every event lands in some segment
+    lost = set(data.draw(st.sets(st.integers(0, len(sizes) - 1), max_size=2)))
+    with tempfile.TemporaryDirectory() as tmp, hash_patched(colliding_hash if collide else saved_hash):
+        layout = make_store(Path(tmp))
+        seal_chunks(layout, event_rows(history), sizes, lost)
+        reconcile(layout, factor)
+        assert indexed_read(layout, "A", "0")[1] == sealed_last(layout), "the whole sealed log is covered"
+        for t, i in set(history) | {("A", "missing")}:
+            assert indexed_read(layout, t, i)[0] == full_scan(layout, t, i), (t, i)
+            lo = data.draw(st.integers(1, 12))
+            hi = data.draw(st.one_of(st.none(), st.integers(lo, 14)))
+            assert indexed_read(layout, t, i, lo, hi)[0] == full_scan(layout, t, i, lo, hi), (t, i, lo, hi)
+
+
+def small_store(root: Path, n_segments: int = 4, per_segment: int = 50) -> StoreLayout:
+    layout = make_store(root)
+    history = [("A", str(k % 7)) for k in range(n_segments * per_segment)]
+    seal_chunks(layout, event_rows(history), [per_segment] * n_segments)
+    reconcile(layout)
+    return layout
+
+
+def answers_equal_full_scan(layout: StoreLayout) -> int:
+    covered = 0
+    for k in range(7):
+        rows, covered = indexed_read(layout, "A", str(k))
+        assert rows == full_scan(layout, "A", str(k)), k
+    return covered
+
+
+def key_column_offset(path: Path, column: str) -> int:
+    """The file offset of a column's data buffer in a run (where to flip a byte)."""
+    with pa.memory_map(str(path)) as f:
+        base = f.read_buffer().address  # zero-copy: the map's start
+        f.seek(0)
+        batch = pa.ipc.open_file(f).get_batch(0)
+        return batch.column(column).buffers()[-1].address - base
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def damage_truncate(layout: StoreLayout, victim: Path) -> None:
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+
+
+def damage_key_column(layout: StoreLayout, victim: Path) -> None:
+    flip(victim, key_column_offset(victim, "version") + 3 * 8)
+
+
+def damage_hash_column(layout: StoreLayout, victim: Path) -> None:
+    flip(victim, key_column_offset(victim, "stream_hash") + 8 * 10 + 7)
+
+
+def damage_aggregate_id(layout: StoreLayout, victim: Path) -> None:
+    flip(victim, key_column_offset(victim, "aggregate_id"))  # no key CRC covers it: the lookup's checks do
+
+
+def test_damaged_truncated_runs_are_skipped_by_readers_and_rebuilt_by_the_writer(tmp_path) -> None:
+    for n, damage in enumerate([damage_truncate, damage_key_column, damage_hash_column, damage_aggregate_id]):
+        layout = small_store(tmp_path / str(n))
+        victims = run_files(layout)
+        assert len(victims) == 4
+        good = victims[1].read_bytes()
+        damage(layout, victims[1])
+        covered = answers_equal_full_scan(layout)  # never a missed or duplicated row
+        if damage is damage_aggregate_id:  # found by the lookup's row checks: that run's rows come from the log
+            assert isinstance(reading.load_runs(index_dir(layout, 0))[victims[1].name], str)
+        else:
+            assert covered == 50, f"{damage.__name__}: readers stop using the index at the damaged run"
+        reconcile(layout)  # the writer checks whole files: deletes the damaged run, rebuilds it
+        assert victims[1].read_bytes() == good, damage.__name__
+        assert answers_equal_full_scan(layout) == 200, damage.__name__
+        assert len(run_files(layout)) == 4
+
+
+def test_a_run_from_another_store_is_foreign_skipped_and_replaced(tmp_path) -> None:
+    ours, theirs = small_store(tmp_path / "ours"), small_store(tmp_path / "theirs")
+    for run in run_files(ours):
+        run.unlink()
+    for run in run_files(theirs):  # the same positions and rows, another store's id
+        shutil.copy(run, index_dir(ours, 0) / run.name)
+    assert answers_equal_full_scan(ours) == 0
+    copied = set(p.name for p in run_files(ours))
+    reconcile(ours)
+    assert not copied & set(p.name for p in run_files(ours)), "foreign runs deleted and rebuilt"
+    assert answers_equal_full_scan(ours) == 200
+
+
+def test_runs_naming_segments_a_compaction_replaced_are_stale_then_rebuilt(tmp_path) -> None:
+    layout = small_store(tmp_path, n_segments=6, per_segment=10)
+    seg_set = SegmentSet(layout.log_dir(0), lost=LostRanges(), partition=0)
+    assert seg_set.compact(small_rows=100, min_run=4) == 6  # one new segment in a new generation
+    assert answers_equal_full_scan(layout) == 0, "every run names a segment the compaction replaced"
+    reconcile(layout)
+    assert [p.name for p in run_files(layout)][0].startswith("run-00000000000000000001-00000000000000000060")
+    assert answers_equal_full_scan(layout) == 60
+
+
+def test_merges_are_tiered_adjacent_and_keep_lookups_equal(tmp_path) -> None:
+    layout = make_store(tmp_path)
+    history = [("A", str(k % 7)) for k in range(27 * 10)]
+    seal_chunks(layout, event_rows(history), [10] * 27)
+    reconcile(layout, merge_factor=3)
+    ranges = [runs.parse_run_name(p.name)[:2] for p in run_files(layout)]
+    assert ranges == [(1, 270)], "27 runs -> 9 -> 3 -> 1 with factor 3"
+    assert answers_equal_full_scan(layout) == 270
+
+
+def test_a_merge_never_spans_a_lost_range(tmp_path) -> None:
+    layout = make_store(tmp_path)
+    history = [("A", str(k % 7)) for k in range(90)]
+    seal_chunks(layout, event_rows(history), [10] * 9, lost={4})
+    reconcile(layout, merge_factor=2)
+    ranges = [runs.parse_run_name(p.name)[:2] for p in run_files(layout)]
+    assert all(not (first <= 41 <= last) for first, last in ranges)
+    assert all(not (first <= 40 and last >= 51) for first, last in ranges), ranges
+    assert answers_equal_full_scan(layout) == 90
+
+
+class CountingOpener:
+    """Stands in for ``files.map_input``: counts the files a read opens (runs are memory-mapped,
+    so the bytes a lookup touches are the slices it takes: IndexView.bytes_touched)."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+        self.real = files.map_input
+
+    def __call__(self, path: Path) -> pa.NativeFile:
+        self.opened.append(Path(path).name)
+        return self.real(path)
+
+
+def cost_of_a_lookup(root: Path, total: int, monkeypatch) -> tuple[int, int, int, int]:
+    """(runs, files opened by the first lookup, files opened by the second, bytes touched by it)
+    for one aggregate of 100 events spread over a store of ``total`` events."""
+    layout = make_store(root)
+    history = [("Bulk", str(k % 997)) for k in range(total - 100)]
+    step = len(history) // 100
+    for k in range(100):
+        history.insert(k * (step + 1), ("Probe", "p"))
+    seal_chunks(layout, event_rows(history, payload='{"n": 12345678}'), [2_000] * (total // 2_000 + 1))
+    reconcile(layout)
+    counter = CountingOpener()
+    monkeypatch.setattr(files, "map_input", counter)
+    reading._cache.clear()  # as in a fresh process
+    segs, lost = current_segments(layout)
+    view = StreamIndex(layout, 0).view(segs, lost)
+    assert view.covered == total
+    first_opens = len(counter.opened)
+    assert sorted(counter.opened) == sorted(p.name for p in run_files(layout)), "each run opened once"
+    view = StreamIndex(layout, 0).view(segs, lost)
+    table = view.aggregate("Probe", "p")
+    assert table.column("version").to_pylist() == list(range(1, 101))
+    return len(run_files(layout)), first_opens, len(counter.opened) - first_opens, view.bytes_touched
+
+
+def test_one_lookup_opens_each_run_once_and_touches_bytes_of_the_rows_it_returns(tmp_path, monkeypatch) -> None:
+    small = cost_of_a_lookup(tmp_path / "small", 20_000, monkeypatch)
+    large = cost_of_a_lookup(tmp_path / "large", 200_000, monkeypatch)
+    assert small[2] == large[2] == 0, "a second lookup in the process opens no file"
+    assert large[3] <= 1.3 * small[3], f"bytes touched grow with the rows returned, not the store: {small} {large}"
+    assert large[3] < 100 * 200, "about the 100 rows' bytes (~120 each) and a few binary-search probes"
+
+
+def partition_rows(first: int, n: int) -> list[Row]:
+    rows = event_rows([("A", str(p % 5)) for p in range(1, first + n)])
+    return rows[first - 1:]
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_owner_indexes_what_it_seals_and_reconciles_at_start(tmp_path) -> None:
+    layout = make_store(tmp_path)
+    config = StoreConfig(seal_rows=100, lock_timeout_s=0)
+    log = PartitionLog(layout, 0, config)
+    for k in range(5):
+        log.append(partition_rows(1 + 100 * k, 100))
+    log.seal_all()
+    wait_for(lambda: indexed_read(layout, "A", "0")[1] == 500)
+    log.close()
+    victim = run_files(layout)[0]
+    damage_truncate(layout, victim)
+    log = PartitionLog(layout, 0, config)  # recovery does not wait for the index...
+    try:
+        wait_for(lambda: indexed_read(layout, "A", "0")[1] == 500)  # ...the sealer reconciles it
+        entries = reading.load_runs(index_dir(layout, 0))
+        assert entries and all(isinstance(e, reading.OpenRun) for e in entries.values()), "the damaged run was rebuilt"
+        assert log.stream_index.error is None
+    finally:
+        log.close()
+
+
+def test_a_failing_index_never_fails_a_commit_and_is_retried(tmp_path, monkeypatch) -> None:
+    layout = make_store(tmp_path)
+    (tmp_path / "index").write_text("not a directory")  # every run write fails
+    monkeypatch.setattr(IndexUpkeep, "RETRY_S", 0.1)
+    log = PartitionLog(layout, 0, StoreConfig(seal_rows=100, lock_timeout_s=0))
+    try:
+        for k in range(3):
+            log.append(partition_rows(1 + 100 * k, 100))  # durable, acknowledged
+        log.seal_all()
+        wait_for(lambda: log.stream_index.error is not None)
+        assert log.seal_error is None and sealed_last(layout) == 300
+        assert indexed_read(layout, "A", "1")[0] == full_scan(layout, "A", "1")  # readers scan what is not indexed
+        (tmp_path / "index").unlink()
+        wait_for(lambda: log.stream_index.error is None and indexed_read(layout, "A", "1")[1] == 300)
+    finally:
+        log.close()
+
+
+def test_after_a_repair_runs_naming_a_quarantined_segment_are_stale_and_rebuilt(tmp_path) -> None:
+    from es_actors.storage.local.repair import repair_store
+
+    layout = small_store(tmp_path)
+    segs, _ = current_segments(layout)
+    data = bytearray(segs[1].path.read_bytes())
+    for k in range(4, len(data) - 64):  # unreadable: repair quarantines it and records 51..100 lost
+        data[k] ^= 0x5A
+    segs[1].path.write_bytes(bytes(data))
+    repair_store(tmp_path)
+    segs, lost = current_segments(layout)
+    assert lost.covers(0, 51, 100) and [s.first for s in segs] == [1, 101, 151]
+    stale = run_files(layout)[1]
+    assert stale.name.startswith("run-00000000000000000051-")
+    assert stale not in StreamIndex(layout, 0).view(segs, lost).files, "it names a segment the repair removed"
+    assert answers_equal_full_scan(layout) == 200  # the other runs tile 1..200 across the recorded loss
+    reconcile(layout)
+    assert stale not in run_files(layout) and len(run_files(layout)) == 3
+    assert answers_equal_full_scan(layout) == 200
+
+
+def test_runs_left_by_a_merge_cut_short_are_never_read_twice_and_are_cleared(tmp_path) -> None:
+    layout = small_store(tmp_path)  # four tier-0 runs
+    saved = {p.name: p.read_bytes() for p in run_files(layout)}
+    w = writer(layout, merge_factor=4)
+    w.reconcile(*current_segments(layout))
+    assert w.merge() == 1
+    [merged] = run_files(layout)
+    for name, data in saved.items():  # a crash after the merged run's rename, before its sources' unlink
+        (index_dir(layout, 0) / name).write_bytes(data)
+    torn = index_dir(layout, 0) / ".run-00000000000000000201-00000000000000000250.123.tmp"
+    torn.write_bytes(b"ARROW1")  # and a write cut before its rename
+    segs, lost = current_segments(layout)
+    assert StreamIndex(layout, 0).view(segs, lost).files == [merged]
+    assert answers_equal_full_scan(layout) == 200
+    reconcile(layout)
+    assert run_files(layout) == [merged] and not torn.exists()
