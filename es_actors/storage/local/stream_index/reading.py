@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 # Per process: directory -> run name -> the run opened and checked (or why it is invalid), by identity.
 _cache: dict[Path, dict[str, tuple[tuple[int, int, int, int], OpenRun | str]]] = {}
-_sizes: dict[Path, int] = {}  # segment path -> size (segments are immutable; a new generation is a new path)
 _store_ids: dict[Path, tuple[tuple[int, int, int, int], str]] = {}  # store.json -> (its identity, store_id)
 _lock = threading.Lock()
 
@@ -42,13 +41,13 @@ def index_dir(layout: StoreLayout, partition: int) -> Path:
     return layout.root / "index" / f"p{partition:04d}"
 
 
-def segment_size(path: Path) -> int:
-    size = _sizes.get(path)
-    if size is None:
-        if len(_sizes) > 200_000:
-            _sizes.clear()
-        size = _sizes[path] = path.stat().st_size
-    return size
+def segment_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a segment now: a run is bound to the segment as it indexed it. Segments
+    are immutable (compaction hard-links them: same inode, same stamp), so a different stamp means
+    the file was changed in place (damage) or replaced, and the run is not used for it: the reader
+    then reads the segment itself, whose CRC check refuses damage. One stat per source per view."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def load_runs(directory: Path) -> dict[str, OpenRun | str]:
@@ -100,16 +99,17 @@ def why_invalid(run: OpenRun, store_id: str, partition: int, current: dict[str, 
     if m.partition != partition:
         return f"{run.path.name}: written for partition {m.partition}, this is {partition} (foreign)"
     expected = m.first
-    for name, size in m.sources:
+    for name, size, mtime_ns in m.sources:
         seg = current.get(name)
         if seg is None:
             return f"{run.path.name}: source segment {name} is not in the current generation (stale)"
         try:
-            actual = segment_size(seg.path)
+            actual = segment_stamp(seg.path)
         except FileNotFoundError:
             return f"{run.path.name}: source segment {name} vanished (stale)"
-        if actual != size:
-            return f"{run.path.name}: source segment {name} has {actual} bytes, the run says {size} (stale)"
+        if actual != (size, mtime_ns):
+            return (f"{run.path.name}: source segment {name} is {actual[0]} bytes modified at {actual[1]} ns, the run "
+                    f"indexed {size} bytes modified at {mtime_ns} ns (changed since: stale)")
         if seg.first != expected:
             return f"{run.path.name}: source segments do not tile {m.first}..{m.last}"
         expected = seg.last + 1

@@ -92,7 +92,7 @@ class RunMeta:
     first: int
     last: int
     rows: int
-    sources: tuple[tuple[str, int], ...]
+    sources: tuple[tuple[str, int, int], ...]  # (segment name, size, mtime_ns) as indexed
     tier: int
     key_crc: int
 
@@ -113,7 +113,7 @@ class RunMeta:
             raise ValueError(f"index format {m.get('format')!r}, this es_actors reads {FORMAT!r}")
         return cls(
             store_id=m["store_id"], partition=int(m["partition"]), first=int(m["first"]), last=int(m["last"]),
-            rows=int(m["rows"]), sources=tuple((str(n), int(s)) for n, s in json.loads(m["sources"])),
+            rows=int(m["rows"]), sources=tuple((str(n), int(s), int(t)) for n, s, t in json.loads(m["sources"])),
             tier=int(m["tier"]), key_crc=int(m["key_crc32"], 16),
         )
 

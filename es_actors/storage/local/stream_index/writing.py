@@ -21,7 +21,7 @@ from es_actors.errors import EsActorsError
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segment
-from es_actors.storage.local.stream_index.reading import index_dir, load_runs, segment_size, why_invalid
+from es_actors.storage.local.stream_index.reading import index_dir, load_runs, segment_stamp, why_invalid
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, check_file_crc, sorted_run_table, write_run
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ class StreamIndexWriter:
         self._segments: list[Segment] = []
         self._lost = LostRanges()
 
-    def _fields(self, sources: list[tuple[str, int]], tier: int) -> dict[str, object]:
+    def _fields(self, sources: list[tuple[str, int, int]], tier: int) -> dict[str, object]:
         return {"store_id": self.store_id, "partition": self.partition, "sources": tuple(sources), "tier": tier}
 
     def add(self, segment: Segment, table: pa.Table) -> Path:
         """Index a segment just sealed, from the rows the sealer holds (no re-read)."""
         self._segments = [s for s in self._segments if s.last < segment.first] + [segment]
-        return write_run(self.dir, sorted_run_table(table), self._fields([(segment.path.name, segment_size(segment.path))], 0))
+        return write_run(self.dir, sorted_run_table(table), self._fields([(segment.path.name, *segment_stamp(segment.path))], 0))
 
     def _valid_runs(self) -> list[OpenRun]:
         """Runs valid for the segments last reconciled, each whole-file CRC checked once; the
@@ -88,7 +88,7 @@ class StreamIndexWriter:
         if self.dir.is_dir():
             for tmp in self.dir.glob(".run-*.tmp"):
                 tmp.unlink(missing_ok=True)  # a write that crashed before its rename
-        covered = {name for run in self._valid_runs() for name, _size in run.meta.sources}
+        covered = {source[0] for run in self._valid_runs() for source in run.meta.sources}
         built = 0
         for seg in segments:
             if seg.path.name in covered:
@@ -98,7 +98,7 @@ class StreamIndexWriter:
             built += 1
             verify_segment(seg)  # never index damage
             table = pq.read_table(seg.path, schema=ARROW_SCHEMA)
-            write_run(self.dir, sorted_run_table(table), self._fields([(seg.path.name, segment_size(seg.path))], 0))
+            write_run(self.dir, sorted_run_table(table), self._fields([(seg.path.name, *segment_stamp(seg.path))], 0))
         return True
 
     def merge(self, should_stop: Callable[[], bool] = lambda: False) -> int:
