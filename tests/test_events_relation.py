@@ -269,3 +269,12 @@ def test_a_store_answers_one_aggregate_the_same_through_its_projector_and_withou
         assert reader.query(one, ["BankAccount", "x-1"]).to_pylist() == via_projector
     finally:
         reader.close()
+
+
+def test_a_value_that_is_not_utf8_is_a_query_error_on_both_paths(layout: StoreLayout) -> None:
+    """A lone surrogate in a bound key is refused as DuckDB refuses it in any other query (QueryFailed),
+    not looked up in the log (where encoding it raised a raw UnicodeEncodeError)."""
+    for sql in ("SELECT * FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
+                "SELECT * FROM events WHERE aggregate_type = ? AND (aggregate_id = ? OR false)"):
+        assert _answer(layout, LogEvents(layout, PARTITIONS), sql, ["Account", "\ud800"]) == ("error", "QueryFailed")
+

@@ -310,7 +310,8 @@ def test_iter_history_reads_page_by_page(store_root: tuple[Path, EventLog], monk
 @pytest.mark.parametrize("kwargs, name", [
     ({"from_version": 0}, "from_version"), ({"from_version": True}, "from_version"), ({"to_version": -1}, "to_version"),
     ({"limit": -1}, "limit"), ({"limit": 1.5}, "limit"), ({"backwards": 1}, "backwards"),
-    ({"from_version": 5, "to_version": 4}, "from_version"),
+    ({"from_version": 5, "to_version": 4}, "from_version"), ({"from_version": 2**63}, "from_version"),
+    ({"to_version": 2**64}, "to_version"), ({"limit": 2**63}, "limit"),
 ])
 def test_bad_range_arguments_are_refused_naming_the_argument(store_root: tuple[Path, EventLog], kwargs: dict[str, Any], name: str,
                                                              counted_io: dict[str, int]) -> None:
@@ -321,6 +322,18 @@ def test_bad_range_arguments_are_refused_naming_the_argument(store_root: tuple[P
     with pytest.raises(EsActorsError, match="page_size"):
         store.iter_history_rows("Account", "long", page_size=0)
     assert counted_io["files"] == 0, "nothing is read for bad arguments"
+
+
+def test_the_largest_bounds_read_to_the_end(store_root: tuple[Path, EventLog]) -> None:
+    """2**63-1 (the largest version a log can hold) as a bound or a limit reads to the end, never an overflow."""
+    root, ev = store_root
+    store = Store.open(root, read_only=True)
+    n = ev.versions["long"]
+    big = 2**63 - 1
+    assert [r[VER] for r in store.history_rows("Account", "long", from_version=2, limit=big)] == list(range(2, n + 1))
+    assert [r[VER] for r in store.history_rows("Account", "long", to_version=big, limit=3, backwards=True)] == [n, n - 1, n - 2]
+    assert store.history_rows("Account", "long", from_version=big) == []
+    assert sum(1 for _ in store.iter_history_rows("Account", "long", page_size=big)) == n
 
 
 def test_cli_history_ranges(store_root: tuple[Path, EventLog]) -> None:

@@ -163,7 +163,8 @@ def _string_value(expr: dict[str, Any], params: Any) -> str | None:
     if kind == "VALUE_CONSTANT":
         literal = expr.get("literal")
         if isinstance(literal, dict) and literal.get("kind") == "STRING" and isinstance(literal.get("text"), str):
-            return str(literal["text"])
+            text = str(literal["text"])
+            return text if _utf8(text) else None
         return None
     if kind == "VALUE_PARAMETER":
         ident = str(expr.get("identifier") or "")
@@ -172,8 +173,18 @@ def _string_value(expr: dict[str, Any], params: Any) -> str | None:
             value = params.get(ident)
         elif isinstance(params, list) and ident.isdigit() and 1 <= int(ident) <= len(params):
             value = params[int(ident) - 1]
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and _utf8(value) else None
     return None
+
+
+def _utf8(text: str) -> bool:
+    """Only text that is UTF-8 (no lone surrogate) is looked up in the log; anything else takes the
+    full relation, where DuckDB itself refuses it as a query error."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 __all__ = ["EventsSource", "LogEvents", "aggregate_filter"]

@@ -22,6 +22,9 @@ _VER = COL["version"]
 ReadRows = Callable[[int, "int | None", "int | None", bool], list[Row]]
 
 
+INT64_MAX = 2**63 - 1  # versions and positions are stored as int64
+
+
 def _whole(value: Any, name: str, minimum: int, optional: bool) -> None:
     if value is None and optional:
         return
@@ -29,6 +32,8 @@ def _whole(value: Any, name: str, minimum: int, optional: bool) -> None:
         raise EsActorsError(f"{name} must be an int{' or None' if optional else ''}, not {type(value).__name__} {value!r}")
     if value < minimum:
         raise EsActorsError(f"{name} must be >= {minimum}, not {value}")
+    if value > INT64_MAX:
+        raise EsActorsError(f"{name} must be <= 2**63-1 (versions are 64-bit), not {value}")
 
 
 @dataclass(frozen=True, slots=True)

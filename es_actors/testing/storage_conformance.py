@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from es_actors.codecs.rows import COL, table_to_rows
 from es_actors.config import StoreConfig
-from es_actors.errors import StorageError, StoreCorrupted, WriterFenced
+from es_actors.errors import EsActorsError, StorageError, StoreCorrupted, WriterFenced
 from es_actors.storage.api import Capabilities, PartitionLog, Row, StorageBackend
 from es_actors.codecs.snapshot_rows import SnapshotRow
 
@@ -239,6 +239,11 @@ class StorageConformance:
             first = data.draw(st.integers(1, len(ev.acked)))
             last = data.draw(st.integers(first, len(ev.acked)))
             assert rows_of(reader.read_range(first, last)) == ev.acked[first - 1 : last]
+            assert rows_of(reader.read_range(first, 2**64)) == ev.acked[first - 1 :]  # past int64: to the end
+            assert rows_of(reader.read_range(-5, 0)) == [] and rows_of(reader.read_range(2**63, 2**64)) == []
+            for bad in ((True, 3), ("1", 5), (1, 2.0)):
+                with pytest.raises(EsActorsError, match="position range"):
+                    reader.read_range(*bad)  # an argument error, never one that reads like damage
 
     # -- crashes, torn tails, damage --------------------------------------------------------
 

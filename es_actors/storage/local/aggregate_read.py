@@ -37,6 +37,7 @@ from es_actors.storage.lost_ranges import LostRanges
 
 
 _POS, _VER = COL["position"], COL["version"]
+_INT64_MAX = 2**63 - 1
 
 
 def _version_filter(first_version: int, last_version: int | None) -> ds.Expression:
@@ -114,8 +115,9 @@ def read_aggregate(
     aggregate = (aggregate_type, aggregate_id)
     index = StreamIndex(layout, partition)
     gapless = not lost.of(partition)  # no recorded loss: an aggregate's versions are 1..N without holes
-    if limit is not None and gapless and not backwards:  # the versions the limit allows
-        last_version = first_version + limit - 1 if last_version is None else min(last_version, first_version + limit - 1)
+    if limit is not None and gapless and not backwards:  # the versions the limit allows (int64, like the column)
+        upto = min(first_version + limit - 1, _INT64_MAX)
+        last_version = upto if last_version is None else min(last_version, upto)
 
     def read_once() -> pa.Table:
         tail_dir = layout.tail_dir(partition)

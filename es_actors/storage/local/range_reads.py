@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
 from es_actors.errors import StoreCorrupted
 from es_actors.storage import files
+from es_actors.storage.ranges import position_range
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
@@ -82,9 +83,10 @@ def _conform(table: pa.Table, names: list[str]) -> pa.Table:
 def read_range(layout: StoreLayout, partition: int, first: int, last: int, attempts: int = DEFAULT_ATTEMPTS) -> pa.Table:
     """Durable events ``first..last`` of a partition, in position order (empty if none)."""
     layout.require_local("local partition readers")
-    first = max(first, 1)
-    if last < first:
+    checked = position_range(first, last)
+    if checked is None:
         return ARROW_SCHEMA.empty_table()
+    first, last = checked
     lost = LostRanges.load(layout.root)
 
     def read_once() -> pa.Table:

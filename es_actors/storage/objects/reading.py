@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from es_actors.codecs.rows import ARROW_SCHEMA, filter_versions, rows_to_table
+from es_actors.storage.ranges import position_range
 from es_actors.storage.api import BlobStore
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
@@ -54,7 +55,11 @@ class ObjectReader:
         return int(table.column("position")[-1].as_py()) if table.num_rows else 0
 
     def read_range(self, first: int, last: int) -> pa.Table:
-        table = durable_table(self.blobs, self.partition, self._cache, max(first - 1, 0))
+        checked = position_range(first, last)
+        if checked is None:
+            return ARROW_SCHEMA.empty_table()
+        first, last = checked
+        table = durable_table(self.blobs, self.partition, self._cache, first - 1)
         return table.filter(pc.less_equal(table.column("position"), last))
 
     def read_aggregate(
