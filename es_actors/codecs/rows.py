@@ -78,8 +78,8 @@ def rows_to_table(rows: list[tuple[Any, ...]]) -> pa.Table:
 def table_to_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     """Inverse of :func:`rows_to_table`, recorded_at back to epoch microseconds."""
     table = table.select(list(COLUMNS))
-    cols = [c.to_pylist() for c in table.columns]
-    cols[COL["recorded_at"]] = table.column("recorded_at").cast(pa.int64()).to_pylist()
+    at = COL["recorded_at"]
+    cols = [c.cast(pa.int64()).to_pylist() if i == at else c.to_pylist() for i, c in enumerate(table.columns)]
     return list(zip(*cols))
 
 

@@ -100,6 +100,34 @@ def list_segments(gen_dir: Path, lost: Any = None, partition: int | None = None)
     unless the gap is a lost range recorded by a repair (``lost``: a :class:`LostRanges`)."""
     segs = [s for p in gen_dir.iterdir() if (s := parse_segment_name(p)) is not None]
     segs.sort(key=lambda s: s.first)
+    return _contiguous(gen_dir, segs, lost, partition)
+
+
+#: A listing is reused only while its directory's mtime is older than this: an entry added within
+#: the same clock tick as the listing would leave the mtime unchanged ("racy" listings, as git's index).
+RACY_NS = 200_000_000
+_listings: dict[str, tuple[int, list[Segment]]] = {}
+
+
+def list_segments_cached(gen_dir: Path, lost: Any = None, partition: int | None = None) -> list[Segment]:
+    """:func:`list_segments`, reusing this process's last parse of the directory while its mtime is
+    unchanged (one stat instead of listing and parsing every name: reads of one aggregate do this
+    per call, and a partition holds one segment per 50k events). Checked for gaps every time."""
+    key = str(gen_dir)
+    mtime = os.stat(key).st_mtime_ns  # FileNotFoundError: the generation was collected (read again)
+    hit = _listings.get(key)
+    if hit is not None and hit[0] == mtime:
+        return _contiguous(gen_dir, hit[1], lost, partition)
+    segs = [s for p in gen_dir.iterdir() if (s := parse_segment_name(p)) is not None]
+    segs.sort(key=lambda s: s.first)
+    if time.time_ns() - mtime > RACY_NS:
+        if len(_listings) > 4096:
+            _listings.clear()
+        _listings[key] = (mtime, segs)
+    return _contiguous(gen_dir, segs, lost, partition)
+
+
+def _contiguous(gen_dir: Path, segs: list[Segment], lost: Any, partition: int | None) -> list[Segment]:
     expected = 1
     for s in segs:
         if s.first != expected and not (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import threading
 from pathlib import Path
 
@@ -41,13 +42,28 @@ def index_dir(layout: StoreLayout, partition: int) -> Path:
     return layout.root / "index" / f"p{partition:04d}"
 
 
+STAMP_TTL_S = 1.0  # how long this process trusts a segment's stamp before it looks again
+_stamps: dict[str, tuple[float, tuple[int, int]]] = {}
+
+
 def segment_stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a segment now: a run is bound to the segment as it indexed it. Segments
-    are immutable (compaction hard-links them: same inode, same stamp), so a different stamp means
-    the file was changed in place (damage) or replaced, and the run is not used for it: the reader
-    then reads the segment itself, whose CRC check refuses damage. One stat per source per view."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+    """(size, mtime_ns) of a segment: a run is bound to the segment as it indexed it. Segments are
+    immutable (compaction hard-links them: same inode, same stamp), so a different stamp means the
+    file was changed in place (damage) or replaced, and the run is not used for it: the reader then
+    reads the segment itself, whose CRC check refuses damage. A process looks again after
+    :data:`STAMP_TTL_S` (a stat per segment per read would make reads grow with the log); a new
+    process always looks."""
+    key = str(path)
+    now = time.monotonic()
+    hit = _stamps.get(key)
+    if hit is not None and now - hit[0] < STAMP_TTL_S:
+        return hit[1]
+    st = os.stat(key)
+    stamp = (st.st_size, st.st_mtime_ns)
+    if len(_stamps) > 200_000:
+        _stamps.clear()
+    _stamps[key] = (now, stamp)
+    return stamp
 
 
 def load_runs(directory: Path) -> dict[str, OpenRun | str]:
