@@ -193,7 +193,7 @@ class TailIndex:
         self.lock = threading.Lock()  # readers of one process share it: one advance at a time
         self._cursors: dict[Path, TailFileCursor] = {}
         self._rows: deque[Row] = deque()  # position order
-        self._by_aggregate: dict[tuple[str, str], deque[Row]] = {}
+        self._by_aggregate: dict[tuple[str, str], list[Row]] = {}  # lists: a deque costs ~600 bytes even for one row
         self.frames_parsed_to = 0  # the last position parsed (for tests and stats)
         self.key: tuple[str, int] | None = None  # its key in _indexes (None: not registered)
         self.counted = 0  # rows of it counted in _held_rows (under _indexes_lock)
@@ -250,18 +250,22 @@ class TailIndex:
             key = (r[t_col], r[i_col])
             bucket = self._by_aggregate.get(key)
             if bucket is None:
-                bucket = self._by_aggregate[key] = deque()
-            bucket.append(r)
+                self._by_aggregate[key] = [r]
+            else:
+                bucket.append(r)
             self.frames_parsed_to = r[_POS]
 
     def _drop_through(self, sealed_last: int) -> None:
         t_col, i_col = COL["aggregate_type"], COL["aggregate_id"]
         rows = self._rows
+        dropped: dict[tuple[str, str], int] = {}
         while rows and rows[0][_POS] <= sealed_last:
             r = rows.popleft()
             key = (r[t_col], r[i_col])
+            dropped[key] = dropped.get(key, 0) + 1
+        for key, n in dropped.items():
             bucket = self._by_aggregate[key]
-            bucket.popleft()  # both are in position order: it is this row
+            del bucket[:n]  # both are in position order: its first n rows are these
             if not bucket:
                 del self._by_aggregate[key]
 
@@ -295,7 +299,7 @@ _held_rows = 0
 def tail_index(root: Path, partition: int) -> TailIndex:
     """This process's :class:`TailIndex` of one partition of the store at ``root`` (keyed by the
     resolved path: a relative path or a symlink names the store it leads to now)."""
-    key = (os.path.realpath(root), partition)
+    key = (_resolve(root), partition)
     with _indexes_lock:
         index = _indexes.get(key)
         if index is None:
@@ -304,6 +308,20 @@ def tail_index(root: Path, partition: int) -> TailIndex:
         else:
             _indexes.move_to_end(key)
         return index
+
+
+_resolved: dict[str, str] = {}  # absolute path -> its realpath (~13 us, per read otherwise); forgotten by release()
+
+
+def _resolve(root: Path) -> str:
+    """The store's resolved path, resolved once per process per absolute path (until released)."""
+    absolute = os.path.abspath(root)
+    resolved = _resolved.get(absolute)
+    if resolved is None:
+        if len(_resolved) > 10_000:
+            _resolved.clear()
+        resolved = _resolved[absolute] = os.path.realpath(absolute)
+    return resolved
 
 
 def _account(index: TailIndex) -> None:
@@ -342,6 +360,8 @@ def release(root: Path) -> None:
     with _indexes_lock:
         for key in [k for k in _indexes if k[0] == resolved]:
             _evict(key)
+        for absolute in [a for a, r in _resolved.items() if r == resolved]:
+            del _resolved[absolute]  # a symlink moved to another store is followed after a close
 
 
 def held_rows() -> int:
