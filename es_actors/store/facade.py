@@ -42,6 +42,16 @@ from es_actors.store.submissions import aggregate_type_name as _aggregate_type
 from es_actors.store.submissions import failed as _failed
 
 
+def _release_reads(store: "Store") -> None:
+    """Drop what this process caches to read the store's log (mapped index runs, parsed tails):
+    a deleted store's disk space is freed; a later read of it builds them again."""
+    from es_actors.storage.local import tail_cursor
+    from es_actors.storage.local.stream_index import reading
+
+    reading.release(store.layout.root)
+    tail_cursor.release(store.layout.root)
+
+
 def _metadata_or_none(metadata: Any) -> Any:
     """Metadata as it travels: None when empty; anything else as given (the envelope check
     refuses a wrong type instead of it being dropped)."""
@@ -159,6 +169,8 @@ class Store(LogReading, StoreShortcuts):
         self._close(stop_all=True)
 
     def _close(self, stop_all: bool) -> None:
+        if not self._closed:
+            _release_reads(self)  # this process's read caches of the store: its runs unmapped
         if self._closed or self._actors is None:
             self._closed = True
             return

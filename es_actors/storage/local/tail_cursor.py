@@ -11,6 +11,8 @@ mark); a torn end of the newest file is simply not read yet.
 A :class:`TailIndex` (one per process and partition, :func:`tail_index`) keeps the parsed
 unsealed rows and a map (aggregate type, aggregate id) -> rows, so an aggregate read costs its own
 rows plus the frames appended since the last read; rows are dropped once a reader sees them sealed.
+The indexes of a process are bounded together (:data:`MAX_TAIL_ROWS`, least recently read evicted
+whole: a later read parses that tail again) and released by ``Store.close`` (:func:`release`).
 The follower (``follower.py``) and the aggregate read (``reader.py``) both use these cursors.
 """
 
@@ -21,7 +23,7 @@ import os
 import struct
 import threading
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -191,8 +193,10 @@ class TailIndex:
         self.lock = threading.Lock()  # readers of one process share it: one advance at a time
         self._cursors: dict[Path, TailFileCursor] = {}
         self._rows: deque[Row] = deque()  # position order
-        self._by_aggregate: dict[tuple[str, str], deque[Row]] = {}
+        self._by_aggregate: dict[tuple[str, str], list[Row]] = {}  # lists: a deque costs ~600 bytes even for one row
         self.frames_parsed_to = 0  # the last position parsed (for tests and stats)
+        self.key: tuple[str, int] | None = None  # its key in _indexes (None: not registered)
+        self.counted = 0  # rows of it counted in _held_rows (under _indexes_lock)
 
     def reset(self) -> None:
         self._cursors.clear()
@@ -208,6 +212,12 @@ class TailIndex:
         """Bring the index up to the listed tail files (read after ``durable``): drop rows now sealed
         (``<= sealed_last``), parse the frames added since. FileNotFoundError: a seal moved a file
         (the caller reads again); StoreCorrupted: damage."""
+        try:
+            self._advance(tails, sealed_last, durable)
+        finally:
+            _account(self)
+
+    def _advance(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int | None) -> None:
         live = {p for _f, p in tails}
         for p in [p for p in self._cursors if p not in live]:
             del self._cursors[p]
@@ -240,18 +250,22 @@ class TailIndex:
             key = (r[t_col], r[i_col])
             bucket = self._by_aggregate.get(key)
             if bucket is None:
-                bucket = self._by_aggregate[key] = deque()
-            bucket.append(r)
+                self._by_aggregate[key] = [r]
+            else:
+                bucket.append(r)
             self.frames_parsed_to = r[_POS]
 
     def _drop_through(self, sealed_last: int) -> None:
         t_col, i_col = COL["aggregate_type"], COL["aggregate_id"]
         rows = self._rows
+        dropped: dict[tuple[str, str], int] = {}
         while rows and rows[0][_POS] <= sealed_last:
             r = rows.popleft()
             key = (r[t_col], r[i_col])
+            dropped[key] = dropped.get(key, 0) + 1
+        for key, n in dropped.items():
             bucket = self._by_aggregate[key]
-            bucket.popleft()  # both are in position order: it is this row
+            del bucket[:n]  # both are in position order: its first n rows are these
             if not bucket:
                 del self._by_aggregate[key]
 
@@ -271,15 +285,86 @@ class TailIndex:
         return [r for r in bucket if r[_POS] > after] if bucket else []
 
 
-_indexes: dict[tuple[str, int], TailIndex] = {}
+# Rows all TailIndexes of this process hold together at most (a decoded row costs ~0.3-2 KB: its
+# tuple and strings), but for the one index just read, which is kept whole. Past it the least
+# recently read indexes are evicted whole; the next read of an evicted partition parses its tail again.
+MAX_TAIL_ROWS = 1_000_000
+
+# (resolved store root, partition) -> index, least recently read first; _held_rows: their rows counted.
+_indexes: OrderedDict[tuple[str, int], TailIndex] = OrderedDict()
 _indexes_lock = threading.Lock()
+_held_rows = 0
 
 
 def tail_index(root: Path, partition: int) -> TailIndex:
-    """This process's :class:`TailIndex` of one partition of the store at ``root``."""
-    key = (str(root), partition)
+    """This process's :class:`TailIndex` of one partition of the store at ``root`` (keyed by the
+    resolved path: a relative path or a symlink names the store it leads to now)."""
+    key = (_resolve(root), partition)
     with _indexes_lock:
         index = _indexes.get(key)
         if index is None:
             index = _indexes[key] = TailIndex()
+            index.key = key
+        else:
+            _indexes.move_to_end(key)
         return index
+
+
+_resolved: dict[str, str] = {}  # absolute path -> its realpath (~13 us, per read otherwise); forgotten by release()
+
+
+def _resolve(root: Path) -> str:
+    """The store's resolved path, resolved once per process per absolute path (until released)."""
+    absolute = os.path.abspath(root)
+    resolved = _resolved.get(absolute)
+    if resolved is None:
+        if len(_resolved) > 10_000:
+            _resolved.clear()
+        resolved = _resolved[absolute] = os.path.realpath(absolute)
+    return resolved
+
+
+def _account(index: TailIndex) -> None:
+    """Count the rows ``index`` holds now and evict least recently read others past MAX_TAIL_ROWS."""
+    global _held_rows
+    with _indexes_lock:
+        if index.key is None or _indexes.get(index.key) is not index:
+            return  # evicted or released meanwhile: its holder's reference is the last one
+        held = len(index._rows)
+        _held_rows += held - index.counted
+        index.counted = held
+        for key in list(_indexes):
+            if _held_rows <= MAX_TAIL_ROWS:
+                break
+            if _indexes[key] is not index:
+                _evict(key)
+
+
+def _evict(key: tuple[str, int]) -> None:
+    """Forget one index (under _indexes_lock); clear its rows now unless a reader is inside it
+    (then they go when that reader drops it). A later read starts a new index from the tail files."""
+    global _held_rows
+    index = _indexes.pop(key)
+    _held_rows -= index.counted
+    index.counted, index.key = 0, None
+    if index.lock.acquire(blocking=False):
+        try:
+            index.reset()
+        finally:
+            index.lock.release()
+
+
+def release(root: Path) -> None:
+    """Drop this process's tail indexes of the store at ``root`` (Store.close)."""
+    resolved = os.path.realpath(root)
+    with _indexes_lock:
+        for key in [k for k in _indexes if k[0] == resolved]:
+            _evict(key)
+        for absolute in [a for a, r in _resolved.items() if r == resolved]:
+            del _resolved[absolute]  # a symlink moved to another store is followed after a close
+
+
+def held_rows() -> int:
+    """Unsealed rows the tail indexes of this process hold (tests, stats)."""
+    with _indexes_lock:
+        return _held_rows

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,71 @@ from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_
 
 log = logging.getLogger(__name__)
 
-# Per process: directory -> run name -> the run opened and checked (or why it is invalid), by identity.
-_cache: dict[Path, dict[str, tuple[tuple[int, int, int, int], OpenRun | str]]] = {}
+# Bounds of the per-process run cache: a run stays memory-mapped while cached, which pins its disk
+# space even after the file is deleted (a merge, a store removed), so the cache is an LRU over index
+# directories holding at most this many directories and (but for the one just read) this many bytes
+# of mapped runs. A directory evicted is opened again (key CRC checked again) by its next read.
+MAX_DIRECTORIES = 256
+MAX_MAPPED_BYTES = 32 << 30
+
+_Entry = tuple[tuple[int, int, int, int], OpenRun | str]  # (file identity, the run or why it is invalid)
+
+
+class _Dir:
+    """One index directory's cached runs (name -> entry) and the bytes of those mapped."""
+
+    __slots__ = ("entries", "mapped")
+
+    def __init__(self, entries: dict[str, _Entry]) -> None:
+        self.entries = entries
+        self.mapped = sum(e[1].size for e in entries.values() if not isinstance(e[1], str))
+
+
+# Per process, least recently read first: directory -> its runs opened and checked, by identity.
+_cache: OrderedDict[Path, _Dir] = OrderedDict()
+_mapped_bytes = 0  # sum of _Dir.mapped over _cache
 _store_ids: dict[Path, tuple[tuple[int, int, int, int], str]] = {}  # store.json -> (its identity, store_id)
 _lock = threading.Lock()
+
+
+def _forget(directory: Path) -> None:
+    """Drop a directory's runs from the cache (under _lock): their maps close once no view holds them."""
+    global _mapped_bytes
+    gone = _cache.pop(directory, None)
+    if gone is not None:
+        _mapped_bytes -= gone.mapped
+
+
+def _keep(directory: Path, entries: dict[str, _Entry]) -> None:
+    """Cache a directory's runs as the most recently read; evict the least recently read others
+    past MAX_DIRECTORIES or MAX_MAPPED_BYTES (under _lock)."""
+    global _mapped_bytes
+    _forget(directory)
+    if not _cache:
+        _mapped_bytes = 0  # (a test may clear _cache as a fresh process would have it)
+    d = _cache[directory] = _Dir(entries)
+    _mapped_bytes += d.mapped
+    while len(_cache) > 1 and (len(_cache) > MAX_DIRECTORIES or _mapped_bytes > MAX_MAPPED_BYTES):
+        _forget(next(iter(_cache)))
+
+
+def release(root: Path) -> None:
+    """Unmap every cached run of the store at ``root`` (Store.close): views still in use keep
+    theirs until they finish; a later read opens the runs again."""
+    roots = {str(root), os.path.realpath(root)}
+    with _lock:
+        for directory in list(_cache):
+            store_root = str(directory.parent.parent)
+            if store_root in roots or os.path.realpath(store_root) in roots:
+                _forget(directory)
+        for path in [p for p in _store_ids if str(p.parent) in roots or os.path.realpath(p.parent) in roots]:
+            del _store_ids[path]
+
+
+def cached_runs() -> tuple[int, int]:
+    """(directories, bytes of runs) this process holds mapped in the cache (tests, stats)."""
+    with _lock:
+        return len(_cache), _mapped_bytes
 
 
 def index_dir(layout: StoreLayout, partition: int) -> Path:
@@ -71,11 +133,14 @@ def load_runs(directory: Path) -> dict[str, OpenRun | str]:
     usable. Entries of runs no longer listed leave the cache (their maps close)."""
     try:
         names = [n for n in os.listdir(directory) if parse_run_name(n) is not None]
-    except OSError:  # no index (yet), or not a directory we can list: every position reads from the log
-        names = []
+    except OSError:  # no index (yet), or not a directory we can list (gone): every position reads from the log
+        with _lock:
+            _forget(directory)  # a deleted store's runs: unmapped, their disk space freed
+        return {}
     with _lock:
-        old = _cache.get(directory, {})
-    new: dict[str, tuple[tuple[int, int, int, int], OpenRun | str]] = {}
+        hit_dir = _cache.get(directory)
+        old = hit_dir.entries if hit_dir is not None else {}
+    new: dict[str, _Entry] = {}
     base = str(directory)
     for name in names:
         try:
@@ -94,17 +159,21 @@ def load_runs(directory: Path) -> dict[str, OpenRun | str]:
         except RunInvalid as exc:
             new[name] = (ident, str(exc))
     with _lock:
-        _cache[directory] = new
+        _keep(directory, new)
     return {name: entry for name, (_ident, entry) in new.items()}
 
 
 def invalidate(run: OpenRun, why: str) -> None:
     """Mark a run found wrong at lookup, so every later view skips it until it is rewritten."""
     log.warning("stream index: %s is not used: %s", run.path, why)
+    global _mapped_bytes
     with _lock:
-        entries = _cache.get(run.path.parent)
-        if entries is not None and run.path.name in entries:
-            entries[run.path.name] = (run.ident, why)
+        d = _cache.get(run.path.parent)
+        if d is not None and run.path.name in d.entries:
+            if not isinstance(d.entries[run.path.name][1], str):
+                d.mapped -= run.size
+                _mapped_bytes -= run.size
+            d.entries[run.path.name] = (run.ident, why)
 
 
 def why_invalid(run: OpenRun, store_id: str, partition: int, current: dict[str, Segment]) -> str | None:
