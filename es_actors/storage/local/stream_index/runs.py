@@ -21,7 +21,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -101,7 +101,7 @@ class BlockCrc:
     def crc(self, a: int, b: int) -> int:
         """``a`` a multiple of 8, ``b - a`` at most the block size."""
         crc = 0
-        crc32 = zlib.crc32
+        crc32: Callable[[Any, int], int] = zlib.crc32  # numpy views are buffers (the stubs do not say so)
         full, tail = (b - a) // 8, (b - a) % 8
         for valid, values, width, offsets, data in self._columns:
             bits = self._all_valid if valid is None else valid[a // 8:]
