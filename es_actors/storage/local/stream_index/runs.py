@@ -318,8 +318,8 @@ def write_run(directory: Path, table: pa.Table, meta_fields: dict[str, Any]) -> 
     first, last = int(pc.min(positions).as_py()), int(pc.max(positions).as_py())
     columns = [table.column(n).combine_chunks() for n in RUN_SCHEMA.names]
     columns = [pa.concat_arrays([c]) if c.offset or _first_offset(c) else c for c in columns]  # as a reader maps it
-    meta = RunMeta(first=first, last=last, rows=table.num_rows, key_crc=key_crc(table),
-                   block_crcs=block_crcs(columns), **meta_fields)
+    meta = RunMeta(first=first, last=last, rows=table.num_rows, key_crc=key_crc(table), block_rows=BLOCK_ROWS,
+                   block_crcs=block_crcs(columns, BLOCK_ROWS), **meta_fields)  # looked up now: a bench may vary it
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".run-{first:020d}-{last:020d}.{os.getpid()}.tmp"
     schema = RUN_SCHEMA.with_metadata(meta.encode())
