@@ -5,6 +5,7 @@ owner; one lookup costs what it returns, not what the store holds."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import shutil
@@ -252,6 +253,7 @@ def damage_store() -> dict[str, Any]:
     partial last block), their pristine bytes and every aggregate's rows from a full scan."""
     if not _damage_store:
         root = Path(tempfile.mkdtemp(prefix="crc-damage-"))
+        atexit.register(shutil.rmtree, root, True)  # shared by the examples: removed when the session ends
         layout = make_store(root)
         seal_chunks(layout, varied_rows(2 * runs.BLOCK_ROWS + 3 * runs.BLOCK_ROWS // 2),
                     [2 * runs.BLOCK_ROWS, 3 * runs.BLOCK_ROWS // 2])
