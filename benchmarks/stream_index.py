@@ -2,7 +2,10 @@
 aggregate's 100 events from a partition of N sealed events. Not part of ``make bench`` (WS4's
 read_history benches measure the whole read path); run by hand to pick the merge factor:
 
-    .venv/bin/python -m benchmarks.stream_index --events 1000000 --factors 4 8 16
+    .venv/bin/python -m benchmarks.stream_index --events 1000000 --factors 4 8 16 --block-rows 64 256 1024
+
+A lookup's latency is reported twice: each probe aggregate's first lookup in the process (the blocks
+holding its rows are CRC-checked then) and the repeats (checked blocks are cached per process).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import SegmentSet, list_segments, resolve_current, write_segment
 from es_actors.storage.local.stream_index import StreamIndex, build_index, index_dir, reading
+from es_actors.storage.local.stream_index import runs as run_format
 
 SEG_ROWS = 50_000
 PROBES = 100  # aggregates with exactly 100 events each, spread evenly over the positions
@@ -79,11 +83,20 @@ def measure(root: Path, factor: int, lookups: int) -> dict[str, float]:
         table = index.view(segments, lost).aggregate("Account", f"probe-{k % PROBES}")
         lat.append(time.perf_counter() - t0)
         assert table.num_rows == 100, table.num_rows
-    lat_ms = np.array(lat) * 1e3
+    first_ms = np.array(lat[:PROBES]) * 1e3  # each probe's first lookup in the process: its blocks' CRCs checked
+    lat_ms = np.array(lat[PROBES:] or lat) * 1e3
+    block_crc_s = 0.0
+    for path in sorted(index_dir(layout, 0).glob("run-*.arrow")):  # the writer's share: block CRCs of every run
+        batch = run_format.open_run(path).batch
+        t0 = time.perf_counter()
+        run_format.block_crcs(batch.columns, run_format.BLOCK_ROWS)
+        block_crc_s += time.perf_counter() - t0
     size = sum(p.stat().st_size for p in index_dir(layout, 0).iterdir())
     seg_size = sum(s.path.stat().st_size for s in segments)
     return {"events": events, "factor": factor, "runs": runs, "build_rows_per_s": events / build_s,
-            "first_view_ms": first_view_ms, "p50_ms": float(np.percentile(lat_ms, 50)),
+            "block_crc_rows_per_s": events / max(block_crc_s, 1e-9), "block_rows": run_format.BLOCK_ROWS,
+            "first_view_ms": first_view_ms, "first_lookup_p50_ms": float(np.percentile(first_ms, 50)),
+            "first_lookup_p99_ms": float(np.percentile(first_ms, 99)), "p50_ms": float(np.percentile(lat_ms, 50)),
             "p99_ms": float(np.percentile(lat_ms, 99)), "index_bytes_per_event": size / events,
             "index_vs_segments": size / seg_size}
 
@@ -93,13 +106,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--factors", type=int, nargs="+", default=[8])
     parser.add_argument("--lookups", type=int, default=2_000)
+    parser.add_argument("--block-rows", type=int, nargs="+", default=[run_format.BLOCK_ROWS],
+                        help="rows per block CRC (runs.BLOCK_ROWS, a multiple of 8)")
     args = parser.parse_args()
     for events in args.events:
         with tempfile.TemporaryDirectory(prefix="es-index-bench-") as tmp:
             t0 = time.perf_counter()
             write_store(Path(tmp), events)
             print(f"# wrote {events} events in {time.perf_counter() - t0:.1f}s", flush=True)
-            for factor in args.factors:
+            for factor, block_rows in ((f, b) for f in args.factors for b in args.block_rows):
+                run_format.BLOCK_ROWS = block_rows
                 r = measure(Path(tmp), factor, args.lookups)
                 print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
 

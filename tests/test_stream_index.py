@@ -5,6 +5,7 @@ owner; one lookup costs what it returns, not what the store holds."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import shutil
@@ -236,6 +237,96 @@ def test_damaged_truncated_runs_are_skipped_by_readers_and_rebuilt_by_the_writer
         assert len(run_files(layout)) == 4
 
 
+def varied_rows(n: int, aggregates: int = 5) -> list[Row]:
+    """Rows whose every column varies: payloads, ids, timestamps, and correlation ids null on odd
+    positions (a null bit flipped must not read as a value)."""
+    rows = event_rows([("A", str(k % aggregates)) for k in range(n)])
+    return [r[:10] + ((f"k{r[1]}" if r[1] % 2 == 0 else None),) + r[11:13] + (r[1] * 1_000_003,)
+            + (f'{{"n": {r[1] * 7919}}}', f'{{"m": {r[1]}}}') for r in rows]
+
+
+_damage_store: dict[str, Any] = {}
+
+
+def damage_store() -> dict[str, Any]:
+    """One store built once for the damage examples: two runs of several blocks each (one holding a
+    partial last block), their pristine bytes and every aggregate's rows from a full scan."""
+    if not _damage_store:
+        root = Path(tempfile.mkdtemp(prefix="crc-damage-"))
+        atexit.register(shutil.rmtree, root, True)  # shared by the examples: removed when the session ends
+        layout = make_store(root)
+        seal_chunks(layout, varied_rows(2 * runs.BLOCK_ROWS + 3 * runs.BLOCK_ROWS // 2),
+                    [2 * runs.BLOCK_ROWS, 3 * runs.BLOCK_ROWS // 2])
+        reconcile(layout)
+        files_ = run_files(layout)
+        assert len(files_) == 2
+        _damage_store.update(layout=layout, pristine={p: p.read_bytes() for p in files_},
+                             expected={k: full_scan(layout, "A", str(k)) for k in range(5)})
+    return _damage_store
+
+
+@st.composite
+def byte_flips(draw: Any, size: int, data: bytes) -> tuple[int, int]:
+    """(offset, xor mask): anywhere in the file, inside one column's buffers, or in its last KiB
+    (the footer: schema, metadata, record batch block offsets)."""
+    where = draw(st.sampled_from(["anywhere", "column", "footer"]))
+    if where == "column":
+        column = draw(st.sampled_from(runs.RUN_SCHEMA.names))
+        mapped = pa.py_buffer(data)
+        bufs = [b for b in pa.ipc.open_file(mapped).get_batch(0).column(column).buffers() if b is not None and b.size]
+        chosen = bufs[draw(st.integers(0, len(bufs) - 1))]  # validity, values / offsets, string data
+        offset = chosen.address - mapped.address + draw(st.integers(0, chosen.size - 1))
+    elif where == "footer":
+        offset = draw(st.integers(max(0, size - 1024), size - 1))
+    else:
+        offset = draw(st.integers(0, size - 1))
+    return offset, draw(st.integers(1, 255))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_byte_flipped_anywhere_in_a_run_never_changes_an_answer_and_reconcile_rebuilds_it(data) -> None:
+    """A byte flipped in any column (payload, metadata, ids, timestamps, a null bit), the schema
+    metadata or the footer: every lookup still equals the log (the run is refused at open, or the
+    damaged block fails its CRC and the lookup reads the log), never a payload the log does not hold."""
+    store = damage_store()
+    layout, pristine, expected = store["layout"], store["pristine"], store["expected"]
+    victim = data.draw(st.sampled_from(sorted(pristine)))
+    good = pristine[victim]
+    offset, mask = data.draw(byte_flips(len(good), good))
+    damaged = bytearray(good)
+    damaged[offset] ^= mask
+    victim.write_bytes(bytes(damaged))
+    try:
+        reading._cache.clear()  # as in a fresh process
+        for k, rows in expected.items():
+            assert indexed_read(layout, "A", str(k))[0] == rows, (victim.name, offset, mask, k)
+            assert indexed_read(layout, "A", str(k), 3, 9)[0] == [r for r in rows if 3 <= r[4] <= 9]
+    finally:
+        reconcile(layout)  # the writer checks whole files: deletes the damaged run, rebuilds it
+    assert {p: p.read_bytes() for p in run_files(layout)} == pristine
+
+
+def test_every_block_of_every_run_written_passes_its_crc(tmp_path) -> None:
+    """Runs written by reconcile, merges and the sealer's add verify in full (a block CRC that
+    disagreed with the file as mapped would send every lookup to the log)."""
+    layout = make_store(tmp_path)
+    rows = varied_rows(5 * (runs.BLOCK_ROWS + 9) + 100)
+    seal_chunks(layout, rows, [runs.BLOCK_ROWS + 9] * 5 + [100])
+    segs, lost = current_segments(layout)
+    w = writer(layout, merge_factor=2)
+    assert w.reconcile(segs[:-1], lost)
+    assert w.merge() == 3  # 5 runs -> 2 + 1 -> 1 + 1
+    sealed = pa.Table.from_pylist([dict(zip(ARROW_SCHEMA.names, r)) for r in rows[-101:]], schema=ARROW_SCHEMA)
+    w.add(segs[-1], sealed.slice(1))  # as the sealer does, from rows it holds (a slice: offset 1)
+    assert len(run_files(layout)) == 3
+    reading._cache.clear()
+    for path in run_files(layout):
+        run = runs.open_run(path)
+        assert run.verify_rows(0, run.meta.rows) > 0
+        assert run.verify_rows(0, run.meta.rows) == 0, "verified blocks are cached per process"
+
+
 def test_a_run_from_another_store_is_foreign_skipped_and_replaced(tmp_path) -> None:
     ours, theirs = small_store(tmp_path / "ours"), small_store(tmp_path / "theirs")
     for run in run_files(ours):
@@ -293,9 +384,10 @@ class CountingOpener:
         return self.real(path)
 
 
-def cost_of_a_lookup(root: Path, total: int, monkeypatch) -> tuple[int, int, int, int]:
-    """(runs, files opened by the first lookup, files opened by the second, bytes touched by it)
-    for one aggregate of 100 events spread over a store of ``total`` events."""
+def cost_of_a_lookup(root: Path, total: int, monkeypatch) -> tuple[int, int, int, int, int, int]:
+    """(runs, files opened by the first lookup, files opened by the second, bytes touched by it,
+    bytes it CRC-checked (first lookup in the process), bytes a repeat of it CRC-checks) for one
+    aggregate of 100 events spread over a store of ``total`` events."""
     layout = make_store(root)
     history = [("Bulk", str(k % 997)) for k in range(total - 100)]
     step = len(history) // 100
@@ -314,7 +406,10 @@ def cost_of_a_lookup(root: Path, total: int, monkeypatch) -> tuple[int, int, int
     view = StreamIndex(layout, 0).view(segs, lost)
     table = view.aggregate("Probe", "p")
     assert table.column("version").to_pylist() == list(range(1, 101))
-    return len(run_files(layout)), first_opens, len(counter.opened) - first_opens, view.bytes_touched
+    touched, verified = view.bytes_touched, view.bytes_verified
+    assert view.aggregate("Probe", "p").equals(table)
+    return (len(run_files(layout)), first_opens, len(counter.opened) - first_opens, touched, verified,
+            view.bytes_verified - verified)
 
 
 def test_one_lookup_opens_each_run_once_and_touches_bytes_of_the_rows_it_returns(tmp_path, monkeypatch) -> None:
@@ -323,6 +418,9 @@ def test_one_lookup_opens_each_run_once_and_touches_bytes_of_the_rows_it_returns
     assert small[2] == large[2] == 0, "a second lookup in the process opens no file"
     assert large[3] <= 1.3 * small[3], f"bytes touched grow with the rows returned, not the store: {small} {large}"
     assert large[3] < 100 * 200, "about the 100 rows' bytes (~120 each) and a few binary-search probes"
+    for runs_, _, _, _, verified, _ in (small, large):  # a run's rows of one aggregate are contiguous (sorted by hash)
+        assert verified <= (2 * runs_ + 1) * runs.BLOCK_ROWS * 150, "the blocks holding the rows, not the store"
+    assert small[5] == large[5] == 0, "a block is CRC-checked once per process"
 
 
 def partition_rows(first: int, n: int) -> list[Row]:

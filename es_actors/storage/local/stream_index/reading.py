@@ -5,7 +5,8 @@ this format, this store's id and this partition, its key columns pass their CRC 
 process per file identity), and every source segment it names is in the current generation
 with that name and size. The runs used tile positions 1..covered with no gap or overlap (a gap
 only where a repair recorded a loss). Every row a lookup returns is checked against the
-aggregate, the versions asked for and the run's positions; a run that fails a check at lookup
+aggregate, the versions asked for and the run's positions, and the blocks of rows it returns pass
+their CRC-32 (once per process per block); a run that fails a check at lookup
 is dropped and its positions are read from the segments instead.
 """
 
@@ -228,6 +229,7 @@ class IndexView:
         self.covered = runs[-1].meta.last if runs else 0
         self.files: list[Path] = [r.path for r in runs]
         self.bytes_touched = 0  # bytes of the runs the lookups of this view read: probes + slices (cost tests)
+        self.bytes_verified = 0  # bytes of the blocks CRC-checked for the first time in this process (cost tests)
 
     def aggregate(
         self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
@@ -268,7 +270,8 @@ class IndexView:
     def _checked(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
                  first_version: int, last_version: int) -> pa.RecordBatch:
         """Rows a..b-1 of the run that are the aggregate's; RunInvalid if a row is not what the
-        run's order says (damage the key CRC does not cover)."""
+        run's order says (damage the key CRC does not cover) or a block holding them fails its CRC."""
+        self.bytes_verified += run.verify_rows(a, b)  # payloads and every other column, before any row is used
         part = run.rows.slice(a, b - a)
         part.validate(full=True)  # offsets in bounds, UTF-8 valid: damage raises here, never reads past the map
         types = part.column(2).to_pylist()

@@ -4,12 +4,16 @@
 ``index/p0003/run-<first:020d>-<last:020d>-<crc32>.arrow``: the name carries the file's CRC-32
 (checked by the writer when it reconciles); the metadata (``es_actors.index.*``) the format
 version, the store's id, the partition, the position range, the row count, the source segments
-as ``[name, size]`` pairs, the merge tier and a CRC-32 of the key columns (stream_hash, version,
-position), which readers check once per process per file before trusting the sort order.
+as ``[name, size]`` pairs, the merge tier, a CRC-32 of the key columns (stream_hash, version,
+position), which readers check once per process per file before trusting the sort order, and a
+CRC-32 per block of BLOCK_ROWS consecutive rows over every column's bytes, which readers check
+for each block a lookup returns rows from (once per process per block) before trusting its
+payloads: a whole-file check at open would make a process's first read O(store).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -17,7 +21,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +37,7 @@ META = "es_actors.index."
 HASH_FIELD = pa.field("stream_hash", pa.uint64(), nullable=False)
 RUN_SCHEMA = pa.schema([HASH_FIELD, *ARROW_SCHEMA])
 KEY_COLUMNS = ("stream_hash", "version", "position")
+BLOCK_ROWS = 256  # rows per block CRC (a multiple of 8: validity bitmaps split on bytes); benchmarks/stream_index.py
 _RUN = re.compile(r"^run-(\d{20})-(\d{20})-([0-9a-f]{8})\.arrow$")
 
 
@@ -68,6 +73,59 @@ def key_crc(batch: pa.RecordBatch | pa.Table) -> int:
     return crc
 
 
+class BlockCrc:
+    """CRC-32 of rows a..b-1 of a batch over every column's bytes: validity bits (all-valid when a
+    column has no bitmap, so a null turned into a value is caught), fixed-width values, and for
+    strings the offsets a..b and the data bytes between them. numpy views on the Arrow buffers (no
+    copy), zlib.crc32 at C speed. Arrays must have offset 0 (runs as written and as mapped do);
+    numpy slices never read past a buffer, so damaged offsets only yield a wrong CRC."""
+
+    def __init__(self, columns: Sequence[pa.Array], block_rows: int = BLOCK_ROWS) -> None:
+        self._all_valid = np.full(block_rows // 8 + 1, 0xFF, dtype=np.uint8)  # a column with no validity bitmap
+        # per column: (validity bytes or None, values bytes, value width; 0 = string: offsets int32, data bytes)
+        self._columns: list[tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None, np.ndarray | None]] = []
+        for col in columns:
+            if col.offset != 0:
+                raise ValueError("BlockCrc needs arrays with offset 0")
+            bufs = col.buffers()
+            n = len(col)
+            valid = None if bufs[0] is None else np.frombuffer(bufs[0], dtype=np.uint8, count=(n + 7) // 8)
+            if pa.types.is_string(col.type):
+                offsets = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1)
+                data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.empty(0, np.uint8)
+                self._columns.append((valid, offsets.view(np.uint8), 0, offsets, data))
+            else:
+                width = col.type.bit_width // 8
+                self._columns.append((valid, np.frombuffer(bufs[1], dtype=np.uint8, count=n * width), width, None, None))
+
+    def crc(self, a: int, b: int) -> int:
+        """``a`` a multiple of 8, ``b - a`` at most the block size."""
+        crc = 0
+        crc32: Callable[[Any, int], int] = zlib.crc32  # numpy views are buffers (the stubs do not say so)
+        full, tail = (b - a) // 8, (b - a) % 8
+        for valid, values, width, offsets, data in self._columns:
+            bits = self._all_valid if valid is None else valid[a // 8:]
+            crc = crc32(bits[:full], crc)
+            if tail:
+                crc = crc32(bytes((int(bits[full]) & ((1 << tail) - 1),)), crc)
+            if width:
+                crc = crc32(values[a * width:b * width], crc)
+            else:
+                assert offsets is not None and data is not None
+                crc = crc32(values[a * 4:(b + 1) * 4], crc)
+                crc = crc32(data[max(0, int(offsets[a])):max(0, int(offsets[b]))], crc)
+        return crc
+
+
+def block_crcs(columns: Sequence[pa.Array], block_rows: int = BLOCK_ROWS) -> bytes:
+    """The CRC-32 of every block of ``block_rows`` rows, as little-endian uint32s (a run's metadata)."""
+    n = len(columns[0]) if columns else 0
+    hasher = BlockCrc(columns, block_rows)
+    crcs = np.fromiter((hasher.crc(a, min(a + block_rows, n)) for a in range(0, n, block_rows)),
+                       dtype="<u4", count=-(-n // block_rows))
+    return crcs.tobytes()
+
+
 def hash_column(table: pa.Table) -> pa.Array:
     """stream_hash of every row: one blake2b per distinct aggregate (dictionary-encoded in C++)."""
     types = table.column("aggregate_type").combine_chunks().dictionary_encode()
@@ -95,13 +153,16 @@ class RunMeta:
     sources: tuple[tuple[str, int, int], ...]  # (segment name, size, mtime_ns) as indexed
     tier: int
     key_crc: int
+    block_rows: int = BLOCK_ROWS
+    block_crcs: bytes = b""  # little-endian uint32 per block of block_rows rows
 
     def encode(self) -> dict[bytes, bytes]:
         values = {
             "format": FORMAT, "store_id": self.store_id, "partition": str(self.partition),
             "first": str(self.first), "last": str(self.last), "rows": str(self.rows),
             "sources": json.dumps([list(s) for s in self.sources]), "tier": str(self.tier),
-            "key_crc32": f"{self.key_crc:08x}",
+            "key_crc32": f"{self.key_crc:08x}", "block_rows": str(self.block_rows),
+            "block_crc32": base64.b64encode(self.block_crcs).decode(),
         }
         return {(META + k).encode(): v.encode() for k, v in values.items()}
 
@@ -114,7 +175,8 @@ class RunMeta:
         return cls(
             store_id=m["store_id"], partition=int(m["partition"]), first=int(m["first"]), last=int(m["last"]),
             rows=int(m["rows"]), sources=tuple((str(n), int(s), int(t)) for n, s, t in json.loads(m["sources"])),
-            tier=int(m["tier"]), key_crc=int(m["key_crc32"], 16),
+            tier=int(m["tier"]), key_crc=int(m["key_crc32"], 16), block_rows=int(m["block_rows"]),
+            block_crcs=base64.b64decode(m["block_crc32"], validate=True),
         )
 
 
@@ -134,9 +196,15 @@ class OpenRun:
     positions: np.ndarray = field(init=False)
     _fixed_row_bytes: int = field(init=False)
     _string_offsets: list[np.ndarray] = field(init=False)
+    _block_crc: BlockCrc = field(init=False)
+    _expected: np.ndarray = field(init=False)  # each block's CRC-32 as written
+    _verified: np.ndarray = field(init=False)  # blocks whose CRC passed in this process (one byte a block)
 
     def __post_init__(self) -> None:
         b = self.batch
+        self._block_crc = BlockCrc(b.columns, self.meta.block_rows)
+        self._expected = np.frombuffer(self.meta.block_crcs, dtype="<u4")
+        self._verified = np.zeros(len(self._expected), dtype=bool)
         self.rows = pa.RecordBatch.from_arrays(b.columns[1:], schema=ARROW_SCHEMA)
         self.positions = b.column("position").to_numpy(zero_copy_only=True)
         self._string_offsets, self._fixed_row_bytes = [], 0
@@ -152,6 +220,22 @@ class OpenRun:
     def slice_bytes(self, a: int, b: int) -> int:
         """Bytes of the run's rows a..b-1 (what reading them touches in the map)."""
         return (b - a) * self._fixed_row_bytes + sum(int(o[b] - o[a]) for o in self._string_offsets)
+
+    def verify_rows(self, a: int, b: int) -> int:
+        """Check the CRC of every block holding rows a..b-1 not yet checked in this process (the
+        bitmap lives as long as this map: bounded by the run's size / BLOCK_ROWS). RunInvalid
+        names the first damaged block; returns the bytes read to check (0 when all were cached)."""
+        size = self.meta.block_rows
+        touched = 0
+        for k in range(a // size, (b - 1) // size + 1):
+            if self._verified[k]:
+                continue
+            lo, hi = k * size, min((k + 1) * size, self.meta.rows)
+            if self._block_crc.crc(lo, hi) != int(self._expected[k]):
+                raise RunInvalid(f"{self.path.name}: rows {lo}..{hi - 1} fail their block CRC-32 (damaged)")
+            self._verified[k] = True
+            touched += self.slice_bytes(lo, hi)
+        return touched
 
 
 class RunInvalid(Exception):
@@ -182,11 +266,19 @@ def open_run(path: Path) -> OpenRun:
         raise RunInvalid(f"{path.name}: columns differ from the run schema")
     if (meta.first, meta.last) != parsed[:2] or meta.rows != batch.num_rows or meta.rows != meta.last - meta.first + 1:
         raise RunInvalid(f"{path.name}: metadata says {meta.first}..{meta.last}, {meta.rows} rows; holds {batch.num_rows}")
-    if key_crc(batch) != meta.key_crc:
-        raise RunInvalid(f"{path.name}: key columns fail their CRC-32 (damaged)")
-    hashes = batch.column("stream_hash").to_numpy(zero_copy_only=True)
-    versions = batch.column("version").to_numpy(zero_copy_only=True)
-    return OpenRun(path, meta, batch, hashes, versions, ident, ident[2])
+    blocks = -(-meta.rows // meta.block_rows) if meta.block_rows > 0 else -1
+    if meta.block_rows <= 0 or meta.block_rows % 8 or len(meta.block_crcs) != 4 * blocks:
+        raise RunInvalid(f"{path.name}: block CRCs malformed ({len(meta.block_crcs)} bytes for {meta.rows} rows "
+                         f"in blocks of {meta.block_rows})")
+    try:
+        batch.validate()  # buffer sizes fit the row count (cheap; the slices are validated in full at lookup)
+        if key_crc(batch) != meta.key_crc:
+            raise RunInvalid(f"{path.name}: key columns fail their CRC-32 (damaged)")
+        hashes = batch.column("stream_hash").to_numpy(zero_copy_only=True)
+        versions = batch.column("version").to_numpy(zero_copy_only=True)
+        return OpenRun(path, meta, batch, hashes, versions, ident, ident[2])
+    except (pa.ArrowException, ValueError) as exc:
+        raise RunInvalid(f"{path.name}: cannot be read as a run ({type(exc).__name__}: {exc})") from None
 
 
 def check_file_crc(run: OpenRun) -> None:
@@ -212,18 +304,27 @@ def sorted_run_table(table: pa.Table) -> pa.Table:
     return table.take(order).combine_chunks()
 
 
+def _first_offset(col: pa.Array) -> int:
+    """A string column's first value offset (0 as written to a file; a slice's may not be)."""
+    if not pa.types.is_string(col.type) or len(col) == 0:
+        return 0
+    return int(np.frombuffer(col.buffers()[1], dtype=np.int32, count=1)[0])
+
+
 def write_run(directory: Path, table: pa.Table, meta_fields: dict[str, Any]) -> Path:
     """Write a sorted run durably (temp name, fsync, CRC into the name, rename, fsync the
     directory): readers see it whole or not at all."""
     positions = table.column("position")
     first, last = int(pc.min(positions).as_py()), int(pc.max(positions).as_py())
-    meta = RunMeta(first=first, last=last, rows=table.num_rows, key_crc=key_crc(table), **meta_fields)
+    columns = [table.column(n).combine_chunks() for n in RUN_SCHEMA.names]
+    columns = [pa.concat_arrays([c]) if c.offset or _first_offset(c) else c for c in columns]  # as a reader maps it
+    meta = RunMeta(first=first, last=last, rows=table.num_rows, key_crc=key_crc(table), block_rows=BLOCK_ROWS,
+                   block_crcs=block_crcs(columns, BLOCK_ROWS), **meta_fields)  # looked up now: a bench may vary it
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".run-{first:020d}-{last:020d}.{os.getpid()}.tmp"
     schema = RUN_SCHEMA.with_metadata(meta.encode())
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(pa.RecordBatch.from_arrays(
-            [table.column(n).combine_chunks() for n in RUN_SCHEMA.names], schema=schema))
+        writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
     fsync_file(tmp)
     path = directory / run_name(first, last, file_crc32(tmp))
     os.replace(tmp, path)
