@@ -29,10 +29,10 @@ from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consisten
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.stream_index import StreamIndex
-from es_actors.storage.local.durable_mark import DurableMark
-from es_actors.storage.local.segments import Segment, list_segments_cached, resolve_current, verify_segment
+from es_actors.storage.local.log_place import log_place
+from es_actors.storage.local.segments import Segment, verify_segment
 from es_actors.storage.local.tail_cursor import tail_index
-from es_actors.storage.local.wal import high_water, list_tail_files
+from es_actors.storage.local.wal import high_water
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -132,14 +132,8 @@ def read_aggregate(
         last_version = upto if last_version is None else min(last_version, upto)
 
     def read_once() -> pa.Table:
-        tail_dir = layout.tail_dir(partition)
-        durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
-        tails = list_tail_files(tail_dir)
-        gen = resolve_current(layout.log_dir(partition))
-        if gen is None and (durable or tails):
-            raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
-        segments = list_segments_cached(gen, lost, partition) if gen is not None else []
-        sealed_last = segments[-1].last if segments else 0
+        place = log_place(layout, partition, lost, cached=True)
+        durable, tails, segments, sealed_last = place.durable, place.tails, place.segments, place.sealed_last
         tail = [r for r in _tail_part(layout, partition, lost, tails, sealed_last, durable, aggregate)
                 if r[_VER] >= first_version and (last_version is None or r[_VER] <= last_version)]
         if backwards and limit is not None and len(tail) >= limit:

@@ -24,10 +24,10 @@ from es_actors.storage.ranges import position_range
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.local.reader import durable_tail_rows
-from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segment
-from es_actors.storage.local.wal import high_water, list_tail_files
+from es_actors.storage.local.log_place import log_place
+from es_actors.storage.local.segments import Segment, verify_segment
+from es_actors.storage.local.wal import high_water
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -90,14 +90,8 @@ def read_range(layout: StoreLayout, partition: int, first: int, last: int, attem
     lost = LostRanges.load(layout.root)
 
     def read_once() -> pa.Table:
-        tail_dir = layout.tail_dir(partition)
-        durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
-        tails = list_tail_files(tail_dir)
-        gen = resolve_current(layout.log_dir(partition))
-        if gen is None and (durable or tails):
-            raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
-        segments = list_segments(gen, lost, partition) if gen is not None else []
-        sealed_last = segments[-1].last if segments else 0
+        place = log_place(layout, partition, lost)
+        durable, tails, segments, sealed_last = place.durable, place.tails, place.segments, place.sealed_last
         parts = [segment_range(s, first, last) for s in segments if s.first <= last and s.last >= first]
         if last > sealed_last:
             parts.append(_tail_range(layout, partition, tails, durable, lost, max(first - 1, sealed_last), last))

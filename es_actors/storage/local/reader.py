@@ -21,7 +21,7 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segments
-from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.log_place import log_place
 from es_actors.storage.local.wal import high_water, list_tail_files, read_tail_file, read_tail_rows
 
 
@@ -60,14 +60,9 @@ def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> View
     """One attempt at a consistent view: (sealed segments, durable tail rows after them).
     Raises :class:`Moved` (a seal or compaction moved files under us, or positions are missing:
     look again); damage raises StoreCorrupted."""
+    place = log_place(layout, partition, lost)
+    durable, tails, segments, sealed_last = place.durable, place.tails, place.segments, place.sealed_last
     tail_dir = layout.tail_dir(partition)
-    durable = DurableMark.read(tail_dir)  # before listing: everything up to it is in the files we list
-    tails = list_tail_files(tail_dir)
-    gen = resolve_current(layout.log_dir(partition))
-    if gen is None and (durable or tails):
-        raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
-    segments = list_segments(gen, lost, partition) if gen is not None else []
-    sealed_last = segments[-1].last if segments else 0
     tail_rows = durable_tail_rows(layout, partition, tails, sealed_last, durable)  # FileNotFoundError: moved
     tail_rows.sort(key=lambda r: r[COL["position"]])
     if lost.first_gap(partition, sealed_last, (r[COL["position"]] for r in tail_rows)) is not None:

@@ -1,0 +1,44 @@
+"""Where a partition's log stands, as one read attempt sees it: the first step of every reader.
+
+The order is what makes a read consistent (ADR-005): the durable mark first (everything up to it
+is in the files listed after it), then the tail files, then the current generation's segments. A
+seal or compaction between these steps shows later as a gap or a vanished file, and the caller's
+:func:`~es_actors.storage.consistent.read_consistently` reads again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from es_actors.storage.consistent import Moved
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.segments import Segment, list_segments, list_segments_cached, resolve_current
+from es_actors.storage.local.wal import list_tail_files
+from es_actors.storage.lost_ranges import LostRanges
+
+
+@dataclass(frozen=True, slots=True)
+class LogPlace:
+    durable: int | None  # the writer's durable mark, read before anything else
+    tails: list[tuple[int, Path]]  # tail files as (first position, path)
+    segments: list[Segment]  # the current generation's segments, in position order
+
+    @property
+    def sealed_last(self) -> int:
+        return self.segments[-1].last if self.segments else 0
+
+
+def log_place(layout: StoreLayout, partition: int, lost: LostRanges, cached: bool = False) -> LogPlace:
+    """The durable mark, the tail files and the sealed segments, in that order. ``cached`` reuses this
+    process's parse of an unchanged generation directory (reads that run per request). Raises Moved if
+    ``current`` is missing while the tail shows positions were written."""
+    tail_dir = layout.tail_dir(partition)
+    durable = DurableMark.read(tail_dir)
+    tails = list_tail_files(tail_dir)
+    gen = resolve_current(layout.log_dir(partition))
+    if gen is None and (durable or tails):
+        raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
+    listing = list_segments_cached if cached else list_segments
+    return LogPlace(durable, tails, listing(gen, lost, partition) if gen is not None else [])
