@@ -29,10 +29,9 @@ from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consisten
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.stream_index import StreamIndex
-from es_actors.storage.local.log_place import log_place
+from es_actors.storage.local.log_place import log_place, require_held
 from es_actors.storage.local.segments import Segment, verify_segment
 from es_actors.storage.local.tail_cursor import tail_index
-from es_actors.storage.local.wal import high_water
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -84,12 +83,7 @@ def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, tails: lis
         if count and (first != sealed_last + 1 or count != last - sealed_last):  # gapless, but for recorded losses
             if not lost or lost.first_gap(partition, sealed_last, (r[_POS] for r in index.rows_after(sealed_last))):
                 raise Moved(f"partition {partition}: positions do not continue after {sealed_last} in the tail")
-    last = max(last, sealed_last)
-    used = high_water(durable, tails)
-    if used > last and not lost.covers(partition, last + 1, used):
-        raise Moved(f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
-                    f"in {layout.tail_dir(partition)}) but no file holds them: tail files or segments are missing",
-                    missing=True)
+    require_held(layout, partition, lost, durable, tails, max(last, sealed_last))
     return rows
 
 

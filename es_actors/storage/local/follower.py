@@ -29,10 +29,11 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE
 from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.local.log_place import require_held
 from es_actors.storage.local.range_reads import segment_range
 from es_actors.storage.local.segments import Segment, list_segments, parse_segment_name, resolve_current, verify_segment
 from es_actors.storage.local.tail_cursor import TailFileCursor, TailFileReplaced
-from es_actors.storage.local.wal import high_water, list_tail_files
+from es_actors.storage.local.wal import list_tail_files
 from es_actors.storage.local.durable_mark import DurableMark
 
 _NO_LOSS = LostRanges()
@@ -138,12 +139,7 @@ class LogFollower:
             return batch
         rows = self._tail_rows(tails, sealed_last, durable)
         if not rows:
-            used = high_water(durable, tails)
-            if used > self.after and not lost.covers(self.partition, self.after + 1, used):
-                raise Moved(
-                    f"partition {self.partition}: positions {self.after + 1}..{used} were written (durable mark, "
-                    f"tail file names in {tail_dir}) but no file holds them: tail files or segments are missing", missing=True
-                )
+            require_held(self.layout, self.partition, lost, durable, tails, self.after)
             return None
         if rows[0][COL["position"]] != self.after + 1:
             raise Moved("rows moved into a segment")  # a seal is moving these rows; the next read finds them in the segment

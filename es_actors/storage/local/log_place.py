@@ -15,7 +15,7 @@ from es_actors.storage.consistent import Moved
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.local.segments import Segment, list_segments, list_segments_cached, resolve_current
-from es_actors.storage.local.wal import list_tail_files
+from es_actors.storage.local.wal import high_water, list_tail_files
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -42,3 +42,18 @@ def log_place(layout: StoreLayout, partition: int, lost: LostRanges, cached: boo
         raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
     listing = list_segments_cached if cached else list_segments
     return LogPlace(durable, tails, listing(gen, lost, partition) if gen is not None else [])
+
+
+def require_held(layout: StoreLayout, partition: int, lost: LostRanges, durable: int | None,
+                 tails: list[tuple[int, Path]], held_to: int, upto: int | None = None) -> None:
+    """Every position written (the durable mark, the tail files' names) up to ``upto`` is held by a
+    file listed: positions after ``held_to`` that were written but are in no file raise
+    ``Moved(missing=True)``, a race if a later attempt finds them, damage if none does."""
+    used = high_water(durable, tails)
+    if upto is not None:
+        used = min(used, upto)
+    if used > held_to and not lost.covers(partition, held_to + 1, used):
+        raise Moved(f"partition {partition}: positions {held_to + 1}..{used} were written (durable mark, tail file "
+                    f"names in {layout.tail_dir(partition)}) but no file holds them: tail files or segments are "
+                    "missing", missing=True)
+

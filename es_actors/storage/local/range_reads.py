@@ -25,9 +25,8 @@ from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consisten
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.reader import durable_tail_rows
-from es_actors.storage.local.log_place import log_place
+from es_actors.storage.local.log_place import log_place, require_held
 from es_actors.storage.local.segments import Segment, verify_segment
-from es_actors.storage.local.wal import high_water
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -111,10 +110,7 @@ def _tail_range(
     rows.sort(key=lambda r: r[p_col])
     if lost.first_gap(partition, after, (r[p_col] for r in rows)) is not None:
         raise Moved(f"partition {partition}: positions do not continue after {after} in {layout.tail_dir(partition)}")
-    end = rows[-1][p_col] if rows else after
-    used = min(high_water(durable, tails), last)
-    if used > end and not lost.covers(partition, end + 1, used):
-        raise Moved(f"partition {partition}: positions {end + 1}..{used} were written but no file holds them", missing=True)
+    require_held(layout, partition, lost, durable, tails, rows[-1][p_col] if rows else after, upto=last)
     return rows_to_table(rows)
 
 

@@ -21,8 +21,8 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segments
-from es_actors.storage.local.log_place import log_place
-from es_actors.storage.local.wal import high_water, list_tail_files, read_tail_file, read_tail_rows
+from es_actors.storage.local.log_place import log_place, require_held
+from es_actors.storage.local.wal import list_tail_files, read_tail_file, read_tail_rows
 
 
 def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
@@ -68,10 +68,7 @@ def _durable_view(layout: StoreLayout, partition: int, lost: LostRanges) -> View
     if lost.first_gap(partition, sealed_last, (r[COL["position"]] for r in tail_rows)) is not None:
         raise Moved(f"partition {partition}: positions do not continue after {sealed_last} in {tail_dir}")
     last = tail_rows[-1][COL["position"]] if tail_rows else sealed_last
-    used = high_water(durable, tails)
-    if used > last and not lost.covers(partition, last + 1, used):
-        raise Moved(f"partition {partition}: positions {last + 1}..{used} were written (durable mark, tail file names "
-                    f"in {tail_dir}) but no file holds them: tail files or segments are missing", missing=True)
+    require_held(layout, partition, lost, durable, tails, last)
     return segments, tail_rows
 
 
