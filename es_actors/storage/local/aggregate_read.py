@@ -20,17 +20,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
-from es_actors.errors import StoreCorrupted
-from es_actors.storage import files
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.stream_index import StreamIndex
 from es_actors.storage.local.log_place import log_place, require_held
-from es_actors.storage.local.segments import Segment, verify_segment
+from es_actors.storage.local.range_reads import aggregate_in_segments
+from es_actors.storage.local.segments import Segment
 from es_actors.storage.local.tail_cursor import tail_index
 from es_actors.storage.lost_ranges import LostRanges
 
@@ -39,37 +37,14 @@ _POS, _VER = COL["position"], COL["version"]
 _INT64_MAX = 2**63 - 1
 
 
-def _version_filter(first_version: int, last_version: int | None) -> ds.Expression:
-    expr = ds.field("version") >= first_version
-    if last_version is not None:
-        expr = expr & (ds.field("version") <= last_version)
-    return expr
-
-
 def _sealed_after(segments: list[Segment], covered: int, aggregate: tuple[str, str], first_version: int,
                   last_version: int | None) -> pa.Table | None:
-    """Rows of one aggregate in the segments after ``covered`` (None if there are none: the index
-    covers the sealed log), each segment opened through the one opener. Filters are built only
-    when a segment is read: building pyarrow expressions costs more than a whole indexed read."""
+    """Rows of one aggregate in the segments after ``covered``; None if there are none (the index
+    covers the sealed log: no filter is built, which costs more than a whole indexed read)."""
     after = [seg for seg in segments if seg.last > covered]
     if not after:
         return None
-    parts = []
-    where = ((ds.field("aggregate_type") == aggregate[0]) & (ds.field("aggregate_id") == aggregate[1])
-             & (ds.field("position") > covered) & _version_filter(first_version, last_version))
-    fmt = ds.ParquetFileFormat()
-    for seg in after:
-        verify_segment(seg)  # FileNotFoundError: a compaction collected it (read again)
-        f = files.open_input(seg.path)
-        try:
-            parts.append(fmt.make_fragment(f).to_table(schema=ARROW_SCHEMA, filter=where))
-        except (pa.ArrowException, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise StoreCorrupted(f"sealed segment {seg.path} cannot be read: {exc}") from None
-        finally:
-            f.close()
-    return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+    return aggregate_in_segments(after, aggregate[0], aggregate[1], first_version, last_version, after=covered)
 
 
 def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, tails: list[tuple[int, Path]],

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
@@ -55,6 +56,36 @@ def segment_range(seg: Segment, first: int, last: int, columns: list[str] | None
     if meta.num_rows and (seg.first < first or seg.last > last):
         table = table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
     return _conform(table, names)
+
+
+def aggregate_in_segments(segments: list[Segment], aggregate_type: str, aggregate_id: str, first_version: int = 1,
+                          last_version: int | None = None, after: int = 0, upto: int | None = None) -> pa.Table:
+    """Rows of one aggregate in ``segments`` with versions ``first_version..last_version`` and positions
+    ``after < position <= upto``, by a filtered scan (row-group statistics prune what they can): what the
+    stream index does not cover, or a run found wrong. Each segment is verified and opened through the
+    one opener. FileNotFoundError: a compaction collected one (read again)."""
+    if not segments:
+        return ARROW_SCHEMA.empty_table()
+    where = ((ds.field("aggregate_type") == aggregate_type) & (ds.field("aggregate_id") == aggregate_id)
+             & (ds.field("version") >= first_version) & (ds.field("position") > after))
+    if last_version is not None:
+        where = where & (ds.field("version") <= last_version)
+    if upto is not None:
+        where = where & (ds.field("position") <= upto)
+    fmt = ds.ParquetFileFormat()
+    parts = []
+    for seg in segments:
+        verify_segment(seg)
+        f = files.open_input(seg.path)
+        try:
+            parts.append(fmt.make_fragment(f).to_table(schema=ARROW_SCHEMA, filter=where))
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreCorrupted(f"sealed segment {seg.path} cannot be read: {exc}") from None
+        finally:
+            f.close()
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
 def _overlaps(column: Any, first: int, last: int) -> bool:
@@ -114,4 +145,4 @@ def _tail_range(
     return rows_to_table(rows)
 
 
-__all__ = ["read_range", "segment_range"]
+__all__ = ["aggregate_in_segments", "read_range", "segment_range"]

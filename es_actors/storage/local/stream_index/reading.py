@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from es_actors.codecs.rows import ARROW_SCHEMA
-from es_actors.storage import files
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
-from es_actors.storage.local.segments import Segment, verify_segment
+from es_actors.storage.local.range_reads import aggregate_in_segments
+from es_actors.storage.local.segments import Segment
 from es_actors.storage.local.stream_index import runs as run_format
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
 
@@ -295,17 +294,10 @@ class IndexView:
     def _from_segments(self, run: OpenRun, aggregate_type: str, aggregate_id: str,
                        first_version: int, last_version: int) -> pa.Table:
         """The run's positions read from the log instead (a run found wrong at lookup)."""
-        parts = []
-        for seg in self.segments:
-            if seg.last < run.meta.first or seg.first > run.meta.last:
-                continue
-            verify_segment(seg)
-            table = pq.read_table(files.open_input(seg.path), schema=ARROW_SCHEMA, filters=[
-                ("aggregate_type", "=", aggregate_type), ("aggregate_id", "=", aggregate_id),
-                ("version", ">=", first_version), ("version", "<=", last_version),
-                ("position", ">=", run.meta.first), ("position", "<=", run.meta.last)])
-            parts.append(table)
-        return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+        first, last = run.meta.first, run.meta.last
+        segments = [seg for seg in self.segments if seg.last >= first and seg.first <= last]
+        return aggregate_in_segments(segments, aggregate_type, aggregate_id, first_version, last_version,
+                                     after=first - 1, upto=last)
 
 
 class StreamIndex:
