@@ -45,7 +45,7 @@ def test_a_warm_index_decodes_only_the_new_frame(tmp_path: Path, monkeypatch: py
     log = LocalBackend(root).open_log(0, small_config().model_copy(update={"seal_rows": 10**6}))
     try:
         ev.append(log, ["a"])
-        monkeypatch.setattr(tail_cursor.json, "loads", lambda data: decoded.append(len(data)) or real(data))  # json is one module: patch after recovery
+        monkeypatch.setattr(json, "loads", lambda data: decoded.append(len(data)) or real(data))  # json is one module: patch after recovery
         assert versions(root) == list(range(1, ev.versions["a"] + 1))
         assert len(decoded) == 1, "only the frame appended since the last read is decoded"
     finally:
@@ -59,7 +59,7 @@ def test_frames_before_the_needed_position_are_not_decoded(tmp_path: Path, monke
     cur = tail_cursor.TailFileCursor(path, first)
     decoded: list[int] = []
     real = json.loads
-    monkeypatch.setattr(tail_cursor.json, "loads", lambda data: decoded.append(1) or real(data))
+    monkeypatch.setattr(json, "loads", lambda data: decoded.append(1) or real(data))
     rows = cur.advance(newest=True, durable=None, skip_before=7)  # frames hold 1, 2-3, 4, 5-6, 7
     assert [r[COL["position"]] for r in rows] == [7] and len(decoded) == 1
 

@@ -18,11 +18,8 @@ The follower (``follower.py``) and the aggregate read (``reader.py``) both use t
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
-import zlib
 from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,21 +28,19 @@ from es_actors.codecs.rows import COL
 from es_actors.storage import files
 from es_actors.storage.local.wal import (
     FILE_HEADER_SIZE,
-    FILE_MAGIC,
     FRAME_HEADER_SIZE,
-    FRAME_MAGIC,
     Damage,
     TailScan,
+    checked_frame_at,
     damage_error,
+    file_header_first,
+    frame_rows,
     scan_frames,
     scan_tail_bytes,
 )
 
 
 Row = tuple[Any, ...]
-_FRAME = struct.Struct("<IIQII")  # magic, payload length, first position, row count, payload crc (wal.py)
-_HEADER_CRC = struct.Struct("<I")
-_FILE_HEADER = struct.Struct("<8sQII")
 _POS = COL["position"]
 
 
@@ -109,12 +104,7 @@ class TailFileCursor:
 
     def _from_start(self, newest: bool, durable: int | None, skip_before: int) -> list[Row]:
         data = _read_from(self.path, 0)
-        header_ok = (
-            len(data) >= FILE_HEADER_SIZE and data.startswith(FILE_MAGIC)
-            and _FILE_HEADER.unpack_from(data, 0)[1] == self.first
-            and zlib.crc32(data[:20]) == _FILE_HEADER.unpack_from(data, 0)[3]
-        )
-        if header_ok and self.version == 2:
+        if file_header_first(data) == self.first and self.version == 2:
             self.offset = FILE_HEADER_SIZE
             return self._frames(data, 0, FILE_HEADER_SIZE, newest, durable, skip_before)
         # format 1, a damaged or unfinished header: the full classifier decides (format 1 frames
@@ -132,24 +122,16 @@ class TailFileCursor:
         n = len(data)
         expected = self.expected
         while off < n:
-            if off + FRAME_HEADER_SIZE > n:
+            checked, _why = checked_frame_at(data, off)
+            if checked is None or checked[0] != expected:
                 break
-            magic, length, first, count, pcrc = _FRAME.unpack_from(data, off)
-            start = off + FRAME_HEADER_SIZE
-            end = start + length
-            if (magic != FRAME_MAGIC or first != expected or end > n
-                    or zlib.crc32(data[off:off + _FRAME.size]) != _HEADER_CRC.unpack_from(data, off + _FRAME.size)[0]
-                    or zlib.crc32(data[start:end]) != pcrc):
-                break
+            first, count, start, end = checked
             last = first + count - 1
             if durable is not None and count and last > durable:
                 return out  # not durable yet: a later read takes it
-            if last >= skip_before:
-                try:
-                    rows = [tuple(r) for r in json.loads(data[start:end])]
-                except (ValueError, TypeError):
-                    break
-                if len(rows) != count or (rows and rows[0][_POS] != first):
+            if last >= skip_before:  # frames before what is needed are checked, not decoded
+                rows, _why = frame_rows(data[start:end], first, count)
+                if rows is None:
                     break
                 out.extend(rows)
             self.offset, self.expected = base + end, first + count

@@ -134,8 +134,10 @@ class TailScan:
         return [r for f in self.frames if first_bad is None or f.offset < first_bad for r in f.rows]
 
 
-def _frame_at(data: bytes, off: int) -> tuple[Frame | None, str]:
-    """A valid format-2 frame at ``off``, or (None, why not)."""
+def checked_frame_at(data: bytes, off: int) -> tuple[tuple[int, int, int, int] | None, str]:
+    """``(first position, row count, payload start, payload end)`` of a format-2 frame at ``off``
+    whose marker, header checksum and payload checksum all pass (the payload is not decoded), or
+    ``(None, why not)``. Readers that skip frames they do not need check them with this alone."""
     n = len(data)
     if off + FRAME_HEADER_SIZE > n:
         return None, "short frame header"
@@ -149,15 +151,39 @@ def _frame_at(data: bytes, off: int) -> tuple[Frame | None, str]:
     end = start + length
     if end > n:
         return None, f"frame of {length} bytes runs past the end of the file"
-    payload = data[start:end]
-    if zlib.crc32(payload) != pcrc:
+    if zlib.crc32(data[start:end]) != pcrc:
         return None, "frame payload checksum mismatch"
+    return (first, count, start, end), ""
+
+
+def frame_rows(payload: bytes, first: int, count: int) -> tuple[list[Row] | None, str]:
+    """A checked frame's rows, or ``(None, why not)`` if they are not JSON rows matching its header."""
     try:
         rows = [tuple(r) for r in json.loads(payload)]
     except (ValueError, TypeError):
         return None, "frame payload is not valid JSON rows"
     if len(rows) != count or (rows and rows[0][1] != first):
         return None, "frame rows do not match its header"
+    return rows, ""
+
+
+def file_header_first(data: bytes) -> int | None:
+    """The first position a format-2 file header holds, or None if it is not a whole, checked header."""
+    if len(data) < FILE_HEADER_SIZE:
+        return None
+    magic, first, _reserved, hcrc = _FILE_HEADER.unpack_from(data, 0)
+    return first if magic == FILE_MAGIC and zlib.crc32(data[:20]) == hcrc else None
+
+
+def _frame_at(data: bytes, off: int) -> tuple[Frame | None, str]:
+    """A valid format-2 frame at ``off``, or (None, why not)."""
+    checked, why = checked_frame_at(data, off)
+    if checked is None:
+        return None, why
+    first, count, start, end = checked
+    rows, why = frame_rows(data[start:end], first, count)
+    if rows is None:
+        return None, why
     return Frame(off, end, first, rows), ""
 
 
