@@ -33,6 +33,7 @@ COLUMNS: tuple[str, ...] = (
     "metadata",
 )
 COL = {name: i for i, name in enumerate(COLUMNS)}
+INT64_MAX = 2**63 - 1  # positions and versions are int64 columns: the largest either can be
 
 ARROW_SCHEMA = pa.schema(
     [

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from es_actors.codecs.rows import INT64_MAX
 from es_actors.errors import EsActorsError
 
-INT64_MAX = 2**63 - 1
 
 
 def position_range(first: Any, last: Any) -> tuple[int, int] | None:

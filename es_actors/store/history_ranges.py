@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from es_actors.codecs.rows import COL
+from es_actors.codecs.rows import COL, INT64_MAX
 from es_actors.errors import EsActorsError
 
 Row = tuple[Any, ...]
@@ -22,7 +22,6 @@ _VER = COL["version"]
 ReadRows = Callable[[int, "int | None", "int | None", bool], list[Row]]
 
 
-INT64_MAX = 2**63 - 1  # versions and positions are stored as int64
 
 
 def _whole(value: Any, name: str, minimum: int, optional: bool) -> None:

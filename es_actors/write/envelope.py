@@ -32,11 +32,11 @@ import math
 from datetime import datetime
 from typing import Any
 
+from es_actors.codecs.rows import INT64_MAX
 from es_actors.config import StoreConfig
 from es_actors.errors import InvalidPayload, PayloadTooLarge
 from es_actors.write.protocol import BatchItem, CommandEnvelope, ImportedEvent, ImportEnvelope
 
-INT64_MAX = (1 << 63) - 1
 
 
 def utf8_size(value: str, field: str) -> int:

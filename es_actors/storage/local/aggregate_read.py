@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, INT64_MAX, rows_to_table
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
@@ -34,7 +34,6 @@ from es_actors.storage.lost_ranges import LostRanges
 
 
 _POS, _VER = COL["position"], COL["version"]
-_INT64_MAX = 2**63 - 1
 
 
 def _sealed_after(segments: list[Segment], covered: int, aggregate: tuple[str, str], first_version: int,
@@ -97,7 +96,7 @@ def read_aggregate(
     index = StreamIndex(layout, partition)
     gapless = not lost.of(partition)  # no recorded loss: an aggregate's versions are 1..N without holes
     if limit is not None and gapless and not backwards:  # the versions the limit allows (int64, like the column)
-        upto = min(first_version + limit - 1, _INT64_MAX)
+        upto = min(first_version + limit - 1, INT64_MAX)
         last_version = upto if last_version is None else min(last_version, upto)
 
     def read_once() -> pa.Table:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.codecs.rows import ARROW_SCHEMA, INT64_MAX
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.range_reads import aggregate_in_segments
@@ -236,7 +236,7 @@ class IndexView:
         """Rows of one aggregate in positions 1..covered with versions first..last (ARROW_SCHEMA
         columns, sorted by version). Touches only the slices that hold them."""
         h = np.uint64(run_format.stream_hash(aggregate_type, aggregate_id))
-        hi_version = np.iinfo(np.int64).max if last_version is None else last_version
+        hi_version = INT64_MAX if last_version is None else last_version
         batches: list[pa.RecordBatch] = []
         for run in self.runs:
             self.bytes_touched += 16 * max(1, len(run.hashes)).bit_length()  # two binary searches' probes
