@@ -9,6 +9,9 @@ import sys
 import click
 
 from es_actors.cli.common import address_option, aggregates_option, load_aggregates, reporter, text_table
+from es_actors.jobs.backfill.command import backfill
+
+__all__ = ["backfill", "check_contracts", "demo", "snapshot"]
 
 
 @click.command()
@@ -129,3 +132,4 @@ def check_contracts(
                 click.echo(f"    {text}")
     click.echo("\nclean: every event reads and folds with this code" if report.clean else "\nNOT clean")
     sys.exit(0 if report.clean else 1)
+

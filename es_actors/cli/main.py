@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from es_actors.cli.common import DEFAULT_AGGREGATES
-from es_actors.cli.jobs import check_contracts, demo, snapshot
+from es_actors.cli.jobs import backfill, check_contracts, demo, snapshot
 from es_actors.cli.operations import repair, stop, upgrade
 from es_actors.cli.reading import history, query, status
 
@@ -32,7 +32,7 @@ def main() -> None:
     """es_actors: event sourcing on Ray with Parquet append logs."""
 
 
-for _command in (demo, history, snapshot, check_contracts, query, status, repair, upgrade, stop):
+for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop):
     main.add_command(_command)
 
 

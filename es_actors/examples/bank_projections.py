@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from es_actors.read.merge import Merge
 from es_actors.read.projection import PythonProjection, SqlProjection
 from es_actors.codecs.views import RecordedEvent
 
@@ -37,6 +38,13 @@ class Balances(SqlProjection):
             balance = balance + excluded.balance,
             events = events + excluded.events,
             version = greatest(version, excluded.version)"""
+    # A part built from any share of the log folds in the same way a batch does: backfills may
+    # split partitions by ranges of positions.
+    merge = Merge.combining(balances="""
+        INSERT INTO balances SELECT * FROM part
+        ON CONFLICT (account) DO UPDATE SET
+            owner = coalesce(excluded.owner, owner), balance = balance + excluded.balance,
+            events = events + excluded.events, version = greatest(version, excluded.version)""")
 
 
 class BalancesPy(PythonProjection):
@@ -50,10 +58,37 @@ class BalancesPy(PythonProjection):
     setup = """CREATE TABLE balances_py (
         account VARCHAR PRIMARY KEY, owner VARCHAR, balance BIGINT NOT NULL, events BIGINT NOT NULL,
         version BIGINT NOT NULL)"""
+    merge = Merge.by_aggregate()  # one row per account: partitions build disjoint rows
 
     @classmethod
     def handle(cls, db: Any, events: Sequence[RecordedEvent]) -> None:
         upsert_balance_deltas(db, "balances_py", events)
+
+
+class DailyTotals(SqlProjection):
+    """Money in and out per day, across all accounts and partitions (a backfill combines the
+    totals its workers built from different shares of the log)."""
+
+    name = "daily_totals"
+    version = 1
+    event_types = (MoneyDeposited, MoneyWithdrawn)
+    setup = """CREATE TABLE daily_totals (
+        day DATE PRIMARY KEY, deposited BIGINT NOT NULL, withdrawn BIGINT NOT NULL, events BIGINT NOT NULL)"""
+    apply = """
+        INSERT INTO daily_totals
+        SELECT CAST(timezone('UTC', recorded_at) AS DATE),  -- the UTC day, whatever the session's time zone
+               sum(CASE WHEN event_type = 'MoneyDeposited' THEN (payload->>'amount')::BIGINT ELSE 0 END),
+               sum(CASE WHEN event_type = 'MoneyWithdrawn' THEN (payload->>'amount')::BIGINT ELSE 0 END),
+               count(*)
+        FROM batch GROUP BY ALL
+        ON CONFLICT (day) DO UPDATE SET
+            deposited = deposited + excluded.deposited, withdrawn = withdrawn + excluded.withdrawn,
+            events = events + excluded.events"""
+    merge = Merge.combining(daily_totals="""
+        INSERT INTO daily_totals SELECT * FROM part
+        ON CONFLICT (day) DO UPDATE SET
+            deposited = deposited + excluded.deposited, withdrawn = withdrawn + excluded.withdrawn,
+            events = events + excluded.events""")
 
 
 def upsert_balance_deltas(db: Any, table: str, events: Sequence[RecordedEvent]) -> None:

@@ -28,14 +28,20 @@ def connect_ray(address: str | None = None) -> None:
 
 def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
     """``"es_actors.examples.bank:BankAccount,pkg.mod:Other"`` (or a list of such) -> the classes, imported."""
+    return resolve_classes(spec, Aggregate, "es_actors.examples.bank:BankAccount")
+
+
+def resolve_classes(spec: str | Sequence[str], base: type, example: str) -> list[Any]:
+    """``module:Class`` names, comma-separated (or a list of such) -> the classes, imported; each
+    must subclass ``base`` (``example`` shows the form in errors)."""
     items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
-    out: list[type[Aggregate[Any]]] = []
+    out: list[Any] = []
     for item in (i.strip() for i in items):
         if not item:
             continue
         module_name, sep, attr = item.partition(":")
         if not sep or not module_name or not attr:
-            raise EsActorsError(f"{item!r}: give aggregates as module:Class, e.g. es_actors.examples.bank:BankAccount")
+            raise EsActorsError(f"{item!r}: give classes as module:Class, e.g. {example}")
         if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: the current directory imports
             sys.path.insert(0, os.getcwd())
         try:
@@ -47,11 +53,11 @@ def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
                 obj = getattr(obj, name)
             except AttributeError:
                 raise EsActorsError(f"{item!r}: {module_name!r} has no {attr!r}") from None
-        if not (isinstance(obj, type) and issubclass(obj, Aggregate)):
-            raise EsActorsError(f"{item!r} is not an Aggregate subclass")
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise EsActorsError(f"{item!r} is not a {base.__name__} subclass")
         out.append(obj)
     if not out:
-        raise EsActorsError("no aggregate classes given")
+        raise EsActorsError(f"no {base.__name__} classes given")
     return out
 
 

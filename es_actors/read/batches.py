@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from es_actors.storage.local.follower import Batch
+from es_actors.storage.local.follower import Batch, LogFollower
 
 
 def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
@@ -15,3 +15,37 @@ def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
         t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
         return Batch(batch.partition, first, last, table=t)
     return Batch(batch.partition, first, last, files=list(batch.files))
+
+
+class BoundedFollower:
+    """A follower that stops at ``until``: a backfill task's share of one partition's log.
+
+    Batches are cut at ``until``; after it, :meth:`poll` returns None as at the end of the log.
+    ``head`` is ``until`` (what the task must reach), so the runner's lag counts the task's rest.
+    """
+
+    def __init__(self, follower: LogFollower, until: int) -> None:
+        self.follower = follower
+        self.until = until
+        self.head = until
+
+    @property
+    def partition(self) -> int:
+        return self.follower.partition
+
+    @property
+    def after(self) -> int:
+        return self.follower.after
+
+    def seek(self, after: int) -> None:
+        self.follower.seek(after)
+
+    def poll(self, max_rows: int = 1_000_000) -> Batch | None:
+        left = self.until - self.follower.after
+        if left <= 0:
+            return None
+        batch = self.follower.poll(min(max_rows, left))
+        if batch is None or batch.last <= self.until:
+            return batch
+        self.follower.seek(self.until)
+        return bisect_batch(batch, batch.first, self.until)

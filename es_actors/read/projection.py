@@ -31,6 +31,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
+from es_actors.read.merge import Merge
+
 if TYPE_CHECKING:
     from es_actors.codecs.views import RecordedEvent
 
@@ -57,6 +59,9 @@ class Projection:
     #: Most events per batch (one transaction). A batch must finish well within
     #: ``projection_stall_s`` (progress is seen per committed batch).
     batch_size: ClassVar[int] = 100_000
+    #: How a parallel backfill combines parts built by several workers (es_actors.read.merge);
+    #: None: it cannot, and a backfill replays it with one worker.
+    merge: ClassVar[Merge | None] = None
     kind: ClassVar[str] = "?"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -65,6 +70,8 @@ class Projection:
             raise ValueError(f"projection name {cls.name!r}: use lower-case letters, digits and _ (a SQL schema name)")
         if cls.on_error not in ("halt", "park"):
             raise ValueError(f"{cls.__name__}.on_error must be 'halt' or 'park', not {cls.on_error!r}")
+        if cls.merge is not None and not isinstance(cls.merge, Merge):
+            raise ValueError(f"{cls.__name__}.merge must be a Merge (Merge.by_aggregate(), Merge.combining(...)) or None")
 
     @classmethod
     def event_type_names(cls) -> tuple[str, ...]:

@@ -91,6 +91,9 @@ class ProjectorActor:
         # batch commits: with CPython's default thresholds the collector re-scanned that growing
         # heap for about half of a Python projection's time (py-spy, project_python_1m).
         tune_gc_for_a_long_lived_heap()
+        from es_actors.read.backfill.install import adopt_builds
+
+        adopt_builds(self.runner, ray.cloudpickle.loads, log)  # versions built beside keep following the log
         self._closed = False
         self._loop = threading.Thread(target=self.runner.run, name="projector-loop", daemon=True)
         self._watch = threading.Thread(target=self._watch_heads, name="projector-watch", daemon=True)
@@ -137,6 +140,15 @@ class ProjectorActor:
         projector's ``query_timeout_s``; result capped), on its own cursor."""
         req = query_request(sql, params, timeout_s, self.config)
         return self.runner.read_model.query(req, LogEvents(self.layout, self.partitions))
+
+    def install_backfill(self, projection: type[Projection], definition: bytes) -> dict[str, Any]:
+        """Combine a finished backfill's parts into this projector's read model (the file's one
+        writer) and follow the built version from there on."""
+        from es_actors.read.backfill.files import BackfillDir
+        from es_actors.read.backfill.install import adopt
+
+        work = BackfillDir(self.layout.root, projection.name, projection.version)
+        return adopt(self.runner, projection, work, definition).to_dict()
 
     def close(self) -> None:
         self._closed = True

@@ -23,12 +23,12 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
-from es_actors.read.batches import bisect_batch
+from es_actors.read.batches import BoundedFollower, bisect_batch
 from es_actors.read.progress import PartitionProgress, ProjectionState, status_rows, worst_status
 from es_actors.read.projection import Projection
 from es_actors.storage.local.reader import recorded_at_us
@@ -74,32 +74,71 @@ class ProjectionRunner:
         config: StoreConfig,
         clock: Clock | None = None,
         recorded_at: Callable[[int, int], int | None] | None = None,
+        read_model: ReadModel | None = None,
+        bounds: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
+        """``read_model`` defaults to the store's read-model file. ``bounds`` (partition -> (after,
+        until)) limits the runner to those partitions' positions after..until: a backfill task."""
         self.layout = layout
         self.partitions = partitions
         self.config = config
         self.clock: Clock = clock or SystemClock()
         #: (partition, position) -> recorded_at in µs, for lag in seconds.
         self._recorded_at = recorded_at or (lambda part, pos: recorded_at_us(layout, part, pos))
-        self.read_model = ReadModel(layout.root, registry, projections)
+        self.read_model = read_model if read_model is not None else ReadModel(layout.root, registry, projections)
+        self.bounds = dict(bounds) if bounds is not None else None
         self.states: dict[str, ProjectionState] = {}
-        now = self.clock.monotonic()
         for p in projections:
-            cps = self.read_model.checkpoints(p.name)
-            self.states[p.name] = ProjectionState(
-                p,
-                {
-                    i: PartitionProgress(LogFollower(layout, i, cps.get(i, 0)), cps.get(i, 0), last_progress=now)
-                    for i in range(partitions)
-                },
-                paused=self.read_model.is_paused(p.name),
-                parked=self.read_model.dead_letters(p.name).num_rows,
-            )
+            self._add_state(p)
         self._heads = [LogFollower(layout, i, 0) for i in range(partitions)]
         self._cond = threading.Condition()
         self._stop = False
         self._loop_exited = False
         self._loop_error: str | None = None
+
+    def _add_state(self, p: type[Projection]) -> None:
+        cps = self.read_model.checkpoints(p.name)
+        now = self.clock.monotonic()
+        progress: dict[int, PartitionProgress] = {}
+        for i in range(self.partitions) if self.bounds is None else sorted(self.bounds):
+            if self.bounds is None:
+                start = cps.get(i, 0)
+                follower: Any = LogFollower(self.layout, i, start)
+            else:
+                after, until = self.bounds[i]
+                start = cps.get(i, after)
+                follower = BoundedFollower(LogFollower(self.layout, i, start), until)
+            progress[i] = PartitionProgress(follower, start, last_progress=now)
+        self.states[p.name] = ProjectionState(
+            p, progress, paused=self.read_model.is_paused(p.name), parked=self.read_model.dead_letters(p.name).num_rows,
+        )
+
+    def add_projection(self, p: type[Projection]) -> None:
+        """Run one more projection (already registered in the read model, e.g. a version a backfill
+        built): it follows from its committed checkpoints."""
+        self.read_model.add(p)
+        with self._cond:
+            self._add_state(p)
+            self._cond.notify_all()
+
+    def remove_projection(self, name: str) -> None:
+        """Stop running a projection (if it runs), once no batch of it is in flight; its tables stay."""
+        st = self.states.get(name)
+        if st is None:
+            return
+        st.paused = True
+        with self._exclusive(st):
+            with self._cond:
+                self.states.pop(name, None)
+            self.read_model.remove(name)
+
+    def reached(self, name: str) -> bool:
+        """Whether a bounded runner's projection has reached the end of every partition's bounds."""
+        if self.bounds is None:
+            return False
+        return all(
+            max(prog.checkpoint, prog.follower.after) >= self.bounds[i][1] for i, prog in self._state(name).partitions.items()
+        )
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -262,7 +301,9 @@ class ProjectionRunner:
             while f.poll(10_000_000) is not None:
                 pass
             for st in self.states.values():
-                st.partitions[i].head = max(st.partitions[i].head, f.head)
+                prog = st.partitions.get(i)
+                if prog is not None:
+                    prog.head = max(prog.head, f.head)
 
     def status(self) -> list[dict[str, Any]]:
         """One row per (projection, partition): checkpoint, head, lag, rate, status, error."""

@@ -24,6 +24,11 @@ SYSTEM_DDL = [
         aggregate_type VARCHAR, aggregate_id VARCHAR, version BIGINT, event_type VARCHAR,
         schema_version INTEGER, payload VARCHAR, error VARCHAR NOT NULL, attempts INTEGER NOT NULL,
         parked_at TIMESTAMPTZ NOT NULL, stored_row VARCHAR NOT NULL, PRIMARY KEY (projection, partition, position))""",
+    # Versions a backfill built beside the live one (es_actors.read.backfill.install): the projector
+    # that restarts finds their declarations here and keeps them following the log.
+    """CREATE TABLE IF NOT EXISTS es_actors.builds (
+        instance VARCHAR PRIMARY KEY, projection VARCHAR NOT NULL, version INTEGER NOT NULL,
+        definition BLOB, built_from VARCHAR NOT NULL, installed_at TIMESTAMPTZ NOT NULL)""",
 ]
 
 

@@ -32,22 +32,50 @@ from es_actors.storage.local.follower import Batch
 class ReadModel:
     """The read-model file, open for writing, with one cursor and one handler per projection."""
 
-    def __init__(self, root: Path, registry: DomainRegistry, projections: Sequence[type[Projection]]) -> None:
+    def __init__(
+        self, root: Path, registry: DomainRegistry, projections: Sequence[type[Projection]], database: str | None = None
+    ) -> None:
+        """``database``: the store's read-model file unless given (``":memory:"`` for a backfill
+        task's private database)."""
         self.root = root
         self.registry = registry
-        self.projections = {p.name: p for p in projections}
+        self.projections: dict[str, type[Projection]] = {}
         self.handlers: dict[str, ProjectionHandler] = {}
         for p in projections:  # an unknown kind is refused before the file is touched
-            self.handlers[p.name] = handler = handler_class(p)(registry)
-            handler.check(p)
-        path = readmodel_path(root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = connect_restricted(str(path), root)
+            self._handler(p)
+        if database is None:
+            path = readmodel_path(root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            database = str(path)
+        self.con = connect_restricted(database, root)
         for stmt in SYSTEM_DDL:
             self.con.execute(stmt)
-        self.cursors: dict[str, duckdb.DuckDBPyConnection] = {p.name: open_projection(self.con, p) for p in projections}
+        self.cursors: dict[str, duckdb.DuckDBPyConnection] = {}
+        for p in projections:
+            self.cursors[p.name] = open_projection(self.con, p)
+            self.projections[p.name] = p
         #: Macros the projections' set-up created: queries may not call them (query_guard).
         self.defined_functions = database_functions(self.con)
+
+    def _handler(self, p: type[Projection]) -> ProjectionHandler:
+        self.handlers[p.name] = handler = handler_class(p)(self.registry)
+        handler.check(p)
+        return handler
+
+    def add(self, p: type[Projection]) -> None:
+        """Open one more projection (set up if new), e.g. a version a backfill built beside."""
+        self._handler(p)
+        self.cursors[p.name] = open_projection(self.con, p)
+        self.projections[p.name] = p
+        self.defined_functions = database_functions(self.con)
+
+    def remove(self, name: str) -> None:
+        """Close a projection's cursor (its tables stay in the file)."""
+        cur = self.cursors.pop(name, None)
+        self.handlers.pop(name, None)
+        self.projections.pop(name, None)
+        if cur is not None:
+            cur.close()
 
     # -- checkpoints and pause ----------------------------------------------------------------
 

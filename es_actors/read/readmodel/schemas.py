@@ -67,12 +67,16 @@ def _other_owner(cur: duckdb.DuckDBPyConnection, name: str, table: str) -> str |
 def drop_projection(cur: duckdb.DuckDBPyConnection, name: str) -> None:
     """Remove a projection's schema, views, checkpoints and dead letters (never another's view)."""
     with transaction(cur):
-        for (table,) in cur.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [name]
-        ).fetchall():
-            if _other_owner(cur, name, table) is None:
-                cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
-        cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        for t in ("projections", "checkpoints", "dead_letters"):
-            col = "name" if t == "projections" else "projection"
-            cur.execute(f"DELETE FROM es_actors.{t} WHERE {col} = ?", [name])
+        drop_in_transaction(cur, name)
+
+
+def drop_in_transaction(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """:func:`drop_projection`'s work inside the caller's transaction."""
+    for (table,) in cur.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [name]
+    ).fetchall():
+        if _other_owner(cur, name, table) is None:
+            cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
+    cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    for t, col in (("projections", "name"), ("checkpoints", "projection"), ("dead_letters", "projection"), ("builds", "instance")):
+        cur.execute(f"DELETE FROM es_actors.{t} WHERE {col} = ?", [name])

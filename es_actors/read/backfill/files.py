@@ -1,0 +1,149 @@
+"""Where a backfill keeps its work in the store, so any node can resume it (never on a node's
+own disk)::
+
+    backfills/<projection>/v<version>/
+        plan.json                       the plan (es_actors.read.backfill.plan)
+        tasks/<task>/checkpoint.json    the task's last checkpoint: positions reached, counts, its files
+        tasks/<task>/<seq>/<table>.parquet   the task's tables as of that checkpoint (+ _dead_letters)
+        installed.json                  written once the parts are in the read model
+
+Every file is written whole under a temporary name, synced and renamed into place, and a
+checkpoint names its files only after they are in place: a task killed at any point leaves
+the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from es_actors.errors import EsActorsError
+from es_actors.read.backfill.plan import BackfillPlan
+from es_actors.storage.files import fsync_dir, replace_durably
+
+DEAD_LETTERS = "_dead_letters"
+
+
+class TaskCheckpoint(BaseModel):
+    """How far one task got: positions reached per partition, and its tables at that point."""
+
+    task: str
+    seq: int
+    positions: dict[int, int]
+    applied: int
+    parked: int
+    tables: list[str]
+    final: bool = False
+
+
+class BackfillBusy(EsActorsError):
+    """Another backfill of the same projection version is running."""
+
+
+class BackfillDir:
+    """The directory of one backfill of one projection version."""
+
+    def __init__(self, root: Path, projection: str, version: int) -> None:
+        self.root = root
+        self.path = root / "backfills" / projection / f"v{version}"
+        self._lock: IO[bytes] | None = None
+
+    # -- the run's lock ------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Hold the backfill for this process (released by :meth:`unlock` or the process's end)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / ".lock", "ab")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise BackfillBusy(f"another backfill of {self.path.relative_to(self.root)} is running (it holds {self.path / '.lock'})") from None
+        self._lock = f
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    # -- the plan ------------------------------------------------------------------------------
+
+    def load_plan(self) -> BackfillPlan | None:
+        path = self.path / "plan.json"
+        if not path.exists():
+            return None
+        try:
+            return BackfillPlan.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise EsActorsError(f"{path} is not a backfill plan this version can read ({exc.error_count()} errors); start again with restart") from None
+
+    def save_plan(self, plan: BackfillPlan) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        replace_durably(self.path / "plan.json", plan.to_json().encode())
+        fsync_dir(self.path)
+
+    def discard(self) -> None:
+        """Remove the plan, the checkpoints and the installed mark (the lock file stays, held)."""
+        for child in self.path.iterdir() if self.path.exists() else []:
+            if child.name == ".lock":
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    @property
+    def installed_mark(self) -> Path:
+        return self.path / "installed.json"
+
+    def mark_installed(self, text: str) -> None:
+        replace_durably(self.installed_mark, text.encode())
+        fsync_dir(self.path)
+
+    # -- task checkpoints ----------------------------------------------------------------------
+
+    def task_dir(self, task: str) -> Path:
+        return self.path / "tasks" / task
+
+    def load_checkpoint(self, task: str) -> TaskCheckpoint | None:
+        path = self.task_dir(task) / "checkpoint.json"
+        if not path.exists():
+            return None
+        try:
+            ck = TaskCheckpoint.model_validate_json(path.read_bytes())
+        except ValidationError:
+            return None  # unreadable: the task starts over (its share is redone, never half-used)
+        if not all((self.task_dir(task) / str(ck.seq) / f"{t}.parquet").exists() for t in [*ck.tables, DEAD_LETTERS]):
+            return None
+        return ck
+
+    def table_file(self, ck: TaskCheckpoint, table: str) -> Path:
+        return self.task_dir(ck.task) / str(ck.seq) / f"{table}.parquet"
+
+    def write_checkpoint(self, ck: TaskCheckpoint, tables: dict[str, pa.Table], dead_letters: pa.Table) -> None:
+        """The task's tables first (a new directory, synced), then the checkpoint naming them;
+        the previous checkpoint's directory goes last."""
+        tdir = self.task_dir(ck.task)
+        tdir.mkdir(parents=True, exist_ok=True)
+        target = tdir / str(ck.seq)
+        tmp = tdir / f".{ck.seq}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, table in [*tables.items(), (DEAD_LETTERS, dead_letters)]:
+            path = tmp / f"{name}.parquet"
+            pq.write_table(table, path)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        fsync_dir(tdir)
+        replace_durably(tdir / "checkpoint.json", ck.model_dump_json().encode())
+        fsync_dir(tdir)
+        for old in tdir.iterdir():
+            if old.is_dir() and old.name != str(ck.seq):
+                shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""Combining a backfill's parts into the read-model file: the projection's version built beside
+the live one, as its own schema ``<name>__v<version>`` with its own checkpoints (each partition's
+target) and dead letters, in ONE transaction. A crash before the commit leaves nothing of it; after,
+the version follows the log like any projection (the projector adopts it).
+
+The live version is not touched: its schema, its views in ``main`` and its checkpoints stay.
+The built version is queried by its schema (``SELECT * FROM balances__v2.balances``); switching
+the views in ``main`` to it is the cutover's work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import duckdb
+
+from es_actors.errors import EsActorsError
+from es_actors.read.backfill.files import DEAD_LETTERS, BackfillDir, TaskCheckpoint
+from es_actors.read.backfill.plan import BackfillPlan
+from es_actors.read.backfill.task import projection_tables
+from es_actors.read.projection import _NAME, Projection
+from es_actors.read.readmodel.checkpoints import set_checkpoint
+from es_actors.read.readmodel.database import sql_str, transaction
+from es_actors.read.readmodel.schemas import drop_in_transaction
+
+
+@dataclass
+class InstallReport:
+    instance: str
+    rows: dict[str, int]
+    dead_letters: int
+    merge_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def instance_name(name: str, version: int) -> str:
+    """The schema (and checkpoint key) of a projection version built beside the live one."""
+    return f"{name}__v{version}"
+
+
+def beside(p: type[Projection]) -> type[Projection]:
+    """The projection as the version built beside: the same declaration under its instance name."""
+    name = instance_name(p.name, p.version)
+    if not _NAME.match(name):
+        raise EsActorsError(f"projection {p.name!r} v{p.version}: {name!r} is too long for a schema name (63 characters)")
+    return type(p.__name__, (p,), {"name": name, "__module__": p.__module__, "__qualname__": p.__qualname__, "beside_of": p.name})
+
+
+def install(
+    con: duckdb.DuckDBPyConnection,
+    p: type[Projection],
+    plan: BackfillPlan,
+    parts: Sequence[TaskCheckpoint],
+    work: BackfillDir,
+    definition: bytes | None,
+) -> InstallReport:
+    """Build ``<name>__v<version>`` from the tasks' final parts (in task order), with its
+    checkpoints at the plan's targets, replacing an earlier build of the same version."""
+    t0 = time.perf_counter()
+    name = instance_name(p.name, p.version)
+    registered = con.execute("SELECT name FROM es_actors.projections WHERE name = ? AND name NOT IN (SELECT instance FROM es_actors.builds)", [name]).fetchone()
+    if registered is not None:
+        raise EsActorsError(f"a projection named {name!r} exists and is not a backfill's build: rename it or the projection")
+    cur = con.cursor()
+    try:
+        with transaction(cur):
+            drop_in_transaction(cur, name)
+            cur.execute(f'CREATE SCHEMA "{name}"')
+            cur.execute(f"SET search_path = '{name}'")
+            for stmt in p.setup_statements():
+                cur.execute(stmt)
+            cur.execute("INSERT INTO es_actors.projections VALUES (?, ?, ?, false, now())", [name, p.version, p.kind])
+            rows = _merge_tables(cur, p, name, parts, work)
+            dead = _merge_dead_letters(cur, name, parts, work)
+            for part, pos in plan.targets.items():
+                set_checkpoint(cur, name, part, pos)
+            cur.execute(
+                "INSERT INTO es_actors.builds VALUES (?, ?, ?, ?, ?, now())",
+                [name, p.name, p.version, definition, str(work.path.relative_to(work.root))],
+            )
+    finally:
+        cur.close()
+    return InstallReport(name, rows, dead, time.perf_counter() - t0)
+
+
+def _merge_tables(
+    cur: duckdb.DuckDBPyConnection, p: type[Projection], name: str, parts: Sequence[TaskCheckpoint], work: BackfillDir
+) -> dict[str, int]:
+    tables = projection_tables(cur, name)
+    merge_sql = dict(p.merge.tables) if p.merge is not None else {}
+    rows: dict[str, int] = {}
+    for t in tables:
+        files = [str(work.table_file(ck, t)) for ck in parts if t in ck.tables]
+        if not files:
+            rows[t] = 0
+            continue
+        sql = merge_sql.get(t)
+        try:
+            if sql is None:
+                cur.execute(f'INSERT INTO "{name}"."{t}" BY NAME SELECT * FROM read_parquet([{", ".join(sql_str(f) for f in files)}])')
+            else:
+                for f in files:  # in task order: a part's rows fold into what the earlier parts built
+                    cur.execute(f"CREATE OR REPLACE TEMP VIEW part AS SELECT * FROM read_parquet({sql_str(f)})")
+                    cur.execute(sql)
+        except duckdb.ConstraintException as exc:
+            how = "its merge SQL" if sql else "inserting each part's rows (no merge SQL for it)"
+            raise EsActorsError(
+                f"backfill of {p.name} v{p.version}: combining the parts of table {t!r} by {how} failed: {exc}. "
+                "Parts built from different shares of the log collide on a key: declare merge SQL for the table "
+                "(Merge.combining) or, for rows that are not keyed by aggregate, no merge (sequential replay)"
+            ) from None
+        except duckdb.Error as exc:
+            raise EsActorsError(f"backfill of {p.name} v{p.version}: combining the parts of table {t!r} failed: {type(exc).__name__}: {exc}") from None
+        rows[t] = int(cur.execute(f'SELECT count(*) FROM "{name}"."{t}"').fetchone()[0])  # type: ignore[index]
+    cur.execute("DROP VIEW IF EXISTS part")
+    return rows
+
+
+def _merge_dead_letters(cur: duckdb.DuckDBPyConnection, name: str, parts: Sequence[TaskCheckpoint], work: BackfillDir) -> int:
+    files = [str(work.table_file(ck, DEAD_LETTERS)) for ck in parts if ck.parked]
+    if not files:
+        return 0
+    cur.execute(
+        f"INSERT INTO es_actors.dead_letters BY NAME SELECT * REPLACE ({sql_str(name)} AS projection) "
+        f"FROM read_parquet([{', '.join(sql_str(f) for f in files)}])"
+    )
+    return int(cur.execute("SELECT count(*) FROM es_actors.dead_letters WHERE projection = ?", [name]).fetchone()[0])  # type: ignore[index]
+
+
+def builds(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, bytes | None]]:
+    """The versions built beside live ones: (instance, projection, version, pickled declaration)."""
+    return [tuple(r) for r in con.execute("SELECT instance, projection, version, definition FROM es_actors.builds ORDER BY 1").fetchall()]  # type: ignore[misc]
+
+
+def adopt(runner: Any, p: type[Projection], work: BackfillDir, definition: bytes | None) -> InstallReport:
+    """Install a finished backfill into a running projection runner's read model and let the
+    runner follow the built version from its targets (an earlier build of it is replaced)."""
+    plan = work.load_plan()
+    if plan is None:
+        raise EsActorsError(f"no backfill plan in {work.path}")
+    parts = [work.load_checkpoint(t.id) for t in plan.tasks]
+    missing = [t.id for t, ck in zip(plan.tasks, parts) if ck is None or not ck.final]
+    if missing:
+        raise EsActorsError(f"backfill of {p.name} v{p.version}: tasks {missing} have not finished; run the backfill again to finish them")
+    inst = beside(p)
+    runner.remove_projection(inst.name)
+    report = install(runner.read_model.con, p, plan, [ck for ck in parts if ck is not None], work, definition)
+    runner.add_projection(inst)
+    return report
+
+
+def adopt_builds(runner: Any, load: Any, log: Any) -> None:
+    """At a projector's start: follow every version built beside whose declaration loads
+    (``load(definition) -> Projection class``); one that does not is left, with a warning."""
+    for instance, name, version, definition in builds(runner.read_model.con):
+        if instance in runner.states or definition is None:
+            continue
+        try:
+            p = load(definition)
+            runner.add_projection(beside(p))
+        except Exception as exc:
+            log.warning("projection %s v%s built beside (%s) is not followed: its declaration does not load here: %s: %s",
+                        name, version, instance, type(exc).__name__, exc)

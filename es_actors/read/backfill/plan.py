@@ -1,0 +1,114 @@
+"""A backfill's plan: the log positions it covers (each partition's durable head when it was
+planned) and the shares of them its workers take. Written once to ``plan.json``, so a resumed
+backfill redoes none of the planning and no share moves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from es_actors.read.projection import Projection, SqlProjection
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.log_place import log_place
+from es_actors.storage.local.reader import durable_high_water
+from es_actors.storage.lost_ranges import LostRanges
+
+PLAN_FORMAT = 1
+#: The smallest share of a partition worth its own task (a task's fixed cost is ~0.1-0.3 s).
+MIN_TASK_EVENTS = 200_000
+
+
+class TaskSpec(BaseModel):
+    """One worker's share: per partition, the positions after..until (inclusive of until)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    bounds: dict[int, tuple[int, int]]
+
+    @property
+    def events(self) -> int:
+        return sum(until - after for after, until in self.bounds.values())
+
+
+class BackfillPlan(BaseModel):
+    """What one backfill of one projection version covers and how it is shared out."""
+
+    format: int = PLAN_FORMAT
+    projection: str
+    version: int
+    fingerprint: str
+    split: Literal["partition", "range", "none"]
+    targets: dict[int, int]
+    tasks: list[TaskSpec]
+    created_at: str
+
+    @property
+    def events(self) -> int:
+        return sum(t.events for t in self.tasks)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def fingerprint(p: type[Projection]) -> str:
+    """What makes two declarations build the same tables: a resumed backfill must run the same one."""
+    merge = p.merge
+    parts = {
+        "name": p.name, "version": p.version, "kind": p.kind, "event_types": list(p.event_type_names()),
+        "setup": p.setup_statements(),
+        "apply": p.apply_statements() if issubclass(p, SqlProjection) else f"{p.__module__}:{p.__qualname__}",
+        "merge": None if merge is None else {"split": merge.split, "tables": dict(merge.tables)},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int) -> list[tuple[int, int]]:
+    """A partition's positions 1..target as (after, until) shares of about ``chunk_events``,
+    cut at segment boundaries (each file is read by one task); positions after the last
+    segment (the tail) join the last share."""
+    if target <= 0:
+        return []
+    out: list[tuple[int, int]] = []
+    start = 0  # the share runs after..
+    for _first, last in segments:
+        if last >= target:
+            break
+        if last - start >= chunk_events:
+            out.append((start, last))
+            start = last
+    if out and target - start < chunk_events // 4:
+        after, _ = out.pop()  # a small rest joins the share before it
+        start = after
+    out.append((start, target))
+    return out
+
+
+def make_plan(
+    layout: StoreLayout, partitions: int, p: type[Projection], parallelism: int, task_events: int | None = None
+) -> BackfillPlan:
+    """Fix the targets (each partition's durable head now) and share the positions out."""
+    lost = LostRanges.load(layout.root)
+    targets = {i: durable_high_water(layout, i) for i in range(partitions)}
+    split = "none" if p.merge is None else p.merge.split
+    tasks: list[TaskSpec] = []
+    if split == "none":
+        tasks.append(TaskSpec(id="all", bounds={i: (0, t) for i, t in targets.items() if t > 0}))
+    elif split == "partition":
+        tasks.extend(TaskSpec(id=f"p{i:04d}", bounds={i: (0, t)}) for i, t in targets.items() if t > 0)
+    else:
+        total = sum(targets.values())
+        chunk = task_events or max(MIN_TASK_EVENTS, math.ceil(total / max(1, parallelism * 4)))
+        for i, t in targets.items():
+            segs = [(s.first, s.last) for s in log_place(layout, i, lost).segments]
+            for k, (after, until) in enumerate(split_ranges(segs, t, chunk)):
+                tasks.append(TaskSpec(id=f"p{i:04d}-r{k:03d}", bounds={i: (after, until)}))
+    return BackfillPlan(
+        projection=p.name, version=p.version, fingerprint=fingerprint(p), split=split, targets=targets,
+        tasks=tasks, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )

@@ -1,0 +1,160 @@
+"""One backfill task: its share of the log replayed by the projection runner (the same code as
+the live projector: retries, halt, park) into a private in-memory DuckDB database, checkpointed
+into the store every ``checkpoint_events`` positions or ``checkpoint_s`` seconds. A task that
+finds a checkpoint of its share starts from it, so a killed task redoes at most one interval."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+
+from es_actors.config import StoreConfig
+from es_actors.domain import DomainRegistry
+from es_actors.errors import EsActorsError
+from es_actors.read.backfill.files import DEAD_LETTERS, BackfillDir, TaskCheckpoint
+from es_actors.read.backfill.plan import TaskSpec
+from es_actors.read.projection import Projection
+from es_actors.read.readmodel import ReadModel
+from es_actors.read.readmodel.checkpoints import set_checkpoint
+from es_actors.read.readmodel.database import fetch_arrow, transaction
+from es_actors.read.runner import ProjectionRunner
+from es_actors.storage.layout import StoreLayout
+
+#: Progress callback: (task id, positions done, positions in the share).
+Report = Callable[[str, int, int], None]
+#: A task that makes no progress for this long while positions remain has lost them.
+NO_PROGRESS_S = 120.0
+
+
+class BackfillTaskFailed(EsActorsError):
+    """A task's projection halted on an event (the message names it)."""
+
+
+@dataclass
+class TaskResult:
+    task: str
+    events: int  # log positions covered
+    applied: int  # events the projection consumed
+    parked: int
+    seconds: float
+    resumed_at: int  # positions already done by an earlier attempt's checkpoint
+    checkpoints: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def projection_tables(cur: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
+    """The base tables of a projection's schema, by name."""
+    rows = cur.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
+        [schema],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def run_task(
+    root: Path,
+    partitions: int,
+    registry: DomainRegistry,
+    p: type[Projection],
+    spec: TaskSpec,
+    work: BackfillDir,
+    *,
+    checkpoint_events: int = 1_000_000,
+    checkpoint_s: float = 60.0,
+    report: Report | None = None,
+) -> TaskResult:
+    """Replay the task's share; its final checkpoint holds the part the install combines."""
+    t0 = time.monotonic()
+    previous = work.load_checkpoint(spec.id)
+    if previous is not None and previous.final:
+        return TaskResult(spec.id, spec.events, previous.applied, previous.parked, 0.0, spec.events, 0)
+    layout = StoreLayout(root)
+    rm = ReadModel(root, registry, [p], database=":memory:")
+    try:
+
+        applied0 = parked0 = 0
+        seq = 0
+        if previous is not None:
+            _restore(rm, p, work, previous)
+            applied0, parked0, seq = previous.applied, previous.parked, previous.seq
+        runner = ProjectionRunner(layout, partitions, registry, [p], StoreConfig(), read_model=rm, bounds=spec.bounds)
+        st = runner.states[p.name]
+
+        def done() -> int:
+            return sum(max(0, min(prog.checkpoint, spec.bounds[i][1]) - spec.bounds[i][0]) for i, prog in st.partitions.items())
+
+        resumed_at = done()
+        last_ck_done, last_ck_t = resumed_at, time.monotonic()
+        last_progress = time.monotonic()
+        checkpoints = 0
+        if report:
+            report(spec.id, resumed_at, spec.events)
+        while not runner.reached(p.name):
+            worked = runner.step()
+            if st.halted:
+                raise BackfillTaskFailed(f"backfill of {p.name} v{p.version}, task {spec.id}: {st.last_error}")
+            now = time.monotonic()
+            d = done()
+            if worked:
+                last_progress = now
+                if report:
+                    report(spec.id, d, spec.events)
+            elif now - last_progress > NO_PROGRESS_S:
+                where = {i: (prog.checkpoint, spec.bounds[i][1]) for i, prog in st.partitions.items()}
+                raise EsActorsError(f"backfill task {spec.id}: no progress for {NO_PROGRESS_S:.0f} s (partition: (reached, target)) {where}")
+            else:
+                time.sleep(0.02)
+            if d - last_ck_done >= checkpoint_events or now - last_ck_t >= checkpoint_s:
+                seq += 1
+                _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=False)
+                last_ck_done, last_ck_t = d, now
+                checkpoints += 1
+        seq += 1
+        ck = _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=True)
+        if report:
+            report(spec.id, spec.events, spec.events)
+        return TaskResult(spec.id, spec.events, ck.applied, ck.parked, time.monotonic() - t0, resumed_at, checkpoints + 1)
+    finally:
+        rm.close()
+
+
+def _checkpoint(
+    rm: ReadModel, p: type[Projection], work: BackfillDir, spec: TaskSpec, seq: int, runner: ProjectionRunner,
+    applied0: int, parked0: int, final: bool,
+) -> TaskCheckpoint:
+    st = runner.states[p.name]
+    cur = rm.con.cursor()
+    try:
+        tables = {t: fetch_arrow(cur, f'SELECT * FROM "{p.name}"."{t}"') for t in projection_tables(cur, p.name)}
+        dead = fetch_arrow(cur, "SELECT * FROM es_actors.dead_letters WHERE projection = ?", [p.name])
+    finally:
+        cur.close()
+    ck = TaskCheckpoint(
+        task=spec.id, seq=seq, positions={i: prog.checkpoint for i, prog in st.partitions.items()},
+        applied=applied0 + sum(prog.applied for prog in st.partitions.values()), parked=dead.num_rows,
+        tables=sorted(tables), final=final,
+    )
+    work.write_checkpoint(ck, tables, dead)
+    return ck
+
+
+def _restore(rm: ReadModel, p: type[Projection], work: BackfillDir, ck: TaskCheckpoint) -> None:
+    """Load a checkpoint's tables, dead letters and positions into the fresh task database."""
+    cur = rm.con.cursor()
+    try:
+        with transaction(cur):
+            for t in ck.tables:
+                cur.execute(f'INSERT INTO "{p.name}"."{t}" BY NAME SELECT * FROM read_parquet(?)', [str(work.table_file(ck, t))])
+            cur.execute("INSERT INTO es_actors.dead_letters BY NAME SELECT * FROM read_parquet(?)", [str(work.table_file(ck, DEAD_LETTERS))])
+            for part, pos in ck.positions.items():
+                set_checkpoint(cur, p.name, part, pos)
+    finally:
+        cur.close()
+
+
