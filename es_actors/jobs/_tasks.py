@@ -32,14 +32,18 @@ def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:
 
 
 def resolve_classes(spec: str | Sequence[str], base: type, example: str) -> list[Any]:
-    """``module:Class`` names, comma-separated (or a list of such) -> the classes, imported; each
-    must subclass ``base`` (``example`` shows the form in errors)."""
+    """``module:Class`` names, comma-separated (or a list of such; ``pkg.mod:A,B`` takes B from the
+    same module) -> the classes, imported; each must subclass ``base`` (``example`` shows the form in errors)."""
     items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
     out: list[Any] = []
+    previous_module = ""
     for item in (i.strip() for i in items):
         if not item:
             continue
         module_name, sep, attr = item.partition(":")
+        if not sep and previous_module and item.isidentifier():  # "pkg.mod:A,B": B from the same module
+            module_name, sep, attr = previous_module, ":", item
+        previous_module = module_name
         if not sep or not module_name or not attr:
             raise EsActorsError(f"{item!r}: give classes as module:Class, e.g. {example}")
         if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: the current directory imports
