@@ -81,3 +81,10 @@ class TrapPy(PythonProjection):
 def trapped(path: Path) -> type[TrapPy]:
     """TrapPy armed by ``path`` (defined here, so Ray ships the class with its trap to the workers)."""
     return type("TrapPy", (TrapPy,), {"trap": str(path), "__module__": __name__ + ".armed"})
+
+
+class SlowBalances(Balances):
+    """Balances in batches of 100, each a little slow: a backfill long enough to lose a node in."""
+
+    batch_size = 100
+    apply = [Balances.apply, "SELECT count(*) FROM range(300000)"]

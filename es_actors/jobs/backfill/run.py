@@ -120,6 +120,7 @@ def _task(
     result = run_task(
         Path(root), partitions, DomainRegistry(aggregates), p, spec, work,
         checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=report,
+        worker=ray.get_runtime_context().get_node_id(),
     )
     return result.to_dict()
 

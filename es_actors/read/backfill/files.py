@@ -41,6 +41,7 @@ class TaskCheckpoint(BaseModel):
     parked: int
     tables: list[str]
     final: bool = False
+    worker: str = ""  # where it was written (a Ray node id, when the Ray edge says)
 
 
 class BackfillBusy(EsActorsError):

@@ -43,6 +43,7 @@ class TaskResult:
     seconds: float
     resumed_at: int  # positions already done by an earlier attempt's checkpoint
     checkpoints: int
+    node: str = ""  # where it ran (set by the Ray edge)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +69,7 @@ def run_task(
     checkpoint_events: int = 1_000_000,
     checkpoint_s: float = 60.0,
     report: Report | None = None,
+    worker: str = "",
 ) -> TaskResult:
     """Replay the task's share; its final checkpoint holds the part the install combines."""
     t0 = time.monotonic()
@@ -112,21 +114,21 @@ def run_task(
                 time.sleep(0.02)
             if d - last_ck_done >= checkpoint_events or now - last_ck_t >= checkpoint_s:
                 seq += 1
-                _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=False)
+                _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=False, worker=worker)
                 last_ck_done, last_ck_t = d, now
                 checkpoints += 1
         seq += 1
-        ck = _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=True)
+        ck = _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=True, worker=worker)
         if report:
             report(spec.id, spec.events, spec.events)
-        return TaskResult(spec.id, spec.events, ck.applied, ck.parked, time.monotonic() - t0, resumed_at, checkpoints + 1)
+        return TaskResult(spec.id, spec.events, ck.applied, ck.parked, time.monotonic() - t0, resumed_at, checkpoints + 1, worker)
     finally:
         rm.close()
 
 
 def _checkpoint(
     rm: ReadModel, p: type[Projection], work: BackfillDir, spec: TaskSpec, seq: int, runner: ProjectionRunner,
-    applied0: int, parked0: int, final: bool,
+    applied0: int, parked0: int, final: bool, worker: str,
 ) -> TaskCheckpoint:
     st = runner.states[p.name]
     cur = rm.con.cursor()
@@ -138,7 +140,7 @@ def _checkpoint(
     ck = TaskCheckpoint(
         task=spec.id, seq=seq, positions={i: prog.checkpoint for i, prog in st.partitions.items()},
         applied=applied0 + sum(prog.applied for prog in st.partitions.values()), parked=dead.num_rows,
-        tables=sorted(tables), final=final,
+        tables=sorted(tables), final=final, worker=worker,
     )
     work.write_checkpoint(ck, tables, dead)
     return ck
