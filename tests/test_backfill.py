@@ -6,7 +6,6 @@ version keeps serving; the built version follows the log, also after its project
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -30,7 +29,6 @@ from es_actors.read.backfill.task import BackfillTaskFailed
 from es_actors.read.merge import Merge
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.runner import ProjectionRunner
-from es_actors.runtime.naming import NAMESPACE, projector_name
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.reader import durable_high_water
 from tests.backfill_domains import Ledger, PerTypeClaimsDisjoint, SmallBalances, SmallBalancesPy, SmallDaily, trapped
