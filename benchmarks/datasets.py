@@ -40,7 +40,10 @@ CACHE_ROOT = Path(os.environ.get("ES_ACTORS_BENCH_CACHE", "~/.cache/es_actors_be
 PROBES = int(os.environ.get("BENCH_PROBES", 1_000))  # probe aggregates per bank data set (env: development only)
 PROBE_EVENTS = 100  # events of each probe aggregate
 SEG_ROWS = 50_000  # StoreConfig.seal_rows: segments the size the live write path seals
-T0_US = 1_767_225_600_000_000  # 2026-01-01 UTC: recorded_at of the first event (then 1 ms apart)
+T0_US = 1_767_225_600_000_000  # 2026-01-01 UTC: recorded_at of the first event
+#: The history's recorded_at spans this many days, evenly (per-day totals, as_of reads and the
+#: backfill bench's DailyTotals need more than one day); at least 1 ms between events.
+SPAN_DAYS = 366
 
 
 # -- the cache -----------------------------------------------------------------------------------
@@ -255,6 +258,7 @@ def write_bank_store(
     layout = StoreLayout(root / "store")
     layout.create_or_check(partitions, partitions)
     rng = np.random.default_rng(seed + 1)
+    step_us = max(1_000, -(-SPAN_DAYS * 86_400_000_000 // max(1, len(h["account"]))))
     counts = []
     for p in range(partitions):
         gen = new_partition_dir(layout.root, p)
@@ -284,7 +288,7 @@ def write_bank_store(
                 "correlation_id": cid,
                 "causation_id": cid,
                 "principal": pa.nulls(n, pa.string()),
-                "recorded_at": pa.array(T0_US + g.astype(np.int64) * 1000, pa.timestamp("us", tz="UTC")),
+                "recorded_at": pa.array(T0_US + g.astype(np.int64) * step_us, pa.timestamp("us", tz="UTC")),
                 "payload": payloads.take(dict_idx),
                 "metadata": empty_md.take(zeros),
             }
@@ -317,7 +321,7 @@ def bank_dataset(n_accounts: int, per_account: int, partitions: int = 4, seed: i
     name = f"bank-{n_accounts}x{per_account}-p{partitions}" + (f"-probes{probes}" if probes else "")
     return cached(
         name, lambda d: write_bank_store(d, n_accounts, per_account, partitions, seed, probes),
-        f"bank-v2 seed={seed} probes={probes}x{PROBE_EVENTS} stream_index={stream_index_tag()}",
+        f"bank-v3 seed={seed} probes={probes}x{PROBE_EVENTS} span={SPAN_DAYS}d stream_index={stream_index_tag()}",
     )
 
 

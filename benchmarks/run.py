@@ -26,7 +26,7 @@ from benchmarks.common import (
 )
 
 # Bench modules, in run order. Each exposes BENCHES (names) and run(ctx, selected_names).
-MODULES = ["append", "lifecycle", "projection", "reads", "mixed", "subscribe"]
+MODULES = ["append", "lifecycle", "projection", "reads", "mixed", "subscribe", "backfill"]
 
 
 def _load(name: str):

@@ -70,14 +70,16 @@ def run_task(
     checkpoint_s: float = 60.0,
     report: Report | None = None,
     worker: str = "",
+    threads: int = 1,
 ) -> TaskResult:
-    """Replay the task's share; its final checkpoint holds the part the install combines."""
+    """Replay the task's share; its final checkpoint holds the part the install combines.
+    ``threads``: DuckDB's threads (a task holds one CPU: more would compete with the other tasks)."""
     t0 = time.monotonic()
     previous = work.load_checkpoint(spec.id)
     if previous is not None and previous.final:
         return TaskResult(spec.id, spec.events, previous.applied, previous.parked, 0.0, spec.events, 0)
     layout = StoreLayout(root)
-    rm = ReadModel(root, registry, [p], database=":memory:")
+    rm = ReadModel(root, registry, [p], database=":memory:", threads=threads)
     try:
 
         applied0 = parked0 = 0

@@ -37,9 +37,12 @@ def readmodel_path(root: Path) -> Path:
     return root / "readmodels" / "readmodels.duckdb"
 
 
-def connect_restricted(database: str, root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that can read files under ``root`` only, with its settings locked."""
-    con = duckdb.connect(database, read_only=read_only)
+def connect_restricted(
+    database: str, root: Path, read_only: bool = False, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can read files under ``root`` only, with its settings locked
+    (``threads``: DuckDB's worker threads, e.g. 1 in a task that holds one CPU; default: DuckDB's)."""
+    con = duckdb.connect(database, read_only=read_only, config={"threads": threads} if threads else {})
     con.execute("SET allowed_directories = ?", [[str(root.resolve()) + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -33,10 +33,11 @@ class ReadModel:
     """The read-model file, open for writing, with one cursor and one handler per projection."""
 
     def __init__(
-        self, root: Path, registry: DomainRegistry, projections: Sequence[type[Projection]], database: str | None = None
+        self, root: Path, registry: DomainRegistry, projections: Sequence[type[Projection]], database: str | None = None,
+        threads: int | None = None,
     ) -> None:
         """``database``: the store's read-model file unless given (``":memory:"`` for a backfill
-        task's private database)."""
+        task's private database); ``threads``: DuckDB's worker threads (default: DuckDB's)."""
         self.root = root
         self.registry = registry
         self.projections: dict[str, type[Projection]] = {}
@@ -47,7 +48,7 @@ class ReadModel:
             path = readmodel_path(root)
             path.parent.mkdir(parents=True, exist_ok=True)
             database = str(path)
-        self.con = connect_restricted(database, root)
+        self.con = connect_restricted(database, root, threads=threads)
         for stmt in SYSTEM_DDL:
             self.con.execute(stmt)
         self.cursors: dict[str, duckdb.DuckDBPyConnection] = {}
