@@ -63,6 +63,11 @@ class StoreConfig(BaseModel):
     projection_stall_s: float = Field(
         10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
     )
+    parallel_catch_up_events: int = Field(
+        2_000_000, ge=0,
+        description="A projection this far behind (a new one: the whole log) that declares a merge catches up by a "
+        "parallel backfill into its own tables (ADR-016); 0: always one event batch after another.",
+    )
     query_max_sql_bytes: int = Field(
         64 * 1024, ge=1, description="Longest query text accepted (DuckDB's parser cannot be interrupted)."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,48 @@ def test_cli_backfill_and_python_module_share_one_command(busy_store):
     assert bad.exit_code == 2 and "none matches" in bad.output
     wrong_version = runner.invoke(main, ["backfill", "balances", "--version", "9", "--store", str(busy_store.root)])
     assert wrong_version.exit_code == 2 and "balances v1" in wrong_version.output
+
+
+def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tables(store_factory):
+    """Live catch-up uses the same machinery: new projections (one per way of combining) and one
+    that is far behind with rows already (a combining merge folds into them) are caught up by
+    backfill tasks, show 'backfilling' meanwhile, and end equal to a sequential replay; then they
+    follow the log as usual. A projection that declares no merge catches up one batch after another."""
+    store = store_factory("catchup", partitions=2, seal_rows=150)
+    accounts = [f"c-{i}" for i in range(15)]
+    store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
+    write_history(store, random.Random(11), accounts, 500, seal_every=200)
+    store.close()
+    kinds = [SmallBalances, SmallBalancesPy, SmallDaily, Ledger]
+    store = store_factory("catchup", projections=kinds, parallel_catch_up_events=100)
+    seen: set[str] = set()
+
+    def caught_up() -> bool:
+        rows = store.projection_status()
+        seen.update(f"{r['projection']}:{r['status']}" for r in rows)
+        return all(r["lag_events"] == 0 for r in rows)
+
+    deadline = time.monotonic() + 120
+    while not caught_up():
+        assert time.monotonic() < deadline, store.projection_status()
+        time.sleep(0.05)
+    for p in (SmallBalances, SmallBalancesPy, SmallDaily):
+        assert f"{p.name}:backfilling" in seen, seen
+    assert "ledger:backfilling" not in seen
+    assert not list((store.root / "backfills").glob("*/*/tasks")), "catch-up work left behind"
+    for p in kinds:
+        assert live_tables(store, p) == sequential_replay(store.root, p), p.name
+    # far behind with rows: a combining merge folds the catch-up into them
+    store.close()
+    writer = store_factory("catchup")
+    write_history(writer, random.Random(12), accounts, 400, seal_every=150)
+    writer.close()
+    store = store_factory("catchup", projections=[SmallBalances], parallel_catch_up_events=100)
+    res = store.submit_many([(BankAccount, "c-1", Deposit(amount=5))])
+    store.projections.wait_for("balances", res[0], timeout=120)
+    assert live_tables(store, SmallBalances) == sequential_replay(store.root, SmallBalances)
+
+
+def live_tables(store: Store, p: Any) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: sorted(tuple(r.values()) for r in store.query(f'SELECT * FROM "{p.name}"."{t}"').to_pylist())
+            for t in tables_of_names(store, p.name)}

@@ -16,7 +16,7 @@ from es_actors.read.projection import Projection
 from es_actors.storage.local.follower import LogFollower
 
 #: Every status a (projection, partition) can show, from best to worst.
-STATUSES = ("running", "paused", "retrying", "halted", "stalled")
+STATUSES = ("running", "backfilling", "paused", "retrying", "halted", "stalled")
 _ORDER = {s: i for i, s in enumerate(STATUSES)}
 
 
@@ -50,6 +50,8 @@ class ProjectionState:
     #: pause waits for it, and two threads never use the cursor at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiters: int = 0  # calls waiting for ``lock``: the loop lets them have it between batches
+    #: Caught up by a parallel backfill into its own tables (ADR-016): the loop leaves it alone.
+    backfilling: bool = False
 
 
 def worst_status(statuses: list[str]) -> str:
@@ -87,6 +89,8 @@ def status_rows(
                 status = "halted"
             elif loop_down:  # the loop died (its error shown) or was stopped
                 status = "stalled"
+            elif st.backfilling:  # parallel tasks catch it up; its checkpoint moves when they are done
+                status = "backfilling"
             elif st.attempts and now_mono < st.next_retry_at + 1.0:
                 status = "retrying"
             elif lag > 0 and now_mono - max(q.last_progress for q in st.partitions.values()) > stall_s:

@@ -95,6 +95,11 @@ class ProjectorActor:
 
         adopt_builds(self.runner, ray.cloudpickle.loads, log)  # versions built beside keep following the log
         self._closed = False
+        from es_actors.read.parallel_catch_up import ParallelCatchUp
+
+        # projections far behind (a new one: the whole log) that declare a merge: backfill tasks catch them up
+        self._catch_up = ParallelCatchUp(self.runner, self.layout, partitions, aggregates, config, lambda: self._closed)
+        self._catch_up.start()
         self._loop = threading.Thread(target=self.runner.run, name="projector-loop", daemon=True)
         self._watch = threading.Thread(target=self._watch_heads, name="projector-watch", daemon=True)
         self._loop.start()
@@ -152,6 +157,7 @@ class ProjectorActor:
 
     def close(self) -> None:
         self._closed = True
+        self._catch_up.join(timeout_s=10.0)  # its tasks are cancelled; their checkpoints stay for the next start
         self.runner.close(loop=self._loop)
 
 

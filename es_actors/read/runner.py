@@ -132,6 +132,32 @@ class ProjectionRunner:
                 self.states.pop(name, None)
             self.read_model.remove(name)
 
+    def set_backfilling(self, name: str, on: bool) -> None:
+        """Leave a projection to a parallel catch-up (the loop takes no batch of it), or take it back."""
+        st = self._state(name)
+        st.backfilling = on
+        if not on:
+            now = self.clock.monotonic()
+            for prog in st.partitions.values():
+                prog.last_progress = now
+        self._notify()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[ProjectionState]:
+        """The projection's cursor, once no batch of it is in flight (e.g. to install a catch-up)."""
+        st = self._state(name)
+        with self._exclusive(st):
+            yield st
+
+    def advance_to(self, name: str, positions: Mapping[int, int]) -> None:
+        """After a parallel catch-up committed the projection's checkpoints: follow on from them."""
+        st = self._state(name)
+        for part, pos in positions.items():
+            prog = st.partitions.get(part)
+            if prog is not None and pos > prog.checkpoint:
+                prog.follower.seek(pos)
+                self._advanced(prog, pos, 0)
+
     def reached(self, name: str) -> bool:
         """Whether a bounded runner's projection has reached the end of every partition's bounds."""
         if self.bounds is None:
@@ -159,7 +185,7 @@ class ProjectionRunner:
         """One pass over every projection that may run now; True if any batch was taken."""
         worked = False
         for st in list(self.states.values()):
-            if st.paused or st.halted or self.clock.monotonic() < st.next_retry_at:
+            if st.paused or st.halted or st.backfilling or self.clock.monotonic() < st.next_retry_at:
                 continue
             if st.waiters:
                 continue  # a call waits for this projection's cursor: let it have it

@@ -31,13 +31,14 @@ from es_actors.errors import EsActorsError
 from es_actors.jobs._tasks import connect_ray
 from es_actors.read.backfill.files import BackfillDir
 from es_actors.read.backfill.install import InstallReport, adopt, beside
-from es_actors.read.backfill.plan import BackfillPlan, TaskSpec, fingerprint, make_plan
+from es_actors.read.backfill.plan import BackfillPlan, fingerprint, make_plan
 from es_actors.read.backfill.task import TaskResult, projection_tables, run_task
+from es_actors.read.backfill_tasks import run_plan_tasks
 from es_actors.read.projection import Projection, check_projections
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.runner import ProjectionRunner
 from es_actors.config import StoreConfig
-from es_actors.runtime.cluster import actor_get, unwrap_actor_error
+from es_actors.runtime.cluster import actor_get
 from es_actors.runtime.naming import find_projector
 from es_actors.storage.layout import StoreLayout
 
@@ -69,63 +70,6 @@ class BackfillReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@ray.remote(num_cpus=0, max_restarts=-1)  # type: ignore[call-overload]
-class BackfillProgress:
-    """Where tasks report how far they are, for the driver's bar (a restart loses only figures)."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, tuple[int, int]] = {}
-
-    def update(self, task: str, done: int, total: int) -> None:
-        self.tasks[task] = (done, total)
-
-    def snapshot(self) -> dict[str, tuple[int, int]]:
-        return dict(self.tasks)
-
-
-class _Metrics:
-    def __init__(self, projection: str, version: int) -> None:
-        from ray.util import metrics
-
-        tags = ("projection", "version", "task")
-        self.done = metrics.Gauge("es_actors_backfill_events_done", "Log positions a backfill task has replayed.", tag_keys=tags)
-        self.total = metrics.Gauge("es_actors_backfill_events_total", "Log positions in a backfill task's share.", tag_keys=tags)
-        self.base = {"projection": projection, "version": str(version)}
-
-    def set(self, task: str, done: int, total: int) -> None:
-        tags = {**self.base, "task": task}
-        self.done.set(done, tags)
-        self.total.set(total, tags)
-
-
-def _task(
-    root: str, partitions: int, aggregates: list[type[Aggregate[Any]]], p: type[Projection], spec: TaskSpec,
-    progress: Any, checkpoint_events: int, checkpoint_s: float,
-) -> dict[str, Any]:
-    """The body of one backfill task (Ray runs it; retried when its worker dies)."""
-    metrics = _Metrics(p.name, p.version)
-    last = [0.0]
-
-    def report(task: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.5 or done >= total:
-            last[0] = now
-            metrics.set(task, done, total)
-            if progress is not None:
-                progress.update.remote(task, done, total)
-
-    work = BackfillDir(Path(root), p.name, p.version)
-    result = run_task(
-        Path(root), partitions, DomainRegistry(aggregates), p, spec, work,
-        checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=report,
-        worker=ray.get_runtime_context().get_node_id(),
-    )
-    return result.to_dict()
-
-
-_backfill_task = ray.remote(num_cpus=1, max_retries=3)(_task)
 
 
 def backfill(
@@ -245,42 +189,10 @@ def _run_tasks(
                 ))
                 view.finished(results[-1])
             return results
-        tracker = BackfillProgress.remote()  # type: ignore[attr-defined]
-        pending = list(plan.tasks)
-        running: dict[Any, TaskSpec] = {}
-        results_by_id: dict[str, TaskResult] = {}
-        errors: dict[str, BaseException] = {}
-        while pending or running:
-            while pending and len(running) < parallelism:
-                spec = pending.pop(0)
-                ref = _backfill_task.options(scheduling_strategy="SPREAD").remote(
-                    str(layout.root), partitions, aggregates, p, spec, tracker, checkpoint_events, checkpoint_s,
-                )
-                running[ref] = spec
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            for ref in ready:
-                spec = running.pop(ref)
-                try:
-                    r = TaskResult(**ray.get(ref))
-                except Exception as exc:
-                    errors[spec.id] = unwrap_actor_error(exc)
-                    pending.clear()  # no new task: the backfill stops, the checkpoints stay for a resume
-                    continue
-                results_by_id[spec.id] = r
-                view.finished(r)
-            try:
-                for task, (done, total) in actor_get(tracker.snapshot.remote(), timeout=5).items():
-                    view.update(task, done, total)
-            except Exception:
-                pass  # figures only
-        ray.kill(tracker)
-        if errors:
-            first = next(iter(errors.values()))
-            if len(errors) > 1:
-                first.add_note("also failed: " + "; ".join(f"{t}: {type(e).__name__}: {e}" for t, e in list(errors.items())[1:]))
-            first.add_note(f"the finished tasks' work is kept in {work.path}: the same backfill started again resumes it")
-            raise first
-        return [results_by_id[t.id] for t in plan.tasks]
+        return run_plan_tasks(
+            plan, work, layout.root, partitions, aggregates, p, parallelism,
+            on_progress=view.update, on_done=view.finished, checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s,
+        )
     finally:
         view.close()
 

@@ -51,9 +51,12 @@ class BackfillBusy(EsActorsError):
 class BackfillDir:
     """The directory of one backfill of one projection version."""
 
-    def __init__(self, root: Path, projection: str, version: int) -> None:
+    def __init__(self, root: Path, projection: str, version: int, purpose: str = "") -> None:
+        """``purpose``: "" for a backfill beside the live version, "catch-up" for the projector's
+        parallel catch-up of the live one (each has its own directory)."""
         self.root = root
-        self.path = root / "backfills" / projection / f"v{version}"
+        self.purpose = purpose
+        self.path = root / "backfills" / projection / (f"v{version}" + (f"-{purpose}" if purpose else ""))
         self._lock: IO[bytes] | None = None
 
     # -- the run's lock ------------------------------------------------------------------------

@@ -74,10 +74,7 @@ def install(
             for stmt in p.setup_statements():
                 cur.execute(stmt)
             cur.execute("INSERT INTO es_actors.projections VALUES (?, ?, ?, false, now())", [name, p.version, p.kind])
-            rows = _merge_tables(cur, p, name, parts, work)
-            dead = _merge_dead_letters(cur, name, parts, work)
-            for part, pos in plan.targets.items():
-                set_checkpoint(cur, name, part, pos)
+            rows, dead = _combine(cur, p, name, plan, parts, work)
             cur.execute(
                 "INSERT INTO es_actors.builds VALUES (?, ?, ?, ?, ?, now())",
                 [name, p.name, p.version, definition, str(work.path.relative_to(work.root))],
@@ -85,6 +82,41 @@ def install(
     finally:
         cur.close()
     return InstallReport(name, rows, dead, time.perf_counter() - t0)
+
+
+def install_into(
+    con: duckdb.DuckDBPyConnection, p: type[Projection], plan: BackfillPlan, parts: Sequence[TaskCheckpoint], work: BackfillDir
+) -> InstallReport:
+    """A parallel catch-up: fold the parts into the projection's own tables (its rows up to the
+    plan's start stay; a combining merge adds to them), its checkpoints to the targets, in one
+    transaction. The caller holds the projection (no batch of it runs meanwhile)."""
+    t0 = time.perf_counter()
+    have = {int(part): int(pos) for part, pos in con.execute(
+        "SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?", [p.name]).fetchall()}
+    moved = {i: (have.get(i, 0), start) for i, start in plan.start.items() if have.get(i, 0) != start}
+    if moved:
+        raise EsActorsError(f"catch-up of {p.name}: its checkpoints moved since the plan (partition: (now, planned)) {moved}")
+    cur = con.cursor()
+    try:
+        with transaction(cur):
+            cur.execute(f"SET search_path = '{p.name}'")
+            rows, dead = _combine(cur, p, p.name, plan, parts, work)
+    finally:
+        cur.close()
+    return InstallReport(p.name, rows, dead, time.perf_counter() - t0)
+
+
+def _combine(
+    cur: duckdb.DuckDBPyConnection, p: type[Projection], name: str, plan: BackfillPlan, parts: Sequence[TaskCheckpoint],
+    work: BackfillDir,
+) -> tuple[dict[str, int], int]:
+    """Tables, dead letters and checkpoints of ``name`` from the parts (inside the caller's transaction)."""
+    rows = _merge_tables(cur, p, name, parts, work)
+    dead = _merge_dead_letters(cur, name, parts, work)
+    for part, pos in plan.targets.items():
+        if pos > plan.start.get(part, 0) or name != p.name:
+            set_checkpoint(cur, name, part, pos)
+    return rows, dead
 
 
 def _merge_tables(

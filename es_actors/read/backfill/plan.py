@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,6 +45,7 @@ class BackfillPlan(BaseModel):
     fingerprint: str
     split: Literal["partition", "range", "none"]
     targets: dict[int, int]
+    start: dict[int, int] = {}  # positions already applied (a catch-up); empty: from the first event
     tasks: list[TaskSpec]
     created_at: str
 
@@ -68,15 +69,17 @@ def fingerprint(p: type[Projection]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int) -> list[tuple[int, int]]:
-    """A partition's positions 1..target as (after, until) shares of about ``chunk_events``,
+def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int, after: int = 0) -> list[tuple[int, int]]:
+    """A partition's positions after+1..target as (after, until) shares of about ``chunk_events``,
     cut at segment boundaries (each file is read by one task); positions after the last
     segment (the tail) join the last share."""
-    if target <= 0:
+    if target <= after:
         return []
     out: list[tuple[int, int]] = []
-    start = 0  # the share runs after..
+    start = after  # the share runs start+1..
     for _first, last in segments:
+        if last <= start:
+            continue
         if last >= target:
             break
         if last - start >= chunk_events:
@@ -89,26 +92,34 @@ def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int
     return out
 
 
+def durable_heads(layout: StoreLayout, partitions: int) -> dict[int, int]:
+    """Each partition's last durable position now (0: empty)."""
+    return {i: durable_high_water(layout, i) for i in range(partitions)}
+
+
 def make_plan(
-    layout: StoreLayout, partitions: int, p: type[Projection], parallelism: int, task_events: int | None = None
+    layout: StoreLayout, partitions: int, p: type[Projection], parallelism: int, task_events: int | None = None,
+    start: Mapping[int, int] | None = None, targets: Mapping[int, int] | None = None,
 ) -> BackfillPlan:
-    """Fix the targets (each partition's durable head now) and share the positions out."""
+    """Fix the targets (each partition's durable head now, unless given) and share out the
+    positions after ``start`` (default: from the first event) up to them."""
     lost = LostRanges.load(layout.root)
-    targets = {i: durable_high_water(layout, i) for i in range(partitions)}
+    targets = dict(targets) if targets is not None else durable_heads(layout, partitions)
+    begin = {i: (start or {}).get(i, 0) for i in targets}
     split = "none" if p.merge is None else p.merge.split
     tasks: list[TaskSpec] = []
     if split == "none":
-        tasks.append(TaskSpec(id="all", bounds={i: (0, t) for i, t in targets.items() if t > 0}))
+        tasks.append(TaskSpec(id="all", bounds={i: (begin[i], t) for i, t in targets.items() if t > begin[i]}))
     elif split == "partition":
-        tasks.extend(TaskSpec(id=f"p{i:04d}", bounds={i: (0, t)}) for i, t in targets.items() if t > 0)
+        tasks.extend(TaskSpec(id=f"p{i:04d}", bounds={i: (begin[i], t)}) for i, t in targets.items() if t > begin[i])
     else:
-        total = sum(targets.values())
+        total = sum(max(0, t - begin[i]) for i, t in targets.items())
         chunk = task_events or max(MIN_TASK_EVENTS, math.ceil(total / max(1, parallelism * 4)))
         for i, t in targets.items():
             segs = [(s.first, s.last) for s in log_place(layout, i, lost).segments]
-            for k, (after, until) in enumerate(split_ranges(segs, t, chunk)):
+            for k, (after, until) in enumerate(split_ranges(segs, t, chunk, begin[i])):
                 tasks.append(TaskSpec(id=f"p{i:04d}-r{k:03d}", bounds={i: (after, until)}))
     return BackfillPlan(
-        projection=p.name, version=p.version, fingerprint=fingerprint(p), split=split, targets=targets,
+        projection=p.name, version=p.version, fingerprint=fingerprint(p), split=split, targets=targets, start=begin,
         tasks=tasks, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

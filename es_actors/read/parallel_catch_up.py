@@ -1,0 +1,125 @@
+"""The projector's parallel catch-up (ADR-016): a projection far behind (a new one: the whole
+log) that declares a merge is caught up by backfill tasks spread over the cluster, into its own
+tables, instead of one batch after another in the projector.
+
+At the projector's start, each projection at least ``parallel_catch_up_events`` behind is left to
+a thread here (status ``backfilling``; the loop takes no batch of it): a plan from its
+checkpoints to the durable heads (``backfills/<name>/v<N>-catch-up/``, reused after a projector
+restart, so tasks resume from their checkpoints), the tasks, then the parts folded into its
+tables with its checkpoints in one transaction, and the loop follows on from there. A
+``Merge.by_aggregate()`` projection qualifies only when it starts from nothing (its parts are
+inserted, so its tables must be empty); ``Merge.combining`` parts fold into existing rows. Any
+failure leaves the projection to the loop, which catches up as before (the error in its status
+until then).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+
+from typing import Any, Callable, Sequence
+
+import ray
+
+from es_actors.config import StoreConfig
+from es_actors.domain import Aggregate
+from es_actors.read.backfill.files import BackfillBusy, BackfillDir
+from es_actors.read.backfill.install import install_into
+from es_actors.read.backfill.plan import durable_heads, fingerprint, make_plan
+from es_actors.read.backfill_tasks import run_plan_tasks
+from es_actors.read.projection import Projection
+from es_actors.read.runner import ProjectionRunner
+from es_actors.storage.layout import StoreLayout
+
+log = logging.getLogger(__name__)
+PURPOSE = "catch-up"
+
+
+def candidates(runner: ProjectionRunner, heads: dict[int, int], threshold: int) -> list[type[Projection]]:
+    """The projections to catch up in parallel: a merge declared, and at least ``threshold`` behind."""
+    if threshold <= 0:
+        return []
+    out = []
+    for st in runner.states.values():
+        p = st.projection
+        if p.merge is None or st.paused or st.halted or getattr(p, "beside_of", None):
+            continue
+        cps = {i: prog.checkpoint for i, prog in st.partitions.items()}
+        behind = sum(max(0, heads.get(i, 0) - cp) for i, cp in cps.items())
+        if behind < threshold:
+            continue
+        if p.merge.split == "partition" and any(cps.values()):
+            continue  # its parts would collide with the rows it has
+        out.append(p)
+    return out
+
+
+class ParallelCatchUp:
+    """Catches projections up with backfill tasks, one thread per projection."""
+
+    def __init__(
+        self, runner: ProjectionRunner, layout: StoreLayout, partitions: int, aggregates: Sequence[type[Aggregate[Any]]],
+        config: StoreConfig, stopping: Callable[[], bool],
+    ) -> None:
+        self.runner = runner
+        self.layout = layout
+        self.partitions = partitions
+        self.aggregates = list(aggregates)
+        self.config = config
+        self.stopping = stopping
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> list[str]:
+        """Leave the projections far behind to parallel catch-up threads; their names."""
+        heads = durable_heads(self.layout, self.partitions)
+        chosen = candidates(self.runner, heads, self.config.parallel_catch_up_events)
+        for p in chosen:
+            self.runner.set_backfilling(p.name, True)
+            t = threading.Thread(target=self._run, args=(p, heads), name=f"catch-up-{p.name}", daemon=True)
+            self.threads.append(t)
+            t.start()
+        return [p.name for p in chosen]
+
+    def _run(self, p: type[Projection], heads: dict[int, int]) -> None:
+        st = self.runner.states[p.name]
+        work = BackfillDir(self.layout.root, p.name, p.version, PURPOSE)
+        try:
+            work.lock()
+        except BackfillBusy:
+            self.runner.set_backfilling(p.name, False)
+            return
+        try:
+            start = {i: prog.checkpoint for i, prog in st.partitions.items()}
+            plan = work.load_plan()
+            if plan is not None and (plan.fingerprint != fingerprint(p) or plan.start != start):
+                work.discard()
+                plan = None
+            parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            if plan is None:
+                plan = make_plan(self.layout, self.partitions, p, parallelism, start=start, targets=heads)
+                work.save_plan(plan)
+            log.info("projection %s: catching up %d events with %d tasks in parallel", p.name, plan.events, len(plan.tasks))
+            run_plan_tasks(plan, work, self.layout.root, self.partitions, self.aggregates, p, parallelism,
+                           should_stop=self.stopping)
+            parts = [work.load_checkpoint(t.id) for t in plan.tasks]
+            with self.runner.exclusive(p.name):
+                install_into(self.runner.read_model.con, p, plan, [ck for ck in parts if ck is not None], work)
+                self.runner.advance_to(p.name, plan.targets)
+            shutil.rmtree(work.path / "tasks", ignore_errors=True)
+            work.discard()
+            log.info("projection %s: parallel catch-up done at %s", p.name, plan.targets)
+        except Exception as exc:
+            if not self.stopping():
+                st.last_error = f"parallel catch-up failed, catching up one batch after another: {type(exc).__name__}: {exc}"
+                log.warning("projection %s: %s", p.name, st.last_error)
+        finally:
+            work.unlock()
+            self.runner.set_backfilling(p.name, False)
+
+    def join(self, timeout_s: float) -> None:
+        for t in self.threads:
+            t.join(timeout=timeout_s)
+
+
