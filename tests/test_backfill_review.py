@@ -131,11 +131,9 @@ def test_a_torn_checkpoint_part_is_redone_or_an_es_actors_error(root):
     ARMED[0] = False
     try:
         backfill(root, TrapBal, [BankAccount], parallelism=1, progress=False, checkpoint_events=10)
-    except EsActorsError:
-        return
+        assert tables_of_file(root, TrapBal) == sequential_replay(root, TrapBal)  # the share was redone
     finally:
         ARMED[0] = True
-    assert tables_of_file(root, TrapBal) == sequential_replay(root, TrapBal)
 
 
 class CrashOnP1(BalancesPy):

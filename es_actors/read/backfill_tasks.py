@@ -25,6 +25,11 @@ class BackfillStopped(EsActorsError):
     """A backfill was stopped before its tasks finished (they resume from their checkpoints)."""
 
 
+class BackfillTaskLost(EsActorsError):
+    """A backfill task failed for another reason than its projection's: its worker or node was
+    lost more often than Ray retries, it was cancelled, or it hit a bug (its checkpoints stay)."""
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)  # type: ignore[call-overload]
 class BackfillProgress:
     """Where tasks report how far they are, for the driver's bar (a restart loses only figures)."""
@@ -84,6 +89,18 @@ _backfill_task = ray.remote(num_cpus=1, max_retries=3)(_task)
 
 
 
+def _named(exc: BaseException, spec: TaskSpec, p: type[Projection]) -> BaseException:
+    """A task's failure as an es_actors error that names the task (a lost worker or node after
+    Ray's retries, a cancelled task, a bug): its own es_actors errors already do."""
+    if isinstance(exc, EsActorsError):
+        return exc
+    shares = ", ".join(f"partition {i} positions {a + 1}..{u}" for i, (a, u) in spec.bounds.items())
+    out = BackfillTaskLost(f"backfill of {p.name} v{p.version}, task {spec.id} ({shares}): {type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0]}")
+    out.__cause__ = exc
+    return out
+
+
 def run_plan_tasks(
     plan: BackfillPlan, work: BackfillDir, root: Path, partitions: int, aggregates: Sequence[type[Aggregate[Any]]],
     p: type[Projection], parallelism: int, *, on_progress: Callable[[str, int, int], None] | None = None,
@@ -116,7 +133,7 @@ def run_plan_tasks(
                 try:
                     r = TaskResult(**ray.get(ref))
                 except Exception as exc:
-                    errors[spec.id] = unwrap_actor_error(exc)
+                    errors[spec.id] = _named(unwrap_actor_error(exc), spec, p)
                     pending.clear()  # no new task: the run stops, the checkpoints stay for a resume
                     continue
                 results[spec.id] = r

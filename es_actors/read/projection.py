@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 ErrorPolicy = Literal["halt", "park"]
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_BUILD_SUFFIX = re.compile(r"__v[0-9]+$")  # <name>__v<N>: a version built beside (es_actors.read.backfill)
 
 
 class Projection:
@@ -127,5 +128,7 @@ def check_projections(projections: Sequence[type[Projection]]) -> None:
             raise ValueError(f"{p.__name__} needs a name")
         if p.name in seen:
             raise ValueError(f"two projections are named {p.name!r}")
+        if _BUILD_SUFFIX.search(p.name) and getattr(p, "beside_of", None) is None:
+            raise ValueError(f"projection name {p.name!r}: names ending in __v<digits> are kept for the versions backfills build")
         seen.add(p.name)
         p.check_declaration()

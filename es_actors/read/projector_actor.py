@@ -146,6 +146,10 @@ class ProjectorActor:
         req = query_request(sql, params, timeout_s, self.config)
         return self.runner.read_model.query(req, LogEvents(self.layout, self.partitions))
 
+    def is_build(self, name: str) -> bool:
+        """Whether ``name`` is a version a backfill built beside (not a projection of its own)."""
+        return getattr(self.runner.states[name].projection, "beside_of", None) is not None if name in self.runner.states else False
+
     def install_backfill(self, projection: type[Projection], definition: bytes) -> dict[str, Any]:
         """Combine a finished backfill's parts into this projector's read model (the file's one
         writer) and follow the built version from there on."""

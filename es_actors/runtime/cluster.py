@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import ray
 
@@ -30,7 +31,7 @@ def ensure_ray(address: str | None, **start_options: Any) -> None:
         return
     if _starts_a_new_ray(address):
         start_local_ray(logging_level=logging.WARNING, configure_logging=True, **start_options)
-    else:
+    elif not join_ray(address):  # an address given (or $RAY_ADDRESS), loopback ones included; else `ray start`'s
         ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
 
 
@@ -39,7 +40,11 @@ def join_ray(address: str | None) -> bool:
     is not connected yet; never starts a Ray. Whether this process is connected now."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address and not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING)
+        if address.split("://")[-1].rsplit(":", 1)[0] in (LOOPBACK, "localhost"):
+            with _single_machine():  # a loopback-only Ray (start_local_ray): join it on 127.0.0.1, not this machine's address
+                ray.init(address=address, _node_ip_address=LOOPBACK, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
     return bool(ray.is_initialized())
 
 
@@ -65,13 +70,20 @@ def start_local_ray(**options: Any) -> None:
     later ``ray.init(address=...)`` in this process still finds its real address. Token
     authentication stays as Ray decides (on for a new local Ray unless RAY_AUTH_MODE=disabled).
     """
+    with _single_machine():
+        ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **options)
+
+
+@contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine switch, for one start or join (see :func:`start_local_ray`)."""
     import ray._private.ray_constants as ray_constants
 
     saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_RAY_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **options)
+        yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         if saved_env is None:

@@ -54,10 +54,14 @@ def backfill(
         why = "several match: give --version" if len(chosen) > 1 else "none matches"
         raise click.BadParameter(f"projection {want}: {why} among the classes given ({have})", param_hint="--projections / --version")
     aggs = load_aggregates(aggregates_spec)
-    report = run_backfill(
-        store_path, chosen[0], aggs, parallelism=parallelism, address=address, progress=not quiet, restart=restart,
-        checkpoint_events=checkpoint_events,
-    )
+    try:
+        report = run_backfill(
+            store_path, chosen[0], aggs, parallelism=parallelism, address=address, progress=not quiet, restart=restart,
+            checkpoint_events=checkpoint_events,
+        )
+    except EsActorsError as exc:  # one line, exit 1: also under `python -m es_actors.jobs.backfill` (no es-actors group)
+        notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))
+        raise click.ClickException(f"{type(exc).__name__}: {exc}{notes}") from None
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -18,12 +18,14 @@ done of total, rate and ETA, per-task lines, and the Ray metrics
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import duckdb
 import ray
 
 from es_actors.domain import Aggregate, DomainRegistry
@@ -36,9 +38,10 @@ from es_actors.read.backfill.task import TaskResult, projection_tables, run_task
 from es_actors.read.backfill_tasks import run_plan_tasks
 from es_actors.read.projection import Projection, check_projections
 from es_actors.read.readmodel import ReadModel
+from es_actors.read.readmodel.database import readmodel_path
 from es_actors.read.runner import ProjectionRunner
 from es_actors.config import StoreConfig
-from es_actors.runtime.cluster import actor_get
+from es_actors.runtime.cluster import actor_get, join_ray
 from es_actors.runtime.naming import find_projector
 from es_actors.storage.layout import StoreLayout
 
@@ -114,6 +117,8 @@ def backfill(
         connect_ray(address)
         if parallelism is None:
             parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    else:
+        join_ray(address)  # no Ray of its own; a cluster given (or $RAY_ADDRESS) holds the projector to install into
     if parallelism < 1:
         raise EsActorsError(f"parallelism must be at least 1, not {parallelism}")
     refused = None
@@ -124,6 +129,7 @@ def backfill(
         )
         _say(progress, {"event": "refused_parallel", "message": refused})
     partitions = descriptor.partitions
+    _refuse_a_taken_name(layout, descriptor, beside(p).name)
     work = BackfillDir(layout.root, p.name, p.version)
     work.lock()
     try:
@@ -134,7 +140,7 @@ def backfill(
         )
         replay_s = time.monotonic() - t1
         installed, by = _install(layout, partitions, registry, p, work)
-        work.mark_installed(installed.to_dict().__repr__())
+        work.mark_installed(json.dumps(installed.to_dict()))
     finally:
         work.unlock()
     seconds = time.monotonic() - t0
@@ -145,11 +151,41 @@ def backfill(
         refused_parallel=refused, tasks=len(plan.tasks), tasks_resumed=sum(1 for r in results if r.resumed_at),
         events=events, applied=sum(r.applied for r in results), parked=installed.dead_letters,
         seconds=round(seconds, 3), replay_s=round(replay_s, 3), merge_s=round(installed.merge_s, 3),
-        events_per_s=round(events / replay_s, 1) if replay_s > 0 else 0.0, rows=installed.rows, installed_by=by,
+        events_per_s=round(sum(r.events - r.resumed_at for r in results) / replay_s, 1) if replay_s > 0 else 0.0,
+        rows=installed.rows, installed_by=by,
         task_results=[r.to_dict() for r in results],
     )
     _say(progress, {"event": "done", "report": report.to_dict()})
     return report
+
+
+def _refuse_a_taken_name(layout: StoreLayout, descriptor: Any, name: str) -> None:
+    """Before any work: ``<name>__v<N>`` must not be a live projection's name (only an earlier build's)."""
+    projector = find_projector(layout, descriptor) if ray.is_initialized() else None
+    if projector is not None:
+        running = actor_get(projector.projections.remote())
+        taken = name in running and not actor_get(projector.is_build.remote(name))
+    else:
+        path = readmodel_path(layout.root)
+        if not path.exists():
+            return
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error:
+            return  # held by a projector this process cannot reach: the install checks it
+        try:
+            has_builds = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'es_actors' AND table_name = 'builds'"
+            ).fetchone()[0]  # type: ignore[index]
+            taken = con.execute(
+                "SELECT count(*) FROM es_actors.projections WHERE name = ?"
+                + (" AND name NOT IN (SELECT instance FROM es_actors.builds)" if has_builds else ""), [name],
+            ).fetchone()[0] > 0  # type: ignore[index]
+        finally:
+            con.close()
+    if taken:
+        raise EsActorsError(f"a projection named {name!r} exists and is not a backfill's build: the build of this version "
+                            "would take its name; rename one of them")
 
 
 def _plan(
@@ -268,9 +304,9 @@ class _ProgressView:
     def _line(self, d: int) -> str:
         el = time.monotonic() - self.t0
         rate = d / el if el > 0 else 0.0
-        eta = (self.total - d) / rate if rate > 0 else float("nan")
+        eta = f"{(self.total - d) / rate:,.0f} s" if rate > 0 else "?"
         tasks = "; ".join(f"{t} {dd:,}/{tt:,}" for t, (dd, tt) in sorted(self.tasks.items()) if dd < tt)
-        return f"{self.title}: {d:,}/{self.total:,} events ({d * 100 // max(1, self.total)}%), {rate:,.0f} ev/s, ETA {eta:,.0f} s" + (f" [{tasks}]" if tasks else "")
+        return f"{self.title}: {d:,}/{self.total:,} events ({d * 100 // max(1, self.total)}%), {rate:,.0f} ev/s, ETA {eta}" + (f" [{tasks}]" if tasks else "")
 
     def finished(self, r: TaskResult) -> None:
         self.tasks[r.task] = (r.events, r.events)

@@ -179,8 +179,14 @@ def adopt(runner: Any, p: type[Projection], work: BackfillDir, definition: bytes
     if missing:
         raise EsActorsError(f"backfill of {p.name} v{p.version}: tasks {missing} have not finished; run the backfill again to finish them")
     inst = beside(p)
-    runner.remove_projection(inst.name)
-    report = install(runner.read_model.con, p, plan, [ck for ck in parts if ck is not None], work, definition)
+    previous = runner.states.get(inst.name)
+    runner.remove_projection(inst.name)  # an earlier build of this version stops while it is replaced...
+    try:
+        report = install(runner.read_model.con, p, plan, [ck for ck in parts if ck is not None], work, definition)
+    except BaseException:
+        if previous is not None:  # ...and, the install rolled back, follows on as it was
+            runner.add_projection(previous.projection)
+        raise
     runner.add_projection(inst)
     return report
 

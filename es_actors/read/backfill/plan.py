@@ -5,6 +5,7 @@ backfill redoes none of the planning and no share moves."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from datetime import datetime, timezone
@@ -62,11 +63,22 @@ def fingerprint(p: type[Projection]) -> str:
     merge = p.merge
     parts = {
         "name": p.name, "version": p.version, "kind": p.kind, "event_types": list(p.event_type_names()),
-        "setup": p.setup_statements(),
-        "apply": p.apply_statements() if issubclass(p, SqlProjection) else f"{p.__module__}:{p.__qualname__}",
+        "setup": p.setup_statements(), "on_error": p.on_error,
+        "apply": p.apply_statements() if issubclass(p, SqlProjection) else _code_of(p),
         "merge": None if merge is None else {"split": merge.split, "tables": dict(merge.tables)},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_of(p: type[Projection]) -> str:
+    """A Python projection's ``handle``: its source, else its bytecode (a changed handler is another declaration)."""
+    handle = getattr(p, "handle", None)
+    func = getattr(handle, "__func__", handle)
+    try:
+        return inspect.getsource(func)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        code = getattr(func, "__code__", None)
+        return hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest() if code is not None else repr(func)
 
 
 def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int, after: int = 0) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ finds a checkpoint of its share starts from it, so a killed task redoes at most 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from es_actors.read.readmodel.database import fetch_arrow, transaction
 from es_actors.read.runner import ProjectionRunner
 from es_actors.storage.layout import StoreLayout
 
+log = logging.getLogger(__name__)
 #: Progress callback: (task id, positions done, positions in the share).
 Report = Callable[[str, int, int], None]
 #: A task that makes no progress for this long while positions remain has lost them.
@@ -85,8 +87,15 @@ def run_task(
         applied0 = parked0 = 0
         seq = 0
         if previous is not None:
-            _restore(rm, p, work, previous)
-            applied0, parked0, seq = previous.applied, previous.parked, previous.seq
+            try:
+                _restore(rm, p, work, previous)
+                applied0, parked0, seq = previous.applied, previous.parked, previous.seq
+            except duckdb.Error as exc:  # a part that does not read (torn, damaged): the share is redone
+                log.warning("backfill task %s: checkpoint %s does not load (%s: %s): replaying the share from its start",
+                            spec.id, previous.seq, type(exc).__name__, exc)
+                rm.close()
+                rm = ReadModel(root, registry, [p], database=":memory:", threads=threads)
+                seq = previous.seq
         runner = ProjectionRunner(layout, partitions, registry, [p], StoreConfig(), read_model=rm, bounds=spec.bounds)
         st = runner.states[p.name]
 

@@ -19,6 +19,12 @@ def open_projection(con: duckdb.DuckDBPyConnection, p: type[Projection]) -> duck
     """The projection's own cursor (``search_path`` its schema), its schema set up first if new
     or rebuilt if its version changed."""
     cur = con.cursor()
+    built = cur.execute("SELECT projection, version FROM es_actors.builds WHERE instance = ?", [p.name]).fetchone()
+    if built is not None and getattr(p, "beside_of", None) is None:
+        raise EsActorsError(
+            f"projection {p.name!r}: that name is the version a backfill built beside projection {built[0]!r} "
+            f"(v{built[1]}); rename the projection"
+        )
     row = cur.execute("SELECT version FROM es_actors.projections WHERE name = ?", [p.name]).fetchone()
     if row is not None and row[0] != p.version:
         log.warning("projection %s: version %s in the read model, %s in code: rebuilding from the log", p.name, row[0], p.version)
@@ -58,7 +64,8 @@ def _other_owner(cur: duckdb.DuckDBPyConnection, name: str, table: str) -> str |
     """Another registered projection that has a table named ``table`` (and so the main view), if any."""
     row = cur.execute(
         "SELECT table_schema FROM information_schema.tables WHERE table_name = ? AND table_schema <> ? "
-        "AND table_schema IN (SELECT name FROM es_actors.projections WHERE name <> ?) LIMIT 1",
+        "AND table_schema IN (SELECT name FROM es_actors.projections WHERE name <> ?) "
+        "AND table_schema NOT IN (SELECT instance FROM es_actors.builds) LIMIT 1",  # a build has no views in main
         [table, name, name],
     ).fetchone()
     return row[0] if row else None
