@@ -87,4 +87,4 @@ class SlowBalances(Balances):
     """Balances in batches of 100, each a little slow: a backfill long enough to lose a node in."""
 
     batch_size = 100
-    apply = [Balances.apply, "SELECT count(*) FROM range(300000)"]
+    apply = [Balances.apply, "SELECT count(*) FROM range(3000000)"]  # ~10 ms of work per batch

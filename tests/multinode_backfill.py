@@ -74,7 +74,7 @@ def main(store: Path, scratch_root: Path, out: Path) -> None:
                         ck = json.loads(f.read_text())
                     except ValueError:
                         continue
-                    if ck.get("worker") == node.node_id and not ck.get("final"):
+                    if ck.get("worker") == node.node_id and ck.get("seq") == 1 and not ck.get("final"):  # most of it ahead
                         return True
                 return False
 
@@ -87,7 +87,7 @@ def main(store: Path, scratch_root: Path, out: Path) -> None:
 
         killer = threading.Thread(target=remove_a_worker_once_work_is_under_way)
         killer.start()
-        report = backfill(store, SlowBalances, [BankAccount], parallelism=3, progress=False, task_events=2_000, checkpoint_events=400)
+        report = backfill(store, SlowBalances, [BankAccount], parallelism=3, progress=False, task_events=4_000, checkpoint_events=400)
         killer.join()
         result = {
             "report": report.to_dict(),
