@@ -12,9 +12,10 @@ the per-row Python work is kept to building the event itself:
 - the events of a slice are built by C loops (``map`` over ``zip``) when each row reads as
   one event, which is the rule; a filter or an upcaster that splits a row takes a Python loop.
 
-Slices rather than the whole table: a consumer that drops events as it goes lets them die
-young, and Python's cyclic GC (whose full collections are triggered by how many objects
-survive into the old generation) stays cheap.
+Small slices rather than the whole table: a consumer that drops events as it goes lets them
+die young, before Python's cyclic GC runs at all (its collections are triggered by how many
+objects are alive beyond those freed; full collections, which walk every object of the
+process, by how many survive into the old generation).
 """
 
 from __future__ import annotations

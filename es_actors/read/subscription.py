@@ -45,7 +45,7 @@ class Subscription:
         poll_s: float = 0.05,
         merge_grace_s: float = 0.5,
         batch_rows: int = 50_000,
-        decode_rows: int = 1_000,
+        decode_rows: int = 100,
     ) -> None:
         if order not in ("partition", "merged"):
             raise EsActorsError(f"order must be 'partition' or 'merged', not {order!r}")
@@ -59,7 +59,10 @@ class Subscription:
         self.poll_s = poll_s
         self.merge_grace_us = int(merge_grace_s * 1e6)
         self.batch_rows = batch_rows  # rows read at a time: a sealed segment's worth (a segment is read once)
-        self.decode_rows = decode_rows  # rows decoded at a time: few events alive at once (cheap GC)
+        # Rows decoded at a time: a slice's objects (~3 tracked per event) stay under the cyclic GC's
+        # first threshold (700), so a consumer that drops events as it goes triggers no collection
+        # at all (1,000 rows: full collections took ~40% of a catch-up's CPU time).
+        self.decode_rows = decode_rows
         self._pending: dict[int, tuple[EventBatch, int, int]] = {}  # partition -> (batch, next row, its last position)
         self.checkpoint: dict[int, int] = {p: int(checkpoint.get(p, 0)) for p in range(partitions)}
         self._followers = {p: LogFollower(layout, p, self.checkpoint[p]) for p in range(partitions)}
