@@ -3,8 +3,9 @@
 Catch-up subscriptions and Python read models turn millions of sealed rows into events, so
 the per-row Python work is kept to building the event itself:
 
-- the table is examined once: its (event_type, schema_version) pairs, each pair's rows and
-  payload texts, and the columns every event carries, each converted to Python in one call;
+- the table is examined once (a window of it at a time): its (event_type, schema_version)
+  pairs, each pair's rows and payload texts, and the columns every event carries, each
+  converted to Python in one call;
 - rows at a current version are validated one pair at a time in a single pydantic call over
   a JSON array; only older rows go through their upcaster chains one by one (so an
   unreadable event raises :class:`~es_actors.domain.upcasting.UnreadableEvent` naming it,
@@ -68,32 +69,46 @@ class _Pair:
 
 
 class EventBatch:
-    """Stored rows (a table in the log's schema, row order kept) read as events by :meth:`events`."""
+    """Stored rows (a table in the log's schema, row order kept) read as events by :meth:`events`.
 
-    def __init__(self, table: pa.Table, registry: DomainRegistry, event_types: Collection[str] | None = None) -> None:
+    The table is converted to Python a window of ``window_rows`` at a time (all of it if not
+    given): a large read costs the memory of its Arrow buffers plus one window's Python values.
+    """
+
+    def __init__(self, table: pa.Table, registry: DomainRegistry, event_types: Collection[str] | None = None,
+                 window_rows: int | None = None) -> None:
         self.table = table
         self.registry = registry
         self.event_types = event_types
-        self.num_rows = n = table.num_rows
+        self.num_rows = table.num_rows
+        self.window_rows = window_rows or self.num_rows
+        self._w0 = self._w1 = 0  # the rows converted: w0..w1-1
         self.pairs: list[_Pair] = []
-        self.cols: list[list[Any]] = [[] for _ in range(6)]
-        self.positions = self.cols[1]  # of each row
-        if n == 0:
-            return
-        self.cols = [table.column(c).to_pylist() for c in
+        self.cols: list[list[Any]] = []
+
+    def _convert(self, w0: int, w1: int) -> None:
+        """The window's columns as Python lists and its (type, version) pairs (row numbers in the window)."""
+        window = self.table.slice(w0, w1 - w0)
+        n = window.num_rows
+        self.cols = [window.column(c).to_pylist() for c in
                      ("partition", "position", "aggregate_type", "aggregate_id", "version", "schema_version")]
-        types, svs, payloads = table.column("event_type"), table.column("schema_version"), table.column("payload")
-        found = table.select(["event_type", "schema_version"]).group_by(["event_type", "schema_version"]).aggregate([])
+        self.pairs = []
+        types, svs, payloads = window.column("event_type"), window.column("schema_version"), window.column("payload")
+        found = window.select(["event_type", "schema_version"]).group_by(["event_type", "schema_version"]).aggregate([])
         for t, v in zip(found.column(0).to_pylist(), found.column(1).to_pylist()):
-            current = registry.decoder.is_current(t, v)
-            skip = current and event_types is not None and t not in event_types  # never decoded
+            current = self.registry.decoder.is_current(t, v)
+            skip = current and self.event_types is not None and t not in self.event_types  # never decoded
             if len(found) == 1:
                 rows, texts = list(range(n)), ([] if skip else payloads.to_pylist())
             else:
                 idx = pc.indices_nonzero(pc.and_(pc.equal(types, t), pc.equal(svs, v)))
                 rows, texts = idx.to_pylist(), ([] if skip else payloads.take(idx).to_pylist())
             self.pairs.append(_Pair(t, v, current, skip, rows, texts))
-        self.positions = self.cols[1]
+        self._w0, self._w1 = w0, w1
+
+    def position(self, i: int) -> int:
+        """The log position of row ``i``."""
+        return self.table.column("position")[i].as_py()  # type: ignore[no-any-return]
 
     def events(self, start: int = 0, stop: int | None = None) -> tuple[list[RecordedEvent], bool]:
         """The events of rows ``start..stop-1`` in row order, and whether each row read as exactly
@@ -102,6 +117,9 @@ class EventBatch:
         m = stop - start
         if m <= 0:
             return [], True
+        if start < self._w0 or stop > self._w1:
+            self._convert(start, min(self.num_rows, max(stop, start + self.window_rows)))
+        table_start, start, stop = start, start - self._w0, stop - self._w0  # rows in the window from here on
         decoded: list[Any] = [None] * m
         simple = True
         for pair in self.pairs:
@@ -129,7 +147,7 @@ class EventBatch:
                 else:
                     decoded[i - start] = evs
                     simple = False
-        src = _Columns(self.table.slice(start, m))
+        src = _Columns(self.table.slice(table_start, m))
         parts, pos, atypes, aids, vers, svs = (c[start:stop] for c in self.cols)
         if simple:
             return list(map(_new, repeat(RecordedEvent, m), zip(parts, pos, atypes, aids, vers, decoded, svs,
@@ -151,5 +169,6 @@ class EventBatch:
             return None
 
     def _where(self, i: int) -> Any:
+        """Names row ``i`` of the window in an error (built only if there is one)."""
         cols = self.cols
         return lambda: event_where(cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i])

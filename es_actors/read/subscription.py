@@ -10,7 +10,7 @@ consumer owns its checkpoint, one position per partition::
 
 Delivery is at least once: after a crash, events after the saved checkpoint come again.
 ``order="partition"`` gives each partition's events in log order (partitions interleaved
-slice by slice); ``order="merged"`` gives one stream ordered by (recorded_at, partition,
+batch by batch); ``order="merged"`` gives one stream ordered by (recorded_at, partition,
 position). While following, an event is released in merged order once every partition has
 a later one or it is older than ``merge_grace_s``: a partition that commits later than that
 after a quiet spell can appear slightly out of recorded_at order (never out of its own
@@ -29,6 +29,9 @@ from es_actors.codecs.event_batch import EventBatch
 from es_actors.codecs.views import RecordedEvent
 from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
+
+
+WINDOW_ROWS = 5_000  # rows of a read turned into Python values at a time (as fast per row as all at once)
 
 
 class Subscription:
@@ -83,13 +86,14 @@ class Subscription:
             batch = self._followers[p].poll(self.batch_rows)
             if batch is None:
                 return None
-            pending = (EventBatch(batch.to_table(), self.registry, self.event_types), 0, batch.last)
+            table = batch.to_table()
+            pending = (EventBatch(table, self.registry, self.event_types, WINDOW_ROWS), 0, batch.last)
         rows, start, last = pending
         stop = min(start + self.decode_rows, rows.num_rows)
         events, simple = rows.events(start, stop)
         if stop < rows.num_rows:  # the rest later; this slice ends at its last row
             self._pending[p] = (rows, stop, last)
-            last = rows.positions[stop - 1]
+            last = rows.position(stop - 1)
         return events, last, simple
 
     def _by_partition(self) -> Iterator[RecordedEvent]:
@@ -97,19 +101,22 @@ class Subscription:
         while not self._closed:
             got = False
             for p in self._followers:
-                polled = self._poll(p)
-                if polled is None:
-                    continue
-                got = True
-                events, last, simple = polled
-                for i in range(len(events)):
-                    e = events[i]
-                    events[i] = None  # type: ignore[call-overload]  # held by the consumer only: it dies young
-                    checkpoint[p] = e[1] if simple else _handled(e, events[i + 1] if i + 1 < len(events) else None)
-                    yield e
-                    if self._closed:
-                        return
-                checkpoint[p] = last  # filtered events at the end count as handled
+                while True:  # a read of the partition (a sealed segment's worth) in slices, then the next partition
+                    polled = self._poll(p)
+                    if polled is None:
+                        break
+                    got = True
+                    events, last, simple = polled
+                    for i in range(len(events)):
+                        e = events[i]
+                        events[i] = None  # type: ignore[call-overload]  # held by the consumer only: it dies young
+                        checkpoint[p] = e[1] if simple else _handled(e, events[i + 1] if i + 1 < len(events) else None)
+                        yield e
+                        if self._closed:
+                            return
+                    checkpoint[p] = last  # filtered events at the end count as handled
+                    if p not in self._pending:
+                        break
             if not got:
                 if not self.follow:
                     return

@@ -49,8 +49,9 @@ def view(e: RecordedEvent) -> tuple[Any, ...]:
             e.event_id, e.command_id, e.correlation_id, e.causation_id, e.principal, e.recorded_at_us, e.metadata)
 
 
-def sliced(rows: list[tuple[Any, ...]], step: int, event_types: list[str] | None) -> tuple[list[Any], list[bool]]:
-    batch = EventBatch(rows_to_table(rows), REGISTRY, event_types)
+def sliced(rows: list[tuple[Any, ...]], step: int, event_types: list[str] | None,
+           window: int | None = None) -> tuple[list[Any], list[bool]]:
+    batch = EventBatch(rows_to_table(rows), REGISTRY, event_types, window)
     out, simple = [], []
     for start in range(0, len(rows), step):
         events, s = batch.events(start, start + step)
@@ -61,11 +62,13 @@ def sliced(rows: list[tuple[Any, ...]], step: int, event_types: list[str] | None
 
 @settings(max_examples=60, deadline=None)
 @given(kinds=st.lists(st.integers(0, len(KINDS) - 1), min_size=1, max_size=40), step=st.integers(1, 45),
-       types=st.one_of(st.none(), st.lists(st.sampled_from(TYPES), min_size=1, unique=True)))
-def test_slices_read_like_each_row_on_its_own(kinds: list[int], step: int, types: list[str] | None) -> None:
+       types=st.one_of(st.none(), st.lists(st.sampled_from(TYPES), min_size=1, unique=True)),
+       window=st.one_of(st.none(), st.integers(1, 20)))
+def test_slices_read_like_each_row_on_its_own(kinds: list[int], step: int, types: list[str] | None,
+                                              window: int | None) -> None:
     rows = stored_rows(kinds)
     want = [e for r in rows for e in RecordedEvent.from_row(r, REGISTRY) if types is None or e.event_type in types]
-    got, simple = sliced(rows, step, types)
+    got, simple = sliced(rows, step, types, window)
     assert [view(e) for e in got] == [view(e) for e in want]
     assert got == want and [e.recorded_at for e in got] == [e.recorded_at for e in want]
     # a slice says it is simple only if each of its rows read as exactly one event
@@ -79,8 +82,10 @@ def test_slices_read_like_each_row_on_its_own(kinds: list[int], step: int, types
 
 def test_a_slice_of_current_rows_builds_one_event_per_row() -> None:
     rows = stored_rows([0, 1, 2, 0, 1])
-    events, simple = EventBatch(rows_to_table(rows), REGISTRY).events(1, 4)
+    batch = EventBatch(rows_to_table(rows), REGISTRY, window_rows=2)
+    events, simple = batch.events(1, 4)
     assert simple and [e.position for e in events] == [101, 102, 103]
+    assert [e.position for e in batch.events(0, 1)[0]] == [100] and batch.position(4) == 104  # back, and ahead
 
 
 @pytest.mark.parametrize("bad", [{"amount": -1}, {"amount": 1, "extra": 2}, "not json"])
@@ -89,7 +94,7 @@ def test_an_unreadable_event_raises_naming_it_when_its_slice_is_read(bad: Any) -
     r = list(rows[3])
     r[14] = bad if isinstance(bad, str) else json.dumps(bad)
     rows[3] = tuple(r)
-    batch = EventBatch(rows_to_table(rows), REGISTRY)
+    batch = EventBatch(rows_to_table(rows), REGISTRY, window_rows=2)
     assert [e.position for e in batch.events(0, 3)[0]] == [100, 101, 102]  # the slice before it reads
     with pytest.raises(UnreadableEvent, match=r"MoneyDeposited v2 at partition 1 position 103 \(BankAccount/a-0 "
                                               r"version 4\): payload does not validate"):
