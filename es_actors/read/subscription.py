@@ -15,6 +15,11 @@ position). While following, an event is released in merged order once every part
 a later one or it is older than ``merge_grace_s``: a partition that commits later than that
 after a quiet spell can appear slightly out of recorded_at order (never out of its own
 order, never twice, never skipped).
+
+Rows are read a sealed segment's worth at a time and decoded into events a slice of
+``decode_rows`` at a time (:class:`~es_actors.codecs.event_batch.EventBatch`): an event that
+cannot be read raises :class:`~es_actors.domain.upcasting.UnreadableEvent`, naming it, when
+iteration reaches its slice (the events before the slice have been delivered; none is skipped).
 """
 
 from __future__ import annotations
