@@ -36,6 +36,7 @@ from es_actors.runtime.naming import NAMESPACE
 from es_actors.errors import ProjectionHalted, ProjectionTimeout, QueryFailed, QueryRefused
 from es_actors.codecs.views import RecordedEvent
 from es_actors.runtime.naming import actor_name, projector_name
+from es_actors.read.subscription import Subscription
 from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.local.reader import read_partition_rows
 from es_actors.examples.bank import (
@@ -781,6 +782,36 @@ def test_subscription_catch_up_once_in_order_and_resume(sub_store):
     assert sorted(_key(e) for e in only) == sorted(_key(e) for e in everything if e.event_type == "MoneyWithdrawn")
     # follow=True, in a thread: sees events written after it started, ends on close()
     check_follow_sees_later_events_then_closes(store)
+
+
+def test_subscription_in_small_reads_and_slices_delivers_the_same(sub_store):
+    """Reads and decoded slices of a few rows (boundaries inside sealed segments, between a sealed
+    and a tail read, after a row read as two events): the same events, and a checkpoint saved
+    after any of them resumes without loss, repeating at most the row being read."""
+    store = sub_store
+    everything = log_events(store)
+
+    def sub(checkpoint=None, **kw):
+        return Subscription(store.layout, store.descriptor.partitions, store.registry, checkpoint or {},
+                            follow=False, **kw)
+
+    for batch_rows, decode_rows in ((1, 1), (5, 2), (7, 3), (10**6, 4)):
+        sizes = dict(batch_rows=batch_rows, decode_rows=decode_rows)
+        for types in (None, ["MoneyDeposited"]):
+            want = [_key(e) for e in everything if types is None or e.event_type in types]
+            got = [_key(e) for e in sub(event_types=types, **sizes)]
+            assert sorted(got) == want and all(got[i] < got[i + 1] for i in range(len(got) - 1) if got[i][0] == got[i + 1][0])
+            merged = [_key(e) for e in sub(order="merged", event_types=types, **sizes)]
+            assert merged == [_key(e) for e in sorted((e for e in everything if types is None or e.event_type in types),
+                                                      key=lambda e: (e.recorded_at, e.partition, e.position))]
+        for k in range(0, len(everything) + 1, 3):
+            s = sub(**sizes)
+            it = iter(s)
+            first = [_key(next(it)) for _ in range(k)]
+            rest = [_key(e) for e in sub(dict(s.checkpoint), **sizes)]
+            assert not Counter(_key(e) for e in everything) - Counter(first) - Counter(rest), (sizes, k)
+            again = set(first) & set(rest)
+            assert len({(p, pos) for p, pos, _t, _i in again}) <= 1 and all(key[:2] == first[-1][:2] for key in again)
 
 
 def test_catch_up_is_complete_while_the_owner_seals(store_factory):

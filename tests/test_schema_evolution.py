@@ -244,13 +244,15 @@ BROKEN = [
 
 @pytest.mark.parametrize("columns, names, why", BROKEN)
 def test_unreadable_stored_event_is_a_clear_error_in_history(tmp_path, columns, names, why):
-    """history() and state_at() raise UnreadableEvent naming the event's type, version and position."""
+    """history(), state_at() and a subscription raise UnreadableEvent naming the event's type, version
+    and position."""
     root = fixture_copy(tmp_path, upgrade=False)
     pos = rewrite_row(root, "acc-ann", 2, **columns)  # a well-formed log with a foreign row ...
     upgrade_store(root)  # ... that the upgrade vouches for as a file: its rows must still be refused
     store = Store.open(root, [BankAccount], read_only=True)
     ann = store.aggregate(BankAccount, "acc-ann")
-    for read in (ann.history, lambda: ann.state_at(version=4)):
+    for read in (ann.history, lambda: ann.state_at(version=4), lambda: list(store.subscribe(follow=False)),
+                 lambda: list(store.subscribe(order="merged", follow=False))):
         with pytest.raises(UnreadableEvent) as info:
             read()
         msg = str(info.value)

@@ -9,30 +9,9 @@ from operator import itemgetter
 from typing import Any, Collection, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from es_actors.codecs.rows import COL, COLUMNS, event_where, micros_to_datetime
 from es_actors.domain import DomainRegistry, Event
-
-
-class _Columns:
-    """A batch's Arrow columns, each turned into Python values only when first asked for."""
-
-    __slots__ = ("table", "cache")
-
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-        self.cache: dict[str, list[Any]] = {}
-
-    def column(self, name: str) -> list[Any]:
-        col = self.cache.get(name)
-        if col is None:
-            arr = self.table.column(name)
-            col = self.cache[name] = (arr.cast(pa.int64()) if name == "recorded_at" else arr).to_pylist()
-        return col
-
-    def get(self, name: str, i: int) -> Any:
-        return self.column(name)[i]
 
 
 class RecordedEvent(tuple):  # type: ignore[type-arg]
@@ -143,51 +122,11 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
     def from_table(
         cls, table: pa.Table, registry: DomainRegistry, event_types: Collection[str] | None = None
     ) -> list["RecordedEvent"]:
-        """A batch of stored rows as events, in row order, decoded in bulk: rows at current
-        versions are validated one event type at a time in a single pydantic call; older
-        rows go through their upcaster chains one by one. ``event_types`` keeps only those."""
-        n = table.num_rows
-        if n == 0:
-            return []
-        src = _Columns(table)
-        payloads = table.column("payload")
-        decoded: list[Any] = [None] * n
-        types = table.column("event_type")
-        svs = table.column("schema_version")
-        pairs = table.select(["event_type", "schema_version"]).group_by(["event_type", "schema_version"]).aggregate([])
-        for t, v in zip(pairs.column(0).to_pylist(), pairs.column(1).to_pylist()):
-            current = registry.decoder.is_current(t, v)
-            if current and event_types is not None and t not in event_types:
-                continue  # a current type that was not asked for: never decoded
-            idx_arr = pc.indices_nonzero(pc.and_(pc.equal(types, t), pc.equal(svs, v)))
-            idx = idx_arr.to_pylist()
-            texts = payloads.take(idx_arr).to_pylist()
-            if current:
-                try:
-                    events = registry.list_adapter(t).validate_json("[" + ",".join(texts) + "]")
-                    for i, e in zip(idx, events):
-                        decoded[i] = (e,)
-                    continue
-                except Exception:
-                    pass  # fall through to one at a time, which names the bad event
-            for i, text in zip(idx, texts):
-                decoded[i] = registry.decode(t, v, text, _where(src, i))
-        out: list[RecordedEvent] = []
-        parts, pos, atypes = src.column("partition"), src.column("position"), src.column("aggregate_type")
-        aid, ver, versions = src.column("aggregate_id"), src.column("version"), src.column("schema_version")
-        new = tuple.__new__
-        for i in range(n):
-            evs = decoded[i]
-            if evs is None:
-                continue
-            for e in evs:
-                if event_types is None or e.event_type in event_types:
-                    out.append(new(cls, (parts[i], pos[i], atypes[i], aid[i], ver[i], e, versions[i], src, i)))
-        return out
+        """A batch of stored rows as events, in row order, decoded in bulk
+        (:class:`es_actors.codecs.event_batch.EventBatch`). ``event_types`` keeps only those."""
+        from es_actors.codecs.event_batch import EventBatch  # it builds RecordedEvents: imported when used
 
-
-def _where(src: _Columns, i: int) -> str:
-    return event_where(*(src.get(c, i) for c in ("partition", "position", "aggregate_type", "aggregate_id", "version")))
+        return EventBatch(table, registry, event_types).events()[0]
 
 
 class CommandResult:
