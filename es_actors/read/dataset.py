@@ -21,7 +21,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.domain import Aggregate, DomainRegistry
-from es_actors.read.dataset_plan import DatasetPlan, EventFilter, Piece, current_rows, read_piece
+from es_actors.read.dataset_plan import DATASET_SCHEMA, DatasetPlan, EventFilter, Piece, current_rows, read_piece
 from es_actors.storage.layout import StoreLayout
 
 #: Roughly how much larger a segment's rows are in memory than its zstd Parquet file (an estimate
@@ -55,7 +55,7 @@ class LogSegmentsDatasource(Datasource):
             meta = BlockMetadata(
                 num_rows=None if filtered else sum(p.last - p.first + 1 for p in group),
                 size_bytes=sum(p.size_bytes for p in group) * _INFLATION,
-                input_files=[p.path for p in group],
+                input_files=tuple(p.path for p in group),
                 exec_stats=None,
             )
             tasks.append(ReadTask(_reader(self.layout, group, self.where), meta, schema=ARROW_SCHEMA,
@@ -96,14 +96,20 @@ def events_dataset(plan: DatasetPlan, registry: DomainRegistry) -> "ray.data.Dat
     from es_actors.runtime.cluster import ensure_ray
 
     ensure_ray(None, include_dashboard=False)
+    if not plan.pieces and not plan.tail.num_rows:
+        return ray.data.from_arrow(DATASET_SCHEMA.empty_table())  # empty, with its columns
     parts = []
     if plan.pieces:
         parts.append(ray.data.read_datasource(LogSegmentsDatasource(plan.layout, plan.pieces, plan.filter)))
-    if plan.tail.num_rows or not parts:
+    if plan.tail.num_rows:
         parts.append(ray.data.from_arrow(plan.tail))
     data = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return data.map_batches(_Upcast(list(registry.aggregates.values()), plan.filter), batch_format="pyarrow",
-                            zero_copy_batch=True)
+    out = data.map_batches(_Upcast(list(registry.aggregates.values()), plan.filter), batch_format="pyarrow",
+                           zero_copy_batch=True)
+    # A stored event that cannot be read fails the run as UnreadableEvent naming it (this dataset's own
+    # context, shared by what is derived from it), not as Ray Data's generic UserCodeException.
+    out.context.raise_original_map_exception = True
+    return out
 
 
 __all__ = ["LogSegmentsDatasource", "events_dataset"]

@@ -95,13 +95,11 @@ class Piece:
 
 @dataclass(frozen=True)
 class DatasetPlan:
-    """The log as the call saw it: sealed pieces, the durable tail rows after them (filtered),
-    and each partition's durable head (the last position the dataset holds)."""
+    """The log as the call saw it: the sealed pieces and the durable tail rows after them (filtered)."""
 
     layout: StoreLayout
     pieces: list[Piece]
     tail: pa.Table
-    heads: dict[int, int]
     filter: EventFilter
 
 
@@ -154,13 +152,11 @@ def plan_dataset(layout: StoreLayout, partitions: int, where: EventFilter) -> Da
     layout.require_local("datasets")
     pieces: list[Piece] = []
     tails: list[pa.Table] = []
-    heads: dict[int, int] = {}
     for p, (segments, tail) in enumerate(log_views(layout, partitions, "datasets")):
         pieces.extend(Piece(p, s.first, s.last, str(s.path), _size(s)) for s in segments)
-        heads[p] = int(tail.column("position")[-1].as_py()) if tail.num_rows else (segments[-1].last if segments else 0)
         tails.append(where.stored(tail))
     tail_rows = pa.concat_tables(tails) if tails else ARROW_SCHEMA.empty_table()
-    return DatasetPlan(layout, pieces, tail_rows, heads, where)
+    return DatasetPlan(layout, pieces, tail_rows, where)
 
 
 def _size(seg: Segment) -> int:
@@ -191,19 +187,19 @@ def current_rows(table: pa.Table, registry: DomainRegistry, where: EventFilter) 
     table = table.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA)
     stored_versions = table.select(["partition", "position", "schema_version"])
     if _con is None:
-        _con = duckdb.connect()
-    up = upcast_table(_con.cursor(), table, registry)
+        _con = duckdb.connect()  # one per worker process, for SQL upcasters
+    cur = _con.cursor()
+    try:
+        up = upcast_table(cur, table, registry)
+    finally:
+        cur.close()
     if up is table:  # every row was current
         out = table.append_column(DATASET_SCHEMA.field("stored_schema_version"), table.column("schema_version"))
     else:
         stored_versions = stored_versions.rename_columns(["partition", "position", "stored_schema_version"])
-        out = up.join(stored_versions, ["partition", "position"], join_type="inner")
-        out = out.sort_by([("partition", "ascending"), ("position", "ascending")])
+        up = up.append_column("_row", pa.array(range(up.num_rows), pa.int64()))  # a split's pieces keep their order
+        out = up.join(stored_versions, ["partition", "position"], join_type="inner").sort_by("_row")
     return where.current(out.select(DATASET_SCHEMA.names).cast(DATASET_SCHEMA))
-
-
-def empty_rows() -> pa.Table:
-    return DATASET_SCHEMA.empty_table()
 
 
 __all__ = ["DATASET_SCHEMA", "DatasetPlan", "EventFilter", "Piece", "current_rows", "event_filter",
