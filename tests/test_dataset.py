@@ -9,7 +9,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from es_actors import EsActorsError, Store

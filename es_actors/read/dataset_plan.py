@@ -185,7 +185,6 @@ def current_rows(table: pa.Table, registry: DomainRegistry, where: EventFilter) 
     in DuckDB, the others through the Python chain), keeping the version each was stored at."""
     global _con
     table = table.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA)
-    stored_versions = table.select(["partition", "position", "schema_version"])
     if _con is None:
         _con = duckdb.connect()  # one per worker process, for SQL upcasters
     cur = _con.cursor()
@@ -193,13 +192,30 @@ def current_rows(table: pa.Table, registry: DomainRegistry, where: EventFilter) 
         up = upcast_table(cur, table, registry)
     finally:
         cur.close()
-    if up is table:  # every row was current
-        out = table.append_column(DATASET_SCHEMA.field("stored_schema_version"), table.column("schema_version"))
-    else:
-        stored_versions = stored_versions.rename_columns(["partition", "position", "stored_schema_version"])
-        up = up.append_column("_row", pa.array(range(up.num_rows), pa.int64()))  # a split's pieces keep their order
-        out = up.join(stored_versions, ["partition", "position"], join_type="inner").sort_by("_row")
-    return where.current(out.select(DATASET_SCHEMA.names).cast(DATASET_SCHEMA))
+    stored = up.column("schema_version") if up is table else _stored_versions(table, up, registry)
+    out = up.append_column(DATASET_SCHEMA.field("stored_schema_version"), stored)
+    return where.current(out.cast(DATASET_SCHEMA))
+
+
+def _stored_versions(table: pa.Table, up: pa.Table, registry: DomainRegistry) -> pa.ChunkedArray:
+    """For each row of ``up`` (the upcast rows of ``table``), the schema_version its stored row had:
+    its own for rows that were current, else the older row's at its (partition, position)."""
+    pairs = table.group_by(["event_type", "schema_version"]).aggregate([])
+    old_mask = None
+    for t, v in zip(pairs.column(0).to_pylist(), pairs.column(1).to_pylist()):
+        if not registry.decoder.is_current(t, v):
+            m = pc.and_(pc.equal(table.column("event_type"), t), pc.equal(table.column("schema_version"), v))
+            old_mask = m if old_mask is None else pc.or_(old_mask, m)
+    result = up.column("schema_version")
+    if old_mask is None:
+        return result
+    old = table.filter(old_mask)
+    for p in pc.unique(old.column("partition")).to_pylist():
+        mine = old.filter(pc.equal(old.column("partition"), p))
+        idx = pc.index_in(up.column("position"), value_set=mine.column("position").combine_chunks())
+        hit = pc.and_(pc.equal(up.column("partition"), p), pc.is_valid(idx))
+        result = pc.if_else(hit, mine.column("schema_version").take(pc.fill_null(idx, 0)), result)
+    return result
 
 
 __all__ = ["DATASET_SCHEMA", "DatasetPlan", "EventFilter", "Piece", "current_rows", "event_filter",
