@@ -1,7 +1,8 @@
 """The log as a Ray Dataset (issue 12): ``store.dataset(...)`` holds every event durable at the call
 exactly once (sealed or still in the tail, also when a seal, a compaction and its garbage collection
 move the files before the dataset runs), current event versions with the audit columns, the filters,
-and clear errors for bad input. Real stores, the session's Ray."""
+and an unreadable event failing the run by name (argument checks: tests/unit/test_dataset_plan.py).
+Real stores, the session's Ray."""
 
 from __future__ import annotations
 
@@ -11,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from es_actors import EsActorsError, Store
+from es_actors import Store, upgrade_store
 from es_actors.config import StoreConfig
-from es_actors.errors import UnknownAggregateType
+from es_actors.domain import UnreadableEvent
 from es_actors.examples.bank import AccountOpened, BankAccount, Deposit, MoneyDeposited, MoneyWithdrawn, OpenAccount, Withdraw
-from es_actors.read.dataset_plan import DATASET_SCHEMA, EventFilter, event_filter, plan_dataset
-from es_actors.storage.layout import StoreLayout
+from es_actors.read.dataset_plan import DATASET_SCHEMA, EventFilter, plan_dataset
 from es_actors.storage.local.backend import LocalBackend
 from tests.domains import SlowCounter, Tick
-from es_actors.domain import UnreadableEvent
-from es_actors import upgrade_store
 from tests.test_schema_evolution import EXPECTED_HISTORY, fixture_copy, rewrite_row
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -193,24 +191,7 @@ def test_readme_example_per_account_totals(store_factory):
     assert sum(b.num_rows for b in batches) == 6
 
 
-# -- bad input ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"event_types": ["MoneyDeposited", "Nope", "Gone"]}, EsActorsError, r"unknown event types \['Gone', 'Nope'\]"),
-    ({"event_types": ["FundsDeposited"]}, EsActorsError, r"unknown event types \['FundsDeposited'\].*older stored names"),
-    ({"event_types": []}, EsActorsError, "event_types is empty"),
-    ({"event_types": [42]}, EsActorsError, "event_types holds 42"),
-    ({"event_types": [OpenAccount]}, EsActorsError, "event_types holds"),
-    ({"aggregate_type": "Nope"}, UnknownAggregateType, "unknown aggregate type 'Nope'"),
-    ({"aggregate_type": 3}, EsActorsError, "aggregate_type must be an Aggregate class"),
-    ({"as_of": datetime(2026, 1, 1)}, EsActorsError, "as_of must be timezone-aware"),
-    ({"as_of": "2026-01-01"}, EsActorsError, "as_of must be a timezone-aware datetime"),
-])
-def test_bad_arguments_are_es_actors_errors(tmp_path, kwargs, error, message):
-    store = Store.open(fixture_copy(tmp_path), [BankAccount], read_only=True)
-    with pytest.raises(error, match=message):
-        store.dataset(**kwargs)
+# -- what cannot be read (bad arguments: tests/unit/test_dataset_plan.py) -------------------------
 
 
 def test_an_unreadable_stored_event_fails_the_run_naming_it(tmp_path):
@@ -221,15 +202,3 @@ def test_an_unreadable_stored_event_fails_the_run_naming_it(tmp_path):
     with pytest.raises(UnreadableEvent, match=f"MysteryEvent v1 at partition 0 position {pos}"):
         store.dataset().take_all()
     assert len(rows_of(store.dataset(event_types=[MoneyWithdrawn]))) == 7  # a filter that never reads it
-
-
-def test_a_store_opened_without_its_aggregates_is_refused(tmp_path):
-    store = Store.open(fixture_copy(tmp_path), read_only=True)
-    with pytest.raises(EsActorsError, match="open the store with its aggregates"):
-        store.dataset()
-
-
-def test_other_storage_backends_are_refused_like_the_rest_of_the_read_path(tmp_path):
-    layout = StoreLayout.from_uri(f"blobdir://{tmp_path}/store")
-    with pytest.raises(EsActorsError, match="datasets read local Parquet and tail files; not supported on blobdir"):
-        plan_dataset(layout, 1, event_filter(Store.open(fixture_copy(tmp_path), [BankAccount], read_only=True).registry))
