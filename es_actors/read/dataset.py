@@ -22,6 +22,7 @@ from ray.data.datasource import Datasource, ReadTask
 from es_actors.codecs.rows import ARROW_SCHEMA
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.read.dataset_plan import DATASET_SCHEMA, DatasetPlan, EventFilter, Piece, current_rows, read_piece
+from es_actors.runtime.cluster import ensure_ray
 from es_actors.storage.layout import StoreLayout
 
 #: Roughly how much larger a segment's rows are in memory than its zstd Parquet file (an estimate
@@ -72,8 +73,8 @@ def _reader(layout: StoreLayout, group: list[Piece], where: EventFilter) -> Any:
 
 
 class _Upcast:
-    """``map_batches``' function: stored rows to rows of current events (the registry is built once
-    per worker from the aggregate classes, which travel by reference)."""
+    """``map_batches``' function: stored rows to rows of current events. The aggregate classes travel
+    (by reference, like a projector's); the registry is built from them where the batches are."""
 
     def __init__(self, aggregates: Sequence[type[Aggregate[Any]]], where: EventFilter) -> None:
         self.aggregates, self.where = list(aggregates), where
@@ -93,8 +94,6 @@ class _Upcast:
 
 def events_dataset(plan: DatasetPlan, registry: DomainRegistry) -> "ray.data.Dataset":
     """The planned log as a Dataset of current events with their audit columns (``DATASET_SCHEMA``)."""
-    from es_actors.runtime.cluster import ensure_ray
-
     ensure_ray(None, include_dashboard=False)
     if not plan.pieces and not plan.tail.num_rows:
         return ray.data.from_arrow(DATASET_SCHEMA.empty_table())  # empty, with its columns
