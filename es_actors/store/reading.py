@@ -4,6 +4,7 @@ plain DuckDB. All of it works on a read-only store."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -130,6 +131,20 @@ class LogReading:
     def sealed_glob(self) -> str:
         """Give this to DuckDB's ``read_parquet``: each sealed event once, never a partial file."""
         return self.layout.sealed_glob
+
+    def dataset(self, *, event_types: Sequence[Any] | None = None, aggregate_type: Any = None,
+                as_of: datetime | None = None) -> Any:
+        """The log as a Ray Dataset (``ray.data.Dataset``) of the events durable now, upcast to their
+        current versions, one row each with the audit columns (the stored row's, and
+        ``stored_schema_version``): for analytics and ML pipelines on Ray. ``event_types``: Event
+        classes or stored names; ``aggregate_type``: an Aggregate class or its name; ``as_of``: only
+        events recorded up to this timezone-aware moment. Local stores; works read-only (starts a
+        loopback-only Ray if none is running)."""
+        from es_actors.read.dataset import events_dataset
+        from es_actors.read.dataset_plan import event_filter, plan_dataset
+
+        where = event_filter(self.registry, event_types, aggregate_type, as_of)
+        return events_dataset(plan_dataset(self.layout, self.descriptor.partitions, where), self.registry)
 
     def sealed_files(self) -> list[Path]:
         """The exact sealed file set now: a snapshot that stays readable for ``gc_grace_s``."""

@@ -25,7 +25,9 @@ from es_actors.storage.local.log_place import log_place, require_held
 from es_actors.storage.local.wal import list_tail_files, read_tail_file, read_tail_rows
 
 
-def _read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
+def read_segments(segments: list[Segment], filter_expr: ds.Expression | None) -> pa.Table:
+    """Rows of sealed segments that pass ``filter_expr``, each verified first. FileNotFoundError: a
+    compaction collected one (read again)."""
     if not segments:
         return ARROW_SCHEMA.empty_table()
     verify_segments(segments)
@@ -89,7 +91,7 @@ def read_partition(
         if aggregate is not None:
             filter_expr = (ds.field("aggregate_type") == aggregate[0]) & (ds.field("aggregate_id") == aggregate[1])
             tail_rows = [r for r in tail_rows if (r[COL["aggregate_type"]], r[COL["aggregate_id"]]) == aggregate]
-        sealed = _read_segments(segments, filter_expr)  # FileNotFoundError: compaction collected one
+        sealed = read_segments(segments, filter_expr)  # FileNotFoundError: compaction collected one
         if not tail_rows:
             return sealed
         return pa.concat_tables([sealed, rows_to_table(tail_rows)])
@@ -115,19 +117,29 @@ def sealed_files(layout: StoreLayout, partitions: int) -> list[Path]:
 
 
 @storage_boundary("reading the log")
+def log_views(layout: StoreLayout, partitions: int, what: str, attempts: int = DEFAULT_ATTEMPTS) -> list[tuple[list[Segment], pa.Table]]:
+    """Per partition, one consistent view now: (sealed segments, durable tail rows after them). The
+    segments are not verified here (whoever reads them does). ``what`` names the reader in errors."""
+    layout.require_local(what)
+    lost = LostRanges.load(layout.root)
+    views = []
+    for p in range(partitions):
+        segments, tail_rows = read_consistently(lambda: _durable_view(layout, p, lost), f"reading partition {p}", attempts)
+        views.append((segments, rows_to_table(tail_rows)))
+    return views
+
+
+@storage_boundary("reading the log")
 def log_snapshot(layout: StoreLayout, partitions: int, attempts: int = DEFAULT_ATTEMPTS) -> tuple[list[str], pa.Table]:
     """Every durable event as (sealed files, tail rows after them): what the ``events`` relation
     of a query shows. Consistent per partition (same retry rule as :func:`read_partition`)."""
-    layout.require_local("queries")
     files: list[str] = []
-    tails: list[tuple[Any, ...]] = []
-    lost = LostRanges.load(layout.root)
-    for p in range(partitions):
-        segments, tail_rows = read_consistently(lambda: _durable_view(layout, p, lost), f"reading partition {p}", attempts)
+    tails: list[pa.Table] = []
+    for segments, tail in log_views(layout, partitions, "queries", attempts):
         verify_segments(segments)
         files.extend(str(s.path) for s in segments)
-        tails.extend(tail_rows)
-    return files, rows_to_table(tails)
+        tails.append(tail)
+    return files, pa.concat_tables(tails) if tails else ARROW_SCHEMA.empty_table()
 
 
 @storage_boundary("reading the sealed high-water mark")
