@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -259,21 +258,18 @@ def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tab
     store.close()
     kinds = [SmallBalances, SmallBalancesPy, SmallDaily, Ledger]
     store = store_factory("catchup", projections=kinds, parallel_catch_up_events=100)
-    seen: set[str] = set()
-
-    def caught_up() -> bool:
-        rows = store.projection_status()
-        seen.update(f"{r['projection']}:{r['status']}" for r in rows)
-        return all(r["lag_events"] == 0 for r in rows)
-
-    deadline = time.monotonic() + 120
-    while not caught_up():
-        assert time.monotonic() < deadline, store.projection_status()
-        time.sleep(0.05)
-    for p in (SmallBalances, SmallBalancesPy, SmallDaily):
-        assert f"{p.name}:backfilling" in seen, seen
+    seen = {f"{r['projection']}:{r['status']}" for r in store.projection_status()}  # right after the start
+    for p in kinds:
+        store.projections.wait_for(p.name, None, timeout=120)
     assert "ledger:backfilling" not in seen
-    assert not list((store.root / "backfills").glob("*/*/tasks")), "catch-up work left behind"
+    for p in (SmallBalances, SmallBalancesPy, SmallDaily):  # each had its catch-up's work directory...
+        assert (store.root / "backfills" / p.name / "v1-catch-up").is_dir(), p.name
+    assert not (store.root / "backfills" / "ledger").exists()
+    assert not list((store.root / "backfills").glob("*/*/tasks")), "catch-up work left behind"  # ...emptied when done
+    applied = {r["projection"]: 0 for r in store.projection_status()}
+    for r in store.projection_status():
+        applied[r["projection"]] += r["applied"]
+    assert applied["balances"] == applied["ledger"] > 0  # the status counts what the tasks applied
     for p in kinds:
         assert live_tables(store, p) == sequential_replay(store.root, p), p.name
     # far behind with rows: a combining merge folds the catch-up into them
@@ -284,6 +280,7 @@ def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tab
     store = store_factory("catchup", projections=[SmallBalances], parallel_catch_up_events=100)
     res = store.submit_many([(BankAccount, "c-1", Deposit(amount=5))])
     store.projections.wait_for("balances", res[0], timeout=120)
+    assert (store.root / "backfills" / "balances" / "v1-catch-up").is_dir()
     assert live_tables(store, SmallBalances) == sequential_replay(store.root, SmallBalances)
 
 

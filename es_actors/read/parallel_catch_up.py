@@ -101,12 +101,16 @@ class ParallelCatchUp:
                 plan = make_plan(self.layout, self.partitions, p, parallelism, start=start, targets=heads)
                 work.save_plan(plan)
             log.info("projection %s: catching up %d events with %d tasks in parallel", p.name, plan.events, len(plan.tasks))
-            run_plan_tasks(plan, work, self.layout.root, self.partitions, self.aggregates, p, parallelism,
-                           should_stop=self.stopping)
+            results = run_plan_tasks(plan, work, self.layout.root, self.partitions, self.aggregates, p, parallelism,
+                                     should_stop=self.stopping)
             parts = [work.load_checkpoint(t.id) for t in plan.tasks]
+            applied: dict[int, int] = {}
+            for spec, r in zip(plan.tasks, results):
+                part = min(spec.bounds)  # a merge's shares are within one partition
+                applied[part] = applied.get(part, 0) + r.applied
             with self.runner.exclusive(p.name):
                 install_into(self.runner.read_model.con, p, plan, [ck for ck in parts if ck is not None], work)
-                self.runner.advance_to(p.name, plan.targets)
+                self.runner.advance_to(p.name, plan.targets, applied)
             shutil.rmtree(work.path / "tasks", ignore_errors=True)
             work.discard()
             log.info("projection %s: parallel catch-up done at %s", p.name, plan.targets)

@@ -149,14 +149,15 @@ class ProjectionRunner:
         with self._exclusive(st):
             yield st
 
-    def advance_to(self, name: str, positions: Mapping[int, int]) -> None:
-        """After a parallel catch-up committed the projection's checkpoints: follow on from them."""
+    def advance_to(self, name: str, positions: Mapping[int, int], applied: Mapping[int, int] | None = None) -> None:
+        """After a parallel catch-up committed the projection's checkpoints (and applied events,
+        per partition): follow on from them."""
         st = self._state(name)
         for part, pos in positions.items():
             prog = st.partitions.get(part)
             if prog is not None and pos > prog.checkpoint:
                 prog.follower.seek(pos)
-                self._advanced(prog, pos, 0)
+                self._advanced(prog, pos, (applied or {}).get(part, 0))
 
     def reached(self, name: str) -> bool:
         """Whether a bounded runner's projection has reached the end of every partition's bounds."""

@@ -83,13 +83,11 @@ def run_task(
     layout = StoreLayout(root)
     rm = ReadModel(root, registry, [p], database=":memory:", threads=threads)
     try:
-
-        applied0 = parked0 = 0
-        seq = 0
+        applied0 = seq = 0
         if previous is not None:
             try:
                 _restore(rm, p, work, previous)
-                applied0, parked0, seq = previous.applied, previous.parked, previous.seq
+                applied0, seq = previous.applied, previous.seq
             except duckdb.Error as exc:  # a part that does not read (torn, damaged): the share is redone
                 log.warning("backfill task %s: checkpoint %s does not load (%s: %s): replaying the share from its start",
                             spec.id, previous.seq, type(exc).__name__, exc)
@@ -123,13 +121,13 @@ def run_task(
                 raise EsActorsError(f"backfill task {spec.id}: no progress for {NO_PROGRESS_S:.0f} s (partition: (reached, target)) {where}")
             else:
                 time.sleep(0.02)
-            if d - last_ck_done >= checkpoint_events or now - last_ck_t >= checkpoint_s:
+            if d - last_ck_done >= checkpoint_events or (d > last_ck_done and now - last_ck_t >= checkpoint_s):
                 seq += 1
-                _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=False, worker=worker)
+                _checkpoint(rm, p, work, spec, seq, runner, applied0, final=False, worker=worker)
                 last_ck_done, last_ck_t = d, now
                 checkpoints += 1
         seq += 1
-        ck = _checkpoint(rm, p, work, spec, seq, runner, applied0, parked0, final=True, worker=worker)
+        ck = _checkpoint(rm, p, work, spec, seq, runner, applied0, final=True, worker=worker)
         if report:
             report(spec.id, spec.events, spec.events)
         return TaskResult(spec.id, spec.events, ck.applied, ck.parked, time.monotonic() - t0, resumed_at, checkpoints + 1, worker)
@@ -139,7 +137,7 @@ def run_task(
 
 def _checkpoint(
     rm: ReadModel, p: type[Projection], work: BackfillDir, spec: TaskSpec, seq: int, runner: ProjectionRunner,
-    applied0: int, parked0: int, final: bool, worker: str,
+    applied0: int, final: bool, worker: str,
 ) -> TaskCheckpoint:
     st = runner.states[p.name]
     cur = rm.con.cursor()
