@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from datetime import datetime, timezone
 
@@ -241,6 +242,15 @@ def test_concurrent_commands_share_durable_writes(store_factory):
     writes = s.stats()[0]["durable_writes"] - before
     assert writes < len(ids) * n_per / 3, writes
     assert all(s.aggregate(BankAccount, a).state().state.balance == n_per for a in ids)
+
+
+def test_partition_actors_run_at_normal_cpu_priority(store):
+    """Ray starts workers at niceness 15; the store's server must not yield to every busy process."""
+    for stats in store.stats():
+        tasks = f"/proc/{stats['pid']}/task"
+        if not os.path.isdir(tasks):
+            pytest.skip("per-thread niceness is Linux's")
+        assert {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(tasks)} == {0}
 
 
 def test_read_only_store_reads_while_the_writer_runs(store_factory, tmp_path):

@@ -69,6 +69,9 @@ def start_local_ray(**options: Any) -> None:
     for this start only (the processes started now inherit it) and restored afterwards, so a
     later ``ray.init(address=...)`` in this process still finds its real address. Token
     authentication stays as Ray decides (on for a new local Ray unless RAY_AUTH_MODE=disabled).
+
+    Workers run at the normal CPU priority (``worker_niceness`` 0, Ray's default is 15): they
+    host the partition actors, the store's server (runtime.process.run_at_normal_priority).
     """
     with _single_machine():
         ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **options)
@@ -78,6 +81,8 @@ def start_local_ray(**options: Any) -> None:
 def _single_machine() -> Iterator[None]:
     """Ray's single-machine switch, for one start or join (see :func:`start_local_ray`)."""
     import ray._private.ray_constants as ray_constants
+
+    options["_system_config"] = {"worker_niceness": 0, **(options.get("_system_config") or {})}
 
     saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_RAY_CLUSTER_SWITCH] = "0"

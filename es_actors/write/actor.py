@@ -27,7 +27,7 @@ from es_actors.write.protocol import BatchItem, ItemResult, batch_from_wire, res
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, ensure_ray
 from es_actors.runtime.naming import NAMESPACE, actor_name
-from es_actors.runtime.process import tune_gc_for_a_long_lived_heap
+from es_actors.runtime.process import run_at_normal_priority, tune_gc_for_a_long_lived_heap
 
 _MS_BOUNDS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
 _BATCH_BOUNDS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
@@ -105,6 +105,7 @@ class PartitionActor:
         self, root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], config: StoreConfig,
         opener: str = "", interceptors: Sequence[CommandInterceptor] = (),
     ) -> None:
+        run_at_normal_priority(f"partition actor {partition}")  # before it starts any thread
         # Who created this actor: a Store whose open() passed this token started it (and stops it
         # on close); one that joined a running actor only detaches (Store.close, Store.shutdown).
         self._opener = opener
