@@ -73,6 +73,7 @@ def start_local_ray(**options: Any) -> None:
     Workers run at the normal CPU priority (``worker_niceness`` 0, Ray's default is 15): they
     host the partition actors, the store's server (runtime.process.run_at_normal_priority).
     """
+    options["_system_config"] = {"worker_niceness": 0, **(options.get("_system_config") or {})}
     with _single_machine():
         ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, **options)
 
