@@ -83,8 +83,6 @@ def _single_machine() -> Iterator[None]:
     """Ray's single-machine switch, for one start or join (see :func:`start_local_ray`)."""
     import ray._private.ray_constants as ray_constants
 
-    options["_system_config"] = {"worker_niceness": 0, **(options.get("_system_config") or {})}
-
     saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_RAY_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
