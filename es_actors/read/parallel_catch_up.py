@@ -16,7 +16,6 @@ until then).
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 
 from typing import Any, Callable, Sequence
@@ -110,9 +109,8 @@ class ParallelCatchUp:
                 applied[part] = applied.get(part, 0) + r.applied
             with self.runner.exclusive(p.name):
                 install_into(self.runner.read_model.con, p, plan, [ck for ck in parts if ck is not None], work)
+                work.discard()  # committed: the parts are not needed (a crash before this: the next start discards them)
                 self.runner.advance_to(p.name, plan.targets, applied)
-            shutil.rmtree(work.path / "tasks", ignore_errors=True)
-            work.discard()
             log.info("projection %s: parallel catch-up done at %s", p.name, plan.targets)
         except Exception as exc:
             if not self.stopping():
