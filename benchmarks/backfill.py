@@ -9,7 +9,8 @@ and the projector's sequential catch-up.
   (eps_2w / (2 x eps_1w)), ``merge_share`` (merge / replay + merge, 2 workers); the same with the
   suffix ``_daily`` for DailyTotals; ``es_actors_sequential`` ``events_per_s`` (the projector
   catching Balances up from zero, as ``project_sql_10m``); ``duckdb_raw`` ``events_per_s`` (one
-  GROUP BY over read_parquet of the files, 2 threads) and ``events_per_s_daily``.
+  GROUP BY over read_parquet of the files, 2 threads) and ``events_per_s_daily``; with ``_1t`` the
+  same at DuckDB ``threads=1`` (the CPU one worker holds).
 
 events/s counts log positions replayed over the replay's wall time (tasks started to last task
 done); merge_s is the install (parts combined into the read model, one transaction); both come
@@ -76,12 +77,12 @@ def es_backfill(ds: Dataset, projection: type, workers: int, expected_daily: Any
         shutil.rmtree(work, ignore_errors=True)
 
 
-def duckdb_raw(ds: Dataset, sql: str, table: str) -> tuple[float, Any]:
+def duckdb_raw(ds: Dataset, sql: str, table: str, threads: int | None = None) -> tuple[float, Any]:
     import duckdb
 
     work = scratch_dir("duckdb_raw_backfill_")
     try:
-        con = duckdb.connect(str(work / "raw.duckdb"))
+        con = duckdb.connect(str(work / "raw.duckdb"), config={"threads": threads} if threads else {})
         con.execute("SET enable_progress_bar = false")
         files = "[" + ", ".join(f"'{f}'" for f in ds.files) + "]"
         t0 = time.perf_counter()
@@ -103,7 +104,7 @@ def run(ctx: Context, selected: list[str]) -> None:
     ds = Dataset("10m")
     log(f"backfill: data set {ds.dir.name}: {ds.describe()}")
     bench = "backfill_10m"
-    raw_balances, raw_daily = [], []
+    raw_balances, raw_daily, raw1_balances, raw1_daily = [], [], [], []
     expected_daily = None
     for _ in range(s.repeats):
         dt, out = duckdb_raw(ds, DUCKDB_SQL, "balances")
@@ -111,7 +112,12 @@ def run(ctx: Context, selected: list[str]) -> None:
         raw_balances.append(dt)
         dt, expected_daily = duckdb_raw(ds, DAILY_SQL, "daily_totals")
         raw_daily.append(dt)
+        raw1_balances.append(duckdb_raw(ds, DUCKDB_SQL, "balances", threads=1)[0])
+        raw1_daily.append(duckdb_raw(ds, DAILY_SQL, "daily_totals", threads=1)[0])
     assert expected_daily is not None
+    for metric, runs in (("events_per_s_1t", raw1_balances), ("events_per_s_daily_1t", raw1_daily)):
+        ctx.results.record(bench, "duckdb_raw", metric, ds.events / statistics.median(runs), unit="events/s",
+                           notes=f"the same statements with DuckDB threads=1 (one worker's share of the CPU): {[round(x, 3) for x in runs]} s")
     raw_eps = ds.events / statistics.median(raw_balances)
     raw_daily_eps = ds.events / statistics.median(raw_daily)
     raw_note = (f"DuckDB in the bench process (default threads: 2 here): CREATE TABLE AS SELECT ... GROUP BY over read_parquet "
