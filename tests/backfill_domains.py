@@ -12,21 +12,16 @@ from es_actors.examples.bank import AccountOpened, MoneyDeposited, MoneyWithdraw
 from es_actors.examples.bank_projections import Balances, BalancesPy, DailyTotals, upsert_balance_deltas
 from es_actors.read.merge import Merge
 from es_actors.read.projection import PythonProjection, SqlProjection
+from tests.projection_domains import SmallBatchBalances, SmallBatchBalancesPy
 
 
 
-class SmallBalances(Balances):
-    """Balances in small batches, so tasks checkpoint and resume within a share."""
-
-    batch_size = 40
-
-
-class SmallBalancesPy(BalancesPy):
-    batch_size = 40
+# The bank read models in small batches (50 events), so tasks checkpoint and resume within a share.
+SmallBalances, SmallBalancesPy = SmallBatchBalances, SmallBatchBalancesPy
 
 
 class SmallDaily(DailyTotals):
-    batch_size = 40
+    batch_size = SmallBatchBalances.batch_size
 
 
 class Ledger(SqlProjection):
