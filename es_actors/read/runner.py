@@ -234,8 +234,9 @@ class ProjectionRunner:
         return True
 
     def _recovered(self, st: ProjectionState) -> None:
-        if st.attempts:
-            st.attempts, st.last_error = 0, None
+        """A batch went in: the projection is well again, whatever failed before (a retry, a
+        resumed halt, a parallel catch-up that fell back, a parked event)."""
+        st.attempts, st.last_error = 0, None
 
     def _apply(self, st: ProjectionState, prog: PartitionProgress, batch: Batch) -> bool:
         p = st.projection
@@ -258,7 +259,7 @@ class ProjectionRunner:
                 self._notify()
                 return False
             self._isolate(st, prog, batch)
-            st.attempts = 0
+            self._recovered(st)  # the rest went in; the parked events keep their error as dead letters
             return True
         self._advanced(prog, batch.last, n)
         self._recovered(st)

@@ -189,6 +189,7 @@ def test_a_failing_batch_is_retried_after_backoff_then_its_poison_event_parked(b
     assert got == want
     assert {r["dead_letters"] for r in runner.status()} == {1}
     assert {r["status"] for r in runner.status()} == {"running"}
+    assert {r["last_error"] for r in runner.status()} == {None}  # the error lives on in the dead letter
 
     Poisoned.broken = False  # the handler is fixed: the parked event applies on retry
     assert runner.retry_dead_letters("parking") == {"retried": 1, "applied": 1, "still_parked": 0}
@@ -213,8 +214,29 @@ def test_a_halted_projection_names_its_event_and_waits_for_resume(bank, poison):
         runner.wait_for("poisoned", {0: 10**6, 1: 10**6}, timeout_s=0)
     Poisoned.broken = False
     runner.resume("poisoned")
+    assert any(r["last_error"] for r in runner.status() if r["projection"] == "poisoned")  # until it recovers
     drain(runner)
     assert table(runner, "poisoned") == bank.expected
+    assert {r["last_error"] for r in runner.status()} == {None}  # recovered: the error is gone
+    runner.close()
+
+
+def test_last_error_clears_after_a_successful_retry_and_after_a_fallen_back_catch_up(bank, poison):
+    ids = bank.open_accounts(2)
+    bank.run((ids[0], "Deposit", {"amount": 13}))
+    clock = FakeClock()
+    runner = runner_for(bank, [Poisoned], clock)
+    runner.step()
+    assert any(r["last_error"] for r in runner.status())  # the first try failed: retrying, error shown
+    Poisoned.broken = False
+    clock.now += Poisoned.retry_backoff_s
+    drain(runner)
+    assert {(r["status"], r["last_error"]) for r in runner.status()} == {("running", None)}
+    # an error that came without a retry (e.g. a parallel catch-up that fell back) clears too
+    runner.states["poisoned"].last_error = "parallel catch-up failed, catching up one batch after another"
+    bank.run((ids[1], "Deposit", {"amount": 1}))
+    drain(runner)
+    assert {r["last_error"] for r in runner.status()} == {None}
     runner.close()
 
 
