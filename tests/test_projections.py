@@ -14,6 +14,7 @@ over the ``events`` relation).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -28,10 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from es_actors import CommandResult, EsActorsError, Store, Submission
+from es_actors.cli import main as cli
 from es_actors.runtime.naming import NAMESPACE
 from es_actors.errors import ProjectionHalted, ProjectionTimeout, QueryFailed, QueryRefused
 from es_actors.codecs.views import RecordedEvent
@@ -613,12 +616,19 @@ def test_halt_policy_stops_only_that_projection_until_resumed(store_factory, tmp
         assert checkpoints(store, "poison_halt").get(part, 0) < bad.positions[0][1]
         time.sleep(0.3)
         assert {r["status"] for r in status_of(store, "poison_halt")} == {"halted"}  # it stays halted
+        out = CliRunner().invoke(cli, ["status", "--json", "--store", str(store.root)])  # joins this process's Ray
+        assert out.exit_code == 2, out.output  # like the table form: a health check can tell
+        shown = [json.loads(line) for line in out.output.splitlines()]
+        assert {r["status"] for r in shown if r["projection"] == "poison_halt"} == {"halted"}
     finally:
         flag.unlink()  # the fix
     store.resume("poison_halt")
     store.wait_for("poison_halt", hw, timeout=30)
     assert read_model(store, "poison_halt") == replay(store)
     assert {r["status"] for r in status_of(store, "poison_halt")} == {"running"}
+    assert {r["last_error"] for r in status_of(store, "poison_halt")} == {None}  # recovered
+    out = CliRunner().invoke(cli, ["status", "--json", "--store", str(store.root)])
+    assert out.exit_code == 0 and {json.loads(line)["status"] for line in out.output.splitlines()} == {"running"}
 
 
 def test_park_policy_dead_letters_then_retry(store_factory, tmp_path):

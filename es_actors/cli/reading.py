@@ -146,9 +146,12 @@ def status(store_path: str, address: str | None, as_json: bool) -> None:
         )
     except EsActorsError as exc:
         raise click.ClickException(str(exc)) from None
+    bad = [r for r in rows if r["status"] in ("halted", "stalled")]
     if as_json:
         for r in rows:
             click.echo(json.dumps(r, default=str))
+        if bad:
+            raise SystemExit(2)  # the same answer as the table: scripts and health checks can tell
         return
     if not rows:
         click.echo(f"no projections in {store.root}")
@@ -162,6 +165,5 @@ def status(store_path: str, address: str | None, as_json: bool) -> None:
     ]
     for line in text_table(headers, table, {1, 2, 3, 4, 5, 6, 8, 9}):
         click.echo(line)
-    bad = [r for r in rows if r["status"] in ("halted", "stalled")]
     if bad:
         raise SystemExit(2)  # scripts and health checks can tell
