@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 
 from es_actors.read.projection import Projection
+from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.follower import LogFollower
+from es_actors.storage.local.range_reads import recorded_at_us
 
 #: Every status a (projection, partition) can show, from best to worst.
 STATUSES = ("running", "backfilling", "paused", "retrying", "halted", "stalled")
@@ -52,6 +54,26 @@ class ProjectionState:
     waiters: int = 0  # calls waiting for ``lock``: the loop lets them have it between batches
     #: Caught up by a parallel backfill into its own tables (ADR-016): the loop leaves it alone.
     backfilling: bool = False
+
+
+class RecordedAt:
+    """(partition, position) -> when the event there was recorded (µs), read from the log once:
+    projections at the same checkpoint share it, and a position's event does not change. An
+    unknown answer (None) is not kept."""
+
+    def __init__(self, layout: StoreLayout, size: int = 4096) -> None:
+        self.layout, self.size = layout, size
+        self._known: dict[tuple[int, int], int] = {}
+
+    def __call__(self, partition: int, position: int) -> int | None:
+        found = self._known.get((partition, position))
+        if found is None:
+            found = recorded_at_us(self.layout, partition, position)
+            if found is not None:
+                if len(self._known) >= self.size:
+                    self._known.clear()
+                self._known[(partition, position)] = found
+        return found
 
 
 def worst_status(statuses: list[str]) -> str:

@@ -29,9 +29,8 @@ from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
 from es_actors.read.batches import BoundedFollower, bisect_batch
-from es_actors.read.progress import PartitionProgress, ProjectionState, status_rows, worst_status
+from es_actors.read.progress import PartitionProgress, ProjectionState, RecordedAt, status_rows, worst_status
 from es_actors.read.projection import Projection
-from es_actors.storage.local.reader import recorded_at_us
 from es_actors.read.readmodel import ReadModel
 from es_actors.storage.local.follower import Batch, LogFollower
 from es_actors.storage.layout import StoreLayout
@@ -84,7 +83,7 @@ class ProjectionRunner:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         #: (partition, position) -> recorded_at in µs, for lag in seconds.
-        self._recorded_at = recorded_at or (lambda part, pos: recorded_at_us(layout, part, pos))
+        self._recorded_at = recorded_at or RecordedAt(layout)
         self.read_model = read_model if read_model is not None else ReadModel(layout.root, registry, projections)
         self.bounds = dict(bounds) if bounds is not None else None
         self.states: dict[str, ProjectionState] = {}

@@ -19,6 +19,9 @@ from es_actors.examples.bank_projections import Balances, BalancesPy, upsert_bal
 from es_actors.read.projection import Projection, PythonProjection
 from es_actors.read.readmodel import ProjectionHandler, ReadModel, register_kind
 from es_actors.read.runner import ProjectionRunner
+from es_actors.read.readmodel import committed_status
+from es_actors.storage.local.range_reads import recorded_at_us
+from es_actors.storage.local.reader import read_partition
 from es_actors.storage.layout import StoreLayout, partition_of
 from es_actors.write.partition import Partition
 
@@ -281,6 +284,44 @@ def test_status_reports_head_lag_and_stalled_when_no_progress(bank):
     assert all(r["lag_events"] == 0 and r["lag_seconds"] == 0 and r["status"] == "running" for r in rows)
     assert sum(r["applied"] for r in rows) == 8
     runner.close()
+
+
+def test_lag_seconds_count_from_the_oldest_unapplied_event_sealed_or_in_the_tail(bank):
+    ids = bank.open_accounts(4)
+    bank.seal()  # these are sealed ...
+    bank.run(*[(a, "Deposit", {"amount": 1}) for a in ids])  # ... these in the write-ahead tail
+    recorded = recorded_ats(bank)
+    assert {(p, pos): recorded_at_us(bank.layout, p, pos) for p, pos in recorded} == recorded
+    assert recorded_at_us(bank.layout, 0, 10**6) is None  # nothing there
+    clock = FakeClock()
+    clock.now = max(recorded.values()) / 1e6 + 100
+    runner = ProjectionRunner(bank.layout, PARTITIONS, REGISTRY, [Balances], StoreConfig(), clock=clock)  # the real lookup
+    runner.refresh_heads()
+    rows = [r for r in runner.status() if r["lag_events"]]
+    assert rows and all(r["lag_seconds"] == round(clock.now - recorded[(r["partition"], 1)] / 1e6, 3) for r in rows)
+    drain(runner)
+    bank.run(*[(a, "Deposit", {"amount": 2}) for a in ids])  # behind again, by events only in the tail
+    runner.refresh_heads()
+    recorded = recorded_ats(bank)
+    clock.now = max(recorded.values()) / 1e6 + 50
+    rows = [r for r in runner.status() if r["lag_events"]]
+    assert rows and all(r["lag_seconds"] == round(clock.now - recorded[(r["partition"], r["checkpoint"] + 1)] / 1e6, 3)
+                        for r in rows)
+    runner.close()
+    # without a projector, the committed status counts lag in seconds the same way
+    stopped = [r for r in committed_status(bank.layout, PARTITIONS) if r["lag_events"]]
+    assert stopped and all(r["lag_seconds"] is not None and r["lag_seconds"] >= 0 for r in stopped)
+    assert all(r["lag_seconds"] == 0 for r in committed_status(bank.layout, PARTITIONS) if not r["lag_events"])
+
+
+def recorded_ats(bank: BankLog) -> dict[tuple[int, int], int]:
+    """(partition, position) -> recorded_at in µs of every event, as a full read shows them."""
+    out = {}
+    for p in range(PARTITIONS):
+        t = read_partition(bank.layout, p)
+        out.update({(p, pos): at for pos, at in zip(t.column("position").to_pylist(),
+                                                   t.column("recorded_at").cast("int64").to_pylist())})
+    return out
 
 
 class EventCount(Projection):

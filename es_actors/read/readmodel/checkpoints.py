@@ -5,6 +5,7 @@ is delivered again after a crash is never applied twice (ADR-004)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import duckdb
@@ -12,6 +13,7 @@ import duckdb
 from es_actors.errors import EsActorsError
 from es_actors.read.readmodel.database import connect_restricted, readmodel_path
 from es_actors.storage.local.follower import LogFollower
+from es_actors.storage.local.range_reads import recorded_at_us
 from es_actors.storage.layout import StoreLayout
 
 
@@ -44,7 +46,8 @@ def set_paused(con: duckdb.DuckDBPyConnection, name: str, paused: bool) -> None:
 
 def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any]]:
     """Projection status from the read-model file when no projector runs: the committed
-    checkpoints against each partition's durable head (status "stopped")."""
+    checkpoints against each partition's durable head (status "stopped"); lag in seconds from
+    the ``recorded_at`` of the first event not applied (None if it cannot be read)."""
     path = readmodel_path(layout.root)
     if not path.exists():
         return []
@@ -66,13 +69,24 @@ def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any
         parked = dict(con.execute("SELECT projection, count(*) FROM es_actors.dead_letters GROUP BY ALL").fetchall())
     finally:
         con.close()
+    now_us = time.time_ns() // 1000
+    since: dict[tuple[int, int], int | None] = {}  # (partition, checkpoint) -> recorded_at of the next event
+
+    def lag_seconds(p: int, cp: int) -> float | None:
+        if heads[p] <= cp:
+            return 0.0
+        if (p, cp) not in since:
+            since[(p, cp)] = recorded_at_us(layout, p, cp + 1)
+        at = since[(p, cp)]
+        return None if at is None else round(max(0.0, (now_us - at) / 1e6), 3)
+
     rows = []
     for name, version, kind, paused in projections:
         for p in range(partitions):
             cp = cps.get((name, p), 0)
             rows.append({
                 "projection": name, "version": version, "kind": kind, "partition": p, "checkpoint": cp,
-                "head": heads[p], "lag_events": max(0, heads[p] - cp), "lag_seconds": None,
+                "head": heads[p], "lag_events": max(0, heads[p] - cp), "lag_seconds": lag_seconds(p, cp),
                 "status": "paused" if paused else "stopped", "last_error": None, "events_per_s": 0.0,
                 "applied": None, "dead_letters": parked.get(name, 0),
             })

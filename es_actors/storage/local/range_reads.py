@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from es_actors.codecs.rows import ARROW_SCHEMA, COL, rows_to_table
-from es_actors.errors import StoreCorrupted
+from es_actors.errors import EsActorsError, StoreCorrupted
 from es_actors.storage import files
 from es_actors.storage.ranges import position_range
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
@@ -28,6 +28,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.reader import durable_tail_rows
 from es_actors.storage.local.log_place import log_place, require_held
 from es_actors.storage.local.segments import Segment, verify_segment
+from es_actors.storage.local.tail_cursor import TailFileCursor
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -145,4 +146,33 @@ def _tail_range(
     return rows_to_table(rows)
 
 
-__all__ = ["aggregate_in_segments", "read_range", "segment_range"]
+def recorded_at_us(layout: StoreLayout, partition: int, position: int, attempts: int = 3) -> int | None:
+    """When the event at ``position`` was recorded (epoch µs), sealed or still in the tail; None if no
+    durable event is there or it cannot be read now. A best-effort figure (lag in seconds): one row
+    group of one segment, or the frames of one tail file from that position on (not decoded before)."""
+    p_col, t_col = COL["position"], COL["recorded_at"]
+
+    def read_once() -> int | None:
+        place = log_place(layout, partition, LostRanges.load(layout.root))
+        if position <= place.sealed_last:
+            for s in place.segments:
+                if s.first <= position <= s.last:
+                    t = segment_range(s, position, position, ["recorded_at"])  # FileNotFoundError: compacted
+                    return int(t.column(0).cast("int64")[0].as_py()) if t.num_rows else None
+            return None
+        holders = [(i, first, path) for i, (first, path) in enumerate(place.tails) if first <= position]
+        if not holders:
+            return None
+        i, first, path = holders[-1]
+        newest = i == len(place.tails) - 1
+        rows = TailFileCursor(path, first).advance(newest, place.durable, skip_before=position)  # FileNotFoundError: sealed
+        return next((int(r[t_col]) for r in rows if r[p_col] == position), None)
+
+    try:
+        return read_consistently(read_once, f"partition {partition}: recorded_at of {position}", attempts,
+                                 pause_s=lambda attempt: 0.001, give_up=lambda _exc: None)
+    except (EsActorsError, OSError, pa.ArrowException, ValueError):
+        return None  # damage is reported by the reads that need the events; lag falls back to "now"
+
+
+__all__ = ["aggregate_in_segments", "read_range", "recorded_at_us", "segment_range"]

@@ -190,22 +190,6 @@ def event_ids_at(layout: StoreLayout, partition: int, positions: Iterable[int], 
     return found
 
 
-def recorded_at_us(layout: StoreLayout, partition: int, position: int) -> int | None:
-    """When the sealed event at a position was recorded (epoch µs), or None if it is not sealed
-    or cannot be read right now (a best-effort figure for lag in seconds)."""
-    try:
-        gen = resolve_current(layout.log_dir(partition))
-        for s in list_segments(gen, LostRanges.load(layout.root), partition) if gen is not None else []:
-            if s.first <= position <= s.last:
-                t = ds.dataset(str(s.path), schema=ARROW_SCHEMA, format="parquet").to_table(
-                    columns=["recorded_at"], filter=ds.field("position") == position
-                )
-                return int(t.column(0).cast("int64")[0].as_py()) if t.num_rows else None
-    except Exception:
-        return None
-    return None
-
-
 @storage_boundary("reading the durable high-water mark")
 def durable_high_water(layout: StoreLayout, partition: int, attempts: int = DEFAULT_ATTEMPTS) -> int:
     """The last durable position a reader can see (0 if none)."""
