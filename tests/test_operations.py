@@ -60,15 +60,17 @@ def test_write_path_metrics_reach_the_prometheus_endpoint(store):
     with pytest.raises(AccountAlreadyOpen, match="account is already open"):  # counted as a rejection below
         acct.submit(OpenAccount(owner="again"))
     port = ray._private.worker.global_worker.node.metrics_export_port
-    wanted = ["ray_es_actors_commands", "ray_es_actors_rejections", "ray_es_actors_batch_size",
-              "ray_es_actors_batch_ms", "ray_es_actors_unsealed_events", "ray_es_actors_client_call_ms"]
-    deadline, text = time.monotonic() + 40, ""
+    # exactly as the README names them: counters carry _total, histograms _bucket/_sum/_count
+    wanted = ["ray_es_actors_commands_total", "ray_es_actors_rejections_total", "ray_es_actors_batch_size_bucket",
+              "ray_es_actors_batch_ms_count", "ray_es_actors_unsealed_events", "ray_es_actors_client_call_ms_sum"]
+    deadline, shown = time.monotonic() + 40, set()
     while time.monotonic() < deadline:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        if all(w in text for w in wanted) and 'kind="AccountAlreadyOpen"' in text:
+        shown = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+        if all(w in shown for w in wanted) and 'kind="AccountAlreadyOpen"' in text:
             break
         time.sleep(2)
-    missing = [w for w in wanted if w not in text]
+    missing = [w for w in wanted if w not in shown]
     assert not missing, missing
     assert 'kind="AccountAlreadyOpen"' in text
 
