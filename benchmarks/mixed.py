@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from benchmarks.common import Context, closed_loop, log, percentile, scratch_dir
+from benchmarks.pg import events_ddl
 
 BENCHES = ["mixed_8w8r"]
 
@@ -55,15 +56,7 @@ READ_MAX = 50
 OPEN_READS_PER_S = 2_000  # in all, for writes_per_s_open_readers
 PARTITIONS = 4
 PG_TABLE = "mixed_events"
-PG_DDL = f"""
-CREATE TABLE {PG_TABLE} (
-    stream_id   text        NOT NULL,
-    version     bigint      NOT NULL,
-    event_type  text        NOT NULL,
-    payload     jsonb       NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (stream_id, version)
-)"""
+PG_DDL = events_ddl(PG_TABLE)  # dropped first: created fresh for each run
 
 
 def stream_id(i: int) -> str:

@@ -31,8 +31,10 @@ from typing import Any
 
 from benchmarks.common import log
 
-EVENTS_DDL = """
-CREATE TABLE IF NOT EXISTS events (
+def events_ddl(table: str = "events") -> str:
+    """PostgreSQL's event store table (a stream's events unique by version), as the peers use it."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {table} (
     stream_id   text        NOT NULL,
     version     bigint      NOT NULL,
     event_type  text        NOT NULL,
@@ -41,6 +43,9 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (stream_id, version)
 )
 """
+
+
+EVENTS_DDL = events_ddl()
 
 _live: set["PgCluster"] = set()
 _live_lock = threading.Lock()

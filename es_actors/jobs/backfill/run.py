@@ -32,7 +32,7 @@ from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.jobs._tasks import connect_ray
 from es_actors.read.backfill.files import BackfillDir
-from es_actors.read.backfill.install import InstallReport, adopt, beside
+from es_actors.read.backfill.install import InstallReport, adopt, beside, taken_by_a_projection
 from es_actors.read.backfill.plan import BackfillPlan, fingerprint, make_plan
 from es_actors.read.backfill.task import TaskResult, projection_tables, run_task
 from es_actors.read.backfill_tasks import run_plan_tasks
@@ -174,13 +174,7 @@ def _refuse_a_taken_name(layout: StoreLayout, descriptor: Any, name: str) -> Non
         except duckdb.Error:
             return  # held by a projector this process cannot reach: the install checks it
         try:
-            has_builds = con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'es_actors' AND table_name = 'builds'"
-            ).fetchone()[0]  # type: ignore[index]
-            taken = con.execute(
-                "SELECT count(*) FROM es_actors.projections WHERE name = ?"
-                + (" AND name NOT IN (SELECT instance FROM es_actors.builds)" if has_builds else ""), [name],
-            ).fetchone()[0] > 0  # type: ignore[index]
+            taken = taken_by_a_projection(con, name)
         finally:
             con.close()
     if taken:
@@ -216,7 +210,7 @@ def _run_tasks(
 ) -> list[TaskResult]:
     view = _ProgressView(progress, f"backfill {p.name} v{p.version}", plan)
     try:
-        if parallelism == 1 or plan.split == "none" and not ray.is_initialized():
+        if parallelism == 1:  # the same tasks, one after another, here
             results = []
             for spec in plan.tasks:
                 results.append(run_task(

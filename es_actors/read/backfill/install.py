@@ -50,6 +50,19 @@ def beside(p: type[Projection]) -> type[Projection]:
     return type(p.__name__, (p,), {"name": name, "__module__": p.__module__, "__qualname__": p.__qualname__, "beside_of": p.name})
 
 
+def taken_by_a_projection(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether ``name`` is registered as a projection of its own, not as a backfill's build (also
+    on a read-only connection to a read model written before builds existed)."""
+    has_builds = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'es_actors' AND table_name = 'builds'"
+    ).fetchone()[0]  # type: ignore[index]
+    row = con.execute(
+        "SELECT count(*) FROM es_actors.projections WHERE name = ?"
+        + (" AND name NOT IN (SELECT instance FROM es_actors.builds)" if has_builds else ""), [name],
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def install(
     con: duckdb.DuckDBPyConnection,
     p: type[Projection],
@@ -62,8 +75,7 @@ def install(
     checkpoints at the plan's targets, replacing an earlier build of the same version."""
     t0 = time.perf_counter()
     name = instance_name(p.name, p.version)
-    registered = con.execute("SELECT name FROM es_actors.projections WHERE name = ? AND name NOT IN (SELECT instance FROM es_actors.builds)", [name]).fetchone()
-    if registered is not None:
+    if taken_by_a_projection(con, name):
         raise EsActorsError(f"a projection named {name!r} exists and is not a backfill's build: rename it or the projection")
     cur = con.cursor()
     try:
