@@ -9,6 +9,7 @@ import click
 
 from es_actors.cli.common import DEFAULT_AGGREGATES
 from es_actors.cli.jobs import backfill, check_contracts, demo, snapshot
+from es_actors.cli.monitoring import monitoring
 from es_actors.cli.operations import repair, stop, upgrade
 from es_actors.cli.reading import history, query, status
 
@@ -34,6 +35,7 @@ def main() -> None:
 
 for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop):
     main.add_command(_command)
+main.add_command(monitoring)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ class _WriteMetrics:
         self.commands = metrics.Counter(
             "es_actors_commands", "Commands handled, by outcome.", tag_keys=("partition", "outcome")
         )
+        self.events = metrics.Counter("es_actors_events", "Events appended to the log.", tag_keys=("partition",))
         self.rejections = metrics.Counter(
             "es_actors_rejections", "Rejected commands, by error kind.", tag_keys=("partition", "kind")
         )
@@ -84,14 +85,18 @@ class _WriteMetrics:
     def record(self, batch_len: int, results: list[ItemResult], elapsed_ms: float, unsealed: int) -> None:
         outcomes: dict[str, int] = {}
         kinds: dict[str, int] = {}
+        events = 0
         for r in results:
             outcome = "err" if r.error is not None else "dup" if r.duplicate else "ok"
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            events += len(r.rows) if outcome == "ok" else 0
             if r.error is not None:
                 k = type(r.error).__name__
                 kinds[k] = kinds.get(k, 0) + 1
         for outcome, n in outcomes.items():
             self.commands.inc(n, {**self.tags, "outcome": outcome})
+        if events:
+            self.events.inc(events, self.tags)
         for kind, n in kinds.items():
             self.rejections.inc(n, {**self.tags, "kind": kind})
         self.batch_size.observe(batch_len, self.tags)
