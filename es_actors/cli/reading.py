@@ -131,7 +131,10 @@ def pa_is_numeric(t: Any) -> bool:
 @click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
 @address_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per projection and partition.")
-def status(store_path: str, address: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="A live view refreshed in place: writes/s, lag per projection, backfills.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between refreshes (--watch).")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N refreshes (--watch).")
+def status(store_path: str, address: str | None, as_json: bool, watch: bool, interval: float, count: int | None) -> None:
     """Projections: checkpoint, head, lag (events, seconds), status, last error, events/s.
 
     Live from the store's projector when this joins its cluster (--address / RAY_ADDRESS);
@@ -139,7 +142,13 @@ def status(store_path: str, address: str | None, as_json: bool) -> None:
     from es_actors.errors import EsActorsError
     from es_actors.read.readmodel import committed_status
 
+    if watch and as_json:
+        raise click.UsageError("--watch draws tables; for JSON run status --json repeatedly")
     store = reading_store(store_path, address)
+    if watch:
+        from es_actors.cli.watch import watch as watch_view
+
+        raise SystemExit(watch_view(store, interval, count))  # 0 after Ctrl-C; 2 if halted/stalled at the end
     try:
         rows = store.projection_status() if store.projections.running() is not None else committed_status(
             store.layout, store.descriptor.partitions
