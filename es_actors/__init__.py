@@ -10,6 +10,7 @@ from es_actors.errors import (
     CommandRejected,
     CommandTimeout,
     ConcurrencyError,
+    CutoverRefused,
     DomainError,
     EsActorsError,
     InterceptorFailed,
