@@ -15,21 +15,28 @@ import duckdb
 from es_actors.read.projection import Projection
 
 
+def first_row(result: duckdb.DuckDBPyConnection) -> Any:
+    """A result's first row (None if none), the result read to its end (DuckDB refuses other work
+    on a cursor whose result is not)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 def group_of(cur: duckdb.DuckDBPyConnection, instance: str) -> str:
     """The projection an instance is a version of (itself unless it is a backfill's build)."""
-    row = cur.execute("SELECT projection FROM es_actors.builds WHERE instance = ?", [instance]).fetchone()
+    row = first_row(cur.execute("SELECT projection FROM es_actors.builds WHERE instance = ?", [instance]))
     return str(row[0]) if row else instance
 
 
 def current_instance(cur: duckdb.DuckDBPyConnection, projection: str) -> str | None:
     """The instance whose tables ``main`` shows for ``projection`` (None: no such projection)."""
-    row = cur.execute("SELECT instance FROM es_actors.current WHERE projection = ?", [projection]).fetchone()
+    row = first_row(cur.execute("SELECT instance FROM es_actors.current WHERE projection = ?", [projection]))
     if row is not None:
         return str(row[0])
-    row = cur.execute(
+    row = first_row(cur.execute(
         "SELECT count(*) FROM es_actors.projections WHERE name = ? AND name NOT IN (SELECT instance FROM es_actors.builds)",
         [projection],
-    ).fetchone()
+    ))
     return projection if row and row[0] else None
 
 
@@ -73,10 +80,10 @@ def runs_as(con: duckdb.DuckDBPyConnection, p: type[Projection]) -> type[Project
         return p
     cur = con.cursor()
     try:
-        row = cur.execute(
+        row = first_row(cur.execute(
             "SELECT b.instance FROM es_actors.current c JOIN es_actors.builds b ON b.instance = c.instance "
             "WHERE c.projection = ? AND b.version = ?", [p.name, p.version],
-        ).fetchone()
+        ))
     finally:
         cur.close()
     if row is None:

@@ -36,7 +36,7 @@ SYSTEM_DDL = [
         switched_at TIMESTAMPTZ NOT NULL)""",
     # The operations log: a row when an operation starts, one with its outcome (same ``op``).
     """CREATE TABLE IF NOT EXISTS es_actors.operations (
-        id BIGINT PRIMARY KEY, op BIGINT NOT NULL, at TIMESTAMPTZ NOT NULL, operation VARCHAR NOT NULL,
+        id BIGINT PRIMARY KEY, op BIGINT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL, operation VARCHAR NOT NULL,
         projection VARCHAR NOT NULL, from_instance VARCHAR, to_instance VARCHAR, principal VARCHAR NOT NULL,
         reason VARCHAR NOT NULL, forced BOOLEAN NOT NULL, outcome VARCHAR NOT NULL, detail VARCHAR)""",
 ]

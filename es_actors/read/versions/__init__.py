@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import duckdb
 
 from es_actors.errors import CutoverRefused, EsActorsError
-from es_actors.read.readmodel.current import current_instance
+from es_actors.read.readmodel.current import first_row, current_instance
 from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
 from es_actors.read.readmodel.schemas import drop_in_transaction
 from es_actors.read.versions import oplog
@@ -123,7 +123,7 @@ class Versions:
     def _declaration(self, instance: str) -> Any:
         if self._followed(instance):
             return self.runner.states[instance].projection
-        row = self.con.cursor().execute("SELECT definition FROM es_actors.builds WHERE instance = ?", [instance]).fetchone()
+        row = first_row(self.con.cursor().execute("SELECT definition FROM es_actors.builds WHERE instance = ?", [instance]))
         if row and row[0] is not None:
             try:
                 return self.load(row[0])

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from es_actors.read.readmodel.current import base_tables
+from es_actors.read.readmodel.current import first_row, base_tables
 
 SAMPLE = 5
 
@@ -27,10 +27,10 @@ def columns(cur: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str
 
 
 def primary_key(cur: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[str]:
-    row = cur.execute(
+    row = first_row(cur.execute(
         "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = ? AND table_name = ? "
         "AND constraint_type = 'PRIMARY KEY'", [schema, table],
-    ).fetchone()
+    ))
     return list(row[0]) if row else []
 
 
@@ -41,7 +41,7 @@ def _rows(cur: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
 
 
 def _count(cur: duckdb.DuckDBPyConnection, sql: str) -> int:
-    row = cur.execute(f"SELECT count(*) FROM ({sql})").fetchone()
+    row = first_row(cur.execute(f"SELECT count(*) FROM ({sql})"))
     return int(row[0]) if row else 0
 
 
@@ -102,7 +102,7 @@ def compare_table(cur: duckdb.DuckDBPyConnection, current: str, candidate: str, 
 def _rows_params(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> dict[str, Any] | None:
     rel = cur.execute(sql, params)
     names = [d[0] for d in rel.description or []]
-    row = rel.fetchone()
+    row = first_row(rel)
     return dict(zip(names, row)) if row else None
 
 

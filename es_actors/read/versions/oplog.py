@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from es_actors.read.readmodel.current import first_row
 from es_actors.errors import EsActorsError
 from es_actors.read.readmodel.database import transaction
 
@@ -40,7 +41,7 @@ def _row(
     cur: duckdb.DuckDBPyConnection, op: int | None, operation: str, projection: str, from_instance: str | None,
     to_instance: str | None, principal: str, reason: str, forced: bool, outcome: str, detail: Any,
 ) -> int:
-    row = cur.execute("SELECT coalesce(max(id), 0) + 1 FROM es_actors.operations").fetchone()
+    row = first_row(cur.execute("SELECT coalesce(max(id), 0) + 1 FROM es_actors.operations"))
     new_id = int(row[0]) if row else 1
     cur.execute(
         "INSERT INTO es_actors.operations VALUES (?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -82,10 +83,10 @@ class Operation:
 
 def last_switch(cur: duckdb.DuckDBPyConnection, projection: str) -> tuple[str | None, str | None] | None:
     """(from, to) of the projection's last cutover or rollback that was done."""
-    row = cur.execute(
+    row = first_row(cur.execute(
         "SELECT from_instance, to_instance FROM es_actors.operations WHERE projection = ? AND outcome = 'done' "
         "AND operation IN ('cutover', 'rollback') ORDER BY id DESC LIMIT 1", [projection],
-    ).fetchone()
+    ))
     return (row[0], row[1]) if row else None
 
 
@@ -95,8 +96,8 @@ def operations(con: duckdb.DuckDBPyConnection, projection: str | None = None) ->
     cur = con.cursor()
     try:
         rows = cur.execute(
-            "SELECT s.op, s.at, s.operation, s.projection, s.from_instance, s.to_instance, s.principal, s.reason, s.forced, "
-            "o.outcome, o.at, o.detail FROM es_actors.operations s LEFT JOIN es_actors.operations o "
+            "SELECT s.op, s.recorded_at, s.operation, s.projection, s.from_instance, s.to_instance, s.principal, s.reason, s.forced, "
+            "o.outcome, o.recorded_at, o.detail FROM es_actors.operations s LEFT JOIN es_actors.operations o "
             "ON o.op = s.op AND o.id <> s.id WHERE s.outcome = 'started' AND (? IS NULL OR s.projection = ?) ORDER BY s.op",
             [projection, projection],
         ).fetchall()
