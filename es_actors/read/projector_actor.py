@@ -125,8 +125,9 @@ class ProjectorActor:
         out = {}
         for name, version in self.runner.projections().items():
             p = self.runner.states[name].projection
-            if getattr(p, "declared_as", None):
-                out[p.declared_as] = version
+            declared = getattr(p, "declared_as", None)
+            if declared:
+                out[declared] = version
             elif getattr(p, "beside_of", None) is None:
                 out[name] = version
         return out

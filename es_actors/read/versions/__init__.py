@@ -103,15 +103,20 @@ class Versions:
 
     # -- check -------------------------------------------------------------------------------
 
+    def _settle(self, instance: str, heads: dict[int, int]) -> None:
+        """Give a version the projector follows up to ``follow_s`` to reach ``heads``."""
+        if self._followed(instance):
+            try:
+                self.runner.wait_for(instance, {p: h for p, h in heads.items() if h > 0}, self.follow_s)
+            except EsActorsError:
+                pass  # judged by the caller
+
     def _readiness(self, instance: str) -> list[str]:
         """Why ``instance`` could not be current now: behind the log (after a wait, if followed) or halted."""
         heads = self._heads()
         problems = []
         if self._followed(instance):
-            try:
-                self.runner.wait_for(instance, {p: h for p, h in heads.items() if h > 0}, self.follow_s)
-            except EsActorsError:
-                pass  # judged below
+            self._settle(instance, heads)
             if self.runner.states[instance].halted:
                 problems.append(f"{instance!r} is halted: {self.runner.states[instance].last_error}")
         lag = self._lag(instance, heads)
@@ -152,15 +157,25 @@ class Versions:
         problems = self._readiness(candidate)
         declared = self._declaration(candidate)
         checks = list(getattr(declared, "cutover_checks", ()) or ())
-        with self._held(current, candidate):
-            cur = self.con.cursor()
-            try:
-                at = {i: dict(cur.execute("SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?",
-                                          [i]).fetchall()) for i in (current, candidate)}
-                tables = compare(cur, current, candidate)
-                assertions = run_checks(cur, current, candidate, checks) if checks else []
-            finally:
-                cur.close()
+        for attempt in range(3):  # both at the same positions: under writes, wait for both and try again
+            if attempt:
+                heads = self._heads()
+                self._settle(current, heads)
+                self._settle(candidate, heads)
+            else:
+                self._settle(current, self._heads())  # the candidate waited in _readiness
+            with self._held(current, candidate):
+                cur = self.con.cursor()
+                try:
+                    at = {i: dict(cur.execute("SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?",
+                                              [i]).fetchall()) for i in (current, candidate)}
+                    if at[current] != at[candidate] and attempt < 2 and self.runner is not None:
+                        continue
+                    tables = compare(cur, current, candidate)
+                    assertions = run_checks(cur, current, candidate, checks) if checks else []
+                    break
+                finally:
+                    cur.close()
         crash_point("checked")
         if at[current] != at[candidate]:
             problems.append(f"compared at different positions: current {at[current]}, candidate {at[candidate]}")

@@ -78,7 +78,8 @@ def compare_table(cur: duckdb.DuckDBPyConnection, current: str, candidate: str, 
         distinct = " OR ".join(f"x.{_q(c)} IS DISTINCT FROM y.{_q(c)}" for c in rest) or "false"
         changed = f"SELECT x.* FROM {a} x JOIN {b} y ON {on} WHERE {distinct}"
         out["only_in_current"], out["only_in_candidate"], out["changed"] = _count(cur, gone), _count(cur, new), _count(cur, changed)
-        sample = [{"in": "current only", "row": r} for r in _rows(cur, f"SELECT * FROM {a} WHERE ({keys}) IN ({gone}) LIMIT {SAMPLE}")]
+        sample: list[dict[str, Any]] = [
+            {"in": "current only", "row": r} for r in _rows(cur, f"SELECT * FROM {a} WHERE ({keys}) IN ({gone}) LIMIT {SAMPLE}")]
         sample += [{"in": "candidate only", "row": r} for r in _rows(cur, f"SELECT * FROM {b} WHERE ({keys}) IN ({new}) LIMIT {SAMPLE}")]
         for r in _rows(cur, f"SELECT {', '.join('x.' + _q(k) for k in key)} FROM {a} x JOIN {b} y ON {on} WHERE {distinct} LIMIT {SAMPLE}"):
             where = " AND ".join(f"{_q(k)} IS NOT DISTINCT FROM ?" for k in key)
