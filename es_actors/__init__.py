@@ -10,6 +10,7 @@ from es_actors.errors import (
     CommandRejected,
     CommandTimeout,
     ConcurrencyError,
+    CutoverRefused,
     DomainError,
     EsActorsError,
     InterceptorFailed,
@@ -86,7 +87,7 @@ def accept_loss(path: str, principal: str, reason: str, partition: int | None = 
 
 __all__ = [
     "accept_loss", "Aggregate", "AggregateHandle", "AggregateState", "Audit", "Command", "CommandEnvelope", "CommandIdReused",
-    "CommandInterceptor", "CommandRefused", "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "DomainError",
+    "CommandInterceptor", "CommandRefused", "CommandRejected", "CommandResult", "CommandTimeout", "ConcurrencyError", "CutoverRefused", "DomainError",
     "DomainRegistry", "EsActorsError", "Event", "ImportEnvelope", "InterceptContext", "InterceptorFailed", "InvalidPayload", "Overloaded", "PartitionDamaged",
     "PayloadTooLarge", "PriorCommand", "ProjectionHalted", "ProjectionTimeout", "PythonProjection", "QueryFailed",
     "QueryRefused", "QueryTimeout", "QueryTooLarge", "RecordedEvent", "repair_store", "SqlProjection",

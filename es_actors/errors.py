@@ -144,3 +144,8 @@ class ActorStartFailed(EsActorsError):
 
 class ProjectorConflict(EsActorsError):
     """A projector already runs for this store with other projections than this open asks for."""
+
+
+class CutoverRefused(EsActorsError):
+    """A cutover or rollback found what would make the other version wrong to serve (it differs
+    from the current one unexpectedly, is behind the log or halted); force it if that is expected."""

@@ -12,6 +12,7 @@ from es_actors.cli.jobs import backfill, check_contracts, demo, snapshot
 from es_actors.cli.monitoring import monitoring
 from es_actors.cli.operations import repair, stop, upgrade
 from es_actors.cli.reading import history, query, status
+from es_actors.cli.versions import projections
 
 __all__ = ["DEFAULT_AGGREGATES", "main"]
 
@@ -33,7 +34,7 @@ def main() -> None:
     """es_actors: event sourcing on Ray with Parquet append logs."""
 
 
-for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop):
+for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop, projections):
     main.add_command(_command)
 main.add_command(monitoring)
 

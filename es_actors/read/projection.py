@@ -63,6 +63,12 @@ class Projection:
     #: How a parallel backfill combines parts built by several workers (es_actors.read.merge);
     #: None: it cannot, and a backfill replays it with one worker.
     merge: ClassVar[Merge | None] = None
+    #: SQL assertions a cutover to this version runs (ADR-018): each returns no rows when all is well.
+    #: They run with this version's schema first on the search path; ``{current}`` names the schema of
+    #: the version current now (e.g. ``SELECT * FROM totals t JOIN {current}.totals c USING (day)
+    #: WHERE t.cents <> c.amount * 100``). Declared, they replace the row-for-row comparison as what
+    #: refuses a cutover (its differences are still reported).
+    cutover_checks: ClassVar[Sequence[str]] = ()
     kind: ClassVar[str] = "?"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -120,7 +120,17 @@ class ProjectorActor:
         return True
 
     def projections(self) -> dict[str, int]:
-        return self.runner.projections()
+        """The projections this projector was opened with, by their declared names (versions a
+        backfill built and it follows are not among them; ADR-018)."""
+        out = {}
+        for name, version in self.runner.projections().items():
+            p = self.runner.states[name].projection
+            declared = getattr(p, "declared_as", None)
+            if declared:
+                out[declared] = version
+            elif getattr(p, "beside_of", None) is None:
+                out[name] = version
+        return out
 
     def status(self) -> list[dict[str, Any]]:
         return self.runner.status()
@@ -158,6 +168,31 @@ class ProjectorActor:
 
         work = BackfillDir(self.layout.root, projection.name, projection.version)
         return adopt(self.runner, projection, work, definition).to_dict()
+
+    # -- Ray calls: versions of projections (es_actors.read.versions, ADR-018) ------------------
+
+    def _versions(self) -> Any:
+        from es_actors.read.versions import Versions
+
+        return Versions(self.runner.read_model.con, self.layout, self.partitions, self.runner, load=ray.cloudpickle.loads)
+
+    def versions(self) -> list[dict[str, Any]]:
+        return self._versions().versions()  # type: ignore[no-any-return]
+
+    def check(self, name: str, version: int) -> dict[str, Any]:
+        return self._versions().check(name, version)  # type: ignore[no-any-return]
+
+    def cutover(self, name: str, version: int, principal: str, reason: str, force: bool = False) -> dict[str, Any]:
+        return self._versions().cutover(name, version, principal, reason, force)  # type: ignore[no-any-return]
+
+    def rollback(self, name: str, principal: str, reason: str, force: bool = False) -> dict[str, Any]:
+        return self._versions().rollback(name, principal, reason, force)  # type: ignore[no-any-return]
+
+    def drop(self, name: str, version: int, principal: str, reason: str) -> dict[str, Any]:
+        return self._versions().drop(name, version, principal, reason)  # type: ignore[no-any-return]
+
+    def operations(self, name: str | None = None) -> list[dict[str, Any]]:
+        return self._versions().operations(name)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._closed = True

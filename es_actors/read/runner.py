@@ -88,7 +88,7 @@ class ProjectionRunner:
         self.bounds = dict(bounds) if bounds is not None else None
         self.states: dict[str, ProjectionState] = {}
         for p in projections:
-            self._add_state(p)
+            self._add_state(getattr(self.read_model, "runs_as", {}).get(p.name, p))  # after a cutover: the build (ADR-018)
         self._heads = [LogFollower(layout, i, 0) for i in range(partitions)]
         self._cond = threading.Condition()
         self._stop = False
@@ -405,7 +405,8 @@ class ProjectionRunner:
         self.read_model.close()
 
     def _state(self, name: str) -> ProjectionState:
-        st = self.states.get(name)
+        st = self.states.get(name) or next(  # a declared name that runs as its version's build (ADR-018)
+            (s for s in self.states.values() if getattr(s.projection, "declared_as", None) == name), None)
         if st is None:
             raise EsActorsError(f"no projection {name!r}; known: {sorted(self.states)}")
         return st

@@ -107,3 +107,37 @@ class Projections:
     def retry_dead_letters(self, projection: str) -> dict[str, int]:
         """Apply parked events again (after a fix); those that succeed leave the dead letters."""
         return self.call("retry_dead_letters", projection)  # type: ignore[no-any-return]
+
+    # -- versions (ADR-018): on the projector if one runs, else on the read-model file here ------
+
+    def _versions(self, operation: str, *args: Any) -> Any:
+        if self.running() is not None:
+            return self.call(operation, *args)
+        from es_actors.read.versions import in_process
+
+        return in_process(self.store.layout, self.store.descriptor.partitions, operation, *args)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every projection's versions: which is current, followed, status, lag in events."""
+        return self._versions("versions")  # type: ignore[no-any-return]
+
+    def check(self, projection: str, version: int) -> dict[str, Any]:
+        """Compare a version with the current one (``ok``, ``problems``, per-table differences, a sample)."""
+        return self._versions("check", projection, version)  # type: ignore[no-any-return]
+
+    def cutover(self, projection: str, version: int, principal: str, reason: str, force: bool = False) -> dict[str, Any]:
+        """Make ``version`` current (the views in ``main`` switch atomically) after a check;
+        CutoverRefused on a problem unless ``force``. Who and why go to the operations log."""
+        return self._versions("cutover", projection, version, principal, reason, force)  # type: ignore[no-any-return]
+
+    def rollback(self, projection: str, principal: str, reason: str, force: bool = False) -> dict[str, Any]:
+        """Make the version current before the last cutover current again."""
+        return self._versions("rollback", projection, principal, reason, force)  # type: ignore[no-any-return]
+
+    def drop(self, projection: str, version: int, principal: str, reason: str) -> dict[str, Any]:
+        """Remove a version that is not current (its schema, checkpoints, dead letters, build record)."""
+        return self._versions("drop", projection, version, principal, reason)  # type: ignore[no-any-return]
+
+    def operations(self, projection: str | None = None) -> list[dict[str, Any]]:
+        """The operations log: each cutover, rollback and drop, who, why, and its outcome."""
+        return self._versions("operations", projection)  # type: ignore[no-any-return]

@@ -7,7 +7,10 @@ dead letters, written by the projection runner and queried read-only (ADR-004).
 - ``es_actors.projections`` (name, version, kind, paused), ``es_actors.checkpoints``
   (projection, partition, position, recorded_at): each batch's rows and its checkpoint
   commit in one transaction, so a redelivered batch is never applied twice;
-- ``es_actors.dead_letters``: events parked by projections whose policy is "park".
+- ``es_actors.dead_letters``: events parked by projections whose policy is "park";
+- ``es_actors.builds`` (versions a backfill built beside), ``es_actors.current`` (the version
+  ``main`` shows, once a cutover switched it) and ``es_actors.operations`` (the log of cutovers,
+  rollbacks and drops: es_actors.read.versions, ADR-018).
 
 DuckDB lets one process open the file for writing; the projector is that process and runs
 queries on their own cursors (concurrent with projection, MVCC). The connection may only
@@ -17,8 +20,8 @@ that is rolled back (es_actors.read.queries, ADR-010).
 
 Modules: ``database`` (connection, system tables, transactions), ``checkpoints``
 (checkpoints, pause flag, status without a projector), ``schemas`` (each projection's
-schema), ``kinds`` (the handler registry) with ``sql_kind`` and ``python_kind``,
-``upcast`` (older rows to current versions), ``dead_letters``, and ``model`` (the
+schema), ``current`` (which version of a projection is current), ``kinds`` (the handler
+registry) with ``sql_kind`` and ``python_kind``, ``upcast`` (older rows to current versions), ``dead_letters``, and ``model`` (the
 :class:`ReadModel` that ties them together in transactions).
 """
 

@@ -29,6 +29,16 @@ SYSTEM_DDL = [
     """CREATE TABLE IF NOT EXISTS es_actors.builds (
         instance VARCHAR PRIMARY KEY, projection VARCHAR NOT NULL, version INTEGER NOT NULL,
         definition BLOB, built_from VARCHAR NOT NULL, installed_at TIMESTAMPTZ NOT NULL)""",
+    # The current version of a projection whose views in ``main`` were switched by a cutover or a
+    # rollback (es_actors.read.versions, ADR-018); no row: the schema named after it is current.
+    """CREATE TABLE IF NOT EXISTS es_actors.current (
+        projection VARCHAR PRIMARY KEY, instance VARCHAR NOT NULL, version INTEGER NOT NULL,
+        switched_at TIMESTAMPTZ NOT NULL)""",
+    # The operations log: a row when an operation starts, one with its outcome (same ``op``).
+    """CREATE TABLE IF NOT EXISTS es_actors.operations (
+        id BIGINT PRIMARY KEY, op BIGINT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL, operation VARCHAR NOT NULL,
+        projection VARCHAR NOT NULL, from_instance VARCHAR, to_instance VARCHAR, principal VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL, forced BOOLEAN NOT NULL, outcome VARCHAR NOT NULL, detail VARCHAR)""",
 ]
 
 

@@ -23,6 +23,7 @@ from es_actors.read.events_relation import EventsSource
 from es_actors.read.queries import QueryRequest, run_query
 from es_actors.read.query_guard import database_functions
 from es_actors.read.readmodel import checkpoints, dead_letters
+from es_actors.read.readmodel.current import runs_as
 from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
 from es_actors.read.readmodel.kinds import ProjectionHandler, handler_class
 from es_actors.read.readmodel.schemas import open_projection
@@ -44,6 +45,7 @@ class ReadModel:
         self.handlers: dict[str, ProjectionHandler] = {}
         for p in projections:  # an unknown kind is refused before the file is touched
             self._handler(p)
+        self.handlers.clear()  # keyed again by the name each runs as, below
         if database is None:
             path = readmodel_path(root)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,11 @@ class ReadModel:
         for stmt in SYSTEM_DDL:
             self.con.execute(stmt)
         self.cursors: dict[str, duckdb.DuckDBPyConnection] = {}
+        #: Declared name -> the class it runs as: the build of its version after a cutover to it (ADR-018).
+        self.runs_as = {p.name: runs_as(self.con, p) for p in projections}
+        projections = [self.runs_as[p.name] for p in projections]
         for p in projections:
+            self._handler(p)
             self.cursors[p.name] = open_projection(self.con, p)
             self.projections[p.name] = p
         #: Macros the projections' set-up created: queries may not call them (query_guard).

@@ -10,6 +10,7 @@ import duckdb
 
 from es_actors.errors import EsActorsError
 from es_actors.read.projection import Projection
+from es_actors.read.readmodel.current import current_instance, group_of, is_current, shown_tables, view_owner
 from es_actors.read.readmodel.database import transaction
 
 log = logging.getLogger(__name__)
@@ -48,27 +49,16 @@ def _create(cur: duckdb.DuckDBPyConnection, p: type[Projection]) -> None:
     for stmt in p.setup_statements():
         cur.execute(stmt)
     cur.execute("INSERT INTO es_actors.projections VALUES (?, ?, ?, false, now())", [p.name, p.version, p.kind])
-    for (table,) in cur.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [p.name]
-    ).fetchall():
-        other = _other_owner(cur, p.name, table)
+    if current_instance(cur, p.name) != p.name:
+        return  # another version of it is current (a cutover switched main to it): its views stay
+    for table in shown_tables(cur, p.name):
+        other = view_owner(cur, table, p.name)
         if other is not None:  # its view would silently replace the other's (and be dropped with it)
             raise EsActorsError(
                 f"projection {p.name!r}: setup failed: table {table!r} is also a table of projection {other!r}: "
                 f"the view main.{table} can show only one of them; name the tables differently"
             )
         cur.execute(f'CREATE OR REPLACE VIEW main."{table}" AS SELECT * FROM "{p.name}"."{table}"')
-
-
-def _other_owner(cur: duckdb.DuckDBPyConnection, name: str, table: str) -> str | None:
-    """Another registered projection that has a table named ``table`` (and so the main view), if any."""
-    row = cur.execute(
-        "SELECT table_schema FROM information_schema.tables WHERE table_name = ? AND table_schema <> ? "
-        "AND table_schema IN (SELECT name FROM es_actors.projections WHERE name <> ?) "
-        "AND table_schema NOT IN (SELECT instance FROM es_actors.builds) LIMIT 1",  # a build has no views in main
-        [table, name, name],
-    ).fetchone()
-    return row[0] if row else None
 
 
 def drop_projection(cur: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -78,12 +68,20 @@ def drop_projection(cur: duckdb.DuckDBPyConnection, name: str) -> None:
 
 
 def drop_in_transaction(cur: duckdb.DuckDBPyConnection, name: str) -> None:
-    """:func:`drop_projection`'s work inside the caller's transaction."""
-    for (table,) in cur.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [name]
-    ).fetchall():
-        if _other_owner(cur, name, table) is None:
-            cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
+    """:func:`drop_projection`'s work inside the caller's transaction. The views in ``main`` go
+    only with the current instance of a projection (rebuilt in place); a current build is refused
+    (cut over to another version first)."""
+    current = is_current(cur, name)
+    group = group_of(cur, name)
+    if current and group != name:
+        raise EsActorsError(
+            f"{name!r} is the current version of projection {group!r}: cut over (or roll back) to another version "
+            "before replacing or dropping it"
+        )
+    if current:
+        for table in shown_tables(cur, name):
+            if view_owner(cur, table, name) is None:
+                cur.execute(f'DROP VIEW IF EXISTS main."{table}"')
     cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     for t, col in (("projections", "name"), ("checkpoints", "projection"), ("dead_letters", "projection"), ("builds", "instance")):
         cur.execute(f"DELETE FROM es_actors.{t} WHERE {col} = ?", [name])
