@@ -6,6 +6,14 @@ import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the session's Ray listens on 127.0.0.1 only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Stores on the local S3-compatible server (es_actors.testing.local_s3) take credentials from the
+# environment, as a deployment does; set before Ray starts so its workers inherit them. Local test
+# values only: they open nothing but the server the tests start on 127.0.0.1.
+from es_actors.testing.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, REGION  # noqa: E402
+
+os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY, AWS_DEFAULT_REGION=REGION)
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 import pytest
 import ray

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from es_actors.errors import EsActorsError
@@ -26,7 +28,7 @@ def test_blobdir_uris_select_the_whole_object_backend_and_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("uri,message", [
-    ("s3://bucket/store", "s3 stores are not supported yet"),
+    ("gcs://bucket/store", "gcs stores are not supported yet"),
     ("gs://bucket/store", "known: file://, blobdir://"),
     ("blobdir://relative/path", "blobdir:///absolute/path"),
 ])
@@ -57,7 +59,7 @@ def _tree(root):
     "blobdir:{tmp}/wanted",  # one slash: not a relative path named "blobdir:"
     "blobdir:wanted", "file:wanted", "file:{tmp}/wanted", "blobdir://host{tmp}/wanted", "file://host{tmp}/wanted",
     "blobdir:////{tmp}/wanted", "blobdir:///{tmp}/wanted?mode=x", "file:///{tmp}/wanted#frag",
-    "s3://bucket/wanted", "foo:wanted", "blobdir:///{tmp}/bad%ff",
+    "foo:wanted", "blobdir:///{tmp}/bad%ff",
 ])
 def test_text_that_looks_like_a_uri_must_be_a_known_scheme_written_scheme_slash_slash_slash_path(
         tmp_path, monkeypatch, text):
@@ -139,3 +141,37 @@ def test_a_directory_holding_the_other_backends_store_says_which_uri_opens_it(tm
         with pytest.raises(EsActorsError, match=f"holds a blobdir .*open it as blobdir://{blob}$"):
             StoreLayout.from_uri(uri).create_or_check(None, 1)
     assert _bytes(tmp_path) == before
+
+
+# -- s3://bucket/prefix --------------------------------------------------------------------------
+
+
+def test_s3_uris_name_a_bucket_a_prefix_and_optionally_an_endpoint_and_round_trip():
+    layout = StoreLayout.from_uri("s3://my-bucket/stores/bank?endpoint_url=http://127.0.0.1:9000")
+    assert (layout.scheme, str(layout.root), layout.endpoint) == ("s3", "/my-bucket/stores/bank", "http://127.0.0.1:9000")
+    assert StoreLayout.from_uri(layout.uri) == layout
+    plain = StoreLayout.from_uri("s3://my-bucket/bank/")
+    assert plain.endpoint is None and plain.uri == "s3://my-bucket/bank" and plain.remote
+    odd = StoreLayout.from_uri("s3://my-bucket/a%20b/c")
+    assert str(odd.root) == "/my-bucket/a b/c" and StoreLayout.from_uri(odd.uri) == odd
+
+
+@pytest.mark.parametrize("uri,why", [
+    ("s3://my-bucket", "a prefix of its own"),
+    ("s3://my-bucket/", "a prefix of its own"),
+    ("s3://my-bucket/a/../b", "'..'"),
+    ("s3://my-bucket/a//b", "empty"),
+    ("s3://Bad_Bucket/x", "not an S3 bucket name"),
+    ("s3://ab/x", "not an S3 bucket name"),
+    ("s3:///my-bucket/x", "s3://bucket/prefix"),
+    ("s3://key:secret@my-bucket/x", "never from a store URI"),
+    ("s3://my-bucket/x?endpoint_url=http://key:secret@127.0.0.1", "no user, password"),
+    ("s3://my-bucket/x?region=eu", "only query parameter is endpoint_url"),
+    ("s3://my-bucket/x?endpoint_url=http://u:p@127.0.0.1:9000", "no user, password"),
+    ("s3://my-bucket/x?endpoint_url=ftp://127.0.0.1", "http(s)://host"),
+    ("s3://my-bucket/x#frag", "no #fragment"),
+])
+def test_bad_s3_uris_are_refused_naming_why_before_any_request(uri, why):
+    with pytest.raises(EsActorsError, match=re.escape(why)) as info:
+        StoreLayout.from_uri(uri)
+    assert "secret" not in str(info.value) and ":p@" not in str(info.value), "a credential was repeated"

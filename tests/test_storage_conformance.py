@@ -6,7 +6,7 @@ backend (a capability it lacks)."""
 from __future__ import annotations
 
 from es_actors.testing.storage_conformance import StorageConformance
-from es_actors.testing.storage_kits import local_kit, object_kit
+from es_actors.testing.storage_kits import local_kit, object_kit, s3_kit
 
 
 class TestLocalDisk(StorageConformance):
@@ -15,3 +15,9 @@ class TestLocalDisk(StorageConformance):
 
 class TestWholeObjects(StorageConformance):
     kit = object_kit()
+
+
+class TestS3(StorageConformance):
+    """The whole-object log on a real S3-compatible server (moto's, on 127.0.0.1), through boto3."""
+
+    kit = s3_kit()

@@ -272,7 +272,7 @@ def test_store_remembers_its_partition_count(store_factory, tmp_path):
 
 def test_non_local_uri_is_refused_clearly(ray_session):
     with pytest.raises(EsActorsError, match="not supported yet"):
-        Store.open("s3://bucket/store", [BankAccount])
+        Store.open("gcs://bucket/store", [BankAccount])
 
 
 def test_the_ray_call_path_keeps_the_same_guarantees(store_factory):

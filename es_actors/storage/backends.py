@@ -7,12 +7,15 @@ URIs are parsed by :mod:`es_actors.storage.uris` (one set of rules for every sch
 - ``blobdir:///path``: the whole-object backend over a local directory
   (:mod:`es_actors.storage.objects`: put-if-absent, get, list, delete only), the model of
   an object store;
-- anything else (``s3://``, ``gs://`` ...) is refused with an :class:`EsActorsError` naming the
+- ``s3://bucket/prefix``: the whole-object backend on S3-compatible object storage
+  (:mod:`es_actors.storage.objects.s3`: conditional PUTs through boto3);
+- anything else (``gs://`` ...) is refused with an :class:`EsActorsError` naming the
   scheme and the ones known, before any network round trip.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from es_actors.config import StoreConfig
 from es_actors.errors import EsActorsError
 from es_actors.storage.api import BlobStore, OwnedPartitionLog, OwnerSnapshotStore, StorageBackend
-from es_actors.storage.uris import LOCAL_SCHEMES, OBJECT_DIR_SCHEME, StoreUri, parse_store_uri
+from es_actors.storage.uris import LOCAL_SCHEMES, OBJECT_DIR_SCHEME, S3_SCHEME, StoreUri, parse_store_uri
 
 __all__ = ["LOCAL_SCHEMES", "OBJECT_DIR_SCHEME", "StoreUri", "parse_store_uri", "open_backend", "local_root",
            "blob_store_of", "open_owned_partition", "aggregate_rows", "foreign_store"]
@@ -51,7 +54,28 @@ _BACKENDS: dict[str, Callable[[Path], StorageBackend]] = {
 def open_backend(uri: str | os.PathLike[str]) -> StorageBackend:
     """The storage backend a store URI selects (nothing is created or read yet)."""
     parsed = parse_store_uri(uri)
+    if parsed.scheme == S3_SCHEME:
+        from es_actors.storage.objects import ObjectBackend
+
+        return ObjectBackend(_s3_blobs(parsed.path, parsed.endpoint))
     return _BACKENDS[parsed.scheme](parsed.path)
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_client(endpoint: str | None) -> Any:
+    """One boto3 client per endpoint and process (clients are thread-safe; making one costs ~50 ms).
+    Credentials: boto3's standard chain, read when the client is made."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def _s3_blobs(root: Path, endpoint: str | None) -> BlobStore:
+    from es_actors.storage.objects.s3 import S3BlobStore
+
+    bucket, _, prefix = str(root).lstrip("/").partition("/")
+    return S3BlobStore(bucket, prefix, client=_s3_client(endpoint))
 
 
 def local_root(uri: str | os.PathLike[str]) -> Path:
@@ -70,6 +94,8 @@ def blob_store_of(layout: "StoreLayout") -> BlobStore:
     """The blob store of a whole-object store."""
     from es_actors.storage.objects import DirectoryBlobStore
 
+    if layout.scheme == S3_SCHEME:
+        return _s3_blobs(layout.root, layout.endpoint)
     if layout.scheme != OBJECT_DIR_SCHEME:
         raise EsActorsError(f"{layout.uri} is not a whole-object store")
     return DirectoryBlobStore(layout.root)
@@ -83,7 +109,7 @@ def foreign_store(layout: "StoreLayout") -> str | None:
     from es_actors.storage.uris import format_store_uri
 
     root = layout.root
-    if not root.is_dir():
+    if layout.scheme == S3_SCHEME or not root.is_dir():
         return None
     partitions = any(p.is_dir() and p.name[1:].isdigit() for p in root.glob("p[0-9]*"))
     local_dirs = (root / "log").is_dir() or (root / "tail").is_dir()
@@ -135,6 +161,8 @@ def aggregate_rows(
 
         table = read_aggregate(layout, partition, aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
     else:
-        reader = open_backend(layout.uri).reader(partition)
+        from es_actors.storage.objects import ObjectBackend
+
+        reader = ObjectBackend(blob_store_of(layout)).reader(partition)
         table = reader.read_aggregate(aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
     return table_to_rows(table)

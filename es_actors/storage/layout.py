@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
 from es_actors.storage.api import ObjectIncomplete
 from es_actors.storage.files import fsync_dir, replace_durably
-from es_actors.storage.uris import LOCAL_SCHEMES, format_store_uri, parse_store_uri
+from es_actors.storage.uris import LOCAL_SCHEMES, S3_SCHEME, format_store_uri, parse_store_uri
 
 FORMAT_VERSION = 2  # 2: self-describing tail frames, segment CRCs in names, DURABLE marks (ADR-009)
 READABLE_FORMATS = (1, 2)
@@ -48,19 +48,26 @@ def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class StoreLayout:
-    root: Path
+    root: Path  # for s3: /bucket/prefix, a name (never a local directory)
     scheme: str = ""  # "": local disk; otherwise the backend the URI chose (storage/backends.py)
+    endpoint: str | None = None  # s3: the server's URL when not AWS's (or boto3's AWS_ENDPOINT_URL)
 
     @classmethod
     def from_uri(cls, uri: str | os.PathLike[str]) -> "StoreLayout":
         """The layout a store URI names (EsActorsError for a scheme no backend serves)."""
         parsed = parse_store_uri(uri)
-        return cls(parsed.path, "" if parsed.scheme in LOCAL_SCHEMES else parsed.scheme)
+        return cls(parsed.path, "" if parsed.scheme in LOCAL_SCHEMES else parsed.scheme, parsed.endpoint)
 
     @property
     def uri(self) -> str:
-        """What :meth:`from_uri` reads back: the plain path of a local store, else ``scheme:///path``."""
-        return format_store_uri(self.scheme, self.root)
+        """What :meth:`from_uri` reads back: the plain path of a local store, else ``scheme:///path``
+        (``s3://bucket/prefix``)."""
+        return format_store_uri(self.scheme, self.root, self.endpoint)
+
+    @property
+    def remote(self) -> bool:
+        """The store lives on object storage, not in a local directory."""
+        return self.scheme == S3_SCHEME
 
     def require_local(self, what: str) -> None:
         """EsActorsError unless this is a local-disk store (``what`` reads local files)."""
@@ -129,8 +136,13 @@ class StoreLayout:
                     f"{self.root} was created with {existing.partitions} partitions; cannot open it with {partitions}"
                 )
             return existing
-        holds_log = any(self.root.glob("p[0-9]*")) if self.scheme else (
-            (self.root / "log").exists() or (self.root / "tail").exists())
+        if self.remote:
+            from es_actors.storage.backends import blob_store_of
+
+            holds_log = bool(blob_store_of(self).list("p0000/owners/"))  # every open of a store claims partition 0
+        else:
+            holds_log = any(self.root.glob("p[0-9]*")) if self.scheme else (
+                (self.root / "log").exists() or (self.root / "tail").exists())
         if holds_log:
             raise StoreCorrupted(
                 f"{self.descriptor_path} is missing but {self.root} holds a log: refusing to create a new store "
@@ -139,7 +151,8 @@ class StoreLayout:
         desc = StoreDescriptor(store_id=uuid.uuid4().hex, partitions=partitions or default_partitions)
         if desc.partitions < 1:
             raise EsActorsError("partitions must be >= 1")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.remote:
+            self.root.mkdir(parents=True, exist_ok=True)
         if self.scheme:  # whole objects: put-if-absent (a concurrent creator's wins), no link or rename
             from es_actors.storage.backends import blob_store_of
 

@@ -3,6 +3,9 @@
 Rules (ADR-014), so a typo never becomes a store created somewhere unexpected:
 
 - a plain path (absolute, relative to the working directory, or ``~/...``) names a local-disk store;
+- ``s3://bucket/prefix`` names a store on S3-compatible object storage (a bucket name as S3 allows it,
+  a non-empty prefix without ``.`` or ``..`` parts); its only query parameter is ``endpoint_url``
+  (an ``http(s)://host[:port]`` of an S3-compatible server), never a credential;
 - any text that starts like a URI scheme (a letter, then letters, digits, ``+``, ``.`` or ``-``,
   then ``:``; one letter is a Windows drive, not a scheme) is a URI: its scheme must be a known
   one (case-insensitive) written as ``scheme:///absolute/path`` (no host, no ``?query`` or
@@ -25,17 +28,22 @@ from es_actors.errors import EsActorsError
 
 LOCAL_SCHEMES = ("", "file")  # "": a plain path
 OBJECT_DIR_SCHEME = "blobdir"
-KNOWN_SCHEMES = ("file", OBJECT_DIR_SCHEME)
-ACCEPTED_FORMS = "a plain path, file:///absolute/path or blobdir:///absolute/path"
+S3_SCHEME = "s3"
+KNOWN_SCHEMES = ("file", OBJECT_DIR_SCHEME, S3_SCHEME)
+ACCEPTED_FORMS = "a plain path, file:///absolute/path, blobdir:///absolute/path or s3://bucket/prefix"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?")
 
 
 @dataclass(frozen=True, slots=True)
 class StoreUri:
-    """A parsed store URI: its scheme ("" for a plain path) and the local directory it names."""
+    """A parsed store URI: its scheme ("" for a plain path) and the local directory it names (for
+    ``s3``: ``/bucket/prefix``, a name that is never a local directory, and the endpoint if given)."""
 
     scheme: str
     path: Path
+    endpoint: str | None = None
 
 
 def _refuse(text: object, why: str) -> EsActorsError:
@@ -62,6 +70,8 @@ def parse_store_uri(uri: str | os.PathLike[str]) -> StoreUri:
             f"a colon is written ./{text}); see adrs/ADR-014-storage-interface.md"
         )
     rest = text[match.end():]
+    if scheme == S3_SCHEME:
+        return _parse_s3(text, rest)
     if not rest.startswith("///") or rest.startswith("////"):
         raise _refuse(text, f"a {scheme} URI names a local directory by its absolute path, with no host: "
                       f"{scheme}:///absolute/path")
@@ -75,6 +85,40 @@ def parse_store_uri(uri: str | os.PathLike[str]) -> StoreUri:
     return StoreUri(scheme, _directory(text, Path(path)))
 
 
+def _parse_s3(text: str, rest: str) -> StoreUri:
+    """``//bucket/prefix[?endpoint_url=...]``."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not rest.startswith("//") or rest.startswith("///"):
+        raise _refuse(text, "an s3 URI names a bucket and a prefix: s3://bucket/prefix")
+    if "@" in text:  # never repeat a credential in an error: name the URI without its user part
+        text = re.sub(r"//[^/?#]*@", "//***@", text)
+    parts = urlsplit("s3:" + rest)
+    if parts.fragment or "@" in parts.netloc:
+        raise _refuse(text, "an s3 URI has no #fragment and no user or password (credentials come from the AWS "
+                      "environment, profile or instance role, never from a store URI)")
+    bucket = parts.netloc
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise _refuse(text, f"{bucket!r} is not an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+    try:
+        prefix = unquote(parts.path, errors="strict").strip("/")
+    except UnicodeDecodeError:
+        raise _refuse(text, "its percent-escapes are not UTF-8") from None
+    segments = prefix.split("/")
+    if not prefix or any(seg in ("", ".", "..") for seg in segments) or "\x00" in prefix:
+        raise _refuse(text, "an s3 store needs a prefix of its own, without empty, '.' or '..' parts: "
+                      "s3://bucket/prefix")
+    endpoint = None
+    if parts.query:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+        if set(query) != {"endpoint_url"} or len(query["endpoint_url"]) != 1:
+            raise _refuse(text, "an s3 URI's only query parameter is endpoint_url (e.g. ?endpoint_url=http://127.0.0.1:9000)")
+        endpoint = query["endpoint_url"][0].rstrip("/")
+        if not _ENDPOINT.fullmatch(endpoint):
+            raise _refuse(text, "endpoint_url is http(s)://host[:port] with no user, password, path or query")
+    return StoreUri(S3_SCHEME, Path("/" + bucket) / prefix, endpoint)
+
+
 def _directory(text: str, path: Path) -> Path:
     if "\x00" in str(path):
         raise _refuse(text, "a path holds no NUL character")
@@ -84,7 +128,11 @@ def _directory(text: str, path: Path) -> Path:
     return resolved
 
 
-def format_store_uri(scheme: str, root: Path) -> str:
+def format_store_uri(scheme: str, root: Path, endpoint: str | None = None) -> str:
     """What :func:`parse_store_uri` reads back as (scheme, root): a plain path for a local store,
-    else ``scheme:///path`` with ``%``, ``?`` and ``#`` (and other unsafe characters) escaped."""
+    ``s3://bucket/prefix[?endpoint_url=...]``, else ``scheme:///path`` with ``%``, ``?`` and ``#``
+    (and other unsafe characters) escaped."""
+    if scheme == S3_SCHEME:
+        uri = f"s3:/{quote(str(root), safe='/')}"
+        return uri + (f"?endpoint_url={quote(endpoint, safe=':/')}" if endpoint else "")
     return f"{scheme}://{quote(str(root), safe='/')}" if scheme else str(root)

@@ -151,3 +151,109 @@ def object_kit() -> BackendUnderTest:
         damage_middle=_object_damage_middle,
         damage_newest_whole=_object_damage_newest_whole,
     )
+
+
+# -- whole objects on S3 (a real S3-compatible server on 127.0.0.1) -------------------------
+
+S3_TEST_BUCKET = "es-actors-conformance"
+
+
+def _s3_prefix(root: Path) -> str:
+    """One key prefix per test directory (a restart on the same directory finds the same objects)."""
+    import hashlib
+
+    return "t-" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]
+
+
+def _s3_blobs(root: Path) -> Any:
+    from es_actors.storage.objects.s3 import S3BlobStore
+    from es_actors.testing.local_s3 import shared_local_s3
+
+    s3 = shared_local_s3()
+    return S3BlobStore(s3.bucket(S3_TEST_BUCKET), _s3_prefix(root), client=s3.client())
+
+
+def _s3_make(root: Path) -> ObjectBackend:
+    return ObjectBackend(_s3_blobs(root))
+
+
+def _s3_failing_put(after_send: bool) -> Callable[..., Any]:
+    """A PUT the server answers with 500 having stored nothing (``after_send``: the body was sent)."""
+    from es_actors.storage.objects import s3
+
+    def fail(self: Any, key: str, data: bytes) -> Any:
+        raise s3.ObjectStorageError(f"s3://{self.bucket}/{self._key(key)}: conditional put failed: InternalError "
+                                    f"(HTTP 500){' after the body was sent' if after_send else ''}")
+
+    return fail
+
+
+def _s3_fail_writes(code: int, stage: str) -> contextlib.AbstractContextManager[None]:
+    from es_actors.storage.objects.s3 import S3BlobStore
+
+    # S3 has no fsync: both stages are a PUT that fails with nothing stored (errno does not apply)
+    return _patched(S3BlobStore, "_put", _s3_failing_put(stage == "sync"))
+
+
+def _s3_crash_mid_write(stage: str) -> contextlib.AbstractContextManager[None]:
+    from es_actors.storage.objects.s3 import S3BlobStore
+
+    original = S3BlobStore._put
+
+    def crash(self: Any, key: str, data: bytes) -> Any:
+        if stage == "sync":  # S3 stored the object; the process died before the answer came back
+            original(self, key, data)
+            raise SimulatedCrash("the process died before the put's answer arrived")
+        raise SimulatedCrash("the process died while sending the put (S3 stores nothing of a partial PUT)")
+
+    return _patched(S3BlobStore, "_put", crash)
+
+
+def _s3_overwrite(root: Path, key: str, data: bytes) -> None:
+    blobs = _s3_blobs(root)
+    blobs.client.put_object(Bucket=blobs.bucket, Key=blobs._key(key), Body=data)  # unconditional: damage
+
+
+def _s3_slots(root: Path, partition: int) -> list[str]:
+    return _s3_blobs(root).list(f"p{partition:04d}/tail/")
+
+
+def _s3_damage_middle(root: Path, partition: int) -> None:
+    blobs = _s3_blobs(root)
+    for key in _s3_slots(root, partition):
+        data = blobs.get(key)
+        if records.Commit.decode(data).kind == "rows":
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 0xFF  # inside the commit's JSON: its checksum no longer matches
+            _s3_overwrite(root, key, bytes(damaged))
+            return
+    raise AssertionError("no commit object to damage")
+
+
+def _s3_damage_newest_whole(root: Path, partition: int) -> None:
+    key = _s3_slots(root, partition)[-1]
+    damaged = bytearray(_s3_blobs(root).get(key))
+    damaged[len(damaged) // 2] ^= 0xFF
+    _s3_overwrite(root, key, bytes(damaged))
+
+
+def _s3_tree_bytes(root: Path) -> dict[str, bytes]:
+    blobs = _s3_blobs(root)
+    out: dict[str, bytes] = {}
+    for page in blobs.client.get_paginator("list_objects_v2").paginate(Bucket=blobs.bucket, Prefix=blobs.prefix):
+        for o in page.get("Contents", ()):
+            out[o["Key"]] = blobs.client.get_object(Bucket=blobs.bucket, Key=o["Key"])["Body"].read()
+    return out
+
+
+def s3_kit() -> BackendUnderTest:
+    return BackendUnderTest(
+        "whole objects (S3, local server)",
+        make=_s3_make,
+        fail_writes=_s3_fail_writes,
+        crash_mid_write=_s3_crash_mid_write,
+        damage_middle=_s3_damage_middle,
+        damage_newest_whole=_s3_damage_newest_whole,
+        tree_bytes=_s3_tree_bytes,
+        why_not={"tear_tail": "an S3 PUT is atomic: no object is ever left half-written for recovery to cut"},
+    )

@@ -189,7 +189,7 @@ class PartitionActor:
 
     def stats(self) -> dict[str, Any]:
         with self._serial:
-            return {**self._owned().stats(), "pid": os.getpid()}
+            return {**self._owned().stats(), "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def seal(self) -> None:
         with self._serial:
@@ -221,6 +221,13 @@ class PartitionActor:
                 self._error = EsActorsError("this partition actor was closed")
 
 
+def _placement(layout: StoreLayout) -> dict[str, Any]:
+    """Where partition actors run. A store on object storage spreads them over the cluster's nodes,
+    and Ray restarts one on another node when its node is lost (its log is on S3: any node can
+    recover it). A local-disk store keeps Ray's default (the opener's node, where its directory is)."""
+    return {"scheduling_strategy": "SPREAD"} if layout.remote else {}
+
+
 def start_partition_actors(
     layout: StoreLayout,
     descriptor: StoreDescriptor,
@@ -237,7 +244,8 @@ def start_partition_actors(
     while True:
         actors = [
             PartitionActor.options(  # type: ignore[attr-defined]  # added by @ray.remote
-                name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True
+                name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True,
+                **_placement(layout),
             ).remote(layout.uri, p, list(aggregates), config, opener, list(interceptors))
             for p in range(descriptor.partitions)
         ]
