@@ -9,6 +9,7 @@ import click
 
 from es_actors.cli.common import DEFAULT_AGGREGATES
 from es_actors.cli.jobs import backfill, check_contracts, demo, snapshot
+from es_actors.cli.maintenance import compact, verify
 from es_actors.cli.operations import repair, stop, upgrade
 from es_actors.cli.reading import history, query, status
 
@@ -32,7 +33,7 @@ def main() -> None:
     """es_actors: event sourcing on Ray with Parquet append logs."""
 
 
-for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop):
+for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop, verify, compact):
     main.add_command(_command)
 
 
