@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from es_actors.errors import EsActorsError
 
 if TYPE_CHECKING:
+    from es_actors.storage.local.verify import VerifyProgressFn, VerifyReport
     from es_actors.store.facade import Store
 
 
@@ -67,7 +68,7 @@ class Admin:
         out = actor_get([actors[p].compact.remote() for p in chosen])
         return [{"partition": p, **r} for p, r in zip(chosen, out)]
 
-    def verify(self, partition: int | None = None, progress: Any = None) -> Any:
+    def verify(self, partition: int | None = None, progress: "VerifyProgressFn | None" = None) -> "VerifyReport":
         """Read the whole log (or one partition) and report damage, writing nothing
         (:func:`es_actors.storage.local.verify.verify_store`; safe while the store runs)."""
         from es_actors.storage.local.verify import verify_store

@@ -120,7 +120,7 @@ def verify_store(
 ) -> VerifyReport:
     """Check every frame, segment, position and aggregate version of a local store (or of one
     partition), read-only; safe while the store runs. ``report.clean`` says whether all is well."""
-    layout = StoreLayout(Path(root).expanduser().resolve())
+    layout = StoreLayout.from_uri(root)
     layout.require_local("verify")
     desc = store_descriptor(layout)
     if partition is not None and not 0 <= partition < desc.partitions:
