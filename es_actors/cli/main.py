@@ -10,6 +10,7 @@ import click
 from es_actors.cli.common import DEFAULT_AGGREGATES
 from es_actors.cli.jobs import backfill, check_contracts, demo, snapshot
 from es_actors.cli.monitoring import monitoring
+from es_actors.cli.maintenance import compact, verify
 from es_actors.cli.operations import repair, stop, upgrade
 from es_actors.cli.reading import history, query, status
 from es_actors.cli.versions import projections
@@ -34,7 +35,8 @@ def main() -> None:
     """es_actors: event sourcing on Ray with Parquet append logs."""
 
 
-for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop, projections):
+for _command in (demo, history, snapshot, check_contracts, backfill, query, status, repair, upgrade, stop, projections,
+                 verify, compact):
     main.add_command(_command)
 main.add_command(monitoring)
 

@@ -208,6 +208,14 @@ class PartitionActor:
         with self._serial:
             return self._owned().flush_snapshots(force=True)
 
+    def compact(self) -> dict[str, int]:
+        """Merge runs of small sealed segments now: segments before and after, and how many merged.
+        Not under the write lock: the log compacts beside appends, as its sealer does after a seal."""
+        log = self._owned().log
+        before = log.sealed_segment_count
+        merged = log.compact()
+        return {"segments_before": before, "segments_after": log.sealed_segment_count, "merged": merged}
+
     def close(self) -> None:
         """Seal the tail and let go of the partition (the lock), so another process may own it."""
         with self._serial:

@@ -28,15 +28,22 @@ DEFAULT_PROJECTIONS = "es_actors.examples.bank_projections:Balances,BalancesPy,D
               help="Log positions between a task's checkpoints (a resumed task redoes at most this many).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@click.option("--status", "show_status", is_flag=True, help="Only show where this backfill stands (works while it runs; no Ray).")
+@click.option("--stop", "request_stop", is_flag=True, help="Ask the running backfill to stop and wait until it has (run it again to resume).")
 def backfill(
     projection: str, version: int | None, store_path: str, projections_spec: str, aggregates_spec: str,
     address: str | None, parallelism: int | None, restart: bool, checkpoint_events: int, quiet: bool, as_json: bool,
+    show_status: bool, request_stop: bool,
 ) -> None:
     """Rebuild PROJECTION (one version) from the log with parallel Ray tasks, beside the live version.
 
     The live version keeps serving and its projector keeps running; the built version lands in
     the read model as schema PROJECTION__vN and follows the log. Stopped or failed, the same
-    command resumes from the tasks' checkpoints."""
+    command resumes from the tasks' checkpoints. --status shows a backfill's progress from its
+    checkpoints; --stop asks a running one to stop."""
+    if show_status or request_stop:
+        _status_or_stop(projection, version, store_path, request_stop, as_json)
+        return
     from es_actors.errors import EsActorsError
     from es_actors.jobs._tasks import resolve_classes
     from es_actors.jobs.backfill.run import backfill as run_backfill
@@ -76,3 +83,25 @@ def backfill(
         click.echo(f"  {report.instance}.{table}: {n:,} rows")
     if report.parked:
         click.echo(f"  {report.parked:,} events parked in the dead letters of {report.instance}")
+
+
+def _status_or_stop(projection: str, version: int | None, store_path: str, stop: bool, as_json: bool) -> None:
+    from es_actors.errors import EsActorsError
+    from es_actors.jobs.backfill.control import backfill_status, stop_backfill
+
+    try:
+        if stop:
+            click.echo(f"asking the backfill of {projection} to stop ...", err=True)
+            status = stop_backfill(store_path, projection, version)
+        else:
+            status = backfill_status(store_path, projection, version)
+    except EsActorsError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=2))
+    else:
+        for line in status.summary():
+            click.echo(line)
+    if stop and status.running:
+        raise click.ClickException(f"the backfill of {projection} v{status.version} still runs after the wait; "
+                                   "look again with --status")

@@ -35,7 +35,7 @@ from es_actors.read.backfill.files import BackfillDir
 from es_actors.read.backfill.install import InstallReport, adopt, beside, taken_by_a_projection
 from es_actors.read.backfill.plan import BackfillPlan, fingerprint, make_plan
 from es_actors.read.backfill.task import TaskResult, projection_tables, run_task
-from es_actors.read.backfill_tasks import run_plan_tasks
+from es_actors.read.backfill_tasks import BackfillStopped, run_plan_tasks
 from es_actors.read.projection import Projection, check_projections
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.readmodel.database import readmodel_path
@@ -133,6 +133,7 @@ def backfill(
     work = BackfillDir(layout.root, p.name, p.version)
     work.lock()
     try:
+        work.clear_stop_request()  # a request meant for an earlier run (this one resumes it)
         plan = _plan(work, layout, partitions, p, parallelism, task_events, restart, progress)
         t1 = time.monotonic()
         results = _run_tasks(
@@ -209,19 +210,27 @@ def _run_tasks(
     p: type[Projection], parallelism: int, progress: BackfillProgressArg, checkpoint_events: int, checkpoint_s: float,
 ) -> list[TaskResult]:
     view = _ProgressView(progress, f"backfill {p.name} v{p.version}", plan)
+    stop = _StopPoll(work, p)
     try:
         if parallelism == 1:  # the same tasks, one after another, here
+
+            def report(task: str, done: int, total: int) -> None:
+                view.update(task, done, total)
+                stop.check()
+
             results = []
             for spec in plan.tasks:
+                stop.check()
                 results.append(run_task(
                     layout.root, partitions, DomainRegistry(aggregates), p, spec, work,
-                    checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=view.update,
+                    checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=report,
                 ))
                 view.finished(results[-1])
             return results
         return run_plan_tasks(
             plan, work, layout.root, partitions, aggregates, p, parallelism,
             on_progress=view.update, on_done=view.finished, checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s,
+            should_stop=stop.requested,
         )
     finally:
         view.close()
@@ -253,6 +262,26 @@ def _install(
     finally:
         rm.close()
     return report, "this process"
+
+
+class _StopPoll:
+    """Whether an operator asked this backfill to stop (``es-actors backfill ... --stop``): the
+    request file, looked at no more than every 0.2 s."""
+
+    def __init__(self, work: BackfillDir, p: type[Projection]) -> None:
+        self.work, self.p, self.next_look, self.seen = work, p, 0.0, False
+
+    def requested(self) -> bool:
+        now = time.monotonic()
+        if not self.seen and now >= self.next_look:
+            self.next_look = now + 0.2
+            self.seen = self.work.stop_requested()
+        return self.seen
+
+    def check(self) -> None:
+        if self.requested():
+            raise BackfillStopped(f"backfill of {self.p.name} v{self.p.version} stopped on request; its checkpoints in "
+                                  f"{self.work.path} stay: the same backfill started again resumes it")
 
 
 def _say(progress: BackfillProgressArg, update: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ own disk)::
         tasks/<task>/checkpoint.json    the task's last checkpoint: positions reached, counts, its files
         tasks/<task>/<seq>/<table>.parquet   the task's tables as of that checkpoint (+ _dead_letters)
         installed.json                  written once the parts are in the read model
+        stop-requested.json             an operator asked the running backfill to stop (its driver polls)
 
 Every file is written whole under a temporary name, synced and renamed into place, and a
 checkpoint names its files only after they are in place: a task killed at any point leaves
@@ -17,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import IO
 
@@ -65,12 +67,48 @@ class BackfillDir:
         """Hold the backfill for this process (released by :meth:`unlock` or the process's end)."""
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / ".lock", "ab")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise BackfillBusy(f"another backfill of {self.path.relative_to(self.root)} is running (it holds {self.path / '.lock'})") from None
+        for attempt in range(10):  # a moment's grace: :meth:`running` looks with a brief shared lock
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 9:
+                    f.close()
+                    raise BackfillBusy(f"another backfill of {self.path.relative_to(self.root)} is running "
+                                       f"(it holds {self.path / '.lock'})") from None
+                time.sleep(0.05)
         self._lock = f
+
+    def running(self) -> bool:
+        """Whether a process holds this backfill now (read-only: creates nothing)."""
+        try:
+            f = open(self.path / ".lock", "rb")
+        except FileNotFoundError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return False
+
+    # -- stop requests -------------------------------------------------------------------------
+
+    @property
+    def stop_request(self) -> Path:
+        return self.path / "stop-requested.json"
+
+    def request_stop(self, text: str) -> None:
+        """Ask the running driver to stop (it polls :meth:`stop_requested`; a new run clears it)."""
+        replace_durably(self.stop_request, text.encode())
+        fsync_dir(self.path)
+
+    def stop_requested(self) -> bool:
+        return self.stop_request.exists()
+
+    def clear_stop_request(self) -> None:
+        self.stop_request.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock is not None:

@@ -33,7 +33,6 @@ from es_actors.storage.lost_ranges import (
 from es_actors.storage.local.segments import (
     CURRENT,
     Segment,
-    file_crc32,
     list_segments,
     next_generation_dir,
     parse_segment_name,
@@ -43,18 +42,12 @@ from es_actors.storage.local.segments import (
 )
 from es_actors.storage.local.wal import (
     Damage,
-    Frame,
     TailScan,
     file_header,
-    high_water,
-    list_tail_files,
-    scan_tail_file,
     tail_file_name,
 )
-from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.damage import examine_tail, missing_ranges, segment_damage, segment_gaps
 from es_actors.storage.files import fsync_dir, replace_durably
-
-
 from es_actors.storage.local.maintenance import all_partitions_locked, store_descriptor, tail_file_bytes
 
 
@@ -144,23 +137,22 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
     lost = LostRanges.load(layout.root)
     segs = sorted((s for f in gen.iterdir() if (s := parse_segment_name(f)) is not None), key=lambda s: s.first)
     bad: dict[str, tuple[Segment, list[pa.Table], str]] = {}
-    ranges: list[LostRange] = []
-    expected = 1
+    ranges: list[LostRange] = [
+        _lost(p, first, last, str(gen.relative_to(layout.root)), 0, "", "segment files for these positions are missing")
+        for first, last in segment_gaps(segs, lost, p)
+    ]
     for s in segs:
-        if s.first > expected and not lost.covers(p, expected, s.first - 1):
-            ranges.append(_lost(p, expected, s.first - 1, str(gen.relative_to(layout.root)), 0, "",
-                                "segment files for these positions are missing"))
-        expected = max(expected, s.last + 1)
-        why = _segment_damage(s)
+        why = segment_damage(s)
         if why is None:
             continue
         kept = _salvage_row_groups(s)
         report.damage.append(f"{s.path}: {why}")
         q = _quarantine(s.path, qdir, layout)
         have = sorted(int(x) for t in kept for x in t.column("position").to_pylist())
-        for first, last in _missing(s.first, s.last, have):
+        for first, last in missing_ranges(s.first, s.last, have):
             ranges.append(_lost(p, first, last, str(s.path.relative_to(layout.root)), 0, q, why))
         bad[s.path.name] = (s, kept, q)
+    ranges.sort(key=lambda r: r.first)  # in position order, gaps and damage alike
     _record(layout, ranges, report)
     if not bad:
         return
@@ -175,19 +167,6 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
     fsync_dir(new_gen)
     point_current_at(pdir, new_gen)
     os.utime(gen)
-
-
-def _segment_damage(s: Segment) -> str | None:
-    if s.crc is not None:
-        actual = file_crc32(s.path)
-        if actual != s.crc:
-            return f"CRC-32 {actual:08x} where its name says {s.crc:08x}"
-        return None
-    try:
-        pq.read_table(s.path, schema=ARROW_SCHEMA)
-    except (pa.ArrowException, OSError) as exc:
-        return f"cannot be read: {exc}"
-    return None
 
 
 def _salvage_row_groups(s: Segment) -> list[pa.Table]:
@@ -218,18 +197,6 @@ def _salvage_row_groups(s: Segment) -> list[pa.Table]:
     return runs
 
 
-def _missing(first: int, last: int, have: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    want = first
-    for pos in have:
-        if pos > want:
-            out.append((want, pos - 1))
-        want = max(want, pos + 1)
-    if want <= last:
-        out.append((want, last))
-    return out
-
-
 def _lost(p: int, first: int, last: int, source: str, offset: int, quarantined: str, detail: str) -> LostRange:
     return LostRange(partition=p, first=first, last=last, source=source, offset=offset, quarantined=quarantined,
                      detail=detail, recorded_at=now_text())
@@ -245,35 +212,12 @@ def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) 
     original is replaced or removed, so a crash part-way leaves every frame in some file.
     """
     tail_dir = layout.tail_dir(p)
-    files = list_tail_files(tail_dir)
-    scans = [scan_tail_file(path, i == len(files) - 1, first) for i, (first, path) in enumerate(files)]
-    durable = DurableMark.read(tail_dir)
     lost_before = LostRanges.load(layout.root)
     gen = resolve_current(layout.log_dir(p))
     segs = list_segments(gen, lost_before, p) if gen is not None and gen.is_dir() else []
     sealed_last = segs[-1].last if segs else 0
-    pooled: dict[int, Frame] = {}
-    for scan in scans:
-        for fr in scan.frames:
-            if fr.rows and fr.rows[-1][1] > sealed_last:
-                pooled.setdefault(fr.first_position, fr)
-    runs: list[list[Frame]] = []
-    last_kept = sealed_last
-    for first in sorted(pooled):
-        fr = pooled[first]
-        if first <= last_kept:
-            continue  # overlaps what is already kept (a frame copied by an interrupted repair)
-        if runs and first == last_kept + 1:
-            runs[-1].append(fr)
-        else:
-            runs.append([fr])
-        last_kept = fr.rows[-1][1]
-    renamed = {s.path for s in scans for d in s.damage if "named for position" in d.reason}
-    used = max(last_kept, high_water(durable, [(first, path) for first, path in files if path not in renamed]))
-    damaged = [scan for scan in scans if scan.damage or scan.torn_bytes]
-    missing = _missing(sealed_last + 1, used, sorted(pos for run in runs for fr in run for pos in range(
-        fr.first_position, fr.first_position + len(fr.rows))))
-    missing = [(a, b) for a, b in missing if not lost_before.covers(p, a, b)]
+    found = examine_tail(tail_dir, sealed_last, lost_before, p)
+    files, runs, used, damaged, missing = found.files, found.runs, found.used, found.damaged, found.missing
     if not damaged and not missing:
         return
     quarantined = {scan.path: _quarantine(scan.path, qdir, layout) for scan in damaged}

@@ -1,0 +1,136 @@
+"""A backfill's status and stop (issue 14), without Ray: ``--status`` reads the plan and the task
+checkpoints while a run goes on; ``--stop`` makes the running driver stop with its checkpoints
+kept; started again, the backfill resumes from them and builds exactly what a replay builds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+from click.testing import CliRunner
+
+from es_actors.cli import main
+from es_actors.codecs.views import RecordedEvent
+from es_actors.config import StoreConfig
+from es_actors.errors import EsActorsError
+from es_actors.examples.bank import AccountOpened, BankAccount, MoneyDeposited, MoneyWithdrawn
+from es_actors.examples.bank_projections import BalancesPy, upsert_balance_deltas
+from es_actors.jobs.backfill import backfill, backfill_status, stop_backfill
+from es_actors.read.backfill_tasks import BackfillStopped
+from es_actors.read.merge import Merge
+from es_actors.read.projection import PythonProjection
+from es_actors.storage.layout import StoreLayout
+from es_actors.write.partition import Partition
+from tests.test_backfill import sequential_replay
+from tests.test_integrity import REGISTRY, cmd
+
+ACCOUNTS = [f"acc-{i}" for i in range(8)]
+
+
+class SlowPy(PythonProjection):
+    """BalancesPy at about 2 ms an event: a backfill that runs long enough to be looked at and stopped."""
+
+    name = "slow_py"
+    event_types = (AccountOpened, MoneyDeposited, MoneyWithdrawn)
+    setup = BalancesPy.setup.replace("balances_py", "slow_py")
+    merge = Merge.by_aggregate()
+    batch_size = 10
+
+    @classmethod
+    def handle(cls, db: Any, events: Sequence[RecordedEvent]) -> None:
+        time.sleep(0.002 * len(events))
+        upsert_balance_deltas(db, "slow_py", events)
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """A closed one-partition store of 808 events, written in process."""
+    path = tmp_path / "store"
+    StoreLayout(path).create_or_check(1, 1)
+    p = Partition(StoreLayout(path), 0, REGISTRY, StoreConfig(lock_timeout_s=0))
+    p.handle_batch([cmd(a, "OpenAccount", {"owner": a}) for a in ACCOUNTS])
+    for _ in range(100):
+        p.handle_batch([cmd(a) for a in ACCOUNTS])
+    p.seal()
+    p.close()
+    return path
+
+
+def start(root: Path, parallelism: int = 1) -> tuple[threading.Thread, list[Any]]:
+    """A backfill in a thread (checkpoints every 20 positions), once it shows progress; its outcome lands in the list."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(backfill(root, SlowPy, [BankAccount], parallelism=parallelism, progress=False, checkpoint_events=20))
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            s = backfill_status(root, "slow_py", 1)
+            if s.state == "running" and s.events_done > 0:
+                return t, outcome
+        except EsActorsError:
+            pass  # no plan yet
+        time.sleep(0.05)
+    raise AssertionError("the backfill never showed progress")
+
+
+def balances(root: Path) -> list[tuple[Any, ...]]:
+    import duckdb
+
+    con = duckdb.connect(str(root / "readmodels" / "readmodels.duckdb"), read_only=True)
+    try:
+        return sorted(con.execute('SELECT * FROM "slow_py__v1".slow_py').fetchall())
+    finally:
+        con.close()
+
+
+def test_status_while_running_stop_then_resume_builds_the_whole_version(root):
+    t, outcome = start(root)
+    running = backfill_status(root, "slow_py")  # the only version: found without --version
+    assert running.running and 0 < running.events_done < running.events_total == 808
+    assert [task.total for task in running.tasks] == [808]
+
+    stopped = stop_backfill(root, "slow_py", 1, reason="test")
+    t.join(30)
+    assert isinstance(outcome[0], BackfillStopped) and "resumes" in str(outcome[0])
+    assert stopped.state == "stopped" and stopped.stop_requested and not stopped.running
+    assert 0 < stopped.events_done < 808 and not stopped.tasks[0].finished
+    out = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--status"])
+    assert out.exit_code == 0 and "resumes from the checkpoints" in out.output and "/808 events" in out.output, out.output
+
+    report = backfill(root, SlowPy, [BankAccount], parallelism=1, progress=False, checkpoint_events=20)
+    [task] = report.task_results
+    assert task["resumed_at"] >= stopped.events_done > 0  # resumed, not started over
+    final = backfill_status(root, "slow_py", 1)
+    assert final.state == "installed" and final.events_done == 808 and not final.stop_requested
+    assert final.installed["instance"] == "slow_py__v1"
+    assert balances(root) == sequential_replay(root, SlowPy)["slow_py"]  # exactly what one replay builds
+
+
+def test_cli_stop_and_json_status_and_nothing_to_stop(root):
+    t, outcome = start(root)
+    out = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--stop", "--json"])
+    t.join(30)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output[out.output.index("{"):])["state"] == "stopped"
+    assert isinstance(outcome[0], BackfillStopped)
+    again = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--stop"])
+    assert again.exit_code == 1 and "nothing to stop" in again.output and "stopped" in again.output
+    missing = CliRunner().invoke(main, ["backfill", "nope", "--store", str(root), "--status"])
+    assert missing.exit_code == 1 and "no backfill" not in missing.output and "'nope'" in missing.output
+    # started again through the CLI, it resumes and finishes (the start path is unchanged)
+    done = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--projections",
+                                     "tests.test_backfill_control:SlowPy", "--parallelism", "1", "--quiet",
+                                     "--checkpoint-every", "20", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["task_results"][0]["resumed_at"] > 0
