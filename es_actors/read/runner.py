@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
-from es_actors.read.batches import BoundedFollower, bisect_batch
+from es_actors.read.batches import BoundedFollower, apply_isolating
+from es_actors.read.projection_loops import Clock, ProjectionLoops, SystemClock
 from es_actors.read.progress import PartitionProgress, ProjectionState, RecordedAt, status_rows, worst_status
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import BatchWithdrawn, ReadModel
@@ -42,29 +42,6 @@ log = logging.getLogger(__name__)
 #: How long pause waits for a batch in flight to end before it returns anyway (that batch is
 #: then rolled back at its commit, whenever its handler returns).
 PAUSE_WAIT_S = 1.0
-
-
-class Clock(Protocol):
-    """Where the runner takes time from and how it waits (a test passes its own)."""
-
-    def monotonic(self) -> float: ...
-
-    def wall_us(self) -> int: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall_us(self) -> int:
-        return time.time_ns() // 1000
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
 
 class ProjectionRunner:
@@ -97,11 +74,7 @@ class ProjectionRunner:
             self._add_state(p)
         self._heads = [LogFollower(layout, i, 0) for i in range(partitions)]
         self._cond = threading.Condition()
-        self._stop = False
-        self._running = False  # run() started the projections' threads
-        self._stopped = threading.Event()
-        self._loop_exited = False
-        self._loop_error: str | None = None
+        self._loops = ProjectionLoops(self._step_one, config.projector_poll_s)
 
     def _add_state(self, p: type[Projection]) -> None:
         cps = self.read_model.checkpoints(p.name)
@@ -127,9 +100,8 @@ class ProjectionRunner:
         self.read_model.add(p)
         with self._cond:
             self._add_state(p)
-            if self._running and not self._stop:
-                self._start_loop(self.states[p.name])
             self._cond.notify_all()
+        self._loops.added(self.states[p.name])
 
     def remove_projection(self, name: str) -> None:
         """Stop running a projection (if it runs), once no batch of it is in flight; its tables stay."""
@@ -141,8 +113,7 @@ class ProjectionRunner:
             with self._cond:
                 self.states.pop(name, None)
             self.read_model.remove(name)
-        if st.thread is not None and st.thread is not threading.current_thread():
-            st.thread.join(timeout=5.0)
+        self._loops.join([st.thread], timeout_s=5.0)
 
     def set_backfilling(self, name: str, on: bool) -> None:
         """Leave a projection to a parallel catch-up (the loop takes no batch of it), or take it back."""
@@ -184,36 +155,7 @@ class ProjectionRunner:
     def run(self) -> None:
         """Start each projection's loop thread (one more per :meth:`add_projection`) and return
         at :meth:`stop` (:meth:`close` joins the threads)."""
-        try:
-            with self._cond:
-                self._running = True
-                for st in list(self.states.values()):
-                    self._start_loop(st)
-            self._stopped.wait()
-        except BaseException as exc:  # a bug here must show as stalled, not vanish
-            self._loop_error = f"projector loop stopped: {type(exc).__name__}: {exc}"
-            log.exception("projector loop stopped")
-        finally:
-            self._loop_exited = True
-
-    def _start_loop(self, st: ProjectionState) -> None:
-        if st.thread is None and not st.removed:
-            st.thread = threading.Thread(
-                target=self._loop, args=(st,), name=f"projection-{st.projection.name}", daemon=True
-            )
-            st.thread.start()
-
-    def _loop(self, st: ProjectionState) -> None:
-        """One projection's rounds until stop or removal, waiting ``projector_poll_s`` (or a
-        wake-up) when idle. A hang here holds this thread only."""
-        try:
-            while not self._stop and not st.removed:
-                st.wake.clear()
-                if not self._step_one(st):
-                    st.wake.wait(self.config.projector_poll_s)
-        except BaseException as exc:  # a bug here must show as stalled, not vanish
-            st.loop_error = f"projection loop stopped: {type(exc).__name__}: {exc}"
-            log.exception("projection %s: loop stopped", st.projection.name)
+        self._loops.run(lambda: list(self.states.values()))
 
     def step(self) -> bool:
         """One pass over every projection that may run now, on the caller's thread (tests and
@@ -246,10 +188,7 @@ class ProjectionRunner:
             yield not st.paused and st.generation == st.batch_generation
 
     def stop(self) -> None:
-        self._stop = True
-        self._stopped.set()
-        for st in list(self.states.values()):
-            st.wake.set()
+        self._loops.stop(list(self.states.values()))
         self._notify()
 
     def _round(self, st: ProjectionState) -> bool:
@@ -324,33 +263,15 @@ class ProjectionRunner:
     def _isolate(self, st: ProjectionState, prog: PartitionProgress, batch: Batch) -> None:
         """Apply what can be applied of a failing batch; park the events that fail alone."""
         p = st.projection
-        stack = [(batch.first, batch.last)]
-        while stack:
-            first, last = stack.pop()
-            sub = bisect_batch(batch, first, last)
-            error = None
-            for attempt in range(p.max_attempts if first == last else 1):
-                try:
-                    n = self.read_model.apply(p, sub)
-                    self._advanced(prog, last, n)
-                    error = None
-                    break
-                except BatchWithdrawn:
-                    raise
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    if first == last and attempt + 1 < p.max_attempts:
-                        self.clock.sleep(min(p.retry_backoff_s * 2**attempt, 2.0))
-            if error is None:
-                continue
-            if first == last:
-                self.read_model.park(p, sub, error, p.max_attempts)
-                st.parked += 1
-                self._advanced(prog, last, 0)
-                continue
-            mid = (first + last) // 2
-            stack.append((mid + 1, last))  # the stack is LIFO: the first half goes first
-            stack.append((first, mid))
+
+        def park(sub: Batch, error: str) -> None:
+            self.read_model.park(p, sub, error, p.max_attempts)
+            st.parked += 1
+
+        apply_isolating(
+            batch, lambda sub: self.read_model.apply(p, sub), park, lambda last, n: self._advanced(prog, last, n),
+            p.max_attempts, p.retry_backoff_s, self.clock.sleep, keep=(BatchWithdrawn,),
+        )
         prog.follower.seek(prog.checkpoint)
 
     def _advanced(self, prog: PartitionProgress, position: int, applied: int) -> None:
@@ -400,7 +321,7 @@ class ProjectionRunner:
         """One row per (projection, partition): checkpoint, head, lag, rate, status, error."""
         return status_rows(
             self.states, self.clock.monotonic(), self.clock.wall_us(), self.config.projection_stall_s,
-            loop_down=self._loop_error is not None or self._loop_exited, loop_error=self._loop_error,
+            loop_down=self._loops.error is not None or self._loops.exited, loop_error=self._loops.error,
             recorded_at=self._recorded_at,
         )
 
@@ -471,10 +392,7 @@ class ProjectionRunner:
         """Stop the loops (joining the thread of :meth:`run`, if given, and each projection's,
         within ``timeout_s`` in all) and close the read model."""
         self.stop()
-        deadline = time.monotonic() + timeout_s
-        for t in [loop] + [st.thread for st in list(self.states.values())]:
-            if t is not None:
-                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._loops.join([loop] + [st.thread for st in list(self.states.values())], timeout_s)
         self.read_model.close()
 
     def _state(self, name: str) -> ProjectionState:
