@@ -3,6 +3,8 @@ that fail (to park them, or to name the one a halted projection fails on)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pyarrow.compute as pc
 
 from es_actors.storage.local.follower import Batch, LogFollower
@@ -15,6 +17,40 @@ def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
         t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
         return Batch(batch.partition, first, last, table=t)
     return Batch(batch.partition, first, last, files=list(batch.files))
+
+
+def apply_isolating(
+    batch: Batch, apply: Callable[[Batch], int], park: Callable[[Batch, str], None], advanced: Callable[[int, int], None],
+    attempts: int, backoff_s: float, sleep: Callable[[float], None], keep: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Apply what can be applied of a failing batch, halves first; an event that fails alone
+    (``attempts`` times, with backoff) is parked. ``advanced(last, applied)`` after each part
+    that went in; exceptions of the types in ``keep`` go on (they are not the batch's failure)."""
+    stack = [(batch.first, batch.last)]
+    while stack:
+        first, last = stack.pop()
+        sub = bisect_batch(batch, first, last)
+        error = None
+        for attempt in range(attempts if first == last else 1):
+            try:
+                advanced(last, apply(sub))
+                error = None
+                break
+            except keep:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if first == last and attempt + 1 < attempts:
+                    sleep(min(backoff_s * 2**attempt, 2.0))
+        if error is None:
+            continue
+        if first == last:
+            park(sub, error)
+            advanced(last, 0)
+            continue
+        mid = (first + last) // 2
+        stack.append((mid + 1, last))  # the stack is LIFO: the first half goes first
+        stack.append((first, mid))
 
 
 class BoundedFollower:

@@ -49,11 +49,21 @@ class ProjectionState:
     last_error: str | None = None
     parked: int = 0
     #: Held while a batch (or a dead-letter retry) is applied on the projection's cursor:
-    #: pause waits for it, and two threads never use the cursor at once.
+    #: two threads never use the cursor at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiters: int = 0  # calls waiting for ``lock``: the loop lets them have it between batches
     #: Caught up by a parallel backfill into its own tables (ADR-016): the loop leaves it alone.
     backfilling: bool = False
+    #: Held around a batch's COMMIT and around pause's mark: a batch commits only if no pause
+    #: came since it started (``generation`` unchanged), so pause need not wait for a hung handler.
+    gate: threading.Lock = field(default_factory=threading.Lock)
+    generation: int = 0
+    batch_generation: int = 0  # ``generation`` when the batch in flight started
+    #: The projection's own loop thread (ProjectionRunner.run), its wake-up, and why it died.
+    thread: threading.Thread | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+    removed: bool = False
+    loop_error: str | None = None
 
 
 class RecordedAt:
@@ -109,7 +119,7 @@ def status_rows(
                 status = "paused"
             elif st.halted:
                 status = "halted"
-            elif loop_down:  # the loop died (its error shown) or was stopped
+            elif loop_down or st.loop_error:  # its loop died (its error shown) or was stopped
                 status = "stalled"
             elif st.backfilling:  # parallel tasks catch it up; its checkpoint moves when they are done
                 status = "backfilling"
@@ -126,7 +136,7 @@ def status_rows(
                     "projection": name, "version": st.projection.version, "kind": st.projection.kind,
                     "partition": part, "checkpoint": prog.checkpoint, "head": head, "lag_events": lag,
                     "lag_seconds": round(lag_s, 3), "status": status,
-                    "last_error": loop_error or st.last_error, "events_per_s": round(prog.rate, 1),
+                    "last_error": loop_error or st.loop_error or st.last_error, "events_per_s": round(prog.rate, 1),
                     "applied": prog.applied, "dead_letters": st.parked,
                 }
             )

@@ -1,8 +1,8 @@
 """The Ray edge of the read path: one projector actor per store, hosting a
 :class:`~es_actors.read.runner.ProjectionRunner`.
 
-The actor gives the runner two threads (its loop, and a watch that follows heads and
-publishes metrics) and exposes its calls to clients; Ray calls (queries, waits, status,
+The actor gives the runner two threads (one that starts a loop thread per projection,
+ADR-017, and a watch that follows heads and publishes metrics) and exposes its calls to clients; Ray calls (queries, waits, status,
 pause/resume) run on other threads of the actor (``max_concurrency``), concurrently with
 projection: DuckDB gives each query its own cursor and snapshot. Everything else (the loop,
 retry/park, pause, status) is the runner's, which needs no Ray.

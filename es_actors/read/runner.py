@@ -2,11 +2,13 @@
 
 One runner owns the read-model DuckDB file of a store (ADR-004). :meth:`ProjectionRunner.step`
 polls each (projection, partition) from its checkpoint and applies batches (rows and
-checkpoint in one transaction); :meth:`run` repeats it until :meth:`stop`. Heads are followed
-apart from the loop (:meth:`refresh_heads`), so status, lag and "stalled" stay true even
-while the loop is stuck in a handler. Pause, resume, waits and dead-letter retries may be
-called from other threads, concurrently with the loop: each takes the projection's cursor
-between two batches.
+checkpoint in one transaction); :meth:`run` gives each projection its own thread that does
+its rounds until :meth:`stop`, on its own cursor (ADR-017): a hung or slow handler stalls
+only its projection. Heads are followed apart from the loops (:meth:`refresh_heads`), so
+status, lag and "stalled" stay true while a loop is stuck in a handler. Resume, waits and
+dead-letter retries may be called from other threads: each takes the projection's cursor
+between two batches. Pause does not wait for a hung handler: it marks the projection, and a
+batch in flight is rolled back at its commit instead (the commit gate).
 
 Failures: a batch that fails is retried with exponential backoff (``max_attempts``); then
 the projection halts (status "halted", its error shown) or, with ``on_error="park"``, the
@@ -21,44 +23,25 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
-from es_actors.read.batches import BoundedFollower, bisect_batch
+from es_actors.read.batches import BoundedFollower, apply_isolating
+from es_actors.read.projection_loops import Clock, ProjectionLoops, SystemClock
 from es_actors.read.progress import PartitionProgress, ProjectionState, RecordedAt, status_rows, worst_status
 from es_actors.read.projection import Projection
-from es_actors.read.readmodel import ReadModel
+from es_actors.read.readmodel import BatchWithdrawn, ReadModel
 from es_actors.storage.local.follower import Batch, LogFollower
 from es_actors.storage.layout import StoreLayout
 
 log = logging.getLogger(__name__)
 
-
-class Clock(Protocol):
-    """Where the runner takes time from and how it waits (a test passes its own)."""
-
-    def monotonic(self) -> float: ...
-
-    def wall_us(self) -> int: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall_us(self) -> int:
-        return time.time_ns() // 1000
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+#: How long pause waits for a batch in flight to end before it returns anyway (that batch is
+#: then rolled back at its commit, whenever its handler returns).
+PAUSE_WAIT_S = 1.0
 
 
 class ProjectionRunner:
@@ -91,9 +74,7 @@ class ProjectionRunner:
             self._add_state(getattr(self.read_model, "runs_as", {}).get(p.name, p))  # after a cutover: the build (ADR-018)
         self._heads = [LogFollower(layout, i, 0) for i in range(partitions)]
         self._cond = threading.Condition()
-        self._stop = False
-        self._loop_exited = False
-        self._loop_error: str | None = None
+        self._loops = ProjectionLoops(self._step_one, config.projector_poll_s)
 
     def _add_state(self, p: type[Projection]) -> None:
         cps = self.read_model.checkpoints(p.name)
@@ -108,9 +89,10 @@ class ProjectionRunner:
                 start = cps.get(i, after)
                 follower = BoundedFollower(LogFollower(self.layout, i, start), until)
             progress[i] = PartitionProgress(follower, start, last_progress=now)
-        self.states[p.name] = ProjectionState(
+        st = self.states[p.name] = ProjectionState(
             p, progress, paused=self.read_model.is_paused(p.name), parked=self.read_model.dead_letters(p.name).num_rows,
         )
+        self.read_model.commit_gates[p.name] = lambda: self._commit_gate(st)
 
     def add_projection(self, p: type[Projection]) -> None:
         """Run one more projection (already registered in the read model, e.g. a version a backfill
@@ -119,17 +101,19 @@ class ProjectionRunner:
         with self._cond:
             self._add_state(p)
             self._cond.notify_all()
+        self._loops.added(self.states[p.name])
 
     def remove_projection(self, name: str) -> None:
         """Stop running a projection (if it runs), once no batch of it is in flight; its tables stay."""
         st = self.states.get(name)
         if st is None:
             return
-        st.paused = True
+        st.removed = True  # its loop takes no new batch, and ends
         with self._exclusive(st):
             with self._cond:
                 self.states.pop(name, None)
             self.read_model.remove(name)
+        self._loops.join([st.thread], timeout_s=5.0)
 
     def set_backfilling(self, name: str, on: bool) -> None:
         """Leave a projection to a parallel catch-up (the loop takes no batch of it), or take it back."""
@@ -139,7 +123,7 @@ class ProjectionRunner:
             now = self.clock.monotonic()
             for prog in st.partitions.values():
                 prog.last_progress = now
-        self._notify()
+        self._wake(st)
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[ProjectionState]:
@@ -169,34 +153,42 @@ class ProjectionRunner:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Step until :meth:`stop`, waiting ``projector_poll_s`` (or a notification) when idle."""
-        try:
-            while not self._stop:
-                if not self.step():
-                    with self._cond:
-                        self._cond.wait(self.config.projector_poll_s)
-        except BaseException as exc:  # a bug here must show as stalled, not vanish
-            self._loop_error = f"projector loop stopped: {type(exc).__name__}: {exc}"
-            log.exception("projector loop stopped")
-        finally:
-            self._loop_exited = True
+        """Start each projection's loop thread (one more per :meth:`add_projection`) and return
+        at :meth:`stop` (:meth:`close` joins the threads)."""
+        self._loops.run(lambda: list(self.states.values()))
 
     def step(self) -> bool:
-        """One pass over every projection that may run now; True if any batch was taken."""
+        """One pass over every projection that may run now, on the caller's thread (tests and
+        backfill tasks drive a runner so); True if any batch was taken."""
         worked = False
         for st in list(self.states.values()):
-            if st.paused or st.halted or st.backfilling or self.clock.monotonic() < st.next_retry_at:
-                continue
-            if st.waiters:
-                continue  # a call waits for this projection's cursor: let it have it
-            with st.lock:
-                if st.paused or st.halted or st.waiters:
-                    continue  # paused meanwhile
-                worked |= self._round(st)
+            worked |= self._step_one(st)
         return worked
 
+    def _step_one(self, st: ProjectionState) -> bool:
+        if st.paused or st.halted or st.backfilling or st.removed or self.clock.monotonic() < st.next_retry_at:
+            return False
+        if st.waiters:
+            return False  # a call waits for this projection's cursor: let it have it
+        with st.lock:
+            if st.paused or st.halted or st.waiters or st.removed:
+                return False  # paused meanwhile
+            st.batch_generation = st.generation
+            try:
+                return self._round(st)
+            except BatchWithdrawn:  # paused while in flight: rolled back; from the checkpoint after resume
+                for prog in st.partitions.values():
+                    prog.follower.seek(prog.checkpoint)
+                return True
+
+    @contextmanager
+    def _commit_gate(self, st: ProjectionState) -> Iterator[bool]:
+        """Around a batch's COMMIT: whether it may (no pause since the batch started)."""
+        with st.gate:
+            yield not st.paused and st.generation == st.batch_generation
+
     def stop(self) -> None:
-        self._stop = True
+        self._loops.stop(list(self.states.values()))
         self._notify()
 
     def _round(self, st: ProjectionState) -> bool:
@@ -218,6 +210,8 @@ class ProjectionRunner:
         if len(live) > 1:
             try:
                 n = self.read_model.apply_many(st.projection, [b for _prog, b in live])
+            except BatchWithdrawn:
+                raise
             except Exception:
                 pass  # one at a time below, with the full failure handling
             else:
@@ -241,6 +235,8 @@ class ProjectionRunner:
         p = st.projection
         try:
             n = self.read_model.apply(p, batch)
+        except BatchWithdrawn:
+            raise
         except Exception as exc:
             prog.follower.seek(prog.checkpoint)
             st.attempts += 1
@@ -255,7 +251,7 @@ class ProjectionRunner:
                     st.last_error = f"partition {batch.partition} positions {batch.first}..{batch.last}: {named}"
                     log.warning("projection %s halts: %s", p.name, st.last_error)
                 st.halted = True
-                self._notify()
+                self._notify()  # waits on it fail now
                 return False
             self._isolate(st, prog, batch)
             self._recovered(st)  # the rest went in; the parked events keep their error as dead letters
@@ -267,31 +263,15 @@ class ProjectionRunner:
     def _isolate(self, st: ProjectionState, prog: PartitionProgress, batch: Batch) -> None:
         """Apply what can be applied of a failing batch; park the events that fail alone."""
         p = st.projection
-        stack = [(batch.first, batch.last)]
-        while stack:
-            first, last = stack.pop()
-            sub = bisect_batch(batch, first, last)
-            error = None
-            for attempt in range(p.max_attempts if first == last else 1):
-                try:
-                    n = self.read_model.apply(p, sub)
-                    self._advanced(prog, last, n)
-                    error = None
-                    break
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    if first == last and attempt + 1 < p.max_attempts:
-                        self.clock.sleep(min(p.retry_backoff_s * 2**attempt, 2.0))
-            if error is None:
-                continue
-            if first == last:
-                self.read_model.park(p, sub, error, p.max_attempts)
-                st.parked += 1
-                self._advanced(prog, last, 0)
-                continue
-            mid = (first + last) // 2
-            stack.append((mid + 1, last))  # the stack is LIFO: the first half goes first
-            stack.append((first, mid))
+
+        def park(sub: Batch, error: str) -> None:
+            self.read_model.park(p, sub, error, p.max_attempts)
+            st.parked += 1
+
+        apply_isolating(
+            batch, lambda sub: self.read_model.apply(p, sub), park, lambda last, n: self._advanced(prog, last, n),
+            p.max_attempts, p.retry_backoff_s, self.clock.sleep, keep=(BatchWithdrawn,),
+        )
         prog.follower.seek(prog.checkpoint)
 
     def _advanced(self, prog: PartitionProgress, position: int, applied: int) -> None:
@@ -313,7 +293,12 @@ class ProjectionRunner:
         finally:
             with self._cond:
                 st.waiters -= 1
-            self._notify()
+            self._wake(st)
+
+    def _wake(self, st: ProjectionState) -> None:
+        """Wake the projection's loop (it has work, or a call left its cursor) and the waits."""
+        st.wake.set()
+        self._notify()
 
     def _notify(self) -> None:
         with self._cond:
@@ -327,7 +312,7 @@ class ProjectionRunner:
         for i, f in enumerate(self._heads):
             while f.poll(10_000_000) is not None:
                 pass
-            for st in self.states.values():
+            for st in list(self.states.values()):
                 prog = st.partitions.get(i)
                 if prog is not None:
                     prog.head = max(prog.head, f.head)
@@ -336,7 +321,7 @@ class ProjectionRunner:
         """One row per (projection, partition): checkpoint, head, lag, rate, status, error."""
         return status_rows(
             self.states, self.clock.monotonic(), self.clock.wall_us(), self.config.projection_stall_s,
-            loop_down=self._loop_error is not None or self._loop_exited, loop_error=self._loop_error,
+            loop_down=self._loops.error is not None or self._loops.exited, loop_error=self._loops.error,
             recorded_at=self._recorded_at,
         )
 
@@ -369,22 +354,28 @@ class ProjectionRunner:
                     )
                 self._cond.wait(min(left, 0.5))
 
-    def pause(self, name: str) -> None:
-        """Returns once no batch of the projection is in flight: its read model and checkpoint
-        then stay as they are until resume (also after a restart)."""
+    def pause(self, name: str, wait_s: float = PAUSE_WAIT_S) -> None:
+        """From its return the projection's read model and checkpoint stay as they are until
+        resume (also after a restart). It returns promptly even when the projection's handler
+        hangs: a batch still in flight is rolled back at its commit (the commit gate), after
+        pause waited up to ``wait_s`` for it to end."""
         st = self._state(name)
-        st.paused = True  # the loop takes no new batch...
-        with self._exclusive(st):  # ...and the one being applied, if any, has committed (or rolled back)
-            self.read_model.set_paused(name, True)
+        with st.gate:  # no batch of it commits from here on...
+            st.paused = True
+            st.generation += 1
+        self.read_model.set_paused(name, True)
+        if st.lock.acquire(timeout=wait_s):  # ...and the one in flight, if any, has most likely ended
+            st.lock.release()
 
     def resume(self, name: str) -> None:
         """Resume a paused projection, or retry a halted one from its checkpoint."""
         st = self._state(name)
         self.read_model.set_paused(name, False)
-        st.paused, st.halted, st.attempts, st.next_retry_at = False, False, 0, 0.0
+        with st.gate:
+            st.paused, st.halted, st.attempts, st.next_retry_at = False, False, 0, 0.0
         for prog in st.partitions.values():
             prog.last_progress = self.clock.monotonic()
-        self._notify()
+        self._wake(st)
 
     def dead_letters(self, name: str | None = None) -> Any:
         return self.read_model.dead_letters(name)
@@ -398,10 +389,10 @@ class ProjectionRunner:
         return out
 
     def close(self, timeout_s: float = 30.0, loop: threading.Thread | None = None) -> None:
-        """Stop the loop (joining its thread, if given) and close the read model."""
+        """Stop the loops (joining the thread of :meth:`run`, if given, and each projection's,
+        within ``timeout_s`` in all) and close the read model."""
         self.stop()
-        if loop is not None:
-            loop.join(timeout=timeout_s)
+        self._loops.join([loop] + [st.thread for st in list(self.states.values())], timeout_s)
         self.read_model.close()
 
     def _state(self, name: str) -> ProjectionState:

@@ -12,8 +12,9 @@ dead letters, written by the projection runner and queried read-only (ADR-004).
   ``main`` shows, once a cutover switched it) and ``es_actors.operations`` (the log of cutovers,
   rollbacks and drops: es_actors.read.versions, ADR-018).
 
-DuckDB lets one process open the file for writing; the projector is that process and runs
-queries on their own cursors (concurrent with projection, MVCC). The connection may only
+DuckDB lets one process open the file for writing; the projector is that process: each
+projection applies its batches on its own cursor and thread, and queries run on their own
+cursors (concurrent with projection, MVCC; ADR-017). The connection may only
 touch files under the store (``allowed_directories``, external access off, configuration
 locked); queries are checked on their parse tree before they run and run in a transaction
 that is rolled back (es_actors.read.queries, ADR-010).
@@ -29,12 +30,12 @@ from es_actors.errors import QueryFailed, QueryRefused
 from es_actors.read.queries import run_query
 from es_actors.read.readmodel import python_kind, sql_kind  # noqa: F401  (register the built-in kinds)
 from es_actors.read.readmodel.checkpoints import committed_status
-from es_actors.read.readmodel.database import connect_restricted, readmodel_path
+from es_actors.read.readmodel.database import BatchWithdrawn, connect_restricted, readmodel_path
 from es_actors.read.readmodel.kinds import ProjectionHandler, register_kind, registered_kinds
 from es_actors.read.readmodel.model import ReadModel
 from es_actors.read.readmodel.upcast import upcast_table
 
 __all__ = [
-    "ReadModel", "ProjectionHandler", "register_kind", "registered_kinds", "committed_status",
+    "ReadModel", "BatchWithdrawn", "ProjectionHandler", "register_kind", "registered_kinds", "committed_status",
     "connect_restricted", "readmodel_path", "upcast_table", "run_query", "QueryFailed", "QueryRefused",
 ]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
+
+from es_actors.errors import EsActorsError
 
 #: The system schema: registered projections, checkpoints, dead letters (ADR-004).
 SYSTEM_DDL = [
@@ -59,16 +61,34 @@ def connect_restricted(
     return con
 
 
+#: Held around a COMMIT; yields whether the transaction may commit (False: it rolls back).
+CommitGate = Callable[[], ContextManager[bool]]
+
+
+class BatchWithdrawn(EsActorsError):
+    """A batch's transaction was rolled back at its commit: its projection was paused (or
+    removed) while the batch was in flight. Nothing of it went in; it is applied again later."""
+
+
 @contextmanager
-def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """BEGIN ... COMMIT on ``cur``, rolled back on any error (which goes on)."""
+def transaction(cur: duckdb.DuckDBPyConnection, gate: CommitGate | None = None) -> Iterator[None]:
+    """BEGIN ... COMMIT on ``cur``, rolled back on any error (which goes on), or when ``gate``
+    says no at the commit (:class:`BatchWithdrawn`)."""
     cur.execute("BEGIN")
     try:
         yield
     except BaseException:
         cur.execute("ROLLBACK")
         raise
-    cur.execute("COMMIT")
+    if gate is None:
+        cur.execute("COMMIT")
+        return
+    with gate() as may_commit:
+        if may_commit:
+            cur.execute("COMMIT")
+            return
+    cur.execute("ROLLBACK")
+    raise BatchWithdrawn("the projection was paused while this batch was in flight")
 
 
 def fetch_arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:

@@ -9,8 +9,9 @@ checkpoint. How a batch becomes rows is the handler's of the projection's kind
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -24,10 +25,12 @@ from es_actors.read.queries import QueryRequest, run_query
 from es_actors.read.query_guard import database_functions
 from es_actors.read.readmodel import checkpoints, dead_letters
 from es_actors.read.readmodel.current import runs_as
-from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
+from es_actors.read.readmodel.database import SYSTEM_DDL, CommitGate, connect_restricted, readmodel_path, transaction
 from es_actors.read.readmodel.kinds import ProjectionHandler, handler_class
 from es_actors.read.readmodel.schemas import open_projection
 from es_actors.storage.local.follower import Batch
+
+T = TypeVar("T")
 
 
 class ReadModel:
@@ -57,6 +60,8 @@ class ReadModel:
         #: Declared name -> the class it runs as: the build of its version after a cutover to it (ADR-018).
         self.runs_as = {p.name: runs_as(self.con, p) for p in projections}
         projections = [self.runs_as[p.name] for p in projections]
+        #: Per projection: asked at each batch's commit (the runner's pause check); none: commit.
+        self.commit_gates: dict[str, CommitGate] = {}
         for p in projections:
             self._handler(p)
             self.cursors[p.name] = open_projection(self.con, p)
@@ -80,6 +85,7 @@ class ReadModel:
         """Close a projection's cursor (its tables stay in the file)."""
         cur = self.cursors.pop(name, None)
         self.handlers.pop(name, None)
+        self.commit_gates.pop(name, None)
         self.projections.pop(name, None)
         if cur is not None:
             cur.close()
@@ -102,6 +108,8 @@ class ReadModel:
         cur, handler = self.cursors[p.name], self.handlers[p.name]
         try:
             return self._apply_and_checkpoint(cur, handler, p, batch, optimistic=True)
+        except duckdb.TransactionException:
+            raise  # a conflict (retried by _retrying_conflicts), not the optimistic path's guard
         except duckdb.Error:
             if not handler.needs_full_path(cur, p, batch):
                 raise  # the projection's own failure
@@ -110,21 +118,28 @@ class ReadModel:
     def _apply_and_checkpoint(
         self, cur: duckdb.DuckDBPyConnection, handler: ProjectionHandler, p: type[Projection], batch: Batch, optimistic: bool
     ) -> int:
-        with transaction(cur):
-            n = handler.apply(cur, p, batch, optimistic)
-            checkpoints.set_checkpoint(cur, p.name, batch.partition, batch.last)
-        return n
+        def attempt() -> int:
+            with transaction(cur, self.commit_gates.get(p.name)):
+                n = handler.apply(cur, p, batch, optimistic)
+                checkpoints.set_checkpoint(cur, p.name, batch.partition, batch.last)
+            return n
+
+        return _retrying_conflicts(attempt)
 
     def apply_many(self, p: type[Projection], batches: Sequence[Batch]) -> int:
         """Several partitions' tail batches as one relation and one transaction, each partition's
         checkpoint with them (the live case: fewer commits, lower lag)."""
         cur = self.cursors[p.name]
         merged = Batch(-1, 0, 0, table=pa.concat_tables([b.table for b in batches if b.table is not None]))
-        with transaction(cur):
-            n = self.handlers[p.name].apply(cur, p, merged)
-            for b in batches:
-                checkpoints.set_checkpoint(cur, p.name, b.partition, b.last)
-        return n
+
+        def attempt() -> int:
+            with transaction(cur, self.commit_gates.get(p.name)):
+                n = self.handlers[p.name].apply(cur, p, merged)
+                for b in batches:
+                    checkpoints.set_checkpoint(cur, p.name, b.partition, b.last)
+            return n
+
+        return _retrying_conflicts(attempt)
 
     def locate_failure(self, p: type[Projection], batch: Batch) -> str | None:
         """Name the event a failing batch fails on, for the projection's error: the first event
@@ -169,9 +184,13 @@ class ReadModel:
         """Move a one-event batch to the dead letters and the checkpoint past it, in one transaction."""
         cur = self.cursors[p.name]
         table = batch.to_table()
-        with transaction(cur):
-            dead_letters.insert_dead_letters(cur, p.name, table, error, attempts)
-            checkpoints.set_checkpoint(cur, p.name, batch.partition, batch.last)
+
+        def attempt() -> None:
+            with transaction(cur, self.commit_gates.get(p.name)):
+                dead_letters.insert_dead_letters(cur, p.name, table, error, attempts)
+                checkpoints.set_checkpoint(cur, p.name, batch.partition, batch.last)
+
+        _retrying_conflicts(attempt)
 
     def dead_letters(self, name: str | None = None) -> pa.Table:
         return dead_letters.list_dead_letters(self.con, name)
@@ -208,3 +227,21 @@ class ReadModel:
             except Exception:
                 pass  # closing anyway: the connection's close below releases the file
         self.con.close()
+
+
+#: Attempts of a batch's transaction that DuckDB refuses as a conflict with another
+#: projection's concurrent transaction (each projection writes its own tables and its own
+#: checkpoint rows, so none was seen in a stress; ADR-017). The whole transaction is redone:
+#: rows and checkpoint commit together, so a redo never applies an event twice.
+CONFLICT_ATTEMPTS = 5
+
+
+def _retrying_conflicts(attempt: Callable[[], T]) -> T:
+    for i in range(CONFLICT_ATTEMPTS):
+        try:
+            return attempt()
+        except duckdb.TransactionException:
+            if i + 1 == CONFLICT_ATTEMPTS:
+                raise
+            time.sleep(0.01 * (i + 1))
+    raise AssertionError("unreachable")
