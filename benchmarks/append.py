@@ -55,6 +55,13 @@ def start_ray() -> None:
     if not ray.is_initialized():
         import logging
 
+        from es_actors.testing.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, REGION
+
+        # The es_actors_s3 system's actors read credentials from the environment, as a deployment's
+        # do; Ray's workers inherit it from here. Values for the local server on 127.0.0.1 only.
+        os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY,
+                          AWS_DEFAULT_REGION=REGION)
+
         from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
 
         start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
@@ -133,6 +140,40 @@ class EsActorsSystem(System):
 
     def notes(self, bench: str) -> str | None:
         return f"{self.partitions} partitions, Ray local num_cpus=2"
+
+
+class EsActorsS3System(EsActorsSystem):
+    """The same store on S3: the whole-object log on a local S3-compatible server (moto's, 127.0.0.1),
+    every group commit one conditional PUT plus one LIST (ADR-019)."""
+
+    name = "es_actors_s3"
+    benches = {"append_single_64w", "append_bulk_100"}
+
+    def setup(self, accounts: list[str]) -> None:
+        from es_actors import Store, Submission
+        from es_actors.examples.bank import BankAccount, OpenAccount
+        from es_actors.testing.local_s3 import start_local_s3
+
+        start_ray()
+        self.s3 = start_local_s3()
+        uri = f"s3://{self.s3.bucket('es-actors-bench')}/append-{os.getpid()}?endpoint_url={self.s3.endpoint_url}"
+        self.store = Store.open(uri, [BankAccount], partitions=self.partitions)
+        results = self.store.submit_many([Submission(BankAccount, a, OpenAccount(owner=a), expected_version=0) for a in accounts])
+        bad = [r for r in results if isinstance(r, Exception)]
+        if bad:
+            raise RuntimeError(f"opening accounts failed: {len(bad)} errors, first {bad[0]!r}")
+        self.versions = {r.aggregate_id: r.version for r in results}
+        self.handles = {a: self.store.aggregate(BankAccount, a) for a in accounts}
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if getattr(self, "s3", None) is not None:
+                self.s3.stop()
+
+    def notes(self, bench: str) -> str | None:
+        return f"{self.partitions} partitions on a local S3 server (moto, 127.0.0.1), Ray local num_cpus=2"
 
 
 class PostgresSystem(System):
@@ -259,7 +300,7 @@ class EventsourcingSqliteSystem(System):
         return "eventsourcing library, SQLite WAL, aggregate cache on"
 
 
-ALL_SYSTEMS: list[Callable[[], System]] = [EsActorsSystem, PostgresSystem, EventsourcingSqliteSystem]
+ALL_SYSTEMS: list[Callable[[], System]] = [EsActorsSystem, EsActorsS3System, PostgresSystem, EventsourcingSqliteSystem]
 
 
 # -- the bench --------------------------------------------------------------------------------

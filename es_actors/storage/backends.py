@@ -166,3 +166,43 @@ def aggregate_rows(
         reader = ObjectBackend(blob_store_of(layout)).reader(partition)
         table = reader.read_aggregate(aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
     return table_to_rows(table)
+
+
+def sealed_dataset(layout: "StoreLayout", partitions: int) -> Any:
+    """The exact sealed segment set now as a ``pyarrow.dataset.Dataset`` (each sealed event once, in
+    the log's Arrow schema): what DuckDB (``duckdb.sql("... FROM ds")``) and Polars
+    (``polars.scan_pyarrow_dataset(ds)``) read. On S3 through pyarrow's ``S3FileSystem``, with the
+    same credential chain as the store (DuckDB's httpfs is not needed). The set stays readable for
+    ``gc_grace_s`` after a compaction replaces it."""
+    import pyarrow.dataset as ds
+
+    from es_actors.codecs.rows import ARROW_SCHEMA
+
+    if not layout.scheme:
+        from es_actors.storage.local.reader import sealed_files
+
+        return ds.dataset([str(p) for p in sealed_files(layout, partitions)], schema=ARROW_SCHEMA, format="parquet")
+    if layout.scheme != S3_SCHEME:
+        raise EsActorsError(f"{layout.uri}: a blobdir store's segments end with its completion mark, so plain Parquet "
+                            "readers cannot read them; read it through the store (Store.history, read_only=True)")
+    from es_actors.storage.objects.view import current_manifest
+
+    blobs = blob_store_of(layout)
+    keys = [seg.key for p in range(partitions) for seg in current_manifest(blobs, p)[0].segments]
+    bucket, _, prefix = str(layout.root).lstrip("/").partition("/")
+    return ds.dataset([f"{bucket}/{prefix}/{k}" for k in keys], schema=ARROW_SCHEMA, format="parquet",
+                      filesystem=arrow_s3_filesystem(layout.endpoint))
+
+
+def arrow_s3_filesystem(endpoint: str | None) -> Any:
+    """pyarrow's S3 filesystem for a store's endpoint (AWS's when None); credentials from the AWS
+    environment, profile or instance role, as boto3 finds them."""
+    from urllib.parse import urlsplit
+
+    import pyarrow.fs as pafs
+
+    if endpoint is None:
+        return pafs.S3FileSystem(region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    parts = urlsplit(endpoint)
+    return pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme,
+                             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")

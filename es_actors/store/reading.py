@@ -146,6 +146,14 @@ class LogReading:
         where = event_filter(self.registry, event_types, aggregate_type, as_of)
         return events_dataset(plan_dataset(self.layout, self.descriptor.partitions, where), self.registry)
 
+    def sealed_dataset(self) -> Any:
+        """The sealed log now as a ``pyarrow.dataset.Dataset``, on local disk and on S3: DuckDB
+        (``duckdb.sql("SELECT ... FROM ds")``) and Polars (``polars.scan_pyarrow_dataset(ds)``)
+        read it; see :func:`es_actors.storage.backends.sealed_dataset`."""
+        from es_actors.storage.backends import sealed_dataset
+
+        return sealed_dataset(self.layout, self.descriptor.partitions)
+
     def sealed_files(self) -> list[Path]:
         """The exact sealed file set now: a snapshot that stays readable for ``gc_grace_s``."""
         return sealed_files(self.layout, self.descriptor.partitions)
