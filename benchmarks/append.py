@@ -76,18 +76,24 @@ class EsActorsSystem(System):
         self.dir: Path | None = None
 
     def setup(self, accounts: list[str]) -> None:
-        from es_actors import Store, Submission
+        from es_actors import Submission
         from es_actors.examples.bank import BankAccount, OpenAccount
 
         start_ray()
-        self.dir = scratch_dir("es_actors_append_")
-        self.store = Store.open(self.dir / "store", [BankAccount], partitions=self.partitions)
+        self.store = self._open_store()
         results = self.store.submit_many([Submission(BankAccount, a, OpenAccount(owner=a), expected_version=0) for a in accounts])
         bad = [r for r in results if isinstance(r, Exception)]
         if bad:
             raise RuntimeError(f"opening accounts failed: {len(bad)} errors, first {bad[0]!r}")
         self.versions = {r.aggregate_id: r.version for r in results}
         self.handles = {a: self.store.aggregate(BankAccount, a) for a in accounts}
+
+    def _open_store(self) -> Any:
+        from es_actors import Store
+        from es_actors.examples.bank import BankAccount
+
+        self.dir = scratch_dir("es_actors_append_")
+        return Store.open(self.dir / "store", [BankAccount], partitions=self.partitions)
 
     def single_op(self, picker: ZipfPicker) -> Op:
         from es_actors.examples.bank import Deposit
@@ -149,21 +155,14 @@ class EsActorsS3System(EsActorsSystem):
     name = "es_actors_s3"
     benches = {"append_single_64w", "append_bulk_100"}
 
-    def setup(self, accounts: list[str]) -> None:
-        from es_actors import Store, Submission
-        from es_actors.examples.bank import BankAccount, OpenAccount
+    def _open_store(self) -> Any:
+        from es_actors import Store
+        from es_actors.examples.bank import BankAccount
         from es_actors.testing.local_s3 import start_local_s3
 
-        start_ray()
         self.s3 = start_local_s3()
         uri = f"s3://{self.s3.bucket('es-actors-bench')}/append-{os.getpid()}?endpoint_url={self.s3.endpoint_url}"
-        self.store = Store.open(uri, [BankAccount], partitions=self.partitions)
-        results = self.store.submit_many([Submission(BankAccount, a, OpenAccount(owner=a), expected_version=0) for a in accounts])
-        bad = [r for r in results if isinstance(r, Exception)]
-        if bad:
-            raise RuntimeError(f"opening accounts failed: {len(bad)} errors, first {bad[0]!r}")
-        self.versions = {r.aggregate_id: r.version for r in results}
-        self.handles = {a: self.store.aggregate(BankAccount, a) for a in accounts}
+        return Store.open(uri, [BankAccount], partitions=self.partitions)
 
     def close(self) -> None:
         try:

@@ -24,17 +24,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from es_actors.runtime.cluster import _RAY_CLUSTER_SWITCH  # noqa: E402
-
-# Every node on 127.0.0.1: Ray's single-machine switch keeps the loopback address (as the
-# runtime's start_local_ray does), else the nodes would announce the machine's address.
-os.environ[_RAY_CLUSTER_SWITCH] = "0"
+from tests.simulated_cluster import start_three_nodes  # noqa: E402  (sets Ray's single-machine switch first)
 
 import ray  # noqa: E402
-from ray._private import ray_constants  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-
-ray_constants.ENABLE_RAY_CLUSTER = False
 
 from es_actors import Store  # noqa: E402
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount  # noqa: E402
@@ -44,15 +36,7 @@ from tests.test_backfill import sequential_replay, tables_of_file  # noqa: E402
 
 
 def main(store: Path, scratch_root: Path, out: Path) -> None:
-    scratch = [scratch_root / f"node{i}" for i in range(3)]
-    for d in scratch:
-        d.mkdir(parents=True)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "env_vars": {"TMPDIR": str(scratch[0])}, "node_ip_address": "127.0.0.1",
-    })
-    workers = [cluster.add_node(num_cpus=1, env_vars={"TMPDIR": str(scratch[i])}, node_ip_address="127.0.0.1") for i in (1, 2)]
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    cluster.wait_for_nodes()
+    cluster, workers, scratch = start_three_nodes(scratch_root)
     try:
         s = Store.open(store, [BankAccount], partitions=3, seal_rows=2_000)
         rng = random.Random(5)

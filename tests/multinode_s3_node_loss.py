@@ -24,17 +24,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from es_actors.runtime.cluster import _RAY_CLUSTER_SWITCH  # noqa: E402
 from es_actors.testing.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, REGION, start_local_s3  # noqa: E402
 
-os.environ[_RAY_CLUSTER_SWITCH] = "0"  # every node on 127.0.0.1 (as tests/multinode_backfill.py)
 os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY, AWS_DEFAULT_REGION=REGION)
 
-import ray  # noqa: E402
-from ray._private import ray_constants  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+from tests.simulated_cluster import start_three_nodes  # noqa: E402  (sets Ray's single-machine switch first)
 
-ray_constants.ENABLE_RAY_CLUSTER = False
+import ray  # noqa: E402
 
 from es_actors import Store  # noqa: E402
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount  # noqa: E402
@@ -58,15 +54,7 @@ def partition_nodes(store: Store) -> dict[int, str]:
 def main(scratch_root: Path, out: Path) -> None:
     s3 = start_local_s3()
     uri = f"s3://{s3.bucket('es-actors-node-loss')}/store?endpoint_url={s3.endpoint_url}"
-    scratch = [scratch_root / f"node{i}" for i in range(3)]
-    for d in scratch:
-        d.mkdir(parents=True)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "env_vars": {"TMPDIR": str(scratch[0])}, "node_ip_address": "127.0.0.1",
-    })
-    workers = [cluster.add_node(num_cpus=1, env_vars={"TMPDIR": str(scratch[i])}, node_ip_address="127.0.0.1") for i in (1, 2)]
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    cluster.wait_for_nodes()
+    cluster, workers, scratch = start_three_nodes(scratch_root)
     acked: list[tuple[str, str, int]] = []  # (command id, account, version)
     failed: list[str] = []
     lock = threading.Lock()

@@ -10,8 +10,9 @@ from es_actors.errors import EsActorsError
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
 
 
-def test_a_store_on_whole_objects_writes_reads_and_recovers(ray_session, tmp_path):
-    uri = f"blobdir://{tmp_path / 'objects'}"
+def write_read_recover(uri: str, while_open=lambda store: None) -> None:
+    """Commands, state and history through the partition actors on a whole-object store, then a
+    reopen that recovers them and goes on (``while_open(store)`` runs before the first close)."""
     store = Store.open(uri, [BankAccount], partitions=2, seal_rows=5)
     try:
         for i in range(4):
@@ -21,11 +22,9 @@ def test_a_store_on_whole_objects_writes_reads_and_recovers(ray_session, tmp_pat
                 acct.submit(Deposit(amount=10))
         acct.submit(Withdraw(amount=5))
         assert store.aggregate(BankAccount, "a3").state().state.balance == 25
-        with pytest.raises(EsActorsError, match="not supported on blobdir stores"):
-            store.query("SELECT count(*) FROM events")
+        while_open(store)
     finally:
         store.close()
-    assert not (tmp_path / "objects" / "tail").exists(), "no local-disk files in a whole-object store"
     store = Store.open(uri, [BankAccount])
     try:
         for i in range(4):
@@ -36,3 +35,13 @@ def test_a_store_on_whole_objects_writes_reads_and_recovers(ray_session, tmp_pat
         assert sum(s["sealed_segments"] for s in store.stats()) >= 2
     finally:
         store.close()
+
+
+
+def test_a_store_on_whole_objects_writes_reads_and_recovers(ray_session, tmp_path):
+    def refuses_queries(store):
+        with pytest.raises(EsActorsError, match="not supported on blobdir stores"):
+            store.query("SELECT count(*) FROM events")
+
+    write_read_recover(f"blobdir://{tmp_path / 'objects'}", refuses_queries)
+    assert not (tmp_path / "objects" / "tail").exists(), "no local-disk files in a whole-object store"

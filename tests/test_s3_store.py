@@ -8,9 +8,10 @@ import pytest
 
 from es_actors import Store
 from es_actors.errors import EsActorsError
-from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
+from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 from es_actors.storage.layout import StoreLayout
 from es_actors.testing.local_s3 import LOCAL_SECRET_KEY, shared_local_s3
+from tests.test_object_store_end_to_end import write_read_recover
 
 
 @pytest.fixture()
@@ -22,28 +23,8 @@ def s3_uri(request: pytest.FixtureRequest) -> str:
 
 def test_a_store_on_s3_writes_reads_and_recovers(ray_session, tmp_path, monkeypatch, s3_uri):
     monkeypatch.chdir(tmp_path)
-    store = Store.open(s3_uri, [BankAccount], partitions=2, seal_rows=5)
-    try:
-        for i in range(4):
-            acct = store.aggregate(BankAccount, f"a{i}")
-            acct.submit(OpenAccount(owner="ann"), expected_version=0)
-            for _ in range(3):
-                acct.submit(Deposit(amount=10))
-        acct.submit(Withdraw(amount=5))
-        assert store.aggregate(BankAccount, "a3").state().state.balance == 25
-    finally:
-        store.close()
+    write_read_recover(s3_uri)  # the blobdir scenario, on S3
     assert list(tmp_path.iterdir()) == [], "an s3 store wrote to the local disk"
-    store = Store.open(s3_uri, [BankAccount])
-    try:
-        for i in range(4):
-            acct = store.aggregate(BankAccount, f"a{i}")
-            assert [h.version for h in acct.history()] == [1, 2, 3, 4] + ([5] if i == 3 else [])
-            assert acct.state().version == (5 if i == 3 else 4)
-        assert store.aggregate(BankAccount, "a0").submit(Deposit(amount=1)).version == 5
-        assert sum(s["sealed_segments"] for s in store.stats()) >= 2
-    finally:
-        store.close()
     reader = Store.open(s3_uri, [BankAccount], read_only=True)  # no Ray needed to read
     assert [h.version for h in reader.aggregate(BankAccount, "a0").history()] == [1, 2, 3, 4, 5]
     layout = StoreLayout.from_uri(s3_uri)

@@ -170,8 +170,19 @@ def test_s3_uris_name_a_bucket_a_prefix_and_optionally_an_endpoint_and_round_tri
     ("s3://my-bucket/x?endpoint_url=http://u:p@127.0.0.1:9000", "no user, password"),
     ("s3://my-bucket/x?endpoint_url=ftp://127.0.0.1", "http(s)://host"),
     ("s3://my-bucket/x#frag", "no #fragment"),
+    ("s3://my-bucket/x?aws_secret_access_key=secret", "only query parameter is endpoint_url"),
+    ("s3://my-bucket/x?endpoint_url=http%3A%2F%2Fkey%3Asecret%40127.0.0.1%3A9000", "no user, password"),
+    ("s3://my-bucket/x?endpoint_url=http://127.0.0.1:9000?secret", "no user, password"),
+    ("s3://my-bucket/a\nb", "control character"),
+    ("s3://my-bucket/a\tb", "control character"),
+    ("s3://192.168.1.1/x", "not an IP address"),
+    ("s3://my-bucket/" + "p" * 901, "longer than 900 bytes"),
+    ("s3://my-bucket/x?endpoint_url=http://127.0.0.1:99999", "http(s)://host[:port]"),
+    ("gcs://key:secret@my-bucket/x", "gcs stores are not supported yet"),
 ])
 def test_bad_s3_uris_are_refused_naming_why_before_any_request(uri, why):
     with pytest.raises(EsActorsError, match=re.escape(why)) as info:
         StoreLayout.from_uri(uri)
     assert "secret" not in str(info.value) and ":p@" not in str(info.value), "a credential was repeated"
+    query = uri.split("?", 1)[1] if "?" in uri else None
+    assert query is None or query not in str(info.value), "the query was repeated"

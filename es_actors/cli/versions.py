@@ -97,6 +97,10 @@ def cutover(name: str, version: int, principal: str, reason: str, force: bool, s
             as_json: bool) -> None:
     """Check a version, then switch the views in main to it (one transaction)."""
     report = reading_store(store_path, address).projections.cutover(name, version, principal, reason, force)
+    _echo_switch(name, report, as_json)
+
+
+def _echo_switch(name: str, report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _echo_json(report)
     else:
@@ -113,10 +117,7 @@ def cutover(name: str, version: int, principal: str, reason: str, force: bool, s
 def rollback(name: str, principal: str, reason: str, force: bool, store_path: str, address: str | None, as_json: bool) -> None:
     """Switch back to the version current before the last cutover."""
     report = reading_store(store_path, address).projections.rollback(name, principal, reason, force)
-    if as_json:
-        _echo_json(report)
-    else:
-        click.echo(f"{name}: current {report['current']} (was {report['previous']})" + (" forced" if report["forced"] else ""))
+    _echo_switch(name, report, as_json)
 
 
 @projections.command()

@@ -61,9 +61,9 @@ def compact_store(
     layout = StoreLayout.from_uri(store)
     desc = layout.read_descriptor()
     if desc is None:
-        raise EsActorsError(f"{store} is not an es_actors store (no store.json)")
+        raise EsActorsError(f"{layout.uri} is not an es_actors store (no store.json)")
     if partition is not None and not 0 <= partition < desc.partitions:
-        raise EsActorsError(f"{layout.root} has partitions 0..{desc.partitions - 1}, not {partition}")
+        raise EsActorsError(f"{layout.uri} has partitions 0..{desc.partitions - 1}, not {partition}")
     actors: dict[int, Any] = {}
     if join_ray(address):
         from es_actors.runtime.naming import actor_name, NAMESPACE
@@ -74,12 +74,21 @@ def compact_store(
                 actors[p] = ray.get_actor(actor_name(layout, desc, p), namespace=NAMESPACE)
             except ValueError:
                 pass
-    report = CompactReport(store=str(layout.root))
+    report = CompactReport(store=layout.uri)
     for p in [partition] if partition is not None else range(desc.partitions):
         t0 = time.monotonic()
         if p in actors:
             r = actor_get(actors[p].compact.remote())
             done = PartitionCompaction(p, r["segments_before"], r["segments_after"], r["merged"], "actor", 0.0)
+        elif layout.scheme:
+            # No lock on whole objects: opening the partition here would claim a newer epoch and so
+            # fence a live writer this process cannot see (another Ray cluster, another machine).
+            raise EsActorsError(
+                f"{layout.uri}: partition {p}: no running partition actor was found in a Ray cluster this process "
+                f"joined, and a {layout.scheme} store has no writer lock to tell whether another process writes it; "
+                "compact through the running store (--address, or store.admin.compact()), or open the store "
+                "(Store.open) where none runs and compact it there"
+            )
         else:
             done = _compact_here(layout, p, config or StoreConfig(lock_timeout_s=2.0))
         done.seconds = round(time.monotonic() - t0, 3)

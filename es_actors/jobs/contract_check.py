@@ -23,7 +23,6 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -146,7 +145,7 @@ def check_partition(
 ) -> dict[str, Any]:
     """The body of the Ray task: read one partition read-only, check it."""
     t0 = time.perf_counter()
-    layout = StoreLayout(Path(root))
+    layout = StoreLayout.local(root, "contract checks")
     if layout.read_descriptor() is None:
         raise EsActorsError(f"{root} is not an es_actors store as seen from {socket.gethostname()} (no store.json)")
     table = read_partition(layout, partition)
@@ -215,6 +214,7 @@ def check_contracts(
     cannot be read at all raises its error after every task ended.
     """
     store = Store.open(store_path, list(aggregates), read_only=True)  # conflicting classes fail here
+    store.layout.require_local("contract checks")  # the tasks read local segment files
     connect_ray(address)
     t0 = time.perf_counter()
     refs = {

@@ -25,7 +25,6 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import ray
@@ -55,7 +54,7 @@ def snapshot_partition(
 ) -> dict[str, Any]:
     """Snapshot every aggregate of one type in one partition (the body of the Ray task; no Ray in it)."""
     t0 = time.perf_counter()
-    layout = StoreLayout(Path(root))
+    layout = StoreLayout.local(root, "snapshot jobs")
     if layout.read_descriptor() is None:
         raise EsActorsError(f"{root} is not an es_actors store as seen from {socket.gethostname()} (no store.json)")
     registry = DomainRegistry(aggregates)
@@ -164,6 +163,7 @@ def build_snapshots(
     """
     atype = aggregate_type if isinstance(aggregate_type, str) else aggregate_type.aggregate_type
     store = Store.open(store_path, list(aggregates), read_only=True)
+    store.layout.require_local("snapshot jobs")  # the tasks read local segment files
     registry = store.registry
     registry.aggregate(atype)  # UnknownAggregateType, naming the registered ones
     fingerprint = SnapshotFormat(registry).fingerprint(atype)

@@ -30,6 +30,7 @@ __all__ = ["LOCAL_SCHEMES", "OBJECT_DIR_SCHEME", "StoreUri", "parse_store_uri", 
 
 if TYPE_CHECKING:
     from es_actors.storage.layout import StoreLayout
+    from es_actors.storage.objects.s3 import S3BlobStore
 
 
 def _open_local(root: Path) -> StorageBackend:
@@ -66,12 +67,13 @@ def _s3_client(endpoint: str | None) -> Any:
     """One boto3 client per endpoint and process (clients are thread-safe; making one costs ~50 ms).
     Credentials: boto3's standard chain, read when the client is made."""
     import boto3
-    from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    from es_actors.storage.objects.s3 import client_config
+
+    return boto3.client("s3", endpoint_url=endpoint, config=client_config())
 
 
-def _s3_blobs(root: Path, endpoint: str | None) -> BlobStore:
+def _s3_blobs(root: Path, endpoint: str | None) -> "S3BlobStore":
     from es_actors.storage.objects.s3 import S3BlobStore
 
     bucket, _, prefix = str(root).lstrip("/").partition("/")
@@ -109,7 +111,13 @@ def foreign_store(layout: "StoreLayout") -> str | None:
     from es_actors.storage.uris import format_store_uri
 
     root = layout.root
-    if layout.scheme == S3_SCHEME or not root.is_dir():
+    if layout.scheme == S3_SCHEME:
+        blobs = _s3_blobs(root, layout.endpoint)
+        if blobs.any_under("log/") or blobs.any_under("tail/"):  # e.g. `aws s3 sync ./store s3://...`
+            return (f"{layout.uri} holds a local-disk store's files (log/, tail/), not an s3 store's; a local "
+                    "store is not moved to S3 by copying its files (open it where it is)")
+        return None
+    if not root.is_dir():
         return None
     partitions = any(p.is_dir() and p.name[1:].isdigit() for p in root.glob("p[0-9]*"))
     local_dirs = (root / "log").is_dir() or (root / "tail").is_dir()

@@ -69,6 +69,14 @@ class StoreLayout:
         """The store lives on object storage, not in a local directory."""
         return self.scheme == S3_SCHEME
 
+    @classmethod
+    def local(cls, uri: str | os.PathLike[str], what: str) -> "StoreLayout":
+        """The layout of a local-disk store URI; EsActorsError naming ``what`` for another backend's
+        (instead of reading the URI's text as a directory name)."""
+        layout = cls.from_uri(uri)
+        layout.require_local(what)
+        return layout
+
     def require_local(self, what: str) -> None:
         """EsActorsError unless this is a local-disk store (``what`` reads local files)."""
         if self.scheme:
@@ -87,7 +95,8 @@ class StoreLayout:
 
     @property
     def sealed_glob(self) -> str:
-        """The path plain DuckDB reads: every sealed event exactly once."""
+        """The path plain DuckDB reads: every sealed event exactly once (local disk only)."""
+        self.require_local("the sealed glob (use Store.sealed_dataset() elsewhere)")
         return str(self.root / "log" / "*" / "current" / "*.parquet")
 
     def read_descriptor(self) -> StoreDescriptor | None:
@@ -107,8 +116,11 @@ class StoreLayout:
             desc = StoreDescriptor.model_validate_json(text)
         except FileNotFoundError:
             return None
+        except EsActorsError:  # e.g. the object store did not answer: say that, not "corrupted"
+            raise
         except (ValueError, UnicodeDecodeError, OSError, ObjectIncomplete) as exc:
-            raise StoreCorrupted(f"{self.descriptor_path} cannot be read: {exc}") from None
+            where = f"{self.uri} (store.json)" if self.remote else str(self.descriptor_path)
+            raise StoreCorrupted(f"{where} cannot be read: {exc}") from None
         if desc.format_version not in READABLE_FORMATS:
             raise EsActorsError(
                 f"{self.root}: store format {desc.format_version} is newer than this es_actors reads "

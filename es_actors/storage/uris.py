@@ -34,6 +34,7 @@ ACCEPTED_FORMS = "a plain path, file:///absolute/path, blobdir:///absolute/path 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?")
+_MAX_PREFIX_BYTES = 900
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +65,11 @@ def parse_store_uri(uri: str | os.PathLike[str]) -> StoreUri:
         return StoreUri("", _directory(text, Path(text).expanduser()))
     scheme = match.group(1).lower()
     if scheme not in KNOWN_SCHEMES:
+        shown = re.sub(r"//[^/?#]*@", "//***@", text)  # a user part may hold a credential: never repeat it
         raise EsActorsError(
-            f"{text!r}: {scheme} stores are not supported yet: no storage backend serves the {scheme!r} scheme "
-            f"(known: file://, blobdir:// or a plain path: {ACCEPTED_FORMS}; a relative local path containing "
-            f"a colon is written ./{text}); see adrs/ADR-014-storage-interface.md"
+            f"{shown!r}: {scheme} stores are not supported yet: no storage backend serves the {scheme!r} scheme "
+            f"(known: file://, blobdir://, s3:// or a plain path: {ACCEPTED_FORMS}; a relative local path "
+            f"containing a colon is written ./{shown}); see adrs/ADR-014-storage-interface.md"
         )
     rest = text[match.end():]
     if scheme == S3_SCHEME:
@@ -86,36 +88,44 @@ def parse_store_uri(uri: str | os.PathLike[str]) -> StoreUri:
 
 
 def _parse_s3(text: str, rest: str) -> StoreUri:
-    """``//bucket/prefix[?endpoint_url=...]``."""
+    """``//bucket/prefix[?endpoint_url=...]``. Errors never repeat the query, a user part or anything
+    after ``?``/``#`` (a credential may hide there): they name the URI as ``s3://<bucket>/<prefix>``."""
     from urllib.parse import parse_qs, urlsplit
 
+    head = re.split(r"[?#]", text, maxsplit=1)[0]
+    shown = re.sub(r"//[^/]*@", "//***@", head) + ("?..." if len(head) < len(text) else "")
     if not rest.startswith("//") or rest.startswith("///"):
-        raise _refuse(text, "an s3 URI names a bucket and a prefix: s3://bucket/prefix")
-    if "@" in text:  # never repeat a credential in an error: name the URI without its user part
-        text = re.sub(r"//[^/?#]*@", "//***@", text)
+        raise _refuse(shown, "an s3 URI names a bucket and a prefix: s3://bucket/prefix")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise _refuse(shown, "it holds a control character (a tab or line break)")
     parts = urlsplit("s3:" + rest)
     if parts.fragment or "@" in parts.netloc:
-        raise _refuse(text, "an s3 URI has no #fragment and no user or password (credentials come from the AWS "
+        raise _refuse(shown, "an s3 URI has no #fragment and no user or password (credentials come from the AWS "
                       "environment, profile or instance role, never from a store URI)")
     bucket = parts.netloc
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise _refuse(text, f"{bucket!r} is not an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or re.fullmatch(r"[0-9.]+", bucket) or bucket.startswith("xn--"):
+        raise _refuse(shown, f"{bucket!r} is not an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-'; not an "
+                      "IP address)")
     try:
         prefix = unquote(parts.path, errors="strict").strip("/")
     except UnicodeDecodeError:
-        raise _refuse(text, "its percent-escapes are not UTF-8") from None
+        raise _refuse(shown, "its percent-escapes are not UTF-8") from None
     segments = prefix.split("/")
     if not prefix or any(seg in ("", ".", "..") for seg in segments) or "\x00" in prefix:
-        raise _refuse(text, "an s3 store needs a prefix of its own, without empty, '.' or '..' parts: "
+        raise _refuse(shown, "an s3 store needs a prefix of its own, without empty, '.' or '..' parts: "
                       "s3://bucket/prefix")
+    if len(prefix.encode()) > _MAX_PREFIX_BYTES:
+        raise _refuse(shown, f"the prefix is longer than {_MAX_PREFIX_BYTES} bytes (S3 keys hold 1024, and the "
+                      "store's own names need the rest)")
     endpoint = None
     if parts.query:
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
         if set(query) != {"endpoint_url"} or len(query["endpoint_url"]) != 1:
-            raise _refuse(text, "an s3 URI's only query parameter is endpoint_url (e.g. ?endpoint_url=http://127.0.0.1:9000)")
+            raise _refuse(shown, "an s3 URI's only query parameter is endpoint_url (e.g. ?endpoint_url=http://127.0.0.1:9000)")
         endpoint = query["endpoint_url"][0].rstrip("/")
-        if not _ENDPOINT.fullmatch(endpoint):
-            raise _refuse(text, "endpoint_url is http(s)://host[:port] with no user, password, path or query")
+        port = re.search(r":([0-9]+)/?$", endpoint)
+        if not _ENDPOINT.fullmatch(endpoint) or (port is not None and not 0 < int(port.group(1)) < 65536):
+            raise _refuse(shown, "endpoint_url is http(s)://host[:port] with no user, password, path or query")
     return StoreUri(S3_SCHEME, Path("/" + bucket) / prefix, endpoint)
 
 

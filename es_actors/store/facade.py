@@ -122,7 +122,7 @@ class Store(LogReading, StoreShortcuts):
         if read_only:
             descriptor = layout.read_descriptor()
             if descriptor is None:
-                raise EsActorsError(f"{layout.root} is not an es_actors store (no store.json)")
+                raise EsActorsError(f"{layout.uri} is not an es_actors store (no store.json)")
             return cls(layout, descriptor, registry, config, None)
         if interceptors:
             from es_actors.write.interceptors import CommandPipeline

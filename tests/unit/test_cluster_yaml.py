@@ -69,3 +69,12 @@ def test_the_wheel_the_cluster_installs_can_be_built_from_this_repository(tmp_pa
                           str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert glob.glob(str(tmp_path / "es_actors-*.whl"))
+
+
+def test_workers_reach_the_bucket_with_credentials_of_their_own() -> None:
+    """Partition actors are spread over every node, so workers need the bucket too: on AWS an instance
+    profile (the launcher gives its default one to the head only); on your machines the AWS profile,
+    mounted into the container (Ray passes no environment into it)."""
+    worker = _config("cluster.yaml")["available_node_types"]["worker"]["node_config"]
+    assert worker["IamInstanceProfile"]["Name"]
+    assert any(".aws:/home/ray/.aws:ro" in o for o in _config("cluster-local.yaml")["docker"]["run_options"])

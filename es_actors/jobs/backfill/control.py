@@ -17,7 +17,6 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from es_actors.errors import EsActorsError
@@ -73,7 +72,7 @@ class BackfillStatus:
 
 
 def _backfill_dir(store: str | os.PathLike[str], projection: str, version: int | None) -> tuple[StoreLayout, BackfillDir]:
-    layout = StoreLayout(Path(store).expanduser().resolve())
+    layout = StoreLayout.local(store, "backfills")
     if layout.read_descriptor() is None:
         raise EsActorsError(f"{store} is not an es_actors store (no store.json)")
     base = layout.root / "backfills" / projection

@@ -95,11 +95,10 @@ def backfill(
     same declaration resumes from its tasks' checkpoints; ``restart`` discards them."""
     t0 = time.monotonic()
     p = projection
-    layout = StoreLayout(Path(store_path))
+    layout = StoreLayout.local(store_path, "backfills")
     descriptor = layout.read_descriptor()
     if descriptor is None:
         raise EsActorsError(f"{store_path} is not an es_actors store (no store.json)")
-    layout.require_local("backfills")
     try:
         check_projections([p])
         registry = DomainRegistry(aggregates)

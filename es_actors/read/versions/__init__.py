@@ -300,6 +300,7 @@ def _describe(t: dict[str, Any]) -> str:
 
 def in_process(layout: StoreLayout, partitions: int, operation: str, *args: Any, **kwargs: Any) -> Any:
     """Run a :class:`Versions` operation on the read-model file here (no projector may hold it)."""
+    layout.require_local("read models and their versions")
     path = readmodel_path(layout.root)
     if not path.exists():
         raise EsActorsError(f"{layout.root} has no read model yet (no projection has run)")

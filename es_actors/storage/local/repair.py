@@ -82,7 +82,7 @@ class RepairReport(BaseModel):
 @storage_boundary("repairing the store")
 def repair_store(root: str | os.PathLike[str], lock_timeout_s: float = 2.0) -> RepairReport:
     """Quarantine damage, keep every valid event, record what is lost. Needs every writer stopped."""
-    layout = StoreLayout(Path(root).expanduser().resolve())
+    layout = StoreLayout.local(root, "repair and its quarantine")
     desc = store_descriptor(layout)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     qdir = layout.root / "quarantine" / stamp
@@ -316,7 +316,7 @@ def accept_loss(root: str | os.PathLike[str], principal: str, reason: str, parti
     """Record an operator's acceptance of every unaccepted lost range (of one partition, if given)."""
     if not principal.strip() or not reason.strip():
         raise EsActorsError("accepting a loss needs a principal and a reason (they are recorded)")
-    layout = StoreLayout(Path(root).expanduser().resolve())
+    layout = StoreLayout.local(root, "accepting a loss (lost-ranges.json)")
     store_descriptor(layout)
     ranges = LostRanges.load(layout.root).ranges
     changed = []

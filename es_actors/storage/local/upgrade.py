@@ -8,7 +8,6 @@ be upgraded again."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,7 +51,7 @@ class UpgradeReport(BaseModel):
 @storage_boundary("upgrading the store")
 def upgrade_store(root: str | os.PathLike[str]) -> UpgradeReport:
     """Upgrade a store to the current format in place; a no-op on a current store."""
-    layout = StoreLayout(Path(root).expanduser().resolve())
+    layout = StoreLayout.local(root, "format upgrades")
     desc = store_descriptor(layout)
     report = UpgradeReport(store=str(layout.root), from_version=desc.format_version, to_version=FORMAT_VERSION)
     if desc.format_version >= FORMAT_VERSION:

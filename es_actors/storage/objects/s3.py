@@ -35,12 +35,31 @@ class ObjectStorageError(EsActorsError, OSError):
     failed write (nothing acknowledged) like an I/O error on local disk."""
 
 
+def _response(exc: Any) -> dict[str, Any]:
+    """The service's answer carried by a botocore error (none for a timeout or a refused connection)."""
+    response = getattr(exc, "response", None)
+    return response if isinstance(response, dict) else {}
+
+
 def _code(exc: Any) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) or type(exc).__name__
+    return str(_response(exc).get("Error", {}).get("Code", "")) or type(exc).__name__
 
 
 def _status(exc: Any) -> int:
-    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return int(_response(exc).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _retried(exc: Any) -> bool:
+    """Whether botocore sent the request more than once before this answer."""
+    return int(_response(exc).get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
+
+
+def client_config() -> Any:
+    """Bounded waits: a server that accepts and never answers fails a request in about a minute
+    (3 attempts of 5 s connect + 15 s read), not in botocore's default 5 x 60 s."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})
 
 
 class S3BlobStore:
@@ -53,12 +72,10 @@ class S3BlobStore:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
             import boto3
-            from botocore.config import Config
 
             # Standard retries with backoff on throttling and 5xx; a conditional PUT is safe to
             # retry (a retried put that had in fact succeeded answers 412 and is resolved below).
-            client = boto3.client("s3", endpoint_url=endpoint_url,
-                                  config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+            client = boto3.client("s3", endpoint_url=endpoint_url, config=client_config())
         self.client = client
         self._errors = client.exceptions
 
@@ -78,14 +95,14 @@ class S3BlobStore:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        for _attempt in range(_CONFLICT_RETRIES):
+        for attempt in range(_CONFLICT_RETRIES):
             try:
                 self._put(key, data)
                 return True
             except ClientError as exc:
                 status = _status(exc)
-                if status == 412:
-                    return self._ours(key, data)
+                if status == 412:  # exists: ours only if an earlier send of this very put reached S3
+                    return (attempt > 0 or _retried(exc)) and self._ours(key, data)
                 if status == 409:  # another conditional PUT of this key is in flight
                     time.sleep(0.05)
                     continue
@@ -113,7 +130,7 @@ class S3BlobStore:
             finally:
                 body.close()
         except ClientError as exc:
-            if _status(exc) == 404:
+            if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 raise FileNotFoundError(f"s3://{self.bucket}/{self._key(key)}") from None
             raise self._fail("get", key, exc) from None
         except BotoCoreError as exc:
@@ -126,7 +143,7 @@ class S3BlobStore:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as exc:
-            if _status(exc) == 404:
+            if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 return False
             raise self._fail("head", key, exc) from None
         except BotoCoreError as exc:
@@ -148,6 +165,16 @@ class S3BlobStore:
         except BotoCoreError as exc:
             raise self._fail("list", stem, exc) from None
         return sorted(keys)
+
+    def any_under(self, prefix: str) -> bool:
+        """Whether any object's key starts with ``prefix`` (at any depth)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("list", prefix, exc) from None
+        return bool(page.get("KeyCount") or page.get("Contents"))
 
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
