@@ -67,3 +67,27 @@ def test_two_writer_processes_one_is_fenced_and_no_acknowledged_event_is_lost_or
         missing = set(acked) - set(ids)
         assert not missing, f"trial {trial}: acknowledged events lost: {sorted(missing)[:5]}"
     assert fenced_trials >= TRIALS // 2, f"only {fenced_trials} of {TRIALS} trials fenced a writer: the race was not tried"
+
+
+def test_the_fence_check_of_a_commit_is_one_request_however_many_owners_came_before() -> None:
+    """Every open claims a new epoch; a commit checks for a newer one with one HEAD, not a LIST of all
+    earlier claims (which grew with every reopen)."""
+    import collections
+
+    from es_actors.storage.objects.records import owner_key
+    from es_actors.testing.local_s3 import shared_local_s3
+    from es_actors.testing.storage_conformance import EventLog, small_config
+
+    s3 = shared_local_s3()
+    client = s3.client()
+    blobs = S3BlobStore(s3.bucket("es-actors-fencing-cost"), f"owners-{time.time_ns()}", client=client)
+    for epoch in range(1, 1201):  # 1,200 earlier owners: more than one LIST page
+        assert blobs.put_if_absent(owner_key(0, epoch), b"{}")
+    log = ObjectBackend(blobs).open_log(0, small_config())
+    calls: collections.Counter[str] = collections.Counter()
+    client.meta.events.register("before-call.s3.*", lambda model, **_kw: calls.update([model.name]))
+    ev = EventLog()
+    for i in range(5):
+        ev.append(log, [f"a{i}"])
+    log.close()
+    assert calls["ListObjectsV2"] == 0 and calls["PutObject"] == 5 and calls["HeadObject"] == 5, dict(calls)

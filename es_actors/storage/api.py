@@ -243,6 +243,10 @@ class BlobStore(Protocol):
         is not whole yet (a store whose puts are atomic never raises it)."""
         ...
 
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (whole or still being written)."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (a "directory" ending in ``/``), sorted."""
         ...

@@ -115,7 +115,10 @@ class ObjectPartitionLog:
         raise WriterFenced(f"partition {self.partition}: could not claim ownership ({_CLAIM_ATTEMPTS} owners raced)")
 
     def _check_not_fenced(self) -> None:
-        if numbered_keys(self.blobs, partition_prefix(self.partition) + "owners/")[-1] != owner_key(self.partition, self.epoch):
+        # Epochs are claimed as highest + 1 with put-if-absent, so they run without a gap: a newer
+        # owner exists iff epoch + 1 does. One HEAD, however many owners came before (a LIST of
+        # owners/ grew with every reopen: ~400 ms per commit after 2,000 claims on the local server).
+        if self.blobs.exists(owner_key(self.partition, self.epoch + 1)):
             self._failed = f"fenced: a newer owner claimed partition {self.partition} after epoch {self.epoch}"
             raise WriterFenced(f"partition {self.partition}: another process took over this partition's log "
                                f"(epoch {self.epoch} is not the newest); this owner writes nothing more")
