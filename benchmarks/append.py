@@ -150,7 +150,7 @@ class EsActorsSystem(System):
 
 class EsActorsS3System(EsActorsSystem):
     """The same store on S3: the whole-object log on a local S3-compatible server (moto's, 127.0.0.1),
-    every group commit one conditional PUT plus one LIST (ADR-019)."""
+    every group commit one conditional PUT plus one HEAD (ADR-019)."""
 
     name = "es_actors_s3"
     benches = {"append_single_64w", "append_bulk_100"}
