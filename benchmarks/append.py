@@ -55,12 +55,6 @@ def start_ray() -> None:
     if not ray.is_initialized():
         import logging
 
-        from es_actors.testing.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, REGION
-
-        # The es_actors_s3 system's actors read credentials from the environment, as a deployment's
-        # do; Ray's workers inherit it from here. Values for the local server on 127.0.0.1 only.
-        os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY,
-                          AWS_DEFAULT_REGION=REGION)
 
         from es_actors.runtime.cluster import start_local_ray  # loopback only (ADR-012)
 

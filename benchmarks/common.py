@@ -49,6 +49,11 @@ def setup_env() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from es_actors.testing.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, REGION
+
+    # The es_actors_s3 systems' actors read credentials from the environment, as a deployment's do;
+    # Ray's workers inherit it from here. Values for the local server on 127.0.0.1 only.
+    os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY, AWS_DEFAULT_REGION=REGION)
 
 
 def log(msg: str) -> None:
