@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.simulated_cluster import start_three_nodes  # noqa: E402  (sets Ray's single-machine switch first)
+from es_actors.testing.simulated_cluster import start_three_nodes  # noqa: E402  (sets Ray's single-machine switch first)
 
 import ray  # noqa: E402
 

@@ -28,7 +28,7 @@ from es_actors.testing.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, REGIO
 
 os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY, AWS_DEFAULT_REGION=REGION)
 
-from tests.simulated_cluster import start_three_nodes  # noqa: E402  (sets Ray's single-machine switch first)
+from es_actors.testing.simulated_cluster import start_three_nodes  # noqa: E402  (sets Ray's single-machine switch first)
 
 import ray  # noqa: E402
 

@@ -146,3 +146,19 @@ def actor_get(refs: Any, *, timeout: float | None = None) -> Any:
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.RayTaskError as exc:
         raise unwrap_actor_error(exc) from None
+
+
+def store_actor_placement(spread: bool) -> dict[str, Any]:
+    """Ray options that place a store's actors. ``spread`` (a store on object storage): over the
+    cluster's nodes, restarted on another when a node is lost. Otherwise (a local directory): on this
+    process's node, where the directory is, and nowhere else, also after a restart (Ray's default
+    would put some on other nodes, each writing a different machine's disk at the same path)."""
+    if spread:
+        return {"scheduling_strategy": "SPREAD"}
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # e.g. a Ray Client ("ray://") session has no node of its own
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}

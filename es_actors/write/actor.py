@@ -25,7 +25,7 @@ from es_actors.write.partition import Partition, safe_text
 from es_actors.write.interceptors import CommandInterceptor
 from es_actors.write.protocol import BatchItem, ItemResult, batch_from_wire, results_to_wire
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
-from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, ensure_ray
+from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, ensure_ray, store_actor_placement
 from es_actors.runtime.naming import NAMESPACE, actor_name
 from es_actors.runtime.process import run_at_normal_priority, tune_gc_for_a_long_lived_heap
 
@@ -229,13 +229,6 @@ class PartitionActor:
                 self._error = EsActorsError("this partition actor was closed")
 
 
-def _placement(layout: StoreLayout) -> dict[str, Any]:
-    """Where partition actors run. A store on object storage spreads them over the cluster's nodes,
-    and Ray restarts one on another node when its node is lost (its log is on S3: any node can
-    recover it). A local-disk store keeps Ray's default (the opener's node, where its directory is)."""
-    return {"scheduling_strategy": "SPREAD"} if layout.remote else {}
-
-
 def start_partition_actors(
     layout: StoreLayout,
     descriptor: StoreDescriptor,
@@ -253,7 +246,7 @@ def start_partition_actors(
         actors = [
             PartitionActor.options(  # type: ignore[attr-defined]  # added by @ray.remote
                 name=actor_name(layout, descriptor, p), namespace=NAMESPACE, get_if_exists=True,
-                **_placement(layout),
+                **store_actor_placement(layout.remote),
             ).remote(layout.uri, p, list(aggregates), config, opener, list(interceptors))
             for p in range(descriptor.partitions)
         ]
