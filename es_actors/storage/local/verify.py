@@ -256,7 +256,7 @@ def _read_partition(
             progress(VerifyProgress(p, i + 1, files_total))
     sealed_last = segs[-1].last if segs else 0
     tail_dir = layout.tail_dir(p)
-    if fmt >= 2 and not tail_dir.is_dir() and (pdir.is_dir() or tail_dir.parent.is_dir()):
+    if fmt >= 2 and not tail_dir.is_dir() and pdir.is_dir():  # a writer made the tail before it sealed anything
         out.findings.append(Finding(partition=p, kind="layout", file=rel(tail_dir), detail=(
             f"the partition's tail directory is missing (its DURABLE mark, lock and unsealed frames): whatever was "
             f"written past position {sealed_last} is lost and no record says how far it went")))
