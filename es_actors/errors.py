@@ -149,3 +149,18 @@ class ProjectorConflict(EsActorsError):
 class CutoverRefused(EsActorsError):
     """A cutover or rollback found what would make the other version wrong to serve (it differs
     from the current one unexpectedly, is behind the log or halted); force it if that is expected."""
+
+
+def invalid_file(exc: Exception) -> str:
+    """What is wrong with a file's content, on one line: a pydantic validation error as
+    ``field: message; ...`` (no URL, no echo of the input), any other error as its text."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            parts = [": ".join(x for x in (".".join(map(str, e.get("loc", ()))), str(e.get("msg", ""))) if x) for e in errors()]
+        except Exception:  # noqa: BLE001 - fall back to the text
+            parts = []
+        if parts:
+            more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+            return "; ".join(parts[:3]) + more
+    return " ".join(str(exc).split())

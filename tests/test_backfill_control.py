@@ -126,11 +126,80 @@ def test_cli_stop_and_json_status_and_nothing_to_stop(root):
     assert isinstance(outcome[0], BackfillStopped)
     again = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--stop"])
     assert again.exit_code == 1 and "nothing to stop" in again.output and "stopped" in again.output
-    missing = CliRunner().invoke(main, ["backfill", "nope", "--store", str(root), "--status"])
-    assert missing.exit_code == 1 and "no backfill" not in missing.output and "'nope'" in missing.output
+    for flag in ("--status", "--stop"):  # named as absent, before anything is asked
+        missing = CliRunner().invoke(main, ["backfill", "nope", "--store", str(root), flag])
+        assert missing.exit_code == 1 and f"no backfill of 'nope' in {root}" in missing.output, missing.output
+        assert "asked" not in missing.output and "name the version" not in missing.output
     # started again through the CLI, it resumes and finishes (the start path is unchanged)
     done = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--projections",
                                      "tests.test_backfill_control:SlowPy", "--parallelism", "1", "--quiet",
                                      "--checkpoint-every", "20", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["task_results"][0]["resumed_at"] > 0
+
+
+def test_status_and_stop_together_is_a_usage_error(root):
+    out = CliRunner().invoke(main, ["backfill", "slow_py", "--store", str(root), "--status", "--stop"])
+    assert out.exit_code == 2 and "one at a time" in out.output
+
+
+def test_an_unreadable_checkpoint_is_shown_as_unreadable_naming_the_file(root):
+    t, outcome = start(root)
+    stop_backfill(root, "slow_py", 1)
+    t.join(30)
+    assert isinstance(outcome[0], BackfillStopped)
+    [task] = backfill_status(root, "slow_py", 1).tasks
+    ck = root / "backfills" / "slow_py" / "v1" / "tasks" / task.task / "checkpoint.json"
+    ck.write_text("{not json")
+    [task] = backfill_status(root, "slow_py", 1).tasks
+    assert str(ck) in task.unreadable and task.checkpoints == 0
+    out = CliRunner().invoke(main, ["backfill", "slow_py", "--store", str(root), "--status"])
+    assert out.exit_code == 0 and "checkpoint unreadable" in out.output and "not started" not in out.output, out.output
+
+
+BUSY = threading.Event()  # set: the handler of Busy blocks until it is cleared
+
+
+class Busy(SlowPy):
+    """SlowPy whose handler blocks while BUSY is set (a handler stuck on a call)."""
+
+    @classmethod
+    def handle(cls, db: Any, events: Sequence[RecordedEvent]) -> None:
+        while BUSY.is_set():
+            time.sleep(0.01)
+        super().handle(db, events)
+
+
+def test_an_in_process_backfill_with_a_busy_handler_stops_before_its_next_batch(root):
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(backfill(root, Busy, [BankAccount], parallelism=1, progress=False, checkpoint_events=20))
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if backfill_status(root, "slow_py", 1).events_done > 0:
+                    break
+            except EsActorsError:
+                pass
+            time.sleep(0.05)
+        BUSY.set()  # the next batch blocks
+        time.sleep(0.3)
+        out = CliRunner().invoke(main, ["backfill", "slow_py", "--store", str(root), "--stop", "--wait", "0.5"])
+        assert out.exit_code == 1, out.output
+        assert "has not stopped yet" in out.output and "handler is busy" in out.output
+        assert "before its next batch" in out.output and "request stays" in out.output
+        assert "a handler that is busy delays it" in out.output  # the status printed says the same
+        assert backfill_status(root, "slow_py", 1).state == "stopping"
+    finally:
+        BUSY.clear()
+    t.join(30)
+    assert isinstance(outcome[0], BackfillStopped)  # stopped at the next batch, not finished
+    assert backfill_status(root, "slow_py", 1).state == "stopped"

@@ -121,3 +121,20 @@ def test_local_disk_tools_pointed_at_an_s3_store_say_so_in_one_line(args: list[s
     assert result.exit_code != 0
     assert "not supported on s3 stores" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_no_credentials_is_an_object_storage_error_saying_so_not_corruption(monkeypatch) -> None:
+    """Nothing is sent: botocore finds no credentials (none in the environment, no config files)."""
+    import boto3
+    from botocore.config import Config
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    client = boto3.Session().client("s3", region_name=REGION, endpoint_url="http://127.0.0.1:9",
+                                    config=Config(retries={"max_attempts": 1}))
+    blobs = S3BlobStore("es-actors-nocreds", "x", client=client)
+    with pytest.raises(ObjectStorageError, match="s3://es-actors-nocreds/x/store.json: get failed: no AWS credentials"):
+        blobs.get("store.json")

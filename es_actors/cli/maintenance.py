@@ -57,7 +57,9 @@ def verify(store_path: str, partition: int | None, as_json: bool, quiet: bool) -
     aggregate's versions without a gap. Writes nothing; takes no lock; safe on a running store.
 
     Exit status 0 if clean, 2 if anything is damaged (each finding names the partition, the
-    file and the positions), 1 if the store cannot be read at all, 130 if interrupted."""
+    file and the positions), 1 if the store cannot be read at all, 130 if interrupted. Positions
+    a repair recorded lost are listed with whether an operator accepted them; they are a known
+    gap, not damage (exit 0), though a partition with an unaccepted loss refuses commands."""
     from es_actors.storage.local.verify import VerifyProgress, verify_store
 
     view = _PartitionBars(quiet)
@@ -93,24 +95,19 @@ def compact(store_path: str, partition: int | None, address: str | None, as_json
 
     from es_actors.jobs.compaction import PartitionCompaction, compact_store
 
-    view = _PartitionBars(quiet)
     done: list[int] = []
 
-    def progress(r: PartitionCompaction) -> None:
+    def progress(r: PartitionCompaction) -> None:  # each partition's line once, as it finishes
         done.append(r.partition)
-        view.step(r.partition, 1, 1, r.line())
+        if not as_json:
+            click.echo(f"  {r.line()}")
+        elif not quiet:
+            click.echo(r.line(), err=True)
 
     try:
         report = compact_store(store_path, partition, address=address, progress=progress)
     except KeyboardInterrupt:
-        view.close()
         click.echo(f"compact interrupted after {len(done)} partition(s): each partition is compacted or as it was; "
                    "run it again to finish", err=True)
         sys.exit(INTERRUPTED)
-    view.close()
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-        return
-    click.echo(report.summary())
-    for r in report.partitions:
-        click.echo(f"  {r.line()}")
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())

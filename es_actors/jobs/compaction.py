@@ -47,7 +47,10 @@ class CompactReport:
     def summary(self) -> str:
         before = sum(p.segments_before for p in self.partitions)
         after = sum(p.segments_after for p in self.partitions)
-        return f"{self.store}: {len(self.partitions)} partitions compacted, {before} -> {after} segments"
+        merged = sum(1 for p in self.partitions if p.merged)
+        if not merged:
+            return f"{self.store}: {len(self.partitions)} partitions looked at, none had segments to merge ({before} segments)"
+        return f"{self.store}: {merged} of {len(self.partitions)} partitions compacted, {before} -> {after} segments"
 
 
 def compact_store(

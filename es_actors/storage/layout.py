@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated
+from es_actors.errors import EsActorsError, StoreCorrupted, StoreFormatOutdated, invalid_file
 from es_actors.storage.api import ObjectIncomplete
 from es_actors.storage.files import fsync_dir, replace_durably
 from es_actors.storage.uris import LOCAL_SCHEMES, S3_SCHEME, format_store_uri, parse_store_uri
@@ -116,11 +116,16 @@ class StoreLayout:
             desc = StoreDescriptor.model_validate_json(text)
         except FileNotFoundError:
             return None
+        except NotADirectoryError:
+            raise EsActorsError(f"{self.root} is not an es_actors store (not a directory)") from None
         except EsActorsError:  # e.g. the object store did not answer: say that, not "corrupted"
             raise
-        except (ValueError, UnicodeDecodeError, OSError, ObjectIncomplete) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             where = f"{self.uri} (store.json)" if self.remote else str(self.descriptor_path)
-            raise StoreCorrupted(f"{where} cannot be read: {exc}") from None
+            raise StoreCorrupted(f"{where} is not a store descriptor es_actors can read: {invalid_file(exc)}") from None
+        except (OSError, ObjectIncomplete) as exc:
+            where = f"{self.uri} (store.json)" if self.remote else str(self.descriptor_path)
+            raise StoreCorrupted(f"{where} cannot be read: {invalid_file(exc)}") from None
         if desc.format_version not in READABLE_FORMATS:
             raise EsActorsError(
                 f"{self.root}: store format {desc.format_version} is newer than this es_actors reads "

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from pydantic import BaseModel, Field, model_validator
 
-from es_actors.errors import StoreCorrupted
+from es_actors.errors import StoreCorrupted, invalid_file
 from es_actors.storage.files import fsync_dir, replace_durably
 
 FILE_NAME = "lost-ranges.json"
@@ -85,7 +85,7 @@ class LostRanges:
         try:
             return cls(LostRangesFile.model_validate_json(text).ranges)
         except ValueError as exc:
-            raise StoreCorrupted(f"{path}: the record of lost positions cannot be read ({exc})") from None
+            raise StoreCorrupted(f"{path}: the record of lost positions cannot be read: {invalid_file(exc)}") from None
 
     def __bool__(self) -> bool:
         return bool(self.ranges)

@@ -30,10 +30,12 @@ DEFAULT_PROJECTIONS = "es_actors.examples.bank_projections:Balances,BalancesPy,D
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
 @click.option("--status", "show_status", is_flag=True, help="Only show where this backfill stands (works while it runs; no Ray).")
 @click.option("--stop", "request_stop", is_flag=True, help="Ask the running backfill to stop and wait until it has (run it again to resume).")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="With --stop: seconds to wait for it to stop (0: only ask).")
 def backfill(
     projection: str, version: int | None, store_path: str, projections_spec: str, aggregates_spec: str,
     address: str | None, parallelism: int | None, restart: bool, checkpoint_events: int, quiet: bool, as_json: bool,
-    show_status: bool, request_stop: bool,
+    show_status: bool, request_stop: bool, wait_s: float,
 ) -> None:
     """Rebuild PROJECTION (one version) from the log with parallel Ray tasks, beside the live version.
 
@@ -41,8 +43,10 @@ def backfill(
     the read model as schema PROJECTION__vN and follows the log. Stopped or failed, the same
     command resumes from the tasks' checkpoints. --status shows a backfill's progress from its
     checkpoints; --stop asks a running one to stop."""
+    if show_status and request_stop:
+        raise click.UsageError("--status and --stop go one at a time (--stop prints the status once it has stopped)")
     if show_status or request_stop:
-        _status_or_stop(projection, version, store_path, request_stop, as_json)
+        _status_or_stop(projection, version, store_path, request_stop, as_json, wait_s)
         return
     from es_actors.errors import EsActorsError
     from es_actors.jobs._tasks import resolve_classes
@@ -85,14 +89,13 @@ def backfill(
         click.echo(f"  {report.parked:,} events parked in the dead letters of {report.instance}")
 
 
-def _status_or_stop(projection: str, version: int | None, store_path: str, stop: bool, as_json: bool) -> None:
+def _status_or_stop(projection: str, version: int | None, store_path: str, stop: bool, as_json: bool, wait_s: float) -> None:
     from es_actors.errors import EsActorsError
     from es_actors.jobs.backfill.control import backfill_status, stop_backfill
 
     try:
         if stop:
-            click.echo(f"asking the backfill of {projection} to stop ...", err=True)
-            status = stop_backfill(store_path, projection, version)
+            status = stop_backfill(store_path, projection, version, wait_s=wait_s, on_request=lambda line: click.echo(line, err=True))
         else:
             status = backfill_status(store_path, projection, version)
     except EsActorsError as exc:
@@ -103,5 +106,7 @@ def _status_or_stop(projection: str, version: int | None, store_path: str, stop:
         for line in status.summary():
             click.echo(line)
     if stop and status.running:
-        raise click.ClickException(f"the backfill of {projection} v{status.version} still runs after the wait; "
-                                   "look again with --status")
+        raise click.ClickException(
+            f"the backfill of {projection} v{status.version} has not stopped yet: its handler is busy (a batch in "
+            "process, or Ray tasks being cancelled); it stops before its next batch; the stop request stays "
+            "(look again with --status)")

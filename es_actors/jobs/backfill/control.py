@@ -7,6 +7,11 @@ share, final or not), the installed mark, whether a process holds the run's lock
 a stop was requested. Stop writes ``stop-requested.json`` there; the running driver polls it,
 cancels its tasks (their checkpoints stay) and ends with ``BackfillStopped``. Started again,
 the same backfill clears the request and resumes from the checkpoints.
+
+When it stops: Ray tasks (``--parallelism`` above 1) are cancelled at the driver's next look,
+within a second. The in-process path (``--parallelism 1``) looks between batches: a handler
+that is busy (slow, or blocked) delays the stop until it returns, up to one batch per
+partition; the request stays until then.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from es_actors.errors import EsActorsError
 from es_actors.read.backfill.files import BackfillDir
@@ -34,6 +39,7 @@ class TaskStatus:
     finished: bool
     checkpoints: int  # the sequence number of its last checkpoint (0: none yet)
     worker: str
+    unreadable: str = ""  # why a checkpoint that is there cannot be used (the task redoes its share)
 
 
 @dataclass
@@ -58,7 +64,8 @@ class BackfillStatus:
         pct = self.events_done * 100 // max(1, self.events_total)
         explain = {
             "running": "running",
-            "stopping": "running; a stop was requested (the driver stops at its next look, within a second)",
+            "stopping": ("running; a stop was requested: Ray tasks are cancelled within a second; in process "
+                         "(--parallelism 1) it stops before its next batch, so a handler that is busy delays it"),
             "stopped": "not running, unfinished: the same backfill started again resumes from the checkpoints",
             "replayed": "not running; every task finished but the build is not installed: start it again to install",
             "installed": "installed" + (f" as {self.installed.get('instance')}" if self.installed else ""),
@@ -66,7 +73,8 @@ class BackfillStatus:
         lines = [f"backfill {self.projection} v{self.version} in {self.store}: {explain}",
                  f"  planned at {self.planned_at}: {len(self.tasks)} tasks, {self.events_done:,}/{self.events_total:,} events ({pct}%)"]
         for t in self.tasks:
-            state = "finished" if t.finished else ("checkpoint " + str(t.checkpoints) if t.checkpoints else "not started")
+            state = ("finished" if t.finished else f"checkpoint unreadable: {t.unreadable}; the task redoes its share"
+                     if t.unreadable else "checkpoint " + str(t.checkpoints) if t.checkpoints else "not started")
             lines.append(f"  {t.task}: {t.done:,}/{t.total:,} events, {state}")
         return lines
 
@@ -77,6 +85,8 @@ def _backfill_dir(store: str | os.PathLike[str], projection: str, version: int |
         raise EsActorsError(f"{store} is not an es_actors store (no store.json)")
     base = layout.root / "backfills" / projection
     versions = sorted(int(m.group(1)) for d in (base.iterdir() if base.is_dir() else []) if (m := _VERSION_DIR.match(d.name)))
+    if not versions:
+        raise EsActorsError(f"no backfill of {projection!r} in {layout.root}")
     if version is None:
         if len(versions) != 1:
             have = ", ".join(f"v{v}" for v in versions) or "none"
@@ -106,7 +116,8 @@ def backfill_status(store: str | os.PathLike[str], projection: str, version: int
             max(0, min(ck.positions.get(i, after), until) - after) for i, (after, until) in spec.bounds.items())
         final = ck is not None and ck.final
         tasks.append(TaskStatus(spec.id, spec.events if final else done, spec.events, final,
-                                ck.seq if ck is not None else 0, ck.worker if ck is not None else ""))
+                                ck.seq if ck is not None else 0, ck.worker if ck is not None else "",
+                                (work.checkpoint_problem(spec.id) or "") if ck is None else ""))
     stop = work.stop_requested()
     if running:
         state = "stopping" if stop else "running"
@@ -125,10 +136,12 @@ def backfill_status(store: str | os.PathLike[str], projection: str, version: int
 
 def stop_backfill(
     store: str | os.PathLike[str], projection: str, version: int | None = None, *, wait_s: float = 60.0,
-    principal: str = "", reason: str = "",
+    principal: str = "", reason: str = "", on_request: Callable[[str], None] | None = None,
 ) -> BackfillStatus:
     """Ask the running backfill to stop and wait (up to ``wait_s``; 0: do not wait) until it has;
-    its status afterwards. EsActorsError if none runs. The checkpoints stay: run it again to resume."""
+    its status afterwards (``running`` still True: it has not stopped yet, the request stays).
+    EsActorsError if none runs. The checkpoints stay: run it again to resume. ``on_request``
+    gets a line once the request is written."""
     _layout, work = _backfill_dir(store, projection, version)
     if not work.running():
         status = backfill_status(store, projection, version)
@@ -136,6 +149,8 @@ def stop_backfill(
                             f"(it is {status.state}): nothing to stop")
     work.request_stop(json.dumps({"requested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                   "principal": principal, "reason": reason, "pid": os.getpid()}))
+    if on_request is not None:
+        on_request(f"asked the backfill of {projection} {work.path.name} to stop; waiting up to {wait_s:.0f} s")
     deadline = time.monotonic() + wait_s
     while work.running() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-from es_actors.errors import EsActorsError
+from es_actors.errors import EsActorsError, invalid_file
 from es_actors.read.backfill.plan import BackfillPlan
 from es_actors.storage.files import fsync_dir, replace_durably
 
@@ -162,6 +162,23 @@ class BackfillDir:
         if not all((self.task_dir(task) / str(ck.seq) / f"{t}.parquet").exists() for t in [*ck.tables, DEAD_LETTERS]):
             return None
         return ck
+
+    def checkpoint_problem(self, task: str) -> str | None:
+        """Why a task's checkpoint that is there cannot be used (the task then redoes its share),
+        naming the file; None if it is usable or there is none."""
+        path = self.task_dir(task) / "checkpoint.json"
+        try:
+            ck = TaskCheckpoint.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"{path} cannot be read ({exc.strerror})"
+        except ValidationError as exc:
+            return f"{path} is not a checkpoint this version reads ({invalid_file(exc)})"
+        missing = [t for t in [*ck.tables, DEAD_LETTERS] if not (self.task_dir(task) / str(ck.seq) / f"{t}.parquet").exists()]
+        if missing:
+            return f"{path} names tables that are missing from {self.task_dir(task) / str(ck.seq)} ({', '.join(missing)})"
+        return None
 
     def table_file(self, ck: TaskCheckpoint, table: str) -> Path:
         return self.task_dir(ck.task) / str(ck.seq) / f"{table}.parquet"

@@ -39,6 +39,25 @@ class DurableMark:
             self._fd = -1
 
     @classmethod
+    def damage(cls, directory: Path) -> str | None:
+        """Why ``DURABLE`` cannot be trusted, or None (it checks out, it is absent, or a writer has
+        just created it and not yet published: empty)."""
+        path = directory / cls.NAME
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"{cls.NAME} cannot be read ({exc})"
+        if not data:
+            return None
+        if len(data) < _MARK.size:
+            return f"{cls.NAME} holds {len(data)} bytes, a mark is {_MARK.size}: how far the tail was durable is unknown"
+        if zlib.crc32(data[:16]) != _MARK.unpack_from(data, 0)[2]:
+            return f"{cls.NAME} fails its checksum: how far the tail was durable is unknown"
+        return None
+
+    @classmethod
     def read(cls, directory: Path, attempts: int = 50) -> int | None:
         """The last durable position, or None if no writer of format 2 ever published one."""
         path = directory / cls.NAME

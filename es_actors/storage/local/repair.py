@@ -46,7 +46,8 @@ from es_actors.storage.local.wal import (
     file_header,
     tail_file_name,
 )
-from es_actors.storage.local.damage import examine_tail, missing_ranges, segment_damage, segment_gaps
+from es_actors.storage.local.damage import PartitionCheck, examine_tail, missing_ranges, segment_damage, segment_gaps
+from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.files import fsync_dir, replace_durably
 from es_actors.storage.local.maintenance import all_partitions_locked, store_descriptor, tail_file_bytes
 
@@ -61,7 +62,9 @@ class RepairReport(BaseModel):
     def summary(self) -> str:
         if not self.damage and not self.torn_bytes_cut and not self.lost:
             return f"{self.store}: no damage found; nothing changed"
-        lines = [f"{self.store}: repaired; damaged bytes kept in {self.quarantine}"]
+        kept = (f"damaged bytes kept in {self.quarantine}" if self.quarantine
+                else "no damaged file was left to keep (nothing quarantined)")
+        lines = [f"{self.store}: repaired; {kept}"]
         lines += [f"  found: {d}" for d in self.damage]
         if self.torn_bytes_cut:
             lines.append(f"  cut {self.torn_bytes_cut} torn bytes at the end of the newest tail file")
@@ -90,8 +93,8 @@ def repair_store(root: str | os.PathLike[str], lock_timeout_s: float = 2.0) -> R
     with all_partitions_locked(layout, desc.partitions, lock_timeout_s):
         for p in range(desc.partitions):
             before = len(report.lost)
-            _repair_segments(layout, p, qdir, report)
-            _repair_tail(layout, p, qdir, report)
+            _repair_segments(layout, p, qdir, report, PartitionCheck(p, desc.partitions))
+            _repair_tail(layout, p, qdir, report, PartitionCheck(p, desc.partitions))
             if len(report.lost) > before:
                 _note_version_gaps(layout, p, report.lost[before:])
     if qdir.exists():
@@ -117,7 +120,7 @@ def _record(layout: StoreLayout, ranges: list[LostRange], report: RepairReport) 
         report.lost.extend(ranges)
 
 
-def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) -> None:
+def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairReport, check: PartitionCheck) -> None:
     pdir = layout.log_dir(p)
     gen = resolve_current(pdir)
     if gen is None or not gen.is_dir():
@@ -142,10 +145,10 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
         for first, last in segment_gaps(segs, lost, p)
     ]
     for s in segs:
-        why = segment_damage(s)
+        why = segment_damage(s, check)
         if why is None:
             continue
-        kept = _salvage_row_groups(s)
+        kept = _salvage_row_groups(s, check)
         report.damage.append(f"{s.path}: {why}")
         q = _quarantine(s.path, qdir, layout)
         have = sorted(int(x) for t in kept for x in t.column("position").to_pylist())
@@ -169,8 +172,8 @@ def _repair_segments(layout: StoreLayout, p: int, qdir: Path, report: RepairRepo
     os.utime(gen)
 
 
-def _salvage_row_groups(s: Segment) -> list[pa.Table]:
-    """Readable row groups whose positions check out, as runs of contiguous positions."""
+def _salvage_row_groups(s: Segment, check: PartitionCheck) -> list[pa.Table]:
+    """Readable row groups whose positions and partition check out, as runs of contiguous positions."""
     try:
         pf = pq.ParquetFile(s.path, page_checksum_verification=True)
         groups = range(pf.num_row_groups)
@@ -187,6 +190,8 @@ def _salvage_row_groups(s: Segment) -> list[pa.Table]:
             continue
         if not pos or pos != list(range(pos[0], pos[0] + len(pos))) or pos[0] < s.first or pos[-1] > s.last:
             continue
+        if check.table(t) is not None:
+            continue
         if run and pos[0] != next_pos:
             runs.append(pa.concat_tables(run))
             run = []
@@ -202,7 +207,7 @@ def _lost(p: int, first: int, last: int, source: str, offset: int, quarantined: 
                      detail=detail, recorded_at=now_text())
 
 
-def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) -> None:
+def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport, check: PartitionCheck) -> None:
     """Keep every valid frame of every tail file, record every position used but not kept.
 
     Frames of all files are pooled, put in position order and regrouped into files named by
@@ -216,8 +221,14 @@ def _repair_tail(layout: StoreLayout, p: int, qdir: Path, report: RepairReport) 
     gen = resolve_current(layout.log_dir(p))
     segs = list_segments(gen, lost_before, p) if gen is not None and gen.is_dir() else []
     sealed_last = segs[-1].last if segs else 0
-    found = examine_tail(tail_dir, sealed_last, lost_before, p)
+    found = examine_tail(tail_dir, sealed_last, lost_before, p, check)
     files, runs, used, damaged, missing = found.files, found.runs, found.used, found.damaged, found.missing
+    if found.durable_damage is not None:  # evidence only: the next writer publishes it again from what it recovers
+        mark = tail_dir / DurableMark.NAME
+        _quarantine(mark, qdir, layout)
+        mark.unlink()
+        fsync_dir(tail_dir)
+        report.damage.append(f"{mark}: {found.durable_damage}; quarantined (the next writer publishes it again)")
     if not damaged and not missing:
         return
     quarantined = {scan.path: _quarantine(scan.path, qdir, layout) for scan in damaged}

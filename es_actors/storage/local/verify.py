@@ -4,7 +4,12 @@ Per partition: every sealed segment's CRC-32 against its name (format 1: that it
 its rows hold exactly the positions its name says; every tail frame's checksums (the same
 scanner as ``repair``, :mod:`.damage`); that positions run without a gap across segments and
 tail, or across a range recorded in ``lost-ranges.json``; and that each aggregate's versions
-run without a gap (or the gap lies across a recorded or unreadable range). It takes no lock
+run without a gap (or the gap lies across a recorded or unreadable range); that every row is
+the partition's (its ``partition`` column and the hash of its aggregate: a segment copied from
+another partition checks out by its CRC); that a format-2 partition has its tail directory and
+an intact ``DURABLE`` mark. Recorded losses are listed, with whether an operator accepted them
+(an unaccepted one makes the partition refuse commands); they are known gaps, not damage, and
+leave the verdict clean (exit status 0). It takes no lock
 and works while the store runs: a partition whose files changed under it (a seal, a
 compaction) is read again. Memory: one segment's columns at a time, and the last version of
 each aggregate of the partition being read.
@@ -26,14 +31,14 @@ from es_actors.codecs.rows import COL
 from es_actors.errors import EsActorsError
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.damage import examine_tail, segment_damage, segment_gaps
+from es_actors.storage.local.damage import PartitionCheck, examine_tail, segment_damage, segment_gaps
 from es_actors.storage.local.maintenance import store_descriptor
 from es_actors.storage.local.segments import Segment, parse_segment_name, resolve_current
 from es_actors.storage.local.wal import list_tail_files
 from es_actors.storage.lost_ranges import LostRanges
 
 _ATTEMPTS = 10  # a partition whose files keep changing under the read (a busy writer) is read again
-_COLUMNS = ["position", "aggregate_type", "aggregate_id", "version"]
+_COLUMNS = ["position", "aggregate_type", "aggregate_id", "version", "partition"]
 
 
 class Finding(BaseModel):
@@ -51,7 +56,10 @@ class Finding(BaseModel):
         if self.file:
             where += f" {self.file}"
         if self.first is not None:
-            where += f" positions {self.first}..{'?' if self.last is None else self.last}"
+            if self.last is not None and self.last < self.first:
+                where += " (no positions lost)"
+            else:
+                where += f" positions {self.first}..{'?' if self.last is None else self.last}"
         return f"{where}: {self.detail}"
 
 
@@ -62,6 +70,8 @@ class PartitionVerify(BaseModel):
     events: int = Field(0, description="Events read and checked.")
     last_position: int = 0
     lost_recorded: int = Field(0, description="Positions recorded lost by a repair (a known gap, not damage).")
+    lost_unaccepted: int = Field(0, description="Of those, positions no operator accepted yet: the partition refuses commands.")
+    lost_ranges: list[str] = Field(default_factory=list, description="Each recorded lost range and whether it was accepted.")
     torn_bytes: int = Field(0, description="A torn end of the newest tail file (a crash or a write under way; not damage).")
     reads: int = Field(1, description="How often the partition was read (more if a writer changed its files meanwhile).")
     findings: list[Finding] = Field(default_factory=list)
@@ -93,12 +103,18 @@ class VerifyReport(BaseModel):
     def summary(self) -> str:
         events = sum(p.events for p in self.partitions)
         head = f"{self.store}: {len(self.partitions)} partitions, {events:,} events read"
+        lost = [f"  recorded lost: p{p.partition:04d} {r}" for p in self.partitions for r in p.lost_ranges]
+        unaccepted = [p.partition for p in self.partitions if p.lost_unaccepted]
+        if unaccepted:
+            lost.append(f"  partition(s) {', '.join(map(str, unaccepted))} refuse commands until an operator accepts the loss: "
+                        "`es-actors repair --store PATH --accept --principal NAME --reason TEXT`")
         if self.clean:
-            return f"{head}: clean (every frame and segment checks out; positions and versions run without a gap)"
+            gaps = "without a gap" if not lost else "without a gap other than the recorded losses below"
+            return "\n".join([f"{head}: clean (every frame and segment checks out; positions and versions run {gaps})", *lost])
         lines = [f"{head}: DAMAGE FOUND ({len(self.findings)})"]
         lines += [f"  {f.describe()}" for f in self.findings]
         lines.append("  `es-actors repair --store PATH` (writers stopped) quarantines the damage and records the loss")
-        return "\n".join(lines)
+        return "\n".join(lines + lost)
 
 
 @dataclass
@@ -128,19 +144,19 @@ def verify_store(
     report = VerifyReport(store=str(layout.root))
     crc_checked: dict[tuple[int, int, int, int], str | None] = {}
     for p in [partition] if partition is not None else range(desc.partitions):
-        report.partitions.append(_verify_partition(layout, p, crc_checked, progress))
+        report.partitions.append(_verify_partition(layout, p, desc.partitions, desc.format_version, crc_checked, progress))
     return report
 
 
 def _verify_partition(
-    layout: StoreLayout, p: int, crc_checked: dict[tuple[int, int, int, int], str | None], progress: VerifyProgressFn | None,
+    layout: StoreLayout, p: int, partitions: int, fmt: int, crc_checked: dict[tuple[int, int, int, int], str | None], progress: VerifyProgressFn | None,
 ) -> PartitionVerify:
     t0 = time.monotonic()
     out = PartitionVerify(partition=p)
     for attempt in range(1, _ATTEMPTS + 1):
         before = _files_of(layout, p)
         try:
-            out = _read_partition(layout, p, crc_checked, progress)
+            out = _read_partition(layout, p, PartitionCheck(p, partitions), fmt, crc_checked, progress)
         except FileNotFoundError as exc:  # a seal or a compaction moved a file: read again
             if attempt == _ATTEMPTS:
                 out = PartitionVerify(partition=p, findings=[Finding(
@@ -193,11 +209,15 @@ class _Versions:
 
 
 def _read_partition(
-    layout: StoreLayout, p: int, crc_checked: dict[tuple[int, int, int, int], str | None], progress: VerifyProgressFn | None,
+    layout: StoreLayout, p: int, check: PartitionCheck, fmt: int, crc_checked: dict[tuple[int, int, int, int], str | None], progress: VerifyProgressFn | None,
 ) -> PartitionVerify:
     out = PartitionVerify(partition=p)
     lost = LostRanges.load(layout.root)
     out.lost_recorded = sum(r.last - r.first + 1 for r in lost.of(p))
+    out.lost_unaccepted = sum(r.last - r.first + 1 for r in lost.unresolved(p))
+    out.lost_ranges = [f"positions {r.first}..{r.last} ({r.detail}): " + (
+        f"accepted by {r.accepted.principal} at {r.accepted.accepted_at} ({r.accepted.reason})" if r.accepted
+        else "NOT accepted") for r in lost.of(p)]
     rel = lambda path: str(Path(path).relative_to(layout.root))  # noqa: E731
     pdir = layout.log_dir(p)
     gen = resolve_current(pdir)
@@ -223,7 +243,7 @@ def _read_partition(
         expected = max(expected, s.last + 1)
         why = _segment_damage_once(s, crc_checked)
         if why is None:
-            why = _check_segment_rows(s, versions, rel(s.path))
+            why = _check_segment_rows(s, versions, check, rel(s.path))
         else:
             why = f"sealed segment is damaged: {why}"
         if why is not None:
@@ -235,7 +255,14 @@ def _read_partition(
         if progress is not None:
             progress(VerifyProgress(p, i + 1, files_total))
     sealed_last = segs[-1].last if segs else 0
-    found = examine_tail(layout.tail_dir(p), sealed_last, lost, p)
+    tail_dir = layout.tail_dir(p)
+    if fmt >= 2 and not tail_dir.is_dir() and pdir.is_dir():  # a writer made the tail before it sealed anything
+        out.findings.append(Finding(partition=p, kind="layout", file=rel(tail_dir), detail=(
+            f"the partition's tail directory is missing (its DURABLE mark, lock and unsealed frames): whatever was "
+            f"written past position {sealed_last} is lost and no record says how far it went")))
+    found = examine_tail(tail_dir, sealed_last, lost, p, check)
+    if found.durable_damage is not None:
+        out.findings.append(Finding(partition=p, kind="tail", file=rel(tail_dir / "DURABLE"), detail=found.durable_damage))
     out.tail_files = len(found.files)
     for scan in found.scans:
         out.torn_bytes += scan.torn_bytes
@@ -266,8 +293,9 @@ def _segment_damage_once(s: Segment, checked: dict[tuple[int, int, int, int], st
     return checked[ident]
 
 
-def _check_segment_rows(s: Segment, versions: _Versions, file: str) -> str | None:
-    """Its rows hold exactly positions first..last in order; feeds the version check. Why not, or None."""
+def _check_segment_rows(s: Segment, versions: _Versions, check: PartitionCheck, file: str) -> str | None:
+    """Its rows hold exactly positions first..last in order, all of this partition; feeds the
+    version check. Why not, or None."""
     expected = s.first
     try:
         pf = pq.ParquetFile(s.path, page_checksum_verification=True)
@@ -276,7 +304,9 @@ def _check_segment_rows(s: Segment, versions: _Versions, file: str) -> str | Non
             pos = cols[0]
             if pos and pos != list(range(expected, expected + len(pos))):
                 return f"rows hold positions {pos[0]}..{pos[-1]} where {expected} was due (its name says {s.first}..{s.last})"
-            versions.check(zip(*cols), file)
+            if (why := check.rows(cols[4], cols[1], cols[2])) is not None:
+                return why
+            versions.check(zip(*cols[:4]), file)
             expected += len(pos)
     except (pa.ArrowException, OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError):

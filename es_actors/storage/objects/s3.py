@@ -85,6 +85,9 @@ class S3BlobStore:
         return self.prefix + key
 
     def _fail(self, what: str, key: str, exc: Exception) -> ObjectStorageError:
+        if _code(exc) in ("NoCredentialsError", "PartialCredentialsError"):  # never sent: say why, not "HTTP none"
+            return ObjectStorageError(f"s3://{self.bucket}/{self._key(key)}: {what} failed: no AWS credentials were found "
+                                      "(environment, ~/.aws, instance profile); nothing was sent to the bucket")
         return ObjectStorageError(f"s3://{self.bucket}/{self._key(key)}: {what} failed: {_code(exc)} "
                                   f"(HTTP {_status(exc) or 'none'})")
 
