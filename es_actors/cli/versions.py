@@ -60,7 +60,7 @@ def _report(report: dict[str, Any], as_json: bool) -> None:
     click.echo(f"{report['projection']}: current {report['current']}, candidate {report['candidate']}")
     for t in report.get("tables", []):
         counts = f"rows {t.get('rows_current', '-')} -> {t.get('rows_candidate', '-')}"
-        click.echo(f"  table {t['table']}: {counts}" + (" (differs)" if t["differs"] else " (same)")
+        click.echo(f"  {t.get('kind', 'table')} {t['table']}: {counts}" + (" (differs)" if t["differs"] else " (same)")
                    + (f"; shape: {t['shape']}" if t.get("shape") else ""))
         for s in t.get("sample", [])[:5]:
             click.echo(f"    {s['in']}: {json.dumps({k: v for k, v in s.items() if k != 'in'}, default=str)}")

@@ -59,6 +59,7 @@ class ProjectionState:
     gate: threading.Lock = field(default_factory=threading.Lock)
     generation: int = 0
     batch_generation: int = 0  # ``generation`` when the batch in flight started
+    batch_since_us: int | None = None  # wall clock (µs) when the batch in flight started; None: none is
     #: The projection's own loop thread (ProjectionRunner.run), its wake-up, and why it died.
     thread: threading.Thread | None = None
     wake: threading.Event = field(default_factory=threading.Event)
