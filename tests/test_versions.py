@@ -126,6 +126,13 @@ def test_in_process_cutover_then_code_moves_on_to_the_build(store_factory):
         s2.projections.rollback("balances", **WHO)
     assert s2.projections.rollback("balances", force=True, **WHO)["forced"]
     assert s2.projections.operations()[-1]["forced"] and s2.projections.operations()[-1]["outcome"] == "done"
+    # the build the running code declares (it runs as balances__v2) is not dropped from under it
+    with pytest.raises(EsActorsError, match="'balances__v2' is declared by the code the projector runs"):
+        s2.projections.drop("balances", 2, **WHO)
+    assert s2.projections.call("projections") == {"balances": 2}
+    res = s2.submit_many([(BankAccount, "acct-2", Deposit(amount=1))])[0]
+    s2.projections.wait_for("balances", res, timeout=30)
+    assert s2.projections.operations()[-1]["outcome"] == "refused"  # refused before it started: logged
     s2.close()
     # code still at v1: follows v1 again and keeps the build following (a store with a build reopens)
     s1 = Store.open(root, [BankAccount], projections=[Balances])

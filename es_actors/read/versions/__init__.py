@@ -334,8 +334,8 @@ class Versions:
             declared = getattr(running, "declared_as", None) or (  # the code's own, or the build it runs as (ADR-018)
                 instance if running is not None and getattr(running, "beside_of", None) is None else None)
             if declared is not None:
-                raise EsActorsError(f"{instance!r} is version {version} of {declared!r} as the code the projector runs "
-                                    "declares it: deploy code at another version (or without it) first")
+                raise EsActorsError(f"{instance!r} is declared by the code the projector runs (version {version} of "
+                                    f"{declared!r}): deploy code at another version (or without it) first")
             op = Operation(self.con, "drop", projection, instance, None, principal, reason, False)
             started.append(op)
             crash_point("started")
