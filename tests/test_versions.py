@@ -89,7 +89,8 @@ def test_check_cutover_rollback_drop_on_the_projector(store_factory):
     assert "balances__v3" not in {r["projection"] for r in p.status()}  # no longer followed
     log = [(o["operation"], o["to_instance"], o["outcome"]) for o in p.operations()]
     assert log == [("cutover", "balances__v3", "refused"), ("cutover", "balances__v2", "done"),
-                   ("rollback", "balances", "done"), ("cutover", "balances__v2", "done"), ("drop", None, "done")]
+                   ("rollback", "balances", "done"), ("cutover", "balances__v2", "done"),
+                   ("drop", None, "refused"), ("drop", None, "refused"), ("drop", None, "done")]  # refusals before the start too
     # the CLI: the same operations (here through the running projector)
     cli = CliRunner()
     out = cli.invoke(main, ["projections", "list", "--store", str(store.root), "--json"])

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -35,6 +34,7 @@ from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionStalled,
 from es_actors.read.batches import BoundedFollower, apply_isolating
 from es_actors.read.projection_loops import Clock, ProjectionLoops, SystemClock
 from es_actors.read.progress import PartitionProgress, ProjectionState, RecordedAt, status_rows, worst_status
+from es_actors.read.progress import batch_since as _since
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import BatchWithdrawn, ReadModel
 from es_actors.storage.local.follower import Batch, LogFollower
@@ -445,11 +445,3 @@ class ProjectionRunner:
         if st is None:
             raise EsActorsError(f"no projection {name!r}; known: {sorted(self.states)}")
         return st
-
-
-def _since(st: ProjectionState) -> str:
-    """When the batch in flight of ``st`` started (UTC, ISO), for the messages that name a stall."""
-    us = st.batch_since_us
-    if us is None:
-        return "a moment ago"
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat(timespec="seconds")

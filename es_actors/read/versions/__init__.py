@@ -15,12 +15,12 @@ import pickle
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import duckdb
 
 from es_actors.errors import CutoverRefused, EsActorsError, ProjectionStalled
+from es_actors.read.progress import batch_since
 from es_actors.read.readmodel.current import first_row, current_instance
 from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
 from es_actors.read.readmodel.schemas import drop_in_transaction
@@ -148,11 +148,10 @@ class Versions:
     def _refuse_if_stalled(self, instance: str) -> None:
         """A followed version whose batch has been in its handler longer than ``hold_s`` is stalled:
         nothing can be compared or switched while it is (ProjectionStalled names it)."""
-        since = self.runner.states[instance].batch_since_us if self._followed(instance) else None
-        if since is not None and time.time() - since / 1e6 > self.hold_s:
-            at = datetime.fromtimestamp(since / 1e6, tz=timezone.utc).isoformat(timespec="seconds")
-            raise ProjectionStalled(f"{instance} is stalled in its handler since {at}: pause it or fix its handler, "
-                                    "then try again")
+        st = self.runner.states[instance] if self._followed(instance) else None
+        if st is not None and st.batch_since_us is not None and time.time() - st.batch_since_us / 1e6 > self.hold_s:
+            raise ProjectionStalled(f"{instance} is stalled in its handler since {batch_since(st)}: pause it or fix "
+                                    "its handler, then try again")
 
     def _settle(self, instance: str, heads: dict[int, int]) -> None:
         """Give a version the projector follows up to ``follow_s`` to reach ``heads``."""
