@@ -40,7 +40,8 @@ class Checked(T):
 
 class Writing(T):
     version = 5
-    cutover_checks = ("DELETE FROM x RETURNING *", "UPDATE {current}.x SET v = -1 WHERE false", "SELECT 1 WHERE false")
+    cutover_checks = ("DELETE FROM x RETURNING *", "UPDATE {current}.x SET v = -1 WHERE false", "SELECT * FROM nowhere",
+                      "SELECT 1 WHERE false")
 
 
 def build(con: duckdb.DuckDBPyConnection, version: int, rows: list[tuple[int, int]], view: str | None,
@@ -109,7 +110,8 @@ def test_the_check_compares_views_and_always_reports_a_relation_only_one_version
 def test_declared_checks_may_only_read_and_nothing_they_do_stays(versions):
     build(versions.con, 5, ROWS, "SELECT k FROM {s}.x WHERE v > 1", Writing)
     r = versions.check("t", 5)
-    assert [c["ok"] for c in r["cutover_checks"]] == [False, False, True]
+    assert [c["ok"] for c in r["cutover_checks"]] == [False, False, False, True]  # a failing one does not abort the rest
+    assert "CatalogException" in r["cutover_checks"][2]["error"]
     assert "may only read (one SELECT), this is a DELETE statement" in r["cutover_checks"][0]["error"]
     assert "UPDATE statement" in r["cutover_checks"][1]["error"]
     assert not r["ok"] and x_rows(versions, "t__v5") == ROWS == x_rows(versions, "t")

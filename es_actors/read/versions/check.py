@@ -153,6 +153,7 @@ def run_checks(cur: duckdb.DuckDBPyConnection, current: str, candidate: str, che
                 out.append({"sql": sql, "ok": not rows, "rows": len(rows), "sample": rows[:SAMPLE]})
             except duckdb.Error as exc:
                 out.append({"sql": sql, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                _fresh_transaction(cur)  # DuckDB aborts the transaction on an error: the next check needs one
     finally:
         cur.execute("SET search_path = 'main'")
     return out
@@ -166,3 +167,13 @@ def _not_a_query(cur: duckdb.DuckDBPyConnection, sql: str) -> str | None:
     if statements[0].type != duckdb.StatementType.SELECT:
         return f"refused: a cutover check may only read (one SELECT), this is a {statements[0].type.name} statement"
     return None
+
+
+def _fresh_transaction(cur: duckdb.DuckDBPyConnection) -> None:
+    """After a failed statement inside the caller's transaction: roll it back and begin another
+    (still rolled back by the caller); outside one, nothing to do."""
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.Error:
+        return  # no transaction was active
+    cur.execute("BEGIN")
