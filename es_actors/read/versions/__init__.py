@@ -154,13 +154,23 @@ class Versions:
                                     "its handler, then try again")
 
     def _settle(self, instance: str, heads: dict[int, int]) -> None:
-        """Give a version the projector follows up to ``follow_s`` to reach ``heads``."""
-        if self._followed(instance):
+        """Give a version the projector follows up to ``follow_s`` to reach ``heads``, refused as
+        soon as its batch has been in its handler longer than ``hold_s`` (ProjectionStalled)."""
+        if not self._followed(instance):
+            return
+        want = {p: h for p, h in heads.items() if h > 0}
+        deadline = time.monotonic() + self.follow_s
+        while True:
             self._refuse_if_stalled(instance)
+            left = deadline - time.monotonic()
             try:
-                self.runner.wait_for(instance, {p: h for p, h in heads.items() if h > 0}, self.follow_s)
-            except EsActorsError:
-                pass  # judged by the caller
+                self.runner.wait_for(instance, want, max(0.0, min(left, 0.5)))
+                return
+            except ProjectionStalled:
+                raise
+            except EsActorsError:  # behind (judged by the caller once the time is up) or halted
+                if left <= 0.5 or self.runner.states[instance].halted:
+                    return
 
     def _readiness(self, instance: str) -> list[str]:
         """Why ``instance`` could not be current now: behind the log (after a wait, if followed) or halted."""
