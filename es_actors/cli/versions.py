@@ -138,7 +138,8 @@ def drop(name: str, version: int, principal: str, reason: str, store_path: str, 
 @address_option
 @_json
 def log(name: str | None, store_path: str, address: str | None, as_json: bool) -> None:
-    """The operations log (cutover, rollback, drop): who, why, outcome (interrupted: no outcome recorded)."""
+    """The operations log (cutover, rollback, drop): who, why, outcome (running: its process still
+    runs it; interrupted: it died without an outcome; unknown: started on another host)."""
     rows = reading_store(store_path, address).projections.operations(name)
     if as_json:
         _echo_json(rows)

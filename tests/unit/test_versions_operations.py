@@ -15,6 +15,7 @@ import pytest
 
 from es_actors.errors import CutoverRefused, EsActorsError
 from es_actors.read.projection import SqlProjection
+from es_actors.read.readmodel.checkpoints import committed_status
 from es_actors.read.readmodel.database import SYSTEM_DDL, readmodel_path, transaction
 from es_actors.read.readmodel.schemas import _create
 from es_actors.read.versions import Versions, in_process
@@ -142,3 +143,11 @@ def test_a_corrupt_read_model_file_is_named_corrupt_not_held(tmp_path):
     with pytest.raises(EsActorsError, match="is not a DuckDB database file \\(corrupt\\?\\)") as e:
         in_process(StoreLayout(tmp_path), 1, "versions")
     assert str(path) in str(e.value) and "held by" not in str(e.value)
+
+
+def test_status_of_a_closed_store_names_a_corrupt_read_model_file_corrupt(tmp_path):
+    path = readmodel_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(os.urandom(64 * 1024))
+    with pytest.raises(EsActorsError, match="is not a DuckDB database file \\(corrupt\\?\\)"):
+        committed_status(StoreLayout(tmp_path), 1)

@@ -22,7 +22,7 @@ import duckdb
 from es_actors.errors import CutoverRefused, EsActorsError, ProjectionStalled
 from es_actors.read.progress import batch_since
 from es_actors.read.readmodel.current import first_row, current_instance
-from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
+from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, open_error, readmodel_path, transaction
 from es_actors.read.readmodel.schemas import drop_in_transaction
 from es_actors.read.versions import oplog
 from es_actors.read.versions.check import compare, run_checks
@@ -387,22 +387,10 @@ def in_process(layout: StoreLayout, partitions: int, operation: str, *args: Any,
     try:
         con = connect_restricted(str(path), layout.root)
     except duckdb.Error as exc:
-        raise _open_error(path, exc) from None
+        raise open_error(path, exc) from None
     try:
         for stmt in SYSTEM_DDL:
             con.execute(stmt)
         return getattr(Versions(con, layout, partitions), operation)(*args, **kwargs)
     finally:
         con.close()
-
-
-def _open_error(path: Any, exc: BaseException) -> EsActorsError:
-    """Why the read-model file did not open: held by another process (DuckDB's lock), or not a
-    DuckDB database (corrupt, or another file), or DuckDB's own error."""
-    text = str(exc)
-    if "lock" in text.lower():
-        return EsActorsError(
-            f"{path} is held by a running projector this process cannot reach (join its Ray cluster, e.g. --address): {text}")
-    if "not a valid DuckDB database" in text:
-        return EsActorsError(f"{path} is not a DuckDB database file (corrupt?): {text}")
-    return EsActorsError(f"{path}: the read model could not be opened: {type(exc).__name__}: {text}")
