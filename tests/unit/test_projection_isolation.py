@@ -79,7 +79,7 @@ class Running:
         return {r["status"] for r in self.runner.status() if r["projection"] == name}
 
     def close(self) -> None:
-        self.runner.close(timeout_s=10, loop=self.thread)
+        self.runner.close(loop=self.thread)  # as the projector does: a loop still in a handler is left after 3 s
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> Any:
