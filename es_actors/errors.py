@@ -114,6 +114,11 @@ class ProjectionTimeout(EsActorsError):
     """The projection did not reach the asked positions in time."""
 
 
+class ProjectionStalled(EsActorsError):
+    """A call needed the projection's cursor, and a batch of it stayed in its handler past the
+    bound (the message names the projection and since when); nothing was done."""
+
+
 class QueryRefused(EsActorsError):
     """A query was refused before it ran: it is not one read-only SELECT, calls a function
     that is not allowed (runs SQL, touches files, settings or state), reads a file by path,

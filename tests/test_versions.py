@@ -89,7 +89,8 @@ def test_check_cutover_rollback_drop_on_the_projector(store_factory):
     assert "balances__v3" not in {r["projection"] for r in p.status()}  # no longer followed
     log = [(o["operation"], o["to_instance"], o["outcome"]) for o in p.operations()]
     assert log == [("cutover", "balances__v3", "refused"), ("cutover", "balances__v2", "done"),
-                   ("rollback", "balances", "done"), ("cutover", "balances__v2", "done"), ("drop", None, "done")]
+                   ("rollback", "balances", "done"), ("cutover", "balances__v2", "done"),
+                   ("drop", None, "refused"), ("drop", None, "refused"), ("drop", None, "done")]  # refusals before the start too
     # the CLI: the same operations (here through the running projector)
     cli = CliRunner()
     out = cli.invoke(main, ["projections", "list", "--store", str(store.root), "--json"])
@@ -126,6 +127,13 @@ def test_in_process_cutover_then_code_moves_on_to_the_build(store_factory):
         s2.projections.rollback("balances", **WHO)
     assert s2.projections.rollback("balances", force=True, **WHO)["forced"]
     assert s2.projections.operations()[-1]["forced"] and s2.projections.operations()[-1]["outcome"] == "done"
+    # the build the running code declares (it runs as balances__v2) is not dropped from under it
+    with pytest.raises(EsActorsError, match="'balances__v2' is declared by the code the projector runs"):
+        s2.projections.drop("balances", 2, **WHO)
+    assert s2.projections.call("projections") == {"balances": 2}
+    res = s2.submit_many([(BankAccount, "acct-2", Deposit(amount=1))])[0]
+    s2.projections.wait_for("balances", res, timeout=30)
+    assert s2.projections.operations()[-1]["outcome"] == "refused"  # refused before it started: logged
     s2.close()
     # code still at v1: follows v1 again and keeps the build following (a store with a build reopens)
     s1 = Store.open(root, [BankAccount], projections=[Balances])

@@ -60,7 +60,7 @@ def _report(report: dict[str, Any], as_json: bool) -> None:
     click.echo(f"{report['projection']}: current {report['current']}, candidate {report['candidate']}")
     for t in report.get("tables", []):
         counts = f"rows {t.get('rows_current', '-')} -> {t.get('rows_candidate', '-')}"
-        click.echo(f"  table {t['table']}: {counts}" + (" (differs)" if t["differs"] else " (same)")
+        click.echo(f"  {t.get('kind', 'table')} {t['table']}: {counts}" + (" (differs)" if t["differs"] else " (same)")
                    + (f"; shape: {t['shape']}" if t.get("shape") else ""))
         for s in t.get("sample", [])[:5]:
             click.echo(f"    {s['in']}: {json.dumps({k: v for k, v in s.items() if k != 'in'}, default=str)}")
@@ -138,7 +138,8 @@ def drop(name: str, version: int, principal: str, reason: str, store_path: str, 
 @address_option
 @_json
 def log(name: str | None, store_path: str, address: str | None, as_json: bool) -> None:
-    """The operations log (cutover, rollback, drop): who, why, outcome (interrupted: no outcome recorded)."""
+    """The operations log (cutover, rollback, drop): who, why, outcome (running: its process still
+    runs it; interrupted: it died without an outcome; unknown: started on another host)."""
     rows = reading_store(store_path, address).projections.operations(name)
     if as_json:
         _echo_json(rows)

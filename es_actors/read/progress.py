@@ -8,6 +8,7 @@ clock: the same rows feed ``Store.projection_status()`` and the projector's metr
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,11 +60,20 @@ class ProjectionState:
     gate: threading.Lock = field(default_factory=threading.Lock)
     generation: int = 0
     batch_generation: int = 0  # ``generation`` when the batch in flight started
+    batch_since_us: int | None = None  # wall clock (µs) when the batch in flight started; None: none is
     #: The projection's own loop thread (ProjectionRunner.run), its wake-up, and why it died.
     thread: threading.Thread | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     removed: bool = False
     loop_error: str | None = None
+
+
+def batch_since(st: ProjectionState) -> str:
+    """When the batch in flight of ``st`` started (UTC, ISO), for the messages that name a stall."""
+    us = st.batch_since_us
+    if us is None:
+        return "a moment ago"
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 class RecordedAt:

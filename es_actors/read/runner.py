@@ -7,8 +7,10 @@ its rounds until :meth:`stop`, on its own cursor (ADR-017): a hung or slow handl
 only its projection. Heads are followed apart from the loops (:meth:`refresh_heads`), so
 status, lag and "stalled" stay true while a loop is stuck in a handler. Resume, waits and
 dead-letter retries may be called from other threads: each takes the projection's cursor
-between two batches. Pause does not wait for a hung handler: it marks the projection, and a
-batch in flight is rolled back at its commit instead (the commit gate).
+between two batches, waiting at most ``CURSOR_WAIT_S`` (then :class:`ProjectionStalled` names
+the projection stuck in its handler). Pause, remove and close do not wait for a hung handler:
+they mark the projection, and a batch in flight is rolled back at its commit instead (the
+commit gate).
 
 Failures: a batch that fails is retried with exponential backoff (``max_attempts``); then
 the projection halts (status "halted", its error shown) or, with ``on_error="park"``, the
@@ -28,10 +30,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
-from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionTimeout
+from es_actors.errors import EsActorsError, ProjectionHalted, ProjectionStalled, ProjectionTimeout
 from es_actors.read.batches import BoundedFollower, apply_isolating
 from es_actors.read.projection_loops import Clock, ProjectionLoops, SystemClock
 from es_actors.read.progress import PartitionProgress, ProjectionState, RecordedAt, status_rows, worst_status
+from es_actors.read.progress import batch_since as _since
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import BatchWithdrawn, ReadModel
 from es_actors.storage.local.follower import Batch, LogFollower
@@ -42,6 +45,12 @@ log = logging.getLogger(__name__)
 #: How long pause waits for a batch in flight to end before it returns anyway (that batch is
 #: then rolled back at its commit, whenever its handler returns).
 PAUSE_WAIT_S = 1.0
+#: How long a call from another thread waits for a projection's cursor (its batch in flight to
+#: end) before it refuses with ProjectionStalled: a hung handler never blocks a caller for long.
+CURSOR_WAIT_S = 5.0
+#: How long close waits for the loops; a loop still in a handler then is left (a daemon thread)
+#: and its batch never commits.
+CLOSE_WAIT_S = 3.0
 
 
 class ProjectionRunner:
@@ -103,17 +112,33 @@ class ProjectionRunner:
             self._cond.notify_all()
         self._loops.added(self.states[p.name])
 
-    def remove_projection(self, name: str) -> None:
-        """Stop running a projection (if it runs), once no batch of it is in flight; its tables stay."""
+    def remove_projection(self, name: str, wait_s: float = PAUSE_WAIT_S) -> None:
+        """Stop running a projection (if it runs); its tables stay. It does not wait for a hung
+        handler: a batch still in flight after ``wait_s`` never commits (the commit gate), and
+        its thread ends when the handler returns."""
         st = self.states.get(name)
         if st is None:
             return
-        st.removed = True  # its loop takes no new batch, and ends
-        with self._exclusive(st):
-            with self._cond:
-                self.states.pop(name, None)
-            self.read_model.remove(name)
-        self._loops.join([st.thread], timeout_s=5.0)
+        self._withdraw(st)  # its loop takes no new batch, the one in flight does not commit
+        with self._cond:
+            self.states.pop(name, None)
+        if st.lock.acquire(timeout=wait_s):
+            try:
+                self.read_model.remove(name)
+            finally:
+                st.lock.release()
+            self._loops.join([st.thread], timeout_s=wait_s)
+        else:  # its cursor stays open for the handler that still uses it (closed with the file)
+            self.read_model.remove(name, close=False)
+            log.warning("projection %s removed while a batch was in its handler (since %s): it will not commit",
+                        name, _since(st))
+
+    def _withdraw(self, st: ProjectionState) -> None:
+        """No batch of it commits from here on (the one in flight is rolled back at its commit)."""
+        with st.gate:
+            st.removed = True
+            st.generation += 1
+        self._wake(st)
 
     def set_backfilling(self, name: str, on: bool) -> None:
         """Leave a projection to a parallel catch-up (the loop takes no batch of it), or take it back."""
@@ -126,10 +151,11 @@ class ProjectionRunner:
         self._wake(st)
 
     @contextmanager
-    def exclusive(self, name: str) -> Iterator[ProjectionState]:
-        """The projection's cursor, once no batch of it is in flight (e.g. to install a catch-up)."""
+    def exclusive(self, name: str, timeout_s: float | None = None) -> Iterator[ProjectionState]:
+        """The projection's cursor, once no batch of it is in flight (e.g. to install a catch-up);
+        with ``timeout_s``, :class:`ProjectionStalled` if a batch stays in its handler longer."""
         st = self._state(name)
-        with self._exclusive(st):
+        with self._exclusive(st, timeout_s):
             yield st
 
     def advance_to(self, name: str, positions: Mapping[int, int], applied: Mapping[int, int] | None = None) -> None:
@@ -174,18 +200,21 @@ class ProjectionRunner:
             if st.paused or st.halted or st.waiters or st.removed:
                 return False  # paused meanwhile
             st.batch_generation = st.generation
+            st.batch_since_us = self.clock.wall_us()
             try:
                 return self._round(st)
             except BatchWithdrawn:  # paused while in flight: rolled back; from the checkpoint after resume
                 for prog in st.partitions.values():
                     prog.follower.seek(prog.checkpoint)
                 return True
+            finally:
+                st.batch_since_us = None
 
     @contextmanager
     def _commit_gate(self, st: ProjectionState) -> Iterator[bool]:
         """Around a batch's COMMIT: whether it may (no pause since the batch started)."""
         with st.gate:
-            yield not st.paused and st.generation == st.batch_generation
+            yield not st.paused and not st.removed and st.generation == st.batch_generation
 
     def stop(self) -> None:
         self._loops.stop(list(self.states.values()))
@@ -283,13 +312,21 @@ class ProjectionRunner:
             self._cond.notify_all()
 
     @contextmanager
-    def _exclusive(self, st: ProjectionState) -> Iterator[None]:
-        """The projection's cursor, taken from the loop between two batches."""
+    def _exclusive(self, st: ProjectionState, timeout_s: float | None = None) -> Iterator[None]:
+        """The projection's cursor, taken from the loop between two batches (refused after
+        ``timeout_s`` if given: the projection is stuck in its handler)."""
         with self._cond:
             st.waiters += 1
         try:
-            with st.lock:
+            if not st.lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
+                raise ProjectionStalled(
+                    f"{st.projection.name} is stalled in its handler since {_since(st)} (waited {timeout_s:g} s "
+                    "for its batch in flight to end); pause it or fix its handler, then try again"
+                )
+            try:
                 yield
+            finally:
+                st.lock.release()
         finally:
             with self._cond:
                 st.waiters -= 1
@@ -383,16 +420,23 @@ class ProjectionRunner:
     def retry_dead_letters(self, name: str) -> dict[str, int]:
         """Apply each parked event of the projection again; a success leaves the dead letters."""
         st = self._state(name)
-        with self._exclusive(st):  # the loop applies batches on the same cursor
+        with self._exclusive(st, CURSOR_WAIT_S):  # the loop applies batches on the same cursor
             out = self.read_model.retry_dead_letters(st.projection)
             st.parked = self.read_model.dead_letters(name).num_rows
         return out
 
-    def close(self, timeout_s: float = 30.0, loop: threading.Thread | None = None) -> None:
+    def close(self, timeout_s: float = CLOSE_WAIT_S, loop: threading.Thread | None = None) -> None:
         """Stop the loops (joining the thread of :meth:`run`, if given, and each projection's,
-        within ``timeout_s`` in all) and close the read model."""
+        within ``timeout_s`` in all) and close the read model. A loop still in a handler then is
+        not waited for: its batch never commits (the commit gate), its thread is a daemon."""
+        states = list(self.states.values())
         self.stop()
-        self._loops.join([loop] + [st.thread for st in list(self.states.values())], timeout_s)
+        self._loops.join([loop] + [st.thread for st in states], timeout_s)
+        for st in states:
+            if st.thread is not None and st.thread.is_alive():
+                log.warning("projection %s: closed while a batch was in its handler (since %s); it will not commit",
+                            st.projection.name, _since(st))
+                self._withdraw(st)
         self.read_model.close()
 
     def _state(self, name: str) -> ProjectionState:

@@ -54,6 +54,7 @@ def _query_here(store: "Store", req: Any) -> Any:
     from es_actors.errors import QueryFailed
     from es_actors.read.queries import run_query
     from es_actors.read.readmodel import connect_restricted, readmodel_path
+    from es_actors.read.readmodel.database import open_error
     from es_actors.read.events_relation import LogEvents
 
     path = readmodel_path(store.layout.root)
@@ -61,7 +62,9 @@ def _query_here(store: "Store", req: Any) -> Any:
     if path.exists():
         try:
             con = connect_restricted(str(path), store.layout.root, read_only=True)
-        except duckdb.Error:  # held by a projector this process cannot reach: events only
+        except duckdb.Error as exc:  # held by a projector this process cannot reach: events only
+            if "lock" not in str(exc).lower():
+                raise open_error(path, exc) from None  # corrupt, say: named, not taken for a projector's
             con, held = None, True
     con = con or connect_restricted(":memory:", store.layout.root)
     try:

@@ -11,6 +11,9 @@ from typing import Any, Sequence
 import pytest
 
 from es_actors import StoreConfig
+from es_actors.errors import EsActorsError, ProjectionStalled
+from es_actors.read.backfill.install import beside
+from es_actors.read.versions import Versions
 from es_actors.codecs.views import RecordedEvent
 from es_actors.examples.bank import AccountOpened, MoneyDeposited, MoneyWithdrawn
 from es_actors.examples.bank_projections import Balances, BalancesPy, upsert_balance_deltas
@@ -76,7 +79,7 @@ class Running:
         return {r["status"] for r in self.runner.status() if r["projection"] == name}
 
     def close(self) -> None:
-        self.runner.close(timeout_s=10, loop=self.thread)
+        self.runner.close(loop=self.thread)  # as the projector does: a loop still in a handler is left after 3 s
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> Any:
@@ -151,5 +154,104 @@ def test_projections_added_while_running_get_their_own_loop_and_removed_ones_end
         r.runner.remove_projection("balances_py")
         assert not thread.is_alive() and "balances_py" not in r.runner.states
         assert table(r.runner, "balances_py") == bank.expected  # its tables stay
+    finally:
+        r.close()
+
+
+def test_calls_that_need_a_hung_projections_cursor_are_refused_after_a_bound_and_close_does_not_wait(bank, hang):
+    bank.open_accounts(3)
+    r = Running(bank, [Balances, Hung])
+    closed = False
+    try:
+        assert Hung.entered.wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(ProjectionStalled, match=r"hung is stalled in its handler since \d{4}-\d\d-\d\dT"):
+            with r.runner.exclusive("hung", timeout_s=0.5):
+                pass
+        assert time.monotonic() - t0 < 2.0
+        with r.runner.exclusive("balances", timeout_s=0.5):  # the others' cursors are free
+            pass
+        t0 = time.monotonic()
+        r.runner.close(loop=r.thread)  # as the projector closes it
+        closed = True
+        assert time.monotonic() - t0 < 5.0, "close waited for the hung handler"
+        assert r.runner.states["hung"].thread.is_alive()  # a daemon, left in its handler
+    finally:
+        if not closed:
+            r.close()
+    Hung.release.set()
+    r.runner.states["hung"].thread.join(10)
+    assert not r.runner.states["hung"].thread.is_alive()
+
+
+class HungV2(Hung):
+    version = 2
+
+
+def hung_build(r: Running) -> None:
+    """``hung__v2``: Hung v2 as a backfill's build beside ``hung``, followed by the runner."""
+    r.runner.read_model.con.execute("INSERT INTO es_actors.builds VALUES ('hung__v2', 'hung', 2, NULL, 'x', now())")
+    r.runner.add_projection(beside(HungV2))
+
+
+def test_an_operation_on_a_hung_version_is_refused_in_bounded_time_and_does_not_block_other_projections(bank, hang):
+    bank.open_accounts(3)
+    r = Running(bank, [Balances, Hung])
+    try:
+        assert Hung.entered.wait(10)
+        hung_build(r)
+        v = Versions(r.runner.read_model.con, bank.layout, PARTITIONS, r.runner, follow_s=1.0)
+        v.hold_s = 2.0
+        out: dict[str, Any] = {}
+
+        def cutover() -> None:
+            t0 = time.monotonic()
+            try:
+                v.cutover("hung", 2, principal="ops", reason="test")
+            except Exception as exc:
+                out["error"] = exc
+            out["took"] = time.monotonic() - t0
+
+        th = threading.Thread(target=cutover, daemon=True)
+        th.start()
+        time.sleep(0.3)
+        assert [o["outcome"] for o in v.operations("hung")] == ["running"]  # its process lives: not "interrupted"
+        t0 = time.monotonic()
+        with pytest.raises(EsActorsError, match="no cutover to 'balances'"):  # another projection: not blocked
+            v.rollback("balances", principal="ops", reason="test")
+        assert time.monotonic() - t0 < 1.0
+        th.join(15)
+        assert not th.is_alive(), "the cutover waited for the hung handler"
+        assert isinstance(out["error"], ProjectionStalled) and "stalled in its handler since" in str(out["error"])
+        assert out["took"] < 8.0
+        [op] = v.operations("hung")
+        assert op["outcome"] == "failed" and "stalled in its handler" in op["detail"]["error"]
+    finally:
+        r.close()
+
+
+def test_dropping_a_hung_version_does_not_wait_for_its_handler_and_its_batch_never_commits(bank, hang):
+    bank.open_accounts(3)
+    r = Running(bank, [Balances, Hung])
+    try:
+        assert Hung.entered.wait(10)
+        Hung.entered.clear()
+        hung_build(r)
+        assert Hung.entered.wait(10)  # hung__v2 is in its handler too
+        v = Versions(r.runner.read_model.con, bank.layout, PARTITIONS, r.runner)
+        thread = r.runner.states["hung__v2"].thread
+        t0 = time.monotonic()
+        r.runner.pause("hung__v2")
+        assert v.drop("hung", 2, principal="ops", reason="test")["dropped"] == "hung__v2"
+        assert time.monotonic() - t0 < 4.0, "drop waited for the hung handler"
+        assert "hung__v2" not in r.runner.states and {x["instance"] for x in v.versions()} == {"balances", "hung"}
+        Hung.release.set()  # the handler returns: its batch does not commit, its loop ends
+        thread.join(10)
+        assert not thread.is_alive()
+        con = r.runner.read_model.con
+        assert con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'hung__v2'").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM es_actors.checkpoints WHERE projection = 'hung__v2'").fetchall() == [(0,)]
+        r.runner.wait_for("hung", r.heads(), timeout_s=10)  # the one left carries on
+        assert table(r.runner, "hung") == bank.expected
     finally:
         r.close()

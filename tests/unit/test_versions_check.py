@@ -5,6 +5,11 @@ outcome as interrupted, and neither a new projection nor a drop takes views from
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import duckdb
 import pytest
 from hypothesis import given, settings
@@ -16,7 +21,7 @@ from es_actors.read.readmodel.database import SYSTEM_DDL, transaction
 from es_actors.read.readmodel.schemas import _create, drop_in_transaction
 from es_actors.read.projection import SqlProjection
 from es_actors.read.versions.check import compare, run_checks
-from es_actors.read.versions.oplog import Operation, operations
+from es_actors.read.versions.oplog import Operation, operations, refused
 from es_actors.read.versions.switch import switch_views
 
 
@@ -141,11 +146,28 @@ def test_code_at_the_built_version_runs_on_the_build_after_a_cutover():
     assert runs_as(con, T) is T  # code still at v1 keeps running t
 
 
-def test_an_operation_without_an_outcome_is_listed_as_interrupted():
+def test_an_operation_without_an_outcome_is_running_while_its_process_lives_else_interrupted():
     con = database()
     a = Operation(con, "cutover", "t", "t", "t__v2", "ops", "new totals", False)
     b = Operation(con, "cutover", "t", "t", "t__v2", "ops", "again", True)
     b.finish("done", {"problems": ["x"]})
     ops = operations(con)
-    assert [(o["id"], o["outcome"], o["forced"]) for o in ops] == [(a.id, "interrupted", False), (b.id, "done", True)]
+    assert [(o["id"], o["outcome"], o["forced"]) for o in ops] == [(a.id, "running", False), (b.id, "done", True)]
     assert ops[1]["detail"] == {"problems": ["x"]} and ops[0]["principal"] == "ops"
+    assert ops[0]["detail"]["pid"] == os.getpid()
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    started = json.loads(con.execute("SELECT detail FROM es_actors.operations WHERE id = ?", [a.id]).fetchone()[0])
+    con.execute("UPDATE es_actors.operations SET detail = ? WHERE id = ?",  # as if that process had started it
+                [json.dumps({**started, "pid": int(gone.stdout)}), a.id])
+    assert operations(con)[0]["outcome"] == "interrupted"  # its process ended without an outcome
+    con.execute("UPDATE es_actors.operations SET detail = ? WHERE id = ?", [json.dumps({**started, "host": "elsewhere"}), a.id])
+    assert operations(con)[0]["outcome"] == "unknown"  # another host: this process cannot tell
+
+
+def test_an_operation_refused_before_it_started_is_one_refused_entry():
+    con = database()
+    refused(con, "rollback", "t", None, None, "ops", "undo", False, "no cutover to 't' is recorded to roll back")
+    [op] = operations(con)
+    assert (op["operation"], op["outcome"], op["detail"]["problems"]) == (
+        "rollback", "refused", ["no cutover to 't' is recorded to roll back"])

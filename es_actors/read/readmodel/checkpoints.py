@@ -10,8 +10,7 @@ from typing import Any
 
 import duckdb
 
-from es_actors.errors import EsActorsError
-from es_actors.read.readmodel.database import connect_restricted, readmodel_path
+from es_actors.read.readmodel.database import connect_restricted, open_error, readmodel_path
 from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.local.range_reads import recorded_at_us
 from es_actors.storage.layout import StoreLayout
@@ -54,9 +53,7 @@ def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any
     try:
         con = connect_restricted(str(path), layout.root, read_only=True)
     except duckdb.Error as exc:
-        raise EsActorsError(
-            f"{path} is held by a running projector that this process cannot reach (join its Ray cluster): {exc}"
-        ) from None
+        raise open_error(path, exc) from None  # held by a projector, or corrupt: named as such
     try:
         heads = []
         for p in range(partitions):

@@ -44,14 +44,6 @@ def is_current(cur: duckdb.DuckDBPyConnection, instance: str) -> bool:
     return current_instance(cur, group_of(cur, instance)) == instance
 
 
-def base_tables(cur: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
-    """The tables of a schema (what a check compares)."""
-    return [r[0] for r in cur.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
-        [schema],
-    ).fetchall()]
-
-
 def shown_tables(cur: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
     """The tables and views of a schema: each has a view in ``main`` while its instance is current."""
     return [r[0] for r in cur.execute(

@@ -61,6 +61,18 @@ def connect_restricted(
     return con
 
 
+def open_error(path: Path, exc: BaseException) -> EsActorsError:
+    """Why the read-model file did not open for writing: held by another process (DuckDB's
+    lock), not a DuckDB database (corrupt, or another file), or DuckDB's own error."""
+    text = str(exc)
+    if "lock" in text.lower():
+        return EsActorsError(
+            f"{path} is held by a running projector this process cannot reach (join its Ray cluster, e.g. --address): {text}")
+    if "not a valid DuckDB database" in text:
+        return EsActorsError(f"{path} is not a DuckDB database file (corrupt?): {text}")
+    return EsActorsError(f"{path}: the read model could not be opened: {type(exc).__name__}: {text}")
+
+
 #: Held around a COMMIT; yields whether the transaction may commit (False: it rolls back).
 CommitGate = Callable[[], ContextManager[bool]]
 

@@ -57,6 +57,7 @@ class ReadModel:
         for stmt in SYSTEM_DDL:
             self.con.execute(stmt)
         self.cursors: dict[str, duckdb.DuckDBPyConnection] = {}
+        self._left_open: list[duckdb.DuckDBPyConnection] = []  # cursors of removed projections still in a handler
         #: Declared name -> the class it runs as: the build of its version after a cutover to it (ADR-018).
         self.runs_as = {p.name: runs_as(self.con, p) for p in projections}
         projections = [self.runs_as[p.name] for p in projections]
@@ -81,14 +82,18 @@ class ReadModel:
         self.projections[p.name] = p
         self.defined_functions = database_functions(self.con)
 
-    def remove(self, name: str) -> None:
-        """Close a projection's cursor (its tables stay in the file)."""
+    def remove(self, name: str, close: bool = True) -> None:
+        """Close a projection's cursor (its tables stay in the file). ``close`` False: a batch
+        still uses it (a hung handler's, refused at its commit); it is closed with the file."""
         cur = self.cursors.pop(name, None)
         self.handlers.pop(name, None)
         self.commit_gates.pop(name, None)
         self.projections.pop(name, None)
         if cur is not None:
-            cur.close()
+            if close:
+                cur.close()
+            else:
+                self._left_open.append(cur)
 
     # -- checkpoints and pause ----------------------------------------------------------------
 
@@ -118,8 +123,10 @@ class ReadModel:
     def _apply_and_checkpoint(
         self, cur: duckdb.DuckDBPyConnection, handler: ProjectionHandler, p: type[Projection], batch: Batch, optimistic: bool
     ) -> int:
+        gate = self.commit_gates.get(p.name)  # taken once: a retry after removal still asks it
+
         def attempt() -> int:
-            with transaction(cur, self.commit_gates.get(p.name)):
+            with transaction(cur, gate):
                 n = handler.apply(cur, p, batch, optimistic)
                 checkpoints.set_checkpoint(cur, p.name, batch.partition, batch.last)
             return n
@@ -132,9 +139,11 @@ class ReadModel:
         cur = self.cursors[p.name]
         merged = Batch(-1, 0, 0, table=pa.concat_tables([b.table for b in batches if b.table is not None]))
 
+        gate, handler = self.commit_gates.get(p.name), self.handlers[p.name]
+
         def attempt() -> int:
-            with transaction(cur, self.commit_gates.get(p.name)):
-                n = self.handlers[p.name].apply(cur, p, merged)
+            with transaction(cur, gate):
+                n = handler.apply(cur, p, merged)
                 for b in batches:
                     checkpoints.set_checkpoint(cur, p.name, b.partition, b.last)
             return n
@@ -185,8 +194,10 @@ class ReadModel:
         cur = self.cursors[p.name]
         table = batch.to_table()
 
+        gate = self.commit_gates.get(p.name)
+
         def attempt() -> None:
-            with transaction(cur, self.commit_gates.get(p.name)):
+            with transaction(cur, gate):
                 dead_letters.insert_dead_letters(cur, p.name, table, error, attempts)
                 checkpoints.set_checkpoint(cur, p.name, batch.partition, batch.last)
 
@@ -221,7 +232,7 @@ class ReadModel:
             cur.close()
 
     def close(self) -> None:
-        for c in self.cursors.values():
+        for c in [*self.cursors.values(), *self._left_open]:
             try:
                 c.close()
             except Exception:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import contextlib
 import pickle
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import duckdb
 
-from es_actors.errors import CutoverRefused, EsActorsError
+from es_actors.errors import CutoverRefused, EsActorsError, ProjectionStalled
+from es_actors.read.progress import batch_since
 from es_actors.read.readmodel.current import first_row, current_instance
-from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, readmodel_path, transaction
+from es_actors.read.readmodel.database import SYSTEM_DDL, connect_restricted, open_error, readmodel_path, transaction
 from es_actors.read.readmodel.schemas import drop_in_transaction
 from es_actors.read.versions import oplog
 from es_actors.read.versions.check import compare, run_checks
@@ -32,7 +34,22 @@ from es_actors.storage.local.reader import durable_high_water
 __all__ = ["Versions", "in_process", "CRASH_STEPS"]
 CRASH_STEPS = oplog.CRASH_STEPS
 
-_ONE_AT_A_TIME = threading.Lock()  # operations that switch or drop, in one process (the file's writer)
+#: Operations that switch or drop, one at a time per (read-model file, projection) in this process
+#: (the file's writer): an operation on one projection never waits for another projection's.
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+#: How long an operation waits for another on the same projection before it is refused.
+OPERATION_WAIT_S = 30.0
+#: How long an operation waits for a followed version's cursor (its batch in flight to end)
+#: before it is refused naming the version stalled in its handler.
+HOLD_S = 5.0
+
+
+def _valid_version(version: Any) -> int:
+    """Versions are whole numbers from 1: anything else is refused as bad input, before anything is looked up."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EsActorsError(f"a projection version is a whole number from 1, not {version!r}")
+    return version
 
 
 class Versions:
@@ -45,6 +62,31 @@ class Versions:
     ) -> None:
         self.con, self.layout, self.partitions, self.runner, self.load = con, layout, partitions, runner, load
         self.follow_s = follow_s  # how long a followed candidate may take to reach the heads before it counts as behind
+        self.hold_s = HOLD_S
+
+    @contextmanager
+    def _one_at_a_time(self, projection: str) -> Iterator[None]:
+        """This projection's operations one at a time (others' run meanwhile); refused after OPERATION_WAIT_S."""
+        with _LOCKS_GUARD:
+            lock = _LOCKS.setdefault((str(self.layout.root), projection), threading.Lock())
+        if not lock.acquire(timeout=OPERATION_WAIT_S):
+            raise EsActorsError(f"another operation on projection {projection!r} is in progress; try again once it has ended")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _refusals(self, operation: str, projection: str, principal: str, reason: str, force: bool) -> Iterator[list[Any]]:
+        """An error before the operation starts (before the yielded list gets its Operation) is
+        recorded as its refusal (ADR-018), then raised."""
+        started: list[Any] = []
+        try:
+            yield started
+        except EsActorsError as exc:
+            if not started:
+                oplog.refused(self.con, operation, projection, None, None, principal, reason, force, str(exc))
+            raise
 
     # -- what there is ---------------------------------------------------------------------
 
@@ -103,13 +145,32 @@ class Versions:
 
     # -- check -------------------------------------------------------------------------------
 
+    def _refuse_if_stalled(self, instance: str) -> None:
+        """A followed version whose batch has been in its handler longer than ``hold_s`` is stalled:
+        nothing can be compared or switched while it is (ProjectionStalled names it)."""
+        st = self.runner.states[instance] if self._followed(instance) else None
+        if st is not None and st.batch_since_us is not None and time.time() - st.batch_since_us / 1e6 > self.hold_s:
+            raise ProjectionStalled(f"{instance} is stalled in its handler since {batch_since(st)}: pause it or fix "
+                                    "its handler, then try again")
+
     def _settle(self, instance: str, heads: dict[int, int]) -> None:
-        """Give a version the projector follows up to ``follow_s`` to reach ``heads``."""
-        if self._followed(instance):
+        """Give a version the projector follows up to ``follow_s`` to reach ``heads``, refused as
+        soon as its batch has been in its handler longer than ``hold_s`` (ProjectionStalled)."""
+        if not self._followed(instance):
+            return
+        want = {p: h for p, h in heads.items() if h > 0}
+        deadline = time.monotonic() + self.follow_s
+        while True:
+            self._refuse_if_stalled(instance)
+            left = deadline - time.monotonic()
             try:
-                self.runner.wait_for(instance, {p: h for p, h in heads.items() if h > 0}, self.follow_s)
-            except EsActorsError:
-                pass  # judged by the caller
+                self.runner.wait_for(instance, want, max(0.0, min(left, 0.5)))
+                return
+            except ProjectionStalled:
+                raise
+            except EsActorsError:  # behind (judged by the caller once the time is up) or halted
+                if left <= 0.5 or self.runner.states[instance].halted:
+                    return
 
     def _readiness(self, instance: str) -> list[str]:
         """Why ``instance`` could not be current now: behind the log (after a wait, if followed) or halted."""
@@ -142,12 +203,13 @@ class Versions:
         with contextlib.ExitStack() as stack:
             for i in sorted(set(instances)):
                 if self._followed(i):
-                    stack.enter_context(self.runner.exclusive(i))
+                    stack.enter_context(self.runner.exclusive(i, timeout_s=self.hold_s))
             yield
 
     def check(self, projection: str, version: int) -> dict[str, Any]:
         """Compare version ``version`` with the current version (see :mod:`.check`); ``ok`` False
         names what differs in ``problems``."""
+        version = _valid_version(version)
         current = self._current(projection)
         return self._check(projection, current, self._resolve(projection, version, current))
 
@@ -166,6 +228,7 @@ class Versions:
                 self._settle(current, self._heads())  # the candidate waited in _readiness
             with self._held(current, candidate):
                 cur = self.con.cursor()
+                cur.execute("BEGIN")  # one snapshot of both, and nothing a check does stays: always rolled back
                 try:
                     at = {i: dict(cur.execute("SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?",
                                               [i]).fetchall()) for i in (current, candidate)}
@@ -175,16 +238,18 @@ class Versions:
                     assertions = run_checks(cur, current, candidate, checks) if checks else []
                     break
                 finally:
+                    cur.execute("ROLLBACK")
                     cur.close()
         crash_point("checked")
         if at[current] != at[candidate]:
             problems.append(f"compared at different positions: current {at[current]}, candidate {at[candidate]}")
         differs = [t["table"] for t in tables if t["differs"]]
+        problems += [_describe(t) for t in tables if t.get("only_in")]  # a relation only one version has: always
         if checks:  # the declaration says what must hold: differences of rows are expected, reported
             problems += [f"cutover check failed: {a['sql'].strip()[:200]}" + (f" ({a['error']})" if "error" in a else
                          f" ({a['rows']} rows)") for a in assertions if not a["ok"]]
         else:
-            problems += [_describe(t) for t in tables if t["differs"]]
+            problems += [_describe(t) for t in tables if t["differs"] and not t.get("only_in")]
         return {"projection": projection, "current": current, "candidate": candidate, "tables": tables,
                 "cutover_checks": assertions, "differs": differs, "problems": problems, "ok": not problems}
 
@@ -194,12 +259,14 @@ class Versions:
         """Check version ``version``, then point ``main`` at it; refused (CutoverRefused) on a
         problem unless ``force`` (recorded)."""
         require_who(principal, reason)
-        with _ONE_AT_A_TIME:
+        version = _valid_version(version)
+        with self._refusals("cutover", projection, principal, reason, force) as started, self._one_at_a_time(projection):
             current = self._current(projection)
             candidate = self._resolve(projection, version, current)
             if candidate == current:
                 raise EsActorsError(f"{candidate!r} is already the current version of {projection!r}")
             op = Operation(self.con, "cutover", projection, current, candidate, principal, reason, force)
+            started.append(op)
             crash_point("started")
             try:
                 report = self._check(projection, current, candidate)
@@ -209,27 +276,33 @@ class Versions:
             return self._switch(op, projection, current, candidate, version, report, force, "cutover")
 
     def rollback(self, projection: str, principal: str, reason: str, force: bool = False) -> dict[str, Any]:
-        """Switch back to the version that was current before the last cutover (or rollback);
-        refused if it is behind the log or halted, unless ``force``."""
+        """Switch back to the version that was current before the last cutover; refused if it is
+        behind the log or halted, unless ``force``. Rolling back a rollback installs the version
+        that rollback left: it is checked like a cutover (refused on a difference unless ``force``)."""
         require_who(principal, reason)
-        with _ONE_AT_A_TIME:
+        with self._refusals("rollback", projection, principal, reason, force) as started, self._one_at_a_time(projection):
             current = self._current(projection)
             last = oplog.last_switch(self.con.cursor(), projection)
             if last is None or last[1] != current or last[0] is None:
                 raise EsActorsError(f"projection {projection!r}: no cutover to {current!r} is recorded to roll back")
-            target = last[0]
+            target, undoes = last[0], last[2]
             known = {r["instance"]: r["version"] for r in self._instances(projection)}
             if target not in known:
                 raise EsActorsError(f"projection {projection!r}: {target!r}, current before, was dropped; cut over to a version it has")
             op = Operation(self.con, "rollback", projection, current, target, principal, reason, force)
+            started.append(op)
             crash_point("started")
             try:
-                problems = self._readiness(target)
+                if undoes == "rollback":  # rolling back a rollback installs the version it left: checked like a cutover
+                    report = self._check(projection, current, target)
+                else:  # undoing a cutover: back to the version that served before, if it is complete
+                    problems = self._readiness(target)
+                    report = {"projection": projection, "current": current, "candidate": target, "problems": problems,
+                              "ok": not problems}
             except BaseException as exc:
                 op.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})
                 raise
             crash_point("checked")
-            report = {"projection": projection, "current": current, "candidate": target, "problems": problems, "ok": not problems}
             return self._switch(op, projection, current, target, known[target], report, force, "rollback")
 
     def _switch(
@@ -260,15 +333,20 @@ class Versions:
     def drop(self, projection: str, version: int, principal: str, reason: str) -> dict[str, Any]:
         """Remove a version that is not current: its schema, checkpoints, dead letters and build record."""
         require_who(principal, reason)
-        with _ONE_AT_A_TIME:
+        version = _valid_version(version)
+        with self._refusals("drop", projection, principal, reason, False) as started, self._one_at_a_time(projection):
             current = self._current(projection)
             instance = self._resolve(projection, version, current)
             if instance == current:
                 raise EsActorsError(f"{instance!r} is the current version of {projection!r}: cut over to another before dropping it")
             running = self.runner.states[instance].projection if self._followed(instance) else None
-            if running is not None and getattr(running, "beside_of", None) is None:
-                raise EsActorsError(f"{instance!r} is declared by the code the projector runs: remove it from that code first")
+            declared = getattr(running, "declared_as", None) or (  # the code's own, or the build it runs as (ADR-018)
+                instance if running is not None and getattr(running, "beside_of", None) is None else None)
+            if declared is not None:
+                raise EsActorsError(f"{instance!r} is declared by the code the projector runs (version {version} of "
+                                    f"{declared!r}): deploy code at another version (or without it) first")
             op = Operation(self.con, "drop", projection, instance, None, principal, reason, False)
+            started.append(op)
             crash_point("started")
             if running is not None:
                 self.runner.remove_projection(instance)  # it stops following before its tables go
@@ -291,11 +369,13 @@ class Versions:
 
 def _describe(t: dict[str, Any]) -> str:
     what = [t["shape"]] if t.get("shape") else []
+    if t.get("only_in"):
+        return f"{t.get('kind', 'table')} {t['table']}: {t['shape']}"
     for k, label in (("only_in_current", "only in the current"), ("only_in_candidate", "only in the candidate"),
                      ("changed", "changed")):
         if t.get(k):
             what.append(f"{t[k]} rows {label}")
-    return f"table {t['table']}: " + ", ".join(what)
+    return f"{t.get('kind', 'table')} {t['table']}: " + ", ".join(what)
 
 
 def in_process(layout: StoreLayout, partitions: int, operation: str, *args: Any, **kwargs: Any) -> Any:
@@ -307,9 +387,7 @@ def in_process(layout: StoreLayout, partitions: int, operation: str, *args: Any,
     try:
         con = connect_restricted(str(path), layout.root)
     except duckdb.Error as exc:
-        raise EsActorsError(
-            f"{path} is held by a running projector this process cannot reach (join its Ray cluster, e.g. --address): {exc}"
-        ) from None
+        raise open_error(path, exc) from None
     try:
         for stmt in SYSTEM_DDL:
             con.execute(stmt)

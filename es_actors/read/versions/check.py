@@ -1,8 +1,10 @@
-"""What a cutover compares: each table of the candidate version against the current one (row
-counts, keyed differences by the table's primary key, else whole rows with EXCEPT ALL both ways,
-a few differing rows as a sample), over the columns both have; and the candidate's declared
-``cutover_checks`` (SQL that returns no rows when all is well). Runs inside the caller's
-transaction, so both versions are read at one snapshot."""
+"""What a cutover compares: each relation of the candidate version that a switch shows in
+``main`` (tables and views) against the current one (row counts, keyed differences by a table's
+primary key, else whole rows with EXCEPT ALL both ways, a few differing rows as a sample), over
+the columns both have; a relation only one version has is reported as such. And the candidate's
+declared ``cutover_checks`` (one SELECT each, that returns no rows when all is well; any other
+statement is refused unrun). Runs inside the caller's transaction, which the caller always rolls
+back: both versions are read at one snapshot and nothing a check does stays."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from es_actors.read.readmodel.current import first_row, base_tables
+from es_actors.read.readmodel.current import first_row
 
 SAMPLE = 5
 
@@ -107,17 +109,30 @@ def _rows_params(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) ->
     return dict(zip(names, row)) if row else None
 
 
+def relations(cur: duckdb.DuckDBPyConnection, schema: str) -> dict[str, str]:
+    """Every relation of a schema that a switch shows in ``main``: name -> "table" or "view"."""
+    return {n: ("view" if t == "VIEW" else "table") for n, t in cur.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [schema],
+    ).fetchall()}
+
+
 def compare(cur: duckdb.DuckDBPyConnection, current: str, candidate: str) -> list[dict[str, Any]]:
-    """Every table of either version; a table only one of them has is a difference of shape."""
-    ta, tb = base_tables(cur, current), base_tables(cur, candidate)
+    """Every relation (table or view) of either version; one only a version has is reported
+    (``only_in``), a difference whatever the declared checks say."""
+    ta, tb = relations(cur, current), relations(cur, candidate)
     out = []
     for t in sorted(set(ta) | set(tb)):
+        kind = tb.get(t) or ta[t]
         if t in ta and t in tb:
-            out.append(compare_table(cur, current, candidate, t))
+            out.append({**compare_table(cur, current, candidate, t), "kind": kind})
+            if ta[t] != tb[t]:
+                out[-1]["shape"] = "; ".join(filter(None, [f"a {ta[t]} in the current version, a {tb[t]} in the candidate",
+                                                           out[-1]["shape"]]))
+                out[-1]["differs"] = True
         else:
             side, schema = ("candidate", candidate) if t in tb else ("current", current)
-            out.append({"table": t, "shape": f"table only in the {side} version", "differs": True,
-                        f"rows_{side}": _count(cur, f"SELECT * FROM {_q(schema)}.{_q(t)}")})
+            out.append({"table": t, "kind": kind, "shape": f"{kind} only in the {side} version", "differs": True,
+                        "only_in": side, f"rows_{side}": _count(cur, f"SELECT * FROM {_q(schema)}.{_q(t)}")})
     return out
 
 
@@ -130,10 +145,35 @@ def run_checks(cur: duckdb.DuckDBPyConnection, current: str, candidate: str, che
         for sql in checks:
             text = sql.replace("{current}", _q(current))
             try:
+                refused = _not_a_query(cur, text)
+                if refused:
+                    out.append({"sql": sql, "ok": False, "error": refused})
+                    continue
                 rows = _rows(cur, text)
                 out.append({"sql": sql, "ok": not rows, "rows": len(rows), "sample": rows[:SAMPLE]})
             except duckdb.Error as exc:
                 out.append({"sql": sql, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                _fresh_transaction(cur)  # DuckDB aborts the transaction on an error: the next check needs one
     finally:
         cur.execute("SET search_path = 'main'")
     return out
+
+
+def _not_a_query(cur: duckdb.DuckDBPyConnection, sql: str) -> str | None:
+    """Why a declared check may not run (it is not one SELECT: it could write), or None."""
+    statements = cur.extract_statements(sql)
+    if len(statements) != 1:
+        return f"refused: a cutover check is one SELECT statement, this has {len(statements)}"
+    if statements[0].type != duckdb.StatementType.SELECT:
+        return f"refused: a cutover check may only read (one SELECT), this is a {statements[0].type.name} statement"
+    return None
+
+
+def _fresh_transaction(cur: duckdb.DuckDBPyConnection) -> None:
+    """After a failed statement inside the caller's transaction: roll it back and begin another
+    (still rolled back by the caller); outside one, nothing to do."""
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.Error:
+        return  # no transaction was active
+    cur.execute("BEGIN")

@@ -1,8 +1,11 @@
 """The operations log in the read-model file (``es_actors.operations``): an operation commits a
 ``started`` row before its work and a row with its outcome (``done`` in the switch's own
-transaction, ``refused`` or ``failed``) after, both under one ``op`` id. An operation killed
-part-way leaves ``started`` alone: listed as ``interrupted``. Who did it and why are
-self-declared (no authorization exists yet); both are required.
+transaction, ``refused`` or ``failed``) after, both under one ``op`` id. The ``started`` row
+names the process (host, pid and its start time): while that process lives the operation is
+listed as ``running``; once it is gone without an outcome (killed part-way), ``interrupted``;
+on another host, where this process cannot tell, ``unknown``. An operation refused before it
+started (unknown version, nothing to roll back, ...) is one ``refused`` row (:func:`refused`).
+Who did it and why are self-declared (no authorization exists yet); both are required.
 
 Also the crash points of ADR-018: ``ES_ACTORS_VERSIONS_CRASH_AT=<step>`` makes the process kill
 itself (SIGKILL) at that step, so a test can prove what a kill there leaves.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from typing import Any
 
 import duckdb
@@ -63,7 +67,7 @@ class Operation:
         cur = con.cursor()
         try:
             with transaction(cur):
-                self.id = _row(cur, None, *self.args, "started", None)
+                self.id = _row(cur, None, *self.args, "started", this_process())
         finally:
             cur.close()
 
@@ -81,13 +85,56 @@ class Operation:
             cur.close()
 
 
-def last_switch(cur: duckdb.DuckDBPyConnection, projection: str) -> tuple[str | None, str | None] | None:
-    """(from, to) of the projection's last cutover or rollback that was done."""
+def refused(
+    con: duckdb.DuckDBPyConnection, operation: str, projection: str, from_instance: str | None, to_instance: str | None,
+    principal: str, reason: str, forced: bool, error: str,
+) -> None:
+    """An operation refused before it started: one row, its outcome ``refused`` with the error."""
+    cur = con.cursor()
+    try:
+        with transaction(cur):
+            _row(cur, None, operation, projection, from_instance, to_instance, principal, reason, forced, "refused",
+                 {"problems": [error], "before_start": True})
+    finally:
+        cur.close()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken
+    for the process that recorded it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """What the ``started`` row records of the process doing the operation."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _start_time(os.getpid())}
+
+
+def _state_without_outcome(started: Any) -> str:
+    """``running``, ``interrupted`` or ``unknown`` (another host) for a started row without an outcome."""
+    who = started if isinstance(started, dict) else {}
+    if who.get("host") != socket.gethostname() or not isinstance(who.get("pid"), int):
+        return "unknown" if who.get("host") else "interrupted"
+    try:
+        os.kill(who["pid"], 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        pass  # alive, another user's
+    return "running" if _start_time(who["pid"]) == who.get("pid_started") else "interrupted"
+
+
+def last_switch(cur: duckdb.DuckDBPyConnection, projection: str) -> tuple[str | None, str | None, str] | None:
+    """(from, to, which operation) of the projection's last cutover or rollback that was done."""
     row = first_row(cur.execute(
-        "SELECT from_instance, to_instance FROM es_actors.operations WHERE projection = ? AND outcome = 'done' "
+        "SELECT from_instance, to_instance, operation FROM es_actors.operations WHERE projection = ? AND outcome = 'done' "
         "AND operation IN ('cutover', 'rollback') ORDER BY id DESC LIMIT 1", [projection],
     ))
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], str(row[2])) if row else None
 
 
 def operations(con: duckdb.DuckDBPyConnection, projection: str | None = None) -> list[dict[str, Any]]:
@@ -97,8 +144,11 @@ def operations(con: duckdb.DuckDBPyConnection, projection: str | None = None) ->
     try:
         rows = cur.execute(
             "SELECT s.op, s.recorded_at, s.operation, s.projection, s.from_instance, s.to_instance, s.principal, s.reason, s.forced, "
-            "o.outcome, o.recorded_at, o.detail FROM es_actors.operations s LEFT JOIN es_actors.operations o "
-            "ON o.op = s.op AND o.id <> s.id WHERE s.outcome = 'started' AND (? IS NULL OR s.projection = ?) ORDER BY s.op",
+            "CASE WHEN s.outcome = 'refused' THEN 'refused' ELSE o.outcome END, "
+            "CASE WHEN s.outcome = 'refused' THEN s.recorded_at ELSE o.recorded_at END, coalesce(o.detail, s.detail) "
+            "FROM es_actors.operations s "
+            "LEFT JOIN es_actors.operations o ON o.op = s.op AND o.id <> s.id "
+            "WHERE s.outcome IN ('started', 'refused') AND s.id = s.op AND (? IS NULL OR s.projection = ?) ORDER BY s.op",
             [projection, projection],
         ).fetchall()
     finally:
@@ -108,9 +158,10 @@ def operations(con: duckdb.DuckDBPyConnection, projection: str | None = None) ->
     out = []
     for r in rows:
         d = dict(zip(keys, r))
-        d["outcome"] = d["outcome"] or "interrupted"
+        d["detail"] = None if d["detail"] is None else json.loads(d["detail"])
+        if d["outcome"] is None:  # no outcome yet: its process still runs it, or died part-way
+            d["outcome"] = _state_without_outcome(d["detail"])
         d["at"] = str(d["at"])
         d["finished_at"] = None if d["finished_at"] is None else str(d["finished_at"])
-        d["detail"] = None if d["detail"] is None else json.loads(d["detail"])
         out.append(d)
     return out
