@@ -5,14 +5,15 @@ node, both on 127.0.0.1, one CPU each).
 The store (local disk, 4 partitions, 10,000 accounts opened in bulk, untimed) is opened by the
 driver on the head node, so its partition actors run there. Two client actors (``num_cpus=0``) are
 pinned with ``NodeAffinitySchedulingStrategy``: one on the head node (it reaches the actors over the
-direct local link, ADR-007) and one on the worker node (the link is loopback-only, so it sends its
-batches as Ray calls: one ``handle_batch`` call per partition carries every command queued
-meanwhile). Each runs 64 closed-loop writer threads (Zipf over disjoint slices, one Deposit per
+direct local link, ADR-007), one on the worker node (over the TLS link the actors open on their
+node's address for clients on other nodes, ADR-019), and one more on the worker node with
+``remote_link=False`` (its batches go as Ray calls: one ``handle_batch`` call per partition carries
+every command queued meanwhile). Each runs 64 closed-loop writer threads (Zipf over disjoint slices, one Deposit per
 command, no expected version, so the two clients can take turns on the same accounts) for
-``duration`` seconds after a warm-up; the two alternate for ``repeats`` rounds; medians.
+``duration`` seconds after a warm-up; they take turns for ``repeats`` rounds (order rotated); medians.
 
-Rows: bench ``append_single_64w_cross_node``, systems ``es_actors`` (same node) and
-``es_actors_other_node``, metrics ``events_per_s``, ``p50_ms``, ``p99_ms``. The target (issue 13):
+Rows: bench ``append_single_64w_cross_node``, systems ``es_actors`` (same node),
+``es_actors_other_node`` (TLS link) and ``es_actors_other_node_ray`` (Ray calls), metrics ``events_per_s``, ``p50_ms``, ``p99_ms``. The target (issue 13):
 the other node reaches at least 0.8x the same node. Real networks add a round trip per batch; ADR-019
 models it. Runs in its own process (it starts and stops its own Ray cluster).
 """
@@ -54,7 +55,9 @@ def run(ctx: Context, selected: list[str]) -> None:
         log(f"    {system:<22} " + ", ".join(f"{r['events_per_s']:,.0f}" for r in runs) + " events/s")
     same = statistics.median(r["events_per_s"] for r in result["runs"]["es_actors"])
     other = statistics.median(r["events_per_s"] for r in result["runs"]["es_actors_other_node"])
-    log(f"  cross_node: other node / same node = {other / same:.2f} (target >= 0.8)")
+    by_ray = statistics.median(r["events_per_s"] for r in result["runs"]["es_actors_other_node_ray"])
+    log(f"  cross_node: other node (TLS link) / same node = {other / same:.2f} (target >= 0.8); "
+        f"by Ray calls {by_ray / same:.2f}")
 
 
 # -- the measuring process ------------------------------------------------------------------------
@@ -67,16 +70,16 @@ def _client_class() -> Any:
     class Client:
         """64 writers in one process, through a Store that joins the running partition actors."""
 
-        def __init__(self, store_path: str) -> None:
+        def __init__(self, store_path: str, **settings: Any) -> None:
             from es_actors import Store
             from es_actors.examples.bank import BankAccount
 
-            self.store = Store.open(store_path, [BankAccount])
+            self.store = Store.open(store_path, [BankAccount], **settings)
             self.node = ray.get_runtime_context().get_node_id()
 
-        def links(self) -> int:
-            """Channels that use the direct local link (the others send Ray calls)."""
-            return sum(1 for ch in self.store._channels if getattr(ch, "_link", None) is not None)
+        def links(self) -> list[str | None]:
+            """Each channel's transport: "local" (loopback link), "tls" (from another node), None (Ray calls)."""
+            return [ch._link.transport if ch._link is not None else None for ch in self.store._channels]
 
         def run(self, duration_s: float, warmup_s: float, seed: int) -> dict[str, Any]:
             from benchmarks.common import closed_loop
@@ -134,24 +137,31 @@ def main(out: Path, duration_s: float, warmup_s: float, repeats: int, seed: int)
             if actor_nodes != {head}:
                 raise RuntimeError(f"the partition actors are not all on the head node: {actor_nodes}")
             Client = _client_class()
+            on_head = NodeAffinitySchedulingStrategy(head, soft=False)
+            on_worker = NodeAffinitySchedulingStrategy(workers[0].node_id, soft=False)
             clients = {
-                "es_actors": Client.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote(store_path),
-                "es_actors_other_node": Client.options(
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(workers[0].node_id, soft=False)).remote(store_path),
+                "es_actors": Client.options(scheduling_strategy=on_head).remote(store_path),
+                "es_actors_other_node": Client.options(scheduling_strategy=on_worker).remote(store_path),
+                "es_actors_other_node_ray": Client.options(scheduling_strategy=on_worker).remote(store_path, remote_link=False),
             }
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in clients}
+            names = list(clients)
             for rep in range(repeats):
-                order = list(clients) if rep % 2 == 0 else list(reversed(clients))
-                for name in order:
+                for name in names[rep % len(names):] + names[:rep % len(names)]:
                     runs[name].append(ray.get(clients[name].run.remote(duration_s, warmup_s, seed + 7919 * rep)))
             links = {name: ray.get(c.links.remote()) for name, c in clients.items()}
-            if links["es_actors"] != PARTITIONS or links["es_actors_other_node"] != 0:
-                raise RuntimeError(f"direct links in use: {links}; expected {PARTITIONS} on the same node, 0 on the other")
+            expected = {"es_actors": ["local"] * PARTITIONS, "es_actors_other_node": ["tls"] * PARTITIONS,
+                        "es_actors_other_node_ray": [None] * PARTITIONS}
+            if links != expected:
+                raise RuntimeError(f"links in use: {links}; expected {expected}")
+            cluster_note = "2-node simulated cluster on 127.0.0.1, 1 CPU per node (no network round trip: see ADR-019's model)"
             notes = {
                 "es_actors": f"client actor on the partition actors' node (direct local link on all {PARTITIONS} partitions); "
-                             "2-node simulated cluster on 127.0.0.1, 1 CPU per node",
-                "es_actors_other_node": "client actor on the other node: batched Ray calls (handle_batch), one in flight per "
-                                        "partition; 2-node simulated cluster on 127.0.0.1, 1 CPU per node",
+                             + cluster_note,
+                "es_actors_other_node": f"client actor on the other node: TLS link (pinned throwaway certificate + HMAC "
+                                        f"handshake) on all {PARTITIONS} partitions, one batch in flight each; " + cluster_note,
+                "es_actors_other_node_ray": "client actor on the other node with remote_link=False: batched Ray calls "
+                                            "(handle_batch), one in flight per partition; " + cluster_note,
             }
             out.write_text(json.dumps({"runs": runs, "notes": notes}))
             for c in clients.values():

@@ -18,6 +18,12 @@ class StoreConfig(BaseModel):
         description="Send batches over the partition actor's local loopback link when on its node "
         "(fast path); False sends every batch as a Ray actor call.",
     )
+    remote_link: bool = Field(
+        True,
+        description="A client on another node sends its batches over a TLS link to the partition actor "
+        "(a pinned throwaway certificate and the link key, both passed through Ray), which the actor opens on "
+        "its node's address when such a client first asks; False: that client uses Ray actor calls.",
+    )
     max_pending: int = Field(
         50_000, ge=1, description="Commands a client queues per partition before submitters wait (backpressure)."
     )

@@ -231,7 +231,7 @@ def test_the_actor_checks_every_envelope_itself(store_factory, path):
 
         from es_actors.write.direct_link import connect
 
-        _node, address, key = ray.get(s._actors[0].endpoint.remote())
+        _node, address, key, _cert = ray.get(s._actors[0].endpoint.remote())
         from es_actors.write.protocol import batch_to_wire, results_from_wire
 
         with connect(address, key) as conn:  # the link's wire form (plain tuples) both ways

@@ -114,7 +114,7 @@ def test_a_client_refuses_a_server_that_does_not_hold_the_key():
 def test_a_silent_local_socket_does_not_block_a_second_client_of_the_store(store_factory, tmp_path):
     s = store_factory("blocked", partitions=1)
     s.aggregate(BankAccount, "a").submit(OpenAccount(owner="a"))
-    _node, address, key = ray.get(s._actors[0].endpoint.remote())
+    _node, address, key, _cert = ray.get(s._actors[0].endpoint.remote())
     silent = silent_sockets(tuple(address), 20)  # beyond the server's bound of pending handshakes
     try:
         other = Store.open(tmp_path / "blocked", [BankAccount])  # joins the same actors: connects anew

@@ -100,7 +100,7 @@ def test_a_refused_direct_link_falls_back_to_ray_calls(store_factory, monkeypatc
     from es_actors.write import client as channel
     from es_actors.errors import LinkRefused
 
-    def refuse(address, key, timeout=5.0):
+    def refuse(address, key, timeout=5.0, tls_cert=None):
         raise LinkRefused(f"direct link to {address}: refused (test)")
 
     monkeypatch.setattr(channel, "connect", refuse)

@@ -19,6 +19,7 @@ from ray.util import metrics
 
 from es_actors.config import StoreConfig
 from es_actors.write.direct_link import DirectServer
+from es_actors.write.tls_link import ServerIdentity
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import CommandRejected, DomainError, EsActorsError, StorageError, StoreCorrupted
 from es_actors.write.partition import Partition, safe_text
@@ -132,6 +133,9 @@ class PartitionActor:
         # Ray calls run on the main thread, direct-link batches on server threads: one at a time.
         self._serial = threading.Lock()
         self._direct = DirectServer(self._handle_wire, f"p{partition}") if self._partition is not None else None
+        self._remote: DirectServer | None = None  # the TLS link, opened when a client on another node asks
+        self._config = config
+        self._name = f"p{partition}"
 
     def _owned(self) -> Partition:
         if self._error is not None:
@@ -177,11 +181,24 @@ class PartitionActor:
         """The token of the Store.open that created this actor (kept across restarts)."""
         return self._opener
 
-    def endpoint(self) -> tuple[str, tuple[str, int], bytes]:
-        """(node id, address, key) of the direct link, for clients on the same node."""
+    def endpoint(self, client_node: str | None = None) -> tuple[str, tuple[str, int] | None, bytes, bytes | None]:
+        """(node id, address, key, certificate PEM) of the direct link for a client on ``client_node``.
+
+        On this node (or not given): the loopback link, no certificate. On another node: the TLS
+        link on this node's address, opened at the first such ask (so a single-machine Ray never
+        listens beyond loopback), or no address when ``remote_link`` is off (use Ray calls).
+        The key and certificate only ever travel in this Ray call."""
         self._owned()
         assert self._direct is not None
-        return ray.get_runtime_context().get_node_id(), self._direct.address, self._direct.authkey
+        node = ray.get_runtime_context().get_node_id()
+        if client_node is None or client_node == node:
+            return node, self._direct.address, self._direct.authkey, None
+        if not self._config.remote_link:
+            return node, None, b"", None
+        if self._remote is None:
+            host = ray.util.get_node_ip_address()
+            self._remote = DirectServer(self._handle_wire, f"{self._name}-tls", host=host, tls=ServerIdentity())
+        return node, self._remote.address, self._remote.authkey, self._remote.certificate()
 
     def get_state(self, aggregate_type: str, aggregate_id: str) -> tuple[int, Any]:
         with self._serial:
@@ -222,6 +239,9 @@ class PartitionActor:
             if self._direct is not None:
                 self._direct.close()
                 self._direct = None
+            if self._remote is not None:
+                self._remote.close()
+                self._remote = None
             if self._partition is not None:
                 self._partition.seal()
                 self._partition.close()

@@ -6,7 +6,8 @@ crowd shares one call and one durable write). The queue is bounded: when it is f
 submitters wait up to ``submit_timeout_s`` and then get :class:`Overloaded`.
 
 Batches travel over the actor's direct local link when the client runs on the actor's
-node (es_actors/write/direct_link.py: ~20 us of CPU per call instead of Ray's ~0.5 ms), else as Ray
+node (es_actors/write/direct_link.py: ~20 us of CPU per call instead of Ray's ~0.5 ms), over the
+same link inside TLS from another node (``remote_link``, es_actors/write/tls_link.py), else as Ray
 actor calls. If the actor dies with a batch in flight, the batch is resent as-is once the
 actor is back: every item carries a command id, so the actor answers a command it already
 made durable from its dedup record instead of applying it twice.
@@ -21,19 +22,19 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from multiprocessing.connection import Connection
 from typing import Any, Callable, Protocol
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from es_actors.config import StoreConfig
-from es_actors.write.direct_link import connect
+from es_actors.write.direct_link import LinkConnection, connect
 from es_actors.errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
 from es_actors.write.protocol import BatchItem, ItemResult, batch_to_wire, results_from_wire
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
 
 log = logging.getLogger(__name__)
+REMOTE_RETRY_S = 30.0  # after the TLS link to another node failed, Ray calls for this long before trying again
 
 
 class Sink(Protocol):
@@ -222,19 +223,22 @@ def _settle(sink: Sink, value: Any) -> None:
 
 
 class DirectLink:
-    """Carries one channel's batches over the actor's direct local connection.
+    """Carries one channel's batches over the actor's direct connection (loopback, or TLS
+    from another node).
 
     One thread per link does send -> receive -> deliver; the channel keeps one batch in
-    flight, so nothing else is needed. When the actor is on another node, the link hands
-    batches back to Ray calls. A broken connection is reported like a dead actor (resend
+    flight, so nothing else is needed. When the actor is on another node and ``remote_link``
+    is off, the link hands batches back to Ray calls. A broken connection is reported like a dead actor (resend
     by command id); the next batch reconnects to the restarted actor's new endpoint.
     """
 
     def __init__(self, channel: PartitionChannel) -> None:
         self._channel = channel
         self._outbox: queue.SimpleQueue[tuple[list[Pending], float] | None] = queue.SimpleQueue()
-        self._conn: Connection | None = None
+        self._conn: LinkConnection | None = None
+        self.transport: str | None = None  # "local" (loopback, clear) or "tls" (from another node) once connected
         self._refused, self._refused_logged = 0, 0.0
+        self._remote_down_until = 0.0
         self._thread = threading.Thread(target=self._run, name=f"es-link-p{channel.partition}", daemon=True)
         self._thread.start()
 
@@ -244,17 +248,27 @@ class DirectLink:
     def close(self) -> None:
         self._outbox.put(None)
 
-    def _connect(self) -> Connection | None:
-        """The live connection, or None when the actor is not on this node (use Ray calls)."""
+    def _connect(self) -> LinkConnection | None:
+        """The live connection, or None when the actor is on another node and the TLS link is off
+        (``remote_link``, here or in the actor) or unreachable (use Ray calls)."""
         if self._conn is None:
-            node_id, address, key = actor_get(self._channel._actor.endpoint.remote(), timeout=30)
+            if time.monotonic() < self._remote_down_until:
+                raise LinkRefused("the TLS link failed a moment ago; Ray calls meanwhile")
             try:
                 here = ray.get_runtime_context().get_node_id()
             except Exception:  # e.g. a Ray Client ("ray://") session has no local node
                 here = None
-            if node_id != here:
+            ask = here if self._channel._config.remote_link else None  # None: the loopback link only
+            node_id, address, key, cert = actor_get(self._channel._actor.endpoint.remote(ask), timeout=30)
+            if address is None or (node_id != here and cert is None):
                 return None
-            self._conn = connect(address, key)
+            try:
+                self._conn = connect(address, key, tls_cert=cert)
+            except LinkRefused:
+                if cert is not None:  # e.g. a firewall between the nodes: don't wait for it on every batch
+                    self._remote_down_until = time.monotonic() + REMOTE_RETRY_S
+                raise
+            self.transport = "local" if cert is None else "tls"
         return self._conn
 
     def _run(self) -> None:

@@ -4,7 +4,9 @@ Measured here (benchmarks/ray_call_cost.py, ADR-007): a Ray actor call costs ~0.
 CPU on each side; a round trip over a local ``multiprocessing.connection`` costs ~20 us on
 each side. So a client on the actor's node sends its batches over a loopback connection
 that the actor opens, while Ray keeps what it is good at: placing, naming, restarting the
-actor, and every control call. It listens on 127.0.0.1 only.
+actor, and every control call. It listens on 127.0.0.1, in clear. For a client on another node
+the actor opens a second listener on its node's address that speaks TLS first (es_actors/write/tls_link.py:
+a throwaway certificate the client pins) and then the same handshake and frames.
 
 Authentication is our own mutual HMAC-SHA256 challenge (:func:`connect`, :meth:`DirectServer._admit`)
 with a random key that only travels through Ray. Not ``multiprocessing.connection``'s: on
@@ -27,12 +29,14 @@ import logging
 import os
 import pickle
 import socket
+import ssl
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from es_actors.errors import EsActorsError, LinkRefused
+from es_actors.write.tls_link import FramedConnection, ServerIdentity, client_context
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -63,18 +67,25 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
     return buf
 
 
-def _as_connection(sock: socket.socket) -> Connection:
+LinkConnection = Union[Connection, FramedConnection]
+
+
+def _as_connection(sock: socket.socket) -> LinkConnection:
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(sock, ssl.SSLSocket):  # Connection needs a plain descriptor
+        return FramedConnection(sock)
     return Connection(sock.detach())
 
 
-def connect(address: tuple[str, int], key: bytes, timeout: float = 5.0) -> Connection:
+def connect(address: tuple[str, int], key: bytes, timeout: float = 5.0, tls_cert: bytes | None = None) -> LinkConnection:
     """Open an authenticated connection to a :class:`DirectServer`.
 
     Mutual: the client proves it holds ``key``, then the server proves it too, so a batch is
-    never sent to another process that took over a dead actor's port. Raises
-    :class:`LinkRefused` (a ConnectionError: the channel reconnects with a fresh endpoint).
+    never sent to another process that took over a dead actor's port. With ``tls_cert`` (a
+    server on another node) the handshake and every frame run inside TLS that trusts exactly
+    that certificate. Raises :class:`LinkRefused` (a ConnectionError: the channel reconnects
+    with a fresh endpoint).
     """
     deadline = time.monotonic() + timeout
     try:
@@ -82,6 +93,9 @@ def connect(address: tuple[str, int], key: bytes, timeout: float = 5.0) -> Conne
     except OSError as exc:
         raise LinkRefused(f"direct link to {address[0]}:{address[1]}: cannot connect: {exc}") from None
     try:
+        if tls_cert is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = client_context(tls_cert).wrap_socket(sock)  # verifies the pinned certificate
         hello = _recv_exact(sock, len(_MAGIC) + _NONCE, deadline)
         if hello[: len(_MAGIC)] != _MAGIC:
             raise LinkRefused(f"direct link to {address[0]}:{address[1]}: not an es_actors partition actor")
@@ -94,7 +108,7 @@ def connect(address: tuple[str, int], key: bytes, timeout: float = 5.0) -> Conne
     except LinkRefused:
         sock.close()
         raise
-    except (OSError, ConnectionError) as exc:  # includes timeouts and a refusal (the server hangs up)
+    except (OSError, ConnectionError) as exc:  # timeouts, a refusal (the server hangs up), a TLS failure
         sock.close()
         raise LinkRefused(
             f"direct link to {address[0]}:{address[1]}: handshake failed ({type(exc).__name__}: {exc}); "
@@ -123,29 +137,51 @@ class _RateLimitedWarning:
         log.warning("direct link %s: %s%s", self._name, message, more)
 
 
+class _Waiting:
+    """A connection in its handshake; ``sock`` becomes the TLS socket once wrapped."""
+
+    __slots__ = ("sock", "since")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.since = time.monotonic()
+
+
 class DirectServer:
-    """Accepts local connections and answers each framed batch with ``handle(batch)``."""
+    """Accepts connections and answers each framed batch with ``handle(batch)``.
+
+    By default on 127.0.0.1 in clear (clients on this node). With ``tls`` (a
+    :class:`ServerIdentity`) on ``host``, for clients on other nodes: a TLS handshake first, then
+    the same HMAC handshake inside it, under the same deadline and pending limit.
+    """
 
     def __init__(
         self,
         handle: Callable[[Any], Any],
         name: str,
         *,
+        host: str = HOST,
+        tls: ServerIdentity | None = None,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         max_pending: int = MAX_PENDING_HANDSHAKES,
     ) -> None:
         self._handle = handle
         self._name = name
+        self._tls = tls
         self._timeout = handshake_timeout_s
         self._max_pending = max_pending
         self.authkey = os.urandom(32)
-        self._sock = socket.create_server((HOST, 0), backlog=BACKLOG)
+        self._sock = socket.create_server((host, 0), backlog=BACKLOG)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        self._pending: dict[socket.socket, float] = {}  # unauthenticated connections -> accepted at
+        self._pending: set[_Waiting] = set()  # connections not yet authenticated
         self._lock = threading.Lock()
         self._refused = _RateLimitedWarning(name)
         self._closed = False
         threading.Thread(target=self._accept_loop, name=f"{name}-accept", daemon=True).start()
+
+    def certificate(self) -> bytes | None:
+        """The PEM a client on another node pins (None on the loopback link)."""
+        return self._tls.certificate() if self._tls is not None else None
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -159,44 +195,55 @@ class DirectServer:
                 time.sleep(0.05)
                 continue
             evicted = None
+            waiting = _Waiting(sock)
             with self._lock:
                 if len(self._pending) >= self._max_pending:
-                    evicted = min(self._pending, key=self._pending.__getitem__)
-                    del self._pending[evicted]
-                self._pending[sock] = time.monotonic()
+                    evicted = min(self._pending, key=lambda w: w.since)
+                    self._pending.discard(evicted)
+                    _shutdown(evicted.sock)  # its handshake thread sees EOF, closes it and ends
+                self._pending.add(waiting)
             if evicted is not None:
-                _shutdown(evicted)  # its handshake thread sees EOF, closes it and ends
                 self._refused(
                     f"{self._max_pending} connections were waiting for their handshake; closed the oldest"
                 )
-            threading.Thread(target=self._admit, args=(sock,), name=f"{self._name}-handshake", daemon=True).start()
+            threading.Thread(target=self._admit, args=(waiting,), name=f"{self._name}-handshake", daemon=True).start()
 
-    def _admit(self, sock: socket.socket) -> None:
-        """Challenge the peer, prove the key back, then serve it; any failure just closes it."""
+    def _admit(self, waiting: _Waiting) -> None:
+        """(TLS, then) challenge the peer, prove the key back, then serve it; any failure just closes it."""
         deadline = time.monotonic() + self._timeout
+        sock = waiting.sock
         try:
-            server_nonce = os.urandom(_NONCE)
             sock.settimeout(self._timeout)
+            if self._tls is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with self._lock:  # eviction must shut down the socket that is in use
+                    sock = waiting.sock = self._tls.context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False)
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.do_handshake()  # CPython bounds the whole handshake by the timeout
+            server_nonce = os.urandom(_NONCE)
             sock.sendall(_MAGIC + server_nonce)
             answer = _recv_exact(sock, _NONCE + _DIGEST, deadline)
             client_nonce, digest = answer[:_NONCE], answer[_NONCE:]
             if not hmac.compare_digest(digest, _proof(self.authkey, b"client", server_nonce, client_nonce)):
                 raise LinkRefused("wrong key")
             sock.sendall(_proof(self.authkey, b"server", client_nonce, server_nonce))
-        except (OSError, ConnectionError, LinkRefused) as exc:
+        except (OSError, ConnectionError, LinkRefused, ValueError) as exc:
             with self._lock:
-                waiting = self._pending.pop(sock, None) is not None
+                was_waiting = waiting in self._pending
+                self._pending.discard(waiting)
             sock.close()
-            if waiting:  # an evicted connection was reported when it was evicted
+            if was_waiting:  # an evicted connection was reported when it was evicted
                 self._refused(f"refused a connection: {type(exc).__name__}: {exc}")
             return
         with self._lock:
-            if self._pending.pop(sock, None) is None:  # evicted just as it finished
+            if waiting not in self._pending:  # evicted just as it finished
                 sock.close()
                 return
+            self._pending.discard(waiting)
         self._serve(_as_connection(sock))
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, conn: LinkConnection) -> None:
         with conn:
             while True:
                 try:
@@ -222,7 +269,7 @@ class DirectServer:
         self._closed = True
         _shutdown(self._sock)  # wakes the accept thread (close alone may not), which closes it
         with self._lock:
-            pending = list(self._pending)
+            pending = [w.sock for w in self._pending]
         for sock in pending:
             _shutdown(sock)
 
