@@ -43,11 +43,10 @@ def select(only: list[str] | None) -> list[tuple[str, list[str]]]:
         else:
             names = []
             for b in mod.BENCHES:
-                for o in only:
-                    if o == mod_name or b == o or b.startswith(o):
-                        names.append(b)
-                        unmatched.discard(o)
-                        break
+                matched = [o for o in only if o == mod_name or b == o or b.startswith(o)]
+                if matched:  # every selector that names it is used (a prefix must not hide an exact name)
+                    names.append(b)
+                    unmatched.difference_update(matched)
         if names:
             plan.append((mod_name, names))
     if unmatched:
