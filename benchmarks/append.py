@@ -152,7 +152,7 @@ class EsActorsS3System(EsActorsSystem):
     def _open_store(self) -> Any:
         from es_actors import Store
         from es_actors.examples.bank import BankAccount
-        from es_actors.testing.local_s3 import start_local_s3
+        from es_actors.testing.local_s3 import start_local_s3_process as start_local_s3  # its own process: no GIL shared with the clients
 
         self.s3 = start_local_s3()
         uri = f"s3://{self.s3.bucket('es-actors-bench')}/append-{os.getpid()}?endpoint_url={self.s3.endpoint_url}"

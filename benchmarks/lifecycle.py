@@ -502,7 +502,7 @@ def run_recover(ctx: Context) -> None:
                 clone(snaps, work / variant / "snapshots")
             stores[variant] = Store.open(work / variant, [cls], partitions=1)
         if s.wants("es_actors_s3"):
-            from es_actors.testing.local_s3 import start_local_s3
+            from es_actors.testing.local_s3 import start_local_s3_process as start_local_s3  # its own process: no GIL shared with the clients
 
             s3 = start_local_s3()
             stores["s3"] = Store.open(_load_into_s3(src, s3), [BankAccount], partitions=1)

@@ -12,7 +12,7 @@ import time
 from es_actors.config import StoreConfig
 from es_actors.storage.objects import ObjectBackend
 from es_actors.storage.objects.s3 import S3BlobStore
-from es_actors.testing.local_s3 import start_local_s3
+from es_actors.testing.local_s3 import start_local_s3_process as start_local_s3  # its own process: no GIL shared with the clients
 from es_actors.testing.storage_conformance import EventLog
 
 N = 200

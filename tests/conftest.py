@@ -33,13 +33,51 @@ def ray_session():
     ray.shutdown()
 
 
+def pytest_generate_tests(metafunc):
+    """A module with ``BACKENDS = ("local", "s3")`` (or a test marked ``both_backends``) runs each test
+    that opens stores through ``store_factory`` once per storage backend."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marked = metafunc.definition.get_closest_marker("both_backends") is not None
+    backends = ("local", "s3") if marked else getattr(metafunc.module, "BACKENDS", None)
+    if backends:
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
 @pytest.fixture
-def store_factory(ray_session, tmp_path):
-    """Open stores on fresh directories; every one is closed when the test ends."""
+def backend(request) -> str:
+    """The storage backend a test's stores live on: "local" unless the module or test asks for both;
+    a test marked ``local_only`` (it reads a local store's files) is skipped on the others."""
+    which = getattr(request, "param", "local")
+    marker = request.node.get_closest_marker("local_only")
+    if which != "local" and marker is not None:
+        pytest.skip(f"local disk only: {marker.args[0] if marker.args else 'reads local files'}")
+    return which
+
+
+@pytest.fixture
+def store_uri(backend, tmp_path):
+    """Where a store named ``name`` lives on this test's backend: a directory under tmp_path, or a
+    prefix in a bucket of the local S3-compatible server (es_actors.testing.local_s3)."""
+    if backend == "local":
+        return lambda name: str(tmp_path / name)
+    import hashlib
+
+    from es_actors.testing.local_s3 import shared_local_s3
+
+    s3 = shared_local_s3()
+    bucket = s3.bucket("es-actors-tests")
+    base = hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    return lambda name: f"s3://{bucket}/{base}/{name}?endpoint_url={s3.endpoint_url}"
+
+
+@pytest.fixture
+def store_factory(ray_session, store_uri):
+    """Open stores on fresh directories (or bucket prefixes); every one is closed when the test ends."""
     opened: list[Store] = []
 
     def make(name: str = "store", aggregates=(BankAccount,), **settings) -> Store:
-        s = Store.open(tmp_path / name, list(aggregates), **settings)
+        s = Store.open(store_uri(name), list(aggregates), **settings)
         opened.append(s)
         return s
 

@@ -467,6 +467,7 @@ def test_a_damaged_snapshot_file_changes_nothing(store_factory, how):
 # -- 5. crash: recovery from snapshot + tail ------------------------------------------------
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("kill", ["ray.kill", "SIGKILL"])
 def test_recovery_after_a_crash_uses_the_snapshot_and_replays_the_tail(store_factory, kill):
     store = store_factory("crash", aggregates=(SnapshottedAccount,), partitions=1)
@@ -497,6 +498,7 @@ def test_recovery_after_a_crash_uses_the_snapshot_and_replays_the_tail(store_fac
 # -- 6. hydrate / passivate admin ------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_hydrate_and_passivate_admin(store_factory):
     store = store_factory("admin", aggregates=(SnapshottedAccount,), partitions=2, max_hydrated=3)
     accounts = [f"h{i}" for i in range(12)]

@@ -32,6 +32,9 @@ from es_actors.examples.bank import (
     Withdraw,
 )
 
+# Every test that opens stores runs on local disk and on S3 (the local S3-compatible server).
+BACKENDS = ("local", "s3")
+
 # The stored columns, in order: users query them by name and position (DuckDB, Polars, Spark).
 LOG_COLUMNS = [
     "partition", "position", "aggregate_type", "aggregate_id", "version", "event_type", "schema_version",
@@ -202,6 +205,7 @@ def test_import_history_keeps_guarantees_and_original_time(store):
     assert acct.state().state.balance == 40
 
 
+@pytest.mark.local_only("reads the sealed glob of a local store (tests/test_s3_store.py reads S3 through sealed_dataset)")
 def test_log_columns_are_the_public_contract_and_duckdb_reads_it_after_close(store_factory):
     s = store_factory("cols", partitions=2)
     acct = opened(s)
@@ -253,21 +257,21 @@ def test_partition_actors_run_at_normal_cpu_priority(store):
         assert {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(tasks)} == {0}
 
 
-def test_read_only_store_reads_while_the_writer_runs(store_factory, tmp_path):
+def test_read_only_store_reads_while_the_writer_runs(store_factory, store_uri):
     s = store_factory("ro", partitions=1)
     acct = opened(s)
     acct.submit(Deposit(amount=3))
-    ro = Store.open(tmp_path / "ro", read_only=True)
+    ro = Store.open(store_uri("ro"), read_only=True)
     assert [r[4] for r in ro.history_rows("BankAccount", "a1")] == [1, 2]
     with pytest.raises(EsActorsError, match="read-only"):
-        Store.open(tmp_path / "ro", [BankAccount], read_only=True).aggregate(BankAccount, "a1").submit(Deposit(amount=1))
+        Store.open(store_uri("ro"), [BankAccount], read_only=True).aggregate(BankAccount, "a1").submit(Deposit(amount=1))
 
 
-def test_store_remembers_its_partition_count(store_factory, tmp_path):
+def test_store_remembers_its_partition_count(store_factory, store_uri):
     s = store_factory("parts", partitions=3)
     s.close()
     with pytest.raises(EsActorsError, match="3 partitions"):
-        Store.open(tmp_path / "parts", [BankAccount], partitions=5)
+        Store.open(store_uri("parts"), [BankAccount], partitions=5)
 
 
 def test_non_local_uri_is_refused_clearly(ray_session):
@@ -288,7 +292,7 @@ def test_the_ray_call_path_keeps_the_same_guarantees(store_factory):
     assert s.stats()[s.partition_of("BankAccount", "a1")]["durable_writes"] < 50
 
 
-def test_state_as_of_a_version_or_a_moment(store_factory, tmp_path):
+def test_state_as_of_a_version_or_a_moment(store_factory, store_uri):
     s = store_factory("travel", partitions=1)
     acct = opened(s)
     r2 = acct.submit(Deposit(amount=10))
@@ -301,7 +305,7 @@ def test_state_as_of_a_version_or_a_moment(store_factory, tmp_path):
         acct.state_at(version=9)
     with pytest.raises(EsActorsError, match="timezone-aware"):
         acct.state_at(as_of=datetime(2030, 1, 1))
-    ro = Store.open(tmp_path / "travel", [BankAccount], read_only=True)  # no actor needed
+    ro = Store.open(store_uri("travel"), [BankAccount], read_only=True)  # no actor needed
     assert ro.aggregate(BankAccount, "a1").state_at(version=2).state.balance == 10
 
 

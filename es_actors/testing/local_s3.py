@@ -72,6 +72,49 @@ def start_local_s3(single_threaded: bool = False) -> LocalS3:
     return s3
 
 
+class _ServerProcess:
+    """moto's server as a process of its own (``python -m moto.server``)."""
+
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+
+
+def start_local_s3_process(timeout_s: float = 30.0) -> LocalS3:
+    """A server in its own process on 127.0.0.1 (a free port), stopped at exit: for benchmarks, so the
+    server's Python does not share a GIL with the clients it serves."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the local S3 server did not start on 127.0.0.1:{port}") from None
+            time.sleep(0.1)
+    s3 = LocalS3(f"http://127.0.0.1:{port}", _ServerProcess(proc))
+    atexit.register(s3.stop)
+    return s3
+
+
 def shared_local_s3() -> LocalS3:
     """One server per process, started on first use."""
     global _shared
