@@ -21,14 +21,13 @@ models it. Runs in its own process (it starts and stops its own Ray cluster).
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Context, log
+from es_actors.testing.own_process import run_in_own_process
 
 BENCHES = ["append_single_64w_cross_node"]
 WRITERS = 64
@@ -40,11 +39,9 @@ def run(ctx: Context, selected: list[str]) -> None:
     s = ctx.settings
     out = ROOT / "benchmarks" / ".cache" / "cross_node.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log("cross_node: a 2-node simulated cluster, clients on the actors' node and on the other")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.cross_node", str(out), str(s.duration_s), str(s.warmup_s),
-                           str(s.repeats), str(s.seed)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_in_own_process(["-m", "benchmarks.cross_node", str(out), str(s.duration_s), str(s.warmup_s),
+                               str(s.repeats), str(s.seed)], ROOT, timeout_s=900)
     if proc.returncode != 0:
         raise RuntimeError(f"cross_node failed: {proc.stderr[-3000:]}")
     result = json.loads(out.read_text())

@@ -5,12 +5,11 @@ mid-backfill still gives exactly the sequential replay's tables. Runs in its own
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from es_actors.testing.own_process import run_in_own_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,11 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.ray_kill
 def test_backfill_survives_losing_a_node_and_runs_on_several(tmp_path):
     out = tmp_path / "out.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "multinode_backfill.py"), str(tmp_path / "store"), str(tmp_path / "scratch"), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    proc = run_in_own_process(
+        [str(REPO / "tests" / "multinode_backfill.py"), str(tmp_path / "store"), str(tmp_path / "scratch"), str(out)],
+        REPO, timeout_s=400,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())

@@ -12,8 +12,6 @@ import os
 import pickle
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 from es_actors.errors import LinkRefused
 from es_actors.write.direct_link import _MAGIC, DirectServer, connect
 from es_actors.write.tls_link import FramedConnection, ServerIdentity, make_certificate
+from es_actors.testing.own_process import run_in_own_process
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "Ada Lovelace, 12 Analytical Street, IBAN GB29NWBK60161331926819"
@@ -200,12 +199,8 @@ def test_the_certificate_is_renewed_before_it_expires():
 @pytest.mark.ray_kill
 def test_a_client_on_another_node_writes_over_the_tls_link(tmp_path):
     out = tmp_path / "out.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "multinode_remote_link.py"), str(tmp_path), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    proc = run_in_own_process([str(REPO / "tests" / "multinode_remote_link.py"), str(tmp_path), str(out)], REPO,
+                              timeout_s=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["client_node"] != result["actor_nodes"][0] and len(set(result["actor_nodes"])) == 1

@@ -11,13 +11,12 @@ the partition actors then restart on the other nodes (max_restarts=-1) and recov
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from es_actors.testing.own_process import run_in_own_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,10 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.ray_kill
 def test_losing_a_node_moves_its_partitions_and_loses_no_acknowledged_command(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "multinode_s3_node_loss.py"), str(tmp_path / "scratch"), str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    proc = run_in_own_process([str(REPO / "tests" / "multinode_s3_node_loss.py"), str(tmp_path / "scratch"), str(out)],
+                              REPO, timeout_s=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
     assert len(set(r["before"].values())) >= 2, f"partitions were not spread over nodes: {r['before']}"
