@@ -195,10 +195,9 @@ def sealed_dataset(layout: "StoreLayout", partitions: int) -> Any:
                             "readers cannot read them; read it through the store (Store.history, read_only=True)")
     from es_actors.storage.objects.view import current_manifest
 
-    blobs = blob_store_of(layout)
+    blobs = _s3_blobs(layout.root, layout.endpoint)
     keys = [seg.key for p in range(partitions) for seg in current_manifest(blobs, p)[0].segments]
-    bucket, _, prefix = str(layout.root).lstrip("/").partition("/")
-    return ds.dataset([f"{bucket}/{prefix}/{k}" for k in keys], schema=ARROW_SCHEMA, format="parquet",
+    return ds.dataset([f"{blobs.bucket}/{blobs.prefix}{k}" for k in keys], schema=ARROW_SCHEMA, format="parquet",
                       filesystem=arrow_s3_filesystem(layout.endpoint))
 
 
