@@ -66,6 +66,13 @@ class StoreConfig(BaseModel):
     snapshot_flush_s: float = Field(5.0, ge=0, description="...or once the oldest has waited this long (checked per batch).")
     snapshot_max_files: int = Field(8, ge=1, description="Snapshot files per partition before they are merged into one.")
     projector_poll_s: float = Field(0.02, gt=0, description="How often an idle projector looks for new events.")
+    read_model_dir: str | None = Field(
+        None,
+        description="A store on object storage: the local directory its read models live under (one "
+        "subdirectory per store id; derived data a lost node rebuilds from the log). Default: "
+        "$ES_ACTORS_READ_MODELS, else ~/.cache/es_actors/read-models. A local-disk store keeps them in its "
+        "own directory.",
+    )
     projection_stall_s: float = Field(
         10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
     )

@@ -30,8 +30,10 @@ _KEYS = ("aggregate_type", "aggregate_id")
 class EventsSource(Protocol):
     """Where a query's ``events`` rows come from."""
 
-    def everything(self) -> tuple[list[str], pa.Table]:
-        """(sealed segment files, durable tail rows after them) of every partition."""
+    def everything(self) -> tuple[Any, pa.Table]:
+        """(sealed part, durable tail rows after it) of every partition: the sealed part is a list of
+        local Parquet files, a ``pyarrow.dataset.Dataset`` (object storage) or None
+        (:func:`~es_actors.storage.backends.events_snapshot`)."""
         ...
 
     def aggregate(self, aggregate_type: str, aggregate_id: str) -> pa.Table:
@@ -40,18 +42,18 @@ class EventsSource(Protocol):
 
 
 class LogEvents:
-    """The ``events`` of a local store's log. Counts which form each query took (``full_reads``,
+    """The ``events`` of a store's log, on either backend. Counts which form each query took (``full_reads``,
     ``aggregate_reads``), so a test can tell the rewrite ran without timing it."""
 
     def __init__(self, layout: StoreLayout, partitions: int) -> None:
         self.layout, self.partitions = layout, partitions
         self.full_reads = self.aggregate_reads = 0
 
-    def everything(self) -> tuple[list[str], pa.Table]:
-        from es_actors.storage.local.reader import log_snapshot
+    def everything(self) -> tuple[Any, pa.Table]:
+        from es_actors.storage.backends import events_snapshot
 
         self.full_reads += 1
-        return log_snapshot(self.layout, self.partitions)
+        return events_snapshot(self.layout, self.partitions)
 
     def aggregate(self, aggregate_type: str, aggregate_id: str) -> pa.Table:
         from es_actors.storage.backends import open_backend

@@ -72,6 +72,8 @@ class ParallelCatchUp:
 
     def start(self) -> list[str]:
         """Leave the projections far behind to parallel catch-up threads; their names."""
+        if self.layout.scheme:  # a backfill's plan and checkpoints live in a local store's directory (ADR-019)
+            return []
         heads = durable_heads(self.layout, self.partitions)
         chosen = candidates(self.runner, heads, self.config.parallel_catch_up_events)
         for p in chosen:

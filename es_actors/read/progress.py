@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from es_actors.read.projection import Projection
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.follower import LogFollower
-from es_actors.storage.local.range_reads import recorded_at_us
+from es_actors.storage.api import PartitionFollower
+from es_actors.storage.backends import open_backend, recorded_at
 
 #: Every status a (projection, partition) can show, from best to worst.
 STATUSES = ("running", "backfilling", "paused", "retrying", "halted", "stalled")
@@ -27,7 +27,7 @@ _ORDER = {s: i for i, s in enumerate(STATUSES)}
 class PartitionProgress:
     """One projection's position in one partition's log."""
 
-    follower: LogFollower
+    follower: PartitionFollower
     checkpoint: int
     last_progress: float
     head: int = 0
@@ -83,12 +83,13 @@ class RecordedAt:
 
     def __init__(self, layout: StoreLayout, size: int = 4096) -> None:
         self.layout, self.size = layout, size
+        self._backend = open_backend(layout.uri)
         self._known: dict[tuple[int, int], int] = {}
 
     def __call__(self, partition: int, position: int) -> int | None:
         found = self._known.get((partition, position))
         if found is None:
-            found = recorded_at_us(self.layout, partition, position)
+            found = recorded_at(self.layout, self._backend, partition, position)
             if found is not None:
                 if len(self._known) >= self.size:
                     self._known.clear()

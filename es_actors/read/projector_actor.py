@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import ray
@@ -27,7 +26,7 @@ from es_actors.read.projection import Projection
 from es_actors.read.events_relation import LogEvents
 from es_actors.read.queries import query_request
 from es_actors.read.runner import ProjectionRunner
-from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, store_actor_placement
+from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, projector_placement
 from es_actors.runtime.naming import NAMESPACE, projector_name
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 
@@ -74,13 +73,13 @@ class ProjectorActor:
 
     def __init__(
         self,
-        root: str,
+        layout: StoreLayout,
         partitions: int,
         aggregates: Sequence[type[Aggregate[Any]]],
         projections: Sequence[type[Projection]],
         config: StoreConfig,
     ) -> None:
-        self.layout = StoreLayout(Path(root))
+        self.layout = layout
         self.partitions = partitions
         self.config = config
         self.runner = ProjectionRunner(self.layout, partitions, DomainRegistry(aggregates), projections, config)
@@ -211,8 +210,8 @@ def start_projector(
     def create() -> Any:
         return ProjectorActor.options(  # type: ignore[attr-defined]
             name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True,
-            **store_actor_placement(False),  # its read-model file is on this node's disk
-        ).remote(str(layout.root), descriptor.partitions, list(aggregates), list(projections), config)
+            **projector_placement(layout),
+        ).remote(layout, descriptor.partitions, list(aggregates), list(projections), config)
 
     actor = create()
     deadline = time.monotonic() + config.retry_deadline_s

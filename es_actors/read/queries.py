@@ -121,13 +121,19 @@ def run_query(
             cur.register("_es_tail", events.aggregate(*aggregate))
             sealed = ""
         else:
-            events_files, events_tail = events.everything()
+            events_sealed, events_tail = events.everything()
             cur.register("_es_tail", events_tail)
-            sealed = (
-                f"SELECT * FROM read_parquet([{', '.join(_sql_str(f) for f in events_files)}]) UNION ALL BY NAME "
-                if events_files
-                else ""
-            )
+            if isinstance(events_sealed, list):  # local Parquet files
+                sealed = (
+                    f"SELECT * FROM read_parquet([{', '.join(_sql_str(f) for f in events_sealed)}]) UNION ALL BY NAME "
+                    if events_sealed
+                    else ""
+                )
+            elif events_sealed is not None:  # a pyarrow dataset (object storage): pyarrow reads what is needed
+                cur.register("_es_sealed", events_sealed)
+                sealed = "SELECT * FROM _es_sealed UNION ALL BY NAME "
+            else:
+                sealed = ""
         cur.execute(f"CREATE OR REPLACE TEMP VIEW events AS {sealed}SELECT * FROM _es_tail")
         cur.execute("BEGIN")
         began = True

@@ -37,7 +37,8 @@ from es_actors.read.progress import PartitionProgress, ProjectionState, Recorded
 from es_actors.read.progress import batch_since as _since
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import BatchWithdrawn, ReadModel
-from es_actors.storage.local.follower import Batch, LogFollower
+from es_actors.storage.backends import open_backend
+from es_actors.storage.local.follower import Batch
 from es_actors.storage.layout import StoreLayout
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,17 @@ class ProjectionRunner:
         self.clock: Clock = clock or SystemClock()
         #: (partition, position) -> recorded_at in µs, for lag in seconds.
         self._recorded_at = recorded_at or RecordedAt(layout)
-        self.read_model = read_model if read_model is not None else ReadModel(layout.root, registry, projections)
+        self.read_model = (
+            read_model if read_model is not None else ReadModel(layout.read_model_root, registry, projections)
+        )
+        #: The store's log on its backend (local disk or object storage): one object, so followers of one
+        #: partition can share what they read (ADR-019).
+        self.backend = open_backend(layout.uri)
         self.bounds = dict(bounds) if bounds is not None else None
         self.states: dict[str, ProjectionState] = {}
         for p in projections:
             self._add_state(getattr(self.read_model, "runs_as", {}).get(p.name, p))  # after a cutover: the build (ADR-018)
-        self._heads = [LogFollower(layout, i, 0) for i in range(partitions)]
+        self._heads = [self.backend.head_watch(i) for i in range(partitions)]
         self._cond = threading.Condition()
         self._loops = ProjectionLoops(self._step_one, config.projector_poll_s)
 
@@ -92,11 +98,11 @@ class ProjectionRunner:
         for i in range(self.partitions) if self.bounds is None else sorted(self.bounds):
             if self.bounds is None:
                 start = cps.get(i, 0)
-                follower: Any = LogFollower(self.layout, i, start)
+                follower: Any = self.backend.follower(i, start)
             else:
                 after, until = self.bounds[i]
                 start = cps.get(i, after)
-                follower = BoundedFollower(LogFollower(self.layout, i, start), until)
+                follower = BoundedFollower(self.backend.follower(i, start), until)
             progress[i] = PartitionProgress(follower, start, last_progress=now)
         st = self.states[p.name] = ProjectionState(
             p, progress, paused=self.read_model.is_paused(p.name), parked=self.read_model.dead_letters(p.name).num_rows,
@@ -346,13 +352,12 @@ class ProjectionRunner:
     def refresh_heads(self) -> None:
         """Follow each partition's durable head (apart from the loop: a stuck handler does not
         hide lag)."""
-        for i, f in enumerate(self._heads):
-            while f.poll(10_000_000) is not None:
-                pass
+        for i, watch in enumerate(self._heads):
+            head = watch.refresh()
             for st in list(self.states.values()):
                 prog = st.partitions.get(i)
                 if prog is not None:
-                    prog.head = max(prog.head, f.head)
+                    prog.head = max(prog.head, head)
 
     def status(self) -> list[dict[str, Any]]:
         """One row per (projection, partition): checkpoint, head, lag, rate, status, error."""

@@ -32,7 +32,7 @@ from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.codecs.event_batch import EventBatch
 from es_actors.codecs.views import RecordedEvent
-from es_actors.storage.local.follower import LogFollower
+from es_actors.storage.backends import open_backend
 from es_actors.storage.layout import StoreLayout
 
 
@@ -73,7 +73,8 @@ class Subscription:
         self.decode_rows = decode_rows
         self._pending: dict[int, tuple[EventBatch, int, int]] = {}  # partition -> (batch, next row, its last position)
         self.checkpoint: dict[int, int] = {p: int(checkpoint.get(p, 0)) for p in range(partitions)}
-        self._followers = {p: LogFollower(layout, p, self.checkpoint[p]) for p in range(partitions)}
+        backend = open_backend(layout.uri)
+        self._followers = {p: backend.follower(p, self.checkpoint[p]) for p in range(partitions)}
         self._closed = False
 
     def close(self) -> None:

@@ -206,6 +206,20 @@ class PartitionFollower(Protocol):
 
 
 @runtime_checkable
+class HeadWatch(Protocol):
+    """Where one partition's durable log ends, looked at again on each :meth:`refresh` (projection
+    status and lag): cheap, it reads no more rows than it must."""
+
+    partition: int
+    head: int  # the newest durable position seen (0: none)
+    head_recorded_at_us: int | None  # when that event was recorded, when known
+
+    def refresh(self) -> int:
+        """Look again; the head."""
+        ...
+
+
+@runtime_checkable
 class SnapshotStore(Protocol):
     """A partition's snapshot rows: immutable groups, newest first when looked up."""
 
@@ -268,5 +282,7 @@ class StorageBackend(Protocol):
     def reader(self, partition: int) -> PartitionReader: ...
 
     def follower(self, partition: int, after: int = 0) -> PartitionFollower: ...
+
+    def head_watch(self, partition: int) -> HeadWatch: ...
 
     def snapshots(self, partition: int) -> SnapshotStore: ...

@@ -26,9 +26,12 @@ from es_actors.storage.api import BlobStore, OwnedPartitionLog, OwnerSnapshotSto
 from es_actors.storage.uris import LOCAL_SCHEMES, OBJECT_DIR_SCHEME, S3_SCHEME, StoreUri, parse_store_uri
 
 __all__ = ["LOCAL_SCHEMES", "OBJECT_DIR_SCHEME", "StoreUri", "parse_store_uri", "open_backend", "local_root",
-           "blob_store_of", "open_owned_partition", "aggregate_rows", "foreign_store"]
+           "blob_store_of", "open_owned_partition", "aggregate_rows", "foreign_store", "recorded_at",
+           "events_snapshot"]
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from es_actors.storage.layout import StoreLayout
     from es_actors.storage.objects.s3 import S3BlobStore
 
@@ -174,6 +177,58 @@ def aggregate_rows(
         reader = ObjectBackend(blob_store_of(layout)).reader(partition)
         table = reader.read_aggregate(aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
     return table_to_rows(table)
+
+
+def recorded_at(layout: "StoreLayout", backend: StorageBackend, partition: int, position: int) -> int | None:
+    """When the event at ``position`` was recorded (epoch µs), or None if none is durable there or it
+    cannot be read now: a best-effort figure for lag in seconds, never an error."""
+    if not layout.scheme:
+        from es_actors.storage.local.range_reads import recorded_at_us
+
+        return recorded_at_us(layout, partition, position)
+    try:
+        table = backend.reader(partition).read_range(position, position).select(["recorded_at"])
+    except (EsActorsError, OSError):
+        return None
+    return int(table.column(0).cast("int64")[0].as_py()) if table.num_rows else None
+
+
+def events_snapshot(layout: "StoreLayout", partitions: int) -> tuple[Any, "pa.Table"]:
+    """Every durable event now as (sealed part, tail rows after it), consistent per partition: what a
+    query's ``events`` relation shows. The sealed part is a list of local Parquet files (local disk),
+    a ``pyarrow.dataset.Dataset`` over the segment objects (S3: pyarrow reads only the columns and
+    row groups a query needs), or None (a blobdir store, whose segments plain Parquet readers cannot
+    read: they come read, in the tail table)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from es_actors.codecs.rows import ARROW_SCHEMA
+
+    if not layout.scheme:
+        from es_actors.storage.local.reader import log_snapshot
+
+        return log_snapshot(layout, partitions)
+    from es_actors.storage.objects.sealed_view import sealed_and_tail
+    from es_actors.storage.objects.view import CommitCache, read_segment
+
+    blobs = blob_store_of(layout)
+    keys: list[str] = []
+    tails: list[pa.Table] = []
+    for p in range(partitions):
+        segments, tail = sealed_and_tail(blobs, p)
+        if layout.scheme == S3_SCHEME:
+            keys.extend(s.key for s in segments)
+        else:
+            cache = CommitCache()
+            tails.extend(read_segment(blobs, s, cache) for s in segments)
+        tails.append(tail)
+    rows = pa.concat_tables(tails) if tails else ARROW_SCHEMA.empty_table()
+    if not keys:
+        return None, rows
+    s3 = _s3_blobs(layout.root, layout.endpoint)
+    sealed = ds.dataset([f"{s3.bucket}/{s3.prefix}{k}" for k in keys], schema=ARROW_SCHEMA, format="parquet",
+                        filesystem=arrow_s3_filesystem(layout.endpoint))
+    return sealed, rows
 
 
 def sealed_dataset(layout: "StoreLayout", partitions: int) -> Any:

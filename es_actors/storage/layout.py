@@ -6,11 +6,13 @@ created and recorded in ``store.json``, so every process maps an aggregate the s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -38,6 +40,18 @@ def partition_of(aggregate_type: str, aggregate_id: str, partitions: int) -> int
     return int.from_bytes(digest, "big") % partitions
 
 
+def read_models_dir(store_id: str, base: str | None = None) -> Path:
+    """Where the read models of the object-storage store ``store_id`` live on this node: under
+    ``base`` (StoreConfig.read_model_dir), else $ES_ACTORS_READ_MODELS, else the user's cache; one
+    subdirectory per store id, so a store made anew at the same prefix never meets an old read
+    model's checkpoints."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", store_id) or store_id in {".", ".."}:
+        raise StoreCorrupted(f"store.json names the store id {store_id!r}, which cannot name a directory")
+    chosen = base or os.environ.get("ES_ACTORS_READ_MODELS")
+    root = Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "es_actors" / "read-models"
+    return root.resolve() / store_id
+
+
 def resolve_local_root(uri: str | os.PathLike[str]) -> Path:
     """The directory of a local-disk store URI (a plain path or ``file://``); other schemes are
     refused with an EsActorsError by :mod:`es_actors.storage.backends`, which maps schemes."""
@@ -51,6 +65,9 @@ class StoreLayout:
     root: Path  # for s3: /bucket/prefix, a name (never a local directory)
     scheme: str = ""  # "": local disk; otherwise the backend the URI chose (storage/backends.py)
     endpoint: str | None = None  # s3: the server's URL when not AWS's (or boto3's AWS_ENDPOINT_URL)
+    #: An object-storage store's read models: a directory on this node (set by Store.open, see
+    #: :func:`read_models_dir`); a local store keeps them under its root.
+    read_models: Path | None = field(default=None, compare=False)
 
     @classmethod
     def from_uri(cls, uri: str | os.PathLike[str]) -> "StoreLayout":
@@ -82,6 +99,22 @@ class StoreLayout:
         if self.scheme:
             raise EsActorsError(f"{self.uri}: {what} read local Parquet and tail files; not supported on "
                                 f"{self.scheme} stores yet (adrs/ADR-014-storage-interface.md)")
+
+    @property
+    def read_model_root(self) -> Path:
+        """The local directory that holds the store's read-model file (ADR-017, ADR-019)."""
+        if not self.scheme:
+            return self.root
+        if self.read_models is None:
+            raise EsActorsError(f"{self.uri}: a store on object storage keeps its read models in a local directory "
+                                "that Store.open chooses; open the store (Store.open) to read them")
+        return self.read_models
+
+    def with_read_models(self, store_id: str, base: str | None) -> "StoreLayout":
+        """This layout with its read-model directory chosen (a local store: unchanged)."""
+        if not self.scheme:
+            return self
+        return dataclasses.replace(self, read_models=read_models_dir(store_id, base))
 
     @property
     def descriptor_path(self) -> Path:

@@ -123,17 +123,18 @@ class Store(LogReading, StoreShortcuts):
             descriptor = layout.read_descriptor()
             if descriptor is None:
                 raise EsActorsError(f"{layout.uri} is not an es_actors store (no store.json)")
-            return cls(layout, descriptor, registry, config, None)
+            return cls(layout.with_read_models(descriptor.store_id, config.read_model_dir), descriptor, registry,
+                       config, None)
         if interceptors:
             from es_actors.write.interceptors import CommandPipeline
 
             CommandPipeline(config, interceptors)  # a TypeError naming what is not an interceptor, before anything starts
         if projections:
-            layout.require_local("projections")
             from es_actors.read.projection import check_projections
 
             check_projections(projections)  # before anything starts
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
+        layout = layout.with_read_models(descriptor.store_id, config.read_model_dir)
         from es_actors.write.actor import start_partition_actors
 
         actors, created = start_partition_actors(layout, descriptor, aggregates, config, address, interceptors)

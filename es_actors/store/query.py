@@ -57,16 +57,16 @@ def _query_here(store: "Store", req: Any) -> Any:
     from es_actors.read.readmodel.database import open_error
     from es_actors.read.events_relation import LogEvents
 
-    path = readmodel_path(store.layout.root)
+    path = readmodel_path(store.layout.read_model_root)
     con, held = None, False
     if path.exists():
         try:
-            con = connect_restricted(str(path), store.layout.root, read_only=True)
+            con = connect_restricted(str(path), store.layout.read_model_root, read_only=True)
         except duckdb.Error as exc:  # held by a projector this process cannot reach: events only
             if "lock" not in str(exc).lower():
                 raise open_error(path, exc) from None  # corrupt, say: named, not taken for a projector's
             con, held = None, True
-    con = con or connect_restricted(":memory:", store.layout.root)
+    con = con or connect_restricted(":memory:", store.layout.read_model_root)
     try:
         return run_query(con.cursor(), req, LogEvents(store.layout, store.descriptor.partitions))
     except QueryFailed as exc:

@@ -105,7 +105,12 @@ def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int
 
 
 def durable_heads(layout: StoreLayout, partitions: int) -> dict[int, int]:
-    """Each partition's last durable position now (0: empty)."""
+    """Each partition's last durable position now (0: empty), on either backend."""
+    if layout.scheme:
+        from es_actors.storage.backends import open_backend
+
+        backend = open_backend(layout.uri)
+        return {i: backend.head_watch(i).refresh() for i in range(partitions)}
     return {i: durable_high_water(layout, i) for i in range(partitions)}
 
 

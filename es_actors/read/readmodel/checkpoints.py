@@ -11,8 +11,7 @@ from typing import Any
 import duckdb
 
 from es_actors.read.readmodel.database import connect_restricted, open_error, readmodel_path
-from es_actors.storage.local.follower import LogFollower
-from es_actors.storage.local.range_reads import recorded_at_us
+from es_actors.storage.backends import open_backend, recorded_at
 from es_actors.storage.layout import StoreLayout
 
 
@@ -47,20 +46,16 @@ def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any
     """Projection status from the read-model file when no projector runs: the committed
     checkpoints against each partition's durable head (status "stopped"); lag in seconds from
     the ``recorded_at`` of the first event not applied (None if it cannot be read)."""
-    path = readmodel_path(layout.root)
+    path = readmodel_path(layout.read_model_root)
     if not path.exists():
         return []
     try:
-        con = connect_restricted(str(path), layout.root, read_only=True)
+        con = connect_restricted(str(path), layout.read_model_root, read_only=True)
     except duckdb.Error as exc:
         raise open_error(path, exc) from None  # held by a projector, or corrupt: named as such
     try:
-        heads = []
-        for p in range(partitions):
-            f = LogFollower(layout, p, 0)
-            while f.poll(10_000_000) is not None:
-                pass
-            heads.append(f.head)
+        backend = open_backend(layout.uri)
+        heads = [backend.head_watch(p).refresh() for p in range(partitions)]
         projections = con.execute("SELECT name, version, kind, paused FROM es_actors.projections ORDER BY name").fetchall()
         cps = {(n, p): pos for n, p, pos in con.execute("SELECT projection, partition, position FROM es_actors.checkpoints").fetchall()}
         parked = dict(con.execute("SELECT projection, count(*) FROM es_actors.dead_letters GROUP BY ALL").fetchall())
@@ -73,7 +68,7 @@ def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any
         if heads[p] <= cp:
             return 0.0
         if (p, cp) not in since:
-            since[(p, cp)] = recorded_at_us(layout, p, cp + 1)
+            since[(p, cp)] = recorded_at(layout, backend, p, cp + 1)
         at = since[(p, cp)]
         return None if at is None else round(max(0.0, (now_us - at) / 1e6), 3)
 

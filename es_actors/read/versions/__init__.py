@@ -29,7 +29,7 @@ from es_actors.read.versions.check import compare, run_checks
 from es_actors.read.versions.oplog import Operation, crash_point, require_who
 from es_actors.read.versions.switch import switch_views
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.reader import durable_high_water
+from es_actors.storage.backends import open_backend
 
 __all__ = ["Versions", "in_process", "CRASH_STEPS"]
 CRASH_STEPS = oplog.CRASH_STEPS
@@ -116,7 +116,8 @@ class Versions:
         return others[0] if others else found[0]
 
     def _heads(self) -> dict[int, int]:
-        return {i: durable_high_water(self.layout, i) for i in range(self.partitions)}
+        backend = open_backend(self.layout.uri)
+        return {i: backend.head_watch(i).refresh() for i in range(self.partitions)}
 
     def _lag(self, instance: str, heads: dict[int, int]) -> int:
         cps = {int(p): int(pos) for p, pos in self.con.cursor().execute(
@@ -380,12 +381,11 @@ def _describe(t: dict[str, Any]) -> str:
 
 def in_process(layout: StoreLayout, partitions: int, operation: str, *args: Any, **kwargs: Any) -> Any:
     """Run a :class:`Versions` operation on the read-model file here (no projector may hold it)."""
-    layout.require_local("read models and their versions")
-    path = readmodel_path(layout.root)
+    path = readmodel_path(layout.read_model_root)
     if not path.exists():
-        raise EsActorsError(f"{layout.root} has no read model yet (no projection has run)")
+        raise EsActorsError(f"{layout.uri} has no read model yet here (no projection has run; read models: {path.parent})")
     try:
-        con = connect_restricted(str(path), layout.root)
+        con = connect_restricted(str(path), layout.read_model_root)
     except duckdb.Error as exc:
         raise open_error(path, exc) from None
     try:

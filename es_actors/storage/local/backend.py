@@ -92,6 +92,28 @@ class LocalReader:
                               limit, backwards)
 
 
+class LocalHeadWatch:
+    """:class:`~es_actors.storage.api.HeadWatch` of a local partition: a follower that returns sealed
+    runs as file names (nothing read) and reads each tail file once, from where it stopped."""
+
+    def __init__(self, follower: LogFollower) -> None:
+        self.follower = follower
+        self.partition = follower.partition
+
+    @property
+    def head(self) -> int:
+        return self.follower.head
+
+    @property
+    def head_recorded_at_us(self) -> int | None:
+        return self.follower.head_recorded_at_us
+
+    def refresh(self) -> int:
+        while self.follower.poll(10_000_000) is not None:
+            pass
+        return self.follower.head
+
+
 class LocalBackend:
     """:class:`~es_actors.storage.api.StorageBackend` of a store directory on a local file system."""
 
@@ -108,6 +130,9 @@ class LocalBackend:
 
     def follower(self, partition: int, after: int = 0) -> LogFollower:
         return LogFollower(self.layout, partition, after)
+
+    def head_watch(self, partition: int) -> "LocalHeadWatch":
+        return LocalHeadWatch(LogFollower(self.layout, partition, 0))
 
     def snapshots(self, partition: int) -> SnapshotStore:
         return SnapshotStore(self.layout.root, partition)

@@ -15,6 +15,7 @@ from pathlib import Path
 from es_actors.config import StoreConfig
 from es_actors.storage.api import BlobStore, Capabilities
 from es_actors.storage.objects.blobs import DirectoryBlobStore
+from es_actors.storage.objects.heads import ObjectHeadWatch
 from es_actors.storage.objects.log import ObjectPartitionLog
 from es_actors.storage.objects.reading import ObjectFollower, ObjectReader
 from es_actors.storage.objects.snapshots import ObjectSnapshotStore
@@ -39,6 +40,9 @@ class ObjectBackend:
 
     def follower(self, partition: int, after: int = 0) -> ObjectFollower:
         return ObjectFollower(self.blobs, partition, after)
+
+    def head_watch(self, partition: int) -> ObjectHeadWatch:
+        return ObjectHeadWatch(self.blobs, partition)
 
     def snapshots(self, partition: int) -> ObjectSnapshotStore:
         return ObjectSnapshotStore(self.blobs, partition)
