@@ -40,8 +40,8 @@ from es_actors.errors import ProjectionHalted, ProjectionTimeout, QueryFailed, Q
 from es_actors.codecs.views import RecordedEvent
 from es_actors.runtime.naming import actor_name, projector_name
 from es_actors.read.subscription import Subscription
-from es_actors.storage.local.follower import LogFollower
-from es_actors.storage.local.reader import read_partition_rows
+from es_actors.codecs.rows import table_to_rows
+from es_actors.storage.backends import open_backend
 from es_actors.examples.bank import (
     AccountOpened,
     BankAccount,
@@ -71,6 +71,11 @@ COLS = "account, owner, balance, events, version"
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def read_partition_rows(layout: Any, p: int) -> list[tuple[Any, ...]]:
+    """Every durable row of a partition, read through the store's backend (local disk or S3)."""
+    return table_to_rows(open_backend(layout.uri).reader(p).read_all())
 
 
 def log_events(store: Store) -> list[RecordedEvent]:
@@ -203,6 +208,7 @@ def assert_models_equal_replay(store: Store, names=("balances", "balances_py")) 
 # -- 1. projection == replay ----------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_sql_and_python_projections_equal_replay(store_factory):
     store = store_factory("replay", partitions=2, seal_rows=150, projections=[Balances, BalancesPy])
     rng = random.Random(1)
@@ -234,6 +240,7 @@ def test_sql_and_python_projections_equal_replay(store_factory):
     assert applied == {"balances": 0, "balances_py": sum(1 for _ in log_events(again))}
 
 
+@pytest.mark.both_backends
 def test_projections_read_legacy_events_through_upcasters(store_factory):
     """v1 rows (a renamed type, a split one) in sealed segments and in the tail read as current events."""
     legacy = store_factory("legacy", aggregates=[LegacyBankAccount], partitions=2)
@@ -268,6 +275,7 @@ def _actor_gone(name: str) -> bool:
 # -- 2. the projector is SIGKILLed mid-batch under load ----------------------------------------
 
 
+@pytest.mark.both_backends
 def test_projector_sigkill_mid_batch_under_load(store_factory):
     store = store_factory(
         "pkill", partitions=2, seal_rows=200, projections=[SmallBatchBalances, SmallBatchBalancesPy]
@@ -444,6 +452,7 @@ def test_pause_under_load_freezes_read_model_and_checkpoint(store_factory):
 # -- 4. read-your-writes ---------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_wait_for_is_read_your_writes_and_times_out_when_paused(store_factory):
     store = store_factory("ryw", partitions=2, projections=[Balances, BalancesPy])
     acct = store.aggregate(BankAccount, "ryw-1")
@@ -590,6 +599,7 @@ def test_projection_tables_never_take_over_another_projections_view(store_factor
 # -- 6. failure policies ---------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_halt_policy_stops_only_that_projection_until_resumed(store_factory, tmp_path):
     flag = tmp_path / "poison"
     flag.touch()
@@ -616,7 +626,7 @@ def test_halt_policy_stops_only_that_projection_until_resumed(store_factory, tmp
         assert checkpoints(store, "poison_halt").get(part, 0) < bad.positions[0][1]
         time.sleep(0.3)
         assert {r["status"] for r in status_of(store, "poison_halt")} == {"halted"}  # it stays halted
-        out = CliRunner().invoke(cli, ["status", "--json", "--store", str(store.root)])  # joins this process's Ray
+        out = CliRunner().invoke(cli, ["status", "--json", "--store", store.layout.uri])  # joins this process's Ray
         assert out.exit_code == 2, out.output  # like the table form: a health check can tell
         shown = [json.loads(line) for line in out.output.splitlines()]
         assert {r["status"] for r in shown if r["projection"] == "poison_halt"} == {"halted"}
@@ -627,7 +637,7 @@ def test_halt_policy_stops_only_that_projection_until_resumed(store_factory, tmp
     assert read_model(store, "poison_halt") == replay(store)
     assert {r["status"] for r in status_of(store, "poison_halt")} == {"running"}
     assert {r["last_error"] for r in status_of(store, "poison_halt")} == {None}  # recovered
-    out = CliRunner().invoke(cli, ["status", "--json", "--store", str(store.root)])
+    out = CliRunner().invoke(cli, ["status", "--json", "--store", store.layout.uri])
     assert out.exit_code == 0 and {json.loads(line)["status"] for line in out.output.splitlines()} == {"running"}
 
 
@@ -757,6 +767,7 @@ def sub_store(store_factory):
     return store
 
 
+@pytest.mark.both_backends
 def test_subscription_catch_up_once_in_order_and_resume(sub_store):
     store = sub_store
     everything = log_events(store)
@@ -824,6 +835,7 @@ def test_subscription_in_small_reads_and_slices_delivers_the_same(sub_store):
             assert len({(p, pos) for p, pos, _t, _i in again}) <= 1 and all(key[:2] == first[-1][:2] for key in again)
 
 
+@pytest.mark.both_backends
 def test_catch_up_is_complete_while_the_owner_seals(store_factory):
     """A catch-up (follow=False) ends only at the durable end, not at a read that raced a seal.
 
@@ -854,7 +866,7 @@ def test_catch_up_is_complete_while_the_owner_seals(store_factory):
             assert got == list(range(1, len(got) + 1))
             if len(got) < acked:
                 short.append((acked, len(got)))
-            f = LogFollower(store.layout, 0, 0)
+            f = open_backend(store.layout.uri).follower(0, 0)
             acked = head[0]
             for _ in range(100_000):
                 if f.poll(1000) is None:
@@ -899,6 +911,7 @@ def check_follow_sees_later_events_then_closes(store: Store) -> None:
 # -- 9. version bump ------------------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_version_bump_rebuilds_from_the_log(store_factory):
     store = store_factory("bump", partitions=2, seal_rows=40, projections=[Balances, BalancesPy])
     accounts = [f"v-{i}" for i in range(6)]
