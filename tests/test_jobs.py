@@ -156,38 +156,37 @@ def test_snapshot_job_on_a_live_store_writes_snapshots_the_actors_use(store_fact
     assert lifecycle(store)[0] - used >= 30
 
 
-def test_snapshot_job_upcasts_old_events_and_fails_on_unreadable_ones(store_factory):
+def test_snapshot_job_upcasts_old_events_fails_on_unreadable_ones_and_a_fresh_open_hydrates_from_it(store_factory):
     old = store_factory("ledger", aggregates=(Ledger,), partitions=2)
     totals = write_ledgers(old, ledgers=6, posts=60)
-    old.close()
+    old.close()  # its actors stop: the next open starts new ones, which know nothing yet
 
     with pytest.raises(UnreadableEvent, match=r"stored event Entry v1 at partition \d position \d+ \(Ledger/l\d version 1\)"):
         build_snapshots(old.layout.uri, [LedgerRenamed], "Ledger", progress=False)
     assert not snapshot_objects(old)  # no file, not even a partial one
 
-    new = store_factory("ledger", aggregates=(LedgerV2,))  # the same log, read by v2 code
-    report = build_snapshots(new.layout.uri, [LedgerV2], "Ledger", progress=False)
+    report = build_snapshots(old.layout.uri, [LedgerV2], "Ledger", progress=False)  # the same log, read by v2 code
     assert (report.totals["events"], report.totals["snapshotted"]) == (60, 6)
-    new.passivate()
+    new = store_factory("ledger", aggregates=(LedgerV2,))
     for lid, total in totals.items():
         assert new.aggregate(LedgerV2, lid).state().state.total == total * 100  # upcast: amount -> cents
-    assert lifecycle(new)[0] >= 6
+    assert sum(s["hydrations"] for s in new.stats()) == 6
+    assert lifecycle(new) == (6, 0)  # every ledger came from the job's snapshot, no event replayed
 
 
-def test_a_fresh_open_hydrates_from_the_jobs_snapshots(store_factory):
-    store = store_factory("fresh", aggregates=(Ledger,), partitions=2)
-    totals = write_ledgers(store, ledgers=4, posts=20)
-    store.close()  # the actors stop: the next open starts new ones, which know nothing yet
+def test_a_task_given_no_store_names_the_store_the_job_and_the_host(store_uri):
+    import socket
 
-    report = build_snapshots(store.layout.uri, [Ledger], "Ledger", progress=False)
-    assert report.totals["snapshotted"] == 4
+    from es_actors.errors import EsActorsError
+    from es_actors.jobs.contract_check import check_partition
+    from es_actors.jobs.snapshots import snapshot_partition
 
-    fresh = store_factory("fresh", aggregates=(Ledger,))
-    for lid, total in totals.items():
-        assert fresh.aggregate(Ledger, lid).state().state.total == total
-    stats = fresh.stats()
-    assert sum(s["hydrations"] for s in stats) == 4
-    assert lifecycle(fresh) == (4, 0)  # every ledger came from the job's snapshot, no event replayed
+    uri = store_uri("nothing-here")
+    for run, what in ((lambda: snapshot_partition(uri, 0, [BankAccount], "BankAccount"), "snapshot job"),
+                      (lambda: check_partition(uri, 0, [BankAccount]), "contract check")):
+        with pytest.raises(EsActorsError) as err:
+            run()
+        assert what in str(err.value) and "nothing-here" in str(err.value) and socket.gethostname() in str(err.value)
 
 
 # -- contract checks ------------------------------------------------------------------------
