@@ -1,20 +1,23 @@
-"""The partition jobs (snapshots, contract checks) and their CLI, on a real Ray and real files."""
+"""The partition jobs (snapshots, contract checks) and their CLI, on a real Ray, on local disk and
+on the local S3-compatible server (every test runs on both)."""
 
 from __future__ import annotations
 
-from es_actors.codecs.state import SnapshotFormat
 import hashlib
 import json
 import random
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from es_actors import Store, Submission
 from es_actors.cli import main
+from es_actors.codecs.state import SnapshotFormat
+from es_actors.storage.backends import blob_store_of
 from es_actors.storage.local.snapshots import snapshot_dir
 from es_actors.domain.upcasting import UnreadableEvent
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
@@ -54,9 +57,36 @@ def write_ledgers(store: Store, ledgers: int, posts: int) -> dict[str, int]:
     return totals
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+BACKENDS = ("local", "s3")
+
+
+def tree_digest(store: Store) -> dict[str, str]:
+    """Every file (or object) of the store and its hash."""
+    if not store.layout.scheme:
+        root = store.root
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+    blobs = blob_store_of(store.layout)
+    pages = blobs.client.get_paginator("list_objects_v2").paginate(Bucket=blobs.bucket, Prefix=blobs.prefix)
+    keys = sorted(o["Key"][len(blobs.prefix):] for page in pages for o in page.get("Contents", ()))
+    return {k: hashlib.sha256(blobs.get(k)).hexdigest() for k in keys}
+
+
+def snapshot_objects(store: Store) -> list[str]:
+    """Every snapshot file (or object) of the store, whole or not."""
+    if not store.layout.scheme:
+        return [str(p) for p in store.root.glob("snapshots/*/*")]
+    blobs = blob_store_of(store.layout)
+    return [k for p in range(store.descriptor.partitions) for k in blobs.list(f"p{p:04d}/snaps/")]
+
+
+def written_snapshot(store: Store, partition: int, written: str) -> pa.Table:
+    """The snapshot group a job reported writing: a file in snapshots/pNNNN/, or an object's key."""
+    if not store.layout.scheme:
+        assert Path(written).parent == snapshot_dir(store.root, partition)
+        return pq.read_table(written)
+    assert written.startswith(f"p{partition:04d}/snaps/")
+    return pq.read_table(pa.BufferReader(blob_store_of(store.layout).get(written)))
 
 
 def lifecycle(store: Store) -> tuple[int, int]:
@@ -73,7 +103,7 @@ def test_snapshot_job_on_a_live_store_writes_snapshots_the_actors_use(store_fact
     total_events = sum(versions.values())
     seen: list[dict] = []
 
-    report = build_snapshots(store.root, [BankAccount], "BankAccount", progress=seen.append)  # store still open
+    report = build_snapshots(store.layout.uri, [BankAccount], "BankAccount", progress=seen.append)  # store still open
 
     assert sorted(r["partition"] for r in seen) == [0, 1, 2, 3]  # one progress report per partition
     t = report.totals
@@ -81,8 +111,7 @@ def test_snapshot_job_on_a_live_store_writes_snapshots_the_actors_use(store_fact
     assert t["rows_read"] == total_events and t["partitions_failed"] == 0
     assert report.fingerprint == SnapshotFormat(store.registry).fingerprint("BankAccount")
     for r in report.partitions:  # one file per partition, holding exactly what the report says
-        table = pq.read_table(r["file"])
-        assert Path(r["file"]).parent == snapshot_dir(store.root, r["partition"])
+        table = written_snapshot(store, r["partition"], r["file"])
         assert table.num_rows == r["snapshotted"]
         for aid, version in zip(table.column("aggregate_id").to_pylist(), table.column("version").to_pylist()):
             assert version == versions[aid] and store.partition_of("BankAccount", aid) == r["partition"]
@@ -115,7 +144,7 @@ def test_snapshot_job_on_a_live_store_writes_snapshots_the_actors_use(store_fact
     writer = threading.Thread(target=keep_writing)
     writer.start()
     try:
-        again = build_snapshots(store.root, [BankAccount], BankAccount, progress=False)
+        again = build_snapshots(store.layout.uri, [BankAccount], BankAccount, progress=False)
     finally:
         stop.set()
         writer.join()
@@ -127,22 +156,37 @@ def test_snapshot_job_on_a_live_store_writes_snapshots_the_actors_use(store_fact
     assert lifecycle(store)[0] - used >= 30
 
 
-def test_snapshot_job_upcasts_old_events_and_fails_on_unreadable_ones(store_factory):
+def test_snapshot_job_upcasts_old_events_fails_on_unreadable_ones_and_a_fresh_open_hydrates_from_it(store_factory):
     old = store_factory("ledger", aggregates=(Ledger,), partitions=2)
     totals = write_ledgers(old, ledgers=6, posts=60)
-    old.close()
+    old.close()  # its actors stop: the next open starts new ones, which know nothing yet
 
     with pytest.raises(UnreadableEvent, match=r"stored event Entry v1 at partition \d position \d+ \(Ledger/l\d version 1\)"):
-        build_snapshots(old.root, [LedgerRenamed], "Ledger", progress=False)
-    assert not list(old.root.glob("snapshots/*/*"))  # no file, not even a partial one
+        build_snapshots(old.layout.uri, [LedgerRenamed], "Ledger", progress=False)
+    assert not snapshot_objects(old)  # no file, not even a partial one
 
-    new = store_factory("ledger", aggregates=(LedgerV2,))  # the same log, read by v2 code
-    report = build_snapshots(new.root, [LedgerV2], "Ledger", progress=False)
+    report = build_snapshots(old.layout.uri, [LedgerV2], "Ledger", progress=False)  # the same log, read by v2 code
     assert (report.totals["events"], report.totals["snapshotted"]) == (60, 6)
-    new.passivate()
+    new = store_factory("ledger", aggregates=(LedgerV2,))
     for lid, total in totals.items():
         assert new.aggregate(LedgerV2, lid).state().state.total == total * 100  # upcast: amount -> cents
-    assert lifecycle(new)[0] >= 6
+    assert sum(s["hydrations"] for s in new.stats()) == 6
+    assert lifecycle(new) == (6, 0)  # every ledger came from the job's snapshot, no event replayed
+
+
+def test_a_task_given_no_store_names_the_store_the_job_and_the_host(store_uri):
+    import socket
+
+    from es_actors.errors import EsActorsError
+    from es_actors.jobs.contract_check import check_partition
+    from es_actors.jobs.snapshots import snapshot_partition
+
+    uri = store_uri("nothing-here")
+    for run, what in ((lambda: snapshot_partition(uri, 0, [BankAccount], "BankAccount"), "snapshot job"),
+                      (lambda: check_partition(uri, 0, [BankAccount]), "contract check")):
+        with pytest.raises(EsActorsError) as err:
+            run()
+        assert what in str(err.value) and "nothing-here" in str(err.value) and socket.gethostname() in str(err.value)
 
 
 # -- contract checks ------------------------------------------------------------------------
@@ -153,7 +197,7 @@ def test_contract_check_on_a_clean_store_counts_and_flags_unregistered_types(sto
     write_ledgers(store, ledgers=4, posts=20)
     deposits = sum(s["next_position"] - 1 for s in store.stats()) - 12 - 12 - 20  # opens, withdrawals, posts
 
-    report = check_contracts(store.root, [BankAccount, Ledger], progress=False)  # live store
+    report = check_contracts(store.layout.uri, [BankAccount, Ledger], progress=False)  # live store
     assert report.clean and report.failure_count == 0 and report.failures == []
     by_key = {(c["event_type"], c["schema_version"]): c for c in report.counts}
     assert by_key[("AccountOpened", 2)]["read"] == 12
@@ -163,22 +207,22 @@ def test_contract_check_on_a_clean_store_counts_and_flags_unregistered_types(sto
     assert report.events == 12 + deposits + 12 + 20 and report.upcast == 0
     assert report.aggregates_checked == 16 and not report.unregistered
 
-    only_bank = check_contracts(store.root, [BankAccount], progress=False)
+    only_bank = check_contracts(store.layout.uri, [BankAccount], progress=False)
     assert only_bank.clean  # other types are reported, not failures...
     assert only_bank.unregistered["Ledger"]["events"] == 20
     assert only_bank.unregistered["Ledger"]["aggregates"] == 4
-    assert not check_contracts(store.root, [BankAccount], progress=False, strict=True).clean  # ...unless strict
+    assert not check_contracts(store.layout.uri, [BankAccount], progress=False, strict=True).clean  # ...unless strict
 
 
 def test_contract_check_reports_each_failure_and_changes_nothing(store_factory):
     store = store_factory("contracts", aggregates=(Ledger,), partitions=2)
     write_ledgers(store, ledgers=5, posts=25)
     store.close()
-    before = tree_digest(store.root)
-    rows = pq.read_table(store.sealed_files()).to_pylist()
+    before = tree_digest(store)
+    rows = store.sealed_dataset().to_table().to_pylist()
     assert len(rows) == 25
 
-    broken = check_contracts(store.root, [LedgerRenamed], progress=False)
+    broken = check_contracts(store.layout.uri, [LedgerRenamed], progress=False)
     assert not broken.clean and broken.failure_count == 25 == len(broken.failures)
     assert broken.failures_by_stage == {"decode": 25}
     expected = sorted((r["partition"], r["position"], r["aggregate_id"], r["version"]) for r in rows)
@@ -188,25 +232,26 @@ def test_contract_check_reports_each_failure_and_changes_nothing(store_factory):
     assert f"position {f['position']}" in f["error"] and "cents" in f["error"] and "does not validate" in f["error"]
     assert {(c["event_type"], c["schema_version"]): (c["read"], c["failed"]) for c in broken.counts} == {("Entry", 1): (25, 25)}
 
-    buggy = check_contracts(store.root, [LedgerV2Buggy], progress=False)
+    buggy = check_contracts(store.layout.uri, [LedgerV2Buggy], progress=False)
     assert buggy.upcast == 25 and buggy.failures_by_stage == {"evolve": 5}  # the first event of each ledger
     assert all(f["version"] == 1 and "TypeError" in f["error"] for f in buggy.failures)
     assert sorted(f["aggregate_id"] for f in buggy.failures) == [f"l{i}" for i in range(5)]
 
-    good = check_contracts(store.root, [LedgerV2], progress=False)
+    good = check_contracts(store.layout.uri, [LedgerV2], progress=False)
     assert good.clean and good.upcast == 25 and good.counts == [
         {"event_type": "Entry", "schema_version": 1, "read": 25, "upcast": 25, "failed": 0}
     ]
-    assert tree_digest(store.root) == before  # read-only: not a byte changed
+    assert tree_digest(store) == before  # read-only: not a byte changed
 
 
 # -- the command line -----------------------------------------------------------------------
 
+@pytest.mark.local_only("the CLI passes --store (a path or URI) to the same jobs, whose S3 runs are above")
 def test_cli_check_contracts_and_snapshot(store_factory):
     store = store_factory("cli", aggregates=(Ledger,), partitions=2)
     write_ledgers(store, ledgers=4, posts=16)
     runner = CliRunner()
-    path = str(store.root)
+    path = store.layout.uri
 
     ok = runner.invoke(main, ["check-contracts", "--store", path, "--aggregates", "tests.job_domains:Ledger"])
     assert ok.exit_code == 0, ok.output

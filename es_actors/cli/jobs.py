@@ -27,7 +27,8 @@ def demo(store_path: str, accounts: int, commands: int) -> None:
 
 @click.command()
 @click.argument("aggregate_type")
-@click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
+@click.option("--store", "store_path", default="./demo-store", show_default=True,
+              help="Store directory, or URI (s3://bucket/prefix, blobdir:///path).")
 @aggregates_option
 @address_option
 @click.option("--all", "rewrite_all", is_flag=True, help="Also snapshot aggregates whose snapshot is already current.")
@@ -74,7 +75,8 @@ def snapshot(
 
 
 @click.command("check-contracts")
-@click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
+@click.option("--store", "store_path", default="./demo-store", show_default=True,
+              help="Store directory, or URI (s3://bucket/prefix, blobdir:///path).")
 @aggregates_option
 @address_option
 @click.option("--max-failures", default=10_000, show_default=True, help="Failures listed per partition (all are counted).")

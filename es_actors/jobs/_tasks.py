@@ -1,11 +1,13 @@
-"""What the partition jobs share: resolving domain classes, and running one task per partition
-while reporting each partition as it finishes. Starting or joining Ray and unwrapping a task's
-error are the runtime's (:mod:`es_actors.runtime.cluster`)."""
+"""What the partition jobs share: resolving domain classes, opening a store's partitions inside a
+task, placing the tasks, and running one task per partition while reporting each partition as
+it finishes. Starting or joining Ray and unwrapping a task's error are the runtime's
+(:mod:`es_actors.runtime.cluster`)."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import socket
 import sys
 from typing import Any, Callable, Sequence, Union
 
@@ -13,7 +15,10 @@ import ray
 
 from es_actors.domain import Aggregate
 from es_actors.errors import EsActorsError
-from es_actors.runtime.cluster import ensure_ray, unwrap_actor_error
+from es_actors.runtime.cluster import ensure_ray, store_actor_placement, unwrap_actor_error
+from es_actors.storage.api import StorageBackend
+from es_actors.storage.backends import open_backend
+from es_actors.storage.layout import StoreLayout
 
 #: ``progress=`` of the jobs: True (a bar on stderr), False (quiet), or a function that gets
 #: each partition's report as soon as its task finishes.
@@ -24,6 +29,25 @@ def connect_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS, or a ``ray start`` one here), else start a
     small local Ray, loopback only (ADR-012) and without a dashboard: the runtime's :func:`ensure_ray`."""
     ensure_ray(address, include_dashboard=False)
+
+
+def task_placement(layout: StoreLayout) -> dict[str, Any]:
+    """Ray options of a job's partition tasks. A store on object storage: SPREAD over the cluster's
+    nodes (every node reads it the same way). A directory: Ray's default, as before (a task on
+    another node reads the same path there, e.g. a shared file system; if the store is not there
+    the task says so, naming its host)."""
+    return store_actor_placement(True) if layout.remote else {}
+
+
+def open_partition_store(uri: str, what: str) -> StorageBackend:
+    """The storage backend of the store at ``uri`` inside a task (a local path or an object-store URI,
+    never a path derived from one); EsActorsError naming the store, ``what`` and this host if no
+    store is there."""
+    layout = StoreLayout.from_uri(uri)
+    if layout.read_descriptor() is None:
+        raise EsActorsError(f"{what}: {layout.uri} is not an es_actors store as seen from {socket.gethostname()} "
+                            "(no store.json)")
+    return open_backend(uri)
 
 
 def resolve_aggregates(spec: str | Sequence[str]) -> list[type[Aggregate[Any]]]:

@@ -3,7 +3,10 @@
     python -m es_actors.jobs.contract_check ./demo-store [module:Class,...]
     es-actors check-contracts --store ./demo-store --aggregates es_actors.examples.bank:BankAccount
 
-Read-only (safe against a live store, e.g. before a deploy): nothing is written. Every
+Read-only (safe against a live store, e.g. before a deploy): nothing is written. Works on
+local disk and on object storage (``s3://``, ``blobdir://``): each task opens the store by its
+URI and reads its partition through the storage interface (``PartitionReader.read_all``); on
+object storage the tasks are spread over the cluster's nodes. Every
 stored event goes through this code's upcaster chain and payload validation
 (``registry.decode``); the events it reads as must be declared by their aggregate; and
 each aggregate is folded through ``evolve`` from ``initial_state``, so a bug in ``evolve``
@@ -19,7 +22,6 @@ events whose aggregate type no class registers (not checked; a failure with ``st
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,14 +31,13 @@ import pyarrow as pa
 import ray
 
 from es_actors.domain import Aggregate, DomainRegistry, fold
-from es_actors.errors import EsActorsError
-from es_actors.jobs.replay import event_where, in_position_order, iter_event_rows
-from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.reader import read_partition
-from es_actors.store import Store
 from es_actors.domain.upcasting import UnreadableEvent
-
-from es_actors.jobs._tasks import Progress, connect_ray, raise_first, resolve_aggregates, run_per_partition
+from es_actors.errors import EsActorsError
+from es_actors.jobs._tasks import (
+    Progress, connect_ray, open_partition_store, raise_first, resolve_aggregates, run_per_partition, task_placement,
+)
+from es_actors.jobs.replay import event_where, in_position_order, iter_event_rows
+from es_actors.store import Store
 
 STAGES = ("sequence", "decode", "undeclared", "evolve")
 
@@ -141,14 +142,11 @@ def check_partition_table(
 
 
 def check_partition(
-    root: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], max_failures: int | None = 10_000
+    uri: str, partition: int, aggregates: Sequence[type[Aggregate[Any]]], max_failures: int | None = 10_000
 ) -> dict[str, Any]:
-    """The body of the Ray task: read one partition read-only, check it."""
+    """The body of the Ray task: read one partition of the store at ``uri`` read-only, check it."""
     t0 = time.perf_counter()
-    layout = StoreLayout.local(root, "contract checks")
-    if layout.read_descriptor() is None:
-        raise EsActorsError(f"{root} is not an es_actors store as seen from {socket.gethostname()} (no store.json)")
-    table = read_partition(layout, partition)
+    table = open_partition_store(uri, "contract check").reader(partition).read_all()
     report = check_partition_table(DomainRegistry(aggregates), table, partition, max_failures)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
@@ -214,11 +212,11 @@ def check_contracts(
     cannot be read at all raises its error after every task ended.
     """
     store = Store.open(store_path, list(aggregates), read_only=True)  # conflicting classes fail here
-    store.layout.require_local("contract checks")  # the tasks read local segment files
     connect_ray(address)
     t0 = time.perf_counter()
+    task = _check_task.options(**task_placement(store.layout))
     refs = {
-        _check_task.remote(str(store.root), p, list(aggregates), max_failures): p
+        task.remote(store.layout.uri, p, list(aggregates), max_failures): p
         for p in range(store.descriptor.partitions)
     }
     done, failed = run_per_partition(refs, progress, describe_partition, "check-contracts")
@@ -241,7 +239,7 @@ def check_contracts(
                 {"partition": r["partition"], "first_position": u["first_position"], "last_position": u["last_position"]}
             )
     report = ContractReport(
-        store=str(store.root),
+        store=store.layout.uri,
         aggregates=[a.aggregate_type for a in aggregates],
         partitions=store.descriptor.partitions,
         events=sum(r["events"] for r in parts),

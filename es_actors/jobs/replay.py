@@ -1,7 +1,7 @@
 """Folding a partition's stored rows into aggregate states, outside the owning actor.
 
-The snapshot and contract-check jobs (``jobs/``) read a partition read-only
-(:func:`~es_actors.storage.reader.read_partition`) and replay it here the way the owner
+The snapshot and contract-check jobs (``jobs/``) read a partition read-only through the storage
+interface (:meth:`~es_actors.storage.api.PartitionReader.read_all`, any backend) and replay it here the way the owner
 hydrates: every stored event through ``registry.decode`` (upcaster chains, validation),
 then the one fold (:func:`es_actors.domain.fold`) from ``initial_state``. No Ray in this module.
 """
@@ -95,7 +95,7 @@ def fold_rows(
 def fold_partition_table(
     registry: DomainRegistry, table: pa.Table, partition: int, aggregate_type: str | None = None
 ) -> dict[tuple[str, str], FoldedAggregate]:
-    """:func:`fold_rows` over a table from ``read_partition`` (optionally one aggregate type only)."""
+    """:func:`fold_rows` over a partition's table as a reader returns it (optionally one aggregate type only)."""
     if aggregate_type is not None:
         table = of_type(table, aggregate_type)
     return fold_rows(registry, iter_event_rows(in_position_order(table)), partition)

@@ -3,13 +3,16 @@
     python -m es_actors.jobs.snapshots BankAccount ./demo-store [module:Class,...]
     es-actors snapshot BankAccount --store ./demo-store --aggregates es_actors.examples.bank:BankAccount
 
-Safe on a live store. Each task reads its partition read-only (``read_partition``: sealed
-segments + durable tail, consistent while the owner writes), replays every aggregate of
-the type from ``initial_state`` through ``registry.decode`` (upcasters, validation) and
-``evolve``, and writes ONE immutable snapshot file into ``snapshots/pNNNN/`` (written whole,
-then renamed into place). The partition actor sees the file on its next lookup and uses a
-row only if its fingerprint matches the code it runs and its log still holds the snapshot's
-event at the snapshot's position; events after it are replayed as usual.
+Safe on a live store, on local disk and on object storage (``s3://``, ``blobdir://``): each
+task opens the store by its URI through the storage interface (``open_backend``), reads its
+partition read-only (``PartitionReader.read_all``: sealed segments + durable tail, consistent
+while the owner writes), replays every aggregate of the type from ``initial_state`` through
+``registry.decode`` (upcasters, validation) and ``evolve``, and writes ONE immutable snapshot
+group through the partition's ``SnapshotStore`` (a file in ``snapshots/pNNNN/`` written whole
+then renamed into place; an object under ``pNNNN/snaps/`` put if absent). The partition actor
+sees it on its next lookup and uses a row only if its fingerprint matches the code it runs and
+its log still holds the snapshot's event at the snapshot's position; events after it are
+replayed as usual. On object storage the tasks are spread over the cluster's nodes.
 
 A partition with an event that cannot be read (``UnreadableEvent``), a version gap or a
 failing ``evolve`` writes no file, and the job raises that error (its message names the
@@ -18,7 +21,6 @@ event); the other partitions' files are complete and valid, so they are kept.
 
 from __future__ import annotations
 
-from es_actors.codecs.state import SnapshotFormat
 import dataclasses
 import os
 import socket
@@ -29,34 +31,33 @@ from typing import Any, Sequence
 
 import ray
 
+from es_actors.codecs.snapshot_rows import SnapshotRow
+from es_actors.codecs.state import SnapshotFormat
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
+from es_actors.jobs._tasks import (
+    Progress, connect_ray, open_partition_store, raise_first, resolve_aggregates, run_per_partition, task_placement,
+)
 from es_actors.jobs.replay import fold_partition_table
-from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.reader import event_ids_at, read_partition, sealed_last_position
-from es_actors.codecs.snapshot_rows import SnapshotRow
-from es_actors.storage.local.snapshots import SnapshotStore, snapshot_dir, write_snapshot_file
 from es_actors.store import Store
-
-from es_actors.jobs._tasks import Progress, connect_ray, raise_first, resolve_aggregates, run_per_partition
 
 # Snapshot rows name their event by id as well as position when the storage layer has the column.
 _ROWS_CARRY_EVENT_ID = "event_id" in {f.name for f in dataclasses.fields(SnapshotRow)}
 
 
 def snapshot_partition(
-    root: str,
+    uri: str,
     partition: int,
     aggregates: Sequence[type[Aggregate[Any]]],
     aggregate_type: str,
     expected_fingerprint: str | None = None,
     skip_current: bool = True,
 ) -> dict[str, Any]:
-    """Snapshot every aggregate of one type in one partition (the body of the Ray task; no Ray in it)."""
+    """Snapshot every aggregate of one type in one partition of the store at ``uri`` (the body of the
+    Ray task; no Ray in it)."""
     t0 = time.perf_counter()
-    layout = StoreLayout.local(root, "snapshot jobs")
-    if layout.read_descriptor() is None:
-        raise EsActorsError(f"{root} is not an es_actors store as seen from {socket.gethostname()} (no store.json)")
+    backend = open_partition_store(uri, "snapshot job")
+    reader, snapshots = backend.reader(partition), backend.snapshots(partition)
     registry = DomainRegistry(aggregates)
     snapshot_format = SnapshotFormat(registry)
     fingerprint = snapshot_format.fingerprint(aggregate_type)
@@ -66,17 +67,17 @@ def snapshot_partition(
             f"the driver's {expected_fingerprint}: the cluster runs other code than the driver"
         )
     codec = snapshot_format.codec(aggregate_type)
-    sealed_before = sealed_last_position(layout, partition)  # rows up to here are durable for certain
-    table = read_partition(layout, partition)
+    sealed_before = reader.sealed_through()  # rows up to here are durable for certain
+    table = reader.read_all()
     rows_read = table.num_rows
     folded = fold_partition_table(registry, table, partition, aggregate_type)
     del table
     # Events read from the tail are confirmed once more: still the same event at that position?
     in_tail = [f.position for f in folded.values() if f.position > sealed_before]
-    now_at = event_ids_at(layout, partition, in_tail)
+    now_at = reader.event_ids_at(in_tail)
     current: set[tuple[str, str, int, int]] = set()  # (type, id, version, position) of usable snapshots
     if skip_current:
-        for row in SnapshotStore(layout.root, partition).all_rows():
+        for row in snapshots.all_rows():
             mine = folded.get((row.aggregate_type, row.aggregate_id)) if row.aggregate_type == aggregate_type else None
             # the owner's rule (SnapshotFormat.usable), at the version the fold reached
             if mine is not None and snapshot_format.usable(
@@ -100,7 +101,7 @@ def snapshot_partition(
             continue
         extra = {"event_id": f.event_id} if _ROWS_CARRY_EVENT_ID else {}
         rows.append(SnapshotRow(aggregate_type, f.aggregate_id, f.version, f.position, fingerprint, codec.encoding, data, **extra))
-    path = write_snapshot_file(snapshot_dir(layout.root, partition), rows)
+    written = snapshots.write(rows)  # a local file's path, or an object's key
     return {
         "partition": partition,
         "rows_read": rows_read,
@@ -112,7 +113,7 @@ def snapshot_partition(
         "not_encodable": len(not_encodable),
         "not_encodable_examples": not_encodable[:5],
         "seconds": round(time.perf_counter() - t0, 3),
-        "file": str(path) if path is not None else None,
+        "file": str(written) if written is not None else None,
         "node": socket.gethostname(),
     }
 
@@ -163,14 +164,14 @@ def build_snapshots(
     """
     atype = aggregate_type if isinstance(aggregate_type, str) else aggregate_type.aggregate_type
     store = Store.open(store_path, list(aggregates), read_only=True)
-    store.layout.require_local("snapshot jobs")  # the tasks read local segment files
     registry = store.registry
     registry.aggregate(atype)  # UnknownAggregateType, naming the registered ones
     fingerprint = SnapshotFormat(registry).fingerprint(atype)
     connect_ray(address)
     t0 = time.perf_counter()
+    task = _snapshot_task.options(**task_placement(store.layout))
     refs = {
-        _snapshot_task.remote(str(store.root), p, list(aggregates), atype, fingerprint, skip_current): p
+        task.remote(store.layout.uri, p, list(aggregates), atype, fingerprint, skip_current): p
         for p in range(store.descriptor.partitions)
     }
     done, failed = run_per_partition(refs, progress, describe_partition, f"snapshots {atype}")
@@ -180,7 +181,7 @@ def build_snapshots(
         for k in ("rows_read", "events", "aggregates", "snapshotted", "up_to_date", "unconfirmed", "not_encodable")
     }
     totals["partitions_failed"] = len(failed)
-    report = SnapshotReport(str(store.root), atype, fingerprint, parts, round(time.perf_counter() - t0, 3), totals)
+    report = SnapshotReport(store.layout.uri, atype, fingerprint, parts, round(time.perf_counter() - t0, 3), totals)
     raise_first(failed, report.to_dict())
     return report
 

@@ -177,6 +177,17 @@ class PartitionReader(Protocol):
         first if ``backwards``; at most ``limit`` rows (the first ones in that order) unless None."""
         ...
 
+    def sealed_through(self) -> int:
+        """The last position sealed now (0 if none). Sealed rows are never cut back; a row read from the
+        tail after it may be (a commit whose sync failed), so a reader that acts on one confirms it
+        with :meth:`event_ids_at`."""
+        ...
+
+    def event_ids_at(self, positions: Iterable[int]) -> dict[int, str]:
+        """``event_id`` of the events durable now at these positions; a position missing from the
+        answer holds nothing now."""
+        ...
+
 
 @runtime_checkable
 class EventBatch(Protocol):

@@ -188,7 +188,12 @@ class StorageConformance:
             ev.append(log, ["a"])
             log.seal()
             ev.append(log, ["c", "c"])
-            assert positions(backend.reader(0).read_all()) == [1, 2, 3, 4, 5]
+            reader = backend.reader(0)
+            assert positions(reader.read_all()) == [1, 2, 3, 4, 5]
+            assert reader.sealed_through() == 3  # rows 4 and 5 are in the tail
+            ids = {r[COL["position"]]: r[COL["event_id"]] for r in ev.acked}
+            assert reader.event_ids_at([1, 4, 5, 9]) == {p: ids[p] for p in (1, 4, 5)}  # nothing at 9
+            assert reader.event_ids_at([]) == {}
 
     @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
     @given(

@@ -11,7 +11,7 @@ exclusive ``flock``: a second owner is refused at open with ``WriterFenced``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 
@@ -23,7 +23,7 @@ from es_actors.storage.local.follower import LogFollower
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.partition_log import PartitionLog
 from es_actors.storage.local.range_reads import read_range
-from es_actors.storage.local.reader import durable_high_water, read_partition
+from es_actors.storage.local.reader import durable_high_water, event_ids_at, read_partition, sealed_last_position
 from es_actors.storage.local.snapshots import SnapshotStore
 
 LOCAL_CAPABILITIES = Capabilities(
@@ -90,6 +90,14 @@ class LocalReader:
     ) -> pa.Table:
         return read_aggregate(self.layout, self.partition, aggregate_type, aggregate_id, first_version, last_version,
                               limit, backwards)
+
+    def sealed_through(self) -> int:
+        """From the current generation's segment names (no file is read)."""
+        return sealed_last_position(self.layout, self.partition)
+
+    def event_ids_at(self, positions: Iterable[int]) -> dict[int, str]:
+        """The tail files, then only the ``position`` and ``event_id`` columns of the sealed segments."""
+        return event_ids_at(self.layout, self.partition, positions)
 
 
 class LocalHeadWatch:

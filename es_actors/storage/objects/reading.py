@@ -9,6 +9,7 @@ full view: this backend has no stream index yet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +19,7 @@ from es_actors.storage.ranges import position_range
 from es_actors.storage.api import BlobStore
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
-from es_actors.storage.objects.view import CommitCache, adopted_commits, look, read_segment, rows_after
+from es_actors.storage.objects.view import CommitCache, adopted_commits, current_manifest, look, read_segment, rows_after
 
 
 def durable_table(blobs: BlobStore, partition: int, cache: CommitCache, after: int = 0) -> pa.Table:
@@ -53,6 +54,22 @@ class ObjectReader:
     def high_water(self) -> int:
         table = self.read_all()
         return int(table.column("position")[-1].as_py()) if table.num_rows else 0
+
+    @storage_boundary("reading the sealed high-water mark")
+    def sealed_through(self) -> int:
+        """The current manifest's last position (one LIST and one GET)."""
+        return current_manifest(self.blobs, self.partition)[0].last_position
+
+    @storage_boundary("reading event ids")
+    def event_ids_at(self, positions: Iterable[int]) -> dict[int, str]:
+        """One more consistent look from the lowest position on: whole objects already read come from
+        this reader's cache, so it costs the listings and any commit newer than the last read."""
+        want = set(positions)
+        if not want:
+            return {}
+        table = durable_table(self.blobs, self.partition, self._cache, min(want) - 1)
+        table = table.filter(pc.is_in(table.column("position"), pa.array(sorted(want), pa.int64())))
+        return dict(zip(table.column("position").to_pylist(), table.column("event_id").to_pylist()))
 
     def read_range(self, first: int, last: int) -> pa.Table:
         checked = position_range(first, last)
