@@ -35,13 +35,6 @@ def test_a_store_on_s3_writes_reads_and_recovers(ray_session, tmp_path, monkeypa
     assert LOCAL_SECRET_KEY.encode() not in stored, "a credential was written into the store"
 
 
-def test_projections_on_an_s3_store_are_refused_clearly(ray_session, s3_uri):
-    from es_actors.examples.bank_projections import Balances
-
-    with pytest.raises(EsActorsError, match="not supported on s3 stores"):
-        Store.open(s3_uri, [BankAccount], projections=[Balances])
-
-
 @pytest.mark.parametrize("backend", ["s3", "local"])
 def test_the_sealed_log_reads_with_pyarrow_and_duckdb_like_the_store(ray_session, s3_uri, tmp_path, backend):
     """The documented way to read the sealed log from outside: store.sealed_dataset() (on S3 through
