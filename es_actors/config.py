@@ -66,6 +66,12 @@ class StoreConfig(BaseModel):
     snapshot_flush_s: float = Field(5.0, ge=0, description="...or once the oldest has waited this long (checked per batch).")
     snapshot_max_files: int = Field(8, ge=1, description="Snapshot files per partition before they are merged into one.")
     projector_poll_s: float = Field(0.02, gt=0, description="How often an idle projector looks for new events.")
+    object_poll_s: float = Field(
+        0.2, ge=0, allow_inf_nan=False,
+        description="Object-storage stores (s3://, blobdir://): the followers of a partition in one process share "
+        "one look at it (LISTs of its manifests and tail) taken at most this often, so new events reach "
+        "projections up to this much later; 0: every poll looks.",
+    )
     projection_stall_s: float = Field(
         10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
     )
