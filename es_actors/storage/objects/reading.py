@@ -25,7 +25,7 @@ from es_actors.storage.api import BlobStore
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.objects.records import Commit, SegmentRef
-from es_actors.storage.objects.view import CommitCache, SegmentCache, read_segment
+from es_actors.storage.objects.view import CommitCache, SegmentCache, current_manifest, read_segment
 from es_actors.storage.objects.watch import PartitionWatch, View, take_view
 from es_actors.storage.ranges import position_range
 
@@ -81,7 +81,12 @@ def range_table(blobs: BlobStore, partition: int, cache: CommitCache, first: int
     consistent look, reading only what holds them."""
 
     def read_once() -> pa.Table:
-        v = view() if view is not None else take_view(blobs, partition, cache)
+        if view is not None:
+            v = view()
+        else:
+            manifest, _highest = current_manifest(blobs, partition, cache)
+            sealed = last is not None and last <= manifest.last_position  # the tail is not needed
+            v = View(manifest, (), 0.0) if sealed else take_view(blobs, partition, cache)
         end = v.head if last is None else min(last, v.head)
         if end < first:
             return ARROW_SCHEMA.empty_table()
