@@ -73,6 +73,12 @@ class StoreConfig(BaseModel):
         "$ES_ACTORS_READ_MODELS, else ~/.cache/es_actors/read-models. A local-disk store keeps them in its "
         "own directory.",
     )
+    object_poll_s: float = Field(
+        0.2, ge=0, allow_inf_nan=False,
+        description="Object-storage stores (s3://, blobdir://): the followers of a partition in one process share "
+        "one look at it (LISTs of its manifests and tail) taken at most this often, so new events reach "
+        "projections up to this much later; 0: every poll looks.",
+    )
     projection_stall_s: float = Field(
         10.0, gt=0, description="A projection behind its head with no progress for this long shows as stalled."
     )

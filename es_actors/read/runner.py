@@ -82,7 +82,7 @@ class ProjectionRunner:
         )
         #: The store's log on its backend (local disk or object storage): one object, so followers of one
         #: partition can share what they read (ADR-019).
-        self.backend = open_backend(layout.uri)
+        self.backend = open_backend(layout.uri, config)
         self.bounds = dict(bounds) if bounds is not None else None
         self.states: dict[str, ProjectionState] = {}
         for p in projections:
@@ -241,7 +241,7 @@ class ProjectionRunner:
             polled.append((prog, batch))
         if not polled:
             return False
-        live = [(prog, b) for prog, b in polled if b.table is not None]
+        live = [(prog, b) for prog, b in polled if b.from_tail]
         if len(live) > 1:
             try:
                 n = self.read_model.apply_many(st.projection, [b for _prog, b in live])
@@ -253,7 +253,7 @@ class ProjectionRunner:
                 for i, (prog, b) in enumerate(live):
                     self._advanced(prog, b.last, n if i == 0 else 0)
                 self._recovered(st)
-                polled = [(prog, b) for prog, b in polled if b.table is None]
+                polled = [(prog, b) for prog, b in polled if not b.from_tail]
         for prog, batch in polled:
             if not self._apply(st, prog, batch):
                 for other, _b in polled:  # leave the rest for the retry

@@ -42,26 +42,23 @@ def _open_local(root: Path) -> StorageBackend:
     return LocalBackend(root)
 
 
-def _open_blob_dir(root: Path) -> StorageBackend:
-    from es_actors.storage.objects import ObjectBackend
-
-    return ObjectBackend.on_directory(root)
-
-
 _BACKENDS: dict[str, Callable[[Path], StorageBackend]] = {
     "": _open_local,
     "file": _open_local,
-    OBJECT_DIR_SCHEME: _open_blob_dir,
 }
 
 
-def open_backend(uri: str | os.PathLike[str]) -> StorageBackend:
-    """The storage backend a store URI selects (nothing is created or read yet)."""
+def open_backend(uri: str | os.PathLike[str], config: StoreConfig | None = None) -> StorageBackend:
+    """The storage backend a store URI selects (nothing is created or read yet). With ``config``,
+    a whole-object backend's followers of a partition share one look every ``object_poll_s``
+    (without it every poll looks)."""
     parsed = parse_store_uri(uri)
-    if parsed.scheme == S3_SCHEME:
-        from es_actors.storage.objects import ObjectBackend
+    if parsed.scheme in (S3_SCHEME, OBJECT_DIR_SCHEME):
+        from es_actors.storage.objects import DirectoryBlobStore, ObjectBackend
 
-        return ObjectBackend(_s3_blobs(parsed.path, parsed.endpoint))
+        poll_s = config.object_poll_s if config is not None else 0.0
+        blobs = _s3_blobs(parsed.path, parsed.endpoint) if parsed.scheme == S3_SCHEME else DirectoryBlobStore(parsed.path)
+        return ObjectBackend(blobs, poll_s)
     return _BACKENDS[parsed.scheme](parsed.path)
 
 

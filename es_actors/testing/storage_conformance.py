@@ -495,6 +495,63 @@ class StorageConformance:
             batch = follower.poll(max_rows=2)
             assert batch is not None and (batch.first, batch.last) == (4, 5)
 
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
+    @given(
+        groups=st.lists(st.integers(1, 6), min_size=1, max_size=12),
+        seal_after=st.sets(st.integers(0, 11)),
+        compact_after=st.sets(st.integers(0, 11)),
+        poll_after=st.sets(st.integers(0, 11)),
+        max_rows=st.integers(1, 9),
+    )
+    def test_followers_polling_small_runs_across_seals_and_compactions_equal_a_full_scan(
+        self, groups: list[int], seal_after: set[int], compact_after: set[int], poll_after: set[int], max_rows: int,
+    ) -> None:
+        """A follower polling ``max_rows`` at a time (between appends, seals and compactions, or only
+        at the end) returns every row once, in order, batch after batch without a gap."""
+        with tempfile.TemporaryDirectory() as d, self._open(Path(d)) as (backend, log):
+            ev = EventLog()
+            early, late = backend.follower(0), backend.follower(0)
+            got: dict[int, list[Row]] = {id(early): [], id(late): []}
+
+            def drain(f: Any) -> None:
+                mine = got[id(f)]
+                while (batch := f.poll(max_rows=max_rows)) is not None:
+                    assert batch.first == len(mine) + 1 and batch.last - batch.first + 1 <= max_rows
+                    rows = rows_of(batch.to_table())
+                    assert [r[COL["position"]] for r in rows] == list(range(batch.first, batch.last + 1))
+                    mine.extend(rows)
+                    assert f.after == batch.last
+
+            for i, n in enumerate(groups):
+                ev.append(log, [f"g{(i + k) % 3}" for k in range(n)])
+                if i in seal_after:
+                    log.seal()
+                if i in compact_after:
+                    log.compact()
+                if i in poll_after:
+                    drain(early)
+            drain(early)
+            drain(late)
+            full = rows_of(backend.reader(0).read_all())
+            assert full == ev.acked
+            assert got[id(early)] == full and got[id(late)] == full
+
+    def test_read_range_is_the_slice_of_read_all_at_every_segment_boundary(self, tmp_path: Path) -> None:
+        ev = EventLog()
+        with self._open(tmp_path) as (backend, log):
+            for i in range(9):
+                ev.append(log, ["a", "b", "c"][: 1 + i % 3])
+                if i in (2, 3, 6):
+                    log.seal()  # segments, then commits in the tail
+            reader = backend.reader(0)
+            full = rows_of(reader.read_all())
+            assert full == ev.acked
+            n = len(full)
+            edges = sorted({1, 2, n - 1, n, n + 1} | {p + d for p in (4, 5, 8, 11, 12) for d in (0, 1) if p + d <= n})
+            for first in edges:
+                for last in edges:
+                    assert rows_of(reader.read_range(first, last)) == full[first - 1 : last], (first, last)
+
     # -- snapshots --------------------------------------------------------------------------
 
     def test_snapshots_round_trip_newest_first(self, tmp_path: Path) -> None:

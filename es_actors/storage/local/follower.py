@@ -53,6 +53,11 @@ class Batch:
     def count(self) -> int:
         return self.last - self.first + 1
 
+    @property
+    def from_tail(self) -> bool:
+        """Rows read from the write-ahead tail (a live batch: small, already in memory)."""
+        return self.table is not None
+
     @storage_boundary("reading a batch of sealed events")
     def to_table(self, columns: list[str] | None = None) -> pa.Table:
         """The batch's rows as Arrow, in position order (all columns unless given)."""

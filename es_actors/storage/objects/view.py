@@ -21,7 +21,9 @@ Shared by the owner's recovery, readers and followers, so all apply the same rul
 
 from __future__ import annotations
 
+import threading
 import zlib
+from collections import OrderedDict
 from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
@@ -45,19 +47,54 @@ from es_actors.storage.objects.records import (
 
 T = TypeVar("T")
 
+#: Bytes of decoded segments a :class:`SegmentCache` keeps (a 50,000-row segment is ~10-20 MB in Arrow).
+SEGMENT_CACHE_BYTES = 256 << 20
+
+
+class SegmentCache:
+    """Sealed segments read, least recently used first out, bounded by their Arrow bytes (a segment
+    is immutable, so a cached one is never stale; the newest one stays even if it alone is larger)."""
+
+    def __init__(self, max_bytes: int = SEGMENT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._tables: OrderedDict[str, pa.Table] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # followers of one backend may poll from several threads
+
+    def get(self, key: str) -> pa.Table | None:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+            return table
+
+    def put(self, key: str, table: pa.Table) -> None:
+        with self._lock:
+            if key in self._tables:
+                return
+            self._tables[key] = table
+            self._bytes += table.nbytes
+            while self._bytes > self.max_bytes and len(self._tables) > 1:
+                _key, old = self._tables.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
 
 class CommitCache:
-    """Whole tail objects and segments never change: read each once per process object."""
+    """Whole tail objects, manifests and segments never change: read each once per process object.
+    Commits are dropped once a manifest seals them; segments are bounded (:class:`SegmentCache`,
+    which several caches may share)."""
 
-    def __init__(self) -> None:
+    def __init__(self, segments: SegmentCache | None = None) -> None:
         self.commits: dict[int, Commit] = {}
-        self.tables: dict[str, pa.Table] = {}
+        self.manifests: dict[str, Manifest] = {}
+        self.segments = segments if segments is not None else SegmentCache()
 
     def trim(self, through_slot: int) -> None:
         for s in [s for s in self.commits if s <= through_slot]:
             del self.commits[s]
-        if len(self.tables) > 64:
-            self.tables.clear()
 
 
 def read_whole(blobs: BlobStore, key: str, decode: Callable[[bytes], T]) -> T | None:
@@ -77,14 +114,19 @@ def read_whole(blobs: BlobStore, key: str, decode: Callable[[bytes], T]) -> T | 
         ) from None
 
 
-def current_manifest(blobs: BlobStore, partition: int) -> tuple[Manifest, int]:
-    """(the highest whole manifest, the highest manifest number listed, whole or not)."""
+def current_manifest(blobs: BlobStore, partition: int, cache: CommitCache | None = None) -> tuple[Manifest, int]:
+    """(the highest whole manifest, the highest manifest number listed, whole or not). With a cache,
+    a manifest already read is not read again (manifests are immutable)."""
     keys = numbered_keys(blobs, partition_prefix(partition) + "gens/")
     for key in reversed(keys):
-        try:
-            manifest = read_whole(blobs, key, Manifest.decode)
-        except FileNotFoundError:  # collected after a newer one was published
-            continue
+        manifest = cache.manifests.get(key) if cache is not None else None
+        if manifest is None:
+            try:
+                manifest = read_whole(blobs, key, Manifest.decode)
+            except FileNotFoundError:  # collected after a newer one was published
+                continue
+            if manifest is not None and cache is not None:
+                cache.manifests = {key: manifest}  # only the current one is asked for again
         if manifest is not None:
             return manifest, key_number(keys[-1])
     return Manifest(), key_number(keys[-1]) if keys else 0
@@ -92,7 +134,8 @@ def current_manifest(blobs: BlobStore, partition: int) -> tuple[Manifest, int]:
 
 def look(blobs: BlobStore, partition: int, cache: CommitCache) -> Listing:
     """The current manifest, then the tail slots after it (a seal between the two shows as a gap)."""
-    manifest, highest_gen = current_manifest(blobs, partition)
+    manifest, highest_gen = current_manifest(blobs, partition, cache)
+    cache.trim(manifest.through_slot)  # sealed: never asked for again
     listing = Listing(manifest, highest_gen)
     slots = [(key_number(k), k) for k in numbered_keys(blobs, partition_prefix(partition) + "tail/")]
     slots = [(slot, key) for slot, key in slots if slot > manifest.through_slot]
@@ -160,7 +203,7 @@ def adopted_commits(listing: Listing, partition: int) -> list[Commit]:
 
 def read_segment(blobs: BlobStore, seg: SegmentRef, cache: CommitCache) -> pa.Table:
     """A sealed segment's rows, its CRC-32 checked; FileNotFoundError if compaction collected it."""
-    table = cache.tables.get(seg.key)
+    table = cache.segments.get(seg.key)
     if table is None:
         try:
             data = blobs.get(seg.key)
@@ -175,7 +218,7 @@ def read_segment(blobs: BlobStore, seg: SegmentRef, cache: CommitCache) -> pa.Ta
             table = pq.read_table(pa.BufferReader(data), schema=ARROW_SCHEMA)
         except pa.ArrowException as exc:
             raise StoreCorrupted(f"{seg.key}: sealed segment cannot be read: {exc}") from None
-        cache.tables[seg.key] = table
+        cache.segments.put(seg.key, table)
     return table
 
 
