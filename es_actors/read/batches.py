@@ -3,15 +3,16 @@ that fail (to park them, or to name the one a halted projection fails on)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow.compute as pc
 
-from es_actors.storage.local.follower import Batch, LogFollower
+from es_actors.storage.api import PartitionFollower
+from es_actors.storage.local.follower import Batch
 
 
-def bisect_batch(batch: Batch, first: int, last: int) -> Batch:
-    """Positions first..last of a batch (same source: tail rows or sealed files)."""
+def bisect_batch(batch: Any, first: int, last: int) -> Batch:
+    """Positions first..last of a batch (same source: rows, or sealed local files)."""
     if batch.table is not None:
         pos = batch.table.column("position")
         t = batch.table.filter(pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last)))
@@ -60,7 +61,7 @@ class BoundedFollower:
     ``head`` is ``until`` (what the task must reach), so the runner's lag counts the task's rest.
     """
 
-    def __init__(self, follower: LogFollower, until: int) -> None:
+    def __init__(self, follower: PartitionFollower, until: int) -> None:
         self.follower = follower
         self.until = until
         self.head = until
@@ -76,7 +77,8 @@ class BoundedFollower:
     def seek(self, after: int) -> None:
         self.follower.seek(after)
 
-    def poll(self, max_rows: int = 1_000_000) -> Batch | None:
+    def poll(self, max_rows: int = 1_000_000) -> Any:
+        """The follower's next batch cut at ``until`` (a local :class:`Batch` or an object store's batch)."""
         left = self.until - self.follower.after
         if left <= 0:
             return None

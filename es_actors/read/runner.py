@@ -231,7 +231,7 @@ class ProjectionRunner:
         case: small, frequent) commit together in one transaction, each partition's checkpoint
         with them; sealed batches (catch-up: large) commit one by one. Any failure falls back
         to one batch at a time, where retry, halt and park apply."""
-        polled: list[tuple[PartitionProgress, Batch]] = []
+        polled: list[tuple[PartitionProgress, Any]] = []  # local Batch or an object store's TableBatch
         for prog in st.partitions.values():
             batch = prog.follower.poll(st.projection.batch_size)
             if batch is None:

@@ -222,8 +222,16 @@ class HeadWatch(Protocol):
     status and lag): cheap, it reads no more rows than it must."""
 
     partition: int
-    head: int  # the newest durable position seen (0: none)
-    head_recorded_at_us: int | None  # when that event was recorded, when known
+
+    @property
+    def head(self) -> int:
+        """The newest durable position seen (0: none)."""
+        ...
+
+    @property
+    def head_recorded_at_us(self) -> int | None:
+        """When that event was recorded (epoch µs), when known."""
+        ...
 
     def refresh(self) -> int:
         """Look again; the head."""
