@@ -8,6 +8,11 @@ Each node gets a private scratch directory (its TMPDIR), deleted when the node i
 nothing can survive on a node's own disk by accident. Writes to OUT: where the partitions ran
 before and after, how long until every partition answered again, and every acknowledged command
 with the version it was given, and the log as read back from S3.
+
+A client on the removed node had opened the store with a projection (its projector and read
+model on that node, the read model in the node's scratch directory); after the loss, a new open
+on the head node rebuilds the read model from S3. OUT also holds where each projector ran and
+the rebuilt balances.
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ from es_actors import Store  # noqa: E402
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount  # noqa: E402
 
 PARTITIONS = 6
+
+
+@ray.remote(num_cpus=0)
+class ProjectionClient:
+    """A process on one node that opened the store with the balances projection (its projector runs
+    on this node, the read model in ``read_models``)."""
+
+    def __init__(self, uri: str, read_models: str) -> None:
+        from es_actors.examples.bank_projections import Balances
+
+        self.store = Store.open(uri, [BankAccount], projections=[Balances], read_model_dir=read_models)
+
+    def projector_node(self) -> str:
+        return str(ray.get(self.store.projections.running().node_id.remote()))
 WRITERS = 4
 LOAD_S = 14.0
 
@@ -63,6 +82,13 @@ def main(scratch_root: Path, out: Path) -> None:
         accounts = [f"n-{i}" for i in range(48)]
         store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
         before = partition_nodes(store)
+        counts = {w.node_id: sum(1 for n in before.values() if n == w.node_id) for w in workers}
+        victim = max(workers, key=lambda w: counts[w.node_id])
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        client = ProjectionClient.options(scheduling_strategy=NodeAffinitySchedulingStrategy(victim.node_id, soft=False)).remote(
+            uri, str(scratch[1 + workers.index(victim)] / "read-models"))
+        projector_before = ray.get(client.projector_node.remote(), timeout=120)
         stop = threading.Event()
 
         def write(w: int) -> None:
@@ -83,8 +109,6 @@ def main(scratch_root: Path, out: Path) -> None:
         for t in threads:
             t.start()
         time.sleep(3.0)
-        counts = {w.node_id: sum(1 for n in before.values() if n == w.node_id) for w in workers}
-        victim = max(workers, key=lambda w: counts[w.node_id])
         moved = [p for p, n in before.items() if n == victim.node_id]
         removed_at = time.monotonic()
         cluster.remove_node(victim, allow_graceful=False)
@@ -101,6 +125,17 @@ def main(scratch_root: Path, out: Path) -> None:
         for t in threads:
             t.join(timeout=120)
         after = partition_nodes(store)
+        from es_actors.examples.bank_projections import Balances
+        from es_actors.storage.backends import open_backend
+
+        heads = {p: open_backend(uri).head_watch(p).refresh() for p in range(PARTITIONS)}
+        rebuilt_at = time.monotonic()
+        again = Store.open(uri, [BankAccount], projections=[Balances], read_model_dir=str(scratch[0] / "read-models"))
+        projector_after = str(ray.get(again.projections.running().node_id.remote()))
+        again.projections.wait_for("balances", heads, timeout=120)
+        rebuilt_s = time.monotonic() - rebuilt_at
+        balances = {r["account"]: r["balance"] for r in again.query("SELECT account, balance FROM balances").to_pylist()}
+        again.close()
         store.close()
         reader = Store.open(uri, [BankAccount], read_only=True)
         events = {}
@@ -109,7 +144,8 @@ def main(scratch_root: Path, out: Path) -> None:
         out.write_text(json.dumps({
             "nodes": [cluster.head_node.node_id] + [w.node_id for w in workers], "victim": victim.node_id,
             "before": before, "after": after, "moved": moved, "back_s": back_s, "acked": acked, "failed": failed,
-            "events": events,
+            "events": events, "projector_before": projector_before, "projector_after": projector_after,
+            "balances": balances, "rebuilt_s": rebuilt_s,
         }))
     finally:
         ray.shutdown()

@@ -6,7 +6,11 @@ doubled. Runs in its own process (it starts and stops its own Ray).
 
 Ray's health checks at their defaults: the GCS marks a node dead after health_check_failure_threshold
 (5) missed checks every health_check_period_ms (3 s), about 15 s (17 s measured here, machine busy);
-the partition actors then restart on the other nodes (max_restarts=-1) and recover from S3."""
+the partition actors then restart on the other nodes (max_restarts=-1) and recover from S3.
+
+A client on the removed node had opened the store with a projection: its projector and read model
+(in the node's scratch directory) go with the node, and a new open on another node rebuilds the
+read model from S3, equal to the log."""
 
 from __future__ import annotations
 
@@ -42,3 +46,6 @@ def test_losing_a_node_moves_its_partitions_and_loses_no_acknowledged_command(tm
     for a, evs in r["events"].items():
         assert [v for v, _ in evs] == list(range(1, len(evs) + 1)), f"{a}: versions not gapless"
     assert len(r["acked"]) > 100, "hardly any load"
+    # the projector on the lost node went with it; a new open elsewhere rebuilt its read model from S3
+    assert r["projector_before"] == r["victim"] and r["projector_after"] != r["victim"], r
+    assert r["balances"] == {a: len(evs) - 1 for a, evs in r["events"].items()}, "rebuilt read model != the log"

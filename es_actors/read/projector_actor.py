@@ -118,6 +118,10 @@ class ProjectorActor:
     def ping(self) -> bool:
         return True
 
+    def node_id(self) -> str:
+        """The Ray node this projector (and its read-model file) is on."""
+        return str(ray.get_runtime_context().get_node_id())
+
     def projections(self) -> dict[str, int]:
         """The projections this projector was opened with, by their declared names (versions a
         backfill built and it follows are not among them; ADR-018)."""
