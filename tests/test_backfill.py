@@ -90,13 +90,19 @@ def tables_of_names(store: Store, schema: str) -> list[str]:
     return [r["table_name"] for r in rows]
 
 
-def write_history(store: Store, rng: random.Random, accounts: list[str], n: int, seal_every: int = 0) -> None:
+def write_history(store: Store, rng: random.Random, accounts: list[str], n: int, seal_every: int = 0, batch: int = 1) -> None:
+    """``n`` random commands, ``batch`` to a call (on S3 each call's commits are PUTs: batches keep tests fast)."""
+    pending: list[Any] = []
     for k in range(n):
         a = rng.choice(accounts)
         amount = rng.randrange(1, 50)
         cmd = Deposit(amount=amount if amount != 13 else 14) if rng.random() < 0.8 else Withdraw(amount=1)  # 13 springs the trap
-        store.submit_many([(BankAccount, a, cmd)])
-        if seal_every and k % seal_every == seal_every - 1:
+        pending.append((BankAccount, a, cmd))
+        sealing = bool(seal_every and k % seal_every == seal_every - 1)
+        if len(pending) >= batch or sealing or k == n - 1:
+            store.submit_many(pending)
+            pending = []
+        if sealing:
             store.seal()
 
 
@@ -151,10 +157,10 @@ def busy_store(store_factory) -> Store:
     rng = random.Random(7)
     accounts = [f"a-{i}" for i in range(20)]
     store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
-    write_history(store, rng, accounts, 400, seal_every=150)
+    write_history(store, rng, accounts, 400, seal_every=150, batch=8)
     [res] = store.submit_many([(BankAccount, accounts[3], Deposit(amount=13))])  # the trap's event
     store.trap_at = res.positions[0]  # type: ignore[attr-defined]
-    write_history(store, rng, accounts, 60)
+    write_history(store, rng, accounts, 60, batch=8)
     return store
 
 
@@ -240,7 +246,7 @@ def test_the_live_version_serves_while_the_built_one_follows_the_log_and_survive
     store = store_factory("live", partitions=2, seal_rows=100, projections=[SmallBalances])
     accounts = [f"l-{i}" for i in range(10)]
     store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
-    write_history(store, random.Random(3), accounts, 300, seal_every=120)
+    write_history(store, random.Random(3), accounts, 300, seal_every=120, batch=8)
     store.projections.wait_for("balances", None, timeout=30)
     live_before = store.query("SELECT count(*) AS n, sum(balance) AS b FROM balances").to_pylist()
     report = backfill(store.layout.uri, SmallBalances, [BankAccount], parallelism=2, progress=False, task_events=80)
@@ -282,7 +288,7 @@ def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tab
     store = store_factory("catchup", partitions=2, seal_rows=150)
     accounts = [f"c-{i}" for i in range(15)]
     store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
-    write_history(store, random.Random(11), accounts, 500, seal_every=200)
+    write_history(store, random.Random(11), accounts, 500, seal_every=200, batch=8)
     store.close()
     kinds = [SmallBalances, SmallBalancesPy, SmallDaily, Ledger]
     store = store_factory("catchup", projections=kinds, parallel_catch_up_events=100)
@@ -302,7 +308,7 @@ def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tab
     # far behind with rows: a combining merge folds the catch-up into them
     store.close()
     writer = store_factory("catchup")
-    write_history(writer, random.Random(12), accounts, 400, seal_every=150)
+    write_history(writer, random.Random(12), accounts, 400, seal_every=150, batch=8)
     writer.close()
     store = store_factory("catchup", projections=[SmallBalances], parallel_catch_up_events=100)
     res = store.submit_many([(BankAccount, "c-1", Deposit(amount=5))])
