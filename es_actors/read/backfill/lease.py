@@ -108,15 +108,28 @@ class Lease:
                 self.blobs.delete(key)
         return True
 
+    def renew(self) -> bool:
+        """Write the next record; False (and :attr:`lost` set) if its number was taken: the lease is lost."""
+        if not self._put(self.number + 1, self.owner):
+            self.lost = True
+            return False
+        self.number += 1
+        return True
+
     def _renew(self) -> None:
         while not self._stop.wait(self.renew_s):
             try:
-                if not self._put(self.number + 1, self.owner):
-                    self.lost = True
+                if not self.renew():
                     return
-                self.number += 1
             except Exception:  # noqa: BLE001 - a failed request: try again at the next period (TTL_S covers it)
                 continue
+
+    def crash(self) -> None:
+        """Stop renewing without releasing (tests: what a killed holder leaves)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
 
     def release(self) -> None:
         """Stop renewing and mark the lease free (nothing if it was lost)."""

@@ -12,8 +12,9 @@ the same interface as :class:`~es_actors.read.backfill.files.BackfillDir` (ADR-0
 Only put-if-absent, get, list and delete: a checkpoint is a new object under the next number
 written after its tables (which carry a token of the attempt that wrote them, so a retried
 attempt never meets a half-written predecessor's), so a task killed at any point leaves the
-previous checkpoint whole; of two attempts of one task that race (a zombie), one writes the
-number and the other fails and is retried. Older checkpoints and their tables go after a new one
+previous checkpoint whole (a torn checkpoint object keeps its number; the next one is written
+after it); of two attempts of one task that race for a number (a zombie), one writes it and the
+other fails and is retried. Older checkpoints and their tables go after a new one
 is written. Parts are read where DuckDB can read them: copied on first use into ``scratch`` (a
 local directory the reading connection may read: a task's temporary directory, or the read-model
 directory of the projector that installs them).
@@ -198,15 +199,19 @@ class BackfillObjects:
         return path
 
     def write_checkpoint(self, ck: TaskCheckpoint, tables: dict[str, pa.Table], dead_letters: pa.Table) -> None:
-        """The tables first (new keys), then the checkpoint naming them (put-if-absent of its
-        number: taken means another attempt of this task wrote it, and this one fails); then the
-        older checkpoints and their tables go."""
+        """The tables first (new keys), then the checkpoint naming them under the next number
+        (put-if-absent: taken means another attempt of this task wrote it at the same moment, and
+        this one fails; Ray runs it again from the newest); then the older checkpoints and their
+        tables go. Every checkpoint is whole and self-consistent, so whichever is highest is a
+        correct state of the share."""
         stored = StoredCheckpoint(**ck.model_dump(), parts=f"{ck.seq:010d}-{uuid.uuid4().hex[:12]}")
         for name, table in [*tables.items(), (DEAD_LETTERS, dead_letters)]:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
             self.blobs.put_if_absent(self._table_key(stored, name), sink.getvalue().to_pybytes())
-        key = f"{self._task_prefix(ck.task)}ck-{ck.seq:010d}.json"
+        listed = self._checkpoint_keys(ck.task)  # a torn one (a crash mid-put) keeps its number: the next is free
+        number = max(ck.seq, int(_CK.match(listed[0].rsplit("/", 1)[-1]).group(1)) + 1 if listed else 0)  # type: ignore[union-attr]
+        key = f"{self._task_prefix(ck.task)}ck-{number:010d}.json"
         if not self.blobs.put_if_absent(key, stored.model_dump_json().encode()):
             raise BackfillBusy(f"{self.where}: checkpoint {ck.seq} of task {ck.task} was written by another attempt of it; "
                                "this one stops (the task resumes from the newest checkpoint)")
