@@ -24,8 +24,9 @@ from es_actors.domain import DomainRegistry
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
 from es_actors.examples.bank_projections import Balances
 from es_actors.jobs.backfill import backfill
-from es_actors.read.backfill.files import BackfillDir
+from es_actors.read.backfill.plan import durable_heads
 from es_actors.read.backfill.task import BackfillTaskFailed
+from es_actors.read.backfill.work import open_work
 from es_actors.read.merge import Merge
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.runner import ProjectionRunner
@@ -37,14 +38,27 @@ from tests.projection_domains import LegacyBankAccount, LegacyDeposit, LegacyOpe
 KINDS = [SmallBalances, SmallBalancesPy, SmallDaily, Ledger]
 
 
-def sequential_replay(root: Path, p: Any, aggregates=(BankAccount,)) -> dict[str, list[tuple[Any, ...]]]:
-    """The projection replayed by one runner over the whole log, in a private database."""
-    layout = StoreLayout(root)
+def layout_of(store: Any) -> StoreLayout:
+    """A store's layout from a Store, a path or a URI (on object storage: with its read-model directory)."""
+    if isinstance(store, Store):
+        return store.layout
+    layout = StoreLayout.from_uri(store)
+    return layout.with_read_models(layout.read_descriptor().store_id, None)
+
+
+def uri_of(store: Any) -> str:
+    return layout_of(store).uri
+
+
+def sequential_replay(root: Any, p: Any, aggregates=(BankAccount,)) -> dict[str, list[tuple[Any, ...]]]:
+    """The projection replayed by one runner over the whole log, in a private database (``root``:
+    a path, a URI or a Store)."""
+    layout = layout_of(root)
     parts = layout.read_descriptor().partitions
     registry = DomainRegistry(list(aggregates))
-    rm = ReadModel(root, registry, [p], database=":memory:")
+    rm = ReadModel(layout.read_model_root, registry, [p], database=":memory:")
     try:
-        bounds = {i: (0, durable_high_water(layout, i)) for i in range(parts)}
+        bounds = {i: (0, h) for i, h in durable_heads(layout, parts).items()}
         runner = ProjectionRunner(layout, parts, registry, [p], StoreConfig(), read_model=rm, bounds=bounds)
         while not runner.reached(p.name):
             assert runner.step() or runner.reached(p.name), runner.states[p.name].last_error
@@ -76,13 +90,19 @@ def tables_of_names(store: Store, schema: str) -> list[str]:
     return [r["table_name"] for r in rows]
 
 
-def write_history(store: Store, rng: random.Random, accounts: list[str], n: int, seal_every: int = 0) -> None:
+def write_history(store: Store, rng: random.Random, accounts: list[str], n: int, seal_every: int = 0, batch: int = 1) -> None:
+    """``n`` random commands, ``batch`` to a call (on S3 each call's commits are PUTs: batches keep tests fast)."""
+    pending: list[Any] = []
     for k in range(n):
         a = rng.choice(accounts)
         amount = rng.randrange(1, 50)
         cmd = Deposit(amount=amount if amount != 13 else 14) if rng.random() < 0.8 else Withdraw(amount=1)  # 13 springs the trap
-        store.submit_many([(BankAccount, a, cmd)])
-        if seal_every and k % seal_every == seal_every - 1:
+        pending.append((BankAccount, a, cmd))
+        sealing = bool(seal_every and k % seal_every == seal_every - 1)
+        if len(pending) >= batch or sealing or k == n - 1:
+            store.submit_many(pending)
+            pending = []
+        if sealing:
             store.seal()
 
 
@@ -120,11 +140,11 @@ def test_parallel_backfill_equals_sequential_replay(legacy_store, tmp_path_facto
         store.close()
 
 
-def tables_of_file(root: Path, p: Any) -> dict[str, list[tuple[Any, ...]]]:
+def tables_of_file(root: Any, p: Any) -> dict[str, list[tuple[Any, ...]]]:
     """The built version in the read-model file (no projector holds it in these tests)."""
     import duckdb
 
-    con = duckdb.connect(str(root / "readmodels" / "readmodels.duckdb"), read_only=True)
+    con = duckdb.connect(str(layout_of(root).read_model_root / "readmodels" / "readmodels.duckdb"), read_only=True)
     try:
         return tables_of(con, f"{p.name}__v{p.version}")
     finally:
@@ -137,60 +157,71 @@ def busy_store(store_factory) -> Store:
     rng = random.Random(7)
     accounts = [f"a-{i}" for i in range(20)]
     store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
-    write_history(store, rng, accounts, 400, seal_every=150)
-    store.submit_many([(BankAccount, accounts[3], Deposit(amount=13))])  # the trap's event
-    write_history(store, rng, accounts, 60)
+    write_history(store, rng, accounts, 400, seal_every=150, batch=8)
+    [res] = store.submit_many([(BankAccount, accounts[3], Deposit(amount=13))])  # the trap's event
+    store.trap_at = res.positions[0]  # type: ignore[attr-defined]
+    write_history(store, rng, accounts, 60, batch=8)
     return store
 
 
+@pytest.mark.both_backends
 def test_a_killed_task_resumes_from_its_checkpoint(busy_store, tmp_path):
     """A worker process dies mid-share (os._exit): Ray runs the task again, it resumes from its
-    last checkpoint (not from the start) and the result is exact."""
+    last checkpoint in the store (on S3: in the bucket), not from the start, redoing at most one
+    checkpoint interval (+ the batch in flight), and the result is exact."""
     trap = tmp_path / "trap"
     trap.write_text("kill")
     TrapPy = trapped(trap)
-    report = backfill(busy_store.root, TrapPy, [BankAccount], parallelism=2, progress=False, checkpoint_events=50)
+    uri = uri_of(busy_store)
+    report = backfill(uri, TrapPy, [BankAccount], parallelism=2, progress=False, checkpoint_events=50)
     assert not trap.exists(), "the trap never fired: the test proves nothing"
-    resumed = [r for r in report.task_results if r["resumed_at"]]
-    assert resumed, report.task_results
-    expected = sequential_replay(busy_store.root, TrapPy)
-    assert tables_of_file(busy_store.root, TrapPy) == expected
+    part, pos = busy_store.trap_at
+    [killed] = [r for r in report.task_results if r["task"] == f"p{part:04d}"]
+    assert killed["resumed_at"] > 0, report.task_results
+    assert pos - 1 - killed["resumed_at"] <= 50 + TrapPy.batch_size, (pos, killed)  # redone: at most one interval
+    expected = sequential_replay(uri, TrapPy)
+    assert tables_of_file(uri, TrapPy) == expected
 
 
+@pytest.mark.both_backends
 def test_a_failed_backfill_resumes_and_finished_tasks_are_not_redone(busy_store, tmp_path):
     trap = tmp_path / "trap"
     trap.write_text("fail")
     TrapPy = trapped(trap)
+    uri = uri_of(busy_store)
     with pytest.raises(BackfillTaskFailed, match="the trap is set") as info:
-        backfill(busy_store.root, TrapPy, [BankAccount], parallelism=2, progress=False, checkpoint_events=50)
+        backfill(uri, TrapPy, [BankAccount], parallelism=2, progress=False, checkpoint_events=50)
     assert "MoneyDeposited" in str(info.value)  # the halt names the event
-    assert not (busy_store.root / "readmodels" / "readmodels.duckdb").exists() or "trap_py__v1" not in tables_schemas(busy_store.root)
-    work = BackfillDir(busy_store.root, "trap_py", 1)
+    rm_file = busy_store.layout.read_model_root / "readmodels" / "readmodels.duckdb"
+    assert not rm_file.exists() or "trap_py__v1" not in tables_schemas(uri)
+    work = open_work(busy_store.layout, "trap_py", 1)
     done_before = {t.id for t in work.load_plan().tasks if (ck := work.load_checkpoint(t.id)) is not None and ck.final}
     assert done_before, "the healthy partition's task should have finished"
     trap.unlink()
-    report = backfill(busy_store.root, TrapPy, [BankAccount], parallelism=2, progress=False, checkpoint_events=50)
+    report = backfill(uri, TrapPy, [BankAccount], parallelism=2, progress=False, checkpoint_events=50)
     again = {r["task"]: r for r in report.task_results}
     for t in done_before:
         assert again[t]["seconds"] == 0.0 and again[t]["resumed_at"] == again[t]["events"]  # not replayed again
-    assert tables_of_file(busy_store.root, TrapPy) == sequential_replay(busy_store.root, TrapPy)
+    assert tables_of_file(uri, TrapPy) == sequential_replay(uri, TrapPy)
 
 
-def tables_schemas(root: Path) -> set[str]:
+def tables_schemas(root: Any) -> set[str]:
     import duckdb
 
-    con = duckdb.connect(str(root / "readmodels" / "readmodels.duckdb"), read_only=True)
+    con = duckdb.connect(str(layout_of(root).read_model_root / "readmodels" / "readmodels.duckdb"), read_only=True)
     try:
         return {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
     finally:
         con.close()
 
 
+@pytest.mark.both_backends
 def test_a_projection_without_merge_is_refused_for_parallel_work_and_replayed_sequentially(busy_store):
-    report = backfill(busy_store.root, Ledger, [BankAccount], parallelism=2, progress=False)
+    uri = uri_of(busy_store)
+    report = backfill(uri, Ledger, [BankAccount], parallelism=2, progress=False)
     assert report.mode == "sequential" and report.tasks == 1
     assert "declares no merge" in report.refused_parallel
-    assert tables_of_file(busy_store.root, Ledger) == sequential_replay(busy_store.root, Ledger)
+    assert tables_of_file(uri, Ledger) == sequential_replay(uri, Ledger)
 
 
 def test_parts_that_collide_are_an_error_and_install_nothing(busy_store):
@@ -210,14 +241,15 @@ def test_a_merge_that_does_not_fit_the_tables_is_refused_before_any_work(busy_st
     assert not (busy_store.root / "backfills" / "wrong").exists()
 
 
+@pytest.mark.both_backends
 def test_the_live_version_serves_while_the_built_one_follows_the_log_and_survives_a_projector_restart(store_factory):
     store = store_factory("live", partitions=2, seal_rows=100, projections=[SmallBalances])
     accounts = [f"l-{i}" for i in range(10)]
     store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
-    write_history(store, random.Random(3), accounts, 300, seal_every=120)
+    write_history(store, random.Random(3), accounts, 300, seal_every=120, batch=8)
     store.projections.wait_for("balances", None, timeout=30)
     live_before = store.query("SELECT count(*) AS n, sum(balance) AS b FROM balances").to_pylist()
-    report = backfill(store.root, SmallBalances, [BankAccount], parallelism=2, progress=False, task_events=80)
+    report = backfill(store.layout.uri, SmallBalances, [BankAccount], parallelism=2, progress=False, task_events=80)
     assert report.installed_by == "projector" and report.instance == "balances__v1"
     assert store.query("SELECT count(*) AS n, sum(balance) AS b FROM balances").to_pylist() == live_before
     # the built version follows: a new command shows up in it
@@ -234,19 +266,21 @@ def test_the_live_version_serves_while_the_built_one_follows_the_log_and_survive
     assert built(store, SmallBalances)["balances"] == live
 
 
+@pytest.mark.both_backends
 def test_cli_backfill_and_python_module_share_one_command(busy_store):
     runner = CliRunner()
-    out = runner.invoke(main, ["backfill", "balances", "--store", str(busy_store.root), "--parallelism", "1", "--quiet", "--json"])
+    out = runner.invoke(main, ["backfill", "balances", "--store", uri_of(busy_store), "--parallelism", "1", "--quiet", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert report["instance"] == "balances__v1" and report["events"] > 0
-    bad = runner.invoke(main, ["backfill", "nope", "--store", str(busy_store.root), "--parallelism", "1"])
+    bad = runner.invoke(main, ["backfill", "nope", "--store", uri_of(busy_store), "--parallelism", "1"])
     assert bad.exit_code == 2 and "none matches" in bad.output
-    wrong_version = runner.invoke(main, ["backfill", "balances", "--version", "9", "--store", str(busy_store.root)])
+    wrong_version = runner.invoke(main, ["backfill", "balances", "--version", "9", "--store", uri_of(busy_store)])
     assert wrong_version.exit_code == 2 and "balances v1" in wrong_version.output
 
 
-def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tables(store_factory):
+@pytest.mark.both_backends
+def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tables(store_factory, backend):
     """Live catch-up uses the same machinery: new projections (one per way of combining) and one
     that is far behind with rows already (a combining merge folds into them) are caught up by
     backfill tasks, show 'backfilling' meanwhile, and end equal to a sequential replay; then they
@@ -254,7 +288,7 @@ def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tab
     store = store_factory("catchup", partitions=2, seal_rows=150)
     accounts = [f"c-{i}" for i in range(15)]
     store.submit_many([(BankAccount, a, OpenAccount(owner=a)) for a in accounts])
-    write_history(store, random.Random(11), accounts, 500, seal_every=200)
+    write_history(store, random.Random(11), accounts, 500, seal_every=200, batch=8)
     store.close()
     kinds = [SmallBalances, SmallBalancesPy, SmallDaily, Ledger]
     store = store_factory("catchup", projections=kinds, parallel_catch_up_events=100)
@@ -262,26 +296,42 @@ def test_a_projection_far_behind_catches_up_with_parallel_tasks_into_its_own_tab
     for p in kinds:
         store.projections.wait_for(p.name, None, timeout=120)
     assert "ledger:backfilling" not in seen
-    for p in (SmallBalances, SmallBalancesPy, SmallDaily):  # each had its catch-up's work directory...
-        assert (store.root / "backfills" / p.name / "v1-catch-up").is_dir(), p.name
-    assert not (store.root / "backfills" / "ledger").exists()
-    assert not list((store.root / "backfills").glob("*/*/tasks")), "catch-up work left behind"  # ...emptied when done
+    for p in (SmallBalances, SmallBalancesPy, SmallDaily):  # each had its catch-up's work in the store...
+        assert catch_up_work(store, p.name) == (True, 0), p.name  # ...emptied when done
+    assert catch_up_work(store, "ledger") == (False, 0)
     applied = {r["projection"]: 0 for r in store.projection_status()}
     for r in store.projection_status():
         applied[r["projection"]] += r["applied"]
     assert applied["balances"] == applied["ledger"] > 0  # the status counts what the tasks applied
     for p in kinds:
-        assert live_tables(store, p) == sequential_replay(store.root, p), p.name
+        assert live_tables(store, p) == sequential_replay(store, p), p.name
     # far behind with rows: a combining merge folds the catch-up into them
     store.close()
     writer = store_factory("catchup")
-    write_history(writer, random.Random(12), accounts, 400, seal_every=150)
+    write_history(writer, random.Random(12), accounts, 400, seal_every=150, batch=8)
     writer.close()
     store = store_factory("catchup", projections=[SmallBalances], parallel_catch_up_events=100)
     res = store.submit_many([(BankAccount, "c-1", Deposit(amount=5))])
     store.projections.wait_for("balances", res[0], timeout=120)
-    assert (store.root / "backfills" / "balances" / "v1-catch-up").is_dir()
-    assert live_tables(store, SmallBalances) == sequential_replay(store.root, SmallBalances)
+    assert catch_up_work(store, "balances") == (True, 0)
+    assert live_tables(store, SmallBalances) == sequential_replay(store, SmallBalances)
+
+
+def catch_up_work(store: Store, name: str) -> tuple[bool, int]:
+    """(whether a parallel catch-up of ``name`` ran: its directory, or its lease records in the bucket;
+    the task checkpoints and parts left behind)."""
+    if not store.layout.scheme:
+        base = store.root / "backfills" / name / "v1-catch-up"
+        return base.is_dir(), len(list(base.glob("tasks/*/*")))
+    from es_actors.storage.backends import blob_store_of
+
+    blobs = blob_store_of(store.layout)
+    prefix = f"backfills/{name}/v1-catch-up/"
+    if hasattr(blobs, "any_under"):  # S3
+        tasks = int(blobs.any_under(prefix + "tasks/"))
+    else:
+        tasks = len([f for f in (blobs.root / prefix / "tasks").rglob("*") if f.is_file()])
+    return bool(blobs.list(prefix + "lease/")), tasks + len(blobs.list(prefix))
 
 
 def live_tables(store: Store, p: Any) -> dict[str, list[tuple[Any, ...]]]:

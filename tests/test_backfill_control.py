@@ -25,9 +25,10 @@ from es_actors.read.merge import Merge
 from es_actors.read.projection import PythonProjection
 from es_actors.storage.layout import StoreLayout
 from es_actors.write.partition import Partition
-from tests.test_backfill import sequential_replay
+from tests.test_backfill import layout_of, sequential_replay
 from tests.test_integrity import REGISTRY, cmd
 
+BACKENDS = ("local", "s3")  # the work (plan, checkpoints, lease, stop request) in a directory or in a bucket
 ACCOUNTS = [f"acc-{i}" for i in range(8)]
 
 
@@ -47,20 +48,21 @@ class SlowPy(PythonProjection):
 
 
 @pytest.fixture
-def root(tmp_path) -> Path:
-    """A closed one-partition store of 808 events, written in process."""
-    path = tmp_path / "store"
-    StoreLayout(path).create_or_check(1, 1)
-    p = Partition(StoreLayout(path), 0, REGISTRY, StoreConfig(lock_timeout_s=0))
+def root(backend, store_uri) -> Any:
+    """A closed one-partition store of 808 events, written in process: its path (local disk) or URI."""
+    uri = store_uri("store")
+    layout = StoreLayout.from_uri(uri)
+    layout.create_or_check(1, 1)
+    p = Partition(layout, 0, REGISTRY, StoreConfig(lock_timeout_s=0))
     p.handle_batch([cmd(a, "OpenAccount", {"owner": a}) for a in ACCOUNTS])
     for _ in range(100):
         p.handle_batch([cmd(a) for a in ACCOUNTS])
     p.seal()
     p.close()
-    return path
+    return Path(uri) if backend == "local" else uri
 
 
-def start(root: Path, parallelism: int = 1) -> tuple[threading.Thread, list[Any]]:
+def start(root: Any, parallelism: int = 1) -> tuple[threading.Thread, list[Any]]:
     """A backfill in a thread (checkpoints every 20 positions), once it shows progress; its outcome lands in the list."""
     outcome: list[Any] = []
 
@@ -84,10 +86,10 @@ def start(root: Path, parallelism: int = 1) -> tuple[threading.Thread, list[Any]
     raise AssertionError("the backfill never showed progress")
 
 
-def balances(root: Path) -> list[tuple[Any, ...]]:
+def balances(root: Any) -> list[tuple[Any, ...]]:
     import duckdb
 
-    con = duckdb.connect(str(root / "readmodels" / "readmodels.duckdb"), read_only=True)
+    con = duckdb.connect(str(layout_of(root).read_model_root / "readmodels" / "readmodels.duckdb"), read_only=True)
     try:
         return sorted(con.execute('SELECT * FROM "slow_py__v1".slow_py').fetchall())
     finally:
@@ -128,7 +130,8 @@ def test_cli_stop_and_json_status_and_nothing_to_stop(root):
     assert again.exit_code == 1 and "nothing to stop" in again.output and "stopped" in again.output
     for flag in ("--status", "--stop"):  # named as absent, before anything is asked
         missing = CliRunner().invoke(main, ["backfill", "nope", "--store", str(root), flag])
-        assert missing.exit_code == 1 and f"no backfill of 'nope' in {root}" in missing.output, missing.output
+        shown = str(root) if isinstance(root, Path) else layout_of(root).uri
+        assert missing.exit_code == 1 and f"no backfill of 'nope' in {shown}" in missing.output, missing.output
         assert "asked" not in missing.output and "name the version" not in missing.output
     # started again through the CLI, it resumes and finishes (the start path is unchanged)
     done = CliRunner().invoke(main, ["backfill", "slow_py", "--version", "1", "--store", str(root), "--projections",
@@ -138,11 +141,13 @@ def test_cli_stop_and_json_status_and_nothing_to_stop(root):
     assert json.loads(done.output)["task_results"][0]["resumed_at"] > 0
 
 
+@pytest.mark.local_only("a usage error, refused before the store is looked at")
 def test_status_and_stop_together_is_a_usage_error(root):
     out = CliRunner().invoke(main, ["backfill", "slow_py", "--store", str(root), "--status", "--stop"])
     assert out.exit_code == 2 and "one at a time" in out.output
 
 
+@pytest.mark.local_only("writes over a checkpoint file")
 def test_an_unreadable_checkpoint_is_shown_as_unreadable_naming_the_file(root):
     t, outcome = start(root)
     stop_backfill(root, "slow_py", 1)

@@ -50,12 +50,13 @@ def built(store_factory, *more: Any) -> Store:
     store = store_factory("v", partitions=2, projections=[Balances])
     res = write(store)
     for p in (BalancesCents, *more):
-        backfill(store.root, p, [BankAccount], parallelism=1, progress=False)
+        backfill(store.layout.uri, p, [BankAccount], parallelism=1, progress=False)
         store.projections.wait_for(f"balances__v{p.version}", res, timeout=30)
     store.projections.wait_for("balances", res, timeout=30)
     return store
 
 
+@pytest.mark.both_backends
 def test_check_cutover_rollback_drop_on_the_projector(store_factory):
     store = built(store_factory, BalancesDoubled)
     p = store.projections
@@ -93,17 +94,17 @@ def test_check_cutover_rollback_drop_on_the_projector(store_factory):
                    ("drop", None, "refused"), ("drop", None, "refused"), ("drop", None, "done")]  # refusals before the start too
     # the CLI: the same operations (here through the running projector)
     cli = CliRunner()
-    out = cli.invoke(main, ["projections", "list", "--store", str(store.root), "--json"])
+    out = cli.invoke(main, ["projections", "list", "--store", store.layout.uri, "--json"])
     assert out.exit_code == 0, out.output
     assert [r["instance"] for r in json.loads(out.output) if r["current"]] == ["balances__v2"]
-    out = cli.invoke(main, ["projections", "check", "balances", "--version", "1", "--store", str(store.root)])
+    out = cli.invoke(main, ["projections", "check", "balances", "--version", "1", "--store", store.layout.uri])
     assert out.exit_code == 1 and "differs" in out.output, out.output  # v1 has other rows than the cents
-    out = cli.invoke(main, ["projections", "rollback", "balances", "--store", str(store.root), "--principal", "me", "--reason", "r"])
+    out = cli.invoke(main, ["projections", "rollback", "balances", "--store", store.layout.uri, "--principal", "me", "--reason", "r"])
     assert out.exit_code == 0 and "current balances " in out.output, out.output
-    out = cli.invoke(main, ["projections", "cutover", "balances", "--version", "9", "--store", str(store.root),
+    out = cli.invoke(main, ["projections", "cutover", "balances", "--version", "9", "--store", store.layout.uri,
                             "--principal", "me", "--reason", "r"])
     assert out.exit_code == 1 and out.output.count("\n") == 1 and "has no version 9" in out.output, out.output
-    out = cli.invoke(main, ["projections", "log", "--store", str(store.root)])
+    out = cli.invoke(main, ["projections", "log", "--store", store.layout.uri])
     assert out.exit_code == 0 and out.output.count("rollback") == 2, out.output
 
 

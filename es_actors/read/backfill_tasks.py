@@ -7,18 +7,18 @@ catch-up (es_actors.read.projector_actor). ADR-016."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import ray
 
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
-from es_actors.read.backfill.files import BackfillDir
 from es_actors.read.backfill.plan import BackfillPlan, TaskSpec
 from es_actors.read.backfill.task import TaskResult, run_task
+from es_actors.read.backfill.work import BackfillWork, open_work
 from es_actors.read.projection import Projection
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
+from es_actors.storage.layout import StoreLayout
 
 
 class BackfillStopped(EsActorsError):
@@ -60,10 +60,12 @@ class _Metrics:
 
 
 def _task(
-    root: str, partitions: int, aggregates: list[type[Aggregate[Any]]], p: type[Projection], spec: TaskSpec,
+    store: str, partitions: int, aggregates: list[type[Aggregate[Any]]], p: type[Projection], spec: TaskSpec,
     progress: Any, checkpoint_events: int, checkpoint_s: float, purpose: str = "",
 ) -> dict[str, Any]:
-    """The body of one backfill task (Ray runs it; retried when its worker dies)."""
+    """The body of one backfill task (Ray runs it; retried when its worker dies). ``store``: the
+    store's URI (a path, or s3://...?endpoint_url=...): the task opens the backend from it and
+    finds its checkpoints in the store, whichever node it lands on."""
     metrics = _Metrics(p.name, p.version)
     last = [0.0]
 
@@ -75,12 +77,15 @@ def _task(
             if progress is not None:
                 progress.update.remote(task, done, total)
 
-    work = BackfillDir(Path(root), p.name, p.version, purpose)
-    result = run_task(
-        Path(root), partitions, DomainRegistry(aggregates), p, spec, work,
-        checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=report,
-        worker=ray.get_runtime_context().get_node_id(),
-    )
+    work = open_work(StoreLayout.from_uri(store), p.name, p.version, purpose)
+    try:
+        result = run_task(
+            store, partitions, DomainRegistry(aggregates), p, spec, work,
+            checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=report,
+            worker=ray.get_runtime_context().get_node_id(),
+        )
+    finally:
+        work.drop_local_copies()
     return result.to_dict()
 
 
@@ -102,7 +107,7 @@ def _named(exc: BaseException, spec: TaskSpec, p: type[Projection]) -> BaseExcep
 
 
 def run_plan_tasks(
-    plan: BackfillPlan, work: BackfillDir, root: Path, partitions: int, aggregates: Sequence[type[Aggregate[Any]]],
+    plan: BackfillPlan, work: BackfillWork, layout: StoreLayout, partitions: int, aggregates: Sequence[type[Aggregate[Any]]],
     p: type[Projection], parallelism: int, *, on_progress: Callable[[str, int, int], None] | None = None,
     on_done: Callable[[TaskResult], None] | None = None, checkpoint_events: int = 1_000_000, checkpoint_s: float = 60.0,
     should_stop: Callable[[], bool] = lambda: False,
@@ -120,11 +125,11 @@ def run_plan_tasks(
             if should_stop():
                 for ref in running:
                     ray.cancel(ref, force=True)
-                raise BackfillStopped(f"backfill of {p.name} v{p.version} stopped; its checkpoints in {work.path} stay for a resume")
+                raise BackfillStopped(f"backfill of {p.name} v{p.version} stopped; its checkpoints in {work.where} stay for a resume")
             while pending and len(running) < parallelism:
                 spec = pending.pop(0)
                 ref = _backfill_task.options(scheduling_strategy="SPREAD").remote(
-                    str(root), partitions, list(aggregates), p, spec, tracker, checkpoint_events, checkpoint_s, work.purpose,
+                    layout.uri, partitions, list(aggregates), p, spec, tracker, checkpoint_events, checkpoint_s, work.purpose,
                 )
                 running[ref] = spec
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -152,6 +157,6 @@ def run_plan_tasks(
         first = next(iter(errors.values()))
         if len(errors) > 1:
             first.add_note("also failed: " + "; ".join(f"{t}: {type(e).__name__}: {e}" for t, e in list(errors.items())[1:]))
-        first.add_note(f"the finished tasks' work is kept in {work.path}: the same backfill started again resumes it")
+        first.add_note(f"the finished tasks' work is kept in {work.where}: the same backfill started again resumes it")
         raise first
     return [results[t.id] for t in plan.tasks]

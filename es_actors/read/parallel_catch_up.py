@@ -2,7 +2,8 @@
 log) that declares a merge is caught up by backfill tasks spread over the cluster, into its own
 tables, instead of one batch after another in the projector.
 
-At the projector's start, each projection at least ``parallel_catch_up_events`` behind is left to
+On local disk and on object storage alike (the plan and checkpoints are in the store: files, or
+objects in the bucket, es_actors.read.backfill.work). At the projector's start, each projection at least ``parallel_catch_up_events`` behind is left to
 a thread here (status ``backfilling``; the loop takes no batch of it): a plan from its
 checkpoints to the durable heads (``backfills/<name>/v<N>-catch-up/``, reused after a projector
 restart, so tasks resume from their checkpoints), the tasks, then the parts folded into its
@@ -24,9 +25,10 @@ import ray
 
 from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate
-from es_actors.read.backfill.files import BackfillBusy, BackfillDir
+from es_actors.read.backfill.files import BackfillBusy
 from es_actors.read.backfill.install import install_into
 from es_actors.read.backfill.plan import durable_heads, fingerprint, make_plan
+from es_actors.read.backfill.work import open_work
 from es_actors.read.backfill_tasks import run_plan_tasks
 from es_actors.read.projection import Projection
 from es_actors.read.runner import ProjectionRunner
@@ -72,8 +74,6 @@ class ParallelCatchUp:
 
     def start(self) -> list[str]:
         """Leave the projections far behind to parallel catch-up threads; their names."""
-        if self.layout.scheme:  # a backfill's plan and checkpoints live in a local store's directory (ADR-019)
-            return []
         heads = durable_heads(self.layout, self.partitions)
         chosen = candidates(self.runner, heads, self.config.parallel_catch_up_events)
         for p in chosen:
@@ -85,10 +85,12 @@ class ParallelCatchUp:
 
     def _run(self, p: type[Projection], heads: dict[int, int]) -> None:
         st = self.runner.states[p.name]
-        work = BackfillDir(self.layout.root, p.name, p.version, PURPOSE)
         try:
-            work.lock()
-        except BackfillBusy:
+            work = open_work(self.layout, p.name, p.version, PURPOSE, scratch=self._scratch())
+            work.lock(owner=self._owner())
+        except Exception as exc:  # busy, or the bucket did not answer: the loop catches up
+            if not isinstance(exc, BackfillBusy):
+                st.last_error = f"parallel catch-up did not start, catching up one batch after another: {type(exc).__name__}: {exc}"
             self.runner.set_backfilling(p.name, False)
             return
         try:
@@ -102,7 +104,7 @@ class ParallelCatchUp:
                 plan = make_plan(self.layout, self.partitions, p, parallelism, start=start, targets=heads)
                 work.save_plan(plan)
             log.info("projection %s: catching up %d events with %d tasks in parallel", p.name, plan.events, len(plan.tasks))
-            results = run_plan_tasks(plan, work, self.layout.root, self.partitions, self.aggregates, p, parallelism,
+            results = run_plan_tasks(plan, work, self.layout, self.partitions, self.aggregates, p, parallelism,
                                      should_stop=self.stopping)
             parts = [work.load_checkpoint(t.id) for t in plan.tasks]
             applied: dict[int, int] = {}
@@ -120,7 +122,21 @@ class ParallelCatchUp:
                 log.warning("projection %s: %s", p.name, st.last_error)
         finally:
             work.unlock()
+            work.drop_local_copies()
             self.runner.set_backfilling(p.name, False)
+
+    def _scratch(self) -> Any:
+        """Where the install's DuckDB may read parts copied from a bucket: under the read-model directory."""
+        return self.layout.read_model_root / ".backfill-parts" if self.layout.scheme else None
+
+    @staticmethod
+    def _owner() -> str | None:
+        """The lease owner on object storage: this actor's id, so a restarted projector (same id)
+        takes its own lease back at once instead of waiting for it to expire."""
+        try:
+            return ray.get_runtime_context().get_actor_id() or None
+        except Exception:  # noqa: BLE001 - not in an actor: a fresh owner
+            return None
 
     def join(self, timeout_s: float) -> None:
         for t in self.threads:

@@ -166,10 +166,11 @@ class ProjectorActor:
     def install_backfill(self, projection: type[Projection], definition: bytes) -> dict[str, Any]:
         """Combine a finished backfill's parts into this projector's read model (the file's one
         writer) and follow the built version from there on."""
-        from es_actors.read.backfill.files import BackfillDir
         from es_actors.read.backfill.install import adopt
+        from es_actors.read.backfill.work import open_work
 
-        work = BackfillDir(self.layout.root, projection.name, projection.version)
+        scratch = self.layout.read_model_root / ".backfill-parts" if self.layout.scheme else None  # parts copied from a bucket
+        work = open_work(self.layout, projection.name, projection.version, scratch=scratch)
         return adopt(self.runner, projection, work, definition).to_dict()
 
     # -- Ray calls: versions of projections (es_actors.read.versions, ADR-018) ------------------

@@ -17,7 +17,7 @@ DEFAULT_PROJECTIONS = "es_actors.examples.bank_projections:Balances,BalancesPy,D
 @click.command()
 @click.argument("projection")
 @click.option("--version", "version", type=int, default=None, help="The version to build (default: the one the classes declare; required if several).")
-@click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory.")
+@click.option("--store", "store_path", default="./demo-store", show_default=True, help="Store directory or URI (s3://bucket/prefix, blobdir:///path).")
 @click.option("--projections", "projections_spec", default=DEFAULT_PROJECTIONS, show_default=True,
               help="Projection classes as module:Class, comma-separated: PROJECTION is found among them by name and version.")
 @aggregates_option

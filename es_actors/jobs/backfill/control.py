@@ -2,7 +2,8 @@
 ``es-actors backfill NAME --version N --status`` / ``--stop`` and :func:`backfill_status` /
 :func:`stop_backfill`. Both work while a run goes on, from any machine that sees the store.
 
-Status reads ``backfills/<name>/v<N>/``: the plan, each task's checkpoint (events done of its
+Status reads ``backfills/<name>/v<N>/`` (files of a local store, objects of one on S3 or
+blobdir: es_actors.read.backfill.work): the plan, each task's checkpoint (events done of its
 share, final or not), the installed mark, whether a process holds the run's lock, and whether
 a stop was requested. Stop writes ``stop-requested.json`` there; the running driver polls it,
 cancels its tasks (their checkpoints stay) and ends with ``BackfillStopped``. Started again,
@@ -18,17 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from es_actors.errors import EsActorsError
-from es_actors.read.backfill.files import BackfillDir
+from es_actors.read.backfill.work import BackfillWork, backfilled_versions, open_work
 from es_actors.storage.layout import StoreLayout
-
-_VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
 @dataclass
@@ -79,23 +77,30 @@ class BackfillStatus:
         return lines
 
 
-def _backfill_dir(store: str | os.PathLike[str], projection: str, version: int | None) -> tuple[StoreLayout, BackfillDir]:
-    layout = StoreLayout.local(store, "backfills")
+def _shown(layout: StoreLayout) -> str:
+    return layout.uri if layout.scheme else str(layout.root)
+
+
+def _backfill_dir(store: str | os.PathLike[str], projection: str, version: int | None) -> tuple[StoreLayout, BackfillWork]:
+    layout = StoreLayout.from_uri(store)
     if layout.read_descriptor() is None:
         raise EsActorsError(f"{store} is not an es_actors store (no store.json)")
-    base = layout.root / "backfills" / projection
-    versions = sorted(int(m.group(1)) for d in (base.iterdir() if base.is_dir() else []) if (m := _VERSION_DIR.match(d.name)))
+    versions = backfilled_versions(layout, projection)
     if not versions:
-        raise EsActorsError(f"no backfill of {projection!r} in {layout.root}")
+        raise EsActorsError(f"no backfill of {projection!r} in {_shown(layout)}")
     if version is None:
         if len(versions) != 1:
             have = ", ".join(f"v{v}" for v in versions) or "none"
-            raise EsActorsError(f"backfills of {projection!r} in {layout.root}: {have}; name the version (--version)")
+            raise EsActorsError(f"backfills of {projection!r} in {_shown(layout)}: {have}; name the version (--version)")
         version = versions[0]
     if version not in versions:
         have = ", ".join(f"v{v}" for v in versions) or "none"
-        raise EsActorsError(f"no backfill of {projection} v{version} in {layout.root} (backfills of {projection!r}: {have})")
-    return layout, BackfillDir(layout.root, projection, version)
+        raise EsActorsError(f"no backfill of {projection} v{version} in {_shown(layout)} (backfills of {projection!r}: {have})")
+    return layout, open_work(layout, projection, version)
+
+
+def status_version(work: BackfillWork) -> int:
+    return int(work.name.rsplit("/v", 1)[1])
 
 
 def backfill_status(store: str | os.PathLike[str], projection: str, version: int | None = None) -> BackfillStatus:
@@ -104,10 +109,14 @@ def backfill_status(store: str | os.PathLike[str], projection: str, version: int
     running = work.running()
     plan = work.load_plan()
     installed = None
-    if work.installed_mark.exists():
+    try:
+        text = work.installed()
+    except OSError:
+        text = ""
+    if text is not None:
         try:
-            installed = json.loads(work.installed_mark.read_text())
-        except (OSError, ValueError):
+            installed = json.loads(text)
+        except ValueError:
             installed = {}
     tasks = []
     for spec in plan.tasks if plan is not None else []:
@@ -128,7 +137,7 @@ def backfill_status(store: str | os.PathLike[str], projection: str, version: int
     else:
         state = "stopped"
     return BackfillStatus(
-        store=str(layout.root), projection=projection, version=int(work.path.name[1:]), path=str(work.path),
+        store=_shown(layout), projection=projection, version=status_version(work), path=work.where,
         state=state, running=running, stop_requested=stop, planned_at=plan.created_at if plan is not None else "",
         events_done=sum(t.done for t in tasks), events_total=sum(t.total for t in tasks), installed=installed, tasks=tasks,
     )
@@ -150,7 +159,7 @@ def stop_backfill(
     work.request_stop(json.dumps({"requested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                   "principal": principal, "reason": reason, "pid": os.getpid()}))
     if on_request is not None:
-        on_request(f"asked the backfill of {projection} {work.path.name} to stop; waiting up to {wait_s:.0f} s")
+        on_request(f"asked the backfill of {projection} v{status_version(work)} to stop; waiting up to {wait_s:.0f} s")
     deadline = time.monotonic() + wait_s
     while work.running() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -31,10 +31,10 @@ import ray
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.jobs._tasks import connect_ray
-from es_actors.read.backfill.files import BackfillDir
 from es_actors.read.backfill.install import InstallReport, adopt, beside, taken_by_a_projection
 from es_actors.read.backfill.plan import BackfillPlan, fingerprint, make_plan
 from es_actors.read.backfill.task import TaskResult, projection_tables, run_task
+from es_actors.read.backfill.work import BackfillWork, open_work
 from es_actors.read.backfill_tasks import BackfillStopped, run_plan_tasks
 from es_actors.read.projection import Projection, check_projections
 from es_actors.read.readmodel import ReadModel
@@ -95,14 +95,15 @@ def backfill(
     same declaration resumes from its tasks' checkpoints; ``restart`` discards them."""
     t0 = time.monotonic()
     p = projection
-    layout = StoreLayout.local(store_path, "backfills")
+    layout = StoreLayout.from_uri(store_path)
     descriptor = layout.read_descriptor()
     if descriptor is None:
         raise EsActorsError(f"{store_path} is not an es_actors store (no store.json)")
+    layout = layout.with_read_models(descriptor.store_id, StoreConfig().read_model_dir)  # object storage: where its read model is
     try:
         check_projections([p])
         registry = DomainRegistry(aggregates)
-        scratch = ReadModel(layout.root, registry, [p], database=":memory:")  # set-up runs, kind is known
+        scratch = ReadModel(layout.read_model_root, registry, [p], database=":memory:")  # set-up runs, kind is known
         try:
             tables = projection_tables(scratch.con.cursor(), p.name)
         finally:
@@ -129,7 +130,7 @@ def backfill(
         _say(progress, {"event": "refused_parallel", "message": refused})
     partitions = descriptor.partitions
     _refuse_a_taken_name(layout, descriptor, beside(p).name)
-    work = BackfillDir(layout.root, p.name, p.version)
+    work = open_work(layout, p.name, p.version)
     work.lock()
     try:
         work.clear_stop_request()  # a request meant for an earlier run (this one resumes it)
@@ -143,10 +144,11 @@ def backfill(
         work.mark_installed(json.dumps(installed.to_dict()))
     finally:
         work.unlock()
+        work.drop_local_copies()
     seconds = time.monotonic() - t0
     events = plan.events
     report = BackfillReport(
-        store=str(layout.root), projection=p.name, version=p.version, instance=installed.instance,
+        store=str(layout.root) if not layout.scheme else layout.uri, projection=p.name, version=p.version, instance=installed.instance,
         mode="sequential" if plan.split == "none" or parallelism == 1 else "parallel", parallelism=parallelism,
         refused_parallel=refused, tasks=len(plan.tasks), tasks_resumed=sum(1 for r in results if r.resumed_at),
         events=events, applied=sum(r.applied for r in results), parked=installed.dead_letters,
@@ -166,7 +168,7 @@ def _refuse_a_taken_name(layout: StoreLayout, descriptor: Any, name: str) -> Non
         running = actor_get(projector.projections.remote())
         taken = name in running and not actor_get(projector.is_build.remote(name))
     else:
-        path = readmodel_path(layout.root)
+        path = readmodel_path(layout.read_model_root)
         if not path.exists():
             return
         try:
@@ -183,16 +185,16 @@ def _refuse_a_taken_name(layout: StoreLayout, descriptor: Any, name: str) -> Non
 
 
 def _plan(
-    work: BackfillDir, layout: StoreLayout, partitions: int, p: type[Projection], parallelism: int,
+    work: BackfillWork, layout: StoreLayout, partitions: int, p: type[Projection], parallelism: int,
     task_events: int | None, restart: bool, progress: BackfillProgressArg,
 ) -> BackfillPlan:
     plan = work.load_plan()
-    if plan is not None and (restart or work.installed_mark.exists()):
+    if plan is not None and (restart or work.installed() is not None):
         work.discard()
         plan = None
     if plan is not None and plan.fingerprint != fingerprint(p):
         raise EsActorsError(
-            f"a backfill of {p.name} v{p.version} with another declaration was started ({work.path / 'plan.json'}: "
+            f"a backfill of {p.name} v{p.version} with another declaration was started ({work.where}/plan.json: "
             f"fingerprint {plan.fingerprint}, this code's {fingerprint(p)}): finish it with that code, or start again "
             "with restart (--restart)"
         )
@@ -205,7 +207,7 @@ def _plan(
 
 
 def _run_tasks(
-    plan: BackfillPlan, work: BackfillDir, layout: StoreLayout, partitions: int, aggregates: list[type[Aggregate[Any]]],
+    plan: BackfillPlan, work: BackfillWork, layout: StoreLayout, partitions: int, aggregates: list[type[Aggregate[Any]]],
     p: type[Projection], parallelism: int, progress: BackfillProgressArg, checkpoint_events: int, checkpoint_s: float,
 ) -> list[TaskResult]:
     view = _ProgressView(progress, f"backfill {p.name} v{p.version}", plan)
@@ -221,13 +223,13 @@ def _run_tasks(
             for spec in plan.tasks:
                 stop.check()
                 results.append(run_task(
-                    layout.root, partitions, DomainRegistry(aggregates), p, spec, work,
+                    layout.uri, partitions, DomainRegistry(aggregates), p, spec, work,
                     checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s, report=report,
                 ))
                 view.finished(results[-1])
             return results
         return run_plan_tasks(
-            plan, work, layout.root, partitions, aggregates, p, parallelism,
+            plan, work, layout, partitions, aggregates, p, parallelism,
             on_progress=view.update, on_done=view.finished, checkpoint_events=checkpoint_events, checkpoint_s=checkpoint_s,
             should_stop=stop.requested,
         )
@@ -236,7 +238,7 @@ def _run_tasks(
 
 
 def _install(
-    layout: StoreLayout, partitions: int, registry: DomainRegistry, p: type[Projection], work: BackfillDir
+    layout: StoreLayout, partitions: int, registry: DomainRegistry, p: type[Projection], work: BackfillWork
 ) -> tuple[InstallReport, str]:
     """Into the running projector's read model (it then follows the version), else into the file
     here, caught up with the log once (the next projector to start adopts it)."""
@@ -247,7 +249,7 @@ def _install(
         out = actor_get(projector.install_backfill.remote(p, definition))
         return InstallReport(**out), "projector"
     try:
-        rm = ReadModel(layout.root, registry, [])
+        rm = ReadModel(layout.read_model_root, registry, [])
     except Exception as exc:
         raise EsActorsError(
             f"the read-model file of {layout.root} is held by a projector this process cannot reach (join its Ray "
@@ -255,7 +257,8 @@ def _install(
         ) from None
     try:
         runner = ProjectionRunner(layout, partitions, registry, [], StoreConfig(), read_model=rm)
-        report = adopt(runner, p, work, definition)
+        local = open_work(layout, p.name, p.version, scratch=layout.read_model_root / ".backfill-parts") if layout.scheme else work
+        report = adopt(runner, p, local, definition)
         while runner.step():  # caught up with what the log holds now
             pass
     finally:
@@ -267,7 +270,7 @@ class _StopPoll:
     """Whether an operator asked this backfill to stop (``es-actors backfill ... --stop``): the
     request file, looked at no more than every 0.2 s."""
 
-    def __init__(self, work: BackfillDir, p: type[Projection]) -> None:
+    def __init__(self, work: BackfillWork, p: type[Projection]) -> None:
         self.work, self.p, self.next_look, self.seen = work, p, 0.0, False
 
     def requested(self) -> bool:
@@ -280,7 +283,7 @@ class _StopPoll:
     def check(self) -> None:
         if self.requested():
             raise BackfillStopped(f"backfill of {self.p.name} v{self.p.version} stopped on request; its checkpoints in "
-                                  f"{self.work.path} stay: the same backfill started again resumes it")
+                                  f"{self.work.where} stay: the same backfill started again resumes it")
 
 
 def _say(progress: BackfillProgressArg, update: dict[str, Any]) -> None:

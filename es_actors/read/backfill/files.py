@@ -58,13 +58,17 @@ class BackfillDir:
         parallel catch-up of the live one (each has its own directory)."""
         self.root = root
         self.purpose = purpose
-        self.path = root / "backfills" / projection / (f"v{version}" + (f"-{purpose}" if purpose else ""))
+        self.name = f"backfills/{projection}/v{version}" + (f"-{purpose}" if purpose else "")
+        self.path = root / self.name
+        self.where = str(self.path)
+        self.local_root = root  # where a task's DuckDB may read the parts (they are here)
         self._lock: IO[bytes] | None = None
 
     # -- the run's lock ------------------------------------------------------------------------
 
-    def lock(self) -> None:
-        """Hold the backfill for this process (released by :meth:`unlock` or the process's end)."""
+    def lock(self, owner: str | None = None) -> None:
+        """Hold the backfill for this process (released by :meth:`unlock` or the process's end;
+        ``owner`` is for the object-store lease, a flock needs none)."""
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / ".lock", "ab")
         for attempt in range(10):  # a moment's grace: :meth:`running` looks with a brief shared lock
@@ -110,6 +114,9 @@ class BackfillDir:
     def clear_stop_request(self) -> None:
         self.stop_request.unlink(missing_ok=True)
 
+    def drop_local_copies(self) -> None:
+        """Nothing: the parts are read where they are."""
+
     def unlock(self) -> None:
         if self._lock is not None:
             self._lock.close()
@@ -141,6 +148,13 @@ class BackfillDir:
     @property
     def installed_mark(self) -> Path:
         return self.path / "installed.json"
+
+    def installed(self) -> str | None:
+        """The installed mark's text, None if the parts are not installed."""
+        try:
+            return self.installed_mark.read_text()
+        except FileNotFoundError:
+            return None
 
     def mark_installed(self, text: str) -> None:
         replace_durably(self.installed_mark, text.encode())

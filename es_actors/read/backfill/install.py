@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import duckdb
 
 from es_actors.errors import EsActorsError
-from es_actors.read.backfill.files import DEAD_LETTERS, BackfillDir, TaskCheckpoint
+from es_actors.read.backfill.files import DEAD_LETTERS, TaskCheckpoint
 from es_actors.read.backfill.plan import BackfillPlan
 from es_actors.read.backfill.task import projection_tables
+from es_actors.read.backfill.work import BackfillWork
 from es_actors.read.projection import _NAME, Projection
 from es_actors.read.readmodel.checkpoints import set_checkpoint
 from es_actors.read.readmodel.database import sql_str, transaction
@@ -68,7 +69,7 @@ def install(
     p: type[Projection],
     plan: BackfillPlan,
     parts: Sequence[TaskCheckpoint],
-    work: BackfillDir,
+    work: BackfillWork,
     definition: bytes | None,
 ) -> InstallReport:
     """Build ``<name>__v<version>`` from the tasks' final parts (in task order), with its
@@ -89,7 +90,7 @@ def install(
             rows, dead = _combine(cur, p, name, plan, parts, work)
             cur.execute(
                 "INSERT INTO es_actors.builds VALUES (?, ?, ?, ?, ?, now())",
-                [name, p.name, p.version, definition, str(work.path.relative_to(work.root))],
+                [name, p.name, p.version, definition, work.name],
             )
     finally:
         cur.close()
@@ -97,7 +98,7 @@ def install(
 
 
 def install_into(
-    con: duckdb.DuckDBPyConnection, p: type[Projection], plan: BackfillPlan, parts: Sequence[TaskCheckpoint], work: BackfillDir
+    con: duckdb.DuckDBPyConnection, p: type[Projection], plan: BackfillPlan, parts: Sequence[TaskCheckpoint], work: BackfillWork
 ) -> InstallReport:
     """A parallel catch-up: fold the parts into the projection's own tables (its rows up to the
     plan's start stay; a combining merge adds to them), its checkpoints to the targets, in one
@@ -120,7 +121,7 @@ def install_into(
 
 def _combine(
     cur: duckdb.DuckDBPyConnection, p: type[Projection], name: str, plan: BackfillPlan, parts: Sequence[TaskCheckpoint],
-    work: BackfillDir,
+    work: BackfillWork,
 ) -> tuple[dict[str, int], int]:
     """Tables, dead letters and checkpoints of ``name`` from the parts (inside the caller's transaction)."""
     rows = _merge_tables(cur, p, name, parts, work)
@@ -132,7 +133,7 @@ def _combine(
 
 
 def _merge_tables(
-    cur: duckdb.DuckDBPyConnection, p: type[Projection], name: str, parts: Sequence[TaskCheckpoint], work: BackfillDir
+    cur: duckdb.DuckDBPyConnection, p: type[Projection], name: str, parts: Sequence[TaskCheckpoint], work: BackfillWork
 ) -> dict[str, int]:
     tables = projection_tables(cur, name)
     merge_sql = dict(p.merge.tables) if p.merge is not None else {}
@@ -164,7 +165,7 @@ def _merge_tables(
     return rows
 
 
-def _merge_dead_letters(cur: duckdb.DuckDBPyConnection, name: str, parts: Sequence[TaskCheckpoint], work: BackfillDir) -> int:
+def _merge_dead_letters(cur: duckdb.DuckDBPyConnection, name: str, parts: Sequence[TaskCheckpoint], work: BackfillWork) -> int:
     files = [str(work.table_file(ck, DEAD_LETTERS)) for ck in parts if ck.parked]
     if not files:
         return 0
@@ -180,12 +181,12 @@ def builds(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, bytes | 
     return [tuple(r) for r in con.execute("SELECT instance, projection, version, definition FROM es_actors.builds ORDER BY 1").fetchall()]  # type: ignore[misc]
 
 
-def adopt(runner: Any, p: type[Projection], work: BackfillDir, definition: bytes | None) -> InstallReport:
+def adopt(runner: Any, p: type[Projection], work: BackfillWork, definition: bytes | None) -> InstallReport:
     """Install a finished backfill into a running projection runner's read model and let the
     runner follow the built version from its targets (an earlier build of it is replaced)."""
     plan = work.load_plan()
     if plan is None:
-        raise EsActorsError(f"no backfill plan in {work.path}")
+        raise EsActorsError(f"no backfill plan in {work.where}")
     parts = [work.load_checkpoint(t.id) for t in plan.tasks]
     missing = [t.id for t, ck in zip(plan.tasks, parts) if ck is None or not ck.final]
     if missing:
@@ -199,6 +200,8 @@ def adopt(runner: Any, p: type[Projection], work: BackfillDir, definition: bytes
         if previous is not None:  # ...and, the install rolled back, follows on as it was
             runner.add_projection(previous.projection)
         raise
+    finally:
+        work.drop_local_copies()
     runner.add_projection(inst)
     return report
 

@@ -114,13 +114,24 @@ def durable_heads(layout: StoreLayout, partitions: int) -> dict[int, int]:
     return {i: durable_high_water(layout, i) for i in range(partitions)}
 
 
+def segments_of(layout: StoreLayout, partition: int, lost: LostRanges) -> list[tuple[int, int]]:
+    """A partition's sealed segments as (first, last) positions: local files, or the object
+    backend's current manifest (the ranges are cut at them: each segment is read by one task)."""
+    if not layout.scheme:
+        return [(s.first, s.last) for s in log_place(layout, partition, lost).segments]
+    from es_actors.storage.backends import blob_store_of
+    from es_actors.storage.objects.view import current_manifest
+
+    return [(s.first, s.last) for s in current_manifest(blob_store_of(layout), partition)[0].segments]
+
+
 def make_plan(
     layout: StoreLayout, partitions: int, p: type[Projection], parallelism: int, task_events: int | None = None,
     start: Mapping[int, int] | None = None, targets: Mapping[int, int] | None = None,
 ) -> BackfillPlan:
     """Fix the targets (each partition's durable head now, unless given) and share out the
     positions after ``start`` (default: from the first event) up to them."""
-    lost = LostRanges.load(layout.root)
+    lost = LostRanges() if layout.scheme else LostRanges.load(layout.root)
     targets = dict(targets) if targets is not None else durable_heads(layout, partitions)
     begin = {i: (start or {}).get(i, 0) for i in targets}
     split = "none" if p.merge is None else p.merge.split
@@ -133,7 +144,7 @@ def make_plan(
         total = sum(max(0, t - begin[i]) for i, t in targets.items())
         chunk = task_events or max(MIN_TASK_EVENTS, math.ceil(total / max(1, parallelism * 4)))
         for i, t in targets.items():
-            segs = [(s.first, s.last) for s in log_place(layout, i, lost).segments]
+            segs = segments_of(layout, i, lost)
             for k, (after, until) in enumerate(split_ranges(segs, t, chunk, begin[i])):
                 tasks.append(TaskSpec(id=f"p{i:04d}-r{k:03d}", bounds={i: (after, until)}))
     return BackfillPlan(

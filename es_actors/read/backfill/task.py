@@ -16,8 +16,9 @@ import duckdb
 from es_actors.config import StoreConfig
 from es_actors.domain import DomainRegistry
 from es_actors.errors import EsActorsError
-from es_actors.read.backfill.files import DEAD_LETTERS, BackfillDir, TaskCheckpoint
+from es_actors.read.backfill.files import DEAD_LETTERS, TaskCheckpoint
 from es_actors.read.backfill.plan import TaskSpec
+from es_actors.read.backfill.work import BackfillWork
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.readmodel.checkpoints import set_checkpoint
@@ -61,12 +62,12 @@ def projection_tables(cur: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
 
 
 def run_task(
-    root: Path,
+    store: str | Path,
     partitions: int,
     registry: DomainRegistry,
     p: type[Projection],
     spec: TaskSpec,
-    work: BackfillDir,
+    work: BackfillWork,
     *,
     checkpoint_events: int = 1_000_000,
     checkpoint_s: float = 60.0,
@@ -75,13 +76,13 @@ def run_task(
     threads: int = 1,
 ) -> TaskResult:
     """Replay the task's share; its final checkpoint holds the part the install combines.
-    ``threads``: DuckDB's threads (a task holds one CPU: more would compete with the other tasks)."""
+    ``store``: the store's path or URI (the task follows the log through its backend). ``threads``: DuckDB's threads (a task holds one CPU: more would compete with the other tasks)."""
     t0 = time.monotonic()
     previous = work.load_checkpoint(spec.id)
     if previous is not None and previous.final:
         return TaskResult(spec.id, spec.events, previous.applied, previous.parked, 0.0, spec.events, 0)
-    layout = StoreLayout(root)
-    rm = ReadModel(root, registry, [p], database=":memory:", threads=threads)
+    layout = StoreLayout.from_uri(store)
+    rm = ReadModel(work.local_root, registry, [p], database=":memory:", threads=threads)
     try:
         applied0 = seq = 0
         if previous is not None:
@@ -92,7 +93,7 @@ def run_task(
                 log.warning("backfill task %s: checkpoint %s does not load (%s: %s): replaying the share from its start",
                             spec.id, previous.seq, type(exc).__name__, exc)
                 rm.close()
-                rm = ReadModel(root, registry, [p], database=":memory:", threads=threads)
+                rm = ReadModel(work.local_root, registry, [p], database=":memory:", threads=threads)
                 seq = previous.seq
         runner = ProjectionRunner(layout, partitions, registry, [p], StoreConfig(), read_model=rm, bounds=spec.bounds)
         st = runner.states[p.name]
@@ -136,7 +137,7 @@ def run_task(
 
 
 def _checkpoint(
-    rm: ReadModel, p: type[Projection], work: BackfillDir, spec: TaskSpec, seq: int, runner: ProjectionRunner,
+    rm: ReadModel, p: type[Projection], work: BackfillWork, spec: TaskSpec, seq: int, runner: ProjectionRunner,
     applied0: int, final: bool, worker: str,
 ) -> TaskCheckpoint:
     st = runner.states[p.name]
@@ -155,7 +156,7 @@ def _checkpoint(
     return ck
 
 
-def _restore(rm: ReadModel, p: type[Projection], work: BackfillDir, ck: TaskCheckpoint) -> None:
+def _restore(rm: ReadModel, p: type[Projection], work: BackfillWork, ck: TaskCheckpoint) -> None:
     """Load a checkpoint's tables, dead letters and positions into the fresh task database."""
     cur = rm.con.cursor()
     try:
