@@ -526,8 +526,9 @@ def _s3_notes(es_notes: str) -> str:
     return (
         "the same events loaded (untimed, load_s) into an S3 store on the local S3-compatible server (moto's, "
         "in its own process on 127.0.0.1; the same segments of 50,000 rows), loaded once per run and read only; "
-        "each repetition a fresh local read-model directory (read_model_dir); the projector reads the segments "
-        "through pyarrow's S3 filesystem: figures of moto on this machine, not of AWS. Otherwise as es_actors: "
+        "each repetition a fresh local read-model directory (read_model_dir); the projector's followers GET each "
+        "segment object whole (boto3, CRC-32 checked, decoded by pyarrow) and hand the batch to DuckDB: figures of "
+        "moto on this machine, not of AWS. Otherwise as es_actors: "
         + es_notes
     )
 
