@@ -33,7 +33,7 @@ UNITS = {"events_per_s": "events/s", "p50_ms": "ms", "p99_ms": "ms", "seconds": 
          "write_p50_ms": "ms", "write_p99_ms": "ms"}
 PRIMARY_SYSTEM = "es_actors"
 # A variant of a metric (e.g. p50_ms_snapshot, p50_ms_1m, writes_per_s_no_readers): same unit, same direction.
-METRIC_SUFFIXES = ("_snapshot", "_1m", "_tail", "_no_readers", "_open_readers", "_daily_1t", "_daily", "_1t")
+METRIC_SUFFIXES = ("_snapshot", "_1m", "_tail", "_no_readers", "_open_readers", "_daily_1t", "_daily", "_1t", "_range")
 
 
 def base_metric(metric: str) -> str:

@@ -562,31 +562,11 @@ def run_recover(ctx: Context) -> None:
 
 def _load_into_s3(src: Path, s3: Any) -> str:
     """The recover data set's events written into an S3 store on the local server (untimed): the same
-    rows, appended in large commits through the whole-object log, then sealed. Returns its URI."""
-    import pyarrow.parquet as pq
+    rows, appended in commits of 20,000 rows through the whole-object log, sealed every 200,000.
+    Returns its URI."""
+    from benchmarks.s3_data import load_into_s3
 
-    from es_actors.codecs.rows import table_to_rows
-    from es_actors.config import StoreConfig
-    from es_actors.storage.backends import blob_store_of
-    from es_actors.storage.layout import StoreLayout
-    from es_actors.storage.objects import ObjectBackend
-
-    uri = f"s3://{s3.bucket('es-actors-bench')}/recover-{os.getpid()}?endpoint_url={s3.endpoint_url}"
-    layout = StoreLayout.from_uri(uri)
-    layout.create_or_check(1, 1)
-    log_ = ObjectBackend(blob_store_of(layout)).open_log(0, StoreConfig(seal_rows=200_000))
-    t0 = time.perf_counter()
-    try:
-        for f in sorted((src / "log" / "p0000" / "current").glob("*.parquet")):
-            rows = table_to_rows(pq.read_table(f))
-            for i in range(0, len(rows), 20_000):
-                log_.append(rows[i:i + 20_000])
-        log_.seal_all()
-    finally:
-        log_.close()
-    log(f"recover_partition: {RECOVER_ACCOUNTS * RECOVER_EVENTS_PER:,} events loaded into {layout.uri.split('?')[0]} "
-        f"in {time.perf_counter() - t0:.1f} s")
-    return uri
+    return load_into_s3(src, s3, "recover", commit_rows=20_000, seal_rows=200_000).uri
 
 
 def run_hydrated(ctx: Context) -> None:

@@ -206,27 +206,51 @@ def caught_up_at(store: Any, name: str, counts: dict[int, int], timeout_s: float
 
 
 def es_catch_up(ds: Dataset, projection: type) -> dict[str, Any]:
-    """One catch-up of ``projection`` over a fresh working copy of ``ds``.
+    """One catch-up of ``projection`` over a fresh working copy of ``ds`` (local disk)."""
+    work = scratch_dir(f"es_actors_{projection.name}_")
+    root = work / work.name  # a directory name of its own: actor names derive from it and the (copied) store id
+    try:
+        clone(ds.store, root)
+        return timed_catch_up(ds, projection, root, root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    The read model is created beforehand with the projection registered and *paused* (its
-    tables empty, no checkpoint), so the projector actor starts (with Store.open) without
-    projecting; the clock starts at ``store.resume()`` and stops when a status poll shows
-    every partition's checkpoint at its head."""
+
+def es_catch_up_s3(ds: Dataset, projection: type) -> dict[str, Any]:
+    """One catch-up of ``projection`` over ``ds`` loaded into an S3 store on the local server (loaded
+    once per run, read only here), its read model in a fresh local directory each time."""
+    from es_actors.storage.layout import read_models_dir
+
+    from benchmarks.s3_data import shared_bank_store
+
+    s3 = shared_bank_store(ds.store, f"bank-{ds.size}")
+    work = scratch_dir(f"es_actors_s3_{projection.name}_")
+    try:
+        r = timed_catch_up(ds, projection, s3.uri, read_models_dir(s3.store_id, str(work)), "es_actors_s3",
+                           read_model_dir=str(work))
+        return {**r, "load_s": s3.load_s}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def timed_catch_up(ds: Dataset, projection: type, uri: Any, rm_root: Any, system: str = "es_actors",
+                   **settings: Any) -> dict[str, Any]:
+    """The read model (at ``rm_root``) is created beforehand with the projection registered and *paused*
+    (its tables empty, no checkpoint), so the projector actor starts (with Store.open) without
+    projecting; the clock starts at ``store.resume()`` and stops when a status poll shows every
+    partition's checkpoint at its head."""
     from es_actors import DomainRegistry, Store
     from es_actors.read.readmodel import ReadModel
     from es_actors.examples.bank import BankAccount
 
     start_ray()
-    work = scratch_dir(f"es_actors_{projection.name}_")
-    root = work / work.name  # a directory name of its own: actor names derive from it and the (copied) store id
     store = None
     try:
-        clone(ds.store, root)
-        rm = ReadModel(root, DomainRegistry([BankAccount]), [projection])
+        rm = ReadModel(rm_root, DomainRegistry([BankAccount]), [projection])
         rm.set_paused(projection.name, True)
         rm.close()
         t = time.perf_counter()
-        store = Store.open(root, [BankAccount], partitions=PARTITIONS, projections=[projection])
+        store = Store.open(uri, [BankAccount], partitions=PARTITIONS, projections=[projection], **settings)
         open_s = time.perf_counter() - t
         st = [r for r in store.projection_status() if r["projection"] == projection.name]
         if any(r["checkpoint"] for r in st) or any(r["status"] != "paused" for r in st):
@@ -236,12 +260,11 @@ def es_catch_up(ds: Dataset, projection: type) -> dict[str, Any]:
         t1, polls = caught_up_at(store, projection.name, ds.counts)
         tables = store.query(f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{projection.name}'")
         (table,) = tables.column(0).to_pylist()  # the projection's one table, whatever its name
-        check = check_balances("es_actors", store.query(f'SELECT {BALANCE_COLS} FROM "{projection.name}"."{table}"'), ds)
+        check = check_balances(system, store.query(f'SELECT {BALANCE_COLS} FROM "{projection.name}"."{table}"'), ds)
         return {"seconds": t1 - t0, "open_s": open_s, "polls": polls, "check": check}
     finally:
         if store is not None:
             store.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- peers --------------------------------------------------------------------------------------------------
@@ -432,14 +455,21 @@ def run_catch_up(ctx: Context, bench: str, ds: Dataset, systems: list[tuple[str,
             results[name].append(r)
             log(f"    {bench:<18} {name:<13} {ds.events / r['seconds']:>13,.0f} events/s  {r['seconds']:7.3f} s"
                 + (f"  (Store.open {r['open_s']:.1f} s, {r['polls']} polls)" if "open_s" in r else ""))
+    medians = {name: statistics.median(r["seconds"] for r in rs) for name, rs in results.items() if rs}
     for name, rs in results.items():
         if not rs:
             continue
-        secs = statistics.median(r["seconds"] for r in rs)
+        secs = medians[name]
         extra: dict[str, Any] = {"events": ds.events, "runs": len(rs), "run_seconds": [round(r["seconds"], 3) for r in rs],
                                  "notes": f"{notes[name]}; result: {rs[0]['check']}"}
         if "open_s" in rs[0]:
             extra["open_s"] = round(statistics.median(r["open_s"] for r in rs), 3)
+        if "load_s" in rs[0]:
+            extra["load_s"] = round(rs[0]["load_s"], 1)
+        if name == "es_actors_s3" and "es_actors" in medians:
+            extra["vs_local"] = round(medians["es_actors"] / secs, 3)
+            extra["notes"] += (f"; {extra['vs_local']:.2f}x the events/s of es_actors on local disk in this run "
+                               f"({ds.events / secs:,.0f} vs {ds.events / medians['es_actors']:,.0f})")
         ctx.results.record(bench, name, "events_per_s", ds.events / secs, unit="events/s", **extra)
         ctx.results.record(bench, name, "seconds", secs, unit="s", **extra)
         per_run = ", ".join(f"{ds.events / r['seconds']:,.0f}" for r in rs)
@@ -492,6 +522,17 @@ def _python_notes(ds: Dataset, pg: Pg | None) -> dict[str, str]:
     return {"es_actors": es, "postgres": pgn}
 
 
+def _s3_notes(es_notes: str) -> str:
+    return (
+        "the same events loaded (untimed, load_s) into an S3 store on the local S3-compatible server (moto's, "
+        "in its own process on 127.0.0.1; the same segments of 50,000 rows), loaded once per run and read only; "
+        "each repetition a fresh local read-model directory (read_model_dir); the projector's followers GET each "
+        "segment object whole (boto3, CRC-32 checked, decoded by pyarrow) and hand the batch to DuckDB: figures of "
+        "moto on this machine, not of AWS. Otherwise as es_actors: "
+        + es_notes
+    )
+
+
 def run_catch_ups(ctx: Context, selected: list[str]) -> None:
     from es_actors.examples.bank_projections import Balances, BalancesPy
 
@@ -519,6 +560,9 @@ def run_catch_ups(ctx: Context, selected: list[str]) -> None:
                     notes["es_actors"] += f"; {es_reps} repetitions (the peers {s.repeats}) to keep the module short"
                 if s.wants("es_actors"):
                     systems.append(("es_actors", lambda d: es_catch_up(d, Balances), min(es_reps, s.repeats)))
+                if size == "1m" and s.wants("es_actors_s3"):
+                    notes["es_actors_s3"] = _s3_notes(notes["es_actors"])
+                    systems.append(("es_actors_s3", lambda d: es_catch_up_s3(d, Balances), s.repeats))
                 if s.wants("duckdb_raw"):
                     systems.append(("duckdb_raw", duckdb_group_by, s.repeats))
                 if pg is not None and s.wants("postgres_sql"):
@@ -527,6 +571,9 @@ def run_catch_ups(ctx: Context, selected: list[str]) -> None:
                 notes = _python_notes(ds, pg)
                 if s.wants("es_actors"):
                     systems.append(("es_actors", lambda d: es_catch_up(d, BalancesPy), s.repeats))
+                if s.wants("es_actors_s3"):
+                    notes["es_actors_s3"] = _s3_notes(notes["es_actors"])
+                    systems.append(("es_actors_s3", lambda d: es_catch_up_s3(d, BalancesPy), s.repeats))
                 if pg is not None and s.wants("postgres"):
                     systems.append(("postgres", pg.fetch_and_fold, s.repeats))
             log(f"projection: {bench}: {', '.join(n for n, _f, _r in systems)}")

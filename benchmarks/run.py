@@ -26,7 +26,7 @@ from benchmarks.common import (
 )
 
 # Bench modules, in run order. Each exposes BENCHES (names) and run(ctx, selected_names).
-MODULES = ["append", "lifecycle", "projection", "reads", "mixed", "subscribe", "backfill", "cross_node"]
+MODULES = ["append", "lifecycle", "projection", "query_events", "reads", "mixed", "subscribe", "backfill", "cross_node"]
 
 
 def _load(name: str):
