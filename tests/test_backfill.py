@@ -273,6 +273,10 @@ def test_cli_backfill_and_python_module_share_one_command(busy_store):
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert report["instance"] == "balances__v1" and report["events"] > 0
+    from es_actors.cli.watch import backfill_progress  # what `es-actors status --watch` shows, on either backend
+
+    shown = backfill_progress(layout_of(busy_store), ["balances"])
+    assert [(r["backfill"], r["state"], r["tasks_done"] == r["tasks"]) for r in shown] == [("balances v1", "installed", True)]
     bad = runner.invoke(main, ["backfill", "nope", "--store", uri_of(busy_store), "--parallelism", "1"])
     assert bad.exit_code == 2 and "none matches" in bad.output
     wrong_version = runner.invoke(main, ["backfill", "balances", "--version", "9", "--store", uri_of(busy_store)])

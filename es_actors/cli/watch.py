@@ -12,8 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,8 +21,10 @@ from rich.text import Text
 
 from es_actors.errors import EsActorsError
 from es_actors.read.backfill.files import BackfillDir
+from es_actors.read.backfill.work import backfilled_versions, open_work
 from es_actors.read.backfill.plan import durable_heads
 from es_actors.read.progress import STATUSES
+from es_actors.storage.layout import StoreLayout
 
 _VERSION_DIR = re.compile(r"v(\d+)(?:-(.+))?")
 _BAD = ("halted", "stalled")
@@ -67,35 +68,44 @@ def projection_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def backfill_progress(root: Path) -> list[dict[str, Any]]:
-    """Every backfill in ``root/backfills``: tasks finished, positions replayed as of each task's last
-    checkpoint, and whether it is installed (from plan.json, the checkpoints and installed.json)."""
-    base = root / "backfills"
+def backfill_progress(layout: StoreLayout, projections: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Every backfill of the store: tasks finished, positions replayed as of each task's last
+    checkpoint, and whether it is installed (from its plan, checkpoints and installed mark). A local
+    store's are found in its ``backfills`` directory; an object store's by the versions backfilled
+    of each of ``projections`` (an object store lists no directories)."""
     out: list[dict[str, Any]] = []
-    for pdir in sorted(base.iterdir()) if base.is_dir() else []:
-        for vdir in sorted(pdir.iterdir()) if pdir.is_dir() else []:
-            m = _VERSION_DIR.fullmatch(vdir.name)
-            if m is None or not vdir.is_dir():
-                continue
-            work = BackfillDir(root, pdir.name, int(m[1]), m[2] or "")
-            row: dict[str, Any] = {"backfill": f"{pdir.name} {vdir.name}", "tasks": 0, "tasks_done": 0, "done": 0, "total": 0}
-            try:
-                plan = work.load_plan()
-            except EsActorsError:
-                out.append({**row, "state": "unreadable plan"})
-                continue
-            if plan is None:
-                continue
-            for task in plan.tasks:
-                ck = work.load_checkpoint(task.id)
-                if ck is not None:
-                    row["done"] += sum(max(0, min(ck.positions.get(i, a), u) - a) for i, (a, u) in task.bounds.items())
-                    row["tasks_done"] += ck.final
-            row.update(tasks=len(plan.tasks), total=plan.events)
-            row["state"] = "installed" if work.installed_mark.exists() else (
-                "built" if row["tasks_done"] == row["tasks"] else "building or stopped")
-            out.append(row)
+    if not layout.scheme:
+        base = layout.root / "backfills"
+        for pdir in sorted(base.iterdir()) if base.is_dir() else []:
+            for vdir in sorted(pdir.iterdir()) if pdir.is_dir() else []:
+                m = _VERSION_DIR.fullmatch(vdir.name)
+                if m is not None and vdir.is_dir():
+                    _add_progress(out, f"{pdir.name} {vdir.name}", BackfillDir(layout.root, pdir.name, int(m[1]), m[2] or ""))
+        return out
+    for name in sorted(set(projections)):
+        for version in backfilled_versions(layout, name):
+            _add_progress(out, f"{name} v{version}", open_work(layout, name, version))
     return out
+
+
+def _add_progress(out: list[dict[str, Any]], label: str, work: Any) -> None:
+    row: dict[str, Any] = {"backfill": label, "tasks": 0, "tasks_done": 0, "done": 0, "total": 0}
+    try:
+        plan = work.load_plan()
+    except EsActorsError:
+        out.append({**row, "state": "unreadable plan"})
+        return
+    if plan is None:
+        return
+    for task in plan.tasks:
+        ck = work.load_checkpoint(task.id)
+        if ck is not None:
+            row["done"] += sum(max(0, min(ck.positions.get(i, a), u) - a) for i, (a, u) in task.bounds.items())
+            row["tasks_done"] += ck.final
+    row.update(tasks=len(plan.tasks), total=plan.events)
+    row["state"] = "installed" if work.installed() is not None else (
+        "built" if row["tasks_done"] == row["tasks"] else "building or stopped")
+    out.append(row)
 
 
 def take(store: Any, before: Frame | None) -> Frame:
@@ -106,7 +116,8 @@ def take(store: Any, before: Frame | None) -> Frame:
     heads = durable_heads(store.layout, store.descriptor.partitions)
     live = store.projections.running() is not None
     rows = store.projection_status() if live else committed_status(store.layout, store.descriptor.partitions)
-    frame = Frame(now, heads, projection_summary(rows), backfill_progress(Path(store.root)), live)
+    names = {str(r["projection"]).split("__v")[0] for r in rows}
+    frame = Frame(now, heads, projection_summary(rows), backfill_progress(store.layout, names), live)
     dt = now - before.at if before is not None else 0.0
     frame.rates = {p: (h - before.heads.get(p, h)) / dt if before is not None and dt > 0 else None for p, h in heads.items()}
     if before is not None and dt > 0:

@@ -87,19 +87,22 @@ def backfill(
     checkpoint_events: int = 1_000_000,
     checkpoint_s: float = 60.0,
     task_events: int | None = None,
+    read_model_dir: str | None = None,
 ) -> BackfillReport:
     """Build ``projection`` (its declared version) from the log beside the live version.
 
     ``parallelism``: tasks at once (default: the cluster's CPUs; 1 runs the same tasks one after
     another in this process, without Ray). A stopped or failed backfill started again with the
-    same declaration resumes from its tasks' checkpoints; ``restart`` discards them."""
+    same declaration resumes from its tasks' checkpoints; ``restart`` discards them. ``read_model_dir``:
+    a store on object storage whose projector does not run here has its read models there (as
+    ``StoreConfig.read_model_dir``; default ``$ES_ACTORS_READ_MODELS`` or the user cache)."""
     t0 = time.monotonic()
     p = projection
     layout = StoreLayout.from_uri(store_path)
     descriptor = layout.read_descriptor()
     if descriptor is None:
         raise EsActorsError(f"{store_path} is not an es_actors store (no store.json)")
-    layout = layout.with_read_models(descriptor.store_id, StoreConfig().read_model_dir)  # object storage: where its read model is
+    layout = layout.with_read_models(descriptor.store_id, read_model_dir)  # object storage: where its read model is
     try:
         check_projections([p])
         registry = DomainRegistry(aggregates)
