@@ -35,3 +35,20 @@ def test_a_backfill_installs_into_the_read_model_dir_the_store_was_opened_with(s
     assert not readmodel_path(read_models_dir(store_id, str(tmp_path / "elsewhere"))).exists(), \
         "the build went into $ES_ACTORS_READ_MODELS, not the store's read_model_dir"
     assert readmodel_path(read_models_dir(store_id, str(mine))).exists()
+
+
+def test_a_read_model_dir_that_is_not_a_directory_is_named_not_a_traceback(store_factory, tmp_path):
+    """read_model_dir pointing at a regular file (or an unwritable place): the user's mistake must
+    come back as an es_actors error that names the setting and the path -- today Store.open raises
+    ActorStartFailed whose text is the projector actor's Python traceback (``File "...", line``,
+    ``NotADirectoryError``), found only when the projector starts."""
+    from es_actors.errors import EsActorsError
+    from es_actors.examples.bank_projections import Balances
+
+    bad = tmp_path / "a-file"
+    bad.write_text("not a directory")
+    with pytest.raises(EsActorsError) as info:
+        store_factory("rmd", partitions=1, projections=[Balances], read_model_dir=str(bad))
+    text = str(info.value)
+    assert "read_model_dir" in text, text
+    assert 'File "' not in text and "Traceback" not in text, text
