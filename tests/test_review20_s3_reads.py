@@ -21,20 +21,28 @@ def _fill(store: Store, n: int = 4) -> None:
 
 
 def test_a_backfill_installs_into_the_read_model_dir_the_store_was_opened_with(store_factory, tmp_path, monkeypatch):
-    """A store opened with read_model_dir=X keeps its read model in X/<store id>. A backfill run
-    with no projector up installs "into the file here" -- but it picks the directory from
-    StoreConfig() (the environment / ~/.cache), never X, and ``backfill()`` takes no read_model_dir:
-    the build lands in a read model the store never opens."""
+    """A store opened with read_model_dir=X keeps its read model in X/<store id>. A backfill run with
+    no projector up installs into X when told so (read_model_dir=); not told, it refuses before any
+    work instead of building into a read model ($ES_ACTORS_READ_MODELS) the store never opens."""
+    from es_actors.errors import EsActorsError
+    from es_actors.read.backfill.work import backfilled_versions
+    from es_actors.storage.layout import StoreLayout
+
     mine = tmp_path / "mine"
     monkeypatch.setenv("ES_ACTORS_READ_MODELS", str(tmp_path / "elsewhere"))
-    store = store_factory("bf", partitions=2, read_model_dir=str(mine))
+    store = store_factory("bf", partitions=2, read_model_dir=str(mine), projections=[SmallBalances])
     _fill(store)
+    store.projections.wait_for("balances", None, timeout=30)
     uri, store_id = store.layout.uri, store.descriptor.store_id
     store.close()
-    backfill(uri, SmallBalances, [BankAccount], parallelism=1, progress=False)
-    assert not readmodel_path(read_models_dir(store_id, str(tmp_path / "elsewhere"))).exists(), \
-        "the build went into $ES_ACTORS_READ_MODELS, not the store's read_model_dir"
-    assert readmodel_path(read_models_dir(store_id, str(mine))).exists()
+    with pytest.raises(EsActorsError, match="read model the store never opens"):
+        backfill(uri, SmallBalances, [BankAccount], parallelism=1, progress=False)
+    assert backfilled_versions(StoreLayout.from_uri(uri), "balances") == [], "work was started before the refusal"
+    assert not readmodel_path(read_models_dir(store_id, str(tmp_path / "elsewhere"))).exists()
+    report = backfill(uri, SmallBalances, [BankAccount], parallelism=1, progress=False, read_model_dir=str(mine))
+    assert report.installed_by == "this process"
+    again = Store.open(uri, [BankAccount], read_only=True, read_model_dir=str(mine))
+    assert again.query("SELECT count(*) AS n FROM balances__v1.balances").column("n")[0].as_py() == 4
 
 
 def test_a_read_model_dir_that_is_not_a_directory_is_named_not_a_traceback(store_factory, tmp_path):

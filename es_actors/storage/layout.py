@@ -110,6 +110,19 @@ class StoreLayout:
                                 "that Store.open chooses; open the store (Store.open) to read them")
         return self.read_models
 
+    def prepare_read_model_root(self) -> Path:
+        """The read-model directory, made if missing; EsActorsError naming ``read_model_dir`` if it cannot
+        be (a file there, no permission): said where the store is opened, not by a projector's traceback."""
+        path = self.read_model_root
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(f"no write permission on {path}")
+        except OSError as exc:
+            raise EsActorsError(f"{self.uri}: the read models cannot live in {path} (read_model_dir, or "
+                                f"$ES_ACTORS_READ_MODELS): {type(exc).__name__}: {exc.strerror or exc}") from None
+        return path
+
     def with_read_models(self, store_id: str, base: str | None) -> "StoreLayout":
         """This layout with its read-model directory chosen (a local store: unchanged)."""
         if not self.scheme:

@@ -135,6 +135,8 @@ class Store(LogReading, StoreShortcuts):
             check_projections(projections)  # before anything starts
         descriptor = layout.create_or_check(settings.get("partitions"), config.partitions)
         layout = layout.with_read_models(descriptor.store_id, config.read_model_dir)
+        if projections and layout.scheme:
+            layout.prepare_read_model_root()  # a bad read_model_dir is named here, not in the projector
         from es_actors.write.actor import start_partition_actors
 
         actors, created = start_partition_actors(layout, descriptor, aggregates, config, address, interceptors)

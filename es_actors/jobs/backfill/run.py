@@ -133,6 +133,7 @@ def backfill(
         _say(progress, {"event": "refused_parallel", "message": refused})
     partitions = descriptor.partitions
     _refuse_a_taken_name(layout, descriptor, beside(p).name)
+    _refuse_a_lost_install(layout, descriptor)
     work = open_work(layout, p.name, p.version)
     work.lock()
     try:
@@ -162,6 +163,21 @@ def backfill(
     )
     _say(progress, {"event": "done", "report": report.to_dict()})
     return report
+
+
+def _refuse_a_lost_install(layout: StoreLayout, descriptor: Any) -> None:
+    """A store on object storage keeps its read models in a local directory its opener chose: with no
+    projector to install into, a build must go into that directory's read model, not a new one nobody
+    opens (before any work, and again at the install)."""
+    if not layout.scheme or readmodel_path(layout.read_model_root).exists():
+        return
+    if ray.is_initialized() and find_projector(layout, descriptor) is not None:
+        return
+    raise EsActorsError(
+        f"no projector of {layout.uri} runs where this process can reach it, and it has no read model in "
+        f"{layout.read_model_root}: the build would go into a read model the store never opens. Give the "
+        "directory the store keeps its read models in (read_model_dir=, --read-model-dir or "
+        "$ES_ACTORS_READ_MODELS), or run the backfill while its projector runs (--address)")
 
 
 def _refuse_a_taken_name(layout: StoreLayout, descriptor: Any, name: str) -> None:
@@ -251,6 +267,7 @@ def _install(
     if projector is not None:
         out = actor_get(projector.install_backfill.remote(p, definition))
         return InstallReport(**out), "projector"
+    _refuse_a_lost_install(layout, descriptor)
     try:
         rm = ReadModel(layout.read_model_root, registry, [])
     except Exception as exc:

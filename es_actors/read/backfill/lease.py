@@ -33,11 +33,22 @@ import threading
 import time
 import uuid
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from es_actors.errors import EsActorsError
 from es_actors.storage.api import BlobStore, ObjectIncomplete
 
 TTL_S = 30.0
 RENEW_S = 5.0
+
+
+class LeaseRecord(BaseModel):
+    """One lease record as kept in the bucket (anything else there counts as a torn record)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    owner: str
+    holder: str = ""
+    expires_at: float
 
 
 class LeaseHeld(EsActorsError):
@@ -62,27 +73,28 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def current(self) -> tuple[int, dict[str, object] | None]:
-        """(the highest record's number, its content; None when there is none or it is not whole)."""
+    def current(self) -> tuple[int, LeaseRecord | None]:
+        """(the highest record's number, its content; None when there is none, it is not whole, or it is
+        not a lease record: such a record counts as free, its number as taken)."""
         keys = [k for k in self.blobs.list(self.prefix) if k.endswith(".json") and k.rsplit("/", 1)[-1][:-5].isdigit()]
         for key in sorted(keys, key=_number, reverse=True):
             try:
-                return _number(key), json.loads(self.blobs.get(key))
+                return _number(key), LeaseRecord.model_validate_json(self.blobs.get(key))
             except FileNotFoundError:
                 continue  # deleted after a newer one was written
-            except (ObjectIncomplete, ValueError):
-                return _number(key), None  # torn by a crash: counts as free, its number as taken
+            except (ObjectIncomplete, ValidationError, ValueError):
+                return _number(key), None  # torn by a crash (or not a lease record)
         return 0, None
 
     def held_by_other(self, owner: str = "") -> str | None:
         """Why the lease is held by someone else now (None: free, expired, or ``owner``'s)."""
         _n, rec = self.current()
-        if rec is None or not rec.get("owner") or rec.get("owner") == owner:
+        if rec is None or not rec.owner or rec.owner == owner:
             return None
-        left = float(rec.get("expires_at", 0)) - time.time()  # type: ignore[arg-type]
+        left = rec.expires_at - time.time()
         if left <= 0:
             return None
-        return f"held by {rec.get('holder')} (its lease runs {left:.0f} s more: a crashed holder frees it then)"
+        return f"held by {rec.holder!r} (its lease runs {left:.0f} s more: a crashed holder frees it then)"
 
     def acquire(self, owner: str | None = None) -> None:
         """Take the lease (LeaseHeld if another live holder has it) and keep it renewed."""
@@ -109,11 +121,26 @@ class Lease:
         return True
 
     def renew(self) -> bool:
-        """Write the next record; False (and :attr:`lost` set) if its number was taken: the lease is lost."""
-        if not self._put(self.number + 1, self.owner):
+        """Write the next record; False (and :attr:`lost` set) if the lease is lost: its number was
+        taken, or a newer holder's record is above it (a holder that stalled past the expiry may find
+        its next number free again, because the new holder deletes the records below its own), so the
+        highest record is looked at after the write too."""
+        if not self._still_mine() or not self._put(self.number + 1, self.owner):
             self.lost = True
             return False
         self.number += 1
+        if not self._still_mine():
+            self.lost = True
+            return False
+        return True
+
+    def _still_mine(self) -> bool:
+        """Whether the highest record is this holder's (owners are unique: a fresh id per run, or a
+        Ray actor's id); a write that went in before its request failed counts as ours."""
+        n, rec = self.current()
+        if rec is None or rec.owner != self.owner or n < self.number:
+            return False
+        self.number = n
         return True
 
     def _renew(self) -> None:

@@ -11,7 +11,7 @@ import math
 from datetime import datetime, timezone
 from typing import Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from es_actors.read.projection import Projection, SqlProjection
 from es_actors.storage.layout import StoreLayout
@@ -29,7 +29,7 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # names its checkpoints' keys and directories: no "/" or ".."
     bounds: dict[int, tuple[int, int]]
 
     @property
