@@ -26,7 +26,7 @@ from es_actors.read.projection import Projection
 from es_actors.read.events_relation import LogEvents
 from es_actors.read.queries import query_request
 from es_actors.read.runner import ProjectionRunner
-from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, projector_placement
+from es_actors.runtime.cluster import actor_get, actor_start_failed, died_in_constructor, store_actor_placement
 from es_actors.runtime.naming import NAMESPACE, projector_name
 from es_actors.storage.layout import StoreDescriptor, StoreLayout
 
@@ -215,7 +215,8 @@ def start_projector(
     def create() -> Any:
         return ProjectorActor.options(  # type: ignore[attr-defined]
             name=projector_name(layout, descriptor), namespace=NAMESPACE, get_if_exists=True,
-            **projector_placement(layout),
+            # its read-model file is on this node's disk (an object store's too: read_model_dir, ADR-019)
+            **store_actor_placement(False),
         ).remote(layout, descriptor.partitions, list(aggregates), list(projections), config)
 
     actor = create()

@@ -7,14 +7,11 @@ import logging
 import os
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import ray
 
 from es_actors.errors import ActorStartFailed, EsActorsError
-
-if TYPE_CHECKING:
-    from es_actors.storage.layout import StoreLayout
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +146,6 @@ def actor_get(refs: Any, *, timeout: float | None = None) -> Any:
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.RayTaskError as exc:
         raise unwrap_actor_error(exc) from None
-
-
-def projector_placement(layout: "StoreLayout") -> dict[str, Any]:
-    """Where a store's projector runs: its read-model file is on a node's local disk. A local store's:
-    on this node, with the store, always. A store on object storage: on this node while it lives, else
-    on another (soft affinity), where it rebuilds its read models from the log (ADR-019)."""
-    if not layout.remote:
-        return store_actor_placement(False)
-    try:
-        node = ray.get_runtime_context().get_node_id()
-    except Exception:  # a Ray Client session has no node of its own
-        return {}
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
 
 
 def store_actor_placement(spread: bool) -> dict[str, Any]:

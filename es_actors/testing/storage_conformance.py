@@ -507,8 +507,11 @@ class StorageConformance:
         self, groups: list[int], seal_after: set[int], compact_after: set[int], poll_after: set[int], max_rows: int,
     ) -> None:
         """A follower polling ``max_rows`` at a time (between appends, seals and compactions, or only
-        at the end) returns every row once, in order, batch after batch without a gap."""
-        with tempfile.TemporaryDirectory() as d, self._open(Path(d)) as (backend, log):
+        at the end) returns every row once, in order, batch after batch without a gap. Replaced
+        segments stay readable ``gc_grace_s`` (a batch is read within it): with 0 a background
+        compaction (local disk) could collect a batch's files between its poll and its read."""
+        config = self.kit.config.model_copy(update={"gc_grace_s": 60.0})
+        with tempfile.TemporaryDirectory() as d, self._open(Path(d), config) as (backend, log):
             ev = EventLog()
             early, late = backend.follower(0), backend.follower(0)
             got: dict[int, list[Row]] = {id(early): [], id(late): []}
