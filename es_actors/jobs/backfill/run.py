@@ -133,7 +133,7 @@ def backfill(
         _say(progress, {"event": "refused_parallel", "message": refused})
     partitions = descriptor.partitions
     _refuse_a_taken_name(layout, descriptor, beside(p).name)
-    _refuse_a_lost_install(layout, descriptor)
+    _note_a_new_read_model(layout, descriptor, progress)
     work = open_work(layout, p.name, p.version)
     work.lock()
     try:
@@ -165,19 +165,18 @@ def backfill(
     return report
 
 
-def _refuse_a_lost_install(layout: StoreLayout, descriptor: Any) -> None:
+def _note_a_new_read_model(layout: StoreLayout, descriptor: Any, progress: BackfillProgressArg) -> None:
     """A store on object storage keeps its read models in a local directory its opener chose: with no
-    projector to install into, a build must go into that directory's read model, not a new one nobody
-    opens (before any work, and again at the install)."""
+    projector to install into and no read model in the directory this run resolved, say (before any
+    work) that the build starts one there, which only a store opened with that read_model_dir sees."""
     if not layout.scheme or readmodel_path(layout.read_model_root).exists():
         return
     if ray.is_initialized() and find_projector(layout, descriptor) is not None:
         return
-    raise EsActorsError(
-        f"no projector of {layout.uri} runs where this process can reach it, and it has no read model in "
-        f"{layout.read_model_root}: the build would go into a read model the store never opens. Give the "
-        "directory the store keeps its read models in (read_model_dir=, --read-model-dir or "
-        "$ES_ACTORS_READ_MODELS), or run the backfill while its projector runs (--address)")
+    _say(progress, {"event": "note", "message": (
+        f"no projector of the store runs where this process can reach it and {layout.read_model_root} holds no read "
+        "model of it: the build starts one there, which a store opened with another read_model_dir does not see "
+        "(give the store's: read_model_dir=, --read-model-dir or $ES_ACTORS_READ_MODELS)")})
 
 
 def _refuse_a_taken_name(layout: StoreLayout, descriptor: Any, name: str) -> None:
@@ -267,7 +266,6 @@ def _install(
     if projector is not None:
         out = actor_get(projector.install_backfill.remote(p, definition))
         return InstallReport(**out), "projector"
-    _refuse_a_lost_install(layout, descriptor)
     try:
         rm = ReadModel(layout.read_model_root, registry, [])
     except Exception as exc:
@@ -283,7 +281,7 @@ def _install(
             pass
     finally:
         rm.close()
-    return report, "this process"
+    return report, f"this process, into {readmodel_path(layout.read_model_root)}"
 
 
 class _StopPoll:
