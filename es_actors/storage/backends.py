@@ -164,16 +164,16 @@ def aggregate_rows(
     without scanning the partition; a whole-object store still filters a full view."""
     from es_actors.codecs.rows import table_to_rows
 
-    if not layout.scheme:
-        from es_actors.storage.local.aggregate_read import read_aggregate
+    if not layout.scheme:  # rows straight from the index, the tail and segments: no Arrow round trip
+        from es_actors.storage.local.aggregate_read import read_aggregate_rows
 
-        table = read_aggregate(layout, partition, aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
-    else:
-        from es_actors.storage.objects import ObjectBackend
+        return read_aggregate_rows(layout, partition, aggregate_type, aggregate_id, first_version, last_version,
+                                   limit, backwards)
+    from es_actors.storage.objects import ObjectBackend
 
-        reader = ObjectBackend(blob_store_of(layout)).reader(partition)
-        table = reader.read_aggregate(aggregate_type, aggregate_id, first_version, last_version, limit, backwards)
-    return table_to_rows(table)
+    reader = ObjectBackend(blob_store_of(layout)).reader(partition)
+    return table_to_rows(reader.read_aggregate(aggregate_type, aggregate_id, first_version, last_version, limit,
+                                               backwards))
 
 
 def recorded_at(layout: "StoreLayout", backend: StorageBackend, partition: int, position: int) -> int | None:

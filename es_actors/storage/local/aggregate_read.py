@@ -18,10 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from es_actors.codecs.rows import ARROW_SCHEMA, COL, INT64_MAX, rows_to_table
+from es_actors.codecs.rows import COL, INT64_MAX, rows_to_table, table_to_rows
 from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consistently
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
@@ -33,6 +32,7 @@ from es_actors.storage.local.tail_cursor import tail_index
 from es_actors.storage.lost_ranges import LostRanges
 
 
+Row = tuple[Any, ...]
 _POS, _VER = COL["position"], COL["version"]
 
 
@@ -61,20 +61,18 @@ def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, tails: lis
     return rows
 
 
-def _cut(table: pa.Table, limit: int | None, backwards: bool) -> pa.Table:
+def _cut(rows: list[Row], limit: int | None, backwards: bool) -> list[Row]:
     """The rows in version order (newest first if ``backwards``), at most ``limit``. The parts arrive
-    in position order, which for one aggregate is version order: sorting is the rare exception
-    (pyarrow compute calls cost ~0.1 ms each here, a whole indexed read costs about that)."""
-    versions = table.column("version").to_numpy()
-    if len(versions) > 1 and not bool(np.all(versions[1:] > versions[:-1])):
-        table = table.sort_by("version")
+    in position order, which for one aggregate is version order: sorting is the rare exception.
+    Plain tuples, not Arrow: a read returns a handful of rows, where each pyarrow call (concat,
+    take, cast) costs more than the Python work it saves."""
+    if any(rows[i][_VER] >= rows[i + 1][_VER] for i in range(len(rows) - 1)):
+        rows.sort(key=lambda r: r[_VER])
     if backwards:
-        n = table.num_rows if limit is None else min(limit, table.num_rows)
-        return table.take(pa.array(np.arange(table.num_rows - 1, table.num_rows - 1 - n, -1, dtype=np.int64)))
-    return table if limit is None else table.slice(0, limit)
+        rows.reverse()
+    return rows if limit is None else rows[:limit]
 
 
-@storage_boundary("reading an aggregate")
 def read_aggregate(
     layout: StoreLayout,
     partition: int,
@@ -86,8 +84,26 @@ def read_aggregate(
     backwards: bool = False,
     attempts: int = DEFAULT_ATTEMPTS,
 ) -> pa.Table:
-    """Durable rows of one aggregate with ``first_version <= version <= last_version``, sorted by
-    version (newest first if ``backwards``), at most ``limit`` of them. Costs the aggregate's rows
+    """:func:`read_aggregate_rows` as an Arrow table (the storage interface's reader)."""
+    return rows_to_table(read_aggregate_rows(layout, partition, aggregate_type, aggregate_id, first_version,
+                                             last_version, limit, backwards, attempts))
+
+
+@storage_boundary("reading an aggregate")
+def read_aggregate_rows(
+    layout: StoreLayout,
+    partition: int,
+    aggregate_type: str,
+    aggregate_id: str,
+    first_version: int = 1,
+    last_version: int | None = None,
+    limit: int | None = None,
+    backwards: bool = False,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> list[Row]:
+    """Durable rows (tuples in ``COLUMNS`` order, as ``table_to_rows`` gives them) of one aggregate
+    with ``first_version <= version <= last_version``, sorted by version (newest first if
+    ``backwards``), at most ``limit`` of them. Costs the aggregate's rows
     in the index, the segments sealed since the index's coverage and the tail frames new since
     this process last read the tail; never the whole partition."""
     layout.require_local("local partition readers")
@@ -99,29 +115,27 @@ def read_aggregate(
         upto = min(first_version + limit - 1, INT64_MAX)
         last_version = upto if last_version is None else min(last_version, upto)
 
-    def read_once() -> pa.Table:
+    def read_once() -> list[Row]:
         place = log_place(layout, partition, lost, cached=True)
         durable, tails, segments, sealed_last = place.durable, place.tails, place.segments, place.sealed_last
         tail = [r for r in _tail_part(layout, partition, lost, tails, sealed_last, durable, aggregate)
                 if r[_VER] >= first_version and (last_version is None or r[_VER] <= last_version)]
         if backwards and limit is not None and len(tail) >= limit:
-            return _cut(rows_to_table(tail), limit, backwards)  # the newest are all unsealed
+            return _cut(tail, limit, backwards)  # the newest are all unsealed
         view = index.view(segments, lost)  # FileNotFoundError: a run merged away under us
         covered = min(view.covered, sealed_last)
         sealed = _sealed_after(segments, covered, aggregate, first_version, last_version)
-        parts = [p for p in (sealed, rows_to_table(tail) if tail else None) if p is not None]
-        got = sum(p.num_rows for p in parts)
+        found = (table_to_rows(sealed) if sealed is not None and sealed.num_rows else []) + tail
+        got = len(found)
         if covered and not (backwards and limit is not None and got >= limit):
             lo, hi = first_version, last_version
             if backwards and got:  # the index holds only versions older than those found after it
-                oldest = int(min(int(p.column("version").to_numpy().min()) for p in parts if p.num_rows))
+                oldest = min(r[_VER] for r in found)
                 hi = oldest - 1 if hi is None else min(hi, oldest - 1)
                 if limit is not None and gapless:  # versions 1..oldest-1 all exist: take just the newest of them
                     lo = max(lo, hi - (limit - got) + 1)
             if hi is None or hi >= lo:
-                parts.insert(0, view.aggregate(aggregate_type, aggregate_id, lo, hi))  # every row checked there
-        if not parts:
-            return ARROW_SCHEMA.empty_table()
-        return _cut(parts[0] if len(parts) == 1 else pa.concat_tables(parts), limit, backwards)
+                found = table_to_rows(view.aggregate(aggregate_type, aggregate_id, lo, hi)) + found  # rows checked there
+        return _cut(found, limit, backwards)
 
     return read_consistently(read_once, f"reading {aggregate_type}/{aggregate_id} in partition {partition}", attempts)
