@@ -25,7 +25,7 @@ from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consisten
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.stream_index import StreamIndex
-from es_actors.storage.local.log_place import log_place, require_held
+from es_actors.storage.local.log_place import log_place, lost_ranges, require_held
 from es_actors.storage.local.range_reads import aggregate_in_segments
 from es_actors.storage.local.segments import Segment
 from es_actors.storage.local.tail_cursor import tail_index
@@ -107,7 +107,7 @@ def read_aggregate_rows(
     in the index, the segments sealed since the index's coverage and the tail frames new since
     this process last read the tail; never the whole partition."""
     layout.require_local("local partition readers")
-    lost = LostRanges.load(layout.root)
+    lost = lost_ranges(layout.root)
     aggregate = (aggregate_type, aggregate_id)
     index = StreamIndex(layout, partition)
     gapless = not lost.of(partition)  # no recorded loss: an aggregate's versions are 1..N without holes

@@ -8,6 +8,8 @@ seal or compaction between these steps shows later as a gap or a vanished file, 
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +17,8 @@ from es_actors.storage.consistent import Moved
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.local.segments import Segment, list_segments, list_segments_cached, resolve_current
-from es_actors.storage.local.wal import high_water, list_tail_files
-from es_actors.storage.lost_ranges import LostRanges
+from es_actors.storage.local.wal import high_water, list_tail_files, list_tail_files_cached
+from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE, LostRanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +32,38 @@ class LogPlace:
         return self.segments[-1].last if self.segments else 0
 
 
+_RACY_NS = 200_000_000  # a file changed within this long of a look may change again unseen in one clock tick
+_lost_cache: dict[str, tuple[tuple[int, int, int, int], LostRanges]] = {}
+
+
+def lost_ranges(root: Path) -> LostRanges:
+    """``LostRanges.load(root)``, reusing this process's parse while the file is unchanged (a stat
+    instead of a read and a pydantic parse per read; a repair replaces it by a rename: new inode)."""
+    path = os.path.join(root, LOST_FILE)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return LostRanges()  # none recorded (what load answers for a missing file)
+    ident = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _lost_cache.get(path)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    lost = LostRanges.load(root)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        if len(_lost_cache) > 1024:
+            _lost_cache.clear()
+        _lost_cache[path] = (ident, lost)
+    return lost
+
+
 def log_place(layout: StoreLayout, partition: int, lost: LostRanges, cached: bool = False) -> LogPlace:
     """The durable mark, the tail files and the sealed segments, in that order. ``cached`` reuses this
-    process's parse of an unchanged generation directory (reads that run per request). Raises Moved if
+    process's listing of an unchanged tail directory and parse of an unchanged generation directory
+    (reads that run per request). Raises Moved if
     ``current`` is missing while the tail shows positions were written."""
     tail_dir = layout.tail_dir(partition)
     durable = DurableMark.read(tail_dir)
-    tails = list_tail_files(tail_dir)
+    tails = list_tail_files_cached(tail_dir) if cached else list_tail_files(tail_dir)
     gen = resolve_current(layout.log_dir(partition))
     if gen is None and (durable or tails):
         raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")

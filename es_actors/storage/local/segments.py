@@ -177,10 +177,12 @@ def verify_segments(segments: list[Segment]) -> None:
 
 
 def resolve_current(partition_dir: Path) -> Path | None:
-    link = partition_dir / CURRENT
-    if not link.is_symlink():
+    """The generation ``current`` points at; None if it is missing or not a symlink (one syscall)."""
+    try:
+        target = os.readlink(os.path.join(partition_dir, CURRENT))
+    except OSError:  # missing (FileNotFoundError) or not a symlink (EINVAL)
         return None
-    return partition_dir / os.readlink(link)
+    return partition_dir / target
 
 
 class SegmentSet:

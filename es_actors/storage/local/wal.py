@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,33 @@ def list_tail_files(directory: Path) -> list[tuple[int, Path]]:
         except ValueError:
             continue
     return sorted(out)
+
+
+#: A tail listing is reused only while the directory's mtime is this much older than the listing
+#: (an entry added within the same clock tick leaves the mtime unchanged: "racy", as git's index).
+_RACY_NS = 200_000_000
+_tail_listings: dict[str, tuple[tuple[int, int, int], list[tuple[int, Path]]]] = {}
+
+
+def list_tail_files_cached(directory: Path) -> list[tuple[int, Path]]:
+    """:func:`list_tail_files`, reusing this process's last listing while the directory is unchanged
+    (one stat instead of a glob: readers list per read). Tail files are created and removed (seal)
+    in it, which changes its mtime; ``DURABLE`` and frames are written in place, which does not."""
+    key = str(directory)
+    try:
+        st = os.stat(key)
+    except FileNotFoundError:
+        return []
+    ident = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _tail_listings.get(key)
+    if hit is not None and hit[0] == ident:
+        return list(hit[1])
+    out = list_tail_files(directory)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        if len(_tail_listings) > 4096:
+            _tail_listings.clear()
+        _tail_listings[key] = (ident, out)
+    return list(out)
 
 
 def file_header(first_position: int) -> bytes:
