@@ -77,20 +77,23 @@ def rows_to_table(rows: list[tuple[Any, ...]]) -> pa.Table:
     )
 
 
-def table_to_rows(table: pa.Table) -> list[tuple[Any, ...]]:
-    """Inverse of :func:`rows_to_table`, recorded_at back to epoch microseconds. Column by column,
-    with recorded_at reinterpreted (not cast) when it is already microseconds: reads of a few rows
-    call this per read, where a compute cast and a select cost more than the conversion."""
+def table_to_rows(table: pa.Table | pa.RecordBatch) -> list[tuple[Any, ...]]:
+    """Inverse of :func:`rows_to_table` (a table or a record batch), recorded_at back to epoch
+    microseconds. Column by column, with recorded_at reinterpreted (not cast) when it is already
+    microseconds: reads of a few rows call this per read, where a compute cast and a select cost
+    more than the conversion."""
     if not table.num_rows:
         return []
     cols: list[list[Any]] = []
     for name in COLUMNS:
         c = table.column(name)
         if name == "recorded_at":
-            if c.type == _AT_TYPE:
+            if c.type != _AT_TYPE:
+                c = c.cast(pa.int64())
+            elif isinstance(c, pa.ChunkedArray):
                 c = pa.chunked_array([ch.view(pa.int64()) for ch in c.chunks], pa.int64())
             else:
-                c = c.cast(pa.int64())
+                c = c.view(pa.int64())
         cols.append(c.to_pylist())
     return list(zip(*cols))
 

@@ -61,6 +61,20 @@ def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, tails: lis
     return rows
 
 
+_indexes: dict[tuple[str, int], StreamIndex] = {}
+
+
+def _stream_index(layout: StoreLayout, partition: int) -> StreamIndex:
+    """This process's :class:`StreamIndex` of a partition (it holds paths only: built once, not per read)."""
+    key = (str(layout.root), partition)
+    index = _indexes.get(key)
+    if index is None:
+        if len(_indexes) > 4096:
+            _indexes.clear()
+        index = _indexes[key] = StreamIndex(layout, partition)
+    return index
+
+
 def _cut(rows: list[Row], limit: int | None, backwards: bool) -> list[Row]:
     """The rows in version order (newest first if ``backwards``), at most ``limit``. The parts arrive
     in position order, which for one aggregate is version order: sorting is the rare exception.
@@ -109,7 +123,7 @@ def read_aggregate_rows(
     layout.require_local("local partition readers")
     lost = lost_ranges(layout.root)
     aggregate = (aggregate_type, aggregate_id)
-    index = StreamIndex(layout, partition)
+    index = _stream_index(layout, partition)
     gapless = not lost.of(partition)  # no recorded loss: an aggregate's versions are 1..N without holes
     if limit is not None and gapless and not backwards:  # the versions the limit allows (int64, like the column)
         upto = min(first_version + limit - 1, INT64_MAX)
@@ -135,7 +149,7 @@ def read_aggregate_rows(
                 if limit is not None and gapless:  # versions 1..oldest-1 all exist: take just the newest of them
                     lo = max(lo, hi - (limit - got) + 1)
             if hi is None or hi >= lo:
-                found = table_to_rows(view.aggregate(aggregate_type, aggregate_id, lo, hi)) + found  # rows checked there
+                found = view.aggregate_rows(aggregate_type, aggregate_id, lo, hi) + found  # rows checked there
         return _cut(found, limit, backwards)
 
     return read_consistently(read_once, f"reading {aggregate_type}/{aggregate_id} in partition {partition}", attempts)

@@ -18,12 +18,13 @@ import time
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from es_actors.codecs.rows import ARROW_SCHEMA, INT64_MAX
+from es_actors.codecs.rows import ARROW_SCHEMA, COL, INT64_MAX, table_to_rows
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.range_reads import aggregate_in_segments
@@ -32,6 +33,7 @@ from es_actors.storage.local.stream_index import runs as run_format
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
 
 log = logging.getLogger(__name__)
+_VER = COL["version"]
 
 # Bounds of the per-process run cache: a run stays memory-mapped while cached, which pins its disk
 # space even after the file is deleted (a merge, a store removed), so the cache is an LRU over index
@@ -128,11 +130,33 @@ def segment_stamp(path: Path) -> tuple[int, int]:
     return stamp
 
 
+_RACY_NS = 200_000_000  # a directory changed within this long of a listing may change again in the same tick
+_listings: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
+
+
+def _run_names(directory: Path) -> list[str]:
+    """The run files' names in ``directory``, reusing this process's last listing while the directory
+    is unchanged (runs are written by rename and deleted by merges: both change its mtime; the
+    racy-mtime rule of the segment listing). OSError: no such directory."""
+    key = str(directory)
+    st = os.stat(key)
+    ident = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _listings.get(key)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    names = [n for n in os.listdir(key) if parse_run_name(n) is not None]
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        if len(_listings) > 4096:
+            _listings.clear()
+        _listings[key] = (ident, names)
+    return names
+
+
 def load_runs(directory: Path) -> dict[str, OpenRun | str]:
     """Every run file in ``directory``: opened and checked (cached by identity), or why it is not
     usable. Entries of runs no longer listed leave the cache (their maps close)."""
     try:
-        names = [n for n in os.listdir(directory) if parse_run_name(n) is not None]
+        names = _run_names(directory)
     except OSError:  # no index (yet), or not a directory we can list (gone): every position reads from the log
         with _lock:
             _forget(directory)  # a deleted store's runs: unmapped, their disk space freed
@@ -235,6 +259,30 @@ class IndexView:
     ) -> pa.Table:
         """Rows of one aggregate in positions 1..covered with versions first..last (ARROW_SCHEMA
         columns, sorted by version). Touches only the slices that hold them."""
+        batches = self._batches(aggregate_type, aggregate_id, first_version, last_version)
+        if not batches:
+            return ARROW_SCHEMA.empty_table()
+        table = pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
+        if len(batches) > 1:
+            versions = table.column("version").to_numpy()
+            if not bool(np.all(versions[1:] > versions[:-1])):
+                table = table.take(pc.sort_indices(table, sort_keys=[("version", "ascending")]))
+        return table
+
+    def aggregate_rows(
+        self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """:meth:`aggregate` as row tuples (``table_to_rows``), converted batch by batch: what a read
+        of a few rows wants (no table built, no pyarrow compute call)."""
+        rows = [r for b in self._batches(aggregate_type, aggregate_id, first_version, last_version)
+                for r in table_to_rows(b)]
+        if any(rows[i][_VER] >= rows[i + 1][_VER] for i in range(len(rows) - 1)):
+            rows.sort(key=lambda r: r[_VER])
+        return rows
+
+    def _batches(self, aggregate_type: str, aggregate_id: str, first_version: int,
+                 last_version: int | None) -> list[pa.RecordBatch]:
+        """The checked slices of the runs holding the aggregate's rows, in run (position) order."""
         h = np.uint64(run_format.stream_hash(aggregate_type, aggregate_id))
         hi_version = INT64_MAX if last_version is None else last_version
         batches: list[pa.RecordBatch] = []
@@ -257,14 +305,7 @@ class IndexView:
                 invalidate(run, str(exc))
                 batches.extend(self._from_segments(run, aggregate_type, aggregate_id, first_version, hi_version)
                                .to_batches())
-        if not batches:
-            return ARROW_SCHEMA.empty_table()
-        table = pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
-        if len(batches) > 1:
-            versions = table.column("version").to_numpy()
-            if not bool(np.all(versions[1:] > versions[:-1])):
-                table = table.take(pc.sort_indices(table, sort_keys=[("version", "ascending")]))
-        return table
+        return batches
 
     def _checked(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
                  first_version: int, last_version: int) -> pa.RecordBatch:
@@ -307,11 +348,12 @@ class StreamIndex:
         self.layout = layout
         self.partition = partition
         self.dir = index_dir(layout, partition)
+        self._descriptor = layout.descriptor_path
 
     @property
     def store_id(self) -> str:
         """This store's id (store.json), parsed once per process per store.json identity."""
-        path = self.layout.descriptor_path
+        path = self._descriptor
         try:
             st = os.stat(path)
         except FileNotFoundError:
