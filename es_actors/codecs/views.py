@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import pyarrow as pa
 
 from es_actors.codecs.rows import COL, COLUMNS, event_where, micros_to_datetime
 from es_actors.domain import DomainRegistry, Event
+
+_SV, _ET, _PAYLOAD = COL["schema_version"], COL["event_type"], COL["payload"]
 
 
 class RecordedEvent(tuple):  # type: ignore[type-arg]
@@ -117,6 +119,28 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
         sv = row[COL["schema_version"]]
         events = registry.decode(row[COL["event_type"]], sv, row[COL["payload"]], lambda: event_where(*row[:5]))
         return [cls(row[0], row[1], row[2], row[3], row[4], event, sv, row) for event in events]
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[Any, ...]], registry: DomainRegistry) -> list["RecordedEvent"]:
+        """:meth:`from_row` over many rows, a row of a current event class validated in place (the
+        common case: one pydantic call per row, none of the generic path's per-row calls); any
+        other row, or one that does not validate, goes through :meth:`from_row` (upcasters, errors)."""
+        classes = registry.decoder.events
+        new = tuple.__new__
+        out: list[RecordedEvent] = []
+        for row in rows:
+            sv = row[_SV]
+            ev_cls = classes.get(row[_ET])
+            if ev_cls is not None and ev_cls.schema_version == sv:
+                try:
+                    event = ev_cls.model_validate_json(row[_PAYLOAD])
+                except Exception:
+                    out.extend(cls.from_row(row, registry))  # raises the error from_row names
+                    continue
+                out.append(new(cls, (row[0], row[1], row[2], row[3], row[4], event, sv, row, -1)))
+            else:
+                out.extend(cls.from_row(row, registry))
+        return out
 
     @classmethod
     def from_table(

@@ -38,7 +38,7 @@ class LogReading:
         columns. Reads only that aggregate's rows (never the whole partition); works read-only, without Ray."""
         rows = self.history_rows(aggregate_type, aggregate_id, from_version=from_version, to_version=to_version,
                                  limit=limit, backwards=backwards)
-        return [e for r in rows for e in RecordedEvent.from_row(r, self.registry)]
+        return RecordedEvent.from_rows(rows, self.registry)
 
     def history_rows(
         self, aggregate_type: str, aggregate_id: str, *, from_version: int = 1, to_version: int | None = None,

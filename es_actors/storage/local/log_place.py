@@ -56,17 +56,31 @@ def lost_ranges(root: Path) -> LostRanges:
     return lost
 
 
+_dir_cache: dict[tuple[str, int], tuple[Path, Path]] = {}
+
+
+def _dirs(layout: StoreLayout, partition: int) -> tuple[Path, Path]:
+    """A partition's tail and log directories, built once per process (paths cost per read too)."""
+    key = (str(layout.root), partition)
+    hit = _dir_cache.get(key)
+    if hit is None:
+        if len(_dir_cache) > 4096:
+            _dir_cache.clear()
+        hit = _dir_cache[key] = (layout.tail_dir(partition), layout.log_dir(partition))
+    return hit
+
+
 def log_place(layout: StoreLayout, partition: int, lost: LostRanges, cached: bool = False) -> LogPlace:
     """The durable mark, the tail files and the sealed segments, in that order. ``cached`` reuses this
     process's listing of an unchanged tail directory and parse of an unchanged generation directory
     (reads that run per request). Raises Moved if
     ``current`` is missing while the tail shows positions were written."""
-    tail_dir = layout.tail_dir(partition)
+    tail_dir, log_dir = _dirs(layout, partition)
     durable = DurableMark.read(tail_dir)
     tails = list_tail_files_cached(tail_dir) if cached else list_tail_files(tail_dir)
-    gen = resolve_current(layout.log_dir(partition))
+    gen = resolve_current(log_dir)
     if gen is None and (durable or tails):
-        raise Moved(f"{layout.log_dir(partition) / 'current'} is missing although the tail shows positions were written")
+        raise Moved(f"{log_dir / 'current'} is missing although the tail shows positions were written")
     listing = list_segments_cached if cached else list_segments
     return LogPlace(durable, tails, listing(gen, lost, partition) if gen is not None else [])
 
