@@ -18,7 +18,7 @@ import time
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.range_reads import aggregate_in_segments
 from es_actors.storage.local.segments import Segment
-from es_actors.storage.local.stream_index import runs as run_format
+from es_actors.storage.local.stream_index import row_cache, runs as run_format
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
 
 log = logging.getLogger(__name__)
@@ -272,10 +272,24 @@ class IndexView:
     def aggregate_rows(
         self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
     ) -> list[tuple[Any, ...]]:
-        """:meth:`aggregate` as row tuples (``table_to_rows``), converted batch by batch: what a read
-        of a few rows wants (no table built, no pyarrow compute call)."""
-        rows = [r for b in self._batches(aggregate_type, aggregate_id, first_version, last_version)
-                for r in table_to_rows(b)]
+        """:meth:`aggregate` as row tuples (``table_to_rows``), no table built: what a read of a few
+        rows wants. A slice checked before in this process, of the same run file identity, comes
+        from :mod:`row_cache` (the bytes it covers are counted as touched all the same)."""
+        rows: list[tuple[Any, ...]] = []
+        for run, a, b, hi_version in self._slices(aggregate_type, aggregate_id, first_version, last_version):
+            key = (run.path, run.ident, a, b, aggregate_type, aggregate_id, first_version, hi_version)
+            got = row_cache.get(key)
+            if got is None:
+                try:
+                    got = table_to_rows(self._checked(run, a, b, aggregate_type, aggregate_id, first_version,
+                                                      hi_version))
+                except (RunInvalid, pa.ArrowException, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
+                    invalidate(run, str(exc))
+                    rows.extend(table_to_rows(self._from_segments(run, aggregate_type, aggregate_id, first_version,
+                                                                  hi_version)))
+                    continue
+                row_cache.put(key, got)
+            rows.extend(got)
         if any(rows[i][_VER] >= rows[i + 1][_VER] for i in range(len(rows) - 1)):
             rows.sort(key=lambda r: r[_VER])
         return rows
@@ -283,9 +297,22 @@ class IndexView:
     def _batches(self, aggregate_type: str, aggregate_id: str, first_version: int,
                  last_version: int | None) -> list[pa.RecordBatch]:
         """The checked slices of the runs holding the aggregate's rows, in run (position) order."""
+        batches: list[pa.RecordBatch] = []
+        for run, a, b, hi_version in self._slices(aggregate_type, aggregate_id, first_version, last_version):
+            try:
+                batches.append(self._checked(run, a, b, aggregate_type, aggregate_id, first_version, hi_version))
+            except (RunInvalid, pa.ArrowException, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
+                invalidate(run, str(exc))
+                batches.extend(self._from_segments(run, aggregate_type, aggregate_id, first_version, hi_version)
+                               .to_batches())
+        return batches
+
+    def _slices(self, aggregate_type: str, aggregate_id: str, first_version: int,
+                last_version: int | None) -> Iterator[tuple[OpenRun, int, int, int]]:
+        """(run, a, b, last version) of each run's rows a..b-1 that may be the aggregate's in the
+        versions asked for (by its hash; checked by the caller), in run (position) order."""
         h = np.uint64(run_format.stream_hash(aggregate_type, aggregate_id))
         hi_version = INT64_MAX if last_version is None else last_version
-        batches: list[pa.RecordBatch] = []
         for run in self.runs:
             self.bytes_touched += 16 * max(1, len(run.hashes)).bit_length()  # two binary searches' probes
             hashes = run.hashes
@@ -299,13 +326,7 @@ class IndexView:
             if a >= b:
                 continue
             self.bytes_touched += run.slice_bytes(a, b)
-            try:
-                batches.append(self._checked(run, a, b, aggregate_type, aggregate_id, first_version, hi_version))
-            except (RunInvalid, pa.ArrowException, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
-                invalidate(run, str(exc))
-                batches.extend(self._from_segments(run, aggregate_type, aggregate_id, first_version, hi_version)
-                               .to_batches())
-        return batches
+            yield run, a, b, hi_version
 
     def _checked(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
                  first_version: int, last_version: int) -> pa.RecordBatch:
