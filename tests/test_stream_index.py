@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from es_actors import StoreConfig
-from es_actors.codecs.rows import ARROW_SCHEMA
+from es_actors.codecs.rows import ARROW_SCHEMA, table_to_rows
 from es_actors.storage import files
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRange, LostRanges, now_text, record_lost_ranges
@@ -235,6 +235,31 @@ def test_damaged_truncated_runs_are_skipped_by_readers_and_rebuilt_by_the_writer
         assert victims[1].read_bytes() == good, damage.__name__
         assert answers_equal_full_scan(layout) == 200, damage.__name__
         assert len(run_files(layout)) == 4
+
+
+def test_cached_slices_are_bound_to_the_run_file_and_never_hide_damage(tmp_path) -> None:
+    """aggregate_rows keeps checked slices as tuples (row_cache); a run changed in place has another
+    file identity, so its slices are looked up and checked again: the damage is found, the run
+    dropped, and reads still answer what the log holds."""
+    from es_actors.storage.local.aggregate_read import read_aggregate_rows
+
+    layout = small_store(tmp_path / "s")
+    victims = run_files(layout)
+    segs, lost = current_segments(layout)
+
+    def read(k: int) -> list[tuple[int, int]]:
+        return [(r[1], r[4]) for r in read_aggregate_rows(layout, 0, "A", str(k))]
+
+    want = {k: [(r[1], r[4]) for r in full_scan(layout, "A", str(k))] for k in range(7)}
+    for k in range(7):
+        view = StreamIndex(layout, 0).view(segs, lost)
+        assert view.aggregate_rows("A", str(k)) == table_to_rows(view.aggregate("A", str(k)))
+        assert read(k) == want[k] and read(k) == want[k]  # the second from the cache
+    time.sleep(0.02)  # the damage gets a later mtime than the run's write (coarse file clocks)
+    damage_aggregate_id(layout, victims[1])
+    for k in range(7):
+        assert read(k) == want[k], k
+    assert isinstance(reading.load_runs(index_dir(layout, 0))[victims[1].name], str)
 
 
 def varied_rows(n: int, aggregates: int = 5) -> list[Row]:

@@ -74,6 +74,53 @@ def test_frames_past_the_durable_mark_wait_for_a_later_read(tmp_path: Path) -> N
     assert cur.advance(True, durable=6) == []
 
 
+def test_an_unchanged_file_is_not_read_again_until_it_grows_or_the_mark_moves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "s"
+    ev = tail_store(root, frames=4)  # positions 1..6
+    [(first, path)] = list_tail_files(root / "tail" / "p0000")
+    cur = tail_cursor.TailFileCursor(path, first)
+    reads: list[int] = []
+    real = tail_cursor._read_from
+    monkeypatch.setattr(tail_cursor, "_read_from", lambda *a, **k: reads.append(1) or real(*a, **k))
+    assert [r[COL["position"]] for r in cur.advance(True, durable=3)] == [1, 2, 3]
+    assert cur.advance(True, durable=3) == [] and len(reads) == 1, "same file, same mark: answered from a stat"
+    assert [r[COL["position"]] for r in cur.advance(True, durable=6)] == [4, 5, 6] and len(reads) == 2
+    assert cur.advance(True, durable=6) == [] and len(reads) == 2
+    log = LocalBackend(root).open_log(0, small_config().model_copy(update={"seal_rows": 10**6}))
+    try:
+        ev.append(log, ["a"])  # position 7: the file grows
+        assert [r[COL["position"]] for r in cur.advance(True, durable=7)] == [7] and len(reads) == 3
+    finally:
+        log.close()
+
+
+def test_cached_listings_see_every_change(tmp_path: Path) -> None:
+    """The tail listing and lost-ranges.json are reused only while unchanged; a change restoring the
+    directory's mtime (as one within a clock tick would leave it) still shows (ctime moves)."""
+    import os
+
+    from es_actors.storage.local.log_place import lost_ranges
+    from es_actors.storage.local.wal import list_tail_files_cached
+    from es_actors.storage.lost_ranges import LostRange, now_text, record_lost_ranges
+
+    d = tmp_path / "tail"
+    d.mkdir()
+    (d / "00000000000000000001.wal").write_bytes(b"")
+    old = os.stat(d).st_mtime_ns - 10**9
+    os.utime(d, ns=(old, old))  # an old directory: its listing is cached
+    assert [f for f, _p in list_tail_files_cached(d)] == [1]
+    (d / "00000000000000000009.wal").write_bytes(b"")
+    os.utime(d, ns=(old, old))
+    assert [f for f, _p in list_tail_files_cached(d)] == [1, 9]
+    (d / "00000000000000000001.wal").unlink()
+    assert [f for f, _p in list_tail_files_cached(d)] == [9]
+    assert not lost_ranges(tmp_path)
+    record_lost_ranges(tmp_path, [LostRange(partition=0, first=3, last=4, source="test", offset=0, quarantined="q",
+                                                  detail="test", recorded_at=now_text())])
+    assert lost_ranges(tmp_path).covers(0, 3, 4)
+
+
 def _flip_in_frame(path: Path, frame_index: int) -> None:
     data = bytearray(path.read_bytes())
     off = 24
