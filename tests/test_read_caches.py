@@ -24,7 +24,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local import tail_cursor
 from es_actors.storage.local.backend import LocalBackend
 from es_actors.storage.local.reader import read_partition_rows
-from es_actors.storage.local.stream_index import build_index, reading
+from es_actors.storage.local.stream_index import build_index, reading, row_cache
 from es_actors.store import Store
 from es_actors.testing.storage_conformance import EventLog
 
@@ -159,6 +159,8 @@ def test_store_close_unmaps_its_runs_and_drops_its_tail(template: Path, tmp_path
     store.close()
     assert not any(p.startswith(str(root) + os.sep) for p in _mapped_runs(tmp_path))
     assert not [k for k in tail_cursor._indexes if k[0] == os.path.realpath(root)]
+    assert not [k for k in row_cache._cache if str(k[0]).startswith(str(root) + os.sep)]  # checked slices too
+    assert [k for k in row_cache._cache if str(k[0]).startswith(str(other) + os.sep)]
     assert any(p.startswith(str(other) + os.sep) for p in _mapped_runs(tmp_path))  # another store's stay
     assert kept.history_rows("Account", "b") == _scan(other, "b")
     kept.close()

@@ -94,6 +94,7 @@ def release(root: Path) -> None:
                 _forget(directory)
         for path in [p for p in _store_ids if str(p.parent) in roots or os.path.realpath(p.parent) in roots]:
             del _store_ids[path]
+    row_cache.release(roots)
 
 
 def cached_runs() -> tuple[int, int]:

@@ -48,6 +48,14 @@ def put(key: Key, rows: list[Row]) -> None:
             _held -= len(gone)
 
 
+def release(roots: set[str]) -> None:
+    """Forget the slices of runs under any of ``roots`` (``Store.close``: its memory back now)."""
+    global _held
+    with _lock:
+        for key in [k for k in _cache if any(str(k[0]).startswith(r + "/") for r in roots)]:
+            _held -= len(_cache.pop(key))
+
+
 def clear() -> None:
     """Forget every slice (tests; a process that wants its memory back)."""
     global _held
