@@ -19,6 +19,7 @@ readable for ``gc_grace_s`` before they are deleted, so a reader that resolved
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import zlib
@@ -180,8 +181,10 @@ def resolve_current(partition_dir: Path) -> Path | None:
     """The generation ``current`` points at; None if it is missing or not a symlink (one syscall)."""
     try:
         target = os.readlink(os.path.join(partition_dir, CURRENT))
-    except OSError:  # missing (FileNotFoundError) or not a symlink (EINVAL)
-        return None
+    except OSError as exc:  # missing, or not a symlink (EINVAL): what is_symlink() said False to; others raise
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL, errno.ELOOP):
+            return None
+        raise
     return partition_dir / target
 
 
