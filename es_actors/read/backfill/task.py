@@ -53,6 +53,7 @@ class TaskResult:
     resumed_at: int  # positions already done by an earlier attempt's checkpoint
     checkpoints: int
     node: str = ""  # where it ran (set by the Ray edge)
+    cpu_s: float = 0.0  # the task's process CPU time (its share of one CPU: wall time minus waiting)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,7 @@ def run_task(
 ) -> TaskResult:
     """Replay the task's share; its final checkpoint holds the part the install combines.
     ``store``: the store's path or URI (the task follows the log through its backend). ``threads``: DuckDB's threads (a task holds one CPU: more would compete with the other tasks)."""
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     previous = work.load_checkpoint(spec.id)
     if previous is not None and previous.final:
         return TaskResult(spec.id, spec.events, previous.applied, previous.parked, 0.0, spec.events, 0)
@@ -138,7 +139,8 @@ def run_task(
         ck = _checkpoint(rm, p, work, spec, seq, runner, applied0, final=True, worker=worker)
         if report:
             report(spec.id, spec.events, spec.events)
-        return TaskResult(spec.id, spec.events, ck.applied, ck.parked, time.monotonic() - t0, resumed_at, checkpoints + 1, worker)
+        return TaskResult(spec.id, spec.events, ck.applied, ck.parked, time.monotonic() - t0, resumed_at, checkpoints + 1, worker,
+                          round(time.process_time() - cpu0, 4))
     finally:
         rm.close()
 
