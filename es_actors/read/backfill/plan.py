@@ -4,6 +4,7 @@ backfill redoes none of the planning and no share moves."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import inspect
 import json
@@ -20,8 +21,10 @@ from es_actors.storage.local.reader import durable_high_water
 from es_actors.storage.lost_ranges import LostRanges
 
 PLAN_FORMAT = 1
-#: The smallest share of a partition worth its own task (a task's fixed cost is ~0.1-0.3 s).
-MIN_TASK_EVENTS = 200_000
+#: The smallest share of a partition worth its own task. A task's fixed cost is ~0.07 s of CPU in
+#: a Ray worker (its private database, two checkpoints, metrics) plus its dispatch; 2M events are
+#: ~0.4 s of a SQL projection at one thread, so that cost stays under ~20 % (ADR-016, measured).
+MIN_TASK_EVENTS = 2_000_000
 
 
 class TaskSpec(BaseModel):
@@ -84,22 +87,25 @@ def _code_of(p: type[Projection]) -> str:
 def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int, after: int = 0) -> list[tuple[int, int]]:
     """A partition's positions after+1..target as (after, until) shares of about ``chunk_events``,
     cut at segment boundaries (each file is read by one task); positions after the last
-    segment (the tail) join the last share."""
+    segment (the tail) join the last share. The share count is the nearest whole number of
+    chunks and each cut is the segment end nearest an even split, so shares come out even
+    (a greedy cut left a short last share: a worker idle at the end of the run)."""
     if target <= after:
         return []
+    total = target - after
+    n = max(1, round(total / max(1, chunk_events)))
+    ends = sorted({last for _first, last in segments if after < last < target})
     out: list[tuple[int, int]] = []
     start = after  # the share runs start+1..
-    for _first, last in segments:
-        if last <= start:
+    for k in range(1, n):
+        goal = after + total * k / n
+        i = bisect.bisect_left(ends, goal)
+        near = [e for e in ends[max(0, i - 1):i + 1] if e > start]
+        if not near:
             continue
-        if last >= target:
-            break
-        if last - start >= chunk_events:
-            out.append((start, last))
-            start = last
-    if out and target - start < chunk_events // 4:
-        after, _ = out.pop()  # a small rest joins the share before it
-        start = after
+        cut = min(near, key=lambda e: abs(e - goal))
+        out.append((start, cut))
+        start = cut
     out.append((start, target))
     return out
 

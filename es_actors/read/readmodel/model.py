@@ -67,8 +67,9 @@ class ReadModel:
             self._handler(p)
             self.cursors[p.name] = open_projection(self.con, p)
             self.projections[p.name] = p
-        #: Macros the projections' set-up created: queries may not call them (query_guard).
-        self.defined_functions = database_functions(self.con)
+        #: Macros the projections' set-up created: queries may not call them (query_guard). Looked
+        #: up at the first query (~15 ms: a backfill task's private database never has one).
+        self._defined_functions: frozenset[str] | None = None
 
     def _handler(self, p: type[Projection]) -> ProjectionHandler:
         self.handlers[p.name] = handler = handler_class(p)(self.registry)
@@ -80,7 +81,7 @@ class ReadModel:
         self._handler(p)
         self.cursors[p.name] = open_projection(self.con, p)
         self.projections[p.name] = p
-        self.defined_functions = database_functions(self.con)
+        self._defined_functions = None  # its set-up may have created macros: looked up again
 
     def remove(self, name: str, close: bool = True) -> None:
         """Close a projection's cursor (its tables stay in the file). ``close`` False: a batch
@@ -227,7 +228,9 @@ class ReadModel:
         """A read-only query on its own cursor (concurrent with projection), see es_actors.read.queries."""
         cur = self.con.cursor()
         try:
-            return run_query(cur, req, events, self.defined_functions)
+            if self._defined_functions is None:
+                self._defined_functions = database_functions(cur)
+            return run_query(cur, req, events, self._defined_functions)
         finally:
             cur.close()
 
