@@ -24,7 +24,7 @@ from es_actors.domain import DomainRegistry
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount, Withdraw
 from es_actors.examples.bank_projections import Balances
 from es_actors.jobs.backfill import backfill
-from es_actors.read.backfill.plan import durable_heads
+from es_actors.storage.backends import durable_heads
 from es_actors.read.backfill.task import BackfillTaskFailed
 from es_actors.read.backfill.work import open_work
 from es_actors.read.merge import Merge

@@ -22,7 +22,7 @@ from rich.text import Text
 from es_actors.errors import EsActorsError
 from es_actors.read.backfill.files import BackfillDir
 from es_actors.read.backfill.work import backfilled_versions, open_work
-from es_actors.read.backfill.plan import durable_heads
+from es_actors.storage.backends import durable_heads
 from es_actors.read.progress import STATUSES
 from es_actors.storage.layout import StoreLayout
 

@@ -27,7 +27,8 @@ from es_actors.config import StoreConfig
 from es_actors.domain import Aggregate
 from es_actors.read.backfill.files import BackfillBusy
 from es_actors.read.backfill.install import install_into
-from es_actors.read.backfill.plan import durable_heads, fingerprint, make_plan
+from es_actors.read.backfill.plan import fingerprint, make_plan
+from es_actors.storage.backends import durable_heads
 from es_actors.read.backfill.work import open_work
 from es_actors.read.backfill_tasks import run_plan_tasks
 from es_actors.read.projection import Projection

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from es_actors.read.projection import Projection
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.api import PartitionFollower
+from es_actors.storage.api import PartitionFollower, StorageBackend
 from es_actors.storage.backends import open_backend, recorded_at
 
 #: Every status a (projection, partition) can show, from best to worst.
@@ -81,9 +81,10 @@ class RecordedAt:
     projections at the same checkpoint share it, and a position's event does not change. An
     unknown answer (None) is not kept."""
 
-    def __init__(self, layout: StoreLayout, size: int = 4096) -> None:
+    def __init__(self, layout: StoreLayout, size: int = 4096, backend: StorageBackend | None = None) -> None:
+        """``backend``: the runner's, so its reads share the followers' segment cache."""
         self.layout, self.size = layout, size
-        self._backend = open_backend(layout.uri)
+        self._backend = backend if backend is not None else open_backend(layout.uri)
         self._known: dict[tuple[int, int], int] = {}
 
     def __call__(self, partition: int, position: int) -> int | None:

@@ -75,14 +75,14 @@ class ProjectionRunner:
         self.partitions = partitions
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        #: (partition, position) -> recorded_at in µs, for lag in seconds.
-        self._recorded_at = recorded_at or RecordedAt(layout)
         self.read_model = (
             read_model if read_model is not None else ReadModel(layout.read_model_root, registry, projections)
         )
         #: The store's log on its backend (local disk or object storage): one object, so followers of one
         #: partition can share what they read (ADR-019).
         self.backend = open_backend(layout.uri, config)
+        #: (partition, position) -> recorded_at in µs, for lag in seconds.
+        self._recorded_at = recorded_at or RecordedAt(layout, backend=self.backend)
         self.bounds = dict(bounds) if bounds is not None else None
         self.states: dict[str, ProjectionState] = {}
         for p in projections:

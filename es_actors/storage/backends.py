@@ -27,7 +27,7 @@ from es_actors.storage.uris import LOCAL_SCHEMES, OBJECT_DIR_SCHEME, S3_SCHEME, 
 
 __all__ = ["LOCAL_SCHEMES", "OBJECT_DIR_SCHEME", "StoreUri", "parse_store_uri", "open_backend", "local_root",
            "blob_store_of", "open_owned_partition", "aggregate_rows", "foreign_store", "recorded_at",
-           "events_snapshot"]
+           "events_snapshot", "durable_heads"]
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -176,6 +176,16 @@ def aggregate_rows(
                                                backwards))
 
 
+def durable_heads(layout: "StoreLayout", partitions: int) -> dict[int, int]:
+    """Each partition's last durable position now (0: empty), on either backend."""
+    if not layout.scheme:
+        from es_actors.storage.local.reader import durable_high_water
+
+        return {i: durable_high_water(layout, i) for i in range(partitions)}
+    backend = open_backend(layout.uri)
+    return {i: backend.head_watch(i).refresh() for i in range(partitions)}
+
+
 def recorded_at(layout: "StoreLayout", backend: StorageBackend, partition: int, position: int) -> int | None:
     """When the event at ``position`` was recorded (epoch µs), or None if none is durable there or it
     cannot be read now: a best-effort figure for lag in seconds, never an error."""
@@ -197,7 +207,6 @@ def events_snapshot(layout: "StoreLayout", partitions: int) -> tuple[Any, "pa.Ta
     row groups a query needs), or None (a blobdir store, whose segments plain Parquet readers cannot
     read: they come read, in the tail table)."""
     import pyarrow as pa
-    import pyarrow.dataset as ds
 
     from es_actors.codecs.rows import ARROW_SCHEMA
 
@@ -212,20 +221,17 @@ def events_snapshot(layout: "StoreLayout", partitions: int) -> tuple[Any, "pa.Ta
     keys: list[str] = []
     tails: list[pa.Table] = []
     for p in range(partitions):
-        segments, tail = sealed_and_tail(blobs, p)
+        cache = CommitCache()
+        segments, tail = sealed_and_tail(blobs, p, cache)
         if layout.scheme == S3_SCHEME:
             keys.extend(s.key for s in segments)
         else:
-            cache = CommitCache()
             tails.extend(read_segment(blobs, s, cache) for s in segments)
         tails.append(tail)
     rows = pa.concat_tables(tails) if tails else ARROW_SCHEMA.empty_table()
     if not keys:
         return None, rows
-    s3 = _s3_blobs(layout.root, layout.endpoint)
-    sealed = ds.dataset([f"{s3.bucket}/{s3.prefix}{k}" for k in keys], schema=ARROW_SCHEMA, format="parquet",
-                        filesystem=arrow_s3_filesystem(layout.endpoint))
-    return sealed, rows
+    return _s3_segments_dataset(layout, keys), rows
 
 
 def sealed_dataset(layout: "StoreLayout", partitions: int) -> Any:
@@ -248,7 +254,16 @@ def sealed_dataset(layout: "StoreLayout", partitions: int) -> Any:
     from es_actors.storage.objects.view import current_manifest
 
     blobs = _s3_blobs(layout.root, layout.endpoint)
-    keys = [seg.key for p in range(partitions) for seg in current_manifest(blobs, p)[0].segments]
+    return _s3_segments_dataset(layout, [seg.key for p in range(partitions) for seg in current_manifest(blobs, p)[0].segments])
+
+
+def _s3_segments_dataset(layout: "StoreLayout", keys: list[str]) -> Any:
+    """A ``pyarrow.dataset`` over the segment objects ``keys`` of an S3 store (the log's schema)."""
+    import pyarrow.dataset as ds
+
+    from es_actors.codecs.rows import ARROW_SCHEMA
+
+    blobs = _s3_blobs(layout.root, layout.endpoint)
     return ds.dataset([f"{blobs.bucket}/{blobs.prefix}{k}" for k in keys], schema=ARROW_SCHEMA, format="parquet",
                       filesystem=arrow_s3_filesystem(layout.endpoint))
 

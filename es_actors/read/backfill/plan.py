@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from es_actors.read.projection import Projection, SqlProjection
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.log_place import log_place
-from es_actors.storage.local.reader import durable_high_water
+from es_actors.storage.backends import durable_heads
 from es_actors.storage.lost_ranges import LostRanges
 
 PLAN_FORMAT = 1
@@ -108,16 +108,6 @@ def split_ranges(segments: list[tuple[int, int]], target: int, chunk_events: int
         start = cut
     out.append((start, target))
     return out
-
-
-def durable_heads(layout: StoreLayout, partitions: int) -> dict[int, int]:
-    """Each partition's last durable position now (0: empty), on either backend."""
-    if layout.scheme:
-        from es_actors.storage.backends import open_backend
-
-        backend = open_backend(layout.uri)
-        return {i: backend.head_watch(i).refresh() for i in range(partitions)}
-    return {i: durable_high_water(layout, i) for i in range(partitions)}
 
 
 def segments_of(layout: StoreLayout, partition: int, lost: LostRanges) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from es_actors.read.readmodel.database import connect_restricted, open_error, readmodel_path
-from es_actors.storage.backends import open_backend, recorded_at
+from es_actors.storage.backends import durable_heads, open_backend, recorded_at
 from es_actors.storage.layout import StoreLayout
 
 
@@ -54,14 +54,14 @@ def committed_status(layout: StoreLayout, partitions: int) -> list[dict[str, Any
     except duckdb.Error as exc:
         raise open_error(path, exc) from None  # held by a projector, or corrupt: named as such
     try:
-        backend = open_backend(layout.uri)
-        heads = [backend.head_watch(p).refresh() for p in range(partitions)]
+        heads = durable_heads(layout, partitions)
         projections = con.execute("SELECT name, version, kind, paused FROM es_actors.projections ORDER BY name").fetchall()
         cps = {(n, p): pos for n, p, pos in con.execute("SELECT projection, partition, position FROM es_actors.checkpoints").fetchall()}
         parked = dict(con.execute("SELECT projection, count(*) FROM es_actors.dead_letters GROUP BY ALL").fetchall())
     finally:
         con.close()
     now_us = time.time_ns() // 1000
+    backend = open_backend(layout.uri)
     since: dict[tuple[int, int], int | None] = {}  # (partition, checkpoint) -> recorded_at of the next event
 
     def lag_seconds(p: int, cp: int) -> float | None:

@@ -29,7 +29,7 @@ from es_actors.read.versions.check import compare, run_checks
 from es_actors.read.versions.oplog import Operation, crash_point, require_who
 from es_actors.read.versions.switch import switch_views
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.backends import open_backend
+from es_actors.storage.backends import durable_heads
 
 __all__ = ["Versions", "in_process", "CRASH_STEPS"]
 CRASH_STEPS = oplog.CRASH_STEPS
@@ -116,8 +116,7 @@ class Versions:
         return others[0] if others else found[0]
 
     def _heads(self) -> dict[int, int]:
-        backend = open_backend(self.layout.uri)
-        return {i: backend.head_watch(i).refresh() for i in range(self.partitions)}
+        return durable_heads(self.layout, self.partitions)
 
     def _lag(self, instance: str, heads: dict[int, int]) -> int:
         cps = {int(p): int(pos) for p, pos in self.con.cursor().execute(
