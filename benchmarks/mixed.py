@@ -23,18 +23,23 @@ the same time, closed loop (each waits for its answer before the next).
   version LIMIT 50`` on the unique (stream_id, version) index, ``model_validate_json`` per row.
 
 Runs (``--warmup`` + ``--duration`` each, ``--repeats`` rounds, configurations interleaved with
-the order rotating; medians): closed loop for ``es_actors`` and ``postgres`` -> ``reads_per_s``,
+the order rotating; medians; every run starts from the same pre-populated state): closed loop for ``es_actors`` and ``postgres`` -> ``reads_per_s``,
 ``writes_per_s``, ``read_p50_ms``, ``read_p99_ms``, ``write_p50_ms``, ``write_p99_ms``; for
 ``es_actors`` also the writers with readers open-loop at 2,000 reads/s in all (250/s per
 process, on a fixed schedule, latency from the scheduled time) -> ``writes_per_s_open_readers``,
-and with no readers -> ``writes_per_s_no_readers``. The same store and table serve every run
-(they grow by the runs' writes). Time added to ``make bench``: 4 configurations x repeats x
+and with no readers -> ``writes_per_s_no_readers``. Every run starts from the pre-populated state:
+es_actors a fresh clone of a sealed template store (segments and index runs hard-linked), PostgreSQL
+the table truncated and loaded again, so a run's streams hold the same events on both sides
+whatever the runs before wrote (before, one store and one table grew by every run's writes, and
+es_actors' readers decoded up to twice as many events per read as PostgreSQL's). Time added to ``make bench``: 4 configurations x repeats x
 (warm-up + window + ~3-5 s starting the reader processes): ~2.5 min with the defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import multiprocessing as mp
 import random
 import shutil
@@ -45,17 +50,23 @@ from typing import Any, Callable
 
 from benchmarks.common import Context, closed_loop, log, percentile, scratch_dir
 from benchmarks.pg import events_ddl
+from benchmarks.ray_service import ray_service
 
 BENCHES = ["mixed_8w8r"]
 
 STREAMS = 5_000
-PREPOPULATED = 10_000  # events in all, PREPOPULATED // STREAMS per stream
+PREPOPULATED = 10_000  # events in all, PER_STREAM per stream
+PER_STREAM = PREPOPULATED // STREAMS
 WRITERS = 8
 READERS = 8
 READ_MAX = 50
 OPEN_READS_PER_S = 2_000  # in all, for writes_per_s_open_readers
 PARTITIONS = 4
 PG_TABLE = "mixed_events"
+# "own": es_actors' Ray runs as a service in a session of its own, as PostgreSQL's server does
+# (benchmarks/ray_service.py); "bench": the bench process's own local Ray (shares its session with
+# the reader processes), to compare.
+RAY_SESSION = os.environ.get("BENCH_MIXED_RAY_SESSION", "own")
 PG_DDL = events_ddl(PG_TABLE)  # dropped first: created fresh for each run
 
 
@@ -212,6 +223,10 @@ def writer_slices(seed: int) -> list[list[str]]:
 
 
 class EsSide:
+    """The es_actors side: a pre-populated, sealed template store, cloned afresh for every run
+    (segments and index runs hard-linked, the rest copied), so every run starts from the same
+    10,000 events as PostgreSQL's table does."""
+
     def __init__(self, seed: int) -> None:
         from es_actors import Store, Submission
 
@@ -220,19 +235,35 @@ class EsSide:
 
         start_ray()
         self.work = scratch_dir("es_actors_mixed_")
-        self.root = self.work / self.work.name
-        self.store = Store.open(self.root, [Stream], partitions=PARTITIONS)
-        per = PREPOPULATED // STREAMS
-        subs = [Submission(Stream, stream_id(i), Append(data=DATA)) for _ in range(per) for i in range(STREAMS)]
-        for s in range(0, len(subs), 1_000):
-            for r in self.store.submit_many(subs[s : s + 1_000]):
-                if isinstance(r, Exception):
-                    raise RuntimeError(f"mixed_8w8r: pre-population failed: {r!r}")
-        self.store.seal()
-        self.versions = {stream_id(i): per for i in range(STREAMS)}
+        self.template = self.work / "template"
+        store = Store.open(self.template, [Stream], partitions=PARTITIONS)
+        try:
+            subs = [Submission(Stream, stream_id(i), Append(data=DATA)) for _ in range(PER_STREAM)
+                    for i in range(STREAMS)]
+            for s in range(0, len(subs), 1_000):
+                for r in store.submit_many(subs[s : s + 1_000]):
+                    if isinstance(r, Exception):
+                        raise RuntimeError(f"mixed_8w8r: pre-population failed: {r!r}")
+            store.seal()
+        finally:
+            store.close()
+        self.store: Any = None
+        self.root = self.work / "run"
         self.slices = writer_slices(seed)
         self.seed = seed
         self.rounds = 0
+
+    def start_round(self) -> None:
+        """A fresh clone of the template, opened writable: the run's store."""
+        from es_actors import Store
+
+        from benchmarks.datasets import clone
+        from benchmarks.mixed_domain import Stream
+
+        self.end_round()
+        clone(self.template, self.root)
+        self.store = Store.open(self.root, [Stream], partitions=PARTITIONS)
+        self.versions = {stream_id(i): PER_STREAM for i in range(STREAMS)}
 
     def make_write(self, w: int) -> Callable[[], int]:
         from benchmarks.mixed_domain import DATA, Append, Stream
@@ -251,30 +282,31 @@ class EsSide:
 
         return op
 
+    def end_round(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def close(self) -> None:
-        self.store.close()
+        self.end_round()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
 class PgSide:
+    """The PostgreSQL side: the table reset to the same 10,000 pre-populated events before every run."""
+
     def __init__(self, seed: int) -> None:
         from benchmarks.mixed_domain import DATA, Appended
         from benchmarks.projection import shared_pg
 
         self.pg = shared_pg()
         payload = Appended(data=DATA).model_dump_json()
-        per = PREPOPULATED // STREAMS
         with self.pg.cluster.connect() as conn:
             conn.execute(f"DROP TABLE IF EXISTS {PG_TABLE}")
             conn.execute(PG_DDL)
-            with conn.cursor().copy(f"COPY {PG_TABLE} (stream_id, version, event_type, payload) FROM STDIN") as cp:
-                for v in range(1, per + 1):
-                    for i in range(STREAMS):
-                        cp.write_row((stream_id(i), v, "Appended", payload))
             conn.commit()
-        self.pg.cluster.execute(f"VACUUM ANALYZE {PG_TABLE}")
         self.payload = payload
-        self.versions = {stream_id(i): per for i in range(STREAMS)}
         self.slices = writer_slices(seed)
         self.seed = seed
         self.rounds = 0
@@ -283,6 +315,19 @@ class PgSide:
     @property
     def dsn(self) -> str:
         return self.pg.cluster.dsn
+
+    def start_round(self) -> None:
+        """The table back to its pre-populated rows (TRUNCATE, COPY, VACUUM ANALYZE)."""
+        self.end_round()
+        with self.pg.cluster.connect() as conn:
+            conn.execute(f"TRUNCATE {PG_TABLE}")
+            with conn.cursor().copy(f"COPY {PG_TABLE} (stream_id, version, event_type, payload) FROM STDIN") as cp:
+                for v in range(1, PER_STREAM + 1):
+                    for i in range(STREAMS):
+                        cp.write_row((stream_id(i), v, "Appended", self.payload))
+            conn.commit()
+        self.pg.cluster.execute(f"VACUUM ANALYZE {PG_TABLE}")
+        self.versions = {stream_id(i): PER_STREAM for i in range(STREAMS)}
 
     def make_write(self, w: int) -> Callable[[], int]:
         rng = random.Random(self.seed * 1000 + self.rounds * 10 + w)
@@ -314,6 +359,13 @@ class PgSide:
 
 def run(ctx: Context, selected: list[str]) -> None:
     s = ctx.settings
+    with contextlib.ExitStack() as services:
+        if s.wants("es_actors") and RAY_SESSION == "own":
+            services.enter_context(ray_service())
+        _run(ctx, s)
+
+
+def _run(ctx: Context, s: Any) -> None:
     es = EsSide(s.seed) if s.wants("es_actors") else None
     pg = PgSide(s.seed) if s.wants("postgres") else None
     runs: dict[tuple[str, str], list[MixedRun]] = {}
@@ -329,12 +381,12 @@ def run(ctx: Context, selected: list[str]) -> None:
                 side: Any = es if system == "es_actors" else pg
                 target = str(es.root) if system == "es_actors" and es is not None else (pg.dsn if pg else "")
                 side.rounds += 1
+                side.start_round()
                 try:
                     r = one_run(system, target, side.make_write, readers, s.warmup_s, s.duration_s,
                                 s.seed + rep)
                 finally:
-                    if system == "postgres" and pg is not None:
-                        pg.end_round()
+                    side.end_round()
                 runs.setdefault((system, readers), []).append(r)
     finally:
         if es is not None:

@@ -18,17 +18,17 @@ from __future__ import annotations
 import _thread
 import logging
 import pickle
-import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Protocol
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from es_actors.config import StoreConfig
-from es_actors.write.direct_link import LinkConnection, connect
+from es_actors.write.direct_link import LinkConnection, connect, shutdown_link
 from es_actors.errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
 from es_actors.write.protocol import BatchItem, ItemResult, batch_to_wire, results_from_wire
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
@@ -226,15 +226,29 @@ class DirectLink:
     """Carries one channel's batches over the actor's direct connection (loopback, or TLS
     from another node).
 
-    One thread per link does send -> receive -> deliver; the channel keeps one batch in
-    flight, so nothing else is needed. When the actor is on another node and ``remote_link``
-    is off, the link hands batches back to Ray calls. A broken connection is reported like a dead actor (resend
-    by command id); the next batch reconnects to the restarted actor's new endpoint.
+    The thread that takes a batch (a submitter, or this link's thread delivering the previous
+    batch) writes it to the connection itself; the link's thread only waits for replies. A
+    lone command thus wakes one thread of this process (its submitter, when the reply is in),
+    not two: handing each batch to the link's thread cost a wake-up and a GIL hand-off per
+    command, which CPU-bound neighbours (readers on the same cores) turn into milliseconds.
+    The channel keeps one batch in flight, so the reply that arrives is the in-flight batch's.
+
+    What is not the fast path goes to the link's thread: connecting (an actor call for the
+    endpoint), the TLS link from another node, handing batches back to Ray calls when the actor
+    is on another node and ``remote_link`` is off, and every failure. A broken connection is
+    reported like a dead actor (resend by command id); the next batch reconnects to the
+    restarted actor's new endpoint.
     """
 
     def __init__(self, channel: PartitionChannel) -> None:
         self._channel = channel
-        self._outbox: queue.SimpleQueue[tuple[list[Pending], float] | None] = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        # Held while a thread writes to the connection, and to close or shut it down: a
+        # connection is never closed under a writer (its descriptor could be reused at once).
+        self._send_lock = threading.Lock()
+        self._slow: list[tuple[list[Pending], float]] = []  # batches for the link's thread to send
+        self._inflight: tuple[list[Pending], float, float] | None = None  # (batch, first_sent, t0)
+        self._closed = False
         self._conn: LinkConnection | None = None
         self.transport: str | None = None  # "local" (loopback, clear) or "tls" (from another node) once connected
         self._refused, self._refused_logged = 0, 0.0
@@ -243,10 +257,49 @@ class DirectLink:
         self._thread.start()
 
     def send(self, batch: list[Pending], first_sent: float) -> None:
-        self._outbox.put((batch, first_sent))
+        """Write ``batch`` to the live loopback connection now, from this thread; otherwise (no
+        connection yet, or TLS, whose socket one thread at a time uses) the link's thread sends it."""
+        with self._cv:
+            conn = self._conn
+            if not isinstance(conn, Connection) or self._inflight is not None:
+                self._slow.append((batch, first_sent))
+                self._cv.notify_all()
+                return
+            self._inflight = (batch, first_sent, time.perf_counter())
+        self._write(conn, batch, first_sent)
+
+    def _write(self, conn: LinkConnection, batch: list[Pending], first_sent: float) -> None:
+        """Send the in-flight ``batch``; a failure is the receiver's to deliver (it sees the
+        connection fail), but for a batch that cannot be pickled, failed here."""
+        try:
+            data = pickle.dumps(batch_to_wire([item for item, _f in batch]), protocol=5)
+        except BaseException as exc:  # e.g. a command that cannot be pickled: fail this batch, go on
+            with self._cv:
+                taken, self._inflight = self._inflight, None
+            if taken is not None:
+                self._deliver_error(taken, exc)
+            return
+        with self._send_lock:
+            if self._conn is not conn:  # the receiver dropped it meanwhile
+                with self._cv:
+                    mine = self._inflight is not None and self._inflight[0] is batch
+                    if mine:  # never sent: the link's thread connects again and sends it
+                        self._inflight = None
+                        self._slow.append((batch, first_sent))
+                        self._cv.notify_all()
+                return  # else the receiver took it, to fail it (resent by command id)
+            try:
+                conn.send_bytes(data)
+            except (OSError, ValueError):  # broken connection: the receiver fails the batch
+                shutdown_link(conn)
 
     def close(self) -> None:
-        self._outbox.put(None)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        with self._send_lock:
+            if self._conn is not None:
+                shutdown_link(self._conn)  # wakes the receiver, which closes it
 
     def _connect(self) -> LinkConnection | None:
         """The live connection, or None when the actor is on another node and the TLS link is off
@@ -263,56 +316,112 @@ class DirectLink:
             if address is None or (node_id != here and cert is None):
                 return None
             try:
-                self._conn = connect(address, key, tls_cert=cert)
+                conn = connect(address, key, tls_cert=cert)
             except LinkRefused:
                 if cert is not None:  # e.g. a firewall between the nodes: don't wait for it on every batch
                     self._remote_down_until = time.monotonic() + REMOTE_RETRY_S
                 raise
             self.transport = "local" if cert is None else "tls"
+            with self._cv:
+                self._conn = conn
         return self._conn
 
     def _run(self) -> None:
+        """Send what the fast path could not; wait for the in-flight batch's reply; deliver it."""
         while True:
-            job = self._outbox.get()
-            if job is None:
-                if self._conn is not None:
-                    self._conn.close()
-                return
-            batch, first_sent = job
-            done: Future[Any] = Future()
-            t0 = time.perf_counter()
-            try:
-                try:
-                    conn = self._connect()
-                except LinkRefused as exc:  # a flooded or refusing link: this batch goes by Ray
-                    self._refused += 1
-                    if time.monotonic() - self._refused_logged > 10:
-                        log.warning("partition %d: direct link refused (%s); %d batches sent by Ray calls instead",
-                                    self._channel.partition, exc, self._refused)
-                        self._refused_logged = time.monotonic()
-                    self._channel._send_by_ray(batch, first_sent)
-                    continue
-                if conn is None:  # another node: this channel goes through Ray from now on
-                    self._channel._link = None
-                    self._channel.calls -= 1
-                    self._channel._send(batch, first_sent)
-                    return
-                conn.send_bytes(pickle.dumps(batch_to_wire([item for item, _f in batch]), protocol=5))
-                tag, value = pickle.loads(conn.recv_bytes())
-            except BaseException as exc:  # transport or actor failure: the channel decides
-                if isinstance(exc, (ConnectionError, EOFError, OSError)) and self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-                done.set_exception(exc)
-            else:
-                if tag == "ok":
-                    done.set_result(results_from_wire(value))
+            with self._cv:
+                # A loopback connection is always read (a sender writes to it and does not wake
+                # this thread); a TLS one only while a batch is in flight (this thread sends too).
+                while not (self._closed or self._slow or (self._conn is not None and (
+                        isinstance(self._conn, Connection) or self._inflight is not None))):
+                    self._cv.wait()
+                if self._slow and self._inflight is None:
+                    batch, first_sent = self._slow.pop(0)
+                elif self._closed and self._inflight is None:
+                    break
                 else:
-                    done.set_exception(value)
-            try:
-                self._channel._on_done(batch, done, t0, first_sent)
-            except Exception:  # this thread must outlive any one delivery
-                log.exception("partition %d: delivering a batch failed", self._channel.partition)
+                    batch = []
+            if batch:
+                self._send_slow(batch, first_sent)
+                continue
+            self._receive()
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close the connection (this thread only), never under a writer."""
+        with self._cv:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with self._send_lock:
+                conn.close()
+
+    def _send_slow(self, batch: list[Pending], first_sent: float) -> None:
+        """Connect if need be, then send as the fast path does; or hand the batch to Ray calls."""
+        try:
+            conn = self._connect()
+        except LinkRefused as exc:  # a flooded or refusing link: this batch goes by Ray
+            self._refused += 1
+            if time.monotonic() - self._refused_logged > 10:
+                log.warning("partition %d: direct link refused (%s); %d batches sent by Ray calls instead",
+                            self._channel.partition, exc, self._refused)
+                self._refused_logged = time.monotonic()
+            self._channel._send_by_ray(batch, first_sent)
+            return
+        except BaseException as exc:  # e.g. the actor is dead: the channel decides (resend by id)
+            self._deliver_error((batch, first_sent, time.perf_counter()), exc)
+            return
+        if conn is None:  # another node: this channel goes through Ray from now on
+            with self._cv:
+                later, self._slow = self._slow, []
+                self._closed = True  # this thread ends once nothing is in flight
+                self._cv.notify_all()
+            self._channel._link = None
+            self._channel.calls -= 1
+            for b, f in [(batch, first_sent), *later]:
+                self._channel._send(b, f)
+            return
+        with self._cv:
+            self._inflight = (batch, first_sent, time.perf_counter())
+        self._write(conn, batch, first_sent)
+
+    def _receive(self) -> None:
+        """The in-flight batch's reply (or the connection's failure), delivered to the channel."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            tag, value = pickle.loads(conn.recv_bytes())
+        except BaseException as exc:  # transport or actor failure: the channel decides
+            if isinstance(exc, (ConnectionError, EOFError, OSError, ValueError)) or self._closed:
+                self._drop_connection()  # first: a sender that comes later takes the slow path
+            with self._cv:
+                taken, self._inflight = self._inflight, None  # a batch sent to it, or racing to be
+            if taken is not None:
+                self._deliver_error(taken, exc)
+            return
+        with self._cv:
+            taken, self._inflight = self._inflight, None
+        if taken is None:  # a reply with nothing in flight: not ours to trust
+            log.warning("partition %d: direct link sent an unexpected reply; reconnecting", self._channel.partition)
+            self._drop_connection()
+            return
+        done: Future[Any] = Future()
+        if tag == "ok":
+            done.set_result(results_from_wire(value))
+        else:
+            done.set_exception(value)
+        self._deliver(taken, done)
+
+    def _deliver_error(self, taken: tuple[list[Pending], float, float], exc: BaseException) -> None:
+        done: Future[Any] = Future()
+        done.set_exception(exc)
+        self._deliver(taken, done)
+
+    def _deliver(self, taken: tuple[list[Pending], float, float], done: "Future[Any]") -> None:
+        batch, first_sent, t0 = taken
+        try:
+            self._channel._on_done(batch, done, t0, first_sent)
+        except Exception:  # this thread must outlive any one delivery
+            log.exception("partition %d: delivering a batch failed", self._channel.partition)
 
 
 def _safe_text(exc: BaseException) -> str:

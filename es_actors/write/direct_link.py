@@ -70,6 +70,23 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
 LinkConnection = Union[Connection, FramedConnection]
 
 
+def shutdown_link(conn: LinkConnection) -> None:
+    """Shut the connection's socket down (both ways) without closing its descriptor: a thread
+    blocked on it wakes with EOF and closes it (closing here could let the kernel hand the same
+    descriptor to a new connection under that thread)."""
+    try:
+        if isinstance(conn, FramedConnection):
+            conn.shutdown()
+            return
+        dup = socket.socket(fileno=os.dup(conn.fileno()))  # shutdown acts on the socket, not the descriptor
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+    except (OSError, ValueError):  # already closed
+        pass
+
+
 def _as_connection(sock: socket.socket) -> LinkConnection:
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -123,6 +123,10 @@ class FramedConnection:
             got += k
         return bytes(buf)
 
+    def shutdown(self) -> None:
+        """Both ways, descriptor kept (see direct_link.shutdown_link)."""
+        self._sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         try:
             self._sock.close()
