@@ -17,6 +17,8 @@ import os
 import time
 import threading
 from collections import OrderedDict
+from itertools import compress, islice
+from operator import itemgetter, lt
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +36,13 @@ from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_
 
 log = logging.getLogger(__name__)
 _VER, _POS, _TYPE, _ID = COL["version"], COL["position"], COL["aggregate_type"], COL["aggregate_id"]
+_version_of = itemgetter(_VER)
+
+
+def ascending_versions(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether the rows' versions strictly ascend (C-level loops: reads check this per call)."""
+    versions = list(map(_version_of, rows))
+    return all(map(lt, versions, islice(versions, 1, None)))
 
 # Bounds of the per-process run cache: a run stays memory-mapped while cached, which pins its disk
 # space even after the file is deleted (a merge, a store removed), so the cache is an LRU over index
@@ -298,7 +307,7 @@ class IndexView:
         from :mod:`row_cache` (the bytes it covers are counted as touched all the same)."""
         rows: list[tuple[Any, ...]] = []
         for run, a, b, hi_version in self._slices(aggregate_type, aggregate_id, first_version, last_version):
-            key = (run.path, run.ident, a, b, aggregate_type, aggregate_id, first_version, hi_version)
+            key = (str(run.path), run.ident, a, b, aggregate_type, aggregate_id, first_version, hi_version)
             got = row_cache.get(key)
             if got is None:
                 try:
@@ -310,27 +319,31 @@ class IndexView:
                     continue
                 row_cache.put(key, got)
             rows.extend(got)
-        if any(rows[i][_VER] >= rows[i + 1][_VER] for i in range(len(rows) - 1)):
-            rows.sort(key=lambda r: r[_VER])
+        if not ascending_versions(rows):
+            rows.sort(key=_version_of)
         return rows
 
     def _checked_rows(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
                       first_version: int, last_version: int) -> list[tuple[Any, ...]]:
-        """:meth:`_checked` as row tuples, each column converted once (the checks read the tuples)."""
+        """:meth:`_checked` as row tuples: each column converted once, the checks run on those lists
+        (C-level count/min/max), then zipped."""
         self.bytes_verified += run.verify_rows(a, b)  # CRC and validate(full=True) of the blocks holding them
-        rows = run.row_tuples(a, b)
-        if not all(r[_TYPE] == aggregate_type and r[_ID] == aggregate_id for r in rows):
+        cols = run.column_lists(a, b)
+        n = b - a
+        types, ids = cols[_TYPE], cols[_ID]
+        if types.count(aggregate_type) != n or ids.count(aggregate_id) != n:
             # Another aggregate with the same hash, or damage to type/id: recompute to tell which.
             hashes = run.hashes[a:b].tolist()
-            for k, r in enumerate(rows):
-                if (r[_TYPE] != aggregate_type or r[_ID] != aggregate_id) and \
-                        run_format.stream_hash(r[_TYPE], r[_ID]) != hashes[k]:
+            mine = [t == aggregate_type and i == aggregate_id for t, i in zip(types, ids)]
+            for k, ok in enumerate(mine):
+                if not ok and run_format.stream_hash(types[k], ids[k]) != hashes[k]:
                     raise RunInvalid(f"{run.path.name}: a row's aggregate does not match its stream_hash (damaged)")
-            rows = [r for r in rows if r[_TYPE] == aggregate_type and r[_ID] == aggregate_id]
-        first, last = run.meta.first, run.meta.last
-        if not all(first <= r[_POS] <= last and first_version <= r[_VER] <= last_version for r in rows):
+            cols = [list(compress(c, mine)) for c in cols]
+        pos, ver = cols[_POS], cols[_VER]
+        if pos and not (run.meta.first <= min(pos) and max(pos) <= run.meta.last
+                        and first_version <= min(ver) and max(ver) <= last_version):
             raise RunInvalid(f"{run.path.name}: rows outside the run's positions or the versions asked for")
-        return rows
+        return list(zip(*cols))
 
     def _batches(self, aggregate_type: str, aggregate_id: str, first_version: int,
                  last_version: int | None) -> list[pa.RecordBatch]:
@@ -358,9 +371,9 @@ class IndexView:
             if lo == len(hashes) or hashes[lo] != h:
                 continue
             hi = int(hashes.searchsorted(h, side="right"))
-            vs = run.versions[lo:hi]  # sorted within one hash (collisions share the order)
-            a = lo + int(vs.searchsorted(first_version, side="left"))
-            b = lo + int(vs.searchsorted(hi_version, side="right"))
+            vs = run.versions  # sorted within one hash (collisions share the order): search only a bound that cuts
+            a = lo if int(vs[lo]) >= first_version else lo + int(vs[lo:hi].searchsorted(first_version, side="left"))
+            b = hi if int(vs[hi - 1]) <= hi_version else lo + int(vs[lo:hi].searchsorted(hi_version, side="right"))
             if a >= b:
                 continue
             self._slices_taken.append((run, a, b))

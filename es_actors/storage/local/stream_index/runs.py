@@ -228,13 +228,14 @@ class OpenRun:
         """Bytes of the run's rows a..b-1 (what reading them touches in the map)."""
         return (b - a) * self._fixed_row_bytes + sum(int(o[b] - o[a]) for o in self._string_offsets)
 
-    def row_tuples(self, a: int, b: int) -> list[tuple[Any, ...]]:
-        """Rows a..b-1 as tuples in ``COLUMNS`` order, recorded_at in epoch microseconds: what
-        ``table_to_rows`` of the slice gives, column by column from arrays prepared at open (numpy
-        for columns that cannot hold nulls). Call :meth:`verify_rows` first: it checks the bytes."""
+    def column_lists(self, a: int, b: int) -> list[list[Any]]:
+        """Rows a..b-1 as one list per column in ``COLUMNS`` order, recorded_at in epoch
+        microseconds (zipped, what ``table_to_rows`` of the slice gives), converted from arrays
+        prepared at open (numpy for columns that cannot hold nulls). Call :meth:`verify_rows`
+        first: it checks the bytes."""
         n = b - a
-        return list(zip(*[arr.slice(a, n).to_pylist() if values is None else values[a:b].tolist()
-                          for arr, values in self._py_columns]))
+        return [arr.slice(a, n).to_pylist() if values is None else values[a:b].tolist()
+                for arr, values in self._py_columns]
 
     def verify_rows(self, a: int, b: int) -> int:
         """Check every block holding rows a..b-1 not yet checked in this process (the bitmap lives
