@@ -149,7 +149,9 @@ def test_eviction_never_changes_an_answer(template: Path, tmp_path: Path, monkey
         assert sum(1 for ix in tail_cursor._indexes.values() if ix._rows) <= 1
 
 
-def test_store_close_unmaps_its_runs_and_drops_its_tail(template: Path, tmp_path: Path) -> None:
+def test_store_close_unmaps_its_runs_and_drops_its_tail(template: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(row_cache, "MAX_SLICE_ROWS", 10_000)  # this store's slices are longer than kept by default
     root, other = _copies(template, tmp_path, 2)
     kept = Store.open(other, read_only=True)
     kept.history_rows("Account", "a")

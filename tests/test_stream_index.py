@@ -237,11 +237,14 @@ def test_damaged_truncated_runs_are_skipped_by_readers_and_rebuilt_by_the_writer
         assert len(run_files(layout)) == 4
 
 
-def test_cached_slices_are_bound_to_the_run_file_and_never_hide_damage(tmp_path) -> None:
+def test_cached_slices_are_bound_to_the_run_file_and_never_hide_damage(tmp_path, monkeypatch) -> None:
     """aggregate_rows keeps checked slices as tuples (row_cache); a run changed in place has another
     file identity, so its slices are looked up and checked again: the damage is found, the run
     dropped, and reads still answer what the log holds."""
     from es_actors.storage.local.aggregate_read import read_aggregate_rows
+    from es_actors.storage.local.stream_index import row_cache
+
+    monkeypatch.setattr(row_cache, "MAX_SLICE_ROWS", 10_000)  # every slice cached (~7 rows here)
 
     layout = small_store(tmp_path / "s")
     victims = run_files(layout)
@@ -255,11 +258,41 @@ def test_cached_slices_are_bound_to_the_run_file_and_never_hide_damage(tmp_path)
         view = StreamIndex(layout, 0).view(segs, lost)
         assert view.aggregate_rows("A", str(k)) == table_to_rows(view.aggregate("A", str(k)))
         assert read(k) == want[k] and read(k) == want[k]  # the second from the cache
+    assert len(row_cache._cache) >= 7 * len(victims) - 1
     time.sleep(0.02)  # the damage gets a later mtime than the run's write (coarse file clocks)
     damage_aggregate_id(layout, victims[1])
     for k in range(7):
         assert read(k) == want[k], k
     assert isinstance(reading.load_runs(index_dir(layout, 0))[victims[1].name], str)
+
+
+def test_a_run_whose_block_crcs_match_invalid_utf8_is_refused_at_lookup(tmp_path) -> None:
+    """Block CRCs prove the bytes are those written, not that they are valid Arrow: each block also
+    passes validate(full=True) (once per process, with its CRC) before a row of it is used. A run
+    written with a payload that is not UTF-8 (its CRCs computed over those bytes) is dropped at
+    lookup and the answer comes from the log, in a process that read the run fine just before."""
+    layout = small_store(tmp_path / "s")
+    assert answers_equal_full_scan(layout) == 200  # the runs are open, their other blocks checked
+    victim = run_files(layout)[2]
+    old = runs.open_run(victim)
+    payload = old.batch.column("payload")
+    data = bytearray(payload.buffers()[2].to_pybytes())
+    data[int(np.frombuffer(payload.buffers()[1], dtype=np.int32)[3])] = 0xFF  # row 3's first byte
+    bad = pa.Array.from_buffers(pa.string(), len(payload), [payload.buffers()[0], payload.buffers()[1],
+                                                            pa.py_buffer(bytes(data))])
+    table = pa.Table.from_batches([old.batch]).set_column(RUN_PAYLOAD, "payload", bad)
+    meta = {"store_id": old.meta.store_id, "partition": old.meta.partition, "sources": old.meta.sources,
+            "tier": old.meta.tier}
+    time.sleep(0.25)  # past the racy window of the directory listing
+    written = runs.write_run(victim.parent, table, meta)
+    victim.unlink()
+    assert runs.open_run(written).meta.rows == old.meta.rows  # a well-formed run: key and block CRCs match
+    assert answers_equal_full_scan(layout) == 100, "readers stop using the index at the refused run"
+    why = reading.load_runs(index_dir(layout, 0))[written.name]
+    assert isinstance(why, str) and "utf" in why.lower() and "crc" not in why.lower(), why
+
+
+RUN_PAYLOAD = runs.RUN_SCHEMA.get_field_index("payload")
 
 
 def varied_rows(n: int, aggregates: int = 5) -> list[Row]:

@@ -14,6 +14,7 @@ from es_actors.codecs.rows import COL, COLUMNS, event_where, micros_to_datetime
 from es_actors.domain import DomainRegistry, Event
 
 _SV, _ET, _PAYLOAD = COL["schema_version"], COL["event_type"], COL["payload"]
+_UNSEEN: Any = object()
 
 
 class RecordedEvent(tuple):  # type: ignore[type-arg]
@@ -128,16 +129,24 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
         classes = registry.decoder.events
         new = tuple.__new__
         out: list[RecordedEvent] = []
+        append = out.append
+        fast: dict[str, tuple[int, Any] | None] = {}  # event type -> (schema version, its validator's validate_json)
         for row in rows:
+            et = row[_ET]
+            decode = fast.get(et, _UNSEEN)
+            if decode is _UNSEEN:
+                ev_cls = classes.get(et)
+                # pydantic-core's validator directly: what model_validate_json(text) calls (registry.py does the same)
+                decode = fast[et] = None if ev_cls is None else (ev_cls.schema_version,
+                                                                 ev_cls.__pydantic_validator__.validate_json)
             sv = row[_SV]
-            ev_cls = classes.get(row[_ET])
-            if ev_cls is not None and ev_cls.schema_version == sv:
+            if decode is not None and decode[0] == sv:
                 try:
-                    event = ev_cls.model_validate_json(row[_PAYLOAD])
+                    event = decode[1](row[_PAYLOAD])
                 except Exception:
                     out.extend(cls.from_row(row, registry))  # raises the error from_row names
                     continue
-                out.append(new(cls, (row[0], row[1], row[2], row[3], row[4], event, sv, row, -1)))
+                append(new(cls, (row[0], row[1], row[2], row[3], row[4], event, sv, row, -1)))
             else:
                 out.extend(cls.from_row(row, registry))
         return out

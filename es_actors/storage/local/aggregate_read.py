@@ -25,6 +25,7 @@ from es_actors.storage.consistent import DEFAULT_ATTEMPTS, Moved, read_consisten
 from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.stream_index import StreamIndex
+from es_actors.storage.local.stream_index.reading import ascending_versions
 from es_actors.storage.local.log_place import log_place, lost_ranges, require_held
 from es_actors.storage.local.range_reads import aggregate_in_segments
 from es_actors.storage.local.segments import Segment
@@ -80,7 +81,7 @@ def _cut(rows: list[Row], limit: int | None, backwards: bool) -> list[Row]:
     in position order, which for one aggregate is version order: sorting is the rare exception.
     Plain tuples, not Arrow: a read returns a handful of rows, where each pyarrow call (concat,
     take, cast) costs more than the Python work it saves."""
-    if any(rows[i][_VER] >= rows[i + 1][_VER] for i in range(len(rows) - 1)):
+    if not ascending_versions(rows):
         rows.sort(key=lambda r: r[_VER])
     if backwards:
         rows.reverse()

@@ -60,8 +60,12 @@ class DurableMark:
     @classmethod
     def read(cls, directory: Path, attempts: int = 50) -> int | None:
         """The last durable position, or None if no writer of format 2 ever published one."""
-        path = os.path.join(directory, cls.NAME)  # plain os calls: readers do this once per read
-        for _ in range(attempts):
+        return cls.read_at(os.path.join(directory, cls.NAME), attempts)
+
+    @classmethod
+    def read_at(cls, path: str, attempts: int = 50) -> int | None:
+        """:meth:`read` of the mark at ``path`` (a reader that keeps the joined path: per read)."""
+        for _ in range(attempts):  # plain os calls: readers do this once per read
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:

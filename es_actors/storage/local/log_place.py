@@ -8,6 +8,7 @@ seal or compaction between these steps shows later as a gap or a vanished file, 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -16,7 +17,13 @@ from pathlib import Path
 from es_actors.storage.consistent import Moved
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.durable_mark import DurableMark
-from es_actors.storage.local.segments import Segment, list_segments, list_segments_cached, resolve_current
+from es_actors.storage.local.segments import (
+    CURRENT,
+    Segment,
+    list_segments,
+    list_segments_cached,
+    resolve_current,
+)
 from es_actors.storage.local.wal import high_water, list_tail_files, list_tail_files_cached
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE, LostRanges
 
@@ -34,12 +41,17 @@ class LogPlace:
 
 _RACY_NS = 200_000_000  # a file changed within this long of a look may change again unseen in one clock tick
 _lost_cache: dict[str, tuple[tuple[int, int, int, int], LostRanges]] = {}
+_lost_paths: dict[Path, str] = {}  # store root -> its lost-ranges.json path
 
 
 def lost_ranges(root: Path) -> LostRanges:
     """``LostRanges.load(root)``, reusing this process's parse while the file is unchanged (a stat
     instead of a read and a pydantic parse per read; a repair replaces it by a rename: new inode)."""
-    path = os.path.join(root, LOST_FILE)
+    path = _lost_paths.get(root)
+    if path is None:
+        if len(_lost_paths) > 1024:
+            _lost_paths.clear()
+        path = _lost_paths[root] = os.path.join(root, LOST_FILE)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -56,17 +68,45 @@ def lost_ranges(root: Path) -> LostRanges:
     return lost
 
 
-_dir_cache: dict[tuple[str, int], tuple[Path, Path]] = {}
+class _Dirs:
+    """A partition's directories and the files a read looks at, as paths and strings, built once
+    per process (joining paths costs per read too)."""
+
+    __slots__ = ("tail", "log", "durable", "current", "targets")
+
+    def __init__(self, layout: StoreLayout, partition: int) -> None:
+        self.tail, self.log = layout.tail_dir(partition), layout.log_dir(partition)
+        self.durable = os.path.join(self.tail, DurableMark.NAME)
+        self.current = os.path.join(self.log, CURRENT)
+        self.targets: dict[str, Path] = {}  # what ``current`` pointed at -> that generation's path
+
+    def generation(self) -> Path | None:
+        """:func:`resolve_current` of the log directory (one readlink), the Path built once per target."""
+        try:
+            target = os.readlink(self.current)
+        except OSError as exc:  # missing, or not a symlink (EINVAL): as resolve_current answers
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL, errno.ELOOP):
+                return None
+            raise
+        gen = self.targets.get(target)
+        if gen is None:
+            if len(self.targets) > 64:
+                self.targets.clear()
+            gen = self.targets[target] = self.log / target
+        return gen
 
 
-def _dirs(layout: StoreLayout, partition: int) -> tuple[Path, Path]:
-    """A partition's tail and log directories, built once per process (paths cost per read too)."""
+_dir_cache: dict[tuple[str, int], _Dirs] = {}
+
+
+def _dirs(layout: StoreLayout, partition: int) -> _Dirs:
+    """A partition's :class:`_Dirs`, one per process."""
     key = (str(layout.root), partition)
     hit = _dir_cache.get(key)
     if hit is None:
         if len(_dir_cache) > 4096:
             _dir_cache.clear()
-        hit = _dir_cache[key] = (layout.tail_dir(partition), layout.log_dir(partition))
+        hit = _dir_cache[key] = _Dirs(layout, partition)
     return hit
 
 
@@ -75,12 +115,12 @@ def log_place(layout: StoreLayout, partition: int, lost: LostRanges, cached: boo
     process's listing of an unchanged tail directory and parse of an unchanged generation directory
     (reads that run per request). Raises Moved if
     ``current`` is missing while the tail shows positions were written."""
-    tail_dir, log_dir = _dirs(layout, partition)
-    durable = DurableMark.read(tail_dir)
-    tails = list_tail_files_cached(tail_dir) if cached else list_tail_files(tail_dir)
-    gen = resolve_current(log_dir)
+    d = _dirs(layout, partition)
+    durable = DurableMark.read_at(d.durable)
+    tails = list_tail_files_cached(d.tail) if cached else list_tail_files(d.tail)
+    gen = d.generation() if cached else resolve_current(d.log)
     if gen is None and (durable or tails):
-        raise Moved(f"{log_dir / 'current'} is missing although the tail shows positions were written")
+        raise Moved(f"{d.log / CURRENT} is missing although the tail shows positions were written")
     listing = list_segments_cached if cached else list_segments
     return LogPlace(durable, tails, listing(gen, lost, partition) if gen is not None else [])
 

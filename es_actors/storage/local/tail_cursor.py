@@ -309,8 +309,9 @@ _resolved: dict[str, str] = {}  # absolute path -> its realpath (~13 us, per rea
 
 def _resolve(root: Path) -> str:
     """The store's resolved path, resolved once per process per absolute path (until released)."""
-    absolute = os.path.abspath(root)
-    resolved = _resolved.get(absolute)
+    text = os.fspath(root)
+    absolute = text if text.startswith("/") and "/." not in text and "//" not in text else os.path.abspath(text)
+    resolved = _resolved.get(absolute)  # (a normal absolute path is its own abspath: no call per read)
     if resolved is None:
         if len(_resolved) > 10_000:
             _resolved.clear()

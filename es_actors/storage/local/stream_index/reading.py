@@ -17,6 +17,8 @@ import os
 import time
 import threading
 from collections import OrderedDict
+from itertools import compress, islice
+from operator import itemgetter, lt
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,7 +35,14 @@ from es_actors.storage.local.stream_index import row_cache, runs as run_format
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
 
 log = logging.getLogger(__name__)
-_VER = COL["version"]
+_VER, _POS, _TYPE, _ID = COL["version"], COL["position"], COL["aggregate_type"], COL["aggregate_id"]
+_version_of = itemgetter(_VER)
+
+
+def ascending_versions(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether the rows' versions strictly ascend (C-level loops: reads check this per call)."""
+    versions = list(map(_version_of, rows))
+    return all(map(lt, versions, islice(versions, 1, None)))
 
 # Bounds of the per-process run cache: a run stays memory-mapped while cached, which pins its disk
 # space even after the file is deleted (a merge, a store removed), so the cache is an LRU over index
@@ -48,11 +57,18 @@ _Entry = tuple[tuple[int, int, int, int], OpenRun | str]  # (file identity, the 
 class _Dir:
     """One index directory's cached runs (name -> entry) and the bytes of those mapped."""
 
-    __slots__ = ("entries", "mapped")
+    __slots__ = ("entries", "mapped", "_runs")
 
     def __init__(self, entries: dict[str, _Entry]) -> None:
         self.entries = entries
         self.mapped = sum(e[1].size for e in entries.values() if not isinstance(e[1], str))
+        self._runs: dict[str, OpenRun | str] | None = None
+
+    def runs(self) -> dict[str, OpenRun | str]:
+        """name -> run or why it is invalid (a copy: callers may change it)."""
+        if self._runs is None:
+            self._runs = {name: entry for name, (_ident, entry) in self.entries.items()}
+        return dict(self._runs)
 
 
 # Per process, least recently read first: directory -> its runs opened and checked, by identity.
@@ -132,20 +148,20 @@ def segment_stamp(path: Path) -> tuple[int, int]:
 
 
 _RACY_NS = 200_000_000  # a directory changed within this long of a listing may change again in the same tick
-_listings: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
+_listings: dict[str, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
 
 
-def _run_names(directory: Path) -> list[str]:
-    """The run files' names in ``directory``, reusing this process's last listing while the directory
-    is unchanged (runs are written by rename and deleted by merges: both change its mtime; the
-    racy-mtime rule of the segment listing). OSError: no such directory."""
+def _run_names(directory: Path) -> list[tuple[str, str]]:
+    """(name, path) of the run files in ``directory``, reusing this process's last listing while the
+    directory is unchanged (runs are written by rename and deleted by merges: both change its mtime;
+    the racy-mtime rule of the segment listing). OSError: no such directory."""
     key = str(directory)
     st = os.stat(key)
     ident = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     hit = _listings.get(key)
     if hit is not None and hit[0] == ident:
         return hit[1]
-    names = [n for n in os.listdir(key) if parse_run_name(n) is not None]
+    names = [(n, os.path.join(key, n)) for n in os.listdir(key) if parse_run_name(n) is not None]
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
         if len(_listings) > 4096:
             _listings.clear()
@@ -154,8 +170,8 @@ def _run_names(directory: Path) -> list[str]:
 
 
 def load_runs(directory: Path) -> dict[str, OpenRun | str]:
-    """Every run file in ``directory``: opened and checked (cached by identity), or why it is not
-    usable. Entries of runs no longer listed leave the cache (their maps close)."""
+    """Every run file in ``directory``: opened and checked (cached by identity: one stat per run per
+    call), or why it is not usable. Entries of runs no longer listed leave the cache (their maps close)."""
     try:
         names = _run_names(directory)
     except OSError:  # no index (yet), or not a directory we can list (gone): every position reads from the log
@@ -164,19 +180,21 @@ def load_runs(directory: Path) -> dict[str, OpenRun | str]:
         return {}
     with _lock:
         hit_dir = _cache.get(directory)
-        old = hit_dir.entries if hit_dir is not None else {}
+    old = hit_dir.entries if hit_dir is not None else {}
+    same = len(old) == len(names)  # every run listed is cached with the identity it has now
     new: dict[str, _Entry] = {}
-    base = str(directory)
-    for name in names:
+    for name, full in names:
         try:
-            st = os.stat(os.path.join(base, name))
+            st = os.stat(full)
         except FileNotFoundError:
+            same = False
             continue  # deleted by a merge since the listing: it is not part of the tiling now
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         hit = old.get(name)
         if hit is not None and hit[0] == ident:
             new[name] = hit
             continue
+        same = False
         try:
             new[name] = (ident, open_run(directory / name))
         except FileNotFoundError:
@@ -184,6 +202,9 @@ def load_runs(directory: Path) -> dict[str, OpenRun | str]:
         except RunInvalid as exc:
             new[name] = (ident, str(exc))
     with _lock:
+        if same and hit_dir is not None and _cache.get(directory) is hit_dir:
+            _cache.move_to_end(directory)  # unchanged: no new entry to build
+            return hit_dir.runs()
         _keep(directory, new)
     return {name: entry for name, (_ident, entry) in new.items()}
 
@@ -199,6 +220,7 @@ def invalidate(run: OpenRun, why: str) -> None:
                 d.mapped -= run.size
                 _mapped_bytes -= run.size
             d.entries[run.path.name] = (run.ident, why)
+            d._runs = None
 
 
 def why_invalid(run: OpenRun, store_id: str, partition: int, current: dict[str, Segment]) -> str | None:
@@ -252,8 +274,15 @@ class IndexView:
         self.partition = partition
         self.covered = runs[-1].meta.last if runs else 0
         self.files: list[Path] = [r.path for r in runs]
-        self.bytes_touched = 0  # bytes of the runs the lookups of this view read: probes + slices (cost tests)
+        self._probes = 0  # bytes the lookups' binary searches read
+        self._slices_taken: list[tuple[OpenRun, int, int]] = []  # (run, a, b) of each slice a lookup read
         self.bytes_verified = 0  # bytes of the blocks CRC-checked for the first time in this process (cost tests)
+
+    @property
+    def bytes_touched(self) -> int:
+        """Bytes of the runs the lookups of this view read: probes + slices (cost tests; counted
+        when asked, not per lookup)."""
+        return self._probes + sum(run.slice_bytes(a, b) for run, a, b in self._slices_taken)
 
     def aggregate(
         self, aggregate_type: str, aggregate_id: str, first_version: int = 1, last_version: int | None = None
@@ -278,12 +307,11 @@ class IndexView:
         from :mod:`row_cache` (the bytes it covers are counted as touched all the same)."""
         rows: list[tuple[Any, ...]] = []
         for run, a, b, hi_version in self._slices(aggregate_type, aggregate_id, first_version, last_version):
-            key = (run.path, run.ident, a, b, aggregate_type, aggregate_id, first_version, hi_version)
+            key = (str(run.path), run.ident, a, b, aggregate_type, aggregate_id, first_version, hi_version)
             got = row_cache.get(key)
             if got is None:
                 try:
-                    got = table_to_rows(self._checked(run, a, b, aggregate_type, aggregate_id, first_version,
-                                                      hi_version))
+                    got = self._checked_rows(run, a, b, aggregate_type, aggregate_id, first_version, hi_version)
                 except (RunInvalid, pa.ArrowException, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
                     invalidate(run, str(exc))
                     rows.extend(table_to_rows(self._from_segments(run, aggregate_type, aggregate_id, first_version,
@@ -291,9 +319,31 @@ class IndexView:
                     continue
                 row_cache.put(key, got)
             rows.extend(got)
-        if any(rows[i][_VER] >= rows[i + 1][_VER] for i in range(len(rows) - 1)):
-            rows.sort(key=lambda r: r[_VER])
+        if not ascending_versions(rows):
+            rows.sort(key=_version_of)
         return rows
+
+    def _checked_rows(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
+                      first_version: int, last_version: int) -> list[tuple[Any, ...]]:
+        """:meth:`_checked` as row tuples: each column converted once, the checks run on those lists
+        (C-level count/min/max), then zipped."""
+        self.bytes_verified += run.verify_rows(a, b)  # CRC and validate(full=True) of the blocks holding them
+        cols = run.column_lists(a, b)
+        n = b - a
+        types, ids = cols[_TYPE], cols[_ID]
+        if types.count(aggregate_type) != n or ids.count(aggregate_id) != n:
+            # Another aggregate with the same hash, or damage to type/id: recompute to tell which.
+            hashes = run.hashes[a:b].tolist()
+            mine = [t == aggregate_type and i == aggregate_id for t, i in zip(types, ids)]
+            for k, ok in enumerate(mine):
+                if not ok and run_format.stream_hash(types[k], ids[k]) != hashes[k]:
+                    raise RunInvalid(f"{run.path.name}: a row's aggregate does not match its stream_hash (damaged)")
+            cols = [list(compress(c, mine)) for c in cols]
+        pos, ver = cols[_POS], cols[_VER]
+        if pos and not (run.meta.first <= min(pos) and max(pos) <= run.meta.last
+                        and first_version <= min(ver) and max(ver) <= last_version):
+            raise RunInvalid(f"{run.path.name}: rows outside the run's positions or the versions asked for")
+        return list(zip(*cols))
 
     def _batches(self, aggregate_type: str, aggregate_id: str, first_version: int,
                  last_version: int | None) -> list[pa.RecordBatch]:
@@ -315,27 +365,26 @@ class IndexView:
         h = np.uint64(run_format.stream_hash(aggregate_type, aggregate_id))
         hi_version = INT64_MAX if last_version is None else last_version
         for run in self.runs:
-            self.bytes_touched += 16 * max(1, len(run.hashes)).bit_length()  # two binary searches' probes
             hashes = run.hashes
+            self._probes += 16 * max(1, len(hashes)).bit_length()  # two binary searches' probes
             lo = int(hashes.searchsorted(h, side="left"))
             if lo == len(hashes) or hashes[lo] != h:
                 continue
             hi = int(hashes.searchsorted(h, side="right"))
-            vs = run.versions[lo:hi]  # sorted within one hash (collisions share the order)
-            a = lo + int(vs.searchsorted(first_version, side="left"))
-            b = lo + int(vs.searchsorted(hi_version, side="right"))
+            vs = run.versions  # sorted within one hash (collisions share the order): search only a bound that cuts
+            a = lo if int(vs[lo]) >= first_version else lo + int(vs[lo:hi].searchsorted(first_version, side="left"))
+            b = hi if int(vs[hi - 1]) <= hi_version else lo + int(vs[lo:hi].searchsorted(hi_version, side="right"))
             if a >= b:
                 continue
-            self.bytes_touched += run.slice_bytes(a, b)
+            self._slices_taken.append((run, a, b))
             yield run, a, b, hi_version
 
     def _checked(self, run: OpenRun, a: int, b: int, aggregate_type: str, aggregate_id: str,
                  first_version: int, last_version: int) -> pa.RecordBatch:
         """Rows a..b-1 of the run that are the aggregate's; RunInvalid if a row is not what the
         run's order says (damage the key CRC does not cover) or a block holding them fails its CRC."""
-        self.bytes_verified += run.verify_rows(a, b)  # payloads and every other column, before any row is used
+        self.bytes_verified += run.verify_rows(a, b)  # CRC, then validate(full=True): offsets in bounds, UTF-8 valid
         part = run.rows.slice(a, b - a)
-        part.validate(full=True)  # offsets in bounds, UTF-8 valid: damage raises here, never reads past the map
         types = part.column(2).to_pylist()
         ids = part.column(3).to_pylist()
         mine = [t == aggregate_type and i == aggregate_id for t, i in zip(types, ids)]
@@ -391,10 +440,11 @@ class StreamIndex:
         """The valid tiling for this generation's ``segments`` now (FileNotFoundError: a file moved
         under it; the caller's read_consistently reads again)."""
         current = {s.path.name: s for s in segments}
+        store_id = self.store_id
         valid = []
         for entry in load_runs(self.dir).values():
             if isinstance(entry, str):
                 continue
-            if why_invalid(entry, self.store_id, self.partition, current) is None:
+            if why_invalid(entry, store_id, self.partition, current) is None:
                 valid.append(entry)
         return IndexView(tile(valid, lost, self.partition), segments, self.partition)

@@ -199,6 +199,7 @@ class OpenRun:
     _block_crc: BlockCrc = field(init=False)
     _expected: np.ndarray = field(init=False)  # each block's CRC-32 as written
     _verified: np.ndarray = field(init=False)  # blocks whose CRC passed in this process (one byte a block)
+    _py_columns: list[tuple[pa.Array, np.ndarray | None]] = field(init=False)  # how row_tuples reads each column
 
     def __post_init__(self) -> None:
         b = self.batch
@@ -207,6 +208,12 @@ class OpenRun:
         self._verified = np.zeros(len(self._expected), dtype=bool)
         self.rows = pa.RecordBatch.from_arrays(b.columns[1:], schema=ARROW_SCHEMA)
         self.positions = b.column("position").to_numpy(zero_copy_only=True)
+        self._py_columns = []
+        for f, col in zip(ARROW_SCHEMA, self.rows.columns):
+            if f.name == "recorded_at":
+                col = col.view(pa.int64())  # epoch microseconds, as rows carry it (table_to_rows)
+            fixed = not pa.types.is_string(col.type) and col.buffers()[0] is None  # no nulls possible: numpy
+            self._py_columns.append((col, col.to_numpy(zero_copy_only=True) if fixed else None))
         self._string_offsets, self._fixed_row_bytes = [], 0
         for f, col in zip(b.schema, b.columns):
             if pa.types.is_string(f.type):
@@ -221,10 +228,21 @@ class OpenRun:
         """Bytes of the run's rows a..b-1 (what reading them touches in the map)."""
         return (b - a) * self._fixed_row_bytes + sum(int(o[b] - o[a]) for o in self._string_offsets)
 
+    def column_lists(self, a: int, b: int) -> list[list[Any]]:
+        """Rows a..b-1 as one list per column in ``COLUMNS`` order, recorded_at in epoch
+        microseconds (zipped, what ``table_to_rows`` of the slice gives), converted from arrays
+        prepared at open (numpy for columns that cannot hold nulls). Call :meth:`verify_rows`
+        first: it checks the bytes."""
+        n = b - a
+        return [arr.slice(a, n).to_pylist() if values is None else values[a:b].tolist()
+                for arr, values in self._py_columns]
+
     def verify_rows(self, a: int, b: int) -> int:
-        """Check the CRC of every block holding rows a..b-1 not yet checked in this process (the
-        bitmap lives as long as this map: bounded by the run's size / BLOCK_ROWS). RunInvalid
-        names the first damaged block; returns the bytes read to check (0 when all were cached)."""
+        """Check every block holding rows a..b-1 not yet checked in this process (the bitmap lives
+        as long as this map: bounded by the run's size / BLOCK_ROWS): its CRC-32, then
+        ``validate(full=True)`` of its rows (offsets in bounds, UTF-8 valid), so a lookup's rows,
+        inside checked blocks, are never read past the map. RunInvalid (or pyarrow's error) names
+        the first damaged block; returns the bytes read to check (0 when all were cached)."""
         size = self.meta.block_rows
         touched = 0
         for k in range(a // size, (b - 1) // size + 1):
@@ -233,6 +251,7 @@ class OpenRun:
             lo, hi = k * size, min((k + 1) * size, self.meta.rows)
             if self._block_crc.crc(lo, hi) != int(self._expected[k]):
                 raise RunInvalid(f"{self.path.name}: rows {lo}..{hi - 1} fail their block CRC-32 (damaged)")
+            self.rows.slice(lo, hi - lo).validate(full=True)
             self._verified[k] = True
             touched += self.slice_bytes(lo, hi)
         return touched
