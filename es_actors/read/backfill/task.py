@@ -32,15 +32,19 @@ log = logging.getLogger(__name__)
 Report = Callable[[str, int, int], None]
 #: A task that makes no progress for this long while positions remain has lost them.
 NO_PROGRESS_S = 120.0
-#: The most positions a task applies in one batch. DuckDB 2.0's upsert (``INSERT ... SELECT ...
-#: GROUP BY ... ON CONFLICT DO UPDATE``) falls off a cliff when the grouped source reads more
-#: than ~650k rows and the keys exist already: a 1M-event batch of Balances then costs 0.6 s
-#: instead of 0.08 s (threads=1, 25k accounts; measured in ADR-016). Batches of 500k stay below it
-#: and add ~5 ms each (a transaction and a checkpoint row).
+#: The most positions a task applies in one batch. DuckDB 2.0 plans a grouped upsert (``INSERT ...
+#: SELECT ... GROUP BY ... ON CONFLICT DO UPDATE``) as MERGE INTO, a hash join of the grouped batch
+#: with the table. It estimates the grouped batch at ~0.04 x the batch's rows; while that is below
+#: the table's rows it probes by scanning the table and the updates come in row order; above, they
+#: come in hash order, and DuckDB's update of rows out of order is slow (duckdb/duckdb#11275): a 1M
+#: batch of Balances (25k accounts) then costs 0.6 s instead of 0.12 s. Batches of 500k stay below
+#: it for tables of more than ~20k rows (ADR-016) and add ~7 ms each (a transaction, a checkpoint row).
 TASK_BATCH = 500_000
 #: The most positions of a task's first batch when it starts from nothing: its tables are empty,
-#: so the upsert only inserts (no existing key, no cliff) and one batch of 1M costs less than two
-#: of 500k (ADR-016). At most ``checkpoint_events``: a killed task still redoes at most one interval.
+#: so the upsert only inserts (no existing key, no cliff at any size), and one batch of 1M saves a
+#: batch's fixed cost (~7 ms of transaction, checkpoint row and planning; ADR-016). At most
+#: ``checkpoint_events`` (a killed task still redoes at most one interval) and the projection's own
+#: ``batch_size``.
 FIRST_BATCH = 1_000_000
 
 
