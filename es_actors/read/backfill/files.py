@@ -31,6 +31,9 @@ from es_actors.read.backfill.plan import BackfillPlan
 from es_actors.storage.files import fsync_dir, replace_durably
 
 DEAD_LETTERS = "_dead_letters"
+#: How a checkpoint's tables are written. No dictionary: a part's keys are mostly distinct, so the
+#: dictionary is built and then dropped (half the CPU of a checkpoint; the files come out no larger).
+PART_PARQUET = {"use_dictionary": False}
 
 
 class TaskCheckpoint(BaseModel):
@@ -208,7 +211,7 @@ class BackfillDir:
         tmp.mkdir()
         for name, table in [*tables.items(), (DEAD_LETTERS, dead_letters)]:
             path = tmp / f"{name}.parquet"
-            pq.write_table(table, path)
+            pq.write_table(table, path, **PART_PARQUET)
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(tmp)

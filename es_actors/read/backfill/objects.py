@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from es_actors.errors import EsActorsError, invalid_file
-from es_actors.read.backfill.files import DEAD_LETTERS, BackfillBusy, TaskCheckpoint
+from es_actors.read.backfill.files import DEAD_LETTERS, PART_PARQUET, BackfillBusy, TaskCheckpoint
 from es_actors.read.backfill.lease import Lease, LeaseHeld
 from es_actors.read.backfill.plan import BackfillPlan
 from es_actors.storage.api import BlobStore, ObjectIncomplete
@@ -207,7 +207,7 @@ class BackfillObjects:
         stored = StoredCheckpoint(**ck.model_dump(), parts=f"{ck.seq:010d}-{uuid.uuid4().hex[:12]}")
         for name, table in [*tables.items(), (DEAD_LETTERS, dead_letters)]:
             sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
+            pq.write_table(table, sink, **PART_PARQUET)
             self.blobs.put_if_absent(self._table_key(stored, name), sink.getvalue().to_pybytes())
         listed = self._checkpoint_keys(ck.task)  # a torn one (a crash mid-put) keeps its number: the next is free
         number = max(ck.seq, int(_CK.match(listed[0].rsplit("/", 1)[-1]).group(1)) + 1 if listed else 0)  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ from es_actors.errors import EsActorsError
 from es_actors.read.backfill.files import DEAD_LETTERS, TaskCheckpoint
 from es_actors.read.backfill.plan import TaskSpec
 from es_actors.read.backfill.work import BackfillWork
+from es_actors.read.progress import PartitionProgress
 from es_actors.read.projection import Projection
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.readmodel.checkpoints import set_checkpoint
@@ -31,12 +32,20 @@ log = logging.getLogger(__name__)
 Report = Callable[[str, int, int], None]
 #: A task that makes no progress for this long while positions remain has lost them.
 NO_PROGRESS_S = 120.0
-#: The most positions a task applies in one batch. DuckDB 2.0's upsert (``INSERT ... SELECT ...
-#: GROUP BY ... ON CONFLICT DO UPDATE``) falls off a cliff when the grouped source reads more
-#: than ~650k rows and the keys exist already: a 1M-event batch of Balances then costs 0.6 s
-#: instead of 0.08 s (threads=1, 25k accounts; measured in ADR-016). Batches of 500k stay below it
-#: and add ~5 ms each (a transaction and a checkpoint row).
+#: The most positions a task applies in one batch. DuckDB 2.0 plans a grouped upsert (``INSERT ...
+#: SELECT ... GROUP BY ... ON CONFLICT DO UPDATE``) as MERGE INTO, a hash join of the grouped batch
+#: with the table. It estimates the grouped batch at ~0.04 x the batch's rows; while that is below
+#: the table's rows it probes by scanning the table and the updates come in row order; above, they
+#: come in hash order, and DuckDB's update of rows out of order is slow (duckdb/duckdb#11275): a 1M
+#: batch of Balances (25k accounts) then costs 0.6 s instead of 0.12 s. Batches of 500k stay below
+#: it for tables of more than ~20k rows (ADR-016) and add ~7 ms each (a transaction, a checkpoint row).
 TASK_BATCH = 500_000
+#: The most positions of a task's first batch when it starts from nothing: its tables are empty,
+#: so the upsert only inserts (no existing key, no cliff at any size), and one batch of 1M saves a
+#: batch's fixed cost (~7 ms of transaction, checkpoint row and planning; ADR-016). At most
+#: ``checkpoint_events`` (a killed task still redoes at most one interval) and the projection's own
+#: ``batch_size``.
+FIRST_BATCH = 1_000_000
 
 
 class BackfillTaskFailed(EsActorsError):
@@ -89,14 +98,17 @@ def run_task(
     if previous is not None and previous.final:
         return TaskResult(spec.id, spec.events, previous.applied, previous.parked, 0.0, spec.events, 0)
     layout = StoreLayout.from_uri(store)
+    first_batch = min(p.batch_size, FIRST_BATCH, checkpoint_events)  # never above the projection's own batch size
     p = _task_batches(p)
     rm = ReadModel(work.local_root, registry, [p], database=":memory:", threads=threads)
     try:
         applied0 = seq = 0
+        fresh = True  # its tables hold nothing of the share yet
         if previous is not None:
             try:
                 _restore(rm, p, work, previous)
                 applied0, seq = previous.applied, previous.seq
+                fresh = False
             except duckdb.Error as exc:  # a part that does not read (torn, damaged): the share is redone
                 log.warning("backfill task %s: checkpoint %s does not load (%s: %s): replaying the share from its start",
                             spec.id, previous.seq, type(exc).__name__, exc)
@@ -105,6 +117,8 @@ def run_task(
                 seq = previous.seq
         runner = ProjectionRunner(layout, partitions, registry, [p], StoreConfig(), read_model=rm, bounds=spec.bounds)
         st = runner.states[p.name]
+        if fresh and st.partitions:
+            _larger_first_batch(st.partitions[min(st.partitions)], first_batch)
 
         def done() -> int:
             return sum(max(0, min(prog.checkpoint, spec.bounds[i][1]) - spec.bounds[i][0]) for i, prog in st.partitions.items())
@@ -151,6 +165,29 @@ def _task_batches(p: type[Projection]) -> type[Projection]:
     if p.batch_size <= TASK_BATCH:
         return p
     return type(p.__name__, (p,), {"batch_size": TASK_BATCH, "__module__": p.__module__, "__doc__": p.__doc__})
+
+
+class _FirstBatch:
+    """A follower whose first poll may take up to ``rows`` positions (then it is the one it wraps)."""
+
+    def __init__(self, follower: Any, rows: int) -> None:
+        self._follower, self._rows = follower, rows
+        self._first = True
+
+    def poll(self, max_rows: int = 1_000_000) -> Any:
+        if self._first:
+            self._first = False
+            max_rows = max(max_rows, self._rows)
+        return self._follower.poll(max_rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._follower, name)
+
+
+def _larger_first_batch(prog: PartitionProgress, rows: int) -> None:
+    """The task's first batch (into its empty tables) may be larger than :data:`TASK_BATCH`."""
+    if rows > TASK_BATCH:
+        prog.follower = _FirstBatch(prog.follower, rows)
 
 
 def _checkpoint(

@@ -11,6 +11,7 @@ the error's text), and redoes the batch on the full path, which upcasts older ro
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import duckdb
@@ -23,6 +24,7 @@ from es_actors.read.readmodel.database import fetch_arrow, sql_list, sql_str
 from es_actors.read.readmodel.kinds import ProjectionHandler, register_kind
 from es_actors.read.readmodel.upcast import relevant_rows, relevant_stored_types, upcast_table
 from es_actors.storage.local.follower import Batch
+from es_actors.storage.local.segments import parse_segment_name
 
 #: The text of the in-scan guard's error; never matched: the batch's versions decide.
 _GUARD_MESSAGE = "es_actors: rows at older versions need upcasting"
@@ -108,6 +110,20 @@ def _statements(p: type[Projection]) -> list[str]:
 
 
 def _scan(batch: Batch) -> str:
-    """The batch's sealed rows, as the FROM ... WHERE of a query (add conditions with AND)."""
+    """The batch's sealed rows, as the FROM ... WHERE of a query (add conditions with AND).
+
+    A batch that covers each of its files whole (a backfill task's batches, cut at segment ends,
+    and most catch-up batches) needs no position filter: its condition is the partition, which
+    every row of those files has (DuckDB skips it by the files' statistics). Reading and testing
+    the position column cost ~10 % of a grouped apply (measured, ADR-016). Both conditions leave
+    DuckDB the same cardinality estimate, which decides the upsert's join sides (ADR-016)."""
     files = "[" + ", ".join(sql_str(f) for f in batch.files) + "]"
+    if batch.files and all(_within(f, batch.first, batch.last) for f in batch.files):
+        return f"read_parquet({files}) WHERE partition = {int(batch.partition)}"
     return f"read_parquet({files}) WHERE position BETWEEN {batch.first} AND {batch.last}"
+
+
+def _within(path: str, first: int, last: int) -> bool:
+    """Whether the sealed segment at ``path`` holds only positions first..last (by its name)."""
+    seg = parse_segment_name(Path(path))
+    return seg is not None and first <= seg.first and seg.last <= last
