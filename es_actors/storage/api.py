@@ -228,11 +228,6 @@ class HeadWatch(Protocol):
         """The newest durable position seen (0: none)."""
         ...
 
-    @property
-    def head_recorded_at_us(self) -> int | None:
-        """When that event was recorded (epoch µs), when known."""
-        ...
-
     def refresh(self) -> int:
         """Look again; the head."""
         ...

@@ -112,10 +112,6 @@ class LocalHeadWatch:
     def head(self) -> int:
         return self.follower.head
 
-    @property
-    def head_recorded_at_us(self) -> int | None:
-        return self.follower.head_recorded_at_us
-
     def refresh(self) -> int:
         while self.follower.poll(10_000_000) is not None:
             pass

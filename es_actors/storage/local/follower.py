@@ -91,7 +91,6 @@ class LogFollower:
         self.partition = partition
         self.after = after  # the last position returned (the caller's checkpoint)
         self.head = after  # the newest durable position seen
-        self.head_recorded_at_us: int | None = None
         self._tails: dict[Path, _FollowedFile] = {}
 
     def seek(self, after: int) -> None:
@@ -157,7 +156,6 @@ class LogFollower:
             return None
         last = rows[-1][COL["position"]]
         self.head = max(self.head, last)
-        self.head_recorded_at_us = rows[-1][COL["recorded_at"]]
         batch = Batch(self.partition, self.after + 1, last, table=rows_to_table(rows))
         self.after = last
         return batch

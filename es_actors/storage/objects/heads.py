@@ -17,11 +17,10 @@ class ObjectHeadWatch:
     def __init__(self, watch: PartitionWatch) -> None:
         self.watch, self.partition = watch, watch.partition
         self.head = 0
-        self.head_recorded_at_us: int | None = None
 
     @storage_boundary("looking at a partition's head")
     def refresh(self) -> int:
         view = self.watch.view()
         if view.head > self.head:
-            self.head, self.head_recorded_at_us = view.head, view.head_recorded_at_us
+            self.head = view.head
         return self.head

@@ -195,13 +195,11 @@ class ObjectFollower:
 
     ``watch`` may be shared with other followers of the partition (:meth:`ObjectBackend.follower`
     does so): then they share one look within its interval and one cache. ``head`` is the newest
-    durable position seen, ``head_recorded_at_us`` that row's recorded_at (µs) when known
-    without reading a segment, else None."""
+    durable position seen."""
 
     def __init__(self, blobs: BlobStore, partition: int, after: int = 0, watch: PartitionWatch | None = None) -> None:
         self.blobs, self.partition, self.after = blobs, partition, after
         self.head = after
-        self.head_recorded_at_us: int | None = None
         self._watch = watch if watch is not None else PartitionWatch(blobs, partition)
         self._since = time.monotonic()  # never answer from a look taken before this follower existed
         self._pinned: tuple[str, pa.Table] | None = None  # the segment this follower is in
@@ -215,7 +213,7 @@ class ObjectFollower:
         shows nothing newer. Reads no segment: the batch does, when its table is asked for."""
         view = self._watch.view(not_before=self._since)
         if view.head >= self.head:
-            self.head, self.head_recorded_at_us = view.head, view.head_recorded_at_us
+            self.head = view.head
         if view.head <= self.after:
             return None
         first = self.after + 1

@@ -17,9 +17,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pyarrow as pa
-
-from es_actors.codecs.rows import COL
 from es_actors.storage.api import BlobStore
 from es_actors.storage.consistent import read_consistently
 from es_actors.storage.objects.records import Commit, Manifest
@@ -34,7 +31,6 @@ class View:
     manifest: Manifest
     commits: tuple[Commit, ...]
     taken_at: float  # time.monotonic() when the look began: it shows at least what was durable then
-    head_recorded_at_us: int | None = None  # recorded_at of row ``head``, when known without a read
 
     @property
     def head(self) -> int:
@@ -74,22 +70,8 @@ class PartitionWatch:
             new = read_consistently(lambda: take_view(self.blobs, self.partition, self.cache),
                                     f"reading partition {self.partition}")
             self.looks += 1
-            new = View(new.manifest, new.commits, new.taken_at, self._head_recorded_at(new, current))
             self._view = new
             return new
-
-    def _head_recorded_at(self, new: View, old: View | None) -> int | None:
-        """recorded_at of the head row if it costs no read: from its tail commit, the previous view
-        (a seal moves the head row, it does not change it) or a cached segment; else None."""
-        if new.commits:
-            return int(new.commits[-1].rows[-1][COL["recorded_at"]])
-        if old is not None and old.head == new.head and old.head_recorded_at_us is not None:
-            return old.head_recorded_at_us
-        if new.manifest.segments:
-            table = self.cache.segments.get(new.manifest.segments[-1].key)
-            if table is not None and table.num_rows:
-                return int(table.column("recorded_at").slice(table.num_rows - 1).cast(pa.int64())[0].as_py())
-        return None
 
 
 __all__ = ["PartitionWatch", "View", "take_view"]

@@ -3,7 +3,7 @@
 ``<store>/index/pNNNN/run-*.arrow``: immutable runs (Arrow IPC, memory-mapped) holding every row of
 a position range sorted by (stream_hash, version), so one aggregate's events are a binary search
 and a slice away. Derived data beside the log: readers use only runs they can check
-(:mod:`.reading`), the partition's owner writes, reconciles and merges them (:mod:`.writing`),
+(:mod:`.reading`, :mod:`.validity`), the partition's owner writes, reconciles and merges them (:mod:`.writing`),
 the file format is in :mod:`.runs`.
 """
 

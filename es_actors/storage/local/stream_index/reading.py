@@ -3,11 +3,11 @@
 Validity is checked, never assumed (ADR-015): a run is used only if it opens, its metadata has
 this format, this store's id and this partition, its key columns pass their CRC (once per
 process per file identity), and every source segment it names is in the current generation
-with that name and size. The runs used tile positions 1..covered with no gap or overlap (a gap
-only where a repair recorded a loss). Every row a lookup returns is checked against the
-aggregate, the versions asked for and the run's positions, and the blocks of rows it returns pass
-their CRC-32 (once per process per block); a run that fails a check at lookup
-is dropped and its positions are read from the segments instead.
+with that name and size (:mod:`.validity`, which the owner asks too). The runs used tile
+positions 1..covered with no gap or overlap (a gap only where a repair recorded a loss). Every
+row a lookup returns is checked against the aggregate, the versions asked for and the run's
+positions, and the blocks of rows it returns pass their CRC-32 (once per process per block); a
+run that fails a check at lookup is dropped and its positions are read from the segments instead.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from es_actors.storage.local.range_reads import aggregate_in_segments
 from es_actors.storage.local.segments import Segment
 from es_actors.storage.local.stream_index import row_cache, runs as run_format
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
+from es_actors.storage.local.stream_index.validity import tile, why_invalid
 
 log = logging.getLogger(__name__)
 _VER, _POS, _TYPE, _ID = COL["version"], COL["position"], COL["aggregate_type"], COL["aggregate_id"]
@@ -123,30 +124,6 @@ def index_dir(layout: StoreLayout, partition: int) -> Path:
     return layout.root / "index" / f"p{partition:04d}"
 
 
-STAMP_TTL_S = 1.0  # how long this process trusts a segment's stamp before it looks again
-_stamps: dict[str, tuple[float, tuple[int, int]]] = {}
-
-
-def segment_stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a segment: a run is bound to the segment as it indexed it. Segments are
-    immutable (compaction hard-links them: same inode, same stamp), so a different stamp means the
-    file was changed in place (damage) or replaced, and the run is not used for it: the reader then
-    reads the segment itself, whose CRC check refuses damage. A process looks again after
-    :data:`STAMP_TTL_S` (a stat per segment per read would make reads grow with the log); a new
-    process always looks."""
-    key = str(path)
-    now = time.monotonic()
-    hit = _stamps.get(key)
-    if hit is not None and now - hit[0] < STAMP_TTL_S:
-        return hit[1]
-    st = os.stat(key)
-    stamp = (st.st_size, st.st_mtime_ns)
-    if len(_stamps) > 200_000:
-        _stamps.clear()
-    _stamps[key] = (now, stamp)
-    return stamp
-
-
 _RACY_NS = 200_000_000  # a directory changed within this long of a listing may change again in the same tick
 _listings: dict[str, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
 
@@ -221,48 +198,6 @@ def invalidate(run: OpenRun, why: str) -> None:
                 _mapped_bytes -= run.size
             d.entries[run.path.name] = (run.ident, why)
             d._runs = None
-
-
-def why_invalid(run: OpenRun, store_id: str, partition: int, current: dict[str, Segment]) -> str | None:
-    """Why a run opened fine but does not belong to this store, partition and generation (None: valid)."""
-    m = run.meta
-    if m.store_id != store_id:
-        return f"{run.path.name}: written for store {m.store_id}, this is {store_id} (foreign)"
-    if m.partition != partition:
-        return f"{run.path.name}: written for partition {m.partition}, this is {partition} (foreign)"
-    expected = m.first
-    for name, size, mtime_ns in m.sources:
-        seg = current.get(name)
-        if seg is None:
-            return f"{run.path.name}: source segment {name} is not in the current generation (stale)"
-        try:
-            actual = segment_stamp(seg.path)
-        except FileNotFoundError:
-            return f"{run.path.name}: source segment {name} vanished (stale)"
-        if actual != (size, mtime_ns):
-            return (f"{run.path.name}: source segment {name} is {actual[0]} bytes modified at {actual[1]} ns, the run "
-                    f"indexed {size} bytes modified at {mtime_ns} ns (changed since: stale)")
-        if seg.first != expected:
-            return f"{run.path.name}: source segments do not tile {m.first}..{m.last}"
-        expected = seg.last + 1
-    if expected != m.last + 1:
-        return f"{run.path.name}: source segments do not tile {m.first}..{m.last}"
-    return None
-
-
-def tile(valid: list[OpenRun], lost: LostRanges, partition: int) -> list[OpenRun]:
-    """Runs tiling positions 1..n in order: the widest at each start, gaps only across lost ranges."""
-    chosen: list[OpenRun] = []
-    expected = 1
-    for run in sorted(valid, key=lambda r: (r.meta.first, -r.meta.last)):
-        first = run.meta.first
-        if first < expected:
-            continue  # overlaps a wider run already chosen (e.g. a merge's sources, not yet deleted)
-        if first != expected and not lost.covers(partition, expected, first - 1):
-            break
-        chosen.append(run)
-        expected = run.meta.last + 1
-    return chosen
 
 
 class IndexView:

@@ -21,8 +21,9 @@ from es_actors.errors import EsActorsError
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import Segment, list_segments, resolve_current, verify_segment
-from es_actors.storage.local.stream_index.reading import index_dir, load_runs, segment_stamp, why_invalid
+from es_actors.storage.local.stream_index.reading import index_dir, load_runs
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, check_file_crc, sorted_run_table, write_run
+from es_actors.storage.local.stream_index.validity import segment_stamp, why_invalid
 
 log = logging.getLogger(__name__)
 
