@@ -249,6 +249,7 @@ class DirectLink:
         self._slow: list[tuple[list[Pending], float]] = []  # batches for the link's thread to send
         self._inflight: tuple[list[Pending], float, float] | None = None  # (batch, first_sent, t0)
         self._closed = False
+        self._ended = False  # the link's thread has left (closed): a batch sent now would wait forever
         self._conn: LinkConnection | None = None
         self.transport: str | None = None  # "local" (loopback, clear) or "tls" (from another node) once connected
         self._refused, self._refused_logged = 0, 0.0
@@ -261,11 +262,17 @@ class DirectLink:
         connection yet, or TLS, whose socket one thread at a time uses) the link's thread sends it."""
         with self._cv:
             conn = self._conn
-            if not isinstance(conn, Connection) or self._inflight is not None:
+            if self._ended:  # e.g. a resend timed to fire after close(): no thread would send it
+                conn = None
+            elif not isinstance(conn, Connection) or self._inflight is not None:
                 self._slow.append((batch, first_sent))
                 self._cv.notify_all()
                 return
-            self._inflight = (batch, first_sent, time.perf_counter())
+            else:
+                self._inflight = (batch, first_sent, time.perf_counter())
+        if conn is None:  # fail it (the closed channel answers CommandTimeout), never leave it waiting
+            self._deliver_error((batch, first_sent, time.perf_counter()), ConnectionError("the direct link was closed"))
+            return
         self._write(conn, batch, first_sent)
 
     def _write(self, conn: LinkConnection, batch: list[Pending], first_sent: float) -> None:
@@ -338,6 +345,7 @@ class DirectLink:
                 if self._slow and self._inflight is None:
                     batch, first_sent = self._slow.pop(0)
                 elif self._closed and self._inflight is None:
+                    self._ended = True
                     break
                 else:
                     batch = []
