@@ -19,10 +19,11 @@ from typing import Any
 import psutil
 import ray
 
-from es_actors import CommandTimeout, ConcurrencyError, EsActorsError, Submission
+from es_actors import Audit, CommandTimeout, ConcurrencyError, EsActorsError, Submission
 from es_actors.codecs.rows import COL
 from es_actors.examples.bank import BankAccount, Deposit, OpenAccount
 from es_actors.storage.local.reader import read_partition_rows
+from es_actors.write.direct_link import shutdown_link
 
 POS, AID, VER, CID = (COL[c] for c in ("position", "aggregate_id", "version", "command_id"))
 
@@ -37,6 +38,29 @@ def _wait_dead(pid: int, timeout: float = 30.0) -> None:
             return
         assert time.monotonic() < deadline, f"process {pid} did not exit"
         time.sleep(0.02)
+
+
+SLOW_PICKLE_S = 0.8
+
+
+class SlowText(str):
+    """Text that takes SLOW_PICKLE_S to pickle (and arrives as plain text): it holds the thread
+    that sends its batch between marking the batch in flight and writing it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        time.sleep(SLOW_PICKLE_S)
+        return (str, (str(self),))
+
+
+def _live_pid(actor: Any, timeout: float = 60.0) -> int:
+    """The actor's process id once it serves (waits out a restart in progress)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(ray.get(actor.stats.remote(), timeout=timeout)["pid"])
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+            assert time.monotonic() < deadline, "the actor did not come back"
+            time.sleep(0.05)
 
 
 def test_a_resend_due_after_close_fails_instead_of_hanging(store_factory):
@@ -60,6 +84,33 @@ def test_a_resend_due_after_close_fails_instead_of_hanging(store_factory):
     for fut in futures:
         exc = fut.exception(timeout=5)  # concurrent.futures.TimeoutError: the batch was lost
         assert isinstance(exc, CommandTimeout), exc
+
+
+def test_a_sender_whose_batch_was_failed_and_resent_does_not_send_it_again(store_factory):
+    """A submitter marks its batch in flight and is slow to write it (here: pickling; in life:
+    a big batch, or a thread descheduled on busy cores). Meanwhile the connection breaks: the
+    receiver fails the batch, and the channel resends the same batch over a new connection.
+    The first submitter, when it gets to write, must see that the in-flight batch is now the
+    resend, not its own attempt; else it queues the batch once more, the batch goes twice, and
+    every later reply goes to the batch after the one it answers (another command's result)."""
+    store = store_factory("stale", partitions=1)
+    acct = store.aggregate(BankAccount, "s1")
+    acct.submit(OpenAccount(owner="s"), command_id="open-s1", timeout=30)  # connected: the fast path
+    channel = store._channels[0]
+    link = channel._link
+    item = store._command_item("BankAccount", "s1", Deposit(amount=5), None, "slow-1", Audit())
+    item.reason = SlowText("slow to pickle")
+    slow: list[Any] = []
+    sender = threading.Thread(target=lambda: slow.append(channel.submit([item])[0]))
+    sender.start()
+    time.sleep(0.15)  # the sender is pickling: its batch is in flight, not yet written
+    shutdown_link(link._conn)  # the connection breaks (as after a failed write): resend in 0.2 s
+    (nxt,) = store.submit_many_async([Submission(BankAccount, "s1", Deposit(amount=7), command_id="next-1")])
+    sender.join(timeout=10)
+    first, second = slow[0].result(timeout=10), nxt.result(timeout=10)
+    assert (first.command_id, first.version, first.duplicate) == ("slow-1", 2, False)
+    assert (second.command_id, second.version, second.duplicate) == ("next-1", 3, False)
+    assert [e.version for e in acct.history()] == [1, 2, 3]
 
 
 def test_an_unpicklable_item_fails_alone_and_the_link_keeps_serving(store_factory):
@@ -144,9 +195,8 @@ def test_sigkill_twice_while_8_threads_and_async_futures_share_one_partition(sto
                 time.sleep(0.002)
             if errors:
                 return
-            pid = ray.get(store._actors[0].stats.remote(), timeout=60)["pid"]  # waits out a restart
-            os.kill(pid, signal.SIGKILL)
-            kills.append(pid)
+            os.kill(_live_pid(store._actors[0]), signal.SIGKILL)
+            kills.append(progress[0])
 
     started = time.monotonic()
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
@@ -181,3 +231,58 @@ def test_sigkill_twice_while_8_threads_and_async_futures_share_one_partition(sto
         assert by_cid[cid][VER] == version, (cid, version)
     for t, aid in enumerate(accounts):
         assert len(versions[aid]) == per_thread + 1  # exactly the acknowledged commands, each once
+
+
+def test_close_with_a_short_drain_while_8_threads_send(store_factory):
+    """Store.close whose drain ends with a batch in flight on the fast path: the link is shut down
+    under the receiving thread (never closed under a writer). close returns at once; every
+    submitter ends with its result or an es_actors error; what was acknowledged is in the log
+    once; nothing is applied twice."""
+    store = store_factory("closing", partitions=2, submit_timeout_s=0.02)
+    lock = threading.Lock()
+    acked: dict[str, int] = {}
+    odd: list[str] = []
+    submitted = [0]
+
+    def worker(t: int) -> None:
+        acct = store.aggregate(BankAccount, f"c-{t}")
+        for i in range(10_000):
+            cid = f"c{t}-{i}"
+            try:
+                res = acct.submit(Deposit(amount=1), command_id=cid, timeout=30)
+            except EsActorsError:
+                if store._closed:
+                    return
+                continue
+            except BaseException as exc:  # noqa: BLE001 - not an es_actors error: a defect
+                with lock:
+                    odd.append(f"{cid}: {type(exc).__name__}: {exc}")
+                return
+            with lock:
+                acked[cid] = res.version
+                submitted[0] += 1
+
+    for t in range(8):
+        store.aggregate(BankAccount, f"c-{t}").submit(OpenAccount(owner="c"), command_id=f"open-c{t}", timeout=30)
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + 20
+    while submitted[0] < 200 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    store.close()
+    assert time.monotonic() - t0 < 10, "close hung"
+    for th in threads:
+        th.join(timeout=max(0.0, 20 - (time.monotonic() - t0)))
+    assert not any(th.is_alive() for th in threads), "a submitter hung after close"
+    assert not odd, odd[:5]
+    by_cid: dict[str, tuple[Any, ...]] = {}
+    for p in range(2):
+        rows = read_partition_rows(store.layout, p)
+        assert [r[POS] for r in rows] == list(range(1, len(rows) + 1))
+        for r in rows:
+            assert r[CID] not in by_cid, f"command {r[CID]} applied twice"
+            by_cid[r[CID]] = r
+    for cid, version in acked.items():
+        assert by_cid[cid][VER] == version, cid

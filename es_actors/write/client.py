@@ -269,27 +269,34 @@ class DirectLink:
                 self._cv.notify_all()
                 return
             else:
-                self._inflight = (batch, first_sent, time.perf_counter())
+                self._inflight = entry = (batch, first_sent, time.perf_counter())
         if conn is None:  # fail it (the closed channel answers CommandTimeout), never leave it waiting
             self._deliver_error((batch, first_sent, time.perf_counter()), ConnectionError("the direct link was closed"))
             return
-        self._write(conn, batch, first_sent)
+        self._write(conn, entry)
 
-    def _write(self, conn: LinkConnection, batch: list[Pending], first_sent: float) -> None:
-        """Send the in-flight ``batch``; a failure is the receiver's to deliver (it sees the
-        connection fail), but for a batch that cannot be pickled, failed here."""
+    def _write(self, conn: LinkConnection, entry: tuple[list[Pending], float, float]) -> None:
+        """Send the in-flight ``entry``'s batch; a failure is the receiver's to deliver (it sees the
+        connection fail), but for a batch that cannot be pickled, failed here.
+
+        ``entry`` is this attempt (compared by identity): if the receiver failed it meanwhile, the
+        channel may already be resending the same batch (the same list) in a new entry, which is
+        not this thread's to requeue or fail."""
+        batch, first_sent, _t0 = entry
         try:
             data = pickle.dumps(batch_to_wire([item for item, _f in batch]), protocol=5)
         except BaseException as exc:  # e.g. a command that cannot be pickled: fail this batch, go on
             with self._cv:
-                taken, self._inflight = self._inflight, None
-            if taken is not None:
-                self._deliver_error(taken, exc)
+                mine = self._inflight is entry
+                if mine:
+                    self._inflight = None
+            if mine:
+                self._deliver_error(entry, exc)
             return
         with self._send_lock:
             if self._conn is not conn:  # the receiver dropped it meanwhile
                 with self._cv:
-                    mine = self._inflight is not None and self._inflight[0] is batch
+                    mine = self._inflight is entry
                     if mine:  # never sent: the link's thread connects again and sends it
                         self._inflight = None
                         self._slow.append((batch, first_sent))
@@ -389,8 +396,8 @@ class DirectLink:
                 self._channel._send(b, f)
             return
         with self._cv:
-            self._inflight = (batch, first_sent, time.perf_counter())
-        self._write(conn, batch, first_sent)
+            self._inflight = entry = (batch, first_sent, time.perf_counter())
+        self._write(conn, entry)
 
     def _receive(self) -> None:
         """The in-flight batch's reply (or the connection's failure), delivered to the channel."""
