@@ -133,7 +133,7 @@ def test_sigkill_twice_while_8_threads_and_async_futures_share_one_partition(sto
     SIGKILLed twice. Every acknowledged event is in the log exactly once at its acknowledged
     version, versions are gapless, no submitter waits past its deadline."""
     store = store_factory("hammer", partitions=1, retry_deadline_s=60)
-    threads_n, per_thread = 8, 30
+    threads_n, per_thread = 8, 20
     accounts = [f"acc-{t}" for t in range(threads_n)]
     for aid in [*accounts, "async"]:
         store.aggregate(BankAccount, aid).submit(OpenAccount(owner=aid), command_id=f"open-{aid}", timeout=30)
