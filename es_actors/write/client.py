@@ -249,6 +249,7 @@ class DirectLink:
         self._slow: list[tuple[list[Pending], float]] = []  # batches for the link's thread to send
         self._inflight: tuple[list[Pending], float, float] | None = None  # (batch, first_sent, t0)
         self._closed = False
+        self._ended = False  # the link's thread has left (closed): a batch sent now would wait forever
         self._conn: LinkConnection | None = None
         self.transport: str | None = None  # "local" (loopback, clear) or "tls" (from another node) once connected
         self._refused, self._refused_logged = 0, 0.0
@@ -261,28 +262,41 @@ class DirectLink:
         connection yet, or TLS, whose socket one thread at a time uses) the link's thread sends it."""
         with self._cv:
             conn = self._conn
-            if not isinstance(conn, Connection) or self._inflight is not None:
+            if self._ended:  # e.g. a resend timed to fire after close(): no thread would send it
+                conn = None
+            elif not isinstance(conn, Connection) or self._inflight is not None:
                 self._slow.append((batch, first_sent))
                 self._cv.notify_all()
                 return
-            self._inflight = (batch, first_sent, time.perf_counter())
-        self._write(conn, batch, first_sent)
+            else:
+                self._inflight = entry = (batch, first_sent, time.perf_counter())
+        if conn is None:  # fail it (the closed channel answers CommandTimeout), never leave it waiting
+            self._deliver_error((batch, first_sent, time.perf_counter()), ConnectionError("the direct link was closed"))
+            return
+        self._write(conn, entry)
 
-    def _write(self, conn: LinkConnection, batch: list[Pending], first_sent: float) -> None:
-        """Send the in-flight ``batch``; a failure is the receiver's to deliver (it sees the
-        connection fail), but for a batch that cannot be pickled, failed here."""
+    def _write(self, conn: LinkConnection, entry: tuple[list[Pending], float, float]) -> None:
+        """Send the in-flight ``entry``'s batch; a failure is the receiver's to deliver (it sees the
+        connection fail), but for a batch that cannot be pickled, failed here.
+
+        ``entry`` is this attempt (compared by identity): if the receiver failed it meanwhile, the
+        channel may already be resending the same batch (the same list) in a new entry, which is
+        not this thread's to requeue or fail."""
+        batch, first_sent, _t0 = entry
         try:
             data = pickle.dumps(batch_to_wire([item for item, _f in batch]), protocol=5)
         except BaseException as exc:  # e.g. a command that cannot be pickled: fail this batch, go on
             with self._cv:
-                taken, self._inflight = self._inflight, None
-            if taken is not None:
-                self._deliver_error(taken, exc)
+                mine = self._inflight is entry
+                if mine:
+                    self._inflight = None
+            if mine:
+                self._deliver_error(entry, exc)
             return
         with self._send_lock:
             if self._conn is not conn:  # the receiver dropped it meanwhile
                 with self._cv:
-                    mine = self._inflight is not None and self._inflight[0] is batch
+                    mine = self._inflight is entry
                     if mine:  # never sent: the link's thread connects again and sends it
                         self._inflight = None
                         self._slow.append((batch, first_sent))
@@ -338,6 +352,7 @@ class DirectLink:
                 if self._slow and self._inflight is None:
                     batch, first_sent = self._slow.pop(0)
                 elif self._closed and self._inflight is None:
+                    self._ended = True
                     break
                 else:
                     batch = []
@@ -381,8 +396,8 @@ class DirectLink:
                 self._channel._send(b, f)
             return
         with self._cv:
-            self._inflight = (batch, first_sent, time.perf_counter())
-        self._write(conn, batch, first_sent)
+            self._inflight = entry = (batch, first_sent, time.perf_counter())
+        self._write(conn, entry)
 
     def _receive(self) -> None:
         """The in-flight batch's reply (or the connection's failure), delivered to the channel."""
