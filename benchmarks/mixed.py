@@ -263,6 +263,9 @@ class EsSide:
         self.end_round()
         clone(self.template, self.root)
         self.store = Store.open(self.root, [Stream], partitions=PARTITIONS)
+        # Every stream in memory, as in a store that has been serving them (the template's writer
+        # had them; a fresh open hydrates each on its first command, ~5,000 log reads in the window).
+        self.store.hydrate()
         self.versions = {stream_id(i): PER_STREAM for i in range(STREAMS)}
 
     def make_write(self, w: int) -> Callable[[], int]:
