@@ -29,6 +29,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from es_actors.config import StoreConfig
 from es_actors.write.direct_link import LinkConnection, connect, shutdown_link
+from es_actors.write.tls_link import MAX_FRAME
 from es_actors.errors import CommandTimeout, EsActorsError, LinkRefused, Overloaded, StoreClosed
 from es_actors.write.protocol import BatchItem, ItemResult, batch_to_wire, results_from_wire
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
@@ -285,6 +286,9 @@ class DirectLink:
         batch, first_sent, _t0 = entry
         try:
             data = pickle.dumps(batch_to_wire([item for item, _f in batch]), protocol=5)
+            if len(data) > MAX_FRAME:  # the TLS link refuses it: no resend would ever go through
+                raise EsActorsError(f"a batch of {len(data):,} bytes is over the link's limit of {MAX_FRAME:,} "
+                                    "bytes; nothing was sent: submit fewer or smaller commands at once")
         except BaseException as exc:  # e.g. a command that cannot be pickled: fail this batch, go on
             with self._cv:
                 mine = self._inflight is entry
@@ -418,6 +422,10 @@ class DirectLink:
         if taken is None:  # a reply with nothing in flight: not ours to trust
             log.warning("partition %d: direct link sent an unexpected reply; reconnecting", self._channel.partition)
             self._drop_connection()
+            with self._cv:  # a batch a sender set in flight meanwhile: failed, so it is resent by id
+                taken, self._inflight = self._inflight, None
+            if taken is not None:
+                self._deliver_error(taken, ConnectionError("the direct link sent an unexpected reply"))
             return
         done: Future[Any] = Future()
         if tag == "ok":
