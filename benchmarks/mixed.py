@@ -28,18 +28,17 @@ the order rotating; medians; every run starts from the same pre-populated state)
 ``es_actors`` also the writers with readers open-loop at 2,000 reads/s in all (250/s per
 process, on a fixed schedule, latency from the scheduled time) -> ``writes_per_s_open_readers``,
 and with no readers -> ``writes_per_s_no_readers``. Every run starts from the pre-populated state:
-es_actors a fresh clone of a sealed template store (segments and index runs hard-linked), PostgreSQL
-the table truncated and loaded again, so a run's streams hold the same events on both sides
-whatever the runs before wrote (before, one store and one table grew by every run's writes, and
-es_actors' readers decoded up to twice as many events per read as PostgreSQL's). Time added to ``make bench``: 4 configurations x repeats x
-(warm-up + window + ~3-5 s starting the reader processes): ~2.5 min with the defaults.
+es_actors a fresh clone of a sealed template store (segments and index runs hard-linked), its
+streams hydrated, PostgreSQL the table truncated and loaded again, so a run's streams hold the same
+events on both sides whatever the runs before wrote (before, one store and one table grew by every
+run's writes, and es_actors' readers decoded up to twice as many events per read as PostgreSQL's).
+Time added to ``make bench``: 4 configurations x repeats x (warm-up + window + ~3-5 s starting the
+reader processes and opening the run's store): ~3 min with the defaults.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import os
 import multiprocessing as mp
 import random
 import shutil
@@ -50,7 +49,6 @@ from typing import Any, Callable
 
 from benchmarks.common import Context, closed_loop, log, percentile, scratch_dir
 from benchmarks.pg import events_ddl
-from benchmarks.ray_service import ray_service
 
 BENCHES = ["mixed_8w8r"]
 
@@ -63,10 +61,6 @@ READ_MAX = 50
 OPEN_READS_PER_S = 2_000  # in all, for writes_per_s_open_readers
 PARTITIONS = 4
 PG_TABLE = "mixed_events"
-# "own": es_actors' Ray runs as a service in a session of its own, as PostgreSQL's server does
-# (benchmarks/ray_service.py); "bench": the bench process's own local Ray (shares its session with
-# the reader processes), to compare.
-RAY_SESSION = os.environ.get("BENCH_MIXED_RAY_SESSION", "own")
 PG_DDL = events_ddl(PG_TABLE)  # dropped first: created fresh for each run
 
 
@@ -362,13 +356,6 @@ class PgSide:
 
 def run(ctx: Context, selected: list[str]) -> None:
     s = ctx.settings
-    with contextlib.ExitStack() as services:
-        if s.wants("es_actors") and RAY_SESSION == "own":
-            services.enter_context(ray_service())
-        _run(ctx, s)
-
-
-def _run(ctx: Context, s: Any) -> None:
     es = EsSide(s.seed) if s.wants("es_actors") else None
     pg = PgSide(s.seed) if s.wants("postgres") else None
     runs: dict[tuple[str, str], list[MixedRun]] = {}
