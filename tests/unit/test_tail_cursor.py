@@ -121,6 +121,24 @@ def test_cached_listings_see_every_change(tmp_path: Path) -> None:
     assert lost_ranges(tmp_path).covers(0, 3, 4)
 
 
+def test_cached_segment_listing_sees_a_change_that_restores_the_mtime(tmp_path: Path) -> None:
+    """The segment listing shares the tail listing's rule (stat_cache): a new segment whose rename
+    left the directory's mtime as it was (within one clock tick) still shows, by its ctime."""
+    import os
+
+    from es_actors.storage.local.segments import list_segments_cached, segment_name
+
+    gen = tmp_path / "gen-000001"
+    gen.mkdir()
+    (gen / segment_name(1, 10)).write_bytes(b"")
+    old = os.stat(gen).st_mtime_ns - 10**9
+    os.utime(gen, ns=(old, old))  # an old directory: its listing is cached
+    assert [(s.first, s.last) for s in list_segments_cached(gen)] == [(1, 10)]
+    (gen / segment_name(11, 20)).write_bytes(b"")
+    os.utime(gen, ns=(old, old))
+    assert [(s.first, s.last) for s in list_segments_cached(gen)] == [(1, 10), (11, 20)]
+
+
 def _flip_in_frame(path: Path, frame_index: int) -> None:
     data = bytearray(path.read_bytes())
     off = 24

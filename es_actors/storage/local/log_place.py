@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from es_actors.storage.local.segments import (
     list_segments_cached,
     resolve_current,
 )
+from es_actors.storage.local.stat_cache import UnchangedCache
 from es_actors.storage.local.wal import high_water, list_tail_files, list_tail_files_cached
 from es_actors.storage.lost_ranges import FILE_NAME as LOST_FILE, LostRanges
 
@@ -39,8 +39,7 @@ class LogPlace:
         return self.segments[-1].last if self.segments else 0
 
 
-_RACY_NS = 200_000_000  # a file changed within this long of a look may change again unseen in one clock tick
-_lost_cache: dict[str, tuple[tuple[int, int, int, int], LostRanges]] = {}
+_lost_cache: UnchangedCache[LostRanges] = UnchangedCache(1024)
 _lost_paths: dict[Path, str] = {}  # store root -> its lost-ranges.json path
 
 
@@ -56,16 +55,7 @@ def lost_ranges(root: Path) -> LostRanges:
         st = os.stat(path)
     except FileNotFoundError:
         return LostRanges()  # none recorded (what load answers for a missing file)
-    ident = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    hit = _lost_cache.get(path)
-    if hit is not None and hit[0] == ident:
-        return hit[1]
-    lost = LostRanges.load(root)
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-        if len(_lost_cache) > 1024:
-            _lost_cache.clear()
-        _lost_cache[path] = (ident, lost)
-    return lost
+    return _lost_cache.get(path, st, lambda: LostRanges.load(root))
 
 
 class _Dirs:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from es_actors.errors import StoreCorrupted
 from es_actors.codecs.rows import ARROW_SCHEMA, rows_to_table
 from es_actors.storage.files import fsync_dir, fsync_file
+from es_actors.storage.local.stat_cache import UnchangedCache
 
 _SEG = re.compile(r"^seg-(\d{20})-(\d{20})(?:-([0-9a-f]{8}))?\.parquet$")
 _GEN = re.compile(r"^gen-(\d{6})$")
@@ -99,15 +100,10 @@ def parse_segment_name(path: Path) -> Segment | None:
 def list_segments(gen_dir: Path, lost: Any = None, partition: int | None = None) -> list[Segment]:
     """The segments of one generation in position order; a gap or overlap is corruption,
     unless the gap is a lost range recorded by a repair (``lost``: a :class:`LostRanges`)."""
-    segs = [s for p in gen_dir.iterdir() if (s := parse_segment_name(p)) is not None]
-    segs.sort(key=lambda s: s.first)
-    return _contiguous(gen_dir, segs, lost, partition)
+    return _contiguous(gen_dir, _segments_in(gen_dir), lost, partition)
 
 
-#: A listing is reused only while its directory's mtime is older than this: an entry added within
-#: the same clock tick as the listing would leave the mtime unchanged ("racy" listings, as git's index).
-RACY_NS = 200_000_000
-_listings: dict[str, tuple[int, list[Segment]]] = {}
+_listings: UnchangedCache[list[Segment]] = UnchangedCache(4096)
 
 
 def list_segments_cached(gen_dir: Path, lost: Any = None, partition: int | None = None) -> list[Segment]:
@@ -115,17 +111,14 @@ def list_segments_cached(gen_dir: Path, lost: Any = None, partition: int | None 
     unchanged (one stat instead of listing and parsing every name: reads of one aggregate do this
     per call, and a partition holds one segment per 50k events). Checked for gaps every time."""
     key = str(gen_dir)
-    mtime = os.stat(key).st_mtime_ns  # FileNotFoundError: the generation was collected (read again)
-    hit = _listings.get(key)
-    if hit is not None and hit[0] == mtime:
-        return _contiguous(gen_dir, hit[1], lost, partition)
+    st = os.stat(key)  # FileNotFoundError: the generation was collected (read again)
+    return _contiguous(gen_dir, _listings.get(key, st, lambda: _segments_in(gen_dir)), lost, partition)
+
+
+def _segments_in(gen_dir: Path) -> list[Segment]:
     segs = [s for p in gen_dir.iterdir() if (s := parse_segment_name(p)) is not None]
     segs.sort(key=lambda s: s.first)
-    if time.time_ns() - mtime > RACY_NS:
-        if len(_listings) > 4096:
-            _listings.clear()
-        _listings[key] = (mtime, segs)
-    return _contiguous(gen_dir, segs, lost, partition)
+    return segs
 
 
 def _contiguous(gen_dir: Path, segs: list[Segment], lost: Any, partition: int | None) -> list[Segment]:

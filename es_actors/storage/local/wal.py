@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import struct
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 from es_actors.errors import StorageError, StoreCorrupted
 from es_actors.storage.local.durable_mark import DurableMark
 from es_actors.storage.files import fsync_dir
+from es_actors.storage.local.stat_cache import UnchangedCache
 
 FILE_MAGIC = b"ESWAL\x00\x02\n"
 _FILE_HEADER = struct.Struct("<8sQII")  # magic, first position, reserved (0), crc32 of the 20 bytes before
@@ -72,10 +72,7 @@ def list_tail_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-#: A tail listing is reused only while the directory's mtime is this much older than the listing
-#: (an entry added within the same clock tick leaves the mtime unchanged: "racy", as git's index).
-_RACY_NS = 200_000_000
-_tail_listings: dict[str, tuple[tuple[int, int, int], list[tuple[int, Path]]]] = {}
+_tail_listings: UnchangedCache[list[tuple[int, Path]]] = UnchangedCache(4096)
 
 
 def list_tail_files_cached(directory: Path) -> list[tuple[int, Path]]:
@@ -87,16 +84,7 @@ def list_tail_files_cached(directory: Path) -> list[tuple[int, Path]]:
         st = os.stat(key)
     except FileNotFoundError:
         return []
-    ident = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-    hit = _tail_listings.get(key)
-    if hit is not None and hit[0] == ident:
-        return list(hit[1])
-    out = list_tail_files(directory)
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-        if len(_tail_listings) > 4096:
-            _tail_listings.clear()
-        _tail_listings[key] = (ident, out)
-    return list(out)
+    return list(_tail_listings.get(key, st, lambda: list_tail_files(directory)))
 
 
 def file_header(first_position: int) -> bytes:

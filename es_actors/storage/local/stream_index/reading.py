@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import threading
 from collections import OrderedDict
 from itertools import compress, islice
@@ -34,6 +33,7 @@ from es_actors.storage.local.segments import Segment
 from es_actors.storage.local.stream_index import row_cache, runs as run_format
 from es_actors.storage.local.stream_index.runs import OpenRun, RunInvalid, open_run, parse_run_name
 from es_actors.storage.local.stream_index.validity import tile, why_invalid
+from es_actors.storage.local.stat_cache import UnchangedCache
 
 log = logging.getLogger(__name__)
 _VER, _POS, _TYPE, _ID = COL["version"], COL["position"], COL["aggregate_type"], COL["aggregate_id"]
@@ -124,26 +124,17 @@ def index_dir(layout: StoreLayout, partition: int) -> Path:
     return layout.root / "index" / f"p{partition:04d}"
 
 
-_RACY_NS = 200_000_000  # a directory changed within this long of a listing may change again in the same tick
-_listings: dict[str, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
+_listings: UnchangedCache[list[tuple[str, str]]] = UnchangedCache(4096)
 
 
 def _run_names(directory: Path) -> list[tuple[str, str]]:
     """(name, path) of the run files in ``directory``, reusing this process's last listing while the
     directory is unchanged (runs are written by rename and deleted by merges: both change its mtime;
-    the racy-mtime rule of the segment listing). OSError: no such directory."""
+    stat_cache's rule). OSError: no such directory."""
     key = str(directory)
     st = os.stat(key)
-    ident = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-    hit = _listings.get(key)
-    if hit is not None and hit[0] == ident:
-        return hit[1]
-    names = [(n, os.path.join(key, n)) for n in os.listdir(key) if parse_run_name(n) is not None]
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-        if len(_listings) > 4096:
-            _listings.clear()
-        _listings[key] = (ident, names)
-    return names
+    return _listings.get(key, st, lambda: [(n, os.path.join(key, n)) for n in os.listdir(key)
+                                           if parse_run_name(n) is not None])
 
 
 def load_runs(directory: Path) -> dict[str, OpenRun | str]:
