@@ -76,10 +76,10 @@ def install(
     checkpoints at the plan's targets, replacing an earlier build of the same version."""
     t0 = time.perf_counter()
     name = instance_name(p.name, p.version)
-    if taken_by_a_projection(con, name):
-        raise EsActorsError(f"a projection named {name!r} exists and is not a backfill's build: rename it or the projection")
-    cur = con.cursor()
+    cur = con.cursor()  # every statement on its own cursor: the read model's connection serves other threads
     try:
+        if taken_by_a_projection(cur, name):
+            raise EsActorsError(f"a projection named {name!r} exists and is not a backfill's build: rename it or the projection")
         with transaction(cur):
             drop_in_transaction(cur, name)
             cur.execute(f'CREATE SCHEMA "{name}"')
@@ -104,13 +104,13 @@ def install_into(
     plan's start stay; a combining merge adds to them), its checkpoints to the targets, in one
     transaction. The caller holds the projection (no batch of it runs meanwhile)."""
     t0 = time.perf_counter()
-    have = {int(part): int(pos) for part, pos in con.execute(
-        "SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?", [p.name]).fetchall()}
-    moved = {i: (have.get(i, 0), start) for i, start in plan.start.items() if have.get(i, 0) != start}
-    if moved:
-        raise EsActorsError(f"catch-up of {p.name}: its checkpoints moved since the plan (partition: (now, planned)) {moved}")
-    cur = con.cursor()
+    cur = con.cursor()  # every statement on its own cursor: the read model's connection serves other threads
     try:
+        have = {int(part): int(pos) for part, pos in cur.execute(
+            "SELECT partition, position FROM es_actors.checkpoints WHERE projection = ?", [p.name]).fetchall()}
+        moved = {i: (have.get(i, 0), start) for i, start in plan.start.items() if have.get(i, 0) != start}
+        if moved:
+            raise EsActorsError(f"catch-up of {p.name}: its checkpoints moved since the plan (partition: (now, planned)) {moved}")
         with transaction(cur):
             cur.execute(f"SET search_path = '{p.name}'")
             rows, dead = _combine(cur, p, p.name, plan, parts, work)
