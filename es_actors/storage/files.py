@@ -46,3 +46,16 @@ def map_input(path: "Path | str") -> pa.NativeFile:
     """Memory-map an immutable file a read path reads (stream index runs: slices cost no copy).
     Replaceable by a test like :func:`open_input`."""
     return pa.memory_map(str(path), "r")
+
+
+def pread_input(path: "Path | str", ranges: "list[tuple[int, int]]") -> tuple[int, list[bytes]]:
+    """The inode of ``path`` and the bytes at each ``(offset, length)`` of it (a length < 0: to the
+    end): one open, one positioned read per range (a tail's key file, a frame it points at). Short
+    reads come back short. Replaceable by a test like :func:`open_input`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        return st.st_ino, [os.pread(fd, length if length >= 0 else max(st.st_size - offset, 0), offset)
+                           for offset, length in ranges]
+    finally:
+        os.close(fd)

@@ -6,8 +6,10 @@ Inside one consistent-read attempt: the current generation's segments and the du
   runs clustered by aggregate, ADR-015);
 - sealed positions after ``covered``: those segments only, with a filter on the aggregate and
   ``position > covered`` (row-group statistics prune by position);
-- unsealed positions: this process's :class:`~es_actors.storage.local.tail_cursor.TailIndex`,
-  which parses only the frames appended since its last read.
+- unsealed positions: the writer's key files (:mod:`~es_actors.storage.local.tail_key_index`: only
+  the frames that hold the aggregate are read) when they check out against the durable mark, else
+  this process's :class:`~es_actors.storage.local.tail_cursor.TailIndex`, which parses every frame
+  appended since its last read.
 
 The three parts are disjoint by position, so every row comes once; the answer is sorted by version.
 Writable and read-only stores use this same Ray-free path.
@@ -15,7 +17,6 @@ Writable and read-only stores use this same Ray-free path.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,10 +27,11 @@ from es_actors.storage.guard import storage_boundary
 from es_actors.storage.layout import StoreLayout
 from es_actors.storage.local.stream_index import StreamIndex
 from es_actors.storage.local.stream_index.reading import ascending_versions
-from es_actors.storage.local.log_place import log_place, lost_ranges, require_held
+from es_actors.storage.local.log_place import LogPlace, log_place, lost_ranges, require_held
 from es_actors.storage.local.range_reads import aggregate_in_segments
 from es_actors.storage.local.segments import Segment
-from es_actors.storage.local.tail_cursor import tail_index
+from es_actors.storage.local.tail_cursor import resolved_root, tail_index
+from es_actors.storage.local.tail_key_index import tail_key_index
 from es_actors.storage.lost_ranges import LostRanges
 
 
@@ -47,9 +49,19 @@ def _sealed_after(segments: list[Segment], covered: int, aggregate: tuple[str, s
     return aggregate_in_segments(after, aggregate[0], aggregate[1], first_version, last_version, after=covered)
 
 
-def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, tails: list[tuple[int, Path]],
-               sealed_last: int, durable: int | None, aggregate: tuple[str, str]) -> list[tuple[Any, ...]]:
-    """The aggregate's unsealed durable rows, from this process's tail index (advanced first)."""
+def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, place: LogPlace,
+               aggregate: tuple[str, str]) -> list[tuple[Any, ...]]:
+    """The aggregate's unsealed durable rows: from the writer's key files when they check out (only
+    the frames holding the aggregate are read), else from this process's tail index (advanced first:
+    every frame added since its last read is parsed)."""
+    tails, sealed_last, durable = place.tails, place.sealed_last, place.durable
+    if place.keys is not None and not lost.of(partition):
+        keys = tail_key_index(resolved_root(layout.root), partition)
+        with keys.lock:
+            found = keys.aggregate_rows(tails, sealed_last, durable, place.keys, aggregate)
+        if found is not None:
+            require_held(layout, partition, lost, durable, tails, max(durable or 0, sealed_last))
+            return found
     index = tail_index(layout.root, partition)
     with index.lock:
         index.advance(tails, sealed_last, durable)  # FileNotFoundError: a seal moved a file
@@ -132,8 +144,8 @@ def read_aggregate_rows(
 
     def read_once() -> list[Row]:
         place = log_place(layout, partition, lost, cached=True)
-        durable, tails, segments, sealed_last = place.durable, place.tails, place.segments, place.sealed_last
-        tail = [r for r in _tail_part(layout, partition, lost, tails, sealed_last, durable, aggregate)
+        segments, sealed_last = place.segments, place.sealed_last
+        tail = [r for r in _tail_part(layout, partition, lost, place, aggregate)
                 if r[_VER] >= first_version and (last_version is None or r[_VER] <= last_version)]
         if backwards and limit is not None and len(tail) >= limit:
             return _cut(tail, limit, backwards)  # the newest are all unsealed

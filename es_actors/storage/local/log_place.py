@@ -15,7 +15,7 @@ from pathlib import Path
 
 from es_actors.storage.consistent import Moved
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local.durable_mark import DurableMark, KeysMark
 from es_actors.storage.local.segments import (
     CURRENT,
     Segment,
@@ -33,6 +33,7 @@ class LogPlace:
     durable: int | None  # the writer's durable mark, read before anything else
     tails: list[tuple[int, Path]]  # tail files as (first position, path)
     segments: list[Segment]  # the current generation's segments, in position order
+    keys: KeysMark | None = None  # the newest tail file's key file, as published with the mark
 
     @property
     def sealed_last(self) -> int:
@@ -106,13 +107,13 @@ def log_place(layout: StoreLayout, partition: int, lost: LostRanges, cached: boo
     (reads that run per request). Raises Moved if
     ``current`` is missing while the tail shows positions were written."""
     d = _dirs(layout, partition)
-    durable = DurableMark.read_at(d.durable)
+    durable, keys = DurableMark.read_with_keys_at(d.durable)
     tails = list_tail_files_cached(d.tail) if cached else list_tail_files(d.tail)
     gen = d.generation() if cached else resolve_current(d.log)
     if gen is None and (durable or tails):
         raise Moved(f"{d.log / CURRENT} is missing although the tail shows positions were written")
     listing = list_segments_cached if cached else list_segments
-    return LogPlace(durable, tails, listing(gen, lost, partition) if gen is not None else [])
+    return LogPlace(durable, tails, listing(gen, lost, partition) if gen is not None else [], keys)
 
 
 def require_held(layout: StoreLayout, partition: int, lost: LostRanges, durable: int | None,

@@ -37,6 +37,7 @@ from es_actors.storage.layout import StoreLayout
 from es_actors.storage.lost_ranges import LostRanges
 from es_actors.storage.local.segments import SegmentSet, verify_segments
 from es_actors.storage.local.durable_mark import DurableMark
+from es_actors.storage.local import tail_keys
 from es_actors.storage.local.stream_index.upkeep import IndexUpkeep
 from es_actors.storage.local.wal import (
     TailWriter,
@@ -98,7 +99,7 @@ class PartitionLog:
             verify_segments(self.segments.segments)  # damage anywhere is refused before anything is written
             self._recover()
             self._mark = DurableMark(self.tail_dir)
-            self._mark.publish(self.next_position - 1, self._writer.first_position)
+            self._mark.publish(self.next_position - 1, self._writer.first_position, self._writer.keys_published)
         except BaseException:
             if self._mark is not None:
                 self._mark.close()
@@ -170,9 +171,11 @@ class PartitionLog:
                 os.fsync(f.fileno())
         for path in already_sealed:
             path.unlink()
+            tail_keys.remove(path)
         for path, _rows in unsealed:
             fsync_file(path)  # adopted frames may be in the page cache only (a failed sync before a crash)
         fsync_dir(self.tail_dir)
+        frames = {scan.path: scan.frames for scan in scans}
         lost_end = max((r.last for r in self.lost.of(self.partition)), default=0)
         self.next_position = max(expected, lost_end + 1)  # never hand out a position that may have been used
         # Every closed tail file waits for sealing; the newest one stays open for appends if the
@@ -181,14 +184,21 @@ class PartitionLog:
             *closed, (last_path, last_rows) = unsealed
             self._sealing.extend((p, r) for p, r in closed if r)
             self._current_rows: list[Row] = list(last_rows)
-            self._writer = TailWriter(self.tail_dir, last_rows[0][COL["position"]])
+            self._writer = TailWriter(self.tail_dir, last_rows[0][COL["position"]], frames[last_path])
         else:
+            closed = unsealed
             self._sealing.extend((p, r) for p, r in unsealed if r)
             for p, r in unsealed:
                 if not r and p.name != tail_file_name(self.next_position):
                     p.unlink()
+                    tail_keys.remove(p)
             self._current_rows = []
             self._writer = TailWriter(self.tail_dir, self.next_position)
+        # Key files afresh (derived data: one a crash left may hold records of a frame cut back just now)
+        for p, r in closed:
+            if r and p != self._writer.path:
+                tail_keys.rebuild_closed(p, first_position_of(p) or 0, [(f.offset, f.end, f.rows) for f in frames[p]])
+        tail_keys.remove_orphans(self.tail_dir)
 
     def durable_snapshot(self, attempts: int = DEFAULT_ATTEMPTS) -> tuple[pa.Table, list[Row]]:
         """Every durable row, consistent while the sealer runs: (sealed table, unsealed rows after it).
@@ -244,7 +254,8 @@ class PartitionLog:
             self._current_rows.extend(rows)
             self.next_position += len(rows)
         assert self._mark is not None
-        self._mark.publish(self.next_position - 1, self._writer.first_position)  # readers may now see them
+        self._mark.publish(self.next_position - 1, self._writer.first_position,  # readers may now see them
+                           self._writer.keys_published)
         if len(self._current_rows) >= self.config.seal_rows:
             try:
                 self.rotate()
@@ -265,7 +276,7 @@ class PartitionLog:
             self._sealing.append((old.path, self._current_rows))
             self._writer, self._current_rows = new_writer, []
             self._wake.notify_all()
-        old.close()
+        old.close(rotated=True)
 
     @property
     def sealed_segment_count(self) -> int:
@@ -398,6 +409,7 @@ class PartitionLog:
                 with self._upkeep:
                     seg = self.segments.seal(rows)
                     path.unlink(missing_ok=True)
+                    tail_keys.remove(path)
                     fsync_dir(self.tail_dir)
                     with self._mutex:
                         self._sealing.popleft()

@@ -307,6 +307,11 @@ def tail_index(root: Path, partition: int) -> TailIndex:
 _resolved: dict[str, str] = {}  # absolute path -> its realpath (~13 us, per read otherwise); forgotten by release()
 
 
+def resolved_root(root: Path) -> str:
+    """The store's resolved path: the key of this process's per-store read caches."""
+    return _resolve(root)
+
+
 def _resolve(root: Path) -> str:
     """The store's resolved path, resolved once per process per absolute path (until released)."""
     text = os.fspath(root)
@@ -351,7 +356,10 @@ def _evict(key: tuple[str, int]) -> None:
 
 def release(root: Path) -> None:
     """Drop this process's tail indexes of the store at ``root`` (Store.close)."""
+    from es_actors.storage.local import tail_key_index  # it imports the stream index, which imports this module
+
     resolved = os.path.realpath(root)
+    tail_key_index.release(resolved)
     with _indexes_lock:
         for key in [k for k in _indexes if k[0] == resolved]:
             _evict(key)

@@ -357,7 +357,10 @@ class TailWriter:
     owner stops and recovers from disk (:attr:`failed`).
     """
 
-    def __init__(self, directory: Path, first_position: int) -> None:
+    def __init__(self, directory: Path, first_position: int, frames: list[Frame] | None = None) -> None:
+        """``frames``: the frames an existing file holds (recovery), for its key file (tail_keys.py)."""
+        from es_actors.storage.local.tail_keys import KeysWriter  # it imports the stream index, which imports this
+
         self.directory = directory
         self.first_position = first_position
         self.path = directory / tail_file_name(first_position)
@@ -378,6 +381,12 @@ class TailWriter:
             self.size = len(header)
         if not existed:
             fsync_dir(directory)
+        self._keys = KeysWriter(self.path, first_position, [(f.offset, f.end, f.rows) for f in frames or ()])
+
+    @property
+    def keys_published(self) -> tuple[int, int]:
+        """(length, crc32) of the key file, for the durable mark."""
+        return self._keys.published
 
     def append(self, rows: list[Row]) -> int:
         """Write one frame durably. On failure StorageError; after a failed sync the writer is dead."""
@@ -385,6 +394,7 @@ class TailWriter:
             raise StorageError(f"{self.path}: {self.failed}; the partition restarts and recovers from disk")
         frame = encode_frame(rows)
         written = 0
+        keys_before = self._keys.published
         try:
             while written < len(frame):
                 written += _write(self._fd, frame[written:] if written else frame)
@@ -396,9 +406,11 @@ class TailWriter:
                 f"durable write to {self.path} failed ({reason}); the batch was not acknowledged "
                 "and the log is unchanged"
             ) from exc
+        self._keys.append(rows, self.size, len(frame))  # published with the durable mark, after the sync
         try:
             _fdatasync(self._fd)
         except OSError as exc:
+            self._keys.cut_back(*keys_before)
             cut = self._cut_back()
             self.failed = f"fdatasync failed ({exc.strerror or exc})"
             outcome = ("the frame was cut back; the batch was not acknowledged" if cut else
@@ -419,7 +431,11 @@ class TailWriter:
         except OSError:
             return False  # recovery cuts a torn end by its checks anyway
 
-    def close(self) -> None:
+    def close(self, rotated: bool = False) -> None:
+        """Close the file; ``rotated``: no more appends will come (its key file gets its trailer)."""
+        if rotated:
+            self._keys.finish()
+        self._keys.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

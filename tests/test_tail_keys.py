@@ -1,0 +1,225 @@
+"""The writer's key files of the tail (storage/local/tail_keys.py, tail_key_index.py; ADR-015): a
+reader finds an aggregate's unsealed rows from the records, reading only the frames that hold it;
+whatever does not check out (damage, a foreign or stale key file, a mark of an older writer) is read
+by parsing the tail instead, never with a row missing. Real tail files, no Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from es_actors.codecs.rows import COL
+from es_actors.storage import files
+from es_actors.storage.backends import aggregate_rows
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local import tail_cursor, tail_key_index, tail_keys
+from es_actors.storage.local.backend import LocalBackend
+from es_actors.storage.local.reader import read_partition_rows
+from es_actors.storage.local.stream_index import runs
+from es_actors.testing.storage_conformance import EventLog, small_config
+
+AID, VER, POS = COL["aggregate_id"], COL["version"], COL["position"]
+NO_SEAL = {"seal_rows": 10**7}
+
+
+def open_log(root: Path, **config: Any) -> Any:
+    StoreLayout(root).create_or_check(1, 1)
+    return LocalBackend(root).open_log(0, small_config().model_copy(update=config or NO_SEAL))
+
+
+def full_scan(root: Path, agg: str) -> list[Any]:
+    rows = [r for r in read_partition_rows(StoreLayout(root), 0) if r[AID] == agg]
+    return sorted(rows, key=lambda r: r[VER])
+
+
+def index(root: Path) -> tail_key_index.TailKeyIndex:
+    return tail_key_index.tail_key_index(tail_cursor.resolved_root(root), 0)
+
+
+def fresh_reader(root: Path) -> None:
+    """Forget what this process read of the store: the next read starts as a new process's would."""
+    tail_cursor.release(root)
+
+
+def tail_dir(root: Path) -> Path:
+    return StoreLayout(root).tail_dir(0)
+
+
+def read(root: Path, agg: str) -> list[Any]:
+    return aggregate_rows(StoreLayout(root), 0, "Account", agg)
+
+
+def test_a_fresh_reader_reads_only_the_frames_of_the_aggregate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new reader process of a long tail: frame bytes read and frames decoded stay those of the
+    aggregate's own frames from a tail of 300 frames to one of 3,000 (before: every frame, per process)."""
+    costs = []
+    for scale in (1, 10):
+        root = tmp_path / f"s{scale}"
+        log, ev = open_log(root), EventLog()
+        try:
+            for i in range(300 * scale):
+                ev.append(log, ["probe" if i % (30 * scale) == 0 else f"x{i % 50}"])
+        finally:
+            log.close()
+        fresh_reader(root)
+        tally = {"wal_bytes": 0, "decoded": 0}
+        real_pread, real_loads = files.pread_input, json.loads
+
+        def pread(path: Any, ranges: list[tuple[int, int]]) -> tuple[int, list[bytes]]:
+            inode, datas = real_pread(path, ranges)
+            if str(path).endswith(".wal"):
+                tally["wal_bytes"] += sum(len(d) for d in datas)
+            return inode, datas
+
+        monkeypatch.setattr(files, "pread_input", pread)
+        monkeypatch.setattr(json, "loads", lambda data: tally.__setitem__("decoded", tally["decoded"] + 1) or real_loads(data))
+        try:
+            got = read(root, "probe")
+        finally:
+            monkeypatch.undo()
+        assert [r[VER] for r in got] == list(range(1, 11)) and got == full_scan(root, "probe")
+        assert index(root).held() == 300 * scale  # the key path answered (no fall back to parsing)
+        costs.append(tally)
+    assert costs[0]["decoded"] == costs[1]["decoded"] == 10  # the probe's 10 frames
+    assert costs[1]["wal_bytes"] <= costs[0]["wal_bytes"] * 1.1  # (positions a digit longer)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_key_files_answer_as_a_full_scan_across_rotations_restarts_and_seals(tmp_path_factory: Any, data: Any) -> None:
+    root = tmp_path_factory.mktemp("keys") / "s"
+    ev = EventLog()
+    log = open_log(root, seal_rows=data.draw(st.sampled_from([5, 17, 10**7])))
+    aggs = ["a", "b", "c", "d"]
+    try:
+        for _ in range(data.draw(st.integers(1, 12))):
+            step = data.draw(st.sampled_from(["append", "append", "append", "rotate", "seal", "restart", "read"]))
+            if step == "append":
+                ev.append(log, data.draw(st.lists(st.sampled_from(aggs), min_size=1, max_size=6)))
+            elif step == "rotate":
+                log.owner.rotate()  # a closed file waits for the sealer
+            elif step == "seal":
+                log.seal()
+            elif step == "restart":
+                seal_rows = log.owner.config.seal_rows
+                log.close()
+                log = open_log(root, seal_rows=seal_rows)
+            else:
+                fresh_reader(root) if data.draw(st.booleans()) else None
+                for agg in aggs:
+                    assert read(root, agg) == full_scan(root, agg)
+        for agg in aggs:
+            assert read(root, agg) == full_scan(root, agg)
+            assert [r[VER] for r in read(root, agg)] == list(range(1, ev.versions.get(agg, 0) + 1))
+        assert index(root).retry_at == 0.0, "the key files checked out throughout"
+    finally:
+        log.close()
+
+
+def _store_with_tail(root: Path) -> EventLog:
+    log, ev = open_log(root), EventLog()
+    try:
+        for i in range(40):
+            ev.append(log, ["a", f"x{i % 7}"] if i % 3 else ["a"])
+    finally:
+        log.close()
+    return ev
+
+
+def _keys_file(root: Path) -> Path:
+    [path] = tail_dir(root).glob("*.keys")
+    return path
+
+
+def _flip_hash_of_record(path: Path, record: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[tail_keys.HEADER_SIZE + record * tail_keys.RECORD_SIZE + 8] ^= 0xFF  # the stream hash's first byte
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["a record's stream hash", "cut short", "missing", "another tail file's",
+                                    "a mark of an older writer"])
+def test_key_files_that_do_not_check_out_are_read_around(tmp_path: Path, damage: str) -> None:
+    """Every row still comes back (the tail is parsed instead) and the key path reports it declined."""
+    root = tmp_path / "s"
+    ev = _store_with_tail(root)
+    keys = _keys_file(root)
+    if damage == "a record's stream hash":
+        _flip_hash_of_record(keys, 3)  # position 4 would be filed under another stream
+    elif damage == "cut short":
+        os.truncate(keys, keys.stat().st_size - tail_keys.RECORD_SIZE)
+    elif damage == "missing":
+        keys.unlink()
+    elif damage == "another tail file's":
+        other = tmp_path / "other"
+        _store_with_tail(other)
+        shutil.copy(_keys_file(other), keys)  # the same names and positions, another file's inode
+    else:
+        mark = tail_dir(root) / "DURABLE"
+        mark.write_bytes(mark.read_bytes()[:20])  # as a writer of before the key files leaves it
+    fresh_reader(root)
+    for agg in ["a", *(f"x{i}" for i in range(7))]:
+        assert read(root, agg) == full_scan(root, agg)
+    assert [r[VER] for r in read(root, "a")] == list(range(1, ev.versions["a"] + 1))
+    if damage == "a mark of an older writer":
+        assert index(root).held() == 0  # never tried: no key file was published
+    else:
+        assert index(root).retry_at > 0, "the key path declined"
+
+
+def test_a_recovering_writer_rewrites_the_key_files(tmp_path: Path) -> None:
+    """Key files are derived data: a damaged one is replaced when the next writer opens the log."""
+    root = tmp_path / "s"
+    _store_with_tail(root)
+    _flip_hash_of_record(_keys_file(root), 0)
+    open_log(root).close()
+    fresh_reader(root)
+    assert read(root, "a") == full_scan(root, "a")
+    assert index(root).retry_at == 0.0 and index(root).held() > 0
+
+
+def test_colliding_stream_hashes_cost_reads_not_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every aggregate under one hash: the records all match, and each row is checked against the
+    aggregate asked for."""
+    monkeypatch.setattr(runs, "stream_hash", lambda aggregate_type, aggregate_id: 7)
+    root = tmp_path / "s"
+    _store_with_tail(root)
+    fresh_reader(root)
+    for agg in ["a", "x1", "x6", "nobody"]:
+        assert read(root, agg) == full_scan(root, agg)
+    assert index(root).retry_at == 0.0
+
+
+def test_closed_tail_files_are_read_by_their_trailers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotated files wait for the sealer (here it fails, as on a full disk): each key file ends with a
+    trailer that a reader checks, and the newest one is checked against the durable mark."""
+    from es_actors.storage.local.segments import SegmentSet
+
+    def cannot_seal(self: Any, rows: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SegmentSet, "seal", cannot_seal)
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog()
+    try:
+        for i in range(30):
+            ev.append(log, ["a", f"x{i % 3}"])
+            if i % 10 == 9:
+                log.owner.rotate()
+        ev.append(log, ["a"])
+        assert len(list(tail_dir(root).glob("*.wal.keys"))) == 4
+        fresh_reader(root)
+        for agg in ["a", "x0", "x1", "x2"]:
+            assert read(root, agg) == full_scan(root, agg)
+        assert [r[VER] for r in read(root, "a")] == list(range(1, 32))
+        assert index(root).retry_at == 0.0 and index(root).held() == 61
+    finally:
+        monkeypatch.undo()
+        log.close()
