@@ -139,7 +139,7 @@ def run(ctx: Context, selected: list[str]) -> None:
         replay2 = statistics.median(r["replay_s"] for r in runs[2])
         notes = (f"{projection.__name__} ({projection.merge.split if projection.merge else 'no'} merge) over {ds.describe()}; "
                  f"backfill(parallelism=W): tasks num_cpus=1, DuckDB threads=1, default shares (parallelism x 4 "
-                 f"ranges of at least 2M positions, cut at segments), checkpoints every 1M positions; timed from the report: replay (tasks started "
+                 f"ranges of at least 2M positions, cut at segments), checkpoints every 4M positions (the default; a share is one batch); timed from the report: replay (tasks started "
                  f"to the last done) and merge (install in this process: no projector runs); result: {runs[2][0]['check']}; "
                  f"replay s 1w {[round(r['replay_s'], 2) for r in runs[1]]}, 2w {[round(r['replay_s'], 2) for r in runs[2]]}")
         ctx.results.record(bench, "es_actors", f"events_per_s_1w{suffix}", eps[1], unit="events/s", notes=notes)

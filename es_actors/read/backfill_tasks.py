@@ -16,7 +16,7 @@ import ray
 from es_actors.domain import Aggregate, DomainRegistry
 from es_actors.errors import EsActorsError
 from es_actors.read.backfill.plan import BackfillPlan, TaskSpec
-from es_actors.read.backfill.task import TaskResult, run_task
+from es_actors.read.backfill.task import CHECKPOINT_EVENTS, TaskResult, run_task
 from es_actors.read.backfill.work import BackfillWork, open_work
 from es_actors.read.projection import Projection
 from es_actors.runtime.cluster import actor_get, unwrap_actor_error
@@ -132,7 +132,7 @@ def _named(exc: BaseException, spec: TaskSpec, p: type[Projection]) -> BaseExcep
 def run_plan_tasks(
     plan: BackfillPlan, work: BackfillWork, layout: StoreLayout, partitions: int, aggregates: Sequence[type[Aggregate[Any]]],
     p: type[Projection], parallelism: int, *, on_progress: Callable[[str, int, int], None] | None = None,
-    on_done: Callable[[TaskResult], None] | None = None, checkpoint_events: int = 1_000_000, checkpoint_s: float = 60.0,
+    on_done: Callable[[TaskResult], None] | None = None, checkpoint_events: int = CHECKPOINT_EVENTS, checkpoint_s: float = 60.0,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[TaskResult]:
     """Run the plan's unfinished tasks, ``parallelism`` at a time; raise the first task's error

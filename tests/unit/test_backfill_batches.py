@@ -22,6 +22,7 @@ from es_actors.read.backfill import task as task_mod  # noqa: E402
 from es_actors.read.backfill.plan import TaskSpec, make_plan  # noqa: E402
 from es_actors.read.backfill.task import BackfillTaskFailed, run_task  # noqa: E402
 from es_actors.read.backfill.work import open_work  # noqa: E402
+from es_actors.read.projection import SqlProjection  # noqa: E402
 from es_actors.read.readmodel import ReadModel  # noqa: E402
 from es_actors.read.readmodel.sql_kind import _scan  # noqa: E402
 from es_actors.read.runner import ProjectionRunner  # noqa: E402
@@ -103,6 +104,24 @@ def test_a_fresh_task_takes_a_larger_first_batch_and_its_part_equals_a_replay_in
         assert result.resumed_at == 0
         assert batches[0] == min(4 * SEG, spec.events) and all(n <= 2 * SEG for n in batches[1:]), batches
         assert part_of(store, p, spec, "fresh") == reference(store, p, spec)
+
+
+def test_a_sql_projections_first_batch_takes_the_checkpoint_interval_past_the_kinds_default_batch_size(store, batches, monkeypatch):
+    """A fresh task's first batch is bounded by the checkpoint interval, not by the SQL kind's default
+    ``batch_size`` (a scan DuckDB streams; session 22: a default share is one batch, ADR-016); a smaller
+    ``batch_size`` the projection declares still bounds it. Either way the part equals a replay."""
+    monkeypatch.setattr(SqlProjection, "batch_size", 3 * SEG)  # the kind's default, below the interval here
+    monkeypatch.setattr(task_mod, "FIRST_BATCH", 8 * SEG)
+    Declared = type("Balances", (Balances,), {"batch_size": 2 * SEG, "__module__": __name__})
+    spec = TaskSpec(id="p0001", bounds={1: (0, datasets.bank_meta(store.parent)["partition_events"][1])})
+    assert spec.events > CHECKPOINT > 3 * SEG
+    for p, first in ((Balances, CHECKPOINT), (Declared, 2 * SEG)):
+        batches.clear()
+        result = run_task(store, PARTITIONS, REGISTRY, p, spec, open_work(StoreLayout.from_uri(store), p.name, p.version, f"first-{first}"),
+                          checkpoint_events=CHECKPOINT)
+        assert batches[0] == first and all(n <= 2 * SEG for n in batches[1:]), (p.batch_size, batches)
+        assert result.checkpoints == -(-spec.events // CHECKPOINT)  # one per interval, the last one final
+        assert part_of(store, p, spec, f"first-{first}") == reference(store, Balances, spec)
 
 
 def test_a_task_resumed_mid_share_takes_no_larger_batch_and_its_part_is_exact(store, batches):

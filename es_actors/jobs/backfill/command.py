@@ -24,8 +24,9 @@ DEFAULT_PROJECTIONS = "es_actors.examples.bank_projections:Balances,BalancesPy,D
 @address_option
 @click.option("--parallelism", type=click.IntRange(min=1), default=None, help="Tasks at once (default: the cluster's CPUs; 1: one after another, in this process).")
 @click.option("--restart", is_flag=True, help="Discard the checkpoints of an unfinished backfill of this version and start again.")
-@click.option("--checkpoint-every", "checkpoint_events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-              help="Log positions between a task's checkpoints (a resumed task redoes at most this many).")
+@click.option("--checkpoint-every", "checkpoint_events", type=click.IntRange(min=1), default=None,
+              help="Log positions between a task's checkpoints (a resumed task redoes at most this many; default 4,000,000: "
+              "es_actors.read.backfill.task.CHECKPOINT_EVENTS).")
 @click.option("--read-model-dir", "read_model_dir", default=None,
               help="A store on object storage with no projector running: the directory it keeps its read models in "
               "(as its read_model_dir; default $ES_ACTORS_READ_MODELS or ~/.cache/es_actors/read-models).")
@@ -37,7 +38,7 @@ DEFAULT_PROJECTIONS = "es_actors.examples.bank_projections:Balances,BalancesPy,D
               help="With --stop: seconds to wait for it to stop (0: only ask).")
 def backfill(
     projection: str, version: int | None, store_path: str, projections_spec: str, aggregates_spec: str,
-    address: str | None, parallelism: int | None, restart: bool, checkpoint_events: int, quiet: bool, as_json: bool,
+    address: str | None, parallelism: int | None, restart: bool, checkpoint_events: int | None, quiet: bool, as_json: bool,
     show_status: bool, request_stop: bool, wait_s: float, read_model_dir: str | None = None,
 ) -> None:
     """Rebuild PROJECTION (one version) from the log with parallel Ray tasks, beside the live version.
@@ -71,7 +72,7 @@ def backfill(
     try:
         report = run_backfill(
             store_path, chosen[0], aggs, parallelism=parallelism, address=address, progress=not quiet, restart=restart,
-            checkpoint_events=checkpoint_events, read_model_dir=read_model_dir,
+            read_model_dir=read_model_dir, **({"checkpoint_events": checkpoint_events} if checkpoint_events else {}),
         )
     except EsActorsError as exc:  # one line, exit 1: also under `python -m es_actors.jobs.backfill` (no es-actors group)
         notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))

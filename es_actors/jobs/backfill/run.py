@@ -33,7 +33,7 @@ from es_actors.errors import EsActorsError
 from es_actors.jobs._tasks import connect_ray
 from es_actors.read.backfill.install import InstallReport, adopt, beside, taken_by_a_projection
 from es_actors.read.backfill.plan import BackfillPlan, fingerprint, make_plan
-from es_actors.read.backfill.task import TaskResult, projection_tables, run_task
+from es_actors.read.backfill.task import CHECKPOINT_EVENTS, TaskResult, projection_tables, run_task
 from es_actors.read.backfill.work import BackfillWork, open_work
 from es_actors.read.backfill_tasks import BackfillStopped, run_plan_tasks
 from es_actors.read.projection import Projection, check_projections
@@ -84,7 +84,7 @@ def backfill(
     address: str | None = None,
     progress: BackfillProgressArg = True,
     restart: bool = False,
-    checkpoint_events: int = 1_000_000,
+    checkpoint_events: int = CHECKPOINT_EVENTS,
     checkpoint_s: float = 60.0,
     task_events: int | None = None,
     read_model_dir: str | None = None,

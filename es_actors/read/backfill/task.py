@@ -20,7 +20,7 @@ from es_actors.read.backfill.files import DEAD_LETTERS, TaskCheckpoint
 from es_actors.read.backfill.plan import TaskSpec
 from es_actors.read.backfill.work import BackfillWork
 from es_actors.read.progress import PartitionProgress
-from es_actors.read.projection import Projection
+from es_actors.read.projection import Projection, SqlProjection
 from es_actors.read.readmodel import ReadModel
 from es_actors.read.readmodel.checkpoints import set_checkpoint
 from es_actors.read.readmodel.database import fetch_arrow, transaction
@@ -40,12 +40,19 @@ NO_PROGRESS_S = 120.0
 #: batch of Balances (25k accounts) then costs 0.6 s instead of 0.12 s. Batches of 500k stay below
 #: it for tables of more than ~20k rows (ADR-016) and add ~7 ms each (a transaction, a checkpoint row).
 TASK_BATCH = 500_000
+#: The default checkpoint interval of a task, in log positions (a killed task redoes at most one).
+#: A checkpoint costs ~ the rows of the task's tables (~9 ms for 25k Balances rows) and bounds the
+#: task's first batch: at 4M a default share (>= 2M positions) is one batch and one checkpoint, and
+#: a redone interval is ~0.6 s of CPU for Balances (ADR-016, session 22). ``checkpoint_s`` still
+#: bounds it in time.
+CHECKPOINT_EVENTS = 4_000_000
 #: The most positions of a task's first batch when it starts from nothing: its tables are empty,
-#: so the upsert only inserts (no existing key, no cliff at any size), and one batch of 1M saves a
-#: batch's fixed cost (~7 ms of transaction, checkpoint row and planning; ADR-016). At most
-#: ``checkpoint_events`` (a killed task still redoes at most one interval) and the projection's own
-#: ``batch_size``.
-FIRST_BATCH = 1_000_000
+#: so the upsert only inserts (no existing key, no cliff at any size), and each batch saved is a
+#: batch's fixed cost and a re-grouping of the keys into the table (~0.02 s for Balances; a 2.55M
+#: share in one batch instead of five: -18 % of its CPU, ADR-016). At most ``checkpoint_events`` (a
+#: killed task still redoes at most one interval) and, for a Python projection or a SQL projection
+#: that declares a smaller one, the projection's ``batch_size``.
+FIRST_BATCH = 4_000_000
 
 
 class BackfillTaskFailed(EsActorsError):
@@ -85,7 +92,7 @@ def run_task(
     spec: TaskSpec,
     work: BackfillWork,
     *,
-    checkpoint_events: int = 1_000_000,
+    checkpoint_events: int = CHECKPOINT_EVENTS,
     checkpoint_s: float = 60.0,
     report: Report | None = None,
     worker: str = "",
@@ -98,7 +105,7 @@ def run_task(
     if previous is not None and previous.final:
         return TaskResult(spec.id, spec.events, previous.applied, previous.parked, 0.0, spec.events, 0)
     layout = StoreLayout.from_uri(store)
-    first_batch = min(p.batch_size, FIRST_BATCH, checkpoint_events)  # never above the projection's own batch size
+    first_batch = min(_first_batch_bound(p), FIRST_BATCH, checkpoint_events)
     p = _task_batches(p)
     rm = ReadModel(work.local_root, registry, [p], database=":memory:", threads=threads)
     try:
@@ -157,6 +164,17 @@ def run_task(
                           round(time.process_time() - cpu0, 4))
     finally:
         rm.close()
+
+
+def _first_batch_bound(p: type[Projection]) -> int:
+    """The bound the projection puts on a fresh task's first batch. A SQL projection's sealed batch
+    is a scan that DuckDB streams (nothing is materialised per event) and ``batch_size`` bounds a
+    live batch's transaction time (``projection_stall_s``), which a task does not watch: the kind's
+    default does not bound it; a smaller ``batch_size`` the projection declares does. A Python
+    projection's batch is its events in memory: its ``batch_size`` always does."""
+    if issubclass(p, SqlProjection) and p.batch_size >= SqlProjection.batch_size:
+        return FIRST_BATCH
+    return p.batch_size
 
 
 def _task_batches(p: type[Projection]) -> type[Projection]:
