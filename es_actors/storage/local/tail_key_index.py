@@ -74,6 +74,7 @@ class TailKeyIndex:
         self._hash = np.empty(1024, np.uint64)
         self._off = np.empty(1024, np.uint64)
         self._len = np.empty(1024, np.uint32)
+        self._crc = np.empty(1024, np.uint32)  # the frame's header crc32
         self._start = self._n = 0  # records [start, n) are held
         self.last = 0  # the last position taken (0: none yet)
         self._floor = 0  # the last sealed position seen: records at or below it are not kept
@@ -186,6 +187,7 @@ class TailKeyIndex:
         self._hash[n : n + k] = recs["hash"]
         self._off[n : n + k] = recs["offset"]
         self._len[n : n + k] = recs["length"]
+        self._crc[n : n + k] = recs["crc"]
         self._n = n + k
         self.last = int(self._pos[self._n - 1])
 
@@ -194,7 +196,7 @@ class TailKeyIndex:
         if need - self._start > MAX_RECORDS:
             raise KeysUnusable("the tail holds more records than one index keeps")
         cap = max(1024, 2 * (need - self._start))
-        for name in ("_pos", "_hash", "_off", "_len"):
+        for name in ("_pos", "_hash", "_off", "_len", "_crc"):
             old = getattr(self, name)
             new = np.empty(cap, old.dtype)
             new[:held] = old[self._start : self._n]
@@ -218,13 +220,17 @@ class TailKeyIndex:
         by_file: dict[int, list[tuple[int, int, int]]] = {}
         out: list[Row] = []
         decoded = self._decoded
-        for pos, off, length in zip(self._pos[hits].tolist(), self._off[hits].tolist(), self._len[hits].tolist()):
+        crc_of: dict[tuple[int, int, int], int] = {}  # (file, frame offset, length) -> header crc32
+        for pos, off, length, crc in zip(self._pos[hits].tolist(), self._off[hits].tolist(),
+                                         self._len[hits].tolist(), self._crc[hits].tolist()):
             row = decoded.get(pos)
             if row is not None:
                 if (row[_TYPE], row[_ID]) == aggregate:
                     out.append(row)
                 continue
-            by_file.setdefault(bisect.bisect_right(firsts, pos) - 1, []).append((pos, off, length))
+            i = bisect.bisect_right(firsts, pos) - 1
+            by_file.setdefault(i, []).append((pos, off, length))
+            crc_of[(i, off, length)] = crc
         if len(decoded) > MAX_DECODED:
             decoded.clear()
         for i, wanted in by_file.items():
@@ -236,7 +242,7 @@ class TailKeyIndex:
             inode, datas = files.pread_input(path, frames)  # FileNotFoundError: sealed meanwhile
             if inode != kf.inode:
                 raise KeysUnusable(f"{path} was replaced")
-            read = {f: _frame(data, f, path) for f, data in zip(frames, datas)}
+            read = {f: _frame(data, f, path, crc_of[(i, *f)]) for f, data in zip(frames, datas)}
             for frame_first, rows in read.values():  # a frame's other rows are kept too: a frame of a
                 for k, r in enumerate(rows):  # batch append may hold many aggregates, decoded once here
                     if r[_POS] != frame_first + k:
@@ -254,11 +260,14 @@ class TailKeyIndex:
         return out
 
 
-def _frame(data: bytes, at: tuple[int, int], path: Path) -> tuple[int, list[Row]]:
-    """(first position, rows) of a whole frame read where a record points, its checksums checked."""
+def _frame(data: bytes, at: tuple[int, int], path: Path, crc: int) -> tuple[int, list[Row]]:
+    """(first position, rows) of a whole frame read where a record points, its checksums checked
+    (its header's against the record's ``crc``: the frame the record was written for)."""
     checked, why = checked_frame_at(data, 0)
     if checked is None or checked[3] != len(data):
         raise KeysUnusable(f"{path} at byte {at[0]}: {why or 'the frame is not the length its record says'}")
+    if tail_keys.frame_crc(data) != crc:
+        raise KeysUnusable(f"{path} at byte {at[0]}: not the frame its record was written for")
     first, count, start, end = checked
     rows, why = frame_rows(data[start:end], first, count)
     if rows is None:

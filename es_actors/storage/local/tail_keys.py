@@ -4,7 +4,7 @@ Every reader process used to parse every frame of a partition's tail to find one
 unsealed rows, so the tail cost frames x reader processes (ADR-015, "The tail's cost under
 writes"). Beside each tail file ``N.wal`` the writer keeps ``N.wal.keys``: a 32-byte header (magic,
 the tail file's inode and first position, a crc32), then one 32-byte record per row it appends
-(position, stream hash, offset and length of the frame holding it), written with the frame and
+(position, stream hash, offset, length and header crc32 of the frame holding it), written with the frame and
 never synced. Readers take the records in bulk (numpy, :mod:`tail_key_index`) and check them with
 one crc32 per read:
 
@@ -34,12 +34,15 @@ from es_actors.storage.local.stream_index import runs
 
 Row = tuple[Any, ...]
 SUFFIX = ".keys"
-MAGIC = b"ESKEYS02"  # the format, stream_hash's function included: a change to either needs a new magic
+MAGIC = b"ESKEYS03"  # the format, stream_hash's function included: a change to either needs a new magic
 _HEADER = struct.Struct("<8sQQ")  # magic, tail file inode, tail file first position; + crc32 + 4 reserved
 HEADER_SIZE = 32
-RECORD = np.dtype([("position", "<i8"), ("hash", "<u8"), ("offset", "<u8"), ("length", "<u4"), ("reserved", "<u4")])
+# The frame's header crc32 binds a record to the frame's bytes, not only to its place: a file of
+# another store at the same path, inode and offsets (ext4 hands freed inodes back) is told apart.
+RECORD = np.dtype([("position", "<i8"), ("hash", "<u8"), ("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
 RECORD_SIZE = RECORD.itemsize  # 32
 _RECORD = struct.Struct("<qQQII")
+FRAME_CRC_AT = 24  # where a frame's header crc32 lies in it (wal.FRAME_HEADER_SIZE - 4)
 TRAILER_POSITION = -1  # a closed file's last record: (-1, running crc32, length before it, 0, 0)
 _POS, _TYPE, _ID = COL["position"], COL["aggregate_type"], COL["aggregate_id"]
 
@@ -61,11 +64,16 @@ def parse_header(data: bytes) -> tuple[int, int] | None:
     return (inode, first) if magic == MAGIC else None
 
 
-def encode_records(rows: Iterable[Row], frame_offset: int, frame_length: int) -> bytes:
-    """The records of one frame's rows."""
+def encode_records(rows: Iterable[Row], frame_offset: int, frame_length: int, frame_crc: int) -> bytes:
+    """The records of one frame's rows; ``frame_crc``: the crc32 that ends the frame's header."""
     hash_of = runs.stream_hash  # looked up per call, as the reader does (a test may replace it)
-    return b"".join(_RECORD.pack(r[_POS], hash_of(r[_TYPE], r[_ID]), frame_offset, frame_length, 0)
+    return b"".join(_RECORD.pack(r[_POS], hash_of(r[_TYPE], r[_ID]), frame_offset, frame_length, frame_crc)
                     for r in rows)
+
+
+def frame_crc(frame_header: bytes) -> int:
+    """The crc32 that ends a frame's header (wal.py: it covers the payload's crc32)."""
+    return int(struct.unpack_from("<I", frame_header, FRAME_CRC_AT)[0])
 
 
 def trailer(crc: int, length: int) -> bytes:
@@ -83,8 +91,7 @@ class KeysWriter:
         self.size = 0
         self.crc = 0
         try:
-            data = header(os.stat(tail_path).st_ino, first) + b"".join(
-                encode_records(rows, off, end - off) for off, end, rows in frames)
+            data = header(os.stat(tail_path).st_ino, first) + _records_of(tail_path, frames)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -96,7 +103,7 @@ class KeysWriter:
                 raise
             self._fd = fd
             self.size, self.crc = len(data), zlib.crc32(data)
-        except OSError:
+        except Exception:  # derived data: whatever fails turns it off, never the writer's recovery
             self.close()
 
     @property
@@ -104,15 +111,15 @@ class KeysWriter:
         """(length, crc32) for the durable mark; (0, 0) once turned off."""
         return (self.size, self.crc) if self._fd >= 0 else (0, 0)
 
-    def append(self, rows: list[Row], frame_offset: int, frame_length: int) -> None:
+    def append(self, rows: list[Row], frame_offset: int, frame: bytes) -> None:
         if self._fd < 0:
             return
         try:
-            data = encode_records(rows, frame_offset, frame_length)
+            data = encode_records(rows, frame_offset, len(frame), frame_crc(frame))
             _write_all(self._fd, data)
             self.size += len(data)
             self.crc = zlib.crc32(data, self.crc)
-        except OSError:
+        except Exception:  # never an append's failure: the frame is written and about to be synced
             self.close()
 
     def cut_back(self, size: int, crc: int) -> None:
@@ -138,6 +145,17 @@ class KeysWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _records_of(tail_path: Path, frames: Iterable[tuple[int, int, list[Row]]]) -> bytes:
+    """The records of frames a tail file holds (recovery: their header crcs read back from it)."""
+    frames = list(frames)
+    if not frames:
+        return b""
+    with open(tail_path, "rb") as f:
+        fd = f.fileno()
+        return b"".join(encode_records(rows, off, end - off, frame_crc(os.pread(fd, FRAME_CRC_AT + 4, off)))
+                        for off, end, rows in frames)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -406,7 +406,7 @@ class TailWriter:
                 f"durable write to {self.path} failed ({reason}); the batch was not acknowledged "
                 "and the log is unchanged"
             ) from exc
-        self._keys.append(rows, self.size, len(frame))  # published with the durable mark, after the sync
+        self._keys.append(rows, self.size, frame)  # published with the durable mark, after the sync
         try:
             _fdatasync(self._fd)
         except OSError as exc:
