@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,14 +19,24 @@ from es_actors.codecs.rows import COL
 from es_actors.storage import files
 from es_actors.storage.backends import aggregate_rows
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local import tail_cursor, tail_key_index, tail_keys
+from es_actors.storage.local import aggregate_read, tail_cursor, tail_key_index, tail_keys
 from es_actors.storage.local.backend import LocalBackend
 from es_actors.storage.local.reader import read_partition_rows
 from es_actors.storage.local.stream_index import runs
 from es_actors.testing.storage_conformance import EventLog, small_config
 
-AID, VER, POS = COL["aggregate_id"], COL["version"], COL["position"]
+AID, VER, POS, EVENT_ID = COL["aggregate_id"], COL["version"], COL["position"], COL["event_id"]
 NO_SEAL = {"seal_rows": 10**7}
+
+
+@pytest.fixture(autouse=True)
+def key_path_for_every_tail() -> Iterator[None]:
+    """A reader parses a short tail it is close behind (PARSE_AT_MOST); these tests are about the key
+    files, so every read that can uses them. (Its own patch: tests undo theirs mid-test.)"""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(aggregate_read, "PARSE_AT_MOST", -1)
+    yield
+    patch.undo()
 
 
 def open_log(root: Path, **config: Any) -> Any:
@@ -223,3 +233,90 @@ def test_closed_tail_files_are_read_by_their_trailers(tmp_path: Path, monkeypatc
     finally:
         monkeypatch.undo()
         log.close()
+
+
+# -- from the hostile review (session 22) --------------------------------------------------------
+
+
+def _write(root: Path, tag: str) -> None:
+    log, ev = open_log(root), EventLog(tag=tag)
+    try:
+        for _ in range(5):
+            ev.append(log, ["a", "b"])
+    finally:
+        log.close()
+
+
+def test_a_store_recreated_at_the_same_path_is_not_answered_from_the_old_ones_rows(tmp_path: Path) -> None:
+    """A store deleted and created again at its path, with the same aggregates and frame sizes: on
+    ext4 its files get the old inodes back, so its key file is byte for byte the old one. A reader
+    that kept its index answered with the deleted store's events (its decoded rows)."""
+    root = tmp_path / "s"
+    _write(root, "A")
+    assert [r[EVENT_ID] for r in read(root, "a")] == ["Ae1", "Ae3", "Ae5", "Ae7", "Ae9"]
+    inodes = {p.name: p.stat().st_ino for p in tail_dir(root).iterdir()}
+    shutil.rmtree(root)
+    _write(root, "B")  # the same shape: event ids of the same length, the same frame sizes
+    reused = {p.name for p in tail_dir(root).iterdir() if inodes.get(p.name) == p.stat().st_ino}
+    got = read(root, "a")
+    assert got == full_scan(root, "a")
+    assert [r[EVENT_ID] for r in got] == ["Be1", "Be3", "Be5", "Be7", "Be9"], f"inodes reused: {sorted(reused)}"
+    assert read(root, "b") == full_scan(root, "b")
+    assert index(root).held() or index(root).retry_at > 0
+
+
+def test_a_failing_keys_writer_neither_fails_an_append_nor_leaves_a_stray_frame(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records are made after the frame is written and before it is synced: an error there that
+    is not an OSError (here the stream hash; in the field a frame of 4 GiB or more, whose length does
+    not fit its record's u32) escaped the writer, so the append failed with its frame left in the
+    file, and the next append wrote the same positions again. Key files are derived data: the writer
+    turns its key file off, the append succeeds, readers parse the tail."""
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog()
+    try:
+        ev.append(log, ["a", "b"])
+
+        def broken(aggregate_type: str, aggregate_id: str) -> int:
+            raise ValueError("cannot hash")
+
+        monkeypatch.setattr(runs, "stream_hash", broken)
+        ev.append(log, ["a"])
+        monkeypatch.undo()
+        ev.append(log, ["a", "b"])
+        assert [r[VER] for r in read(root, "a")] == [1, 2, 3]
+        assert read(root, "a") == full_scan(root, "a")
+    finally:
+        log.close()
+    log = open_log(root)  # recovery finds one frame per acknowledged append, and writes the key file afresh
+    log.close()
+    fresh_reader(root)
+    assert [r[VER] for r in read(root, "a")] == [1, 2, 3] and read(root, "b") == full_scan(root, "b")
+    assert index(root).retry_at == 0.0 and index(root).held() == 5
+
+
+def test_a_reader_close_behind_parses_and_one_far_behind_uses_the_key_files(tmp_path: Path) -> None:
+    """The choice of path (aggregate_read.PARSE_AT_MOST): a short unparsed tail is parsed (the tail
+    index then holds every unsealed row); a long one is looked up in the key files."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(aggregate_read, "PARSE_AT_MOST", 64)  # the default, against this module's fixture
+    try:
+        for frames, keys_used in ((60, False), (200, True)):
+            root = tmp_path / f"s{frames}"
+            log, ev = open_log(root), EventLog()
+            try:
+                for i in range(frames):
+                    ev.append(log, ["a" if i % 4 == 0 else f"x{i % 9}"])
+            finally:
+                log.close()
+            fresh_reader(root)
+            assert read(root, "a") == full_scan(root, "a")
+            parsed = tail_cursor.tail_index(root, 0).span()[2]
+            assert (index(root).held() > 0, parsed > 0) == (keys_used, not keys_used)
+        # a process that keeps reading the partition parses its tail once, then follows it
+        for k in range(aggregate_read.FOLLOW_AFTER):
+            assert read(root, f"x{k % 9}") == full_scan(root, f"x{k % 9}")
+        assert tail_cursor.tail_index(root, 0).span()[2] == 200
+        assert read(root, "a") == full_scan(root, "a")
+    finally:
+        patch.undo()

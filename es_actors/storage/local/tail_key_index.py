@@ -10,7 +10,8 @@ no longer parses every frame the writers append (ADR-015, "The tail's cost under
 Whatever does not check out (no key file, a crc or header mismatch, positions that do not
 continue, a frame or row that is not what its record says) makes :meth:`TailKeyIndex.aggregate_rows`
 answer None: the caller then reads the tail by parsing it (``tail_cursor.TailIndex``), and this
-index is not tried again for a second (:data:`RETRY_AFTER_S`). A key file can cost speed, never a row.
+index rests (:data:`RETRY_AFTER_S`, doubled after each failure in a row up to :data:`RETRY_MAX_S`).
+A key file can cost speed, never a row.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ Row = tuple[Any, ...]
 _POS, _TYPE, _ID = COL["position"], COL["aggregate_type"], COL["aggregate_id"]
 RECORD, HEADER, REC = tail_keys.RECORD, tail_keys.HEADER_SIZE, tail_keys.RECORD_SIZE
 RETRY_AFTER_S = 1.0
+RETRY_MAX_S = 60.0  # (a closed file left without its trailer stays so until it is sealed)
 #: Records one index holds at most (32 bytes each); a tail longer than this is read by parsing it.
 MAX_RECORDS = 4_000_000
 MAX_FRAME_BYTES = 1 << 30
@@ -66,6 +68,7 @@ class TailKeyIndex:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # readers of one process share it
         self.retry_at = 0.0
+        self.failures = 0  # in a row
         self.reset()
 
     def reset(self) -> None:
@@ -95,11 +98,14 @@ class TailKeyIndex:
                 return []
             if self.held() == 0 or self._pos[self._start] != sealed_last + 1 or self.last != durable:
                 raise KeysUnusable("the records do not cover the unsealed positions")
-            return self._rows_of(tails, aggregate)
+            rows = self._rows_of(tails, aggregate)
         except KeysUnusable:
             self.reset()
-            self.retry_at = time.monotonic() + RETRY_AFTER_S
+            self.retry_at = time.monotonic() + min(RETRY_AFTER_S * 2**self.failures, RETRY_MAX_S)
+            self.failures += 1
             return None
+        self.failures = 0
+        return rows
 
     # -- taking records ------------------------------------------------------------------------
 
@@ -207,6 +213,7 @@ class TailKeyIndex:
         self._floor = max(self._floor, sealed_last)
         if self.held() and self._pos[self._start] <= sealed_last:
             self._start += int(np.searchsorted(self._pos[self._start : self._n], sealed_last, side="right"))
+            self._decoded = {p: r for p, r in self._decoded.items() if p > sealed_last}  # once per seal
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -229,6 +236,8 @@ class TailKeyIndex:
                     out.append(row)
                 continue
             i = bisect.bisect_right(firsts, pos) - 1
+            if i < 0:
+                raise KeysUnusable(f"position {pos} is in no tail file listed")
             by_file.setdefault(i, []).append((pos, off, length))
             crc_of[(i, off, length)] = crc
         if len(decoded) > MAX_DECODED:
