@@ -178,13 +178,15 @@ def remove(tail_path: Path) -> None:
 
 
 def remove_orphans(tail_dir: Path) -> None:
-    """Remove key files whose tail file is gone (a crash between the two unlinks of a seal)."""
+    """Remove key files whose tail file is gone (a crash between the two unlinks of a seal) and
+    temporary ones a crash left mid-rewrite (recovery, with no writer at work)."""
     try:
         names = os.listdir(tail_dir)
     except FileNotFoundError:
         return
     for name in names:
-        if name.endswith(SUFFIX) and name[: -len(SUFFIX)] not in names:
+        orphan = name.endswith(SUFFIX) and name[: -len(SUFFIX)] not in names
+        if orphan or (name.startswith(".") and name.endswith(SUFFIX + ".tmp")):
             try:
                 os.unlink(tail_dir / name)
             except FileNotFoundError:
