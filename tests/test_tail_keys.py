@@ -35,6 +35,7 @@ def key_path_for_every_tail() -> Iterator[None]:
     files, so every read that can uses them. (Its own patch: tests undo theirs mid-test.)"""
     patch = pytest.MonkeyPatch()
     patch.setattr(aggregate_read, "PARSE_AT_MOST", -1)
+    patch.setattr(aggregate_read, "FOLLOW_AFTER", 10**9)
     yield
     patch.undo()
 
@@ -303,7 +304,8 @@ def test_a_reader_close_behind_parses_and_one_far_behind_uses_the_key_files(tmp_
     """The choice of path (aggregate_read.PARSE_AT_MOST): a short unparsed tail is parsed (the tail
     index then holds every unsealed row); a long one is looked up in the key files."""
     patch = pytest.MonkeyPatch()
-    patch.setattr(aggregate_read, "PARSE_AT_MOST", 64)  # the default, against this module's fixture
+    patch.setattr(aggregate_read, "PARSE_AT_MOST", 64)  # the defaults, against this module's fixture
+    patch.setattr(aggregate_read, "FOLLOW_AFTER", 32)
     try:
         for frames, keys_used in ((60, False), (200, True)):
             root = tmp_path / f"s{frames}"
@@ -324,3 +326,57 @@ def test_a_reader_close_behind_parses_and_one_far_behind_uses_the_key_files(tmp_
         assert read(root, "a") == full_scan(root, "a")
     finally:
         patch.undo()
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from es_actors.storage.local.backend import LocalBackend
+from es_actors.testing.storage_conformance import EventLog, small_config
+log = LocalBackend(Path(sys.argv[1])).open_log(0, small_config().model_copy(update={"seal_rows": 40}))
+ev = EventLog()
+for i in range(1, 100_000):
+    ev.append(log, ["a", "b", "c"][: 1 + i % 3] + ["k"])
+    print(i, flush=True)  # acknowledged: durable, and published in DURABLE with its key records
+"""
+
+
+def test_readers_racing_a_writer_killed_mid_write_miss_no_acknowledged_event(tmp_path: Path) -> None:
+    """A writer process appends (rotating and sealing every 40 rows) while this process reads one
+    aggregate through the key files; then the writer is killed (SIGKILL, no close). Every read is a
+    gapless prefix holding at least every event acknowledged before it began; after recovery a new
+    reader sees every acknowledged event, as a full scan does. Bounded: 600 appends or 20 s."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    root = tmp_path / "s"
+    StoreLayout(root).create_or_check(1, 1)
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root)], stdout=subprocess.PIPE, text=True)
+    acked = [0]
+
+    def follow() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            acked[0] = int(line)
+
+    threading.Thread(target=follow, daemon=True).start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 20
+        while acked[0] < 600 and time.monotonic() < deadline:
+            before = acked[0]  # append i adds one event of "k": version i
+            got = [r[VER] for r in read(root, "k")]
+            assert got == list(range(1, len(got) + 1)) and len(got) >= before, (before, got[-3:])
+            reads += 1
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reads > 20 and acked[0] >= 100
+    assert index(root).retry_at == 0.0 and index(root).held() > 0, "the key files answered under the racing writer"
+    open_log(root, seal_rows=40).close()  # recovery: a torn end cut, the key files rewritten
+    fresh_reader(root)
+    for agg in "abck":
+        assert read(root, agg) == full_scan(root, agg)
+    assert len(read(root, "k")) >= acked[0]
