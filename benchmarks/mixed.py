@@ -363,8 +363,9 @@ def run(ctx: Context, selected: list[str]) -> None:
         configs: list[tuple[str, str]] = []
         if es is not None:
             configs += [("es_actors", "closed"), ("es_actors", "open"), ("es_actors", "none")]
-        if pg is not None:
+        if pg is not None:  # (its open-loop and no-reader runs: the same ratio for the peer, as context)
             configs.insert(1 if es is not None else 0, ("postgres", "closed"))
+            configs += [("postgres", "open"), ("postgres", "none")]
         for rep in range(s.repeats):
             k = rep % len(configs)
             for system, readers in configs[k:] + configs[:k]:
@@ -409,7 +410,7 @@ def record(ctx: Context, runs: dict[tuple[str, str], list[MixedRun]], pg_version
         elif readers == "open":
             n = (notes[system] + f"; readers open loop at {OPEN_READS_PER_S:,} reads/s in all (achieved "
                  f"{med(rs, 'reads_per_s'):,.0f}/s, read p50 {med(rs, 'read_p50_ms'):.2f} ms from the scheduled time); "
-                 "target: >= 0.8x writes_per_s_no_readers")
+                 "target (es_actors): >= 0.8x writes_per_s_no_readers; postgres's the same ratio, for context")
             ctx.results.record("mixed_8w8r", system, "writes_per_s_open_readers", med(rs, "writes_per_s"), notes=n, **extra)
         else:
             ctx.results.record("mixed_8w8r", system, "writes_per_s_no_readers", med(rs, "writes_per_s"),
