@@ -156,7 +156,7 @@ def _flip_hash_of_record(path: Path, record: int) -> None:
 
 
 @pytest.mark.parametrize("damage", ["a record's stream hash", "cut short", "missing", "another tail file's",
-                                    "a mark of an older writer"])
+                                    "a mark of an older writer", "not a readable file"])
 def test_key_files_that_do_not_check_out_are_read_around(tmp_path: Path, damage: str) -> None:
     """Every row still comes back (the tail is parsed instead) and the key path reports it declined."""
     root = tmp_path / "s"
@@ -168,6 +168,9 @@ def test_key_files_that_do_not_check_out_are_read_around(tmp_path: Path, damage:
         os.truncate(keys, keys.stat().st_size - tail_keys.RECORD_SIZE)
     elif damage == "missing":
         keys.unlink()
+    elif damage == "not a readable file":
+        keys.unlink()
+        keys.mkdir()  # opens, but every read fails (EISDIR), as an unreadable file's would
     elif damage == "another tail file's":
         other = tmp_path / "other"
         _store_with_tail(other)
@@ -183,6 +186,14 @@ def test_key_files_that_do_not_check_out_are_read_around(tmp_path: Path, damage:
         assert index(root).held() == 0  # never tried: no key file was published
     else:
         assert index(root).retry_at > 0, "the key path declined"
+    log = open_log(root)  # derived data: whatever the key file is, the next writer recovers, writes, seals
+    try:
+        EventLog().append(log, ["z"])
+        log.seal()  # (removes the tail file's key file, whatever it is)
+    finally:
+        log.close()
+    fresh_reader(root)
+    assert [r[VER] for r in read(root, "a")] == list(range(1, ev.versions["a"] + 1))
 
 
 def test_a_recovering_writer_rewrites_the_key_files(tmp_path: Path) -> None:

@@ -144,6 +144,8 @@ class TailKeyIndex:
             if tail.exists():
                 raise KeysUnusable(f"{kp} is missing") from None
             raise  # sealed meanwhile: the caller reads again
+        except OSError as exc:  # not a readable file (a directory, no permission, EIO): derived data
+            raise KeysUnusable(f"{kp} cannot be read: {exc}") from None
         if kf.length == 0:
             head = tail_keys.parse_header(data)
             if head is None or head[1] != kf.first:
@@ -248,7 +250,12 @@ class TailKeyIndex:
             frames = sorted({(off, length) for _p, off, length in wanted})
             if kf is None or any(length > MAX_FRAME_BYTES for _o, length in frames):
                 raise KeysUnusable(f"{path}: no records taken for it")
-            inode, datas = files.pread_input(path, frames)  # FileNotFoundError: sealed meanwhile
+            try:
+                inode, datas = files.pread_input(path, frames)
+            except FileNotFoundError:
+                raise  # sealed meanwhile: the caller reads again
+            except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
+                raise KeysUnusable(f"{path} cannot be read: {exc}") from None
             if inode != kf.inode:
                 raise KeysUnusable(f"{path} was replaced")
             read = {f: _frame(data, f, path, crc_of[(i, *f)]) for f, data in zip(frames, datas)}

@@ -21,6 +21,7 @@ speed (it parses the tail as before), never a row.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import zlib
@@ -33,6 +34,7 @@ from es_actors.codecs.rows import COL
 from es_actors.storage.local.stream_index import runs
 
 Row = tuple[Any, ...]
+log = logging.getLogger(__name__)
 SUFFIX = ".keys"
 MAGIC = b"ESKEYS03"  # the format, stream_hash's function included: a change to either needs a new magic
 _HEADER = struct.Struct("<8sQQ")  # magic, tail file inode, tail file first position; + crc32 + 4 reserved
@@ -170,11 +172,14 @@ def rebuild_closed(tail_path: Path, first: int, frames: Iterable[tuple[int, int,
 
 
 def remove(tail_path: Path) -> None:
-    """Remove a tail file's key file (the tail file was sealed, dropped or rewritten)."""
+    """Remove a tail file's key file (the tail file was sealed, dropped or rewritten). Never raises:
+    a key file that cannot be removed is left (readers check it; a seal or a recovery goes on)."""
     try:
         keys_path(tail_path).unlink()
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", keys_path(tail_path), exc)
 
 
 def remove_orphans(tail_dir: Path) -> None:
@@ -191,3 +196,5 @@ def remove_orphans(tail_dir: Path) -> None:
                 os.unlink(tail_dir / name)
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", tail_dir / name, exc)
