@@ -192,3 +192,18 @@ def test_a_torn_end_of_the_newest_file_is_not_read(tmp_path: Path) -> None:
     with open(path, "ab") as f:
         f.write(encode_frame(rows)[:20])
     assert versions(root) == list(range(1, ev.versions["a"] + 1))
+
+
+def test_a_checked_frame_whose_rows_are_not_what_its_header_says_is_refused(tmp_path: Path) -> None:
+    """Checksums that pass over rows that do not match the header (another first position) are
+    damage, not rows: the decode of all new frames at once must not take them."""
+    root = tmp_path / "s"
+    tail_store(root)  # positions 1..9
+    versions(root)  # warm: the next read takes only what is appended
+    [(_f, path)] = list_tail_files(root / "tail" / "p0000")
+    row: tuple[Any, ...] = (0, 12, "Account", "a", 99, "Deposited", 1, "e", "c", "d", None, None, "t", 1, "{}", "{}")
+    with open(path, "ab") as f:
+        f.write(encode_frame([row], first_position=10) + encode_frame([(0, 11, *row[2:])]))
+    (root / "tail" / "p0000" / "DURABLE").unlink(missing_ok=True)  # no mark: every whole frame is readable
+    with pytest.raises(StoreCorrupted, match="damaged"):
+        versions(root)

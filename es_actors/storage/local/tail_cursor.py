@@ -35,7 +35,6 @@ from es_actors.storage.local.wal import (
     checked_frame_at,
     damage_error,
     file_header_first,
-    frame_rows,
     scan_frames,
     scan_tail_bytes,
 )
@@ -129,79 +128,43 @@ class TailFileCursor:
         return self._take(scan, durable, skip_before, data, 0)
 
     def _frames(self, data: bytes, base: int, off: int, newest: bool, durable: int | None, skip_before: int) -> list[Row]:
-        """Frames of ``data`` (byte ``base`` of the file) from ``off``: the good frames' rows decoded
-        together (:meth:`_bulk`), else a loop frame by frame; anything else goes to ``wal.scan_frames``,
-        which classifies it exactly."""
-        bulk = self._bulk(data, base, off, durable, skip_before)
-        if bulk is not None:
-            return bulk
-        out: list[Row] = []
+        """Frames of ``data`` (byte ``base`` of the file) from ``off``. The frames that check out
+        (marker, header and payload checksums, positions in order) up to the durable mark are walked
+        by their headers, and the rows of those needed are decoded together: the payloads are JSON
+        arrays of rows, so they join into one array (a decode per frame costs more than its rows,
+        ~2 us of call overhead each, a frame of one row being the usual). Anything else (the first
+        frame that does not check out, rows that do not decode as their headers say) goes to
+        ``wal.scan_frames``, which classifies it exactly."""
         n = len(data)
         expected = self.expected
-        while off < n:
-            checked, _why = checked_frame_at(data, off)
-            if checked is None or checked[0] != expected:
-                break
-            first, count, start, end = checked
-            last = first + count - 1
-            if durable is not None and count and last > durable:
-                return out  # not durable yet: a later read takes it
-            if last >= skip_before:  # frames before what is needed are checked, not decoded
-                rows, _why = frame_rows(data[start:end], first, count)
-                if rows is None:
-                    break
-                out.extend(rows)
-            self.offset, self.expected = base + end, first + count
-            self.last_frame_at, self.last_header = base + off, data[off:start]
-            expected = first + count
-            off = end
-        if off >= n:
-            return out
-        scan = scan_frames(TailScan(self.path, 2, 0), data, off, expected, newest, base=base)
-        out.extend(self._take(scan, durable, skip_before, data, base))
-        return out
-
-    def _bulk(self, data: bytes, base: int, off: int, durable: int | None, skip_before: int) -> list[Row] | None:
-        """The common case in one JSON decode: every frame from ``off`` checks out (marker, header
-        and payload checksums, positions in order) up to the end of ``data`` or the durable mark.
-        The payloads are JSON arrays of rows, so they join into one array (a decode per frame costs
-        more than its rows: ~2 us of call overhead each, a frame of one row being the usual). None:
-        anything else, for the frame-by-frame loop (which finds and classifies it)."""
-        n = len(data)
-        expected = self.expected
-        spans: list[tuple[int, int, int, int]] = []  # (frame offset, payload start, payload end, first)
+        spans: list[tuple[int, int, int]] = []  # (payload start, payload end, first position) of frames decoded
         counts: list[int] = []
         end = last_off = off
+        at_mark = False
         while end < n:
             checked, _why = checked_frame_at(data, end)
             if checked is None or checked[0] != expected:
-                return None
+                break
             first, count, start, stop = checked
             if durable is not None and count and first + count - 1 > durable:
-                break  # not durable yet: a later read takes it
-            if first + count - 1 >= skip_before and count:
-                spans.append((end, start, stop, first))
+                at_mark = True  # not durable yet: a later read takes it
+                break
+            if first + count - 1 >= skip_before and count:  # frames before what is needed: checked only
+                spans.append((start, stop, first))
                 counts.append(count)
             expected, last_off, end = first + count, end, stop
-        if end == off:
-            return []
-        rows: list[Row] = []
-        if spans:
-            try:
-                decoded = json.loads(b"[" + b",".join(data[a + 1 : b - 1] for _o, a, b, _f in spans) + b"]")
-                rows = [tuple(r) for r in decoded]
-            except (ValueError, TypeError):
-                return None
-            if len(rows) != sum(counts):
-                return None
-            at = 0
-            for (_o, _a, _b, first), count in zip(spans, counts):
-                if rows[at][1] != first:
-                    return None
-                at += count
-        self.offset, self.expected = base + end, expected
-        self.last_frame_at, self.last_header = base + last_off, data[last_off : last_off + FRAME_HEADER_SIZE]
-        return rows  # (the last frame taken: its header is checked again on the next read)
+        rows = _decode(data, spans, counts)
+        if rows is None:  # checked frames whose rows are not what their headers say: classify them all
+            return self._take(scan_frames(TailScan(self.path, 2, 0), data, off, self.expected, newest, base=base),
+                              durable, skip_before, data, base)
+        if end > off:
+            self.offset, self.expected = base + end, expected
+            self.last_frame_at, self.last_header = base + last_off, data[last_off : last_off + FRAME_HEADER_SIZE]
+        if at_mark or end >= n:
+            return rows
+        scan = scan_frames(TailScan(self.path, 2, 0), data, end, expected, newest, base=base)
+        rows.extend(self._take(scan, durable, skip_before, data, base))
+        return rows
 
     def _take(self, scan: TailScan, durable: int | None, skip_before: int, data: bytes, base: int) -> list[Row]:
         """Rows of a full scan's frames past ``offset``, up to the durable mark; damage raises."""
@@ -224,6 +187,25 @@ class TailFileCursor:
             raise damage_error([Damage(scan.path, scan.valid_end, None, self.expected, durable,
                                        "the end fails its checks below the durable mark (DURABLE)")])
         return out
+
+
+def _decode(data: bytes, spans: list[tuple[int, int, int]], counts: list[int]) -> list[Row] | None:
+    """The rows of the frames whose payloads lie at ``spans`` (start, end, first position), in one
+    JSON decode; None unless they are JSON rows, as many as ``counts`` and starting at those positions."""
+    if not spans:
+        return []
+    try:
+        rows = [tuple(r) for r in json.loads(b"[" + b",".join(data[a + 1 : b - 1] for a, b, _f in spans) + b"]")]
+    except (ValueError, TypeError):
+        return None
+    if len(rows) != sum(counts):
+        return None
+    at = 0
+    for (_a, _b, first), count in zip(spans, counts):
+        if rows[at][1] != first:
+            return None
+        at += count
+    return rows
 
 
 class TailIndex:
