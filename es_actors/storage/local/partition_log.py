@@ -197,7 +197,7 @@ class PartitionLog:
         # Key files afresh (derived data: one a crash left may hold records of a frame cut back just now)
         for p, r in closed:
             if r and p != self._writer.path:
-                tail_keys.rebuild_closed(p, first_position_of(p) or 0, [(f.offset, f.end, f.rows) for f in frames[p]])
+                tail_keys.rebuild_closed(p, first_position_of(p) or 0, frames[p])
         tail_keys.remove_orphans(self.tail_dir)
 
     def durable_snapshot(self, attempts: int = DEFAULT_ATTEMPTS) -> tuple[pa.Table, list[Row]]:

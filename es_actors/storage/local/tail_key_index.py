@@ -31,7 +31,7 @@ from es_actors.storage import files
 from es_actors.storage.local import tail_keys
 from es_actors.storage.local.durable_mark import KeysMark
 from es_actors.storage.local.stream_index import runs
-from es_actors.storage.local.wal import checked_frame_at, frame_rows
+from es_actors.storage.local.wal import checked_frame_at, frame_header_crc, frame_rows
 
 Row = tuple[Any, ...]
 _POS, _TYPE, _ID = COL["position"], COL["aggregate_type"], COL["aggregate_id"]
@@ -73,11 +73,8 @@ class TailKeyIndex:
 
     def reset(self) -> None:
         self._files: dict[int, _KeyFile] = {}  # by the tail file's first position
-        self._pos = np.empty(1024, np.int64)
-        self._hash = np.empty(1024, np.uint64)
-        self._off = np.empty(1024, np.uint64)
-        self._len = np.empty(1024, np.uint32)
-        self._crc = np.empty(1024, np.uint32)  # the frame's header crc32
+        self._recs = np.empty(1024, RECORD)  # as the key files hold them
+        self._hash = np.empty(1024, np.uint64)  # their stream hashes again, contiguous: one compare per read
         self._start = self._n = 0  # records [start, n) are held
         self.last = 0  # the last position taken (0: none yet)
         self._floor = 0  # the last sealed position seen: records at or below it are not kept
@@ -96,7 +93,7 @@ class TailKeyIndex:
             self._advance(tails, sealed_last, durable, mark)
             if durable <= sealed_last:
                 return []
-            if self.held() == 0 or self._pos[self._start] != sealed_last + 1 or self.last != durable:
+            if self.held() == 0 or self._recs["position"][self._start] != sealed_last + 1 or self.last != durable:
                 raise KeysUnusable("the records do not cover the unsealed positions")
             rows = self._rows_of(tails, aggregate)
         except KeysUnusable:
@@ -154,16 +151,16 @@ class TailKeyIndex:
             if head[0] != kf.inode:
                 raise KeysUnusable(f"{kp}: made for another file than {tail}")
         if length >= 0:
-            if len(data) != length - kf.length or zlib.crc32(data, kf.crc) != crc:
-                raise KeysUnusable(f"{kp}: does not match the durable mark")
             body_end = len(data)
+            if body_end != length - kf.length or zlib.crc32(data, kf.crc) != crc:
+                raise KeysUnusable(f"{kp}: does not match the durable mark")
         else:
             if len(data) < REC:
                 raise KeysUnusable(f"{kp}: closed without its trailer")
             trailer = np.frombuffer(data[-REC:], RECORD)[0]
-            body_end = len(data) - REC
+            body_end, crc = len(data) - REC, int(trailer["hash"])  # the trailer: (-1, crc32, length before it)
             if (int(trailer["position"]) != tail_keys.TRAILER_POSITION or int(trailer["offset"]) != kf.length + body_end
-                    or zlib.crc32(data[:body_end], kf.crc) != int(trailer["hash"])):
+                    or zlib.crc32(data[:body_end], kf.crc) != crc):
                 raise KeysUnusable(f"{kp}: closed without a valid trailer")
         body = data[HEADER if kf.length == 0 else 0 : body_end]
         if len(body) % REC:
@@ -184,27 +181,24 @@ class TailKeyIndex:
                 raise KeysUnusable(f"{kp}: records end at {kf.next_position - 1}, the next file starts at {next_first}")
             kf.closed = True
         kf.length += len(data)
-        kf.crc = zlib.crc32(data[:body_end], kf.crc)
+        kf.crc = crc  # (checked above: the crc32 of every byte taken but a trailer)
 
     def _append(self, recs: np.ndarray) -> None:
         k = len(recs)
-        if self._n + k > len(self._pos):
+        if self._n + k > len(self._recs):
             self._grow(self._n + k)
         n = self._n
-        self._pos[n : n + k] = recs["position"]
+        self._recs[n : n + k] = recs
         self._hash[n : n + k] = recs["hash"]
-        self._off[n : n + k] = recs["offset"]
-        self._len[n : n + k] = recs["length"]
-        self._crc[n : n + k] = recs["crc"]
         self._n = n + k
-        self.last = int(self._pos[self._n - 1])
+        self.last = int(recs["position"][-1])
 
     def _grow(self, need: int) -> None:
         held = self._n - self._start
         if need - self._start > MAX_RECORDS:
             raise KeysUnusable("the tail holds more records than one index keeps")
         cap = max(1024, 2 * (need - self._start))
-        for name in ("_pos", "_hash", "_off", "_len", "_crc"):
+        for name in ("_recs", "_hash"):
             old = getattr(self, name)
             new = np.empty(cap, old.dtype)
             new[:held] = old[self._start : self._n]
@@ -213,8 +207,9 @@ class TailKeyIndex:
 
     def _drop_through(self, sealed_last: int) -> None:
         self._floor = max(self._floor, sealed_last)
-        if self.held() and self._pos[self._start] <= sealed_last:
-            self._start += int(np.searchsorted(self._pos[self._start : self._n], sealed_last, side="right"))
+        positions = self._recs["position"]
+        if self.held() and positions[self._start] <= sealed_last:
+            self._start += int(np.searchsorted(positions[self._start : self._n], sealed_last, side="right"))
             self._decoded = {p: r for p, r in self._decoded.items() if p > sealed_last}  # once per seal
 
     # -- answering -----------------------------------------------------------------------------
@@ -226,12 +221,10 @@ class TailKeyIndex:
         if not len(hits):
             return []
         firsts = [f for f, _p in tails]
-        by_file: dict[int, list[tuple[int, int, int]]] = {}
+        by_file: dict[int, list[tuple[int, int, int, int]]] = {}  # (position, frame offset, length, header crc32)
         out: list[Row] = []
         decoded = self._decoded
-        crc_of: dict[tuple[int, int, int], int] = {}  # (file, frame offset, length) -> header crc32
-        for pos, off, length, crc in zip(self._pos[hits].tolist(), self._off[hits].tolist(),
-                                         self._len[hits].tolist(), self._crc[hits].tolist()):
+        for pos, _h, off, length, crc in self._recs[hits].tolist():
             row = decoded.get(pos)
             if row is not None:
                 if (row[_TYPE], row[_ID]) == aggregate:
@@ -240,31 +233,30 @@ class TailKeyIndex:
             i = bisect.bisect_right(firsts, pos) - 1
             if i < 0:
                 raise KeysUnusable(f"position {pos} is in no tail file listed")
-            by_file.setdefault(i, []).append((pos, off, length))
-            crc_of[(i, off, length)] = crc
+            by_file.setdefault(i, []).append((pos, off, length, crc))
         if len(decoded) > MAX_DECODED:
             decoded.clear()
         for i, wanted in by_file.items():
             first, path = tails[i]
             kf = self._files.get(first)
-            frames = sorted({(off, length) for _p, off, length in wanted})
-            if kf is None or any(length > MAX_FRAME_BYTES for _o, length in frames):
+            frames = sorted({(off, length, crc) for _p, off, length, crc in wanted})
+            if kf is None or any(length > MAX_FRAME_BYTES for _o, length, _c in frames):
                 raise KeysUnusable(f"{path}: no records taken for it")
             try:
-                inode, datas = files.pread_input(path, frames)
+                inode, datas = files.pread_input(path, [(off, length) for off, length, _c in frames])
             except FileNotFoundError:
                 raise  # sealed meanwhile: the caller reads again
             except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
                 raise KeysUnusable(f"{path} cannot be read: {exc}") from None
             if inode != kf.inode:
                 raise KeysUnusable(f"{path} was replaced")
-            read = {f: _frame(data, f, path, crc_of[(i, *f)]) for f, data in zip(frames, datas)}
-            for frame_first, rows in read.values():  # a frame's other rows are kept too: a frame of a
-                for k, r in enumerate(rows):  # batch append may hold many aggregates, decoded once here
-                    if r[_POS] != frame_first + k:
+            for (off, _length, crc), data in zip(frames, datas):
+                frame_first, rows = _frame(data, off, path, crc)
+                for k, r in enumerate(rows):  # a frame's other rows are kept too: a frame of a batch
+                    if r[_POS] != frame_first + k:  # append may hold many aggregates, decoded once here
                         raise KeysUnusable(f"{path}: a frame whose rows do not continue its first position")
                     decoded[r[_POS]] = r
-            for pos, off, length in wanted:
+            for pos, off, _length, _crc in wanted:
                 row = decoded.get(pos)
                 if row is None:
                     raise KeysUnusable(f"{path}: the frame at {off} does not hold position {pos}")
@@ -276,18 +268,18 @@ class TailKeyIndex:
         return out
 
 
-def _frame(data: bytes, at: tuple[int, int], path: Path, crc: int) -> tuple[int, list[Row]]:
-    """(first position, rows) of a whole frame read where a record points, its checksums checked
-    (its header's against the record's ``crc``: the frame the record was written for)."""
+def _frame(data: bytes, at: int, path: Path, crc: int) -> tuple[int, list[Row]]:
+    """(first position, rows) of a whole frame read where a record points (byte ``at``), its
+    checksums checked (its header's against the record's ``crc``: the frame the record was written for)."""
     checked, why = checked_frame_at(data, 0)
     if checked is None or checked[3] != len(data):
-        raise KeysUnusable(f"{path} at byte {at[0]}: {why or 'the frame is not the length its record says'}")
-    if tail_keys.frame_crc(data) != crc:
-        raise KeysUnusable(f"{path} at byte {at[0]}: not the frame its record was written for")
+        raise KeysUnusable(f"{path} at byte {at}: {why or 'the frame is not the length its record says'}")
+    if frame_header_crc(data) != crc:
+        raise KeysUnusable(f"{path} at byte {at}: not the frame its record was written for")
     first, count, start, end = checked
     rows, why = frame_rows(data[start:end], first, count)
     if rows is None:
-        raise KeysUnusable(f"{path} at byte {at[0]}: {why}")
+        raise KeysUnusable(f"{path} at byte {at}: {why}")
     return first, rows
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from es_actors.codecs.rows import COL
 from es_actors.storage.local.stream_index import runs
+from es_actors.storage.local.wal import Frame, frame_header_crc
 
 Row = tuple[Any, ...]
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ HEADER_SIZE = 32
 RECORD = np.dtype([("position", "<i8"), ("hash", "<u8"), ("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
 RECORD_SIZE = RECORD.itemsize  # 32
 _RECORD = struct.Struct("<qQQII")
-FRAME_CRC_AT = 24  # where a frame's header crc32 lies in it (wal.FRAME_HEADER_SIZE - 4)
 TRAILER_POSITION = -1  # a closed file's last record: (-1, running crc32, length before it, 0, 0)
 _POS, _TYPE, _ID = COL["position"], COL["aggregate_type"], COL["aggregate_id"]
 
@@ -73,11 +73,6 @@ def encode_records(rows: Iterable[Row], frame_offset: int, frame_length: int, fr
                     for r in rows)
 
 
-def frame_crc(frame_header: bytes) -> int:
-    """The crc32 that ends a frame's header (wal.py: it covers the payload's crc32)."""
-    return int(struct.unpack_from("<I", frame_header, FRAME_CRC_AT)[0])
-
-
 def trailer(crc: int, length: int) -> bytes:
     return _RECORD.pack(TRAILER_POSITION, crc, length, 0, 0)
 
@@ -86,14 +81,15 @@ class KeysWriter:
     """The writer's key file of one tail file. Any failure turns it off (published as length 0):
     readers then parse the tail, and the next recovery writes it afresh."""
 
-    def __init__(self, tail_path: Path, first: int, frames: Iterable[tuple[int, int, list[Row]]] = ()) -> None:
-        """``frames``: (offset, end, rows) of the frames the tail file already holds (recovery)."""
+    def __init__(self, tail_path: Path, first: int, frames: Iterable[Frame] = ()) -> None:
+        """``frames``: the frames the tail file already holds (recovery: as its scan found them)."""
         self.path = keys_path(tail_path)
         self._fd = -1
         self.size = 0
         self.crc = 0
         try:
-            data = header(os.stat(tail_path).st_ino, first) + _records_of(tail_path, frames)
+            data = header(os.stat(tail_path).st_ino, first) + b"".join(
+                encode_records(f.rows, f.offset, f.end - f.offset, f.header_crc) for f in frames)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -117,7 +113,7 @@ class KeysWriter:
         if self._fd < 0:
             return
         try:
-            data = encode_records(rows, frame_offset, len(frame), frame_crc(frame))
+            data = encode_records(rows, frame_offset, len(frame), frame_header_crc(frame))
             _write_all(self._fd, data)
             self.size += len(data)
             self.crc = zlib.crc32(data, self.crc)
@@ -149,24 +145,13 @@ class KeysWriter:
             self._fd = -1
 
 
-def _records_of(tail_path: Path, frames: Iterable[tuple[int, int, list[Row]]]) -> bytes:
-    """The records of frames a tail file holds (recovery: their header crcs read back from it)."""
-    frames = list(frames)
-    if not frames:
-        return b""
-    with open(tail_path, "rb") as f:
-        fd = f.fileno()
-        return b"".join(encode_records(rows, off, end - off, frame_crc(os.pread(fd, FRAME_CRC_AT + 4, off)))
-                        for off, end, rows in frames)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def rebuild_closed(tail_path: Path, first: int, frames: Iterable[tuple[int, int, list[Row]]]) -> None:
+def rebuild_closed(tail_path: Path, first: int, frames: Iterable[Frame]) -> None:
     """Write a closed tail file's key file afresh from its frames, with its trailer (recovery)."""
     KeysWriter(tail_path, first, frames).finish()
 

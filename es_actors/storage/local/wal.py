@@ -109,6 +109,7 @@ class Frame:
     end: int
     first_position: int
     rows: list[Row]
+    header_crc: int = 0  # the crc32 that ends a format-2 frame's header (the writer's key files name it)
 
 
 @dataclass
@@ -172,6 +173,11 @@ def checked_frame_at(data: bytes, off: int) -> tuple[tuple[int, int, int, int] |
     return (first, count, start, end), ""
 
 
+def frame_header_crc(data: bytes, off: int = 0) -> int:
+    """The crc32 that ends the header of the frame at ``off`` (it covers the payload's crc32)."""
+    return int(struct.unpack_from("<I", data, off + _FRAME.size)[0])
+
+
 def frame_rows(payload: bytes, first: int, count: int) -> tuple[list[Row] | None, str]:
     """A checked frame's rows, or ``(None, why not)`` if they are not JSON rows matching its header."""
     try:
@@ -200,7 +206,7 @@ def _frame_at(data: bytes, off: int) -> tuple[Frame | None, str]:
     rows, why = frame_rows(data[start:end], first, count)
     if rows is None:
         return None, why
-    return Frame(off, end, first, rows), ""
+    return Frame(off, end, first, rows, frame_header_crc(data, off)), ""
 
 
 def _next_valid_frame(data: bytes, off: int) -> Frame | None:
@@ -381,7 +387,7 @@ class TailWriter:
             self.size = len(header)
         if not existed:
             fsync_dir(directory)
-        self._keys = KeysWriter(self.path, first_position, [(f.offset, f.end, f.rows) for f in frames or ()])
+        self._keys = KeysWriter(self.path, first_position, frames or ())
 
     @property
     def keys_published(self) -> tuple[int, int]:
