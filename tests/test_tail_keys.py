@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +19,7 @@ from es_actors.codecs.rows import COL
 from es_actors.storage import files
 from es_actors.storage.backends import aggregate_rows
 from es_actors.storage.layout import StoreLayout
-from es_actors.storage.local import aggregate_read, tail_cursor, tail_key_index, tail_keys
+from es_actors.storage.local import tail_cursor, tail_key_index, tail_keys
 from es_actors.storage.local.backend import LocalBackend
 from es_actors.storage.local.reader import read_partition_rows
 from es_actors.storage.local.stream_index import runs
@@ -27,17 +27,6 @@ from es_actors.testing.storage_conformance import EventLog, small_config
 
 AID, VER, POS, EVENT_ID = COL["aggregate_id"], COL["version"], COL["position"], COL["event_id"]
 NO_SEAL = {"seal_rows": 10**7}
-
-
-@pytest.fixture(autouse=True)
-def key_path_for_every_tail() -> Iterator[None]:
-    """A reader parses a short tail it is close behind (PARSE_AT_MOST); these tests are about the key
-    files, so every read that can uses them. (Its own patch: tests undo theirs mid-test.)"""
-    patch = pytest.MonkeyPatch()
-    patch.setattr(aggregate_read, "PARSE_AT_MOST", -1)
-    patch.setattr(aggregate_read, "FOLLOW_AFTER", 10**9)
-    yield
-    patch.undo()
 
 
 def open_log(root: Path, **config: Any) -> Any:
@@ -81,15 +70,23 @@ def test_a_fresh_reader_reads_only_the_frames_of_the_aggregate(tmp_path: Path, m
             log.close()
         fresh_reader(root)
         tally = {"wal_bytes": 0, "decoded": 0}
-        real_pread, real_loads = files.pread_input, json.loads
+        real_open, real_pread, real_loads = files.open_fd, files.pread_fd, json.loads
+        wal_fds: set[int] = set()
 
-        def pread(path: Any, ranges: list[tuple[int, int]]) -> tuple[int, list[bytes]]:
-            inode, datas = real_pread(path, ranges)
+        def open_fd(path: Any) -> int:
+            fd = real_open(path)
             if str(path).endswith(".wal"):
-                tally["wal_bytes"] += sum(len(d) for d in datas)
-            return inode, datas
+                wal_fds.add(fd)
+            return fd
 
-        monkeypatch.setattr(files, "pread_input", pread)
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            data = real_pread(fd, length, offset)
+            if fd in wal_fds:
+                tally["wal_bytes"] += len(data)
+            return data
+
+        monkeypatch.setattr(files, "open_fd", open_fd)
+        monkeypatch.setattr(files, "pread_fd", pread)
         monkeypatch.setattr(json, "loads", lambda data: tally.__setitem__("decoded", tally["decoded"] + 1) or real_loads(data))
         try:
             got = read(root, "probe")
@@ -107,6 +104,9 @@ def test_a_fresh_reader_reads_only_the_frames_of_the_aggregate(tmp_path: Path, m
 def test_key_files_answer_as_a_full_scan_across_rotations_restarts_and_seals(tmp_path_factory: Any, data: Any) -> None:
     root = tmp_path_factory.mktemp("keys") / "s"
     ev = EventLog()
+    sizes = pytest.MonkeyPatch()  # records taken one by one, in bulk, and moved from the dict to the sorted array
+    sizes.setattr(tail_key_index, "SMALL_INTAKE", data.draw(st.sampled_from([0, 3, 256])))
+    sizes.setattr(tail_key_index, "MAX_RECENT", data.draw(st.sampled_from([1, 7, 16_384])))
     log = open_log(root, seal_rows=data.draw(st.sampled_from([5, 17, 10**7])))
     aggs = ["a", "b", "c", "d"]
     try:
@@ -132,6 +132,7 @@ def test_key_files_answer_as_a_full_scan_across_rotations_restarts_and_seals(tmp
         assert index(root).retry_at == 0.0, "the key files checked out throughout"
     finally:
         log.close()
+        sizes.undo()
 
 
 def _store_with_tail(root: Path) -> EventLog:
@@ -311,32 +312,39 @@ def test_a_failing_keys_writer_neither_fails_an_append_nor_leaves_a_stray_frame(
     assert index(root).retry_at == 0.0 and index(root).held() == 5
 
 
-def test_a_reader_close_behind_parses_and_one_far_behind_uses_the_key_files(tmp_path: Path) -> None:
-    """The choice of path (aggregate_read.PARSE_AT_MOST): a short unparsed tail is parsed (the tail
-    index then holds every unsealed row); a long one is looked up in the key files."""
-    patch = pytest.MonkeyPatch()
-    patch.setattr(aggregate_read, "PARSE_AT_MOST", 64)  # the defaults, against this module's fixture
-    patch.setattr(aggregate_read, "FOLLOW_AFTER", 32)
+def test_a_reader_following_the_tail_reads_each_new_frame_of_its_aggregate_once_and_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-lived reader of a growing tail (the steady state under writers): after its first read,
+    each read opens no file, reads the key records published since with one positioned read, and
+    reads and decodes only the aggregate's frames it has not decoded before, whatever the tail's
+    length and however many frames of other aggregates were appended meanwhile (before: every new
+    frame was parsed by every reader process)."""
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog()
+    tally = {"opens": 0, "preads": 0, "decoded": 0}
+    real_open, real_pread, real_loads = files.open_fd, files.pread_fd, json.loads
     try:
-        for frames, keys_used in ((60, False), (200, True)):
-            root = tmp_path / f"s{frames}"
-            log, ev = open_log(root), EventLog()
-            try:
-                for i in range(frames):
-                    ev.append(log, ["a" if i % 4 == 0 else f"x{i % 9}"])
-            finally:
-                log.close()
-            fresh_reader(root)
-            assert read(root, "a") == full_scan(root, "a")
-            parsed = tail_cursor.tail_index(root, 0).span()[2]
-            assert (index(root).held() > 0, parsed > 0) == (keys_used, not keys_used)
-        # a process that keeps reading the partition parses its tail once, then follows it
-        for k in range(aggregate_read.FOLLOW_AFTER):
-            assert read(root, f"x{k % 9}") == full_scan(root, f"x{k % 9}")
-        assert tail_cursor.tail_index(root, 0).span()[2] == 200
+        for i in range(300):
+            ev.append(log, ["a" if i % 30 == 0 else f"x{i % 9}"])
+        assert read(root, "a") == full_scan(root, "a")  # first read: the records taken in bulk
+        monkeypatch.setattr(files, "open_fd", lambda path: tally.__setitem__("opens", tally["opens"] + 1) or real_open(path))
+        monkeypatch.setattr(files, "pread_fd", lambda fd, n, at: tally.__setitem__("preads", tally["preads"] + 1) or real_pread(fd, n, at))
+        monkeypatch.setattr(json, "loads", lambda data: tally.__setitem__("decoded", tally["decoded"] + 1) or real_loads(data))
+        for k in range(40):
+            for j in range(k % 4):
+                ev.append(log, [f"x{j}"])  # frames of other aggregates: never read
+            ev.append(log, ["a"])
+            tally.update(opens=0, preads=0, decoded=0)
+            got = read(root, "a")
+            assert [r[VER] for r in got] == list(range(1, ev.versions["a"] + 1))
+            assert tally == {"opens": 0, "preads": 2, "decoded": 1}, k  # the new records; the new frame of "a"
+            tally.update(opens=0, preads=0, decoded=0)
+            assert read(root, "a") == got and tally == {"opens": 0, "preads": 0, "decoded": 0}  # nothing new
+        monkeypatch.undo()
         assert read(root, "a") == full_scan(root, "a")
+        assert index(root).retry_at == 0.0 and index(root).held() == 300 + sum(k % 4 + 1 for k in range(40))
     finally:
-        patch.undo()
+        log.close()
 
 
 _WRITER = """

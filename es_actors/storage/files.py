@@ -1,6 +1,6 @@
 """Durable file operations on local disk: fsync a file or a directory's entries, and replace a
 file whole (readers see the old bytes or the new, never a mix); the one opener of the files
-the read paths read (:func:`open_input`, :func:`map_input`)."""
+the read paths read (:func:`open_input`, :func:`map_input`, :func:`open_fd`)."""
 
 from __future__ import annotations
 
@@ -48,14 +48,13 @@ def map_input(path: "Path | str") -> pa.NativeFile:
     return pa.memory_map(str(path), "r")
 
 
-def pread_input(path: "Path | str", ranges: "list[tuple[int, int]]") -> tuple[int, list[bytes]]:
-    """The inode of ``path`` and the bytes at each ``(offset, length)`` of it (a length < 0: to the
-    end): one open, one positioned read per range (a tail's key file, a frame it points at). Short
-    reads come back short. Replaceable by a test like :func:`open_input`."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        return st.st_ino, [os.pread(fd, length if length >= 0 else max(st.st_size - offset, 0), offset)
-                           for offset, length in ranges]
-    finally:
-        os.close(fd)
+def open_fd(path: "Path | str") -> int:
+    """Open a file a reader keeps open across reads (a tail file, its key file), read only. The one
+    opener of such files, so a test can replace it and count the files opened."""
+    return os.open(path, os.O_RDONLY)
+
+
+def pread_fd(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` of a file :func:`open_fd` opened (short at its end). The one
+    positioned read of kept files, so a test can replace it and count the reads and bytes."""
+    return os.pread(fd, length, offset)

@@ -6,11 +6,10 @@ Inside one consistent-read attempt: the current generation's segments and the du
   runs clustered by aggregate, ADR-015);
 - sealed positions after ``covered``: those segments only, with a filter on the aggregate and
   ``position > covered`` (row-group statistics prune by position);
-- unsealed positions: this process's :class:`~es_actors.storage.local.tail_cursor.TailIndex`, which
-  parses every frame appended since its last read, when that is at most :data:`PARSE_AT_MOST`
-  positions; else the writer's key files (:mod:`~es_actors.storage.local.tail_key_index`: only the
-  frames that hold the aggregate are read) when they check out against the durable mark; else the
-  tail index.
+- unsealed positions: the writer's key files (:mod:`~es_actors.storage.local.tail_key_index`: only
+  the frames that hold the aggregate are read) when they check out against the durable mark; else
+  this process's :class:`~es_actors.storage.local.tail_cursor.TailIndex`, which parses every frame
+  appended since its last read.
 
 The three parts are disjoint by position, so every row comes once; the answer is sorted by version.
 Writable and read-only stores use this same Ray-free path.
@@ -38,18 +37,6 @@ from es_actors.storage.lost_ranges import LostRanges
 
 Row = tuple[Any, ...]
 _POS, _VER = COL["position"], COL["version"]
-#: Unsealed positions this process has not parsed yet, at most, for a read to parse them (the tail
-#: index, which then holds every unsealed row decoded) rather than look the aggregate up in the
-#: writer's key files. A reader that follows a partition often parses a few frames per read, which
-#: costs about what the key path's own reads do; a new reader, or one far behind, uses the key files
-#: and decodes only the aggregate's frames (ADR-015, "The writer's key files").
-PARSE_AT_MOST = 64
-#: Reads of a partition through the key files after which a process parses its tail once and then
-#: follows it (each read parsing the few frames new since): a long-lived reader's steady state, as
-#: cheap per read as the key path (ADR-015) and holding every unsealed row decoded.
-FOLLOW_AFTER = 32
-
-
 def _sealed_after(segments: list[Segment], covered: int, aggregate: tuple[str, str], first_version: int,
                   last_version: int | None) -> pa.Table | None:
     """Rows of one aggregate in the segments after ``covered``; None if there are none (the index
@@ -62,22 +49,18 @@ def _sealed_after(segments: list[Segment], covered: int, aggregate: tuple[str, s
 
 def _tail_part(layout: StoreLayout, partition: int, lost: LostRanges, place: LogPlace,
                aggregate: tuple[str, str]) -> list[tuple[Any, ...]]:
-    """The aggregate's unsealed durable rows: from this process's tail index when it has parsed all
-    but :data:`PARSE_AT_MOST` of them (advanced first: every frame added since its last read is
-    parsed), else from the writer's key files when they check out (only the frames holding the
-    aggregate are read), else from the tail index."""
+    """The aggregate's unsealed durable rows: from the writer's key files when they check out (only
+    the frames holding the aggregate are read, each decoded once per process), else from this
+    process's tail index (every frame added since its last read is parsed)."""
     tails, sealed_last, durable = place.tails, place.sealed_last, place.durable
-    index = tail_index(layout.root, partition)
-    unparsed = (durable or 0) - max(index.last_position, sealed_last)  # (read unlocked: a hint)
-    if (unparsed > PARSE_AT_MOST and index.key_reads < FOLLOW_AFTER and place.keys is not None
-            and not lost.of(partition)):
+    if place.keys is not None and not lost.of(partition):
         keys = tail_key_index(resolved_root(layout.root), partition)
         with keys.lock:
             found = keys.aggregate_rows(tails, sealed_last, durable, place.keys, aggregate)
         if found is not None:
-            index.key_reads += 1
             require_held(layout, partition, lost, durable, tails, max(durable or 0, sealed_last))
             return found
+    index = tail_index(layout.root, partition)
     with index.lock:
         index.advance(tails, sealed_last, durable)  # FileNotFoundError: a seal moved a file
         first, last, count = index.span()  # every held row is unsealed: position > sealed_last

@@ -220,7 +220,6 @@ class TailIndex:
         self.frames_parsed_to = 0  # the last position parsed (for tests and stats)
         self.key: tuple[str, int] | None = None  # its key in _indexes (None: not registered)
         self.counted = 0  # rows of it counted in _held_rows (under _indexes_lock)
-        self.key_reads = 0  # reads of this partition answered from the writer's key files instead (aggregate_read)
 
     def reset(self) -> None:
         self._cursors.clear()

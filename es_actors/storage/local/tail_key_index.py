@@ -1,17 +1,20 @@
-"""A reader's index of a partition's unsealed tail, taken in bulk from the writer's key files.
+"""A reader's index of a partition's unsealed tail, taken from the writer's key files.
 
-One :class:`TailKeyIndex` per process and partition (:func:`tail_key_index`) holds the records of
-the key files (:mod:`tail_keys`) as numpy arrays: each read takes the bytes published since the
-last (one positioned read, one crc32, one ``frombuffer``) and finds an aggregate's positions with
-one vectorised compare. Only the frames that hold the aggregate are read and decoded, with their
-own checksums, and each row is checked against the position and aggregate asked for. So a reader
-no longer parses every frame the writers append (ADR-015, "The tail's cost under writes").
+One :class:`TailKeyIndex` per process and partition (:func:`tail_key_index`) keeps the tail files
+and their key files (:mod:`tail_keys`) open and holds their records by stream hash: a hash-sorted
+array for records taken in bulk (a new reader of a long tail: one ``frombuffer``, one sort) and a
+dict for the few taken per read after that. So a read costs one positioned read of the records
+published since the last, a lookup, and the frames that hold the aggregate, each decoded once per
+process: never the frames of other aggregates, and no cost that grows with the tail (ADR-015,
+"The tail's cost under writes").
 
-Whatever does not check out (no key file, a crc or header mismatch, positions that do not
-continue, a frame or row that is not what its record says) makes :meth:`TailKeyIndex.aggregate_rows`
-answer None: the caller then reads the tail by parsing it (``tail_cursor.TailIndex``), and this
-index rests (:data:`RETRY_AFTER_S`, doubled after each failure in a row up to :data:`RETRY_MAX_S`).
-A key file can cost speed, never a row.
+Every record is trusted only as far as the writer's durable mark vouches for it (the running crc32
+of the key file's bytes, or a closed file's trailer), positions must run gaplessly, every frame
+read is checked against its record's header crc32, and every row against the position and
+aggregate asked for. Whatever does not check out makes :meth:`TailKeyIndex.aggregate_rows` answer
+None: the caller then reads the tail by parsing it (``tail_cursor.TailIndex``), and this index
+rests (:data:`RETRY_AFTER_S`, doubled after each failure in a row up to :data:`RETRY_MAX_S`). A key
+file can cost speed, never a row.
 """
 
 from __future__ import annotations
@@ -34,14 +37,20 @@ from es_actors.storage.local.stream_index import runs
 from es_actors.storage.local.wal import checked_frame_at, frame_header_crc, frame_rows
 
 Row = tuple[Any, ...]
+Record = tuple[int, int, int, int, int]  # position, stream hash, frame offset, frame length, frame header crc32
 _POS, _TYPE, _ID = COL["position"], COL["aggregate_type"], COL["aggregate_id"]
 RECORD, HEADER, REC = tail_keys.RECORD, tail_keys.HEADER_SIZE, tail_keys.RECORD_SIZE
+_UNPACK = tail_keys.RECORD_STRUCT.iter_unpack
 RETRY_AFTER_S = 1.0
 RETRY_MAX_S = 60.0  # (a closed file left without its trailer stays so until it is sealed)
 #: Records one index holds at most (32 bytes each); a tail longer than this is read by parsing it.
 MAX_RECORDS = 4_000_000
 MAX_FRAME_BYTES = 1 << 30
 MAX_DECODED = 100_000  # rows kept decoded per index (all cleared past it)
+#: Records taken at once up to this many go to the dict one by one; more are taken in bulk.
+SMALL_INTAKE = 256
+#: Records the dict holds at most before they join the sorted array (one sort per this many).
+MAX_RECENT = 16_384
 
 
 class KeysUnusable(Exception):
@@ -49,39 +58,63 @@ class KeysUnusable(Exception):
 
 
 class _KeyFile:
-    """How far one tail file's key file has been taken."""
+    """One tail file and its key file, kept open, and how far the key file has been taken."""
 
-    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed")
+    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd")
 
     def __init__(self, first: int) -> None:
         self.first = first
-        self.inode = -1
+        self.inode = -1  # of the tail file, as the key file's header names it and tail_fd holds it
         self.length = 0  # bytes taken (header included)
         self.crc = 0  # crc32 of those bytes
         self.next_position = first
         self.closed = False  # its trailer was taken: nothing more will come
+        self.keys_fd = self.tail_fd = -1
+
+    def close(self) -> None:
+        for fd in (self.keys_fd, self.tail_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.keys_fd = self.tail_fd = -1
 
 
 class TailKeyIndex:
-    """The records of one partition's unsealed, durable tail: position -> (stream hash, frame)."""
+    """The records of one partition's unsealed, durable tail, by stream hash."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # readers of one process share it
         self.retry_at = 0.0
         self.failures = 0  # in a row
+        self._files: dict[int, _KeyFile] = {}
         self.reset()
 
     def reset(self) -> None:
-        self._files: dict[int, _KeyFile] = {}  # by the tail file's first position
-        self._recs = np.empty(1024, RECORD)  # as the key files hold them
-        self._hash = np.empty(1024, np.uint64)  # their stream hashes again, contiguous: one compare per read
-        self._start = self._n = 0  # records [start, n) are held
+        """Forget every record and close every file (a failure, a release)."""
+        for kf in self._files.values():
+            kf.close()
+        self._files = {}  # by the tail file's first position
+        self._bulk = np.empty(0, RECORD)  # sorted by (hash, position)
+        self._bulk_hash = np.empty(0, np.uint64)  # its hashes, contiguous: one binary search per read
+        self._recent: dict[int, list[Record]] = {}  # records taken since the sort, by hash, in position order
+        self._recent_n = 0
+        self._first = 0  # the first position held (records run gaplessly from it to ``last``)
         self.last = 0  # the last position taken (0: none yet)
-        self._floor = 0  # the last sealed position seen: records at or below it are not kept
+        self._floor = 0  # the last sealed position seen: records at or below it are not answered
+        self._tails: object = None  # the tail listing the files were last matched against
+        self._firsts: list[int] = []
         self._decoded: dict[int, Row] = {}  # position -> row read and checked (an aggregate read again)
 
+    def close(self) -> None:
+        with self.lock:
+            self.reset()
+
+    def __del__(self) -> None:
+        for kf in self._files.values():
+            kf.close()
+
     def held(self) -> int:
-        return self._n - self._start
+        """Positions held past the last seal seen."""
+        return max(self.last - max(self._first, self._floor + 1) + 1, 0) if self.last else 0
 
     def aggregate_rows(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int | None,
                        mark: KeysMark | None, aggregate: tuple[str, str]) -> list[Row] | None:
@@ -93,7 +126,7 @@ class TailKeyIndex:
             self._advance(tails, sealed_last, durable, mark)
             if durable <= sealed_last:
                 return []
-            if self.held() == 0 or self._recs["position"][self._start] != sealed_last + 1 or self.last != durable:
+            if self.held() == 0 or self._first > sealed_last + 1 or self.last != durable:
                 raise KeysUnusable("the records do not cover the unsealed positions")
             rows = self._rows_of(tails, aggregate)
         except KeysUnusable:
@@ -107,10 +140,13 @@ class TailKeyIndex:
     # -- taking records ------------------------------------------------------------------------
 
     def _advance(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int, mark: KeysMark) -> None:
-        self._drop_through(sealed_last)
-        live = {first for first, _p in tails}
-        for first in [f for f in self._files if f not in live]:
-            del self._files[first]
+        if sealed_last > self._floor:
+            self._drop_through(sealed_last)
+        if tails is not self._tails:  # the listing changed (a cached listing is the same list while unchanged)
+            live = {first for first, _p in tails}
+            for first in [f for f in self._files if f not in live]:
+                self._files.pop(first).close()
+            self._tails, self._firsts = tails, [f for f, _p in tails]
         for i, (first, path) in enumerate(tails):
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None
             if first > durable or (next_first is not None and next_first <= max(sealed_last, self.last) + 1):
@@ -125,6 +161,24 @@ class TailKeyIndex:
             elif not kf.closed:
                 raise KeysUnusable(f"{path} is not the file the durable mark names")
 
+    def _open(self, kf: _KeyFile, tail: Path) -> None:
+        """Open a tail file and its key file (both kept open until the file is sealed or a reset)."""
+        kp = tail_keys.keys_path(tail)
+        try:
+            try:
+                kf.keys_fd = files.open_fd(kp)
+            except FileNotFoundError:
+                if tail.exists():
+                    raise KeysUnusable(f"{kp} is missing") from None
+                raise  # sealed meanwhile: the caller reads again
+            except OSError as exc:  # not a readable file (a directory, no permission, EIO): derived data
+                raise KeysUnusable(f"{kp} cannot be opened: {exc}") from None
+            kf.tail_fd = files.open_fd(tail)  # FileNotFoundError: sealed meanwhile
+            kf.inode = os.fstat(kf.tail_fd).st_ino
+        except BaseException:
+            kf.close()
+            raise
+
     def _take(self, kf: _KeyFile, tail: Path, length: int, crc: int, next_first: int | None) -> None:
         """Records of one key file past what was taken: up to ``length`` bytes whose crc32 is
         ``crc`` (the newest file, as published), or to its trailer (``length`` -1: a closed file)."""
@@ -134,153 +188,169 @@ class TailKeyIndex:
             return
         if length >= 0 and length < kf.length:
             raise KeysUnusable(f"{tail}: key file shorter than taken")
-        kp = tail_keys.keys_path(tail)
+        if kf.keys_fd < 0:
+            self._open(kf, tail)
         try:
-            _inode, (data,) = files.pread_input(kp, [(kf.length, length - kf.length if length >= 0 else -1)])
-        except FileNotFoundError:
-            if tail.exists():
-                raise KeysUnusable(f"{kp} is missing") from None
-            raise  # sealed meanwhile: the caller reads again
-        except OSError as exc:  # not a readable file (a directory, no permission, EIO): derived data
-            raise KeysUnusable(f"{kp} cannot be read: {exc}") from None
-        if kf.length == 0:
-            head = tail_keys.parse_header(data)
-            if head is None or head[1] != kf.first:
-                raise KeysUnusable(f"{kp}: no valid header for this tail file")
-            kf.inode = os.stat(tail).st_ino  # FileNotFoundError: sealed meanwhile
-            if head[0] != kf.inode:
-                raise KeysUnusable(f"{kp}: made for another file than {tail}")
+            size = length if length >= 0 else os.fstat(kf.keys_fd).st_size
+            data = files.pread_fd(kf.keys_fd, max(size - kf.length, 0), kf.length)
+        except OSError as exc:
+            raise KeysUnusable(f"{tail_keys.keys_path(tail)} cannot be read: {exc}") from None
         if length >= 0:
             body_end = len(data)
             if body_end != length - kf.length or zlib.crc32(data, kf.crc) != crc:
-                raise KeysUnusable(f"{kp}: does not match the durable mark")
+                raise KeysUnusable(f"{tail_keys.keys_path(tail)}: does not match the durable mark")
         else:
             if len(data) < REC:
-                raise KeysUnusable(f"{kp}: closed without its trailer")
-            trailer = np.frombuffer(data[-REC:], RECORD)[0]
-            body_end, crc = len(data) - REC, int(trailer["hash"])  # the trailer: (-1, crc32, length before it)
-            if (int(trailer["position"]) != tail_keys.TRAILER_POSITION or int(trailer["offset"]) != kf.length + body_end
+                raise KeysUnusable(f"{tail_keys.keys_path(tail)}: closed without its trailer")
+            t_pos, crc, t_len, _l, _c = tail_keys.RECORD_STRUCT.unpack_from(data, len(data) - REC)
+            body_end = len(data) - REC  # the trailer: (-1, crc32, length before it)
+            if (t_pos != tail_keys.TRAILER_POSITION or t_len != kf.length + body_end
                     or zlib.crc32(data[:body_end], kf.crc) != crc):
-                raise KeysUnusable(f"{kp}: closed without a valid trailer")
+                raise KeysUnusable(f"{tail_keys.keys_path(tail)}: closed without a valid trailer")
+        if kf.length == 0 and tail_keys.parse_header(data) != (kf.inode, kf.first):
+            raise KeysUnusable(f"{tail_keys.keys_path(tail)}: no valid header for {tail} (made for another file?)")
         body = data[HEADER if kf.length == 0 else 0 : body_end]
         if len(body) % REC:
-            raise KeysUnusable(f"{kp}: a partial record")
-        recs = np.frombuffer(body, RECORD)
-        if len(recs):
-            pos = recs["position"]
-            if not np.array_equal(pos, np.arange(kf.next_position, kf.next_position + len(recs), dtype=np.int64)):
-                raise KeysUnusable(f"{kp}: positions do not continue")
-            kf.next_position += len(recs)
-            recs = recs[pos > max(self.last, self._floor)]  # held already, or sealed
-            if len(recs):
-                if self.held() and int(recs["position"][0]) != self.last + 1:
-                    raise KeysUnusable(f"{kp}: positions do not continue the file before")
-                self._append(recs)
+            raise KeysUnusable(f"{tail_keys.keys_path(tail)}: a partial record")
+        if body:
+            self._intake(kf, body, tail)
         if length < 0:
             if next_first is not None and kf.next_position != next_first:
-                raise KeysUnusable(f"{kp}: records end at {kf.next_position - 1}, the next file starts at {next_first}")
+                raise KeysUnusable(f"{tail}: records end at {kf.next_position - 1}, the next file starts at {next_first}")
             kf.closed = True
         kf.length += len(data)
         kf.crc = crc  # (checked above: the crc32 of every byte taken but a trailer)
 
-    def _append(self, recs: np.ndarray) -> None:
-        k = len(recs)
-        if self._n + k > len(self._recs):
-            self._grow(self._n + k)
-        n = self._n
-        self._recs[n : n + k] = recs
-        self._hash[n : n + k] = recs["hash"]
-        self._n = n + k
-        self.last = int(recs["position"][-1])
-
-    def _grow(self, need: int) -> None:
-        held = self._n - self._start
-        if need - self._start > MAX_RECORDS:
+    def _intake(self, kf: _KeyFile, body: bytes, tail: Path) -> None:
+        """Hold a key file's new records (whole, checked against the durable mark), after checking
+        that their positions continue those before: a few one by one, many in bulk."""
+        k, start = len(body) // REC, kf.next_position
+        skip = max(self.last, self._floor) - start + 1  # held already, or sealed
+        if k <= SMALL_INTAKE:
+            recs = list(_UNPACK(body))
+            if recs[0][0] != start or recs[-1][0] != start + k - 1 or any(
+                    r[0] != start + j for j, r in enumerate(recs)):
+                raise KeysUnusable(f"{tail}: the key file's positions do not continue")
+            new: list[Record] | np.ndarray = recs[skip:] if skip > 0 else recs
+            first = new[0][0] if new else None
+        else:
+            arr = np.frombuffer(body, RECORD)
+            if not np.array_equal(arr["position"], np.arange(start, start + k, dtype=np.int64)):
+                raise KeysUnusable(f"{tail}: the key file's positions do not continue")
+            new = arr[skip:] if skip > 0 else arr
+            first = int(new["position"][0]) if len(new) else None
+        kf.next_position = start + k
+        if first is None:
+            return
+        if self.last > self._floor:  # records held: the new ones must continue them
+            if first != self.last + 1:
+                raise KeysUnusable(f"{tail}: the key file's positions do not continue the file before")
+        else:
+            self._first = first
+        if first + len(new) - 1 - max(self._first, self._floor + 1) >= MAX_RECORDS:
             raise KeysUnusable("the tail holds more records than one index keeps")
-        cap = max(1024, 2 * (need - self._start))
-        for name in ("_recs", "_hash"):
-            old = getattr(self, name)
-            new = np.empty(cap, old.dtype)
-            new[:held] = old[self._start : self._n]
-            setattr(self, name, new)
-        self._start, self._n = 0, held
+        if isinstance(new, list) and self._recent_n + len(new) <= MAX_RECENT:
+            recent = self._recent
+            for r in new:
+                hits = recent.get(r[1])
+                if hits is None:
+                    recent[r[1]] = [r]
+                else:
+                    hits.append(r)
+            self._recent_n += len(new)
+        else:
+            self._sort_in(np.asarray(new, RECORD) if isinstance(new, list) else new)
+        self.last = first + len(new) - 1
+
+    def _sort_in(self, new: np.ndarray) -> None:
+        """Merge the dict's records and ``new`` into the sorted array (dropping sealed ones)."""
+        parts = [self._bulk[self._bulk["position"] > self._floor]]
+        if self._recent_n:
+            parts.append(np.array([r for hits in self._recent.values() for r in hits], RECORD))
+        parts.append(new)
+        recs = np.concatenate(parts)
+        recs = recs[np.lexsort((recs["position"], recs["hash"]))]
+        self._bulk, self._bulk_hash = recs, np.ascontiguousarray(recs["hash"])
+        self._recent, self._recent_n = {}, 0
 
     def _drop_through(self, sealed_last: int) -> None:
-        self._floor = max(self._floor, sealed_last)
-        positions = self._recs["position"]
-        if self.held() and positions[self._start] <= sealed_last:
-            self._start += int(np.searchsorted(positions[self._start : self._n], sealed_last, side="right"))
-            self._decoded = {p: r for p, r in self._decoded.items() if p > sealed_last}  # once per seal
+        """A seal: records and decoded rows at or below ``sealed_last`` are not needed again."""
+        self._floor = sealed_last
+        if sealed_last >= self.last:  # all of it (the usual seal: the whole closed file)
+            self._bulk, self._bulk_hash = np.empty(0, RECORD), np.empty(0, np.uint64)
+            self._recent, self._recent_n = {}, 0
+            self._decoded = {}
+            return
+        if len(self._bulk):
+            self._sort_in(np.empty(0, RECORD))
+        elif self._recent_n:
+            kept = {h: [r for r in hits if r[0] > sealed_last] for h, hits in self._recent.items()}
+            self._recent = {h: hits for h, hits in kept.items() if hits}
+            self._recent_n = sum(len(hits) for hits in self._recent.values())
+        self._decoded = {p: r for p, r in self._decoded.items() if p > sealed_last}
 
     # -- answering -----------------------------------------------------------------------------
 
+    def _records_of(self, h: int) -> list[Record]:
+        """The held records of stream hash ``h`` past the last seal, in position order."""
+        found: list[Record] = []
+        if len(self._bulk_hash):
+            key = np.uint64(h)
+            lo = int(self._bulk_hash.searchsorted(key, "left"))
+            hi = int(self._bulk_hash.searchsorted(key, "right"))
+            if hi > lo:
+                found = self._bulk[lo:hi].tolist()
+        found += self._recent.get(h, ())
+        floor = self._floor
+        return [r for r in found if r[0] > floor]
+
     def _rows_of(self, tails: list[tuple[int, Path]], aggregate: tuple[str, str]) -> list[Row]:
         h = runs.stream_hash(*aggregate)
-        s, n = self._start, self._n
-        hits = np.flatnonzero(self._hash[s:n] == np.uint64(h)) + s
-        if not len(hits):
+        records = self._records_of(h)
+        if not records:
             return []
-        firsts = [f for f, _p in tails]
-        by_file: dict[int, list[tuple[int, int, int, int]]] = {}  # (position, frame offset, length, header crc32)
         out: list[Row] = []
         decoded = self._decoded
-        for pos, _h, off, length, crc in self._recs[hits].tolist():
-            row = decoded.get(pos)
-            if row is not None:
-                if (row[_TYPE], row[_ID]) == aggregate:
-                    out.append(row)
-                continue
-            i = bisect.bisect_right(firsts, pos) - 1
-            if i < 0:
-                raise KeysUnusable(f"position {pos} is in no tail file listed")
-            by_file.setdefault(i, []).append((pos, off, length, crc))
         if len(decoded) > MAX_DECODED:
             decoded.clear()
-        for i, wanted in by_file.items():
-            first, path = tails[i]
-            kf = self._files.get(first)
-            frames = sorted({(off, length, crc) for _p, off, length, crc in wanted})
-            if kf is None or any(length > MAX_FRAME_BYTES for _o, length, _c in frames):
-                raise KeysUnusable(f"{path}: no records taken for it")
-            try:
-                inode, datas = files.pread_input(path, [(off, length) for off, length, _c in frames])
-            except FileNotFoundError:
-                raise  # sealed meanwhile: the caller reads again
-            except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
-                raise KeysUnusable(f"{path} cannot be read: {exc}") from None
-            if inode != kf.inode:
-                raise KeysUnusable(f"{path} was replaced")
-            for (off, _length, crc), data in zip(frames, datas):
-                frame_first, rows = _frame(data, off, path, crc)
-                for k, r in enumerate(rows):  # a frame's other rows are kept too: a frame of a batch
-                    if r[_POS] != frame_first + k:  # append may hold many aggregates, decoded once here
-                        raise KeysUnusable(f"{path}: a frame whose rows do not continue its first position")
-                    decoded[r[_POS]] = r
-            for pos, off, _length, _crc in wanted:
+        for pos, _h, off, length, crc in records:
+            row = decoded.get(pos)
+            if row is None:
+                self._decode_frame(tails, pos, off, length, crc)
                 row = decoded.get(pos)
                 if row is None:
-                    raise KeysUnusable(f"{path}: the frame at {off} does not hold position {pos}")
-                if (row[_TYPE], row[_ID]) == aggregate:
-                    out.append(row)
-                elif runs.stream_hash(row[_TYPE], row[_ID]) != h:
-                    raise KeysUnusable(f"{path}: the record of position {pos} names another stream")
-        out.sort(key=lambda r: r[_POS])
+                    raise KeysUnusable(f"the frame at {off} does not hold position {pos}")
+            if (row[_TYPE], row[_ID]) == aggregate:
+                out.append(row)
+            elif runs.stream_hash(row[_TYPE], row[_ID]) != h:  # (the same hash: a collision, read around)
+                raise KeysUnusable(f"the record of position {pos} names another stream")
         return out
 
-
-def _frame(data: bytes, at: int, path: Path, crc: int) -> tuple[int, list[Row]]:
-    """(first position, rows) of a whole frame read where a record points (byte ``at``), its
-    checksums checked (its header's against the record's ``crc``: the frame the record was written for)."""
-    checked, why = checked_frame_at(data, 0)
-    if checked is None or checked[3] != len(data):
-        raise KeysUnusable(f"{path} at byte {at}: {why or 'the frame is not the length its record says'}")
-    if frame_header_crc(data) != crc:
-        raise KeysUnusable(f"{path} at byte {at}: not the frame its record was written for")
-    first, count, start, end = checked
-    rows, why = frame_rows(data[start:end], first, count)
-    if rows is None:
-        raise KeysUnusable(f"{path} at byte {at}: {why}")
-    return first, rows
+    def _decode_frame(self, tails: list[tuple[int, Path]], pos: int, off: int, length: int, crc: int) -> None:
+        """Read, check and decode the frame a record points at; keep all its rows decoded (a frame
+        of a batch append may hold many aggregates)."""
+        i = bisect.bisect_right(self._firsts, pos) - 1
+        kf = self._files.get(self._firsts[i]) if i >= 0 else None
+        if kf is None or kf.tail_fd < 0 or length > MAX_FRAME_BYTES:
+            raise KeysUnusable(f"position {pos}: no records taken for its tail file")
+        path = tails[i][1]
+        try:
+            data = files.pread_fd(kf.tail_fd, length, off)
+        except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
+            raise KeysUnusable(f"{path} cannot be read: {exc}") from None
+        checked, why = checked_frame_at(data, 0)
+        if checked is None or checked[3] != len(data):
+            raise KeysUnusable(f"{path} at byte {off}: {why or 'the frame is not the length its record says'}")
+        if frame_header_crc(data) != crc:
+            raise KeysUnusable(f"{path} at byte {off}: not the frame its record was written for")
+        first, count, start, end = checked
+        rows, why = frame_rows(data[start:end], first, count)
+        if rows is None:
+            raise KeysUnusable(f"{path} at byte {off}: {why}")
+        for k, r in enumerate(rows):
+            if r[_POS] != first + k:
+                raise KeysUnusable(f"{path}: a frame whose rows do not continue its first position")
+            self._decoded[r[_POS]] = r
 
 
 _indexes: dict[tuple[str, int], TailKeyIndex] = {}
@@ -294,13 +364,15 @@ def tail_key_index(root: str, partition: int) -> TailKeyIndex:
         index = _indexes.get(key)
         if index is None:
             if len(_indexes) > 4096:
+                for old in _indexes.values():
+                    old.close()
                 _indexes.clear()
             index = _indexes[key] = TailKeyIndex()
         return index
 
 
 def release(root: str) -> None:
-    """Forget the indexes of the store at ``root`` (``Store.close``)."""
+    """Forget the indexes of the store at ``root`` and close their files (``Store.close``)."""
     with _indexes_lock:
         for key in [k for k in _indexes if k[0] == root]:
-            del _indexes[key]
+            _indexes.pop(key).close()

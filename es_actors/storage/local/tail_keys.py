@@ -44,7 +44,7 @@ HEADER_SIZE = 32
 # another store at the same path, inode and offsets (ext4 hands freed inodes back) is told apart.
 RECORD = np.dtype([("position", "<i8"), ("hash", "<u8"), ("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
 RECORD_SIZE = RECORD.itemsize  # 32
-_RECORD = struct.Struct("<qQQII")
+RECORD_STRUCT = struct.Struct("<qQQII")  # the same record, for a few at a time
 TRAILER_POSITION = -1  # a closed file's last record: (-1, running crc32, length before it, 0, 0)
 _POS, _TYPE, _ID = COL["position"], COL["aggregate_type"], COL["aggregate_id"]
 
@@ -69,12 +69,12 @@ def parse_header(data: bytes) -> tuple[int, int] | None:
 def encode_records(rows: Iterable[Row], frame_offset: int, frame_length: int, frame_crc: int) -> bytes:
     """The records of one frame's rows; ``frame_crc``: the crc32 that ends the frame's header."""
     hash_of = runs.stream_hash  # looked up per call, as the reader does (a test may replace it)
-    return b"".join(_RECORD.pack(r[_POS], hash_of(r[_TYPE], r[_ID]), frame_offset, frame_length, frame_crc)
+    return b"".join(RECORD_STRUCT.pack(r[_POS], hash_of(r[_TYPE], r[_ID]), frame_offset, frame_length, frame_crc)
                     for r in rows)
 
 
 def trailer(crc: int, length: int) -> bytes:
-    return _RECORD.pack(TRAILER_POSITION, crc, length, 0, 0)
+    return RECORD_STRUCT.pack(TRAILER_POSITION, crc, length, 0, 0)
 
 
 class KeysWriter:
