@@ -103,12 +103,31 @@ def _pg_read_fn(dsn: str) -> Callable[[str], int]:
     return read
 
 
+def _cpu_read_fn(us: str) -> Callable[[str], int]:
+    """A stand-in reader that reads nothing and spends ``us`` microseconds of CPU per read
+    (``benchmarks.reader_budget``: what a read may cost the machine for a given write ratio)."""
+    budget = float(us) / 1e6
+
+    def read(sid: str) -> int:
+        end = time.thread_time() + budget
+        while time.thread_time() < end:
+            pass
+        return 0
+
+    return read
+
+
+READ_FNS: dict[str, Callable[[str], Callable[[str], int]]] = {
+    "es_actors": _es_read_fn, "postgres": _pg_read_fn, "cpu": _cpu_read_fn}
+
+
 def reader_main(system: str, target: str, seed: int, rate: float | None, go: Any, start_at: Any,
                 ready: Any, out: Any, warmup_s: float, duration_s: float) -> None:
     """One reader process: set up, say ready, wait for ``go``, read until the window ends
-    (closed loop, or open loop at ``rate`` reads/s), send (reads, latencies, errors, first error)."""
+    (closed loop, or open loop at ``rate`` reads/s), send (reads, latencies, errors, first error,
+    CPU seconds of this process per read: warm-up and window)."""
     try:
-        read = _es_read_fn(target) if system == "es_actors" else _pg_read_fn(target)
+        read = READ_FNS[system](target)
         rng = random.Random(seed)
         read(stream_id(0))  # first open of files / connection warm
     except BaseException as exc:
@@ -120,8 +139,9 @@ def reader_main(system: str, target: str, seed: int, rate: float | None, go: Any
     w0, w1 = t0 + warmup_s, t0 + warmup_s + duration_s
     lat: list[float] = []
     errors, first_error = 0, None
-    k = 0
+    k = done = 0
     clock = time.time
+    cpu0 = time.process_time()
     while True:
         if rate:
             due = t0 + k / rate
@@ -140,10 +160,11 @@ def reader_main(system: str, target: str, seed: int, rate: float | None, go: Any
             errors += 1
             first_error = first_error or repr(exc)
             continue
+        done += 1
         t_end = clock()
         if w0 <= t_end <= w1:
             lat.append((t_end - t_start) * 1000.0)
-    out.put((len(lat), lat, errors, first_error))
+    out.put((len(lat), lat, errors, first_error, (time.process_time() - cpu0) / max(done, 1)))
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -159,6 +180,7 @@ class MixedRun:
     read_p50_ms: float = float("nan")
     read_p99_ms: float = float("nan")
     read_errors: int = 0
+    reader_cpu_us: float = float("nan")  # CPU of a reader process per read (its sleeps and wake-ups included)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,6 +219,7 @@ def one_run(system: str, target: str, make_write: Callable[[int], Callable[[], i
         run.reads_per_s = sum(r[0] for r in results) / duration_s
         run.read_p50_ms, run.read_p99_ms = percentile(lat, 50), percentile(lat, 99)
         run.read_errors = sum(r[2] for r in results)
+        run.reader_cpu_us = statistics.median(r[4] for r in results) * 1e6
         errs = [r[3] for r in results if r[3]]
         if errs:
             log(f"  warning: {run.read_errors} failed reads; first: {errs[0]}")
@@ -204,7 +227,7 @@ def one_run(system: str, target: str, make_write: Callable[[int], Callable[[], i
             raise RuntimeError(f"mixed_8w8r: {system} readers completed no read ({errs[:1]})")
     log(f"  mixed_8w8r {system:<9} readers {readers:<6} writes {run.writes_per_s:8,.0f}/s p50 {run.write_p50_ms:.2f} "
         f"p99 {run.write_p99_ms:.2f} ms | reads {run.reads_per_s:8,.0f}/s p50 {run.read_p50_ms:.2f} "
-        f"p99 {run.read_p99_ms:.2f} ms")
+        f"p99 {run.read_p99_ms:.2f} ms | reader CPU {run.reader_cpu_us:,.0f} us/read")
     return run
 
 
@@ -412,6 +435,9 @@ def record(ctx: Context, runs: dict[tuple[str, str], list[MixedRun]], pg_version
                  f"{med(rs, 'reads_per_s'):,.0f}/s, read p50 {med(rs, 'read_p50_ms'):.2f} ms from the scheduled time); "
                  "target (es_actors): >= 0.8x writes_per_s_no_readers; postgres's the same ratio, for context")
             ctx.results.record("mixed_8w8r", system, "writes_per_s_open_readers", med(rs, "writes_per_s"), notes=n, **extra)
+            ctx.results.record("mixed_8w8r", system, "reader_cpu_us_per_read_open", med(rs, "reader_cpu_us"),
+                               notes=n + "; CPU of one reader process per read, its sleeps and wake-ups included "
+                                         "(postgres: the client's only, not its server backend's)", **extra)
         else:
             ctx.results.record("mixed_8w8r", system, "writes_per_s_no_readers", med(rs, "writes_per_s"),
                                notes=notes[system] + "; no readers", **extra)
