@@ -399,3 +399,56 @@ def test_readers_racing_a_writer_killed_mid_write_miss_no_acknowledged_event(tmp
     for agg in "abck":
         assert read(root, agg) == full_scan(root, agg)
     assert len(read(root, "k")) >= acked[0]
+
+
+# -- from the hostile review (session 23) --------------------------------------------------------
+
+
+def test_a_store_recreated_with_its_tail_in_other_files_is_not_answered_from_the_old_stores_files(
+        tmp_path: Path) -> None:
+    """The reader keeps the tail files open: a store deleted and created again at its path, holding
+    the same positions in other tail files (here rotated after position 5), was answered from the
+    deleted store's files and decoded rows (its files kept open, never checked again)."""
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog(tag="A")
+    try:
+        for _ in range(10):
+            ev.append(log, ["a"])
+    finally:
+        log.close()
+    assert [r[EVENT_ID] for r in read(root, "a")] == [f"Ae{i}" for i in range(1, 11)]
+    shutil.rmtree(root)
+    log, ev = open_log(root), EventLog(tag="B")
+    try:
+        for i in range(10):
+            ev.append(log, ["a"])
+            if i == 4:
+                log.owner.rotate()
+    finally:
+        log.close()
+    got = read(root, "a")
+    assert got == full_scan(root, "a")
+    assert [r[EVENT_ID] for r in got] == [f"Be{i}" for i in range(1, 11)]
+
+
+def test_a_reader_goes_on_through_the_key_files_after_a_writer_restart(tmp_path: Path) -> None:
+    """A recovering writer rewrites the key files (a new file, renamed over the old): a reader that
+    kept the old one open read on in it, found it short of the durable mark and fell back to
+    parsing the tail (and stayed off the key files for a while) after every writer restart."""
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog()
+    try:
+        for i in range(20):
+            ev.append(log, ["a", f"x{i % 3}"])
+        assert read(root, "a") == full_scan(root, "a")
+    finally:
+        log.close()
+    log = open_log(root)
+    try:
+        for i in range(5):
+            ev.append(log, ["a"])
+        got = read(root, "a")
+        assert got == full_scan(root, "a") and len(got) == 25
+        assert index(root).retry_at == 0.0 and index(root).held() == 45, "the key files answered"
+    finally:
+        log.close()

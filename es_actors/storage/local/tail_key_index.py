@@ -60,7 +60,7 @@ class KeysUnusable(Exception):
 class _KeyFile:
     """One tail file and its key file, kept open, and how far the key file has been taken."""
 
-    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd")
+    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd", "ident")
 
     def __init__(self, first: int) -> None:
         self.first = first
@@ -70,6 +70,7 @@ class _KeyFile:
         self.next_position = first
         self.closed = False  # its trailer was taken: nothing more will come
         self.keys_fd = self.tail_fd = -1
+        self.ident: tuple[int, int, int, int] | None = None  # (dev, inode) of the key file and the tail file
 
     def close(self) -> None:
         for fd in (self.keys_fd, self.tail_fd):
@@ -140,13 +141,11 @@ class TailKeyIndex:
     # -- taking records ------------------------------------------------------------------------
 
     def _advance(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int, mark: KeysMark) -> None:
+        known = self._tails
+        if not isinstance(known, list) or len(known) != len(tails) or any(a is not b for a, b in zip(known, tails)):
+            self._relist(tails, sealed_last)  # (a cached listing holds the same tuples while unchanged)
         if sealed_last > self._floor:
             self._drop_through(sealed_last)
-        if tails is not self._tails:  # the listing changed (a cached listing is the same list while unchanged)
-            live = {first for first, _p in tails}
-            for first in [f for f in self._files if f not in live]:
-                self._files.pop(first).close()
-            self._tails, self._firsts = tails, [f for f, _p in tails]
         for i, (first, path) in enumerate(tails):
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None
             if first > durable or (next_first is not None and next_first <= max(sealed_last, self.last) + 1):
@@ -161,6 +160,28 @@ class TailKeyIndex:
             elif not kf.closed:
                 raise KeysUnusable(f"{path} is not the file the durable mark names")
 
+    def _relist(self, tails: list[tuple[int, Path]], sealed_last: int) -> None:
+        """A new listing of the tail files: close the files no longer listed, and start over if a
+        listed name is no longer the file held open under it, or a file new to us holds positions
+        held (the store was deleted and created again at its path, a recovery rewrote a file): the
+        files kept open would otherwise go on answering for the old ones."""
+        live = {first for first, _p in tails}
+        for first in [f for f in self._files if f not in live]:
+            self._files.pop(first).close()
+        floor = max(self._floor, sealed_last)
+        held_to = self.last if self.last > floor else 0
+        for i, (first, path) in enumerate(tails):
+            kf = self._files.get(first)
+            if kf is None:
+                next_first = tails[i + 1][0] if i + 1 < len(tails) else None
+                if first <= held_to and (next_first is None or next_first - 1 > floor):
+                    self.reset()
+                    break
+            elif kf.ident is not None and _identity(path) != kf.ident:
+                self.reset()
+                break
+        self._tails, self._firsts = tails, [f for f, _p in tails]
+
     def _open(self, kf: _KeyFile, tail: Path) -> None:
         """Open a tail file and its key file (both kept open until the file is sealed or a reset)."""
         kp = tail_keys.keys_path(tail)
@@ -174,7 +195,8 @@ class TailKeyIndex:
             except OSError as exc:  # not a readable file (a directory, no permission, EIO): derived data
                 raise KeysUnusable(f"{kp} cannot be opened: {exc}") from None
             kf.tail_fd = files.open_fd(tail)  # FileNotFoundError: sealed meanwhile
-            kf.inode = os.fstat(kf.tail_fd).st_ino
+            ks, ts = os.fstat(kf.keys_fd), os.fstat(kf.tail_fd)
+            kf.inode, kf.ident = ts.st_ino, (ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino)
         except BaseException:
             kf.close()
             raise
@@ -351,6 +373,15 @@ class TailKeyIndex:
             if r[_POS] != first + k:
                 raise KeysUnusable(f"{path}: a frame whose rows do not continue its first position")
             self._decoded[r[_POS]] = r
+
+
+def _identity(tail: Path) -> tuple[int, int, int, int] | None:
+    """(dev, inode) of a tail file's key file and of the tail file now (None: one is gone)."""
+    try:
+        ks, ts = os.stat(tail_keys.keys_path(tail)), os.stat(tail)
+    except OSError:
+        return None
+    return ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino
 
 
 _indexes: dict[tuple[str, int], TailKeyIndex] = {}
