@@ -452,3 +452,42 @@ def test_a_reader_goes_on_through_the_key_files_after_a_writer_restart(tmp_path:
         assert index(root).retry_at == 0.0 and index(root).held() == 45, "the key files answered"
     finally:
         log.close()
+
+
+_MANY_PARTITIONS = """
+import os, resource, sys
+from pathlib import Path
+from es_actors.storage.backends import aggregate_rows
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.backend import LocalBackend
+from es_actors.storage.local.reader import read_partition_rows
+from es_actors.storage.local import tail_cursor, tail_key_index
+from es_actors.testing.storage_conformance import EventLog, small_config
+root, P = Path(sys.argv[1]), 40
+StoreLayout(root).create_or_check(P, P)
+for p in range(P):
+    log = LocalBackend(root).open_log(p, small_config().model_copy(update={"seal_rows": 10**7}))
+    EventLog(partition=p, tag=f"p{p}-").append(log, ["a", "b"])
+    log.close()
+fds = lambda: len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (fds() + 60, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for _ in range(2):
+    for p in range(P):
+        got = aggregate_rows(StoreLayout(root), p, "Account", "a")
+        assert got == [r for r in read_partition_rows(StoreLayout(root), p) if r[3] == "a"], p
+        index = tail_key_index.tail_key_index(tail_cursor.resolved_root(root), p)
+        assert index.retry_at == 0.0 and index.held() == 2, p  # the key files answered (opened again)
+print("ok")
+"""
+
+
+def test_a_reader_of_many_partitions_keeps_few_files_open(tmp_path: Path) -> None:
+    """A reader keeps each partition's tail and key files open across reads: one that read 40
+    partitions held 80 files, and in a process allowed 60 more its reads failed (EMFILE, reported
+    as a damaged store). Past a budget the least recently read partitions close theirs."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, str(tmp_path / "s")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

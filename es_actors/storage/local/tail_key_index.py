@@ -31,7 +31,7 @@ import numpy as np
 
 from es_actors.codecs.rows import COL
 from es_actors.storage import files
-from es_actors.storage.local import tail_keys
+from es_actors.storage.local import kept_files, tail_keys
 from es_actors.storage.local.durable_mark import KeysMark
 from es_actors.storage.local.stream_index import runs
 from es_actors.storage.local.wal import checked_frame_at, frame_header_crc, frame_rows
@@ -72,10 +72,10 @@ class _KeyFile:
         self.keys_fd = self.tail_fd = -1
         self.ident: tuple[int, int, int, int] | None = None  # (dev, inode) of the key file and the tail file
 
-    def close(self) -> None:
+    def close(self, _close: Any = os.close) -> None:  # (bound here: __del__ may run at exit, os gone)
         for fd in (self.keys_fd, self.tail_fd):
             if fd >= 0:
-                os.close(fd)
+                _close(fd)
         self.keys_fd = self.tail_fd = -1
 
 
@@ -93,6 +93,7 @@ class TailKeyIndex:
         """Forget every record and close every file (a failure, a release)."""
         for kf in self._files.values():
             kf.close()
+        kept_files.forget(self)
         self._files = {}  # by the tail file's first position
         self._bulk = np.empty(0, RECORD)  # sorted by (hash, position)
         self._bulk_hash = np.empty(0, np.uint64)  # its hashes, contiguous: one binary search per read
@@ -112,6 +113,15 @@ class TailKeyIndex:
     def __del__(self) -> None:
         for kf in self._files.values():
             kf.close()
+
+    def close_files(self) -> None:
+        """Close the files kept open but keep the records (:mod:`kept_files`: past the process's
+        budget); a later read opens them again, and only if they are the same files."""
+        for kf in self._files.values():
+            kf.close()
+
+    def _note_kept(self) -> None:
+        kept_files.note(self, sum((kf.keys_fd >= 0) + (kf.tail_fd >= 0) for kf in self._files.values()))
 
     def held(self) -> int:
         """Positions held past the last seal seen."""
@@ -135,6 +145,8 @@ class TailKeyIndex:
             self.retry_at = time.monotonic() + min(RETRY_AFTER_S * 2**self.failures, RETRY_MAX_S)
             self.failures += 1
             return None
+        finally:
+            self._note_kept()
         self.failures = 0
         return rows
 
@@ -196,7 +208,10 @@ class TailKeyIndex:
                 raise KeysUnusable(f"{kp} cannot be opened: {exc}") from None
             kf.tail_fd = files.open_fd(tail)  # FileNotFoundError: sealed meanwhile
             ks, ts = os.fstat(kf.keys_fd), os.fstat(kf.tail_fd)
-            kf.inode, kf.ident = ts.st_ino, (ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino)
+            ident = (ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino)
+            if kf.ident is not None and ident != kf.ident:  # opened again (closed past the budget)
+                raise KeysUnusable(f"{tail}: replaced since its records were taken")
+            kf.inode, kf.ident = ts.st_ino, ident
         except BaseException:
             kf.close()
             raise
@@ -353,9 +368,11 @@ class TailKeyIndex:
         of a batch append may hold many aggregates)."""
         i = bisect.bisect_right(self._firsts, pos) - 1
         kf = self._files.get(self._firsts[i]) if i >= 0 else None
-        if kf is None or kf.tail_fd < 0 or length > MAX_FRAME_BYTES:
+        if kf is None or kf.ident is None or length > MAX_FRAME_BYTES:
             raise KeysUnusable(f"position {pos}: no records taken for its tail file")
         path = tails[i][1]
+        if kf.tail_fd < 0:
+            self._open(kf, path)  # closed past the budget (FileNotFoundError: sealed meanwhile)
         try:
             data = files.pread_fd(kf.tail_fd, length, off)
         except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
