@@ -399,3 +399,95 @@ def test_readers_racing_a_writer_killed_mid_write_miss_no_acknowledged_event(tmp
     for agg in "abck":
         assert read(root, agg) == full_scan(root, agg)
     assert len(read(root, "k")) >= acked[0]
+
+
+# -- from the hostile review (session 23) --------------------------------------------------------
+
+
+def test_a_store_recreated_with_its_tail_in_other_files_is_not_answered_from_the_old_stores_files(
+        tmp_path: Path) -> None:
+    """The reader keeps the tail files open: a store deleted and created again at its path, holding
+    the same positions in other tail files (here rotated after position 5), was answered from the
+    deleted store's files and decoded rows (its files kept open, never checked again)."""
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog(tag="A")
+    try:
+        for _ in range(10):
+            ev.append(log, ["a"])
+    finally:
+        log.close()
+    assert [r[EVENT_ID] for r in read(root, "a")] == [f"Ae{i}" for i in range(1, 11)]
+    shutil.rmtree(root)
+    log, ev = open_log(root), EventLog(tag="B")
+    try:
+        for i in range(10):
+            ev.append(log, ["a"])
+            if i == 4:
+                log.owner.rotate()
+    finally:
+        log.close()
+    got = read(root, "a")
+    assert got == full_scan(root, "a")
+    assert [r[EVENT_ID] for r in got] == [f"Be{i}" for i in range(1, 11)]
+
+
+def test_a_reader_goes_on_through_the_key_files_after_a_writer_restart(tmp_path: Path) -> None:
+    """A recovering writer rewrites the key files (a new file, renamed over the old): a reader that
+    kept the old one open read on in it, found it short of the durable mark and fell back to
+    parsing the tail (and stayed off the key files for a while) after every writer restart."""
+    root = tmp_path / "s"
+    log, ev = open_log(root), EventLog()
+    try:
+        for i in range(20):
+            ev.append(log, ["a", f"x{i % 3}"])
+        assert read(root, "a") == full_scan(root, "a")
+    finally:
+        log.close()
+    log = open_log(root)
+    try:
+        for i in range(5):
+            ev.append(log, ["a"])
+        got = read(root, "a")
+        assert got == full_scan(root, "a") and len(got) == 25
+        assert index(root).retry_at == 0.0 and index(root).held() == 45, "the key files answered"
+    finally:
+        log.close()
+
+
+_MANY_PARTITIONS = """
+import os, resource, sys
+from pathlib import Path
+from es_actors.storage.backends import aggregate_rows
+from es_actors.storage.layout import StoreLayout
+from es_actors.storage.local.backend import LocalBackend
+from es_actors.storage.local.reader import read_partition_rows
+from es_actors.storage.local import tail_cursor, tail_key_index
+from es_actors.testing.storage_conformance import EventLog, small_config
+root, P = Path(sys.argv[1]), 40
+StoreLayout(root).create_or_check(P, P)
+for p in range(P):
+    log = LocalBackend(root).open_log(p, small_config().model_copy(update={"seal_rows": 10**7}))
+    EventLog(partition=p, tag=f"p{p}-").append(log, ["a", "b"])
+    log.close()
+fds = lambda: len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (fds() + 60, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for _ in range(2):
+    for p in range(P):
+        got = aggregate_rows(StoreLayout(root), p, "Account", "a")
+        assert got == [r for r in read_partition_rows(StoreLayout(root), p) if r[3] == "a"], p
+        index = tail_key_index.tail_key_index(tail_cursor.resolved_root(root), p)
+        assert index.retry_at == 0.0 and index.held() == 2, p  # the key files answered (opened again)
+print("ok")
+"""
+
+
+def test_a_reader_of_many_partitions_keeps_few_files_open(tmp_path: Path) -> None:
+    """A reader keeps each partition's tail and key files open across reads: one that read 40
+    partitions held 80 files, and in a process allowed 60 more its reads failed (EMFILE, reported
+    as a damaged store). Past a budget the least recently read partitions close theirs."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, str(tmp_path / "s")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -31,7 +31,7 @@ import numpy as np
 
 from es_actors.codecs.rows import COL
 from es_actors.storage import files
-from es_actors.storage.local import tail_keys
+from es_actors.storage.local import kept_files, tail_keys
 from es_actors.storage.local.durable_mark import KeysMark
 from es_actors.storage.local.stream_index import runs
 from es_actors.storage.local.wal import checked_frame_at, frame_header_crc, frame_rows
@@ -60,7 +60,7 @@ class KeysUnusable(Exception):
 class _KeyFile:
     """One tail file and its key file, kept open, and how far the key file has been taken."""
 
-    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd")
+    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd", "ident")
 
     def __init__(self, first: int) -> None:
         self.first = first
@@ -70,11 +70,12 @@ class _KeyFile:
         self.next_position = first
         self.closed = False  # its trailer was taken: nothing more will come
         self.keys_fd = self.tail_fd = -1
+        self.ident: tuple[int, int, int, int] | None = None  # (dev, inode) of the key file and the tail file
 
-    def close(self) -> None:
+    def close(self, _close: Any = os.close) -> None:  # (bound here: __del__ may run at exit, os gone)
         for fd in (self.keys_fd, self.tail_fd):
             if fd >= 0:
-                os.close(fd)
+                _close(fd)
         self.keys_fd = self.tail_fd = -1
 
 
@@ -92,6 +93,7 @@ class TailKeyIndex:
         """Forget every record and close every file (a failure, a release)."""
         for kf in self._files.values():
             kf.close()
+        kept_files.forget(self)
         self._files = {}  # by the tail file's first position
         self._bulk = np.empty(0, RECORD)  # sorted by (hash, position)
         self._bulk_hash = np.empty(0, np.uint64)  # its hashes, contiguous: one binary search per read
@@ -111,6 +113,15 @@ class TailKeyIndex:
     def __del__(self) -> None:
         for kf in self._files.values():
             kf.close()
+
+    def close_files(self) -> None:
+        """Close the files kept open but keep the records (:mod:`kept_files`: past the process's
+        budget); a later read opens them again, and only if they are the same files."""
+        for kf in self._files.values():
+            kf.close()
+
+    def _note_kept(self) -> None:
+        kept_files.note(self, sum((kf.keys_fd >= 0) + (kf.tail_fd >= 0) for kf in self._files.values()))
 
     def held(self) -> int:
         """Positions held past the last seal seen."""
@@ -134,19 +145,19 @@ class TailKeyIndex:
             self.retry_at = time.monotonic() + min(RETRY_AFTER_S * 2**self.failures, RETRY_MAX_S)
             self.failures += 1
             return None
+        finally:
+            self._note_kept()
         self.failures = 0
         return rows
 
     # -- taking records ------------------------------------------------------------------------
 
     def _advance(self, tails: list[tuple[int, Path]], sealed_last: int, durable: int, mark: KeysMark) -> None:
+        known = self._tails
+        if not isinstance(known, list) or len(known) != len(tails) or any(a is not b for a, b in zip(known, tails)):
+            self._relist(tails, sealed_last)  # (a cached listing holds the same tuples while unchanged)
         if sealed_last > self._floor:
             self._drop_through(sealed_last)
-        if tails is not self._tails:  # the listing changed (a cached listing is the same list while unchanged)
-            live = {first for first, _p in tails}
-            for first in [f for f in self._files if f not in live]:
-                self._files.pop(first).close()
-            self._tails, self._firsts = tails, [f for f, _p in tails]
         for i, (first, path) in enumerate(tails):
             next_first = tails[i + 1][0] if i + 1 < len(tails) else None
             if first > durable or (next_first is not None and next_first <= max(sealed_last, self.last) + 1):
@@ -161,6 +172,28 @@ class TailKeyIndex:
             elif not kf.closed:
                 raise KeysUnusable(f"{path} is not the file the durable mark names")
 
+    def _relist(self, tails: list[tuple[int, Path]], sealed_last: int) -> None:
+        """A new listing of the tail files: close the files no longer listed, and start over if a
+        listed name is no longer the file held open under it, or a file new to us holds positions
+        held (the store was deleted and created again at its path, a recovery rewrote a file): the
+        files kept open would otherwise go on answering for the old ones."""
+        live = {first for first, _p in tails}
+        for first in [f for f in self._files if f not in live]:
+            self._files.pop(first).close()
+        floor = max(self._floor, sealed_last)
+        held_to = self.last if self.last > floor else 0
+        for i, (first, path) in enumerate(tails):
+            kf = self._files.get(first)
+            if kf is None:
+                next_first = tails[i + 1][0] if i + 1 < len(tails) else None
+                if first <= held_to and (next_first is None or next_first - 1 > floor):
+                    self.reset()
+                    break
+            elif kf.ident is not None and _identity(path) != kf.ident:
+                self.reset()
+                break
+        self._tails, self._firsts = tails, [f for f, _p in tails]
+
     def _open(self, kf: _KeyFile, tail: Path) -> None:
         """Open a tail file and its key file (both kept open until the file is sealed or a reset)."""
         kp = tail_keys.keys_path(tail)
@@ -174,7 +207,11 @@ class TailKeyIndex:
             except OSError as exc:  # not a readable file (a directory, no permission, EIO): derived data
                 raise KeysUnusable(f"{kp} cannot be opened: {exc}") from None
             kf.tail_fd = files.open_fd(tail)  # FileNotFoundError: sealed meanwhile
-            kf.inode = os.fstat(kf.tail_fd).st_ino
+            ks, ts = os.fstat(kf.keys_fd), os.fstat(kf.tail_fd)
+            ident = (ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino)
+            if kf.ident is not None and ident != kf.ident:  # opened again (closed past the budget)
+                raise KeysUnusable(f"{tail}: replaced since its records were taken")
+            kf.inode, kf.ident = ts.st_ino, ident
         except BaseException:
             kf.close()
             raise
@@ -331,9 +368,11 @@ class TailKeyIndex:
         of a batch append may hold many aggregates)."""
         i = bisect.bisect_right(self._firsts, pos) - 1
         kf = self._files.get(self._firsts[i]) if i >= 0 else None
-        if kf is None or kf.tail_fd < 0 or length > MAX_FRAME_BYTES:
+        if kf is None or kf.ident is None or length > MAX_FRAME_BYTES:
             raise KeysUnusable(f"position {pos}: no records taken for its tail file")
         path = tails[i][1]
+        if kf.tail_fd < 0:
+            self._open(kf, path)  # closed past the budget (FileNotFoundError: sealed meanwhile)
         try:
             data = files.pread_fd(kf.tail_fd, length, off)
         except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
@@ -351,6 +390,15 @@ class TailKeyIndex:
             if r[_POS] != first + k:
                 raise KeysUnusable(f"{path}: a frame whose rows do not continue its first position")
             self._decoded[r[_POS]] = r
+
+
+def _identity(tail: Path) -> tuple[int, int, int, int] | None:
+    """(dev, inode) of a tail file's key file and of the tail file now (None: one is gone)."""
+    try:
+        ks, ts = os.stat(tail_keys.keys_path(tail)), os.stat(tail)
+    except OSError:
+        return None
+    return ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino
 
 
 _indexes: dict[tuple[str, int], TailKeyIndex] = {}
