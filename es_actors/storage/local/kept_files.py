@@ -46,7 +46,7 @@ def note(holder: Holder, kept: int) -> None:
             _held[key] = (holder, kept)
         if _total <= MIN_KEPT:
             return
-        budget = max(MIN_KEPT, min(MAX_KEPT, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+        budget = max(MIN_KEPT, min(MAX_KEPT, _quarter_of_limit()))
         for other_key in list(_held):
             if _total <= budget:
                 break
@@ -59,6 +59,17 @@ def note(holder: Holder, kept: int) -> None:
                 other.lock.release()
             del _held[other_key]
             _total -= n
+
+
+_quarter: int | None = None
+
+
+def _quarter_of_limit() -> int:
+    """A quarter of the process's open-file limit, looked up once (reads call :func:`note`)."""
+    global _quarter
+    if _quarter is None:
+        _quarter = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4
+    return _quarter
 
 
 def forget(holder: Holder) -> None:

@@ -33,6 +33,7 @@ from es_actors.codecs.rows import COL
 from es_actors.storage import files
 from es_actors.storage.local import kept_files, tail_keys
 from es_actors.storage.local.durable_mark import KeysMark
+from es_actors.storage.local.tail_key_file import KeyFile, KeysUnusable, identity
 from es_actors.storage.local.stream_index import runs
 from es_actors.storage.local.wal import checked_frame_at, frame_header_crc, frame_rows
 
@@ -53,32 +54,6 @@ SMALL_INTAKE = 256
 MAX_RECENT = 16_384
 
 
-class KeysUnusable(Exception):
-    """The key files do not check out for this read: parse the tail instead."""
-
-
-class _KeyFile:
-    """One tail file and its key file, kept open, and how far the key file has been taken."""
-
-    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd", "ident")
-
-    def __init__(self, first: int) -> None:
-        self.first = first
-        self.inode = -1  # of the tail file, as the key file's header names it and tail_fd holds it
-        self.length = 0  # bytes taken (header included)
-        self.crc = 0  # crc32 of those bytes
-        self.next_position = first
-        self.closed = False  # its trailer was taken: nothing more will come
-        self.keys_fd = self.tail_fd = -1
-        self.ident: tuple[int, int, int, int] | None = None  # (dev, inode) of the key file and the tail file
-
-    def close(self, _close: Any = os.close) -> None:  # (bound here: __del__ may run at exit, os gone)
-        for fd in (self.keys_fd, self.tail_fd):
-            if fd >= 0:
-                _close(fd)
-        self.keys_fd = self.tail_fd = -1
-
-
 class TailKeyIndex:
     """The records of one partition's unsealed, durable tail, by stream hash."""
 
@@ -86,7 +61,7 @@ class TailKeyIndex:
         self.lock = threading.Lock()  # readers of one process share it
         self.retry_at = 0.0
         self.failures = 0  # in a row
-        self._files: dict[int, _KeyFile] = {}
+        self._files: dict[int, KeyFile] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -164,7 +139,7 @@ class TailKeyIndex:
                 continue  # nothing durable in it yet, or wholly sealed or held
             kf = self._files.get(first)
             if kf is None:
-                kf = self._files[first] = _KeyFile(first)
+                kf = self._files[first] = KeyFile(first)
             if first == mark.tail_first:
                 self._take(kf, path, mark.length, mark.crc, None)
             elif next_first is not None and not kf.closed:
@@ -189,34 +164,12 @@ class TailKeyIndex:
                 if first <= held_to and (next_first is None or next_first - 1 > floor):
                     self.reset()
                     break
-            elif kf.ident is not None and _identity(path) != kf.ident:
+            elif kf.ident is not None and identity(path) != kf.ident:
                 self.reset()
                 break
         self._tails, self._firsts = tails, [f for f, _p in tails]
 
-    def _open(self, kf: _KeyFile, tail: Path) -> None:
-        """Open a tail file and its key file (both kept open until the file is sealed or a reset)."""
-        kp = tail_keys.keys_path(tail)
-        try:
-            try:
-                kf.keys_fd = files.open_fd(kp)
-            except FileNotFoundError:
-                if tail.exists():
-                    raise KeysUnusable(f"{kp} is missing") from None
-                raise  # sealed meanwhile: the caller reads again
-            except OSError as exc:  # not a readable file (a directory, no permission, EIO): derived data
-                raise KeysUnusable(f"{kp} cannot be opened: {exc}") from None
-            kf.tail_fd = files.open_fd(tail)  # FileNotFoundError: sealed meanwhile
-            ks, ts = os.fstat(kf.keys_fd), os.fstat(kf.tail_fd)
-            ident = (ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino)
-            if kf.ident is not None and ident != kf.ident:  # opened again (closed past the budget)
-                raise KeysUnusable(f"{tail}: replaced since its records were taken")
-            kf.inode, kf.ident = ts.st_ino, ident
-        except BaseException:
-            kf.close()
-            raise
-
-    def _take(self, kf: _KeyFile, tail: Path, length: int, crc: int, next_first: int | None) -> None:
+    def _take(self, kf: KeyFile, tail: Path, length: int, crc: int, next_first: int | None) -> None:
         """Records of one key file past what was taken: up to ``length`` bytes whose crc32 is
         ``crc`` (the newest file, as published), or to its trailer (``length`` -1: a closed file)."""
         if length >= 0 and length == kf.length:
@@ -226,7 +179,7 @@ class TailKeyIndex:
         if length >= 0 and length < kf.length:
             raise KeysUnusable(f"{tail}: key file shorter than taken")
         if kf.keys_fd < 0:
-            self._open(kf, tail)
+            kf.open(tail)
         try:
             size = length if length >= 0 else os.fstat(kf.keys_fd).st_size
             data = files.pread_fd(kf.keys_fd, max(size - kf.length, 0), kf.length)
@@ -258,7 +211,7 @@ class TailKeyIndex:
         kf.length += len(data)
         kf.crc = crc  # (checked above: the crc32 of every byte taken but a trailer)
 
-    def _intake(self, kf: _KeyFile, body: bytes, tail: Path) -> None:
+    def _intake(self, kf: KeyFile, body: bytes, tail: Path) -> None:
         """Hold a key file's new records (whole, checked against the durable mark), after checking
         that their positions continue those before: a few one by one, many in bulk."""
         k, start = len(body) // REC, kf.next_position
@@ -318,9 +271,10 @@ class TailKeyIndex:
             self._recent, self._recent_n = {}, 0
             self._decoded = {}
             return
-        if len(self._bulk):
-            self._sort_in(np.empty(0, RECORD))
-        elif self._recent_n:
+        if len(self._bulk):  # (a filter keeps the order: no sort)
+            self._bulk = self._bulk[self._bulk["position"] > sealed_last]
+            self._bulk_hash = np.ascontiguousarray(self._bulk["hash"])
+        if self._recent_n:
             kept = {h: [r for r in hits if r[0] > sealed_last] for h, hits in self._recent.items()}
             self._recent = {h: hits for h, hits in kept.items() if hits}
             self._recent_n = sum(len(hits) for hits in self._recent.values())
@@ -372,7 +326,7 @@ class TailKeyIndex:
             raise KeysUnusable(f"position {pos}: no records taken for its tail file")
         path = tails[i][1]
         if kf.tail_fd < 0:
-            self._open(kf, path)  # closed past the budget (FileNotFoundError: sealed meanwhile)
+            kf.open(path)  # closed past the budget (FileNotFoundError: sealed meanwhile)
         try:
             data = files.pread_fd(kf.tail_fd, length, off)
         except OSError as exc:  # the parsing path meets it too, and reports it as the read's error
@@ -390,15 +344,6 @@ class TailKeyIndex:
             if r[_POS] != first + k:
                 raise KeysUnusable(f"{path}: a frame whose rows do not continue its first position")
             self._decoded[r[_POS]] = r
-
-
-def _identity(tail: Path) -> tuple[int, int, int, int] | None:
-    """(dev, inode) of a tail file's key file and of the tail file now (None: one is gone)."""
-    try:
-        ks, ts = os.stat(tail_keys.keys_path(tail)), os.stat(tail)
-    except OSError:
-        return None
-    return ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino
 
 
 _indexes: dict[tuple[str, int], TailKeyIndex] = {}
