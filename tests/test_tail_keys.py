@@ -491,3 +491,42 @@ def test_a_reader_of_many_partitions_keeps_few_files_open(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, str(tmp_path / "s")], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_sealed_tail_file_a_reader_no_longer_reads_is_not_held_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader of partitions 0 and 1 stops reading partition 0 after its tail was sealed (the tail
+    file deleted). Its kept files would pin the deleted file's disk space until Store.close; a
+    partition not read for IDLE_S closes its files at the process's next read of another."""
+    import time
+
+    from es_actors.storage.local import kept_files
+
+    def held_open(path: Path) -> bool:
+        targets = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:
+                pass  # (the listing's own descriptor, closed since)
+        return any(t.startswith(str(path)) for t in targets)
+
+    root = tmp_path / "s"
+    StoreLayout(root).create_or_check(2, 2)
+    logs = [LocalBackend(root).open_log(p, small_config().model_copy(update=NO_SEAL)) for p in (0, 1)]
+    evs = [EventLog(partition=p, tag=f"p{p}-") for p in (0, 1)]
+    try:
+        for p, log in enumerate(logs):
+            evs[p].append(log, ["a", "b"])
+            assert aggregate_rows(StoreLayout(root), p, "Account", "a")  # through the key files: kept open
+        sealed_tail = next(StoreLayout(root).tail_dir(0).glob("*.wal")).resolve()
+        logs[0].seal()
+        assert not sealed_tail.exists() and held_open(sealed_tail)  # deleted, still open: its space not freed
+        monkeypatch.setattr(kept_files, "IDLE_S", 0.05)
+        time.sleep(0.1)
+        evs[1].append(logs[1], ["a"])
+        assert [r[VER] for r in aggregate_rows(StoreLayout(root), 1, "Account", "a")] == [1, 2]  # partition 1 only
+        assert not held_open(sealed_tail)
+        assert aggregate_rows(StoreLayout(root), 0, "Account", "a") == full_scan(root, "a")
+    finally:
+        for log in logs:
+            log.close()
