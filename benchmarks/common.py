@@ -27,10 +27,10 @@ CACHE_DIR = BENCH_DIR / ".cache"  # generated data sets and scratch stores (git-
 
 # Metrics where a smaller number is better; the table says so beside the ratio.
 LOWER_IS_BETTER = {"p50_ms", "p99_ms", "seconds", "rss_mb", "read_p50_ms", "read_p99_ms", "write_p50_ms", "write_p99_ms",
-                   "merge_s", "merge_share"}
+                   "merge_s", "merge_share", "reader_cpu_us_per_read_open"}
 UNITS = {"events_per_s": "events/s", "p50_ms": "ms", "p99_ms": "ms", "seconds": "s", "rss_mb": "MB",
          "reads_per_s": "reads/s", "writes_per_s": "writes/s", "read_p50_ms": "ms", "read_p99_ms": "ms",
-         "write_p50_ms": "ms", "write_p99_ms": "ms"}
+         "write_p50_ms": "ms", "write_p99_ms": "ms", "reader_cpu_us_per_read_open": "us"}
 PRIMARY_SYSTEM = "es_actors"
 # A variant of a metric (e.g. p50_ms_snapshot, p50_ms_1m, writes_per_s_no_readers): same unit, same direction.
 METRIC_SUFFIXES = ("_snapshot", "_1m", "_tail", "_no_readers", "_open_readers", "_daily_1t", "_daily", "_1t", "_range")
