@@ -70,7 +70,7 @@ class TailKeyIndex:
             kf.close()
         kept_files.forget(self)
         self._files = {}  # by the tail file's first position
-        self._bulk = np.empty(0, RECORD)  # sorted by (hash, position)
+        self._bulk = np.empty(0, RECORD)  # sorted by hash
         self._bulk_hash = np.empty(0, np.uint64)  # its hashes, contiguous: one binary search per read
         self._recent: dict[int, list[Record]] = {}  # records taken since the sort, by hash, in position order
         self._recent_n = 0
@@ -259,7 +259,7 @@ class TailKeyIndex:
             parts.append(np.array([r for hits in self._recent.values() for r in hits], RECORD))
         parts.append(new)
         recs = np.concatenate(parts)
-        recs = recs[np.lexsort((recs["position"], recs["hash"]))]
+        recs = recs[np.argsort(recs["hash"])]  # (not stable: a lookup sorts its few hits by position)
         self._bulk, self._bulk_hash = recs, np.ascontiguousarray(recs["hash"])
         self._recent, self._recent_n = {}, 0
 
@@ -290,7 +290,7 @@ class TailKeyIndex:
             lo = int(self._bulk_hash.searchsorted(key, "left"))
             hi = int(self._bulk_hash.searchsorted(key, "right"))
             if hi > lo:
-                found = self._bulk[lo:hi].tolist()
+                found = sorted(self._bulk[lo:hi].tolist())  # by position (the records' first field)
         found += self._recent.get(h, ())
         floor = self._floor
         return [r for r in found if r[0] > floor]
