@@ -61,6 +61,7 @@ class TailKeyIndex:
         self.lock = threading.Lock()  # readers of one process share it
         self.retry_at = 0.0
         self.failures = 0  # in a row
+        self.released = False  # by release() or an eviction: no longer this process's index of the partition
         self._files: dict[int, KeyFile] = {}
         self.reset()
 
@@ -82,7 +83,10 @@ class TailKeyIndex:
         self._decoded: dict[int, Row] = {}  # position -> row read and checked (an aggregate read again)
 
     def close(self) -> None:
+        """Close the files and forget the records for good (release, eviction): a reader that took
+        this index before still reads through it, but keeps no file open after."""
         with self.lock:
+            self.released = True
             self.reset()
 
     def __del__(self) -> None:
@@ -96,6 +100,9 @@ class TailKeyIndex:
             kf.close()
 
     def _note_kept(self) -> None:
+        if self.released:  # (released while its reader waited for the lock: kept, no one would close them)
+            self.close_files()
+            return
         kept_files.note(self, sum((kf.keys_fd >= 0) + (kf.tail_fd >= 0) for kf in self._files.values()))
 
     def held(self) -> int:
