@@ -582,3 +582,28 @@ def test_a_read_racing_store_close_keeps_nothing_open_after_it(tmp_path: Path, m
     assert not any(h is r() for r in taken for h, _n, _t in kept_files._held.values())
     gc.collect()
     assert [r() for r in taken] == [None]  # the released index is freed
+
+
+def test_a_read_with_an_older_durable_mark_than_another_threads_is_answered_by_the_key_files(tmp_path: Path) -> None:
+    """Two threads of a process read one partition: the one that read the durable mark first took the
+    lock second, found the key file "shorter than taken", and the index started over and rested
+    (1 s, doubling): under concurrent reads most of them parsed the tail."""
+    from es_actors.storage.local import aggregate_read
+    from es_actors.storage.local.log_place import log_place, lost_ranges
+
+    root = tmp_path / "s"
+    log = open_log(root)
+    ev = EventLog(tag="m-")
+    try:
+        ev.append(log, ["a", "b"])
+        assert read(root, "a") == full_scan(root, "a")
+        layout = StoreLayout(root)
+        lost = lost_ranges(layout.root)
+        older = log_place(layout, 0, lost, cached=True)  # one thread read the mark ...
+        ev.append(log, ["a", "b"])
+        assert read(root, "a") == full_scan(root, "a")  # ... another read a newer one, and took the lock first
+        got = aggregate_read._tail_part(layout, 0, lost, older, ("Account", "a"))
+        assert older.durable == 2 and got == full_scan(root, "a")[:1]
+        assert index(root).retry_at == 0.0 and index(root).held() == 4  # not started over, not resting
+    finally:
+        log.close()

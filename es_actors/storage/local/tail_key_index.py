@@ -116,6 +116,10 @@ class TailKeyIndex:
         if durable is None or mark is None or mark.length < HEADER or time.monotonic() < self.retry_at:
             return None
         try:
+            if durable < self.last and self._floor <= sealed_last < self._first + 1 and self._same_files(tails):
+                # A mark older than the records taken, the same tail files: another thread of this
+                # process read a newer mark and took the lock first. The records taken answer.
+                return [r for r in self._rows_of(tails, aggregate) if sealed_last < r[_POS] <= durable]
             self._advance(tails, sealed_last, durable, mark)
             if durable <= sealed_last:
                 return []
@@ -131,6 +135,13 @@ class TailKeyIndex:
             self._note_kept()
         self.failures = 0
         return rows
+
+    def _same_files(self, tails: list[tuple[int, Path]]) -> bool:
+        """``tails`` lists the files held open under the same names (not a store made again there)."""
+        if tails != self._tails:
+            return False
+        return all(kf.ident is not None and identity(path) == kf.ident
+                   for first, path in tails if (kf := self._files.get(first)) is not None)
 
     # -- taking records ------------------------------------------------------------------------
 
