@@ -470,7 +470,9 @@ for p in range(P):
     EventLog(partition=p, tag=f"p{p}-").append(log, ["a", "b"])
     log.close()
 fds = lambda: len(os.listdir("/proc/self/fd"))
-resource.setrlimit(resource.RLIMIT_NOFILE, (fds() + 60, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+limit = int(sys.argv[2]) if len(sys.argv) > 2 else fds() + 60
+assert fds() + 12 <= limit, fds()  # (what the reads need with no file kept open)
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 for _ in range(2):
     for p in range(P):
         got = aggregate_rows(StoreLayout(root), p, "Account", "a")
@@ -493,6 +495,28 @@ def test_a_reader_of_many_partitions_keeps_few_files_open(tmp_path: Path) -> Non
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_a_reader_allowed_few_files_keeps_at_most_a_quarter_of_them_open(tmp_path: Path) -> None:
+    """In a process allowed 20 files, the kept files took 16 (a floor under the quarter of the
+    limit), and the reads of a store of 40 partitions failed (EMFILE, reported as a damaged store)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, str(tmp_path / "s"), "20"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _held_open(path: Path) -> bool:
+    """Whether this process holds a file at or under ``path`` open."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            pass  # (the listing's own descriptor, closed since)
+    return any(t.startswith(str(path)) for t in targets)
+
+
 def test_a_sealed_tail_file_a_reader_no_longer_reads_is_not_held_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reader of partitions 0 and 1 stops reading partition 0 after its tail was sealed (the tail
     file deleted). Its kept files would pin the deleted file's disk space until Store.close; a
@@ -500,15 +524,6 @@ def test_a_sealed_tail_file_a_reader_no_longer_reads_is_not_held_open(tmp_path: 
     import time
 
     from es_actors.storage.local import kept_files
-
-    def held_open(path: Path) -> bool:
-        targets = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except FileNotFoundError:
-                pass  # (the listing's own descriptor, closed since)
-        return any(t.startswith(str(path)) for t in targets)
 
     root = tmp_path / "s"
     StoreLayout(root).create_or_check(2, 2)
@@ -520,13 +535,75 @@ def test_a_sealed_tail_file_a_reader_no_longer_reads_is_not_held_open(tmp_path: 
             assert aggregate_rows(StoreLayout(root), p, "Account", "a")  # through the key files: kept open
         sealed_tail = next(StoreLayout(root).tail_dir(0).glob("*.wal")).resolve()
         logs[0].seal()
-        assert not sealed_tail.exists() and held_open(sealed_tail)  # deleted, still open: its space not freed
+        assert not sealed_tail.exists() and _held_open(sealed_tail)  # deleted, still open: its space not freed
         monkeypatch.setattr(kept_files, "IDLE_S", 0.05)
         time.sleep(0.1)
         evs[1].append(logs[1], ["a"])
         assert [r[VER] for r in aggregate_rows(StoreLayout(root), 1, "Account", "a")] == [1, 2]  # partition 1 only
-        assert not held_open(sealed_tail)
+        assert not _held_open(sealed_tail)
         assert aggregate_rows(StoreLayout(root), 0, "Account", "a") == full_scan(root, "a")
     finally:
         for log in logs:
             log.close()
+
+
+def test_a_read_racing_store_close_keeps_nothing_open_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store.close ran between a reader taking its partition's index and locking it: the read opened
+    the files again and the process's budget of kept files took the released index in, holding it
+    (its records, its open files, a sealed tail file's disk space) with no one left to read or
+    release it."""
+    import gc
+    import weakref
+
+    from es_actors.storage.local import aggregate_read, kept_files
+
+    root = tmp_path / "s"
+    log = open_log(root)
+    ev = EventLog(tag="c-")
+    taken: list[Any] = []
+    lookup = aggregate_read.tail_key_index
+
+    def closed_meanwhile(resolved: str, partition: int) -> tail_key_index.TailKeyIndex:
+        found = lookup(resolved, partition)
+        taken.append(weakref.ref(found))
+        tail_cursor.release(root)  # (Store.close, in another thread, before this reader takes the lock)
+        return found
+
+    try:
+        ev.append(log, ["a", "b"])
+        assert read(root, "a") == full_scan(root, "a")  # its files kept open
+        monkeypatch.setattr(aggregate_read, "tail_key_index", closed_meanwhile)
+        ev.append(log, ["a"])
+        assert read(root, "a") == full_scan(root, "a")
+        monkeypatch.undo()
+    finally:
+        log.close()
+    assert not _held_open(tail_dir(root).resolve())  # (the writer's files closed: only a reader's could be)
+    assert not any(h is r() for r in taken for h, _n, _t in kept_files._held.values())
+    gc.collect()
+    assert [r() for r in taken] == [None]  # the released index is freed
+
+
+def test_a_read_with_an_older_durable_mark_than_another_threads_is_answered_by_the_key_files(tmp_path: Path) -> None:
+    """Two threads of a process read one partition: the one that read the durable mark first took the
+    lock second, found the key file "shorter than taken", and the index started over and rested
+    (1 s, doubling): under concurrent reads most of them parsed the tail."""
+    from es_actors.storage.local import aggregate_read
+    from es_actors.storage.local.log_place import log_place, lost_ranges
+
+    root = tmp_path / "s"
+    log = open_log(root)
+    ev = EventLog(tag="m-")
+    try:
+        ev.append(log, ["a", "b"])
+        assert read(root, "a") == full_scan(root, "a")
+        layout = StoreLayout(root)
+        lost = lost_ranges(layout.root)
+        older = log_place(layout, 0, lost, cached=True)  # one thread read the mark ...
+        ev.append(log, ["a", "b"])
+        assert read(root, "a") == full_scan(root, "a")  # ... another read a newer one, and took the lock first
+        got = aggregate_read._tail_part(layout, 0, lost, older, ("Account", "a"))
+        assert older.durable == 2 and got == full_scan(root, "a")[:1]
+        assert index(root).retry_at == 0.0 and index(root).held() == 4  # not started over, not resting
+    finally:
+        log.close()

@@ -61,6 +61,7 @@ class TailKeyIndex:
         self.lock = threading.Lock()  # readers of one process share it
         self.retry_at = 0.0
         self.failures = 0  # in a row
+        self.released = False  # by release() or an eviction: no longer this process's index of the partition
         self._files: dict[int, KeyFile] = {}
         self.reset()
 
@@ -82,7 +83,10 @@ class TailKeyIndex:
         self._decoded: dict[int, Row] = {}  # position -> row read and checked (an aggregate read again)
 
     def close(self) -> None:
+        """Close the files and forget the records for good (release, eviction): a reader that took
+        this index before still reads through it, but keeps no file open after."""
         with self.lock:
+            self.released = True
             self.reset()
 
     def __del__(self) -> None:
@@ -96,6 +100,9 @@ class TailKeyIndex:
             kf.close()
 
     def _note_kept(self) -> None:
+        if self.released:  # (released while its reader waited for the lock: kept, no one would close them)
+            self.close_files()
+            return
         kept_files.note(self, sum((kf.keys_fd >= 0) + (kf.tail_fd >= 0) for kf in self._files.values()))
 
     def held(self) -> int:
@@ -109,6 +116,10 @@ class TailKeyIndex:
         if durable is None or mark is None or mark.length < HEADER or time.monotonic() < self.retry_at:
             return None
         try:
+            if durable < self.last and self._floor <= sealed_last < self._first + 1 and self._same_files(tails):
+                # A mark older than the records taken, the same tail files: another thread of this
+                # process read a newer mark and took the lock first. The records taken answer.
+                return [r for r in self._rows_of(tails, aggregate) if sealed_last < r[_POS] <= durable]
             self._advance(tails, sealed_last, durable, mark)
             if durable <= sealed_last:
                 return []
@@ -124,6 +135,13 @@ class TailKeyIndex:
             self._note_kept()
         self.failures = 0
         return rows
+
+    def _same_files(self, tails: list[tuple[int, Path]]) -> bool:
+        """``tails`` lists the files held open under the same names (not a store made again there)."""
+        if tails != self._tails:
+            return False
+        return all(kf.ident is not None and identity(path) == kf.ident
+                   for first, path in tails if (kf := self._files.get(first)) is not None)
 
     # -- taking records ------------------------------------------------------------------------
 
