@@ -19,6 +19,7 @@ import cProfile
 import multiprocessing as mp
 import pstats
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -78,7 +79,8 @@ def main() -> None:
     from benchmarks.mixed_domain import DATA, Append, Stream
 
     start_local_ray(num_cpus=2, include_dashboard=False)
-    root = tempfile.mkdtemp(prefix="es_actors_read_cpu_") + "/store"
+    scratch = tempfile.mkdtemp(prefix="es_actors_read_cpu_")
+    root = scratch + "/store"
     store = Store.open(root, [Stream], partitions=PARTITIONS)
     subs = [Submission(Stream, _sid(i), Append(data=DATA)) for _ in range(2) for i in range(STREAMS)]
     subs += [Submission(Stream, _sid(i % STREAMS), Append(data=DATA)) for i in range(args.pre_tail)]
@@ -115,6 +117,7 @@ def main() -> None:
     for t in threads:
         t.join()
     store.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"read_cpu: {cpu:.0f} us CPU / read ({proc:.0f} us of the reader process's CPU), {wall:.0f} us wall / read, {events:.1f} events / read "
           f"(pre-tail {args.pre_tail:,}{' sealed' if args.seal else ''}, writes {args.write_rate:,.0f}/s, "
           f"reads {'closed loop' if not args.read_rate else f'{args.read_rate:,.0f}/s'})")
