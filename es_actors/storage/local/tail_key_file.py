@@ -34,17 +34,21 @@ def identity(tail: Path) -> Identity | None:
 class KeyFile:
     """One tail file and its key file, kept open, and how far the key file has been taken."""
 
-    __slots__ = ("first", "inode", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd", "ident")
+    __slots__ = ("first", "length", "crc", "next_position", "closed", "keys_fd", "tail_fd", "ident")
 
     def __init__(self, first: int) -> None:
         self.first = first
-        self.inode = -1  # of the tail file, as the key file's header names it and tail_fd holds it
         self.length = 0  # bytes taken (header included)
         self.crc = 0  # crc32 of those bytes
         self.next_position = first
         self.closed = False  # its trailer was taken: nothing more will come
         self.keys_fd = self.tail_fd = -1
         self.ident: Identity | None = None  # of the files as first opened
+
+    @property
+    def inode(self) -> int:
+        """The tail file's inode, as the key file's header must name it (-1: not opened yet)."""
+        return self.ident[3] if self.ident is not None else -1
 
     def open(self, tail: Path) -> None:
         """Open the tail file and its key file. KeysUnusable: the key file is missing, unreadable
@@ -64,7 +68,7 @@ class KeyFile:
             ident = (ks.st_dev, ks.st_ino, ts.st_dev, ts.st_ino)
             if self.ident is not None and ident != self.ident:  # opened again (closed past the budget)
                 raise KeysUnusable(f"{tail}: replaced since its records were taken")
-            self.inode, self.ident = ts.st_ino, ident
+            self.ident = ident
         except BaseException:
             self.close()
             raise

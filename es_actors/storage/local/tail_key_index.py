@@ -90,8 +90,7 @@ class TailKeyIndex:
             self.reset()
 
     def __del__(self) -> None:
-        for kf in self._files.values():
-            kf.close()
+        self.close_files()
 
     def close_files(self) -> None:
         """Close the files kept open but keep the records (:mod:`kept_files`: past the process's
